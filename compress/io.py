@@ -1,0 +1,98 @@
+"""Atomic file writes and safe checkpoint loading.
+
+Nothing dmad writes may ever be seen half-written: a kill at any point leaves either the previous
+complete file or none. Every writer goes through :func:`atomic_write`, which writes a temporary
+file in the destination folder, fsyncs it and renames it over the target (``os.replace`` is
+atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from compress.errors import DmadError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and rename it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DmadError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh  # type: ignore[misc]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through :func:`atomic_write` (serialised in memory first, then written)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path) as fh:
+        fh.write(buf.getbuffer())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_write(path) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON (indented, trailing newline) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def safe_load(path: str | os.PathLike[str]) -> Any:
+    """Load a checkpoint with ``weights_only=True``; every failure becomes a one-line DmadError.
+
+    ``weights_only`` refuses pickled code, so a checkpoint from an untrusted source cannot run
+    anything on load.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DmadError(f"{path}: no such file")
+    if path.is_dir():
+        raise DmadError(f"{path}: is a folder, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise DmadError(f"{path}: file is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise DmadError(
+                f"{path}: refused, the checkpoint holds pickled code or objects other than "
+                "tensors (loaded with weights_only=True)"
+            ) from None
+        raise DmadError(f"{path}: not a readable checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DmadError(f"{path}: not a readable checkpoint, truncated or corrupt ({msg})") from None
