@@ -1,0 +1,153 @@
+"""Stage configs: dataclasses loadable from a TOML/JSON file and overridable from flags.
+
+Every stage (teacher, search, finetune, export, bench) has one dataclass; the CLI only builds it
+and calls one function. Unknown keys and values of the wrong type are one-line errors naming the
+file and the field, so a typo in a config never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from compress.errors import DmadError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from a file, or a string from a flag) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in typing.get_args(tp):
+                return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except DmadError as exc:
+                errors.append(str(exc))
+        raise DmadError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise DmadError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise DmadError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise DmadError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise DmadError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise DmadError(f"{where}: expected a string, got {value!r}")
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise DmadError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, inner, where) for v in value)
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON file into a dict (one-line error naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmadError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DmadError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} "
+                        f"({exc})") from None
+    if not isinstance(data, dict):
+        raise DmadError(f"{path}: expected a table of settings at top level")
+    return data
+
+
+def make_config(cls: type[T], file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                *, section: str | None = None) -> T:
+    """Build ``cls`` from defaults, then ``file`` (optionally its ``[section]``), then overrides.
+
+    Raises DmadError for unknown keys or badly typed values, naming the file (or ``flag``) and
+    the field.
+    """
+    types_ = field_types(cls)
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        data = read_config_file(file)
+        if section is not None and isinstance(data.get(section), dict):
+            data = data[section]
+        sources.append((str(file), data))
+    if overrides:
+        sources.append(("flag", {k: v for k, v in overrides.items() if v is not None}))
+    for origin, data in sources:
+        for key, value in data.items():
+            norm = key.replace("-", "_")
+            if norm not in types_:
+                close = [n for n in types_ if n.startswith(norm[:3])][:3]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise DmadError(f"{origin}: unknown config key {key!r}{hint}")
+            values[norm] = _coerce(value, types_[norm], f"{origin}: field {norm}")
+    try:
+        cfg = cls(**values)
+    except ValueError as exc:
+        raise DmadError(str(exc)) from None
+    return cfg
+
+
+def parse_set(pairs: list[str] | None) -> dict[str, str]:
+    """``--set key=value`` flags into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise DmadError(f"--set {pair!r}: expected key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Config as a JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -1,0 +1,1 @@
+"""Training stages (teacher, search, finetune) on one shared loop (:mod:`compress.train.loop`)."""

@@ -1,0 +1,239 @@
+"""The one training loop shared by teacher training, search and fine-tuning.
+
+A stage plugs in its modules, optimisers and one ``train_step``; the loop owns everything that
+must be the same everywhere: the learning-rate schedule (constant, then linear decay to zero, a
+pure function of the step so nothing about it needs saving), atomic checkpoints at an interval,
+exact resume (weights, optimisers, step, RNG state and the stage's own extra state), a progress
+bar with ETA and losses, a JSON-lines log, and the NaN/inf guard that stops a run while keeping
+the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from compress.errors import DmadError
+from compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+CONFIG = "config.json"
+DONE = "DONE.json"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step count and learning-rate shape: ``steps - decay_steps`` constant, then linear to 0."""
+
+    steps: int
+    decay_steps: int
+
+    def factor(self, step: int) -> float:
+        """LR multiplier at 0-based ``step`` (the original's ``1 - max(0, e - n)/(n_decay + 1)``)."""
+        constant = self.steps - self.decay_steps
+        return 1.0 - max(0, step - constant) / float(self.decay_steps + 1)
+
+
+class Stage(ABC):
+    """What a training stage provides to :func:`run`."""
+
+    name: str = "stage"
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose weights are trained or needed to resume."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers; their param groups' ``initial_lr`` is scaled by the schedule."""
+
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        """One optimisation step; returns named losses (checked for NaN/inf, logged)."""
+
+    def after_step(self, step: int) -> dict[str, Any]:
+        """Hook after each step (e.g. the search's bound updates); returns extra log fields."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """State besides modules/optimisers that a resumed run needs (pools, mask bounds)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+    def progress_fields(self) -> dict[str, str]:
+        """Extra fields for the progress bar (e.g. bound and current MACs for the search)."""
+        return {}
+
+    @abstractmethod
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        """Write the stage's final outputs into ``run_dir``; returns a summary for DONE.json."""
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to clobber work: a finished run needs ``--force``; an unfinished one needs
+    ``--resume`` (continue) or ``--force`` (start over)."""
+    done = (run_dir / DONE).exists()
+    started = (run_dir / CHECKPOINT).exists()
+    if force and run_dir.exists():
+        for name in (CHECKPOINT, LOG, DONE):
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    if done and not resume:
+        raise DmadError(f"{run_dir}: holds a finished run; use --force to redo it or --out elsewhere")
+    if started and not resume:
+        raise DmadError(f"{run_dir}: holds an unfinished run; use --resume to continue it or "
+                        "--force to start over")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DmadError(f"{run_dir}: exists and is not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DmadError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(stage: Stage, run_dir: Path, step: int, config: dict[str, Any]) -> None:
+    atomic_save({
+        "format": "dmad-checkpoint",
+        "stage": stage.name,
+        "step": step,
+        "config": config,
+        "modules": {k: m.state_dict() for k, m in stage.modules().items()},
+        "optimizers": {k: o.state_dict() for k, o in stage.optimizers().items()},
+        "rng": _rng_state(),
+        "extra": stage.extra_state(),
+    }, run_dir / CHECKPOINT)
+
+
+def load_checkpoint(stage: Stage, run_dir: Path) -> int:
+    """Restore ``stage`` from ``run_dir``'s checkpoint; returns the step it was taken at."""
+    path = run_dir / CHECKPOINT
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "dmad-checkpoint":
+        raise DmadError(f"{path}: not a dmad training checkpoint")
+    if ckpt.get("stage") != stage.name:
+        raise DmadError(f"{path}: is a {ckpt.get('stage')!r} checkpoint, not {stage.name!r}")
+    try:
+        for k, m in stage.modules().items():
+            m.load_state_dict(ckpt["modules"][k])
+        for k, o in stage.optimizers().items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        stage.load_extra_state(ckpt.get("extra") or {})
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise DmadError(f"{path}: does not match this run's models ({msg})") from None
+    return int(ckpt["step"])
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def run(stage: Stage, run_dir: Path, schedule: Schedule, config: dict[str, Any], *,
+        resume: bool = False, checkpoint_every: int = 100, log_every: int = 10,
+        max_steps: int | None = None) -> dict[str, Any]:
+    """Train ``stage`` to ``schedule.steps`` in ``run_dir``; returns the DONE summary.
+
+    ``max_steps`` stops early after that many steps of *this* invocation (checkpointing first),
+    which tests and time-boxed jobs use to split a run.
+    """
+    start = 0
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        start = load_checkpoint(stage, run_dir)
+        _trim_log(run_dir / LOG, start)
+    elif not resume:
+        (run_dir / LOG).unlink(missing_ok=True)
+    atomic_write_json(run_dir / CONFIG, config)
+    for opt in stage.optimizers().values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    t0 = time.time()
+    bar = tqdm(total=schedule.steps, initial=start, desc=stage.name, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+    log_fh = open(run_dir / LOG, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    done_here = 0
+    try:
+        step = start
+        for step in range(start, schedule.steps):
+            f = schedule.factor(step)
+            for opt in stage.optimizers().values():
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * f
+            losses = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                      for k, v in stage.train_step(step).items()}
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                kept = (f"last good checkpoint kept at {ckpt_path} (step "
+                        f"{safe_load(ckpt_path)['step']})" if ckpt_path.exists()
+                        else "no checkpoint was written yet")
+                raise DmadError(f"{stage.name}: loss {bad[0]} became {losses[bad[0]]} at step "
+                                f"{step + 1}; stopped, {kept}. Lower the learning rate or check "
+                                "the data")
+            extra = stage.after_step(step)
+            done_here += 1
+            n = step + 1
+            if n % log_every == 0 or n == schedule.steps:
+                rec = {"step": n, "lr_factor": round(f, 6), **{k: round(v, 6) for k, v in
+                       losses.items()}, **extra, "time": round(time.time() - t0, 3)}
+                log_fh.write(json.dumps(rec) + "\n")
+                log_fh.flush()
+            bar.set_postfix_str(" ".join([f"{k}={_fmt(v)}" for k, v in losses.items()] +
+                                         [f"{k}={v}" for k, v in stage.progress_fields().items()]),
+                                refresh=False)
+            bar.update(1)
+            if n % checkpoint_every == 0 or n == schedule.steps or (
+                    max_steps is not None and done_here >= max_steps):
+                save_checkpoint(stage, run_dir, n, config)
+            if max_steps is not None and done_here >= max_steps and n < schedule.steps:
+                return {"stopped_at": n}
+    finally:
+        bar.close()
+        log_fh.close()
+    summary = stage.finish(run_dir)
+    summary = {"stage": stage.name, "steps": schedule.steps,
+               "seconds_this_invocation": round(time.time() - t0, 2), **summary}
+    atomic_write_json(run_dir / DONE, summary)
+    return summary
+

@@ -1,0 +1,310 @@
+"""Teacher training: CycleGAN (LSGAN + cycle + identity, image pool) or Pix2Pix (GAN + L1).
+
+The recipes are the originals' (pytorch-CycleGAN-and-pix2pix): Adam 2e-4 (0.5, 0.999), cycle
+λ 10, identity 0.5, pool 50, constant then linear LR decay; Pix2Pix GAN + 100·L1 with hinge by
+default (DMAD's scripts). Only sizes and step counts are scaled down by default so a CPU can run
+it; the same code runs on CUDA unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.arch import profile
+from compress.checkpoint import save_model
+from compress.config import to_dict
+from compress.errors import DmadError
+from compress.losses import GAN_MODES, GANLoss, ImagePool
+from compress.models import (
+    DiscriminatorSpec,
+    PatchDiscriminator,
+    ResnetGenerator,
+    ResnetSpec,
+    UnetGenerator,
+    UnetSpec,
+)
+from compress.train import loop
+from compress.train.common import (
+    BatchSource,
+    default_load_size,
+    open_train_test,
+    pick_device,
+    resolve_data,
+    save_grid,
+    seed_everything,
+    set_requires_grad,
+)
+
+TASKS = ("cyclegan", "pix2pix")
+
+
+@dataclass
+class TeacherConfig:
+    """Settings of ``dmad teacher``; empty/zero/None fields are filled from the task."""
+
+    task: str = "cyclegan"
+    data: str = ""  # dataset root; "" = the embedded default (generated on first use)
+    arch: str = ""  # resnet | unet ("" = resnet for cyclegan, unet for pix2pix)
+    ngf: int = 64
+    n_blocks: int = 9
+    num_downs: int = 0  # UNet depth; 0 = log2(size) capped at 8 (unet_256 at 256²)
+    norm: str = ""  # instance | instance_affine | batch ("" = instance resnet, batch unet)
+    padding: str = "reflect"
+    separable: bool = False
+    dropout: bool | None = None  # None = off for resnet, on for unet (as the originals)
+    ndf: int = 64
+    n_layers_d: int = 3
+    size: int = 64  # crop size = model input size
+    load_size: int = 0  # 0 = 286/256·size for cyclegan, size for pix2pix
+    flip: bool | None = None  # None = on for cyclegan, off for pix2pix
+    direction: str = "AtoB"
+    steps: int = 1000
+    decay_steps: int = -1  # -1 = half of steps
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    gan_mode: str = ""  # lsgan | vanilla | hinge ("" = lsgan cyclegan, hinge pix2pix)
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    lambda_l1: float = 100.0
+    pool_size: int = 50
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> DmadError:
+            return DmadError(f"field {name}: {why}")
+
+        if self.task not in TASKS:
+            raise bad("task", f"{self.task!r} is not one of {', '.join(TASKS)}")
+        self.arch = self.arch or ("resnet" if self.task == "cyclegan" else "unet")
+        if self.arch not in ("resnet", "unet"):
+            raise bad("arch", f"{self.arch!r} is not one of resnet, unet")
+        self.norm = self.norm or ("instance" if self.arch == "resnet" else "batch")
+        if self.dropout is None:
+            self.dropout = self.arch == "unet"
+        if self.flip is None:
+            self.flip = self.task == "cyclegan"
+        self.gan_mode = self.gan_mode or ("lsgan" if self.task == "cyclegan" else "hinge")
+        if self.gan_mode not in GAN_MODES:
+            raise bad("gan_mode", f"{self.gan_mode!r} is not one of {', '.join(GAN_MODES)}")
+        if self.direction not in ("AtoB", "BtoA"):
+            raise bad("direction", f"{self.direction!r} is not AtoB or BtoA")
+        for name in ("ngf", "ndf", "size", "steps", "batch_size", "n_layers_d",
+                     "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.n_blocks < 0 or self.pool_size < 0 or self.lr <= 0:
+            raise bad("n_blocks/pool_size/lr", "must be non-negative (lr positive)")
+        if self.arch == "unet":
+            if self.num_downs == 0:
+                self.num_downs = min(8, int(math.log2(self.size)))
+            if self.size % (2**self.num_downs):
+                raise bad("size", f"{self.size} is not a multiple of 2**num_downs = "
+                          f"{2**self.num_downs} (UNet)")
+        elif self.size % 4:
+            raise bad("size", f"{self.size} is not a multiple of 4 (ResNet generator)")
+        if self.load_size == 0:
+            self.load_size = default_load_size(self.size) if self.task == "cyclegan" else self.size
+        if self.load_size < self.size:
+            raise bad("load_size", f"{self.load_size} is smaller than size {self.size}")
+        if self.decay_steps < 0:
+            self.decay_steps = self.steps // 2
+        if self.decay_steps > self.steps:
+            raise bad("decay_steps", f"{self.decay_steps} exceeds steps {self.steps}")
+
+    def generator_spec(self, input_nc: int = 3, output_nc: int = 3) -> ResnetSpec | UnetSpec:
+        if self.arch == "resnet":
+            return ResnetSpec(input_nc, output_nc, self.ngf, self.n_blocks, self.norm,
+                              self.padding, self.separable, bool(self.dropout))
+        return UnetSpec(input_nc, output_nc, self.ngf, self.num_downs, self.norm, bool(self.dropout))
+
+    def discriminator_spec(self) -> DiscriminatorSpec:
+        norm = "batch" if self.norm == "batch" else "instance"
+        return DiscriminatorSpec(3 if self.task == "cyclegan" else 6, self.ndf, self.n_layers_d, norm)
+
+
+def build_generator(spec: ResnetSpec | UnetSpec) -> nn.Module:
+    return ResnetGenerator(spec) if isinstance(spec, ResnetSpec) else UnetGenerator(spec)
+
+
+def init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) conv weights, zero bias; norm weight N(1, 0.02), bias 0 (the original's
+    ``init_weights``; DMAD's N(0, 1) BatchNorm bias is its bug §7.12 and is not copied)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class TeacherStage(loop.Stage):
+    """Both objectives behind one stage; ``task`` picks the step."""
+
+    name = "teacher"
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        data_root = resolve_data(cfg.data, cfg.size)
+        self.train_set, self.test_set = open_train_test(
+            data_root, cfg.task, cfg.size, cfg.load_size, bool(cfg.flip), cfg.direction,
+            cfg.skip_bad)
+        self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
+        self.gan = GANLoss(cfg.gan_mode)
+        self.l1 = nn.L1Loss()
+        self.G: dict[str, nn.Module] = {}
+        self.D: dict[str, nn.Module] = {}
+        names = ["AtoB", "BtoA"] if cfg.task == "cyclegan" else ["AtoB"]
+        for n in names:
+            g = build_generator(cfg.generator_spec())
+            d = PatchDiscriminator(cfg.discriminator_spec())
+            init_weights(g)
+            init_weights(d)
+            self.G[n] = g.to(self.device).train()
+            self.D[n] = d.to(self.device).train()
+        betas = (cfg.beta1, 0.999)
+        self.opt_G = torch.optim.Adam([p for g in self.G.values() for p in g.parameters()],
+                                      lr=cfg.lr, betas=betas)
+        self.opt_D = torch.optim.Adam([p for d in self.D.values() for p in d.parameters()],
+                                      lr=cfg.lr, betas=betas)
+        self.pools = {n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0,
+                                   cfg.seed + i + 1) for i, n in enumerate(names)}
+
+    # -- loop.Stage -----------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {**{f"G_{k}": v for k, v in self.G.items()}, **{f"D_{k}": v for k, v in self.D.items()}}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"pools": {k: p.state_dict() for k, p in self.pools.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        for k, p in self.pools.items():
+            p.load_state_dict(state["pools"][k])
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        b = self.batches.get(step)
+        if self.cfg.task == "cyclegan":
+            return self._cyclegan_step(b["A"], b["B"])
+        return self._pix2pix_step(b["A"], b["B"])
+
+    def _d_loss(self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.gan(d(real), True) + self.gan(d(fake.detach()), False))
+
+    def _cyclegan_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        c = self.cfg
+        G_A, G_B, D_A, D_B = self.G["AtoB"], self.G["BtoA"], self.D["AtoB"], self.D["BtoA"]
+        fake_B = G_A(real_A)
+        rec_A = G_B(fake_B)
+        fake_A = G_B(real_B)
+        rec_B = G_A(fake_A)
+        set_requires_grad([D_A, D_B], False)
+        self.opt_G.zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
+        if c.lambda_identity > 0:
+            losses["idt_A"] = self.l1(G_A(real_B), real_B) * c.lambda_cycle * c.lambda_identity
+            losses["idt_B"] = self.l1(G_B(real_A), real_A) * c.lambda_cycle * c.lambda_identity
+        losses["G_A"] = self.gan(D_A(fake_B), True, for_discriminator=False)
+        losses["G_B"] = self.gan(D_B(fake_A), True, for_discriminator=False)
+        losses["cycle_A"] = self.l1(rec_A, real_A) * c.lambda_cycle
+        losses["cycle_B"] = self.l1(rec_B, real_B) * c.lambda_cycle
+        loss_G = sum(losses.values())
+        loss_G.backward()  # type: ignore[union-attr]
+        self.opt_G.step()
+        set_requires_grad([D_A, D_B], True)
+        self.opt_D.zero_grad(set_to_none=True)
+        losses["D_A"] = self._d_loss(D_A, real_B, self.pools["AtoB"].query(fake_B))
+        losses["D_B"] = self._d_loss(D_B, real_A, self.pools["BtoA"].query(fake_A))
+        (losses["D_A"] + losses["D_B"]).backward()
+        self.opt_D.step()
+        return {"G": loss_G, **losses}  # type: ignore[dict-item]
+
+    def _pix2pix_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        c = self.cfg
+        G, D = self.G["AtoB"], self.D["AtoB"]
+        fake_B = G(real_A)
+        set_requires_grad([D], True)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D = self._d_loss(D, torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B], 1))
+        loss_D.backward()
+        self.opt_D.step()
+        set_requires_grad([D], False)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_gan = self.gan(D(torch.cat([real_A, fake_B], 1)), True, for_discriminator=False)
+        loss_l1 = self.l1(fake_B, real_B) * c.lambda_l1
+        (loss_gan + loss_l1).backward()
+        self.opt_G.step()
+        set_requires_grad([D], True)
+        return {"G": loss_gan + loss_l1, "G_GAN": loss_gan, "L1": loss_l1, "D": loss_D}
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        c = self.cfg
+        out: dict[str, Any] = {"task": c.task, "generators": {}}
+        rows = []
+        for name, g in self.G.items():
+            g.eval()
+            save_model(g, run_dir / f"G_{name}.pt", task=c.task, direction=name, role="teacher",
+                       run=str(run_dir), size=c.size)
+            save_model(self.D[name], run_dir / f"D_{name}.pt", task=c.task, direction=name,
+                       role="teacher-discriminator", run=str(run_dir), size=c.size)
+            prof = profile(g, (1, g.spec.input_nc, c.size, c.size))
+            prof256 = profile(g, (1, g.spec.input_nc, 256, 256))
+            out["generators"][name] = {
+                "file": f"G_{name}.pt", "params": prof.params,
+                f"gmacs_paper_{c.size}": prof.macs_paper / 1e9,
+                f"gmacs_true_{c.size}": prof.macs_true / 1e9,
+                "gmacs_paper_256": prof256.macs_paper / 1e9,
+                "gmacs_true_256": prof256.macs_true / 1e9,
+            }
+        with torch.no_grad():
+            for i in range(min(4, len(self.test_set))):
+                item = self.test_set.get(i, None)
+                a = item["A"].unsqueeze(0).to(self.device)
+                row = [item["A"], self.G["AtoB"](a)[0]]
+                if c.task == "cyclegan":
+                    bb = item["B"].unsqueeze(0).to(self.device)
+                    row += [item["B"], self.G["BtoA"](bb)[0]]
+                else:
+                    row.append(item["B"])
+                rows.append(row)
+        save_grid(rows, run_dir / "samples.png")
+        for g in self.G.values():
+            g.train()
+        return out
+
+
+def train_teacher(cfg: TeacherConfig, out: Path, *, resume: bool = False, force: bool = False,
+                  max_steps: int | None = None) -> dict[str, Any]:
+    """Train a teacher into ``out``; the one verb behind ``dmad teacher``."""
+    loop.prepare_run_dir(out, resume=resume, force=force)
+    stage = TeacherStage(cfg)
+    return loop.run(stage, out, loop.Schedule(cfg.steps, cfg.decay_steps), to_dict(cfg),
+                    resume=resume, checkpoint_every=cfg.checkpoint_every,
+                    log_every=cfg.log_every, max_steps=max_steps)
+
+
+def config_from_run(run_dir: Path) -> dict[str, Any]:
+    """The saved config of a run (for ``--resume`` without repeating flags)."""
+    from compress.config import read_config_file
+
+    return read_config_file(run_dir / loop.CONFIG)
+
+
+__all__ = ["TeacherConfig", "TeacherStage", "config_from_run", "dataclasses", "train_teacher"]
