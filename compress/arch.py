@@ -104,8 +104,18 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -
         def fn(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             paper, true = _costs(m, inp[0].shape, out.shape)
             params = sum(p.numel() for p in m.parameters(recurse=False))
-            rows.append(LayerCost(name, type(m).__name__, tuple(inp[0].shape), tuple(out.shape),
-                                  params, paper, true))
+            rows.append(
+                LayerCost(
+                    name,
+                    type(m).__name__,
+                    tuple(inp[0].shape),
+                    tuple(out.shape),
+                    params,
+                    paper,
+                    true,
+                )
+            )
+
         return fn
 
     for name, m in meta.named_modules():
@@ -123,15 +133,22 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -
 
 def format_table(prof: Profile) -> str:
     """A per-layer table (name, kind, output shape, params, both MAC conventions)."""
-    head = f"{'layer':<28} {'kind':<16} {'output':<18} {'params':>10} {'MACs paper':>14} {'MACs true':>14}"
+    head = (
+        f"{'layer':<28} {'kind':<16} {'output':<18} {'params':>10} "
+        f"{'MACs paper':>14} {'MACs true':>14}"
+    )
     lines = [head, "-" * len(head)]
     for r in prof.layers:
         if r.params == 0 and r.macs_paper == 0 and r.macs_true == 0:
             continue
         shape = "x".join(str(s) for s in r.out_shape[1:])
-        lines.append(f"{r.name:<28} {r.kind:<16} {shape:<18} {r.params:>10,} "
-                     f"{r.macs_paper:>14,} {r.macs_true:>14,}")
+        lines.append(
+            f"{r.name:<28} {r.kind:<16} {shape:<18} {r.params:>10,} "
+            f"{r.macs_paper:>14,} {r.macs_true:>14,}"
+        )
     lines.append("-" * len(head))
-    lines.append(f"{'total':<28} {'':<16} {'':<18} {prof.params:>10,} "
-                 f"{prof.macs_paper:>14,} {prof.macs_true:>14,}")
+    lines.append(
+        f"{'total':<28} {'':<16} {'':<18} {prof.params:>10,} "
+        f"{prof.macs_paper:>14,} {prof.macs_true:>14,}"
+    )
     return "\n".join(lines)

@@ -29,8 +29,16 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> N
     """Write ``model`` (which must carry ``.spec``) atomically as a dmad model file."""
     spec: Spec = model.spec  # type: ignore[assignment]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "version": VERSION, "spec": spec_to_dict(spec),
-                 "state_dict": state, "meta": meta}, path)
+    atomic_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "spec": spec_to_dict(spec),
+            "state_dict": state,
+            "meta": meta,
+        },
+        path,
+    )
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

@@ -98,16 +98,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = tomllib.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise DmadError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} "
-                        f"({exc})") from None
+        raise DmadError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({exc})"
+        ) from None
     if not isinstance(data, dict):
         raise DmadError(f"{path}: expected a table of settings at top level")
     return data
 
 
-def make_config(cls: type[T], file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                *, section: str | None = None) -> T:
-    """Build ``cls`` from defaults, then ``file`` (optionally its ``[section]``), then overrides.
+def make_config(
+    cls: type[T],
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    section: str | None = None,
+    base: dict[str, Any] | None = None,
+    base_origin: str = "saved config",
+) -> T:
+    """Build ``cls`` from defaults, then ``base`` (a resumed run's saved config), then ``file``
+    (optionally its ``[section]``), then overrides.
 
     Raises DmadError for unknown keys or badly typed values, naming the file (or ``flag``) and
     the field.
@@ -115,6 +124,8 @@ def make_config(cls: type[T], file: str | Path | None = None, overrides: dict[st
     types_ = field_types(cls)
     values: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any]]] = []
+    if base:
+        sources.append((base_origin, base))
     if file is not None:
         data = read_config_file(file)
         if section is not None and isinstance(data.get(section), dict):

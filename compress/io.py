@@ -95,4 +95,6 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
         raise DmadError(f"{path}: not a readable checkpoint ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DmadError(f"{path}: not a readable checkpoint, truncated or corrupt ({msg})") from None
+        raise DmadError(
+            f"{path}: not a readable checkpoint, truncated or corrupt ({msg})"
+        ) from None

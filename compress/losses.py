@@ -21,7 +21,9 @@ class GANLoss(nn.Module):
             raise ValueError(f"gan_mode: {mode!r} is not one of {', '.join(GAN_MODES)}")
         self.mode = mode
 
-    def forward(self, pred: torch.Tensor, target_real: bool, for_discriminator: bool = True) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, target_real: bool, for_discriminator: bool = True
+    ) -> torch.Tensor:
         if self.mode == "lsgan":
             target = torch.ones_like(pred) if target_real else torch.zeros_like(pred)
             return nn.functional.mse_loss(pred, target)

@@ -43,12 +43,18 @@ class PatchDiscriminator(nn.Module):
         mult = 1
         for n in range(1, spec.n_layers):
             prev, mult = mult, min(2**n, 8)
-            layers += [nn.Conv2d(spec.ndf * prev, spec.ndf * mult, 4, 2, 1, bias=bias),
-                       make_norm(spec.norm, spec.ndf * mult), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(spec.ndf * prev, spec.ndf * mult, 4, 2, 1, bias=bias),
+                make_norm(spec.norm, spec.ndf * mult),
+                nn.LeakyReLU(0.2),
+            ]
         prev, mult = mult, min(2**spec.n_layers, 8)
-        layers += [nn.Conv2d(spec.ndf * prev, spec.ndf * mult, 4, 1, 1, bias=bias),
-                   make_norm(spec.norm, spec.ndf * mult), nn.LeakyReLU(0.2),
-                   nn.Conv2d(spec.ndf * mult, 1, 4, 1, 1)]
+        layers += [
+            nn.Conv2d(spec.ndf * prev, spec.ndf * mult, 4, 1, 1, bias=bias),
+            make_norm(spec.norm, spec.ndf * mult),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(spec.ndf * mult, 1, 4, 1, 1),
+        ]
         self.model = nn.Sequential(*layers)
 
     @property

@@ -76,12 +76,16 @@ class ResnetSpec:
             raise ValueError("ngf, input_nc, output_nc must be >= 1 and n_blocks >= 0")
         w = self.resolved_widths()
         if len(w.blocks) != self.n_blocks:
-            raise ValueError(f"widths.blocks has {len(w.blocks)} entries, n_blocks is {self.n_blocks}")
+            raise ValueError(
+                f"widths.blocks has {len(w.blocks)} entries, n_blocks is {self.n_blocks}"
+            )
         if min(w.stem, w.down1, w.stream, w.up1, w.up2) < 1 or min(w.blocks, default=0) < 0:
             raise ValueError("every width must be >= 1 (block inner widths >= 0)")
 
     def resolved_widths(self) -> ResnetWidths:
-        return self.widths if self.widths is not None else ResnetWidths.full(self.ngf, self.n_blocks)
+        return (
+            self.widths if self.widths is not None else ResnetWidths.full(self.ngf, self.n_blocks)
+        )
 
 
 class ResnetBlock(nn.Module):
@@ -99,11 +103,13 @@ class ResnetBlock(nn.Module):
                 return SeparableConv2d(i, o, norm, padding=zp)
             return nn.Conv2d(i, o, 3, padding=zp, bias=bias)
 
-        self.conv1 = ConvUnit(make_pad(padding, 1), conv(dim, inner), make_norm(norm, inner),
-                              nn.ReLU(True))
+        self.conv1 = ConvUnit(
+            make_pad(padding, 1), conv(dim, inner), make_norm(norm, inner), nn.ReLU(True)
+        )
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
-        self.conv2 = ConvUnit(make_pad(padding, 1), conv(inner, dim), make_norm(norm, dim),
-                              nn.Identity())
+        self.conv2 = ConvUnit(
+            make_pad(padding, 1), conv(inner, dim), make_norm(norm, dim), nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.dropout(self.conv1(x)))
@@ -118,23 +124,45 @@ class ResnetGenerator(nn.Module):
         w = spec.resolved_widths()
         bias = uses_bias(spec.norm)
         n = spec.norm
-        self.stem = ConvUnit(make_pad("reflect", 3), nn.Conv2d(spec.input_nc, w.stem, 7, bias=bias),
-                             make_norm(n, w.stem), nn.ReLU(True))
-        self.down1 = ConvUnit(nn.Identity(), nn.Conv2d(w.stem, w.down1, 3, 2, 1, bias=bias),
-                              make_norm(n, w.down1), nn.ReLU(True))
-        self.down2 = ConvUnit(nn.Identity(), nn.Conv2d(w.down1, w.stream, 3, 2, 1, bias=bias),
-                              make_norm(n, w.stream), nn.ReLU(True))
+        self.stem = ConvUnit(
+            make_pad("reflect", 3),
+            nn.Conv2d(spec.input_nc, w.stem, 7, bias=bias),
+            make_norm(n, w.stem),
+            nn.ReLU(True),
+        )
+        self.down1 = ConvUnit(
+            nn.Identity(),
+            nn.Conv2d(w.stem, w.down1, 3, 2, 1, bias=bias),
+            make_norm(n, w.down1),
+            nn.ReLU(True),
+        )
+        self.down2 = ConvUnit(
+            nn.Identity(),
+            nn.Conv2d(w.down1, w.stream, 3, 2, 1, bias=bias),
+            make_norm(n, w.stream),
+            nn.ReLU(True),
+        )
         self.blocks = nn.ModuleList(
             ResnetBlock(w.stream, inner, n, spec.padding, spec.separable, spec.dropout)
-            if inner > 0 else nn.Identity()
+            if inner > 0
+            else nn.Identity()
             for inner in w.blocks
         )
-        self.up1 = ConvUnit(nn.Identity(), nn.ConvTranspose2d(w.stream, w.up1, 3, 2, 1, 1, bias=bias),
-                            make_norm(n, w.up1), nn.ReLU(True))
-        self.up2 = ConvUnit(nn.Identity(), nn.ConvTranspose2d(w.up1, w.up2, 3, 2, 1, 1, bias=bias),
-                            make_norm(n, w.up2), nn.ReLU(True))
-        self.head = ConvUnit(make_pad("reflect", 3), nn.Conv2d(w.up2, spec.output_nc, 7),
-                             nn.Identity(), nn.Tanh())
+        self.up1 = ConvUnit(
+            nn.Identity(),
+            nn.ConvTranspose2d(w.stream, w.up1, 3, 2, 1, 1, bias=bias),
+            make_norm(n, w.up1),
+            nn.ReLU(True),
+        )
+        self.up2 = ConvUnit(
+            nn.Identity(),
+            nn.ConvTranspose2d(w.up1, w.up2, 3, 2, 1, 1, bias=bias),
+            make_norm(n, w.up2),
+            nn.ReLU(True),
+        )
+        self.head = ConvUnit(
+            make_pad("reflect", 3), nn.Conv2d(w.up2, spec.output_nc, 7), nn.Identity(), nn.Tanh()
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.down2(self.down1(self.stem(x)))

@@ -111,8 +111,13 @@ class UnetGenerator(nn.Module):
         w = spec.resolved_widths()
         n = spec.num_downs
         self.downs = nn.ModuleList(
-            UnetDown(spec.input_nc if k == 0 else w.down[k - 1], w.down[k], spec.norm,
-                     outermost=k == 0, innermost=k == n - 1)
+            UnetDown(
+                spec.input_nc if k == 0 else w.down[k - 1],
+                w.down[k],
+                spec.norm,
+                outermost=k == 0,
+                innermost=k == n - 1,
+            )
             for k in range(n)
         )
         ups = []

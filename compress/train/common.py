@@ -82,13 +82,32 @@ def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def open_train_test(data_root: Path, task: str, size: int, load_size: int, flip: bool,
-                    direction: str, skip_bad: bool):  # type: ignore[no-untyped-def]
+def open_train_test(
+    data_root: Path,
+    task: str,
+    size: int,
+    load_size: int,
+    flip: bool,
+    direction: str,
+    skip_bad: bool,
+):  # type: ignore[no-untyped-def]
     """Train split with augmentation settings and the held-out split (test/val) without."""
-    train = open_dataset(data_root, task, "train", TransformConfig(load_size, size, flip),  # type: ignore[arg-type]
-                         skip_bad, direction=direction)  # type: ignore[arg-type]
-    test = open_dataset(data_root, task, "test", TransformConfig(size, size, False),  # type: ignore[arg-type]
-                        skip_bad, direction=direction)  # type: ignore[arg-type]
+    train = open_dataset(
+        data_root,
+        task,
+        "train",
+        TransformConfig(load_size, size, flip),  # type: ignore[arg-type]
+        skip_bad,
+        direction=direction,
+    )  # type: ignore[arg-type]
+    test = open_dataset(
+        data_root,
+        task,
+        "test",
+        TransformConfig(size, size, False),  # type: ignore[arg-type]
+        skip_bad,
+        direction=direction,
+    )  # type: ignore[arg-type]
     return train, test
 
 
@@ -109,4 +128,4 @@ def save_grid(rows: list[list[torch.Tensor]], path: Path) -> None:
 
 def default_load_size(size: int) -> int:
     """CycleGAN's 286/256 resize-then-crop ratio."""
-    return int(math.floor(size * 286 / 256 + 0.5))
+    return math.floor(size * 286 / 256 + 0.5)

@@ -40,7 +40,7 @@ class Schedule:
     decay_steps: int
 
     def factor(self, step: int) -> float:
-        """LR multiplier at 0-based ``step`` (the original's ``1 - max(0, e - n)/(n_decay + 1)``)."""
+        """LR multiplier at 0-based ``step``: the original's ``1 - max(0, e - n) / (n_decay + 1)``."""
         constant = self.steps - self.decay_steps
         return 1.0 - max(0, step - constant) / float(self.decay_steps + 1)
 
@@ -70,7 +70,7 @@ class Stage(ABC):
         """State besides modules/optimisers that a resumed run needs (pools, mask bounds)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`extra_state`."""
 
     def progress_fields(self) -> dict[str, str]:
@@ -92,10 +92,14 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
             (run_dir / name).unlink(missing_ok=True)
         return
     if done and not resume:
-        raise DmadError(f"{run_dir}: holds a finished run; use --force to redo it or --out elsewhere")
+        raise DmadError(
+            f"{run_dir}: holds a finished run; use --force to redo it or --out elsewhere"
+        )
     if started and not resume:
-        raise DmadError(f"{run_dir}: holds an unfinished run; use --resume to continue it or "
-                        "--force to start over")
+        raise DmadError(
+            f"{run_dir}: holds an unfinished run; use --resume to continue it or "
+            "--force to start over"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise DmadError(f"{run_dir}: exists and is not a folder")
     try:
@@ -118,16 +122,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(stage: Stage, run_dir: Path, step: int, config: dict[str, Any]) -> None:
-    atomic_save({
-        "format": "dmad-checkpoint",
-        "stage": stage.name,
-        "step": step,
-        "config": config,
-        "modules": {k: m.state_dict() for k, m in stage.modules().items()},
-        "optimizers": {k: o.state_dict() for k, o in stage.optimizers().items()},
-        "rng": _rng_state(),
-        "extra": stage.extra_state(),
-    }, run_dir / CHECKPOINT)
+    atomic_save(
+        {
+            "format": "dmad-checkpoint",
+            "stage": stage.name,
+            "step": step,
+            "config": config,
+            "modules": {k: m.state_dict() for k, m in stage.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in stage.optimizers().items()},
+            "rng": _rng_state(),
+            "extra": stage.extra_state(),
+        },
+        run_dir / CHECKPOINT,
+    )
 
 
 def load_checkpoint(stage: Stage, run_dir: Path) -> int:
@@ -169,9 +176,17 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def run(stage: Stage, run_dir: Path, schedule: Schedule, config: dict[str, Any], *,
-        resume: bool = False, checkpoint_every: int = 100, log_every: int = 10,
-        max_steps: int | None = None) -> dict[str, Any]:
+def run(
+    stage: Stage,
+    run_dir: Path,
+    schedule: Schedule,
+    config: dict[str, Any],
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
     """Train ``stage`` to ``schedule.steps`` in ``run_dir``; returns the DONE summary.
 
     ``max_steps`` stops early after that many steps of *this* invocation (checkpointing first),
@@ -190,9 +205,15 @@ def run(stage: Stage, run_dir: Path, schedule: Schedule, config: dict[str, Any],
             group.setdefault("initial_lr", group["lr"])
 
     t0 = time.time()
-    bar = tqdm(total=schedule.steps, initial=start, desc=stage.name, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0)
-    log_fh = open(run_dir / LOG, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    bar = tqdm(
+        total=schedule.steps,
+        initial=start,
+        desc=stage.name,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 5.0,
+    )
+    log_fh = open(run_dir / LOG, "a", encoding="utf-8")
     done_here = 0
     try:
         step = start
@@ -201,30 +222,49 @@ def run(stage: Stage, run_dir: Path, schedule: Schedule, config: dict[str, Any],
             for opt in stage.optimizers().values():
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * f
-            losses = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
-                      for k, v in stage.train_step(step).items()}
+            losses = {
+                k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                for k, v in stage.train_step(step).items()
+            }
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
-                kept = (f"last good checkpoint kept at {ckpt_path} (step "
-                        f"{safe_load(ckpt_path)['step']})" if ckpt_path.exists()
-                        else "no checkpoint was written yet")
-                raise DmadError(f"{stage.name}: loss {bad[0]} became {losses[bad[0]]} at step "
-                                f"{step + 1}; stopped, {kept}. Lower the learning rate or check "
-                                "the data")
+                kept = (
+                    f"last good checkpoint kept at {ckpt_path} (step "
+                    f"{safe_load(ckpt_path)['step']})"
+                    if ckpt_path.exists()
+                    else "no checkpoint was written yet"
+                )
+                raise DmadError(
+                    f"{stage.name}: loss {bad[0]} became {losses[bad[0]]} at step "
+                    f"{step + 1}; stopped, {kept}. Lower the learning rate or check "
+                    "the data"
+                )
             extra = stage.after_step(step)
             done_here += 1
             n = step + 1
             if n % log_every == 0 or n == schedule.steps:
-                rec = {"step": n, "lr_factor": round(f, 6), **{k: round(v, 6) for k, v in
-                       losses.items()}, **extra, "time": round(time.time() - t0, 3)}
+                rec = {
+                    "step": n,
+                    "lr_factor": round(f, 6),
+                    **{k: round(v, 6) for k, v in losses.items()},
+                    **extra,
+                    "time": round(time.time() - t0, 3),
+                }
                 log_fh.write(json.dumps(rec) + "\n")
                 log_fh.flush()
-            bar.set_postfix_str(" ".join([f"{k}={_fmt(v)}" for k, v in losses.items()] +
-                                         [f"{k}={v}" for k, v in stage.progress_fields().items()]),
-                                refresh=False)
+            bar.set_postfix_str(
+                " ".join(
+                    [f"{k}={_fmt(v)}" for k, v in losses.items()]
+                    + [f"{k}={v}" for k, v in stage.progress_fields().items()]
+                ),
+                refresh=False,
+            )
             bar.update(1)
-            if n % checkpoint_every == 0 or n == schedule.steps or (
-                    max_steps is not None and done_here >= max_steps):
+            if (
+                n % checkpoint_every == 0
+                or n == schedule.steps
+                or (max_steps is not None and done_here >= max_steps)
+            ):
                 save_checkpoint(stage, run_dir, n, config)
             if max_steps is not None and done_here >= max_steps and n < schedule.steps:
                 return {"stopped_at": n}
@@ -232,8 +272,11 @@ def run(stage: Stage, run_dir: Path, schedule: Schedule, config: dict[str, Any],
         bar.close()
         log_fh.close()
     summary = stage.finish(run_dir)
-    summary = {"stage": stage.name, "steps": schedule.steps,
-               "seconds_this_invocation": round(time.time() - t0, 2), **summary}
+    summary = {
+        "stage": stage.name,
+        "steps": schedule.steps,
+        "seconds_this_invocation": round(time.time() - t0, 2),
+        **summary,
+    }
     atomic_write_json(run_dir / DONE, summary)
     return summary
-

@@ -100,8 +100,16 @@ class TeacherConfig:
             raise bad("gan_mode", f"{self.gan_mode!r} is not one of {', '.join(GAN_MODES)}")
         if self.direction not in ("AtoB", "BtoA"):
             raise bad("direction", f"{self.direction!r} is not AtoB or BtoA")
-        for name in ("ngf", "ndf", "size", "steps", "batch_size", "n_layers_d",
-                     "checkpoint_every", "log_every"):
+        for name in (
+            "ngf",
+            "ndf",
+            "size",
+            "steps",
+            "batch_size",
+            "n_layers_d",
+            "checkpoint_every",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.n_blocks < 0 or self.pool_size < 0 or self.lr <= 0:
@@ -110,8 +118,10 @@ class TeacherConfig:
             if self.num_downs == 0:
                 self.num_downs = min(8, int(math.log2(self.size)))
             if self.size % (2**self.num_downs):
-                raise bad("size", f"{self.size} is not a multiple of 2**num_downs = "
-                          f"{2**self.num_downs} (UNet)")
+                raise bad(
+                    "size",
+                    f"{self.size} is not a multiple of 2**num_downs = {2**self.num_downs} (UNet)",
+                )
         elif self.size % 4:
             raise bad("size", f"{self.size} is not a multiple of 4 (ResNet generator)")
         if self.load_size == 0:
@@ -125,13 +135,25 @@ class TeacherConfig:
 
     def generator_spec(self, input_nc: int = 3, output_nc: int = 3) -> ResnetSpec | UnetSpec:
         if self.arch == "resnet":
-            return ResnetSpec(input_nc, output_nc, self.ngf, self.n_blocks, self.norm,
-                              self.padding, self.separable, bool(self.dropout))
-        return UnetSpec(input_nc, output_nc, self.ngf, self.num_downs, self.norm, bool(self.dropout))
+            return ResnetSpec(
+                input_nc,
+                output_nc,
+                self.ngf,
+                self.n_blocks,
+                self.norm,
+                self.padding,
+                self.separable,
+                bool(self.dropout),
+            )
+        return UnetSpec(
+            input_nc, output_nc, self.ngf, self.num_downs, self.norm, bool(self.dropout)
+        )
 
     def discriminator_spec(self) -> DiscriminatorSpec:
         norm = "batch" if self.norm == "batch" else "instance"
-        return DiscriminatorSpec(3 if self.task == "cyclegan" else 6, self.ndf, self.n_layers_d, norm)
+        return DiscriminatorSpec(
+            3 if self.task == "cyclegan" else 6, self.ndf, self.n_layers_d, norm
+        )
 
 
 def build_generator(spec: ResnetSpec | UnetSpec) -> nn.Module:
@@ -162,8 +184,14 @@ class TeacherStage(loop.Stage):
         seed_everything(cfg.seed)
         data_root = resolve_data(cfg.data, cfg.size)
         self.train_set, self.test_set = open_train_test(
-            data_root, cfg.task, cfg.size, cfg.load_size, bool(cfg.flip), cfg.direction,
-            cfg.skip_bad)
+            data_root,
+            cfg.task,
+            cfg.size,
+            cfg.load_size,
+            bool(cfg.flip),
+            cfg.direction,
+            cfg.skip_bad,
+        )
         self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
         self.gan = GANLoss(cfg.gan_mode)
         self.l1 = nn.L1Loss()
@@ -178,16 +206,23 @@ class TeacherStage(loop.Stage):
             self.G[n] = g.to(self.device).train()
             self.D[n] = d.to(self.device).train()
         betas = (cfg.beta1, 0.999)
-        self.opt_G = torch.optim.Adam([p for g in self.G.values() for p in g.parameters()],
-                                      lr=cfg.lr, betas=betas)
-        self.opt_D = torch.optim.Adam([p for d in self.D.values() for p in d.parameters()],
-                                      lr=cfg.lr, betas=betas)
-        self.pools = {n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0,
-                                   cfg.seed + i + 1) for i, n in enumerate(names)}
+        self.opt_G = torch.optim.Adam(
+            [p for g in self.G.values() for p in g.parameters()], lr=cfg.lr, betas=betas
+        )
+        self.opt_D = torch.optim.Adam(
+            [p for d in self.D.values() for p in d.parameters()], lr=cfg.lr, betas=betas
+        )
+        self.pools = {
+            n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0, cfg.seed + i + 1)
+            for i, n in enumerate(names)
+        }
 
     # -- loop.Stage -----------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {**{f"G_{k}": v for k, v in self.G.items()}, **{f"D_{k}": v for k, v in self.D.items()}}
+        return {
+            **{f"G_{k}": v for k, v in self.G.items()},
+            **{f"D_{k}": v for k, v in self.D.items()},
+        }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D}
@@ -208,7 +243,9 @@ class TeacherStage(loop.Stage):
     def _d_loss(self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.gan(d(real), True) + self.gan(d(fake.detach()), False))
 
-    def _cyclegan_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor | float]:
+    def _cyclegan_step(
+        self, real_A: torch.Tensor, real_B: torch.Tensor
+    ) -> dict[str, torch.Tensor | float]:
         c = self.cfg
         G_A, G_B, D_A, D_B = self.G["AtoB"], self.G["BtoA"], self.D["AtoB"], self.D["BtoA"]
         fake_B = G_A(real_A)
@@ -236,7 +273,9 @@ class TeacherStage(loop.Stage):
         self.opt_D.step()
         return {"G": loss_G, **losses}  # type: ignore[dict-item]
 
-    def _pix2pix_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor | float]:
+    def _pix2pix_step(
+        self, real_A: torch.Tensor, real_B: torch.Tensor
+    ) -> dict[str, torch.Tensor | float]:
         c = self.cfg
         G, D = self.G["AtoB"], self.D["AtoB"]
         fake_B = G(real_A)
@@ -260,14 +299,29 @@ class TeacherStage(loop.Stage):
         rows = []
         for name, g in self.G.items():
             g.eval()
-            save_model(g, run_dir / f"G_{name}.pt", task=c.task, direction=name, role="teacher",
-                       run=str(run_dir), size=c.size)
-            save_model(self.D[name], run_dir / f"D_{name}.pt", task=c.task, direction=name,
-                       role="teacher-discriminator", run=str(run_dir), size=c.size)
+            save_model(
+                g,
+                run_dir / f"G_{name}.pt",
+                task=c.task,
+                direction=name,
+                role="teacher",
+                run=str(run_dir),
+                size=c.size,
+            )
+            save_model(
+                self.D[name],
+                run_dir / f"D_{name}.pt",
+                task=c.task,
+                direction=name,
+                role="teacher-discriminator",
+                run=str(run_dir),
+                size=c.size,
+            )
             prof = profile(g, (1, g.spec.input_nc, c.size, c.size))
             prof256 = profile(g, (1, g.spec.input_nc, 256, 256))
             out["generators"][name] = {
-                "file": f"G_{name}.pt", "params": prof.params,
+                "file": f"G_{name}.pt",
+                "params": prof.params,
                 f"gmacs_paper_{c.size}": prof.macs_paper / 1e9,
                 f"gmacs_true_{c.size}": prof.macs_true / 1e9,
                 "gmacs_paper_256": prof256.macs_paper / 1e9,
@@ -290,14 +344,27 @@ class TeacherStage(loop.Stage):
         return out
 
 
-def train_teacher(cfg: TeacherConfig, out: Path, *, resume: bool = False, force: bool = False,
-                  max_steps: int | None = None) -> dict[str, Any]:
+def train_teacher(
+    cfg: TeacherConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
     """Train a teacher into ``out``; the one verb behind ``dmad teacher``."""
     loop.prepare_run_dir(out, resume=resume, force=force)
     stage = TeacherStage(cfg)
-    return loop.run(stage, out, loop.Schedule(cfg.steps, cfg.decay_steps), to_dict(cfg),
-                    resume=resume, checkpoint_every=cfg.checkpoint_every,
-                    log_every=cfg.log_every, max_steps=max_steps)
+    return loop.run(
+        stage,
+        out,
+        loop.Schedule(cfg.steps, cfg.decay_steps),
+        to_dict(cfg),
+        resume=resume,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        max_steps=max_steps,
+    )
 
 
 def config_from_run(run_dir: Path) -> dict[str, Any]:

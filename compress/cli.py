@@ -1,0 +1,253 @@
+"""``dmad``: one console script, one subcommand per stage.
+
+The CLI only parses arguments, builds a stage's config dataclass and calls that stage's one
+function. A :class:`DmadError` is printed as a single ``dmad: error: ...`` line with exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from compress.errors import DmadError
+
+
+def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name VALUE`` flag per config field (values are typed by make_config)."""
+    from compress.config import field_types
+
+    g = p.add_argument_group("config fields (override the config file)")
+    for name, tp in field_types(cls).items():
+        if name in skip:
+            continue
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        if typing.get_origin(tp) is not None:
+            tname = str(tp).replace("typing.", "")
+        g.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"cfg_{name}",
+            metavar=tname.upper(),
+            default=None,
+            help=f"default: {default!r}",
+        )
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    from compress.config import parse_set
+
+    out.update(parse_set(getattr(args, "set", None)))
+    return out
+
+
+def _common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML or JSON file of config fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from compress.data import make_default_dataset
+
+    root = make_default_dataset(
+        args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed
+    )
+    print(f"default dataset ready in {root} (unaligned/ for CycleGAN, aligned/ for Pix2Pix)")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from compress.config import make_config, read_config_file
+    from compress.train import loop
+    from compress.train.teacher import TeacherConfig, train_teacher
+
+    base = None
+    if args.resume and (args.out / loop.CONFIG).exists():
+        base = read_config_file(args.out / loop.CONFIG)
+    cfg = make_config(
+        TeacherConfig,
+        args.config,
+        _config_overrides(args),
+        section="teacher",
+        base=base,
+        base_origin=str(args.out / loop.CONFIG),
+    )
+    summary = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
+    for name, g in summary["generators"].items():
+        print(
+            f"teacher G_{name}: {args.out / g['file']}  params {g['params']:,}  "
+            f"{g['gmacs_paper_256']:.3f} GMACs paper / {g['gmacs_true_256']:.3f} true at 256²"
+        )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from compress.importer import import_to_file
+
+    opts = {
+        k: v
+        for k, v in {
+            "ngf": args.ngf,
+            "n_blocks": args.n_blocks,
+            "num_downs": args.num_downs,
+            "norm": args.norm,
+            "padding": args.padding,
+            "separable": args.separable or None,
+            "dropout": args.dropout,
+        }.items()
+        if v is not None
+    }
+    report = import_to_file(args.checkpoint, args.arch, args.out, **opts)
+    print(report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from compress.checkpoint import load_model
+    from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+
+    if args.model is not None:
+        return load_model(args.model)[0]
+    try:
+        if args.arch == "resnet":
+            return ResnetGenerator(
+                ResnetSpec(
+                    ngf=args.ngf,
+                    n_blocks=args.n_blocks,
+                    norm=args.norm or "instance",
+                    separable=args.separable,
+                )
+            )
+        return UnetGenerator(
+            UnetSpec(ngf=args.ngf, num_downs=args.num_downs, norm=args.norm or "batch")
+        )
+    except ValueError as exc:
+        raise DmadError(str(exc)) from None
+
+
+def cmd_macs(args: argparse.Namespace) -> int:
+    from compress.arch import format_table, profile
+
+    if args.size < 1:
+        raise DmadError(f"--size: must be >= 1, got {args.size}")
+    model = _macs_model(args)
+    spec = model.spec
+    div = spec.divisor if hasattr(spec, "divisor") else 4
+    if args.size % div:
+        raise DmadError(
+            f"--size: {args.size} is not a multiple of {div} for this {spec.family} generator"
+        )
+    prof = profile(model, (1, spec.input_nc, args.size, args.size))
+    if args.per_layer:
+        print(format_table(prof))
+    if args.json:
+        print(json.dumps({"family": spec.family, **prof.summary()}, indent=2))
+        return 0
+    src = args.model or f"{args.arch} ngf={args.ngf}"
+    print(
+        f"{src} at 1x{spec.input_nc}x{args.size}x{args.size}: params {prof.params:,}  "
+        f"MACs {prof.macs_paper / 1e9:.3f} G (paper/thop convention)  "
+        f"{prof.macs_true / 1e9:.3f} G (true)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from compress.pipeline import run_demo
+
+    run_demo(args.config, args.out, force=args.force)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from compress import __version__
+    from compress.train.teacher import TeacherConfig
+
+    p = argparse.ArgumentParser(
+        prog="dmad",
+        description="Compress image-to-image GAN generators (DMAD) and ship them to phones.",
+    )
+    p.add_argument("--version", action="version", version=f"dmad {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("data", help="generate the embedded default dataset")
+    s.add_argument("--out", type=Path, default=Path("data/default"))
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--n-train", type=int, default=200)
+    s.add_argument("--n-test", type=int, default=24)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("teacher", help="train a CycleGAN or Pix2Pix teacher")
+    _common_run_flags(s)
+    _add_config_flags(s, TeacherConfig)
+    s.set_defaults(func=cmd_teacher)
+
+    s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
+    s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")
+    s.add_argument("--arch", choices=("resnet", "unet"), required=True)
+    s.add_argument("--out", type=Path, required=True, help="dmad model file to write")
+    s.add_argument("--ngf", type=int, help="default: inferred from the weights")
+    s.add_argument("--n-blocks", type=int, help="default: inferred (resnet)")
+    s.add_argument("--num-downs", type=int, help="default: inferred (unet)")
+    s.add_argument(
+        "--norm",
+        choices=("instance", "instance_affine", "batch"),
+        help="default: inferred from the weights",
+    )
+    s.add_argument("--padding", choices=("reflect", "zero"))
+    s.add_argument("--separable", action="store_true", help="mobile (separable) ResNet")
+    s.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None)
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("macs", help="count MACs (paper and true conventions) and parameters")
+    s.add_argument("model", type=Path, nargs="?", help="a dmad model file; else --arch")
+    s.add_argument("--arch", choices=("resnet", "unet"), default="resnet")
+    s.add_argument("--ngf", type=int, default=64)
+    s.add_argument("--n-blocks", type=int, default=9)
+    s.add_argument("--num-downs", type=int, default=8)
+    s.add_argument("--norm", choices=("instance", "instance_affine", "batch"))
+    s.add_argument("--separable", action="store_true")
+    s.add_argument("--size", type=int, default=256, help="input side (default 256)")
+    s.add_argument("--per-layer", action="store_true", help="print the per-layer table")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_macs)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the embedded default (or --config)")
+    s.add_argument("--config", type=Path, help="demo config (default: configs/demo.toml)")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"))
+    s.add_argument("--force", action="store_true", help="redo finished stages")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DmadError as exc:
+        print(f"dmad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "dmad: interrupted (the last checkpoint is kept; rerun with --resume)", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
