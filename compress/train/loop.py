@@ -40,7 +40,7 @@ class Schedule:
     decay_steps: int
 
     def factor(self, step: int) -> float:
-        """LR multiplier at 0-based ``step``: ``1 - max(0, e - n) / (n_decay + 1)`` as the original."""
+        """LR multiplier at 0-based ``step``: the original `1 - max(0, e - n) / (n_decay + 1)`."""
         constant = self.steps - self.decay_steps
         return 1.0 - max(0, step - constant) / float(self.decay_steps + 1)
 
