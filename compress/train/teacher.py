@@ -195,14 +195,11 @@ class TeacherStage(loop.Stage):
         self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
         self.gan = GANLoss(cfg.gan_mode)
         self.l1 = nn.L1Loss()
+        names = ["AtoB", "BtoA"] if cfg.task == "cyclegan" else ["AtoB"]
         self.G: dict[str, nn.Module] = {}
         self.D: dict[str, nn.Module] = {}
-        names = ["AtoB", "BtoA"] if cfg.task == "cyclegan" else ["AtoB"]
         for n in names:
-            g = build_generator(cfg.generator_spec())
-            d = PatchDiscriminator(cfg.discriminator_spec())
-            init_weights(g)
-            init_weights(d)
+            g, d = self.make_models(n)
             self.G[n] = g.to(self.device).train()
             self.D[n] = d.to(self.device).train()
         betas = (cfg.beta1, 0.999)
@@ -216,6 +213,18 @@ class TeacherStage(loop.Stage):
             n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0, cfg.seed + i + 1)
             for i, n in enumerate(names)
         }
+
+    def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
+        """Fresh N(0, 0.02)-initialised G and D; later stages override this to start elsewhere."""
+        g = build_generator(self.cfg.generator_spec())
+        d = PatchDiscriminator(self.cfg.discriminator_spec())
+        init_weights(g)
+        init_weights(d)
+        return g, d
+
+    def extra_generator_loss(self) -> dict[str, torch.Tensor]:
+        """Terms added to the generator objective (the search adds its mask sparsity here)."""
+        return {}
 
     # -- loop.Stage -----------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -262,6 +271,7 @@ class TeacherStage(loop.Stage):
         losses["G_B"] = self.gan(D_B(fake_A), True, for_discriminator=False)
         losses["cycle_A"] = self.l1(rec_A, real_A) * c.lambda_cycle
         losses["cycle_B"] = self.l1(rec_B, real_B) * c.lambda_cycle
+        losses.update(self.extra_generator_loss())
         loss_G = sum(losses.values())
         loss_G.backward()  # type: ignore[union-attr]
         self.opt_G.step()
@@ -288,10 +298,12 @@ class TeacherStage(loop.Stage):
         self.opt_G.zero_grad(set_to_none=True)
         loss_gan = self.gan(D(torch.cat([real_A, fake_B], 1)), True, for_discriminator=False)
         loss_l1 = self.l1(fake_B, real_B) * c.lambda_l1
-        (loss_gan + loss_l1).backward()
+        extra = self.extra_generator_loss()
+        loss_G = loss_gan + loss_l1 + sum(extra.values())
+        loss_G.backward()  # type: ignore[union-attr]
         self.opt_G.step()
         set_requires_grad([D], True)
-        return {"G": loss_gan + loss_l1, "G_GAN": loss_gan, "L1": loss_l1, "D": loss_D}
+        return {"G": loss_G, "G_GAN": loss_gan, "L1": loss_l1, **extra, "D": loss_D}
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
         c = self.cfg
