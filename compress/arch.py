@@ -152,3 +152,13 @@ def format_table(prof: Profile) -> str:
         f"{prof.macs_paper:>14,} {prof.macs_true:>14,}"
     )
     return "\n".join(lines)
+
+
+def profile_spec(spec, input_shape: tuple[int, ...]) -> Profile:  # type: ignore[no-untyped-def]
+    """Profile the model a spec describes, built directly on the meta device (no allocation),
+    so searching over candidate widths costs milliseconds even for full-size generators."""
+    from compress.models import build
+
+    with torch.device("meta"):
+        model = build(spec)
+    return profile(model, input_shape)

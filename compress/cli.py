@@ -93,6 +93,32 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from compress.config import make_config, read_config_file
+    from compress.train import loop
+    from compress.train.search import SearchConfig, search
+
+    base = None
+    if args.resume and (args.out / loop.CONFIG).exists():
+        base = read_config_file(args.out / loop.CONFIG).get("search")
+    cfg = make_config(SearchConfig, args.config, _config_overrides(args), section="search",
+                      base=base, base_origin=str(args.out / loop.CONFIG))
+    summary = search(cfg, args.out, resume=args.resume, force=args.force)
+    import json as _json
+
+    arch = _json.loads((args.out / "architecture.json").read_text())
+    for d, e in arch["directions"].items():
+        print(f"search G_{d}: {e['gmacs_paper']:.3f} GMACs paper / {e['gmacs_true']:.3f} true "
+              f"(full {e['full_gmacs_paper']:.3f} / {e['full_gmacs_true']:.3f}), params "
+              f"{e['params']:,} (full {e['full_params']:,}), target {cfg.target_gmacs} "
+              f"{cfg.macs_convention}; removed blocks {e['removed_blocks']}")
+        if e["forced_to_one"]:
+            print(f"warning: layers kept at one channel: {', '.join(e['forced_to_one'])}",
+                  file=sys.stderr)
+    print(f"architecture: {args.out / summary['architecture']}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from compress.importer import import_to_file
 
@@ -195,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(s)
     _add_config_flags(s, TeacherConfig)
     s.set_defaults(func=cmd_teacher)
+
+    from compress.train.search import SearchConfig
+
+    s = sub.add_parser("search", help="DMAD search: differentiable masks under a MAC budget")
+    _common_run_flags(s)
+    _add_config_flags(s, SearchConfig)
+    s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")

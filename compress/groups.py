@@ -101,14 +101,18 @@ def update_group_coefficients(
     return k
 
 
-def residual_keep(masks: Mapping[str, ChannelMask], members: Sequence[str]) -> Tensor:
+def residual_keep(
+    masks: Mapping[str, ChannelMask],
+    members: Sequence[str],
+    keep: Mapping[str, Tensor] | None = None,
+) -> Tensor:
     """Bool (C,): stream channels kept by ANY member (union), each member by its own ``kept``.
 
     DMAD's pruning rule (spec §2.4, count > threshold 0). Channels kept by the union but off in
     one writer get zero filters in that writer when pruned, so the sum stays exact.
     """
     _stack(masks, members)  # validation only
-    return torch.stack([masks[n].kept() for n in members]).any(0)
+    return torch.stack([_keep_of(masks, n, keep) for n in members]).any(0)
 
 
 def removed_blocks(masks: Mapping[str, ChannelMask]) -> list[int]:
@@ -123,17 +127,31 @@ def removed_blocks(masks: Mapping[str, ChannelMask]) -> list[int]:
     ]
 
 
-def _kept(masks: Mapping[str, ChannelMask], name: str, expected: int) -> int:
+def _keep_of(
+    masks: Mapping[str, ChannelMask], name: str, keep: Mapping[str, Tensor] | None
+) -> Tensor:
+    """The mask's own ``kept()``, or a candidate keep set (budget fitting tries thresholds)."""
+    return keep[name] if keep is not None else masks[name].kept()
+
+
+def _kept(
+    masks: Mapping[str, ChannelMask],
+    name: str,
+    expected: int,
+    keep: Mapping[str, Tensor] | None = None,
+) -> int:
     if name not in masks:
         raise KeyError(f"no mask named {name!r}")
     m = masks[name]
     if m.channels != expected:
         raise ValueError(f"mask {name!r} has {m.channels} channels, the spec says {expected}")
-    return int(m.kept().sum())
+    return int(_keep_of(masks, name, keep).sum())
 
 
 def widths_from_masks(
-    spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
+    spec: ResnetSpec | UnetSpec,
+    masks: Mapping[str, ChannelMask],
+    keep: Mapping[str, Tensor] | None = None,
 ) -> tuple[ResnetWidths | UnetWidths, list[str]]:
     """The surviving architecture of a masked generator, and the names forced up to width 1.
 
@@ -143,7 +161,8 @@ def widths_from_masks(
     (2·num_downs − 1) kept counts. Every non-block width is at least 1 — a layer cannot have 0
     channels and the image path must stay connected (DMAD does the same for the UNet); such
     layers are listed in the second return value (the stream as ``"stream"``) so the caller can
-    warn: the network then carries a constant channel there.
+    warn: the network then carries a constant channel there. ``keep`` (bool per mask) replaces
+    the masks' own ``kept()`` when given.
     """
     forced: list[str] = []
 
@@ -155,29 +174,29 @@ def widths_from_masks(
 
     if isinstance(spec, ResnetSpec):
         full = spec.resolved_widths()
-        stem = at_least_one("stem", _kept(masks, "stem", full.stem))
-        down1 = at_least_one("down1", _kept(masks, "down1", full.down1))
-        _kept(masks, "down2", full.stream)
+        stem = at_least_one("stem", _kept(masks, "stem", full.stem, keep))
+        down1 = at_least_one("down1", _kept(masks, "down1", full.down1, keep))
+        _kept(masks, "down2", full.stream, keep)
         blocks = []
         for i, inner in enumerate(full.blocks):
             if inner == 0:
                 blocks.append(0)
                 continue
-            blocks.append(_kept(masks, f"block{i}.conv1", inner))
-            _kept(masks, f"block{i}.conv2", full.stream)
-        stream = int(residual_keep(masks, residual_group(masks)).sum())
+            blocks.append(_kept(masks, f"block{i}.conv1", inner, keep))
+            _kept(masks, f"block{i}.conv2", full.stream, keep)
+        stream = int(residual_keep(masks, residual_group(masks), keep).sum())
         stream = at_least_one("stream", stream)
-        up1 = at_least_one("up1", _kept(masks, "up1", full.up1))
-        up2 = at_least_one("up2", _kept(masks, "up2", full.up2))
+        up1 = at_least_one("up1", _kept(masks, "up1", full.up1, keep))
+        up2 = at_least_one("up2", _kept(masks, "up2", full.up2, keep))
         return ResnetWidths(stem, down1, stream, tuple(blocks), up1, up2), forced
     if isinstance(spec, UnetSpec):
         uw = spec.resolved_widths()
         n = spec.num_downs
         down = tuple(
-            at_least_one(f"down{k}", _kept(masks, f"down{k}", uw.down[k])) for k in range(n)
+            at_least_one(f"down{k}", _kept(masks, f"down{k}", uw.down[k], keep)) for k in range(n)
         )
         up = tuple(
-            at_least_one(f"up{k}", _kept(masks, f"up{k}", uw.up[k - 1])) for k in range(1, n)
+            at_least_one(f"up{k}", _kept(masks, f"up{k}", uw.up[k - 1], keep)) for k in range(1, n)
         )
         return UnetWidths(down, up), forced
     raise TypeError(f"widths_from_masks needs a ResnetSpec or UnetSpec, not {type(spec)}")

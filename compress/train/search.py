@@ -1,0 +1,485 @@
+"""``dmad search``: DMAD's differentiable-mask architecture search under a MAC budget.
+
+A masked copy of the generator (masks wrap its norms, :mod:`compress.masks`) trains with the
+teacher's GAN objective plus the mask sparsity terms; the mask bound b follows the cube schedule
+and reaches 0 (hard masks) at 75 % of the steps. At every bound update: the residual-group
+coefficients are recomputed, the architecture is checked against the budget (and frozen when it
+fits, fitted to within the tolerance under the target), channels leaving the band upwards get
+their mask value folded into a neighbouring affine so the output does not jump, and (UNet) layers
+that are mostly off are frozen. When the schedule ends above the budget the lowest-weight
+channels are pruned (:func:`compress.budget.fit_to_budget`), closing DMAD's overshoot.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress import budget
+from compress.checkpoint import load_model
+from compress.config import read_config_file, to_dict
+from compress.errors import DmadError
+from compress.groups import removed_blocks, residual_group, update_group_coefficients
+from compress.io import atomic_save, atomic_write_json
+from compress.masks import (
+    ChannelMask,
+    MaskedNorm,
+    attach_masks,
+    bound_at,
+    bound_loss,
+    group_loss,
+    relu_loss,
+    soft_step,
+)
+from compress.models import ResnetGenerator, ResnetSpec, UnetSpec, spec_to_dict
+from compress.train import loop
+from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+
+SEARCH_FORMAT = "dmad-search"
+
+
+@dataclass
+class SearchConfig:
+    """Settings of ``dmad search``. Empty/zero/negative fields come from the teacher run."""
+
+    teacher: str = ""  # a `dmad teacher` run folder, or a dmad model file (e.g. `dmad import`ed)
+    teacher_reverse: str = ""  # B→A model file for a CycleGAN search from model files
+    init: str = "teacher"  # teacher | scratch (the paper)
+    target_gmacs: float = 0.0
+    macs_convention: str = "paper"  # paper (thop, as the papers report) | true
+    macs_size: int = 256  # MACs are counted at macs_size² (the papers: 256)
+    budget_tolerance: float = 0.03  # final MACs within [(1 - tol)·target, target]
+    directions: str = "both"  # CycleGAN: both | AtoB | BtoA
+    mask_weight_decay: float = -1.0  # -1 = 0.001 ResNet, 0.01 UNet (DMAD's scripts)
+    lambda_update: float = -1.0  # group sparsity λ_u; -1 = 1.0 ResNet, 0 UNet
+    upconv_coeff: float = 100.0  # coefficient of the bound (polarisation) loss
+    bound_schedule: str = "cube"
+    bound_updates: int = 150  # bound updates over the first 75 % of the steps
+    frozen_threshold: float = 0.85  # UNet: freeze a layer once this fraction of it is off
+    # training (default: the teacher run's values)
+    task: str = ""
+    data: str = ""
+    size: int = 0
+    steps: int = 1000
+    decay_steps: int = -1
+    batch_size: int = 0
+    lr: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> DmadError:
+            return DmadError(f"field {name}: {why}")
+
+        if not self.teacher:
+            raise bad("teacher", "required: a `dmad teacher` run folder or a dmad model file")
+        if self.init not in ("teacher", "scratch"):
+            raise bad("init", f"{self.init!r} is not teacher or scratch")
+        if self.macs_convention not in ("paper", "true"):
+            raise bad("macs_convention", f"{self.macs_convention!r} is not paper or true")
+        if not self.target_gmacs > 0:
+            raise bad("target_gmacs", f"must be > 0, got {self.target_gmacs}")
+        if self.directions not in ("both", "AtoB", "BtoA"):
+            raise bad("directions", f"{self.directions!r} is not both, AtoB or BtoA")
+        if not 0 <= self.budget_tolerance < 1:
+            raise bad("budget_tolerance", f"must be in [0, 1), got {self.budget_tolerance}")
+        if self.steps < 1 or self.bound_updates < 1 or self.macs_size < 4:
+            raise bad("steps/bound_updates/macs_size", "must be positive")
+        if self.bound_schedule not in ("cube", "linear", "square"):
+            raise bad("bound_schedule", f"{self.bound_schedule!r} is not cube, linear or square")
+
+
+@dataclass
+class Teacher:
+    """What the search starts from: generators (and discriminators when a run has them)."""
+
+    base: dict[str, Any]  # TeacherConfig fields
+    G: dict[str, nn.Module]
+    D: dict[str, nn.Module]
+
+
+def load_teacher(cfg: SearchConfig) -> Teacher:
+    """Read a teacher run folder or model file(s) into generators, discriminators and config."""
+    path = Path(cfg.teacher)
+    if not path.exists():
+        raise DmadError(f"{path}: teacher not found (give a `dmad teacher` run folder or a model "
+                        "file)")
+    if path.is_dir():
+        if not (path / loop.DONE).exists():
+            raise DmadError(f"{path}: not a finished teacher run (no {loop.DONE}); finish it "
+                            "with `dmad teacher --out ... --resume`")
+        base = read_config_file(path / loop.CONFIG)
+        G = {p.stem[2:]: load_model(p)[0] for p in sorted(path.glob("G_*.pt"))}
+        D = {p.stem[2:]: load_model(p)[0] for p in sorted(path.glob("D_*.pt"))}
+        if not G:
+            raise DmadError(f"{path}: no G_*.pt generator in the teacher run")
+        return Teacher(base, G, D)
+    g, meta = load_model(path)
+    G = {"AtoB": g}
+    if cfg.teacher_reverse:
+        G["BtoA"] = load_model(Path(cfg.teacher_reverse))[0]
+    spec = g.spec
+    base = {"task": meta.get("task") or cfg.task or "cyclegan", "arch": spec.family,
+            "ngf": spec.ngf, "norm": spec.norm}
+    if isinstance(spec, ResnetSpec):
+        base.update(n_blocks=spec.n_blocks, padding=spec.padding, separable=spec.separable)
+    else:
+        base.update(num_downs=spec.num_downs)
+    if meta.get("size"):
+        base["size"] = meta["size"]
+    return Teacher(base, G, {})
+
+
+def training_config(cfg: SearchConfig, teacher: Teacher) -> TeacherConfig:
+    """The teacher run's training settings with the search's overrides."""
+    base = dict(teacher.base)
+    for name in ("task", "data", "size", "batch_size", "lr", "device", "skip_bad"):
+        v = getattr(cfg, name)
+        if v not in ("", 0, 0.0, None) or (name == "skip_bad" and v):
+            base[name] = v
+    base.update(steps=cfg.steps, decay_steps=cfg.decay_steps, seed=cfg.seed,
+                checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    if cfg.size:  # a new size: the resize-before-crop is derived from it again
+        base.pop("load_size", None)
+    names = {f.name for f in dataclasses.fields(TeacherConfig)}
+    return TeacherConfig(**{k: v for k, v in base.items() if k in names})
+
+
+def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
+    """Where a mask's per-channel scale can be folded exactly, or None.
+
+    Affine norms (BatchNorm, affine InstanceNorm) take it in γ and β. A norm-free site (UNet
+    outermost/innermost down) takes it in its conv's output filters. After an affine-free
+    InstanceNorm followed by ReLU the scale moves into the next conv's input channels (exact:
+    ReLU(s·x) = s·ReLU(x) for s > 0); the residual-stream writers have no such place (their
+    output is added to the stream), so they are not folded (DMAD's own fold is a no-op there,
+    method §7.2). In the separable variant the next conv is a depthwise followed by an
+    InstanceNorm, which cancels any positive scale, so nothing needs folding.
+    """
+    unit = _unit_of(model, name)
+    norm = unit.norm.norm if isinstance(unit.norm, MaskedNorm) else unit.norm
+    if getattr(norm, "weight", None) is not None:
+        return "affine", norm
+    if isinstance(norm, nn.Identity):
+        return "conv_out", unit.conv
+    if not isinstance(model, ResnetGenerator):
+        return None
+    nxt = {"stem": model.down1.conv, "down1": model.down2.conv, "up1": model.up2.conv,
+           "up2": model.head.conv}
+    if name.endswith(".conv1"):
+        i = int(name[len("block"):].split(".")[0])
+        conv = model.blocks[i].conv2.conv
+        return None if model.spec.separable else ("conv_in", conv)
+    if name in nxt:
+        return "conv_in", nxt[name]
+    return None
+
+
+def _unit_of(model: nn.Module, name: str) -> nn.Module:
+    from compress.masks import mask_sites
+
+    for n, unit, _ in mask_sites(model):
+        if n == name:
+            return unit
+    raise KeyError(name)
+
+
+@torch.no_grad()
+def fold_scale(model: nn.Module, name: str, scale: torch.Tensor) -> bool:
+    """Multiply mask ``name``'s channel outputs by ``scale`` inside the network's weights, so a
+    mask about to jump to 1 keeps the function it had (method §7.2, fixed). Returns False when
+    the site has no exact place for it."""
+    target = _folding_target(model, name)
+    if target is None:
+        return False
+    kind, mod = target
+    s = scale.to(mod.weight)
+    if kind == "affine":
+        mod.weight.mul_(s)
+        mod.bias.mul_(s)
+    elif kind == "conv_out":
+        if isinstance(mod, nn.ConvTranspose2d):
+            mod.weight.mul_(s[None, :, None, None])
+        else:
+            mod.weight.mul_(s[:, None, None, None])
+        if mod.bias is not None:
+            mod.bias.mul_(s)
+    elif isinstance(mod, nn.ConvTranspose2d):  # conv_in of a ConvTranspose: weight [in, out]
+        mod.weight.mul_(s[:, None, None, None])
+    else:
+        mod.weight.mul_(s[None, :, None, None])
+    return True
+
+
+class SearchStage(TeacherStage):
+    """Masked generator(s) trained with the teacher objective plus mask sparsity."""
+
+    name = "search"
+
+    def __init__(self, scfg: SearchConfig, tcfg: TeacherConfig, teacher: Teacher) -> None:
+        self.scfg = scfg
+        self.teacher = teacher
+        self.masks: dict[str, dict[str, ChannelMask]] = {}
+        self.searched: list[str] = []
+        super().__init__(tcfg)
+        d = next(iter(self.searched))
+        self.family = self.G[d].spec.family
+        unet = self.family == "unet"
+        self.mask_wd = scfg.mask_weight_decay if scfg.mask_weight_decay >= 0 else (
+            0.01 if unet else 0.001)
+        self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
+            0.0 if unet else 1.0)
+        self.target = {n: budget.check_target(self.G[n].spec_full, scfg.target_gmacs,
+                                              scfg.macs_convention, scfg.macs_size)
+                       for n in self.searched}
+        self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
+        self.updates = 0
+        self.frozen_at: dict[str, int] = {}
+        self.last_cost: dict[str, budget.Cost] = {}
+        self.events: list[dict[str, Any]] = []
+        for n in self.searched:
+            self.last_cost[n] = self._cost(n)
+            nothing = {k: torch.zeros_like(m.kept()) for k, m in self.masks[n].items()}
+            floor = self._cost(n, nothing).macs(scfg.macs_convention)
+            if floor > self.target[n]:
+                raise DmadError(f"target_gmacs: {scfg.target_gmacs} is below the smallest "
+                                f"architecture the search can reach ({floor / 1e9:.4g} GMACs "
+                                f"{scfg.macs_convention}, one channel per layer)")
+
+    # -- models ----------------------------------------------------------------------------
+    def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
+        t, cfg = self.teacher, self.scfg
+        if direction not in t.G:
+            raise DmadError(f"{cfg.teacher}: has no {direction} generator; a CycleGAN search "
+                            "needs both (a teacher run folder, or --teacher-reverse FILE)")
+        g = copy.deepcopy(t.G[direction])
+        if cfg.init == "scratch":
+            init_weights(g)
+        want = {"both": ["AtoB", "BtoA"], "AtoB": ["AtoB"], "BtoA": ["BtoA"]}[cfg.directions]
+        if self.cfg.task == "pix2pix":
+            want = ["AtoB"]
+        g.spec_full = g.spec  # type: ignore[attr-defined]
+        if direction in want:
+            self.masks[direction] = attach_masks(g)
+            self.searched.append(direction)
+        if direction in t.D and cfg.init == "teacher":
+            d = copy.deepcopy(t.D[direction])
+        else:
+            from compress.models import PatchDiscriminator
+
+            d = PatchDiscriminator(self.cfg.discriminator_spec())
+            init_weights(d)
+        return g, d
+
+    def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
+        return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,
+                           self.scfg.macs_size)
+
+    # -- losses ----------------------------------------------------------------------------
+    def extra_generator_loss(self) -> dict[str, torch.Tensor]:
+        total: torch.Tensor | None = None
+        for d in self.searched:
+            if d in self.frozen_at:
+                continue
+            for name, m in self.masks[d].items():
+                if self.family == "unet":
+                    term = relu_loss(m)
+                elif name in ("stem", "down1", "up1", "up2"):
+                    term = self.scfg.upconv_coeff * bound_loss(m)
+                elif name == "down2" or name.endswith(".conv2"):
+                    term = group_loss(m) if self.lambda_update > 0 else relu_loss(m)
+                else:
+                    term = relu_loss(m)
+                total = term if total is None else total + term
+        if total is None:
+            return {}
+        return {"mask": self.mask_wd * total}
+
+    # -- schedule --------------------------------------------------------------------------
+    def _freeze_to_budget(self, d: str, step: int, reason: str) -> None:
+        """Fit direction ``d`` just under its target and make its masks hard for good."""
+        masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
+        conv = self.scfg.macs_convention
+        b = float(next(iter(masks.values())).bound)
+        floor = -b if b > 0 else 0.0
+        try:
+            tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
+                                                self.scfg.macs_size, floor=floor)
+            if c.macs(conv) < (1 - tol) * target:  # revive the best-scored pruned channels
+                tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
+                                                    self.scfg.macs_size)
+        except DmadError:
+            tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
+                                                self.scfg.macs_size)
+        for name, m in masks.items():
+            if bool(m.frozen):
+                continue
+            scale = torch.where(keep[name], soft_step(m.weight.detach(), m.bound), 1.0)
+            fold_scale(self.G[d], name, torch.where(scale > 0, scale, 1.0))
+        budget.apply_keep(masks, keep)
+        for m in masks.values():
+            m.weight.requires_grad_(False)
+            m.weight.grad = None
+        self.frozen_at[d] = step
+        self.last_cost[d] = c
+        self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
+                            "threshold": tau, "gmacs": c.macs(conv) / 1e9})
+
+    def after_step(self, step: int) -> dict[str, Any]:
+        n = step + 1
+        total = self.cfg.steps
+        last_update = n >= total  # the schedule ends: anything still searching is fitted now
+        if n % self.interval and not last_update:
+            return {}
+        self.updates += 1
+        b_new = bound_at(min(n, 0.75 * total), total, self.scfg.bound_schedule)
+        info: dict[str, Any] = {"bound": round(b_new, 5)}
+        for d in self.searched:
+            if d in self.frozen_at:
+                continue
+            masks = self.masks[d]
+            if self.family == "resnet" and self.lambda_update > 0:
+                update_group_coefficients(masks, residual_group(masks), self.lambda_update)
+            c = self._cost(d)
+            self.last_cost[d] = c
+            if c.macs(self.scfg.macs_convention) <= self.target[d]:
+                self._freeze_to_budget(d, n, "under budget")
+                continue
+            if b_new == 0.0 and (last_update or n >= 0.75 * total):
+                # hard masks and still above budget: prune the lowest-weight channels
+                self._freeze_to_budget(d, n, "schedule ended above budget")
+                continue
+            with torch.no_grad():
+                for name, m in masks.items():
+                    if bool(m.frozen):
+                        continue
+                    b_old = float(m.bound)
+                    leaving = (m.weight > b_new) & (m.weight <= b_old)
+                    if leaving.any():
+                        scale = torch.where(leaving, soft_step(m.weight.detach(), b_old), 1.0)
+                        fold_scale(self.G[d], name, scale)
+                    m.set_bound(b_new)
+                    if self.family == "unet" and float((~m.kept()).float().mean()) > \
+                            self.scfg.frozen_threshold:
+                        m.freeze()
+                        m.weight.requires_grad_(False)
+            info[f"gmacs_{d}"] = round(c.macs(self.scfg.macs_convention) / 1e9, 4)
+        return info
+
+    def progress_fields(self) -> dict[str, str]:
+        d0 = self.searched[0]
+        b = float(next(iter(self.masks[d0].values())).bound)
+        out = {"b": f"{b:.3f}"}
+        for d in self.searched:
+            c = self.last_cost[d]
+            flag = "*" if d in self.frozen_at else ""
+            out[f"GMACs_{d}"] = f"{c.macs(self.scfg.macs_convention) / 1e9:.3f}{flag}"
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "updates": self.updates,
+                "frozen_at": dict(self.frozen_at), "events": list(self.events)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.updates = int(state["updates"])
+        self.frozen_at = {k: int(v) for k, v in state["frozen_at"].items()}
+        self.events = list(state["events"])
+        for d in self.frozen_at:
+            for m in self.masks[d].values():
+                m.weight.requires_grad_(False)
+        for d in self.searched:
+            self.last_cost[d] = self._cost(d)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        conv = self.scfg.macs_convention
+        arch: dict[str, Any] = {"target_gmacs": self.scfg.target_gmacs, "convention": conv,
+                                "macs_size": self.scfg.macs_size, "init": self.scfg.init,
+                                "directions": {}}
+        for d in self.searched:
+            if d not in self.frozen_at:  # e.g. steps < bound schedule: fit now
+                self._freeze_to_budget(d, self.cfg.steps, "end of search")
+            g, masks = self.G[d].eval(), self.masks[d]
+            c = self._cost(d)
+            full = budget.profile_spec(g.spec_full, (1, g.spec_full.input_nc,
+                                                     self.scfg.macs_size, self.scfg.macs_size))
+            kept = {n: torch.nonzero(m.kept()).flatten().tolist() for n, m in masks.items()}
+            if isinstance(g.spec_full, ResnetSpec):
+                keep_stream = torch.stack([masks[n].kept() for n in residual_group(masks)]).any(0)
+                kept["stream"] = torch.nonzero(keep_stream).flatten().tolist()
+            pruned_spec = dataclasses.replace(g.spec_full, widths=c.widths)
+            entry = {
+                "file": f"search_G_{d}.pt",
+                "spec": spec_to_dict(pruned_spec),
+                "widths": c.widths.as_list(),
+                "kept_channels": kept,
+                "removed_blocks": removed_blocks(masks) if self.family == "resnet" else [],
+                "forced_to_one": list(c.forced),
+                "gmacs_paper": c.macs_paper / 1e9, "gmacs_true": c.macs_true / 1e9,
+                "params": c.params,
+                "full_gmacs_paper": full.macs_paper / 1e9, "full_gmacs_true": full.macs_true / 1e9,
+                "full_params": full.params,
+                "target_ratio": c.macs(conv) / (self.scfg.target_gmacs * 1e9),
+                "frozen_at_step": self.frozen_at.get(d),
+            }
+            arch["directions"][d] = entry
+            atomic_save({"format": SEARCH_FORMAT, "version": 1,
+                         "spec": spec_to_dict(g.spec_full),
+                         "mask_names": list(masks),
+                         "state_dict": {k: v.detach().cpu().clone()
+                                        for k, v in g.state_dict().items()},
+                         "architecture": entry, "meta": {"direction": d, "task": self.cfg.task,
+                                                         "size": self.cfg.size}},
+                        run_dir / entry["file"])
+            if d in self.D:
+                from compress.checkpoint import save_model
+
+                save_model(self.D[d], run_dir / f"D_{d}.pt", task=self.cfg.task, direction=d,
+                           role="search-discriminator")
+        arch["events"] = self.events
+        atomic_write_json(run_dir / "architecture.json", arch)
+        return {"architecture": "architecture.json",
+                "gmacs": {d: e[f"gmacs_{conv}"] for d, e in arch["directions"].items()}}
+
+
+def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str, Any]]:
+    """Rebuild a masked generator from a ``search_G_*.pt`` file: (model, masks, architecture)."""
+    from compress.io import safe_load
+    from compress.models import build, spec_from_dict
+
+    obj = safe_load(path)
+    if not isinstance(obj, dict) or obj.get("format") != SEARCH_FORMAT:
+        raise DmadError(f"{path}: not a dmad search result")
+    model = build(spec_from_dict(obj["spec"]))
+    masks = attach_masks(model)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise DmadError(f"{path}: weights do not match its spec ({str(exc)[:120]})") from None
+    return model.eval(), masks, obj["architecture"]
+
+
+def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = False,
+           max_steps: int | None = None) -> dict[str, Any]:
+    """Run the DMAD search into ``out``; the one verb behind ``dmad search``."""
+    teacher = load_teacher(cfg)
+    tcfg = training_config(cfg, teacher)
+    loop.prepare_run_dir(out, resume=resume, force=force)
+    stage = SearchStage(cfg, tcfg, teacher)
+    return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
+                    {"search": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
+                    checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
+                    max_steps=max_steps)
+
+
+__all__ = ["SearchConfig", "SearchStage", "UnetSpec", "load_search", "search"]

@@ -1,0 +1,171 @@
+"""DMAD search: budget fitting, folding, schedule, outputs, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import budget
+from compress.errors import DmadError
+from compress.masks import attach_masks, find_masks
+from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+from compress.train.search import SearchConfig, fold_scale, load_search, search
+from compress.train.teacher import TeacherConfig, train_teacher
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from compress.data import make_default_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    data = make_default_dataset(root / "data", size=32, n_train=16, n_test=4)
+    out = {}
+    for name, extra in {"cyclegan": {"task": "cyclegan", "n_blocks": 3},
+                        "separable": {"task": "cyclegan", "n_blocks": 2, "separable": True},
+                        "pix2pix": {"task": "pix2pix", "num_downs": 5}}.items():
+        cfg = TeacherConfig(data=str(data), ngf=8, ndf=4, size=32, steps=3, device="cpu", **extra)
+        train_teacher(cfg, root / name)
+        out[name] = root / name
+    return out
+
+
+def _search(teacher: Path, out: Path, target: float, **kw: object) -> dict:
+    cfg = SearchConfig(teacher=str(teacher), target_gmacs=target, steps=kw.pop("steps", 16),
+                       bound_updates=8, device="cpu", log_every=1, checkpoint_every=4, **kw)
+    search(cfg, out)
+    return json.loads((out / "architecture.json").read_text())
+
+
+@pytest.mark.parametrize("kind,target,convention", [
+    ("cyclegan", 0.2, "paper"), ("cyclegan", 0.15, "true"), ("separable", 0.15, "paper"),
+    ("pix2pix", 0.03, "paper"),
+])
+def test_search_lands_within_three_percent_under_target(teachers: dict[str, Path],
+                                                        tmp_path: Path, kind: str,
+                                                        target: float, convention: str) -> None:
+    arch = _search(teachers[kind], tmp_path / "s", target, macs_convention=convention)
+    assert arch["directions"], "no direction searched"
+    for d, e in arch["directions"].items():
+        got = e[f"gmacs_{convention}"]
+        assert 0.97 * target <= got <= target, (d, got)
+        assert e["gmacs_paper"] < e["full_gmacs_paper"] and e["params"] < e["full_params"]
+        model, masks, entry = load_search(tmp_path / "s" / e["file"])
+        assert entry == e
+        assert all(bool(m.frozen) and float(m.bound) == 0.0 for m in masks.values())
+        for name, m in masks.items():
+            assert len(e["kept_channels"][name]) == int(m.kept().sum())
+        cost = budget.cost(model.spec, masks, None, 256)
+        assert cost.macs(convention) == pytest.approx(got * 1e9)
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    if kind == "pix2pix":
+        assert list(arch["directions"]) == ["AtoB"]
+    else:
+        assert set(arch["directions"]) == {"AtoB", "BtoA"}
+
+
+def test_one_direction_and_scratch_init(teachers: dict[str, Path], tmp_path: Path) -> None:
+    arch = _search(teachers["cyclegan"], tmp_path / "s", 0.2, directions="BtoA", init="scratch")
+    assert list(arch["directions"]) == ["BtoA"] and arch["init"] == "scratch"
+
+
+def test_progress_log_has_bound_and_macs(teachers: dict[str, Path], tmp_path: Path) -> None:
+    _search(teachers["cyclegan"], tmp_path / "s", 0.2)
+    log = [json.loads(x) for x in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    bounds = [r["bound"] for r in log if "bound" in r]
+    assert bounds and bounds == sorted(bounds, reverse=True)
+    assert any("gmacs_AtoB" in r for r in log) and all("mask" in r for r in log[:2])
+
+
+def test_search_resume_equals_uninterrupted(teachers: dict[str, Path], tmp_path: Path) -> None:
+    kw = dict(teacher=str(teachers["cyclegan"]), target_gmacs=0.2, steps=16, bound_updates=8,
+              device="cpu", checkpoint_every=3)
+    search(SearchConfig(**kw), tmp_path / "a")
+    search(SearchConfig(**kw), tmp_path / "b", max_steps=7)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    bounds = [v for k, v in ckpt["modules"]["G_AtoB"].items() if k.endswith("mask.bound")]
+    assert bounds and all(float(b) < 1.0 for b in bounds)  # mask state is in the checkpoint
+    search(SearchConfig(**kw), tmp_path / "b", resume=True)
+    for f in ("search_G_AtoB.pt", "search_G_BtoA.pt"):
+        a = torch.load(tmp_path / "a" / f, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "b" / f, weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+
+
+@pytest.mark.parametrize("target,match", [(1000.0, "not below the full model"),
+                                          (1e-6, "below the smallest"), (0.0, "> 0")])
+def test_impossible_targets_fail_before_training(teachers: dict[str, Path], tmp_path: Path,
+                                                 target: float, match: str) -> None:
+    with pytest.raises(DmadError, match=match):
+        _search(teachers["cyclegan"], tmp_path / "s", target)
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DmadError, match="teacher not found"):
+        search(SearchConfig(teacher=str(tmp_path / "none"), target_gmacs=1.0), tmp_path / "s")
+    with pytest.raises(DmadError, match="teacher"):
+        SearchConfig(target_gmacs=1.0)
+
+
+def _soften(masks: dict, name: str, b: float) -> None:
+    with torch.no_grad():
+        m = masks[name]
+        m.bound.fill_(b)
+        m.weight.copy_(torch.linspace(0.05, 0.9, m.channels) * b)  # all in band, m in (0.5, 1)
+
+
+@pytest.mark.parametrize("model,name", [
+    (ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2)), "stem"),
+    (ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2)), "up1"),
+    (ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2)), "block1.conv1"),
+    (ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2, separable=True)), "block0.conv1"),
+    (ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2, norm="batch")), "down2"),
+    (UnetGenerator(UnetSpec(ngf=2, num_downs=5)), "down2"),
+    (UnetGenerator(UnetSpec(ngf=2, num_downs=5)), "down0"),
+    (UnetGenerator(UnetSpec(ngf=2, num_downs=5)), "down4"),
+])
+def test_fold_scale_keeps_the_function_when_a_mask_jumps_to_one(model, name: str) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model.eval()
+    masks = attach_masks(model)
+    for m in masks.values():
+        with torch.no_grad():
+            m.weight.fill_(1.0)
+            m.bound.fill_(0.0)
+    _soften(masks, name, 0.5)
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    m = find_masks(model)[name]
+    scale = m.value().detach()
+    folded = fold_scale(model, name, scale)
+    with torch.no_grad():
+        m.weight.fill_(1.0)  # the mask jumps to 1
+    after = model(x)
+    if model.spec.family == "resnet" and model.spec.separable and name.endswith("conv1"):
+        # not folded: the depthwise conv's InstanceNorm cancels a positive scale (up to its eps)
+        assert not folded and torch.allclose(before, after, atol=1e-3)
+    else:
+        assert folded and torch.allclose(before, after, atol=1e-5)
+
+
+def test_fit_to_budget_prunes_lowest_weights_first_and_fills_up() -> None:
+    torch.manual_seed(0)
+    g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=2))
+    masks = attach_masks(g)
+    full = budget.cost(g.spec, masks, {n: torch.ones_like(m.kept()) for n, m in masks.items()})
+    target = int(0.5 * full.macs_paper)
+    _, keep, c = budget.fit_to_budget(g.spec, masks, target, "paper")
+    assert 0.97 * target <= c.macs_paper <= target
+    stream = {"down2"} | {n for n in masks if n.endswith(".conv2")}
+    for n, m in masks.items():
+        if n in stream or keep[n].all() or not keep[n].any():
+            continue  # stream channels cost depends on the union; skip full/empty layers
+        w = m.weight.detach()
+        assert w[keep[n]].min() > w[~keep[n]].max(), n  # lowest weights pruned first
+        # and the best pruned channel of the layer no longer fits
+        trial = {k: v.clone() for k, v in keep.items()}
+        trial[n][int(torch.argmax(torch.where(keep[n], -1e9, w)))] = True
+        assert budget.cost(g.spec, masks, trial).macs_paper > target, n
