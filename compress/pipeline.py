@@ -23,7 +23,7 @@ def _stage_done(run_dir: Path) -> bool:
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
-    """Run data → teacher → MACs report; returns per-stage seconds."""
+    """Run data → teacher → search, printing MACs; returns per-stage seconds."""
     from compress.arch import profile
     from compress.checkpoint import load_model
     from compress.data import make_default_dataset
@@ -31,7 +31,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
 
     path = config or DEFAULT_CONFIG
     settings = read_config_file(path)
-    known = {"data", "teacher"}
+    known = {"data", "teacher", "search"}
     unknown = set(settings) - known
     if unknown:
         raise DmadError(
@@ -78,5 +78,25 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
                 f"{prof.macs_paper / 1e9:.3f} GMACs (paper)  "
                 f"{prof.macs_true / 1e9:.3f} GMACs (true)"
             )
+    if "search" in settings:
+        from compress.train.search import SearchConfig, search
+
+        t = time.time()
+        sdir = out / "search"
+        overrides = {} if "teacher" in settings["search"] else {"teacher": str(tdir)}
+        scfg = make_config(SearchConfig, path, overrides, section="search")
+        if _stage_done(sdir) and not force:
+            status = "skipped (finished)"
+        else:
+            resume = (sdir / loop.CHECKPOINT).exists() and not force
+            search(scfg, sdir, resume=resume, force=force)
+            status = "resumed" if resume else "searched"
+        times["search"] = time.time() - t
+        print(f"[demo] search    {times['search']:7.1f} s  {status}")
+        arch = read_config_file(sdir / "architecture.json")
+        for d, e in arch["directions"].items():
+            print(f"[demo] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
+                  f"({e['full_gmacs_paper'] / e['gmacs_paper']:.1f}x fewer), "
+                  f"{e['gmacs_true']:.3f} true, params {e['params']:,}")
     print(f"[demo] outputs in {out}  (samples: {tdir / 'samples.png'})")
     return times
