@@ -59,6 +59,7 @@ class SearchConfig:
     mask_weight_decay: float = -1.0  # -1 = 0.001 ResNet, 0.01 UNet (DMAD's scripts)
     lambda_update: float = -1.0  # group sparsity λ_u; -1 = 1.0 ResNet, 0 UNet
     upconv_coeff: float = 100.0  # coefficient of the bound (polarisation) loss
+    mask_lr: float = 0.0  # 0 = max(lr, 0.5 / (0.75·steps)): masks can cross the band in time
     bound_schedule: str = "cube"
     bound_updates: int = 150  # bound updates over the first 75 % of the steps
     frozen_threshold: float = 0.85  # UNet: freeze a layer once this fraction of it is off
@@ -242,6 +243,17 @@ class SearchStage(TeacherStage):
                                               scfg.macs_convention, scfg.macs_size)
                        for n in self.searched}
         self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
+        # Masks get their own learning rate. Adam moves a weight by about lr per step, so in
+        # DMAD's 200 epochs (~10^5 steps) 2e-4 lets a mask cross its band many times over, but a
+        # short search would end with masks barely moved from init and the budget met only by
+        # the final pruning. The default keeps the paper's lr at paper scale.
+        mask_params = {id(m.weight) for ms in self.masks.values() for m in ms.values()}
+        other = [p for g in self.G.values() for p in g.parameters() if id(p) not in mask_params]
+        masks_w = [m.weight for ms in self.masks.values() for m in ms.values()]
+        self.mask_lr = scfg.mask_lr or max(tcfg.lr, 0.5 / (0.75 * tcfg.steps))
+        self.opt_G = torch.optim.Adam([{"params": other, "lr": tcfg.lr},
+                                       {"params": masks_w, "lr": self.mask_lr}],
+                                      lr=tcfg.lr, betas=(tcfg.beta1, 0.999))
         self.updates = 0
         self.frozen_at: dict[str, int] = {}
         self.last_cost: dict[str, budget.Cost] = {}
