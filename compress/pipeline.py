@@ -8,6 +8,7 @@ times are printed so users see where the minutes go.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,18 @@ from compress.train import loop
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 
 
-def _stage_done(run_dir: Path) -> bool:
-    return (run_dir / loop.DONE).exists()
+def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
+               times: dict[str, float]) -> None:
+    """Skip a finished stage, resume an unfinished one, or run it; record and print its time."""
+    t = time.time()
+    if (run_dir / loop.DONE).exists() and not force:
+        status = "skipped (finished)"
+    else:
+        resume = (run_dir / loop.CHECKPOINT).exists() and not force
+        train(run_dir, resume=resume, force=force)
+        status = "resumed" if resume else "done"
+    times[name] = time.time() - t
+    print(f"[demo] {name:<9} {times[name]:7.1f} s  {status}")
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
@@ -56,17 +67,9 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     times["data"] = time.time() - t
     print(f"[demo] data      {times['data']:7.1f} s")
 
-    t = time.time()
     tcfg = make_config(TeacherConfig, path, section="teacher")
     tdir = out / "teacher"
-    if _stage_done(tdir) and not force:
-        status = "skipped (finished)"
-    else:
-        resume = (tdir / loop.CHECKPOINT).exists() and not force
-        train_teacher(tcfg, tdir, resume=resume, force=force)
-        status = "resumed" if resume else "trained"
-    times["teacher"] = time.time() - t
-    print(f"[demo] teacher   {times['teacher']:7.1f} s  {status}")
+    _run_stage("teacher", tdir, lambda d, **kw: train_teacher(tcfg, d, **kw), force, times)
 
     for g in sorted(tdir.glob("G_*.pt")):
         model, _ = load_model(g)
@@ -81,18 +84,10 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     if "search" in settings:
         from compress.train.search import SearchConfig, search
 
-        t = time.time()
         sdir = out / "search"
         overrides = {} if "teacher" in settings["search"] else {"teacher": str(tdir)}
         scfg = make_config(SearchConfig, path, overrides, section="search")
-        if _stage_done(sdir) and not force:
-            status = "skipped (finished)"
-        else:
-            resume = (sdir / loop.CHECKPOINT).exists() and not force
-            search(scfg, sdir, resume=resume, force=force)
-            status = "resumed" if resume else "searched"
-        times["search"] = time.time() - t
-        print(f"[demo] search    {times['search']:7.1f} s  {status}")
+        _run_stage("search", sdir, lambda d, **kw: search(scfg, d, **kw), force, times)
         arch = read_config_file(sdir / "architecture.json")
         for d, e in arch["directions"].items():
             print(f"[demo] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
