@@ -13,6 +13,7 @@ Shapes come from one forward pass on the ``meta`` device: no memory, no compute,
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,16 @@ def _costs(m: nn.Module, x: torch.Size, y: torch.Size) -> tuple[int, int]:
     return 0, 0
 
 
+def _drop_instance_norms(model: nn.Module) -> None:
+    """InstanceNorm costs nothing in either convention and its meta kernel is a slow
+    decomposition; an Identity has the same shapes, which is all the count needs."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.InstanceNorm2d):
+            setattr(model, name, nn.Identity())
+        else:
+            _drop_instance_norms(child)
+
+
 def profile(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -> Profile:
     """Count MACs and parameters of ``model`` for an input of ``input_shape``.
 
@@ -97,6 +108,7 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -
     Parameters are counted once per tensor (shared tensors once), masks' own scalars included.
     """
     meta = copy.deepcopy(model).to("meta").eval()
+    _drop_instance_norms(meta)
     rows: list[LayerCost] = []
     hooks = []
 
@@ -154,9 +166,11 @@ def format_table(prof: Profile) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=4096)
 def profile_spec(spec, input_shape: tuple[int, ...]) -> Profile:  # type: ignore[no-untyped-def]
     """Profile the model a spec describes, built directly on the meta device (no allocation),
-    so searching over candidate widths costs milliseconds even for full-size generators."""
+    so searching over candidate widths costs milliseconds even for full-size generators.
+    Specs are frozen dataclasses, so results are cached: a search revisits the same widths."""
     from compress.models import build
 
     with torch.device("meta"):

@@ -534,3 +534,26 @@ def test_masked_model_runs_on_meta_device() -> None:
 def test_attach_rejects_other_models() -> None:
     with pytest.raises(TypeError):
         attach_masks(nn.Conv2d(1, 1, 1))
+
+
+def test_channel_mask_forward_backward_equal_mask_apply_and_follow_updates() -> None:
+    from compress.masks import ChannelMask, MaskApply
+
+    torch.manual_seed(0)
+    mask = ChannelMask(6)
+    with torch.no_grad():
+        mask.bound.fill_(0.4)
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    for _ in range(2):  # second round after an in-place update: the cache must notice
+        y1 = mask(x)
+        (y1 * torch.arange(6.0)[None, :, None, None]).sum().backward()
+        g_cached, gx_cached = mask.weight.grad.clone(), x.grad.clone()
+        mask.weight.grad, x.grad = None, None
+        y2 = MaskApply.apply(x, mask.weight, mask.bound)
+        (y2 * torch.arange(6.0)[None, :, None, None]).sum().backward()
+        assert torch.equal(y1, y2)
+        assert torch.allclose(g_cached, mask.weight.grad) and torch.allclose(gx_cached, x.grad)
+        mask.weight.grad, x.grad = None, None
+        with torch.no_grad():
+            mask.weight.add_(0.1)
+            mask.bound.fill_(0.2)

@@ -169,3 +169,27 @@ def test_fit_to_budget_prunes_lowest_weights_first_and_fills_up() -> None:
         trial = {k: v.clone() for k, v in keep.items()}
         trial[n][int(torch.argmax(torch.where(keep[n], -1e9, w)))] = True
         assert budget.cost(g.spec, masks, trial).macs_paper > target, n
+
+
+def test_removed_block_costs_nothing_and_is_reported() -> None:
+    from compress.groups import removed_blocks
+
+    g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3))
+    masks = attach_masks(g)
+    with torch.no_grad():
+        for m in masks.values():
+            m.weight.fill_(1.0)
+            m.bound.fill_(0.0)
+        masks["block1.conv1"].weight.fill_(-1.0)
+    assert removed_blocks(masks) == [1]
+    c = budget.cost(g.spec, masks)
+    assert c.widths.blocks == (32, 0, 32)
+    slim = budget.profile_spec(
+        ResnetSpec(ngf=8, n_blocks=3, widths=c.widths), (1, 3, 256, 256))
+    assert c.macs_paper == slim.macs_paper
+    # the masked model equals the model with that block made an identity
+    x = torch.randn(1, 3, 32, 32)
+    g.eval()
+    y = g(x)
+    g.blocks[1] = torch.nn.Identity()
+    assert torch.allclose(y, g(x), atol=1e-6)
