@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_macs)
 
+    from benchmark.cli import register as register_benchmark
+    from export.cli import register as register_export
+
+    register_export(sub)
+    register_benchmark(sub)
+
     s = sub.add_parser("demo", help="the whole pipeline on the embedded default (or --config)")
     s.add_argument("--config", type=Path, help="demo config (default: configs/demo.toml)")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
