@@ -119,6 +119,52 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from compress.config import make_config, read_config_file
+    from compress.train import loop
+    from compress.train.finetune import FinetuneConfig, finetune
+
+    base = None
+    if args.resume and (args.out / loop.CONFIG).exists():
+        base = read_config_file(args.out / loop.CONFIG).get("finetune")
+    cfg = make_config(FinetuneConfig, args.config, _config_overrides(args), section="finetune",
+                      base=base, base_origin=str(args.out / loop.CONFIG))
+    summary = finetune(cfg, args.out, resume=args.resume, force=args.force)
+    mode = "teacher-G-only" if summary["g_only"] else "co-attention (teacher G + D)"
+    for d, s in summary["students"].items():
+        print(f"student G_{d}: {args.out / s['file']}  {mode}  params {s['params']:,}  "
+              f"{s['gmacs_paper_256']:.3f} GMACs paper / {s['gmacs_true_256']:.3f} true at 256²")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from compress.config import make_config
+    from compress.evaluate import EvalConfig, evaluate
+
+    cfg = make_config(EvalConfig, args.config, _config_overrides(args), section="eval")
+    s = evaluate(cfg, args.out)
+
+    def fmt(v: float | None, unit: str = "") -> str:
+        return "n/a" if v is None else f"{v:.3f}{unit}"
+
+    print(f"images {s['images']}  PSNR vs teacher {fmt(s['psnr_vs_teacher'], ' dB')}  "
+          f"SSIM vs teacher {fmt(s['ssim_vs_teacher'])}")
+    if s["psnr_vs_ground_truth"] is not None:
+        print(f"vs ground truth: student PSNR {fmt(s['psnr_vs_ground_truth'], ' dB')} SSIM "
+              f"{fmt(s['ssim_vs_ground_truth'])}; teacher PSNR "
+              f"{fmt(s['teacher_psnr_vs_ground_truth'], ' dB')}")
+    r = s["ratios"]
+    print(f"MACs ÷{r['macs_paper']:.1f} (paper) ÷{r['macs_true']:.1f} (true), params "
+          f"÷{r['params']:.1f}")
+    if "fid_kid_student" in s:
+        print(f"FID student {s['fid_kid_student']['fid']:.2f}  teacher "
+              f"{s['fid_kid_teacher']['fid']:.2f}")
+    else:
+        print(s["fid_note"], file=sys.stderr)
+    print(f"wrote {args.out / 'eval.json'} and {args.out / 'grid.png'}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from compress.importer import import_to_file
 
@@ -228,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(s)
     _add_config_flags(s, SearchConfig)
     s.set_defaults(func=cmd_search)
+
+    from compress.evaluate import EvalConfig
+    from compress.train.finetune import FinetuneConfig
+
+    s = sub.add_parser("finetune", help="prune the searched generator, then co-attention "
+                       "distillation from the teacher")
+    _common_run_flags(s)
+    _add_config_flags(s, FinetuneConfig)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("eval", help="PSNR/SSIM vs teacher (and ground truth), FID/KID, grid")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--out", type=Path, required=True, help="folder for eval.json and grid.png")
+    _add_config_flags(s, EvalConfig)
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")

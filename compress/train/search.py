@@ -108,7 +108,7 @@ class Teacher:
     D: dict[str, nn.Module]
 
 
-def load_teacher(cfg: SearchConfig) -> Teacher:
+def load_teacher(cfg: Any) -> Teacher:
     """Read a teacher run folder or model file(s) into generators, discriminators and config."""
     path = Path(cfg.teacher)
     if not path.exists():
@@ -140,7 +140,7 @@ def load_teacher(cfg: SearchConfig) -> Teacher:
     return Teacher(base, G, {})
 
 
-def training_config(cfg: SearchConfig, teacher: Teacher) -> TeacherConfig:
+def training_config(cfg: Any, teacher: Teacher) -> TeacherConfig:
     """The teacher run's training settings with the search's overrides."""
     base = dict(teacher.base)
     for name in ("task", "data", "size", "batch_size", "lr", "device", "skip_bad"):

@@ -195,7 +195,7 @@ class TeacherStage(loop.Stage):
         self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
         self.gan = GANLoss(cfg.gan_mode)
         self.l1 = nn.L1Loss()
-        names = ["AtoB", "BtoA"] if cfg.task == "cyclegan" else ["AtoB"]
+        names = self.directions()
         self.G: dict[str, nn.Module] = {}
         self.D: dict[str, nn.Module] = {}
         for n in names:
@@ -213,6 +213,10 @@ class TeacherStage(loop.Stage):
             n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0, cfg.seed + i + 1)
             for i, n in enumerate(names)
         }
+
+    def directions(self) -> list[str]:
+        """Generators this stage trains: both for CycleGAN, A→B for Pix2Pix."""
+        return ["AtoB", "BtoA"] if self.cfg.task == "cyclegan" else ["AtoB"]
 
     def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
         """Fresh N(0, 0.02)-initialised G and D; later stages override this to start elsewhere."""
@@ -245,6 +249,7 @@ class TeacherStage(loop.Stage):
 
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
         b = self.batches.get(step)
+        self.batch = b
         if self.cfg.task == "cyclegan":
             return self._cyclegan_step(b["A"], b["B"])
         return self._pix2pix_step(b["A"], b["B"])
@@ -257,9 +262,10 @@ class TeacherStage(loop.Stage):
     ) -> dict[str, torch.Tensor | float]:
         c = self.cfg
         G_A, G_B, D_A, D_B = self.G["AtoB"], self.G["BtoA"], self.D["AtoB"], self.D["BtoA"]
+        # Each generator's first call is on its real input (distillation records those).
         fake_B = G_A(real_A)
-        rec_A = G_B(fake_B)
         fake_A = G_B(real_B)
+        rec_A = G_B(fake_B)
         rec_B = G_A(fake_A)
         set_requires_grad([D_A, D_B], False)
         self.opt_G.zero_grad(set_to_none=True)

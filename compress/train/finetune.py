@@ -1,0 +1,274 @@
+"""``dmad finetune``: train the physically pruned student with co-attention distillation.
+
+Full mode (teacher G and D available, e.g. a ``dmad teacher`` run): the task objective (CycleGAN
+LSGAN + cycle + identity, or Pix2Pix hinge + L1) plus λ_att · co-attention (targets 0.5·teacher
+G map + 0.5·teacher D map, the teacher D run on the student's output) plus λ_D · distillation of
+the teacher D's last hidden features. Teacher-G-only mode (a ``dmad import``ed generator, no
+D): the student learns the teacher's outputs (paired L1, as GAN Compression distils CycleGAN)
+against a freshly trained D, with G-only attention maps. Teachers are frozen in both modes:
+eval mode, no gradients, targets detached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.attention import (
+    Recorder,
+    attention_map,
+    co_attention_loss,
+    d_feature_loss,
+    discriminator_taps,
+    generator_taps,
+)
+from compress.checkpoint import load_model, save_model
+from compress.config import read_config_file, to_dict
+from compress.errors import DmadError
+from compress.models import PatchDiscriminator
+from compress.train import loop
+from compress.train.common import save_grid, set_requires_grad
+from compress.train.search import Teacher, load_teacher, training_config
+from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of ``dmad finetune``; empty/zero/negative fields come from the runs it reads."""
+
+    search: str = ""  # a `dmad search` run folder (its masked generators are pruned first)
+    student: str = ""  # or a slim dmad model file (A→B)
+    teacher: str = ""  # "" = the teacher the search used
+    teacher_reverse: str = ""
+    g_only: bool | None = None  # None = automatic: when the teacher has no discriminator
+    lambda_attention: float = -1.0  # -1 = 100 CycleGAN, 10 Pix2Pix (DMAD's scripts)
+    lambda_dfeat: float = 1e-4
+    lambda_distill: float = 10.0  # L1 to the teacher's outputs (0 = DMAD's exact objective)
+    task: str = ""
+    data: str = ""
+    size: int = 0
+    steps: int = 1000
+    decay_steps: int = -1
+    batch_size: int = 0
+    lr: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.search and not self.student:
+            raise DmadError("field search: give a `dmad search` run folder (or --student FILE)")
+        if self.steps < 1:
+            raise DmadError(f"field steps: must be >= 1, got {self.steps}")
+        if self.lambda_dfeat < 0:
+            raise DmadError(f"field lambda_dfeat: must be >= 0, got {self.lambda_dfeat}")
+
+
+def _students(cfg: FinetuneConfig) -> tuple[dict[str, nn.Module], dict[str, nn.Module], str]:
+    """Pruned students (and the search's discriminators) plus the teacher the search used."""
+    from export.slim import prune_search_file
+
+    if cfg.student:
+        g, _ = load_model(Path(cfg.student))
+        return {"AtoB": g}, {}, cfg.teacher
+    run = Path(cfg.search)
+    if not (run / loop.DONE).exists():
+        raise DmadError(f"{run}: not a finished search run (no {loop.DONE})")
+    files = sorted(run.glob("search_G_*.pt"))
+    if not files:
+        raise DmadError(f"{run}: no search_G_*.pt in the search run")
+    students = {f.stem[len("search_G_"):]: prune_search_file(f) for f in files}
+    ds = {p.stem[2:]: load_model(p)[0] for p in sorted(run.glob("D_*.pt"))}
+    searched = read_config_file(run / loop.CONFIG).get("search", {})
+    teacher = cfg.teacher or searched.get("teacher", "")
+    return students, ds, teacher
+
+
+class FinetuneStage(TeacherStage):
+    """The slim student(s) trained with the task objective plus distillation."""
+
+    name = "finetune"
+
+    def __init__(self, fcfg: FinetuneConfig, tcfg: TeacherConfig, teacher: Teacher,
+                 students: dict[str, nn.Module], search_D: dict[str, nn.Module]) -> None:
+        self.fcfg = fcfg
+        self.teacher = teacher
+        self.students = students
+        self.search_D = search_D
+        self.g_only = fcfg.g_only if fcfg.g_only is not None else not teacher.D
+        if not self.g_only and not teacher.D:
+            raise DmadError(f"{fcfg.teacher or fcfg.search}: full co-attention distillation needs "
+                            "the teacher's discriminator; use --g-only true with a generator alone")
+        super().__init__(tcfg)
+        task = tcfg.task
+        self.lambda_att = fcfg.lambda_attention if fcfg.lambda_attention >= 0 else (
+            100.0 if task == "cyclegan" else 10.0)
+        self.lambda_distill = fcfg.lambda_distill
+        if self.g_only and self.lambda_distill <= 0:
+            raise DmadError("field lambda_distill: must be > 0 in teacher-G-only mode (the "
+                            "teacher's outputs are the only teaching signal besides attention)")
+        self.T = {d: teacher.G[d].to(self.device).eval().requires_grad_(False) for d in self.G
+                  if d in teacher.G}
+        self.TD = {} if self.g_only else {
+            d: teacher.D[d].to(self.device).eval().requires_grad_(False) for d in self.G
+            if d in teacher.D}
+        self.s_rec = {d: Recorder(generator_taps(self.G[d])) for d in self.students}
+        self.t_rec = {d: Recorder(generator_taps(self.T[d])) for d in self.students}
+        self.d_rec = {d: Recorder(dict(zip(("att", "hidden"), discriminator_taps(D), strict=True)))
+                      for d, D in self.TD.items()}
+
+    def directions(self) -> list[str]:
+        if self.g_only:
+            return list(self.students)
+        return super().directions()
+
+    def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
+        if direction in self.students:
+            g = self.students[direction]
+        elif direction in self.teacher.G:  # CycleGAN with one searched direction
+            import copy
+
+            g = copy.deepcopy(self.teacher.G[direction])
+        else:
+            raise DmadError(f"no {direction} generator: a CycleGAN fine-tune needs both "
+                            "directions (search both, or give --teacher-reverse)")
+        if direction in self.search_D:
+            d = self.search_D[direction]
+        elif direction in self.teacher.D and not self.g_only:
+            import copy
+
+            d = copy.deepcopy(self.teacher.D[direction])
+        else:
+            d = PatchDiscriminator(self.cfg.discriminator_spec())
+            init_weights(d)
+        return g, d
+
+    # -- distillation ----------------------------------------------------------------------
+    def _inputs(self, d: str) -> torch.Tensor:
+        return self.batch["A"] if d == "AtoB" else self.batch["B"]
+
+    def _d_input(self, d: str, img: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.batch["A"], img], 1) if self.cfg.task == "pix2pix" else img
+
+    def extra_generator_loss(self) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        for d in self.students:
+            s_feats = self.s_rec[d].first()
+            fake = self.s_out[d]
+            self.t_rec[d].clear()
+            with torch.no_grad():
+                t_out = self.T[d](self._inputs(d))
+            t_feats = self.t_rec[d].first()
+            d_map = None
+            if d in self.TD:
+                rec = self.d_rec[d]
+                rec.clear()
+                self.TD[d](self._d_input(d, fake))  # grads reach the student, not D_T
+                d_map = attention_map(rec.out["att"][0]).detach()
+                s_hidden = rec.out["hidden"][0]
+                with torch.no_grad():
+                    rec.clear()
+                    self.TD[d](self._d_input(d, t_out))
+                    t_hidden = rec.out["hidden"][0]
+                if self.fcfg.lambda_dfeat > 0:
+                    losses[f"dfeat_{d}"] = self.fcfg.lambda_dfeat * d_feature_loss(s_hidden,
+                                                                                    t_hidden)
+            if self.lambda_att > 0:
+                losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats, d_map)
+            if self.lambda_distill > 0:
+                losses[f"distill_{d}"] = self.lambda_distill * self.l1(fake, t_out)
+        return losses
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        for r in (*self.s_rec.values(), *self.t_rec.values(), *self.d_rec.values()):
+            r.clear()
+        self.s_out: dict[str, torch.Tensor] = {}
+        hooks = [self.G[d].register_forward_hook(self._first_output(d)) for d in self.students]
+        try:
+            if not self.g_only:
+                return super().train_step(step)
+            self.batch = self.batches.get(step)
+            return self._g_only_step()
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _first_output(self, d: str):  # type: ignore[no-untyped-def]
+        def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            self.s_out.setdefault(d, out)
+        return fn
+
+    def _g_only_step(self) -> dict[str, torch.Tensor | float]:
+        """Paired distillation of the teacher's outputs against a freshly trained D."""
+        out: dict[str, torch.Tensor] = {}
+        fakes = {d: self.G[d](self._inputs(d)) for d in self.students}
+        set_requires_grad(list(self.D.values()), False)
+        self.opt_G.zero_grad(set_to_none=True)
+        for d, fake in fakes.items():
+            out[f"G_{d}"] = self.gan(self.D[d](self._d_input(d, fake)), True,
+                                     for_discriminator=False)
+        out.update(self.extra_generator_loss())
+        loss_G = sum(out.values())
+        loss_G.backward()  # type: ignore[union-attr]
+        self.opt_G.step()
+        set_requires_grad(list(self.D.values()), True)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D = torch.zeros((), device=self.device)
+        for d, fake in fakes.items():
+            real = self.batch["B"] if d == "AtoB" else self.batch["A"]
+            loss_D = loss_D + self._d_loss(self.D[d], self._d_input(d, real),
+                                           self._d_input(d, fake))
+        loss_D.backward()
+        self.opt_D.step()
+        return {"G": loss_G, **out, "D": loss_D}  # type: ignore[dict-item]
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        from compress.arch import profile
+
+        c = self.cfg
+        out: dict[str, Any] = {"task": c.task, "g_only": self.g_only, "students": {}}
+        rows = []
+        for d in self.students:
+            g = self.G[d].eval()
+            save_model(g, run_dir / f"student_G_{d}.pt", task=c.task, direction=d,
+                       role="student", run=str(run_dir), size=c.size,
+                       teacher=self.fcfg.teacher, search=self.fcfg.search)
+            prof = profile(g, (1, g.spec.input_nc, 256, 256))
+            out["students"][d] = {"file": f"student_G_{d}.pt", "params": prof.params,
+                                  "gmacs_paper_256": prof.macs_paper / 1e9,
+                                  "gmacs_true_256": prof.macs_true / 1e9}
+            with torch.no_grad():
+                for i in range(min(4, len(self.test_set))):
+                    item = self.test_set.get(i, None)
+                    x = (item["A"] if d == "AtoB" else item["B"]).unsqueeze(0).to(self.device)
+                    rows.append([x[0], self.T[d](x)[0], g(x)[0]])
+        save_grid(rows, run_dir / "samples.png")
+        return out
+
+
+def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: bool = False,
+             max_steps: int | None = None) -> dict[str, Any]:
+    """Fine-tune the pruned student(s) into ``out``; the one verb behind ``dmad finetune``."""
+    students, search_D, teacher_path = _students(cfg)
+    if not teacher_path:
+        raise DmadError("field teacher: not given and the search run does not name one")
+    cfg = dataclasses.replace(cfg, teacher=teacher_path)
+    teacher = load_teacher(cfg)
+    if cfg.search:  # the search's data, task and size are the student's defaults
+        searched = read_config_file(Path(cfg.search) / loop.CONFIG).get("training", {})
+        teacher.base.update({k: v for k, v in searched.items() if k not in ("steps",
+                                                                            "decay_steps")})
+    tcfg = training_config(cfg, teacher)
+    loop.prepare_run_dir(out, resume=resume, force=force)
+    stage = FinetuneStage(cfg, tcfg, teacher, students, search_D)
+    return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
+                    {"finetune": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
+                    checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
+                    max_steps=max_steps)
