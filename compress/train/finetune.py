@@ -71,6 +71,18 @@ class FinetuneConfig:
             raise DmadError(f"field lambda_dfeat: must be >= 0, got {self.lambda_dfeat}")
 
 
+def zero_filters(path: Path) -> dict[str, Any]:
+    """DMAD's union rule leaves all-zero filters in residual writers (method §7.8). They sit
+    inside the MAC budget (the search counts the union width) and the fine-tune trains them like
+    any other weight, so the student computes no all-zero filter; count them for the record."""
+    from compress.train.search import load_search
+    from export.slim import zero_filter_report
+
+    model, _, _ = load_search(path)
+    r = zero_filter_report(model)
+    return {"zero_filters_at_prune": r["zero_filters"], "their_gmacs_true": r["macs_true"] / 1e9}
+
+
 def _students(cfg: FinetuneConfig) -> tuple[dict[str, nn.Module], dict[str, nn.Module], str]:
     """Pruned students (and the search's discriminators) plus the teacher the search used."""
     from export.slim import prune_search_file
@@ -229,6 +241,10 @@ class FinetuneStage(TeacherStage):
         self.opt_D.step()
         return {"G": loss_G, **out, "D": loss_D}  # type: ignore[dict-item]
 
+    def _zero_filters(self, d: str) -> dict[str, Any]:
+        path = Path(self.fcfg.search) / f"search_G_{d}.pt" if self.fcfg.search else None
+        return zero_filters(path) if path is not None and path.is_file() else {}
+
     def finish(self, run_dir: Path) -> dict[str, Any]:
         from compress.arch import profile
 
@@ -243,7 +259,8 @@ class FinetuneStage(TeacherStage):
             prof = profile(g, (1, g.spec.input_nc, 256, 256))
             out["students"][d] = {"file": f"student_G_{d}.pt", "params": prof.params,
                                   "gmacs_paper_256": prof.macs_paper / 1e9,
-                                  "gmacs_true_256": prof.macs_true / 1e9}
+                                  "gmacs_true_256": prof.macs_true / 1e9,
+                                  **self._zero_filters(d)}
             with torch.no_grad():
                 for i in range(min(4, len(self.test_set))):
                     item = self.test_set.get(i, None)

@@ -450,8 +450,9 @@ class SearchStage(TeacherStage):
                          "mask_names": list(masks),
                          "state_dict": {k: v.detach().cpu().clone()
                                         for k, v in g.state_dict().items()},
-                         "architecture": entry, "meta": {"direction": d, "task": self.cfg.task,
-                                                         "size": self.cfg.size}},
+                         "architecture": entry,
+                         "meta": {"direction": d, "task": self.cfg.task, "size": self.cfg.size,
+                                  "teacher": self.scfg.teacher}},
                         run_dir / entry["file"])
             if d in self.D:
                 from compress.checkpoint import save_model
