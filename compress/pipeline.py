@@ -34,7 +34,7 @@ def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
-    """Run data → teacher → search, printing MACs; returns per-stage seconds."""
+    """Run data → teacher → search → finetune → eval; returns per-stage seconds."""
     from compress.arch import profile
     from compress.checkpoint import load_model
     from compress.data import make_default_dataset
@@ -42,7 +42,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
 
     path = config or DEFAULT_CONFIG
     settings = read_config_file(path)
-    known = {"data", "teacher", "search"}
+    known = {"data", "teacher", "search", "finetune", "eval"}
     unknown = set(settings) - known
     if unknown:
         raise DmadError(
@@ -93,5 +93,24 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
             print(f"[demo] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
                   f"({e['full_gmacs_paper'] / e['gmacs_paper']:.1f}x fewer), "
                   f"{e['gmacs_true']:.3f} true, params {e['params']:,}")
+    if "finetune" in settings:
+        from compress.train.finetune import FinetuneConfig, finetune
+
+        fdir = out / "finetune"
+        overrides = {} if "search" in settings["finetune"] else {"search": str(out / "search")}
+        fcfg = make_config(FinetuneConfig, path, overrides, section="finetune")
+        _run_stage("finetune", fdir, lambda d, **kw: finetune(fcfg, d, **kw), force, times)
+    if "eval" in settings:
+        from compress.evaluate import EvalConfig, evaluate
+
+        t = time.time()
+        student = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
+        overrides = {} if "student" in settings["eval"] else {"student": str(student)}
+        ecfg = make_config(EvalConfig, path, overrides, section="eval")
+        ev = evaluate(ecfg, out / "eval")
+        times["eval"] = time.time() - t
+        print(f"[demo] eval      {times['eval']:7.1f} s  PSNR vs teacher "
+              f"{ev['psnr_vs_teacher']:.2f} dB, SSIM {ev['ssim_vs_teacher']:.3f}, MACs "
+              f"÷{ev['ratios']['macs_paper']:.1f} (paper) ÷{ev['ratios']['macs_true']:.1f} (true)")
     print(f"[demo] outputs in {out}  (samples: {tdir / 'samples.png'})")
     return times

@@ -34,6 +34,13 @@ target_gmacs = 0.2
 steps = 6
 bound_updates = 3
 device = "cpu"
+
+[finetune]
+steps = 4
+device = "cpu"
+
+[eval]
+device = "cpu"
 {extra}
 """)
     return cfg
@@ -43,14 +50,14 @@ def test_demo_runs_all_stages_then_skips_them(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path)
     times = run_demo(cfg, tmp_path / "run")
-    assert set(times) == {"data", "teacher", "search"}
+    assert set(times) == {"data", "teacher", "search", "finetune", "eval"}
     out = capsys.readouterr().out
-    assert "searched G_AtoB" in out and "x fewer" in out
+    assert "searched G_AtoB" in out and "x fewer" in out and "PSNR vs teacher" in out
     assert (tmp_path / "run" / "search" / "architecture.json").is_file()
     before = (tmp_path / "run" / "teacher" / "G_AtoB.pt").stat().st_mtime_ns
     run_demo(cfg, tmp_path / "run")
     out = capsys.readouterr().out
-    assert out.count("skipped (finished)") == 2
+    assert out.count("skipped (finished)") == 3
     assert (tmp_path / "run" / "teacher" / "G_AtoB.pt").stat().st_mtime_ns == before
 
 
