@@ -35,10 +35,12 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_data(data: str, size: int) -> Path:
-    """The user's dataset root, or the embedded default (generated on first use, idempotent)."""
+    """The user's dataset root, or the embedded default at this size (generated on first use,
+    idempotent; one folder per size, so runs at different sizes never regenerate each other's)."""
     if data:
         return Path(data)
-    return make_default_dataset(DEFAULT_DATA, size=max(size, 16))
+    size = max(size, 16)
+    return make_default_dataset(DEFAULT_DATA.with_name(f"default-{size}"), size=size)
 
 
 class BatchSource:
