@@ -1,0 +1,242 @@
+"""The benchmark stage's two entry points: :func:`bench` and :func:`compare`.
+
+Each takes one config dataclass and returns the folder it wrote, so the CLI, the demo pipeline and
+tests call the same function. Results always land as JSON + CSV + markdown (written atomically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmark import host, report
+from compress.errors import DmadError
+
+FORMAT = "dmad-bench"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """``dmad bench``: host backends, and optionally one phone over adb."""
+
+    models: list[Path]
+    out: Path
+    backends: tuple[str, ...] = ("torch", "ort", "tflite")
+    threads: tuple[int, ...] = (1, 2)
+    runs: int = 20
+    warmup: int = 3
+    size: int | None = None
+    seed: int = 0
+    host: bool = True
+    android: bool = False
+    serial: str | None = None
+    delegates: tuple[str, ...] = ("cpu", "xnnpack")
+    benchmark_binary: Path | None = None
+    taskset: str | None = None
+    cooldown_s: float = 10.0
+    op_profiling: bool = False
+    tool: str = "classic"
+    adb: str | None = None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _check_inputs(infos: list[host.ModelInfo], size: int | None) -> None:
+    """Models compared must see the same image size (the same input, for honesty)."""
+    hw = {(i.input_shape[2], i.input_shape[3]) for i in infos}
+    if len(hw) > 1:
+        listing = ", ".join(f"{i.path.name} {i.input_shape[2]}x{i.input_shape[3]}" for i in infos)
+        raise DmadError(f"models have different input sizes ({listing}); pass models of one size"
+                        f"{'' if size is None else f' (--size {size})'}")
+
+
+def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Measure every model on every applicable backend (host) and/or on a phone."""
+    if not cfg.models:
+        raise DmadError("no model given")
+    models = [Path(m) for m in cfg.models]
+    data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "created": _now(),
+                            "settings": _settings(cfg), "results": []}
+    if cfg.host:
+        backends = host.expand_backends(list(cfg.backends))
+        size = host.resolve_size(models, cfg.size)
+        infos = [host.inspect_model(m, size) for m in models]
+        _label(infos)
+        _check_inputs(infos, cfg.size)
+        groups = []
+        for b in backends:
+            g = [(i, b, i.label) for i in infos if host.applicable(i, b)]
+            if g:
+                groups.append(g)
+        if not groups:
+            kinds = ", ".join(sorted({i.kind for i in infos}))
+            raise DmadError(f"--backends {','.join(cfg.backends)}: none applies to the models "
+                            f"given ({kinds}); torch needs .pt, ort .onnx or .pt, tflite .tflite")
+        data.update(host.bench_groups(groups, list(cfg.threads), cfg.runs, cfg.warmup, cfg.seed,
+                                      progress))
+        data["models"] = [i.summary() for i in infos]
+    if cfg.android:
+        from benchmark.adb import AndroidConfig, run_android
+
+        if cfg.benchmark_binary is None:
+            raise DmadError("--android needs --benchmark-binary PATH (the Android benchmark_model)")
+        acfg = AndroidConfig(
+            models=models, benchmark_binary=Path(cfg.benchmark_binary), serial=cfg.serial,
+            delegates=tuple(cfg.delegates), threads=tuple(cfg.threads), runs=cfg.runs,
+            warmup=cfg.warmup, taskset=cfg.taskset, cooldown_s=cfg.cooldown_s,
+            op_profiling=cfg.op_profiling, tool=cfg.tool, adb=cfg.adb,
+        )
+        got = run_android(acfg, log_dir=Path(cfg.out) / "android_logs", progress=progress)
+        data["android_device"] = got["device"]
+        macs = {m["path"]: m.get("gmacs_true") for m in data.get("models", [])}
+        for r in got["results"]:
+            gm = macs.get(r["path"])
+            r["gmacs_true"] = gm
+            r["gmacs_per_s"] = gm / (r["median_ms"] / 1e3) if gm and r["median_ms"] else None
+            r["efficiency"] = None  # no peak probe on the phone
+        data["results"] += got["results"]
+    if not cfg.host and not cfg.android:
+        raise DmadError("nothing to do: --no-host without --android")
+    report.write_bench(data, Path(cfg.out))
+    return Path(cfg.out)
+
+
+def _settings(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: ([str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path)
+                else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _label(infos: list[host.ModelInfo]) -> None:
+    """Short unique labels (file names; parent folder added where names collide)."""
+    names = [i.path.name for i in infos]
+    for i in infos:
+        i.label = i.path.name if names.count(i.path.name) == 1 else f"{i.path.parent.name}/" \
+            f"{i.path.name}"
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """``dmad compare``: a full and a compressed model (files or export folders) → report."""
+
+    full: Path
+    compressed: Path
+    out: Path
+    backends: tuple[str, ...] = ("torch", "ort", "tflite")
+    threads: tuple[int, ...] = (1, 2)
+    runs: int = 20
+    warmup: int = 3
+    size: int | None = None
+    seed: int = 0
+    grid: Path | None = None
+
+
+def _side(path: Path) -> dict[str, Any]:
+    """The model files of one side: {"torch": Path|None, "onnx": {prec: Path}, "tflite": {...}}."""
+    path = Path(path)
+    if not path.exists():
+        raise DmadError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in host.KINDS) if path.is_dir() \
+        else [path]
+    if path.is_file():
+        host.model_kind(path)
+    if not files:
+        raise DmadError(f"{path}: no .pt, .onnx or .tflite model in this folder")
+    side: dict[str, Any] = {"torch": None, "onnx": {}, "tflite": {}, "files": files}
+    pts = [f for f in files if host.KINDS[f.suffix.lower()] == "torch"]
+    if len(pts) > 1:
+        raise DmadError(f"{path}: several dmad model files ({', '.join(p.name for p in pts)}); "
+                        "pass the one to compare")
+    side["torch"] = pts[0] if pts else None
+    return side
+
+
+def _find_grid(cfg: CompareConfig) -> Path | None:
+    if cfg.grid is not None:
+        if not Path(cfg.grid).is_file():
+            raise DmadError(f"--grid {cfg.grid}: no such file")
+        return Path(cfg.grid)
+    base = Path(cfg.compressed)
+    folder = base if base.is_dir() else base.parent
+    for d in (folder, folder.parent):
+        for name in ("grid.png", "eval/grid.png", "eval_grid.png"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Benchmark both sides interleaved on every backend both can run, then write the report."""
+    backends = host.expand_backends(list(cfg.backends))
+    sides = {"full": _side(cfg.full), "compressed": _side(cfg.compressed)}
+    infos: dict[str, list[host.ModelInfo]] = {}
+    size = host.resolve_size([f for s in sides.values() for f in s["files"]], cfg.size)
+    for name, s in sides.items():
+        infos[name] = [host.inspect_model(f, size) for f in s["files"]]
+        for i in infos[name]:
+            i.label = name
+    _check_inputs([*infos["full"], *infos["compressed"]], cfg.size)
+
+    def pick(name: str, backend: str) -> dict[str, host.ModelInfo]:
+        """{precision: model} one side offers for a backend."""
+        out: dict[str, host.ModelInfo] = {}
+        kinds = {"torch": ("torch",), "ort": ("onnx",), "tflite-xnnpack": ("tflite",),
+                 "tflite-builtin": ("tflite",)}[backend]
+        for i in infos[name]:
+            if i.kind in kinds:
+                out.setdefault(i.precision, i)
+        if backend == "ort" and "fp32" not in out:
+            pt = next((i for i in infos[name] if i.kind == "torch"), None)
+            if pt is not None:
+                out["fp32"] = pt  # exported to a temporary ONNX for ORT
+        return out
+
+    groups, notes = [], []
+    for b in backends:
+        f, c = pick("full", b), pick("compressed", b)
+        common = [p for p in f if p in c]
+        for p in common:
+            groups.append([(f[p], b, "full"), (c[p], b, "compressed")])
+        if not common:
+            notes.append(f"{report.backend_name(b)}: not measured (full offers "
+                         f"{sorted(f) or 'nothing'}, compressed {sorted(c) or 'nothing'}).")
+        elif b == "ort" and ((f.get("fp32") and f["fp32"].kind == "torch")
+                             or (c.get("fp32") and c["fp32"].kind == "torch")):
+            notes.append("ONNX Runtime fp32 ran a temporary ONNX export (opset 17) of the .pt.")
+    if not groups:
+        raise DmadError(
+            f"nothing to compare: no backend in {','.join(cfg.backends)} can run both "
+            f"{cfg.full} and {cfg.compressed}"
+        )
+    data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "created": _now(),
+                            "settings": _settings(cfg)}
+    data.update(host.bench_groups(groups, list(cfg.threads), cfg.runs, cfg.warmup, cfg.seed,
+                                  progress))
+    data["models"] = [i.summary() for v in infos.values() for i in v]
+    data["sizes"] = {str(i.path): i.size_bytes for v in infos.values() for i in v}
+    data["notes"] = [*data.get("notes", []), *notes]
+
+    def summary(name: str) -> dict[str, Any]:
+        ref = next((i for i in infos[name] if i.kind == "torch"), None) or next(
+            (i for i in infos[name] if i.precision == "fp32"), infos[name][0])
+        return {
+            "gmacs_true": ref.gmacs_true, "gmacs_paper": ref.gmacs_paper,
+            "params_m": ref.params / 1e6 if ref.params else None,
+            "size_mb": ref.size_bytes / 1e6, "reference_file": str(ref.path),
+            "files": ", ".join(i.path.name for i in infos[name]),
+        }
+
+    first = infos["full"][0].input_shape
+    data["models_summary"] = {"full": summary("full"), "compressed": summary("compressed"),
+                              "input": "x".join(str(s) for s in first)}
+    report.write_compare(data, Path(cfg.out), _find_grid(cfg))
+    return Path(cfg.out)

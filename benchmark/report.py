@@ -1,0 +1,309 @@
+"""Writing results: JSON (everything), CSV (one row per measurement), markdown, and the
+full-vs-compressed report (markdown + the same as HTML + a matplotlib PNG).
+
+Every file goes through :mod:`compress.io`'s atomic writers: a report is never seen half-written.
+The report is built once as a list of blocks and rendered twice (markdown, HTML), so the two never
+disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
+
+CSV_FIELDS = (
+    "platform", "device", "model", "backend", "precision", "threads", "runs", "warmup",
+    "median_ms", "p90_ms", "p95_ms", "min_ms", "mean_ms", "std_ms", "gmacs_true", "gmacs_per_s",
+    "efficiency", "flags", "path",
+)
+BACKEND_NAMES = {
+    "torch": "PyTorch eager",
+    "ort": "ONNX Runtime",
+    "tflite-xnnpack": "TFLite XNNPACK",
+    "tflite-builtin": "TFLite built-in kernels",
+}
+
+Block = tuple[Any, ...]
+
+
+def backend_name(b: str) -> str:
+    if b.startswith("android-"):
+        return f"Android {b[len('android-'):]}"
+    return BACKEND_NAMES.get(b, b)
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def results_csv(results: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        row = dict(r)
+        row["flags"] = "; ".join(r.get("flags") or [])
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def results_table(results: list[dict[str, Any]]) -> Block:
+    rows = []
+    for r in results:
+        eff = r.get("efficiency")
+        rows.append([
+            r["model"], backend_name(r["backend"]), r.get("precision") or "–", str(r["threads"]),
+            _fmt(r.get("median_ms")), _fmt(r.get("p90_ms", r.get("p95_ms"))),
+            _fmt(r.get("min_ms")), _fmt(r.get("std_ms")), _fmt(r.get("gmacs_per_s"), 1),
+            f"{eff * 100:.0f} %" if eff else "–", "; ".join(r.get("flags") or []) or "",
+        ])
+    return ("table", ["model", "backend", "precision", "threads", "median ms", "p90/p95 ms",
+                      "min ms", "std ms", "GMAC/s", "of peak", "flags"], rows)
+
+
+def machine_blocks(data: dict[str, Any]) -> list[Block]:
+    m = data.get("machine") or {}
+    out: list[Block] = []
+    if m:
+        libs = ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v)
+        isa = " ".join(m.get("isa", []))
+        out.append(("p", f"Host: {m.get('cpu')}, {m.get('usable_cores')} usable of "
+                         f"{m.get('logical_cores')} logical cores, ISA {isa}; "
+                         f"{libs}; Python {m.get('python')}; load average before/after "
+                         f"{m.get('load_avg')} / {m.get('load_avg_after')}."))
+    peak = data.get("peak") or {}
+    if peak:
+        out.append(("p", "Measured peak (fp32 GEMM 1024², best of 8, same session): " + ", ".join(
+            f"{v['gmacs_per_s']:.1f} GMAC/s at {k} thread(s)" for k, v in peak.items()) + "."))
+    dev = data.get("android_device")
+    if dev:
+        p = dev.get("props", {})
+        soc = p.get("ro.soc.model") or p.get("ro.board.platform", "?")
+        out.append(("p", f"Phone {dev.get('serial')}: {p.get('ro.product.manufacturer', '')} "
+                         f"{p.get('ro.product.model', '?')}, SoC {soc}, Android "
+                         f"{p.get('ro.build.version.release', '?')} (SDK {dev.get('sdk')})."))
+    return out
+
+
+def render_md(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out.append(("# " if kind == "h1" else "## ") + b[1])
+        elif kind == "p":
+            out.append(b[1])
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "|".join("---" for _ in head) + "|")
+            out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+        elif kind == "img":
+            out.append(f"![{b[2]}]({b[1]})")
+        elif kind == "pre":
+            out.append("```\n" + b[1] + "\n```")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    e = html.escape
+    out = [
+        "<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "</style></head><body>",
+    ]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{e(b[1])}</p>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2]]
+            out.append("</table>")
+        elif kind == "img":
+            out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
+        elif kind == "pre":
+            out.append(f"<pre>{e(b[1])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_bench(data: dict[str, Any], out_dir: Path) -> list[Path]:
+    """results.json (everything, raw samples included), results.csv, results.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
+    atomic_write_json(paths[0], data)
+    atomic_write_text(paths[1], results_csv(data["results"]))
+    blocks: list[Block] = [("h1", "dmad bench"), results_table(data["results"])]
+    flagged = [r for r in data["results"] if r.get("flags")]
+    if flagged:
+        blocks.append(("p", f"{len(flagged)} result(s) carry flags (delegate fallback, partial "
+                            "delegation, deprecation or thermal throttling): read them before "
+                            "comparing numbers."))
+    blocks += [("p", n) for n in data.get("notes", [])]
+    blocks += [("h2", "Machine"), *machine_blocks(data)]
+    atomic_write_text(paths[2], render_md(blocks))
+    return paths
+
+
+# -- compare report ----------------------------------------------------------------------------
+
+
+def compare_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pair full and compressed results of the same backend/precision/threads."""
+    by: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    for r in data["results"]:
+        by.setdefault((r["backend"], r.get("precision") or "", r["threads"]), {})[r["model"]] = r
+    rows = []
+    for (backend, prec, th), pair in by.items():
+        f, c = pair.get("full"), pair.get("compressed")
+        if not f or not c:
+            continue
+        mac_ratio = (f["gmacs_true"] / c["gmacs_true"]) if f.get("gmacs_true") and c.get(
+            "gmacs_true") else None
+        speedup = f["median_ms"] / c["median_ms"]
+        fsize = data["sizes"].get(f["path"])
+        csize = data["sizes"].get(c["path"])
+        rows.append({
+            "backend": backend, "precision": prec, "threads": th,
+            "full_ms": f["median_ms"], "compressed_ms": c["median_ms"], "speedup": speedup,
+            "mac_ratio": mac_ratio,
+            "speedup_over_mac_ratio": speedup / mac_ratio if mac_ratio else None,
+            "size_ratio": fsize / csize if fsize and csize else None,
+            "full_gmacs_per_s": f.get("gmacs_per_s"), "compressed_gmacs_per_s": c.get(
+                "gmacs_per_s"),
+            "gmacs_per_s_ratio": (c["gmacs_per_s"] / f["gmacs_per_s"]) if f.get("gmacs_per_s")
+            and c.get("gmacs_per_s") else None,
+            "full_efficiency": f.get("efficiency"), "compressed_efficiency": c.get("efficiency"),
+        })
+    return rows
+
+
+HEADLINE_ORDER = ("tflite-xnnpack", "ort", "torch", "tflite-builtin")
+
+
+def headline(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+    """"compressed is X× faster on <backend> (MACs ÷Y, size ÷Z)" for the deployment-like
+    backend (TFLite XNNPACK, else ORT, else PyTorch), fp32, at the most threads measured."""
+    if not rows:
+        return "no backend measured both models", None
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+        order = HEADLINE_ORDER.index(r["backend"]) if r["backend"] in HEADLINE_ORDER else 99
+        return (order, 0 if r["precision"] == "fp32" else 1, -r["threads"])
+
+    r = sorted(rows, key=key)[0]
+    mac = f"MACs ÷{r['mac_ratio']:.1f}" if r["mac_ratio"] else "MACs ÷?"
+    size = f"size ÷{r['size_ratio']:.1f}" if r["size_ratio"] else "size ÷?"
+    text = (f"compressed is {r['speedup']:.1f}× faster on {backend_name(r['backend'])} "
+            f"({r['precision']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}) "
+            f"({mac}, {size})")
+    return text, r
+
+
+def chart_png(rows: list[dict[str, Any]]) -> bytes:
+    """Two panels: median latency full vs compressed per setting; speedup next to MAC ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{backend_name(r['backend'])}\n{r['precision']}, {r['threads']}t" for r in rows]
+    x = list(range(len(rows)))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4.5))
+    w = 0.38
+    a1.bar([i - w / 2 for i in x], [r["full_ms"] for r in rows], w, label="full")
+    a1.bar([i + w / 2 for i in x], [r["compressed_ms"] for r in rows], w, label="compressed")
+    a1.set_ylabel("median latency (ms)")
+    a1.set_yscale("log")
+    a1.set_xticks(x, labels, fontsize=7)
+    a1.legend()
+    a1.set_title("latency")
+    a2.bar([i - w / 2 for i in x], [r["speedup"] for r in rows], w, label="measured speedup")
+    a2.bar([i + w / 2 for i in x], [r["mac_ratio"] or 0 for r in rows], w, label="MAC ratio")
+    a2.set_xticks(x, labels, fontsize=7)
+    a2.set_ylabel("× (full ÷ compressed)")
+    a2.legend()
+    a2.set_title("speedup vs MAC reduction")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> list[Path]:
+    """report.md, report.html, latency.png (+ grid.png), results.json, results.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = compare_rows(data)
+    data["comparison"] = rows
+    head, _ = headline(rows)
+    data["headline"] = head
+    written = write_bench(data, out_dir)
+    png = out_dir / "latency.png"
+    if rows:
+        with atomic_write(png) as fh:
+            fh.write(chart_png(rows))
+        written.append(png)
+    m = data["models_summary"]
+    blocks: list[Block] = [("h1", "Full vs compressed"), ("p", f"**{head}**")]
+    blocks.append(("h2", "Models"))
+    mrows = []
+    for key, label, digits in (("gmacs_true", "GMACs (true: executed multiply-adds)", 3),
+                               ("gmacs_paper", "GMACs (paper: thop convention)", 3),
+                               ("params_m", "parameters (M)", 3), ("size_mb", "file size (MB)", 2)):
+        f, c = m["full"].get(key), m["compressed"].get(key)
+        ratio = f"÷{f / c:.2f}" if f and c else "–"
+        mrows.append([label, _fmt(f, digits), _fmt(c, digits), ratio])
+    blocks.append(("table", ["", "full", "compressed", "reduction"], mrows))
+    blocks.append(("p", f"Full: {m['full']['files']}. Compressed: {m['compressed']['files']}. "
+                        f"Input {m['input']}."))
+    blocks.append(("h2", "Latency"))
+    trows = [[backend_name(r["backend"]), r["precision"], str(r["threads"]), _fmt(r["full_ms"]),
+              _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×",
+              f"÷{r['mac_ratio']:.2f}" if r["mac_ratio"] else "–",
+              _fmt(r["speedup_over_mac_ratio"]), _fmt(r["full_gmacs_per_s"], 1),
+              _fmt(r["compressed_gmacs_per_s"], 1),
+              f"{(r['full_efficiency'] or 0) * 100:.0f} % / "
+              f"{(r['compressed_efficiency'] or 0) * 100:.0f} %"] for r in rows]
+    blocks.append(("table", ["backend", "precision", "threads", "full ms", "compressed ms",
+                             "speedup", "MAC ratio", "speedup ÷ MAC ratio", "full GMAC/s",
+                             "compr. GMAC/s", "of peak (full / compr.)"], trows))
+    blocks.append(("p", "Median of interleaved runs (full and compressed alternate, so drift hits "
+                        "both alike); warm-up runs excluded. Speedup ÷ MAC ratio = 1 means the "
+                        "MAC reduction turned fully into time; GMAC/s is true MACs ÷ median time."))
+    if rows:
+        blocks.append(("img", png.name, "latency and speedup chart"))
+    for note in data.get("notes", []):
+        blocks.append(("p", note))
+    if grid is not None:
+        gpath = out_dir / "grid.png"
+        if grid.resolve() != gpath.resolve():
+            with atomic_write(gpath) as fh:
+                fh.write(grid.read_bytes())
+        written.append(gpath)
+        blocks += [("h2", "Images (from dmad eval)"), ("img", gpath.name, "image grid")]
+    blocks += [("h2", "All measurements"), results_table(data["results"]), ("h2", "Machine"),
+               *machine_blocks(data)]
+    md, htm = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md, render_md(blocks))
+    atomic_write_text(htm, render_html([b if b[0] != "p" else ("p", b[1].replace("**", ""))
+                                        for b in blocks], "dmad compare"))
+    return [md, htm, *written]
