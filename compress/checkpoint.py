@@ -65,3 +65,16 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         first = str(exc).strip().splitlines()
         raise DmadError(f"{path}: weights do not match its spec ({' '.join(first[:2])})") from None
     return model.eval(), dict(obj.get("meta") or {})
+
+
+def load_generator(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model`, refusing a discriminator (or any non-generator) with a clear error."""
+    from compress.models import ResnetSpec, UnetSpec
+
+    model, meta = load_model(path)
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ResnetSpec | UnetSpec):
+        family = getattr(spec, "family", type(model).__name__)
+        raise DmadError(f"{path}: is a dmad {family} model file, expected a generator "
+                        "(resnet or unet)")
+    return model, meta

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.arch import profile
-from compress.checkpoint import load_model
+from compress.checkpoint import load_generator
 from compress.errors import DmadError
 from compress.io import atomic_write_json
 from compress.train.common import open_train_test, pick_device, resolve_data, save_grid
@@ -94,7 +94,7 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
     obj = safe_load(path)
     if isinstance(obj, dict) and obj.get("format") == SEARCH_FORMAT:
         return prune_search_file(path), dict(obj.get("meta") or {})
-    return load_model(path)
+    return load_generator(path)
 
 
 def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:

@@ -114,6 +114,11 @@ class FinetuneStage(TeacherStage):
         self.teacher = teacher
         self.students = students
         self.search_D = search_D
+        missing = [d for d in students if d not in teacher.G]
+        if missing:
+            raise DmadError(f"{fcfg.teacher}: has no {', '.join(missing)} generator for the "
+                            f"student(s) of {fcfg.search or fcfg.student}; give a teacher run "
+                            "folder or --teacher-reverse FILE")
         self.g_only = fcfg.g_only if fcfg.g_only is not None else not teacher.D
         if not self.g_only and not teacher.D:
             raise DmadError(f"{fcfg.teacher or fcfg.search}: full co-attention distillation needs "

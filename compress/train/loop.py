@@ -121,6 +121,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def nonfinite_tensors(stage: Stage) -> list[str]:
+    """Names of module tensors (weights and buffers such as BatchNorm statistics) holding NaN/inf.
+
+    Finite losses do not prove finite weights: an exploding step can report a finite loss and
+    leave NaN weights or an overflowed running variance behind, so this is checked before any
+    checkpoint is written."""
+    bad = []
+    for name, module in stage.modules().items():
+        for key, t in module.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(f"{name}.{key}")
+    return bad
+
+
+def _kept_message(ckpt_path: Path) -> str:
+    if ckpt_path.exists():
+        return f"last good checkpoint kept at {ckpt_path} (step {safe_load(ckpt_path)['step']})"
+    return "no checkpoint was written yet"
+
+
 def save_checkpoint(stage: Stage, run_dir: Path, step: int, config: dict[str, Any]) -> None:
     atomic_save(
         {
@@ -228,16 +248,10 @@ def run(
             }
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
-                kept = (
-                    f"last good checkpoint kept at {ckpt_path} (step "
-                    f"{safe_load(ckpt_path)['step']})"
-                    if ckpt_path.exists()
-                    else "no checkpoint was written yet"
-                )
                 raise DmadError(
                     f"{stage.name}: loss {bad[0]} became {losses[bad[0]]} at step "
-                    f"{step + 1}; stopped, {kept}. Lower the learning rate or check "
-                    "the data"
+                    f"{step + 1}; stopped, {_kept_message(ckpt_path)}. Lower the learning "
+                    "rate or check the data"
                 )
             extra = stage.after_step(step)
             done_here += 1
@@ -265,6 +279,13 @@ def run(
                 or n == schedule.steps
                 or (max_steps is not None and done_here >= max_steps)
             ):
+                bad_w = nonfinite_tensors(stage)
+                if bad_w:
+                    raise DmadError(
+                        f"{stage.name}: weights became NaN/inf by step {n} ({bad_w[0]}, "
+                        f"{len(bad_w)} tensor(s)); stopped, {_kept_message(ckpt_path)}. Lower "
+                        "the learning rate or check the data"
+                    )
                 save_checkpoint(stage, run_dir, n, config)
             if max_steps is not None and done_here >= max_steps and n < schedule.steps:
                 return {"stopped_at": n}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from compress import budget
-from compress.checkpoint import load_model
+from compress.checkpoint import load_generator, load_model
 from compress.config import read_config_file, to_dict
 from compress.errors import DmadError
 from compress.groups import removed_blocks, residual_group, update_group_coefficients
@@ -119,15 +119,15 @@ def load_teacher(cfg: Any) -> Teacher:
             raise DmadError(f"{path}: not a finished teacher run (no {loop.DONE}); finish it "
                             "with `dmad teacher --out ... --resume`")
         base = read_config_file(path / loop.CONFIG)
-        G = {p.stem[2:]: load_model(p)[0] for p in sorted(path.glob("G_*.pt"))}
+        G = {p.stem[2:]: load_generator(p)[0] for p in sorted(path.glob("G_*.pt"))}
         D = {p.stem[2:]: load_model(p)[0] for p in sorted(path.glob("D_*.pt"))}
         if not G:
             raise DmadError(f"{path}: no G_*.pt generator in the teacher run")
         return Teacher(base, G, D)
-    g, meta = load_model(path)
+    g, meta = load_generator(path)
     G = {"AtoB": g}
     if cfg.teacher_reverse:
-        G["BtoA"] = load_model(Path(cfg.teacher_reverse))[0]
+        G["BtoA"] = load_generator(Path(cfg.teacher_reverse))[0]
     spec = g.spec
     base = {"task": meta.get("task") or cfg.task or "cyclegan", "arch": spec.family,
             "ngf": spec.ngf, "norm": spec.norm}
