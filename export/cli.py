@@ -1,9 +1,80 @@
-"""``dmad export`` subcommand registration (filled in by the export stage)."""
+"""``dmad export``: parse flags into an :class:`~export.api.ExportConfig`, call
+:func:`~export.api.export_model`, print the parity table.
+
+Errors the user can cause arrive as :class:`~compress.errors.DmadError` and are printed by
+``compress.cli.main`` as one line (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from compress.errors import DmadError
+
+
+def _quant_list(text: str) -> tuple[str, ...]:
+    return tuple(q.strip() for q in text.split(",") if q.strip())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Handler of ``dmad export``."""
+    from export.api import ExportConfig, export_model
+
+    if args.num_calib < 1:
+        raise DmadError(f"--num-calib: must be >= 1, got {args.num_calib}")
+    cfg = ExportConfig(
+        out=args.out,
+        run=args.run,
+        model=args.model,
+        direction=args.direction,
+        size=args.size,
+        quant=_quant_list(args.quant),
+        int8_io=args.int8_io,
+        calib=args.calib,
+        num_calib=args.num_calib,
+        rewrite=not args.no_rewrite,
+        android=args.android,
+        android_assets=args.android_assets,
+        android_variant=args.android_variant,
+        force=args.force,
+    )
+    res = export_model(cfg)
+    print(res.table)
+    for note in res.report["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"wrote {res.out} (parity.json, generator.onnx, "
+          f"{', '.join(p.name for p in res.files.values())}) in {res.seconds:.0f} s")
+    if res.android is not None:
+        print(f"android: {res.android.parent} ({res.android.name} + generator.tflite)")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the export subcommands to the ``dmad`` parser."""
+    s = sub.add_parser(
+        "export",
+        help="export a generator to ONNX and TFLite (fp32/fp16/int8) with verified parity",
+    )
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder (student_G_*, search_G_* or G_*.pt)")
+    src.add_argument("--model", type=Path, help="a dmad model file or search result")
+    s.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--size", type=int, default=256, help="input side (default 256)")
+    s.add_argument("--quant", default="fp32,fp16,dynamic,int8",
+                   help="comma list of fp32, fp16, dynamic, int8 (default: all)")
+    s.add_argument("--int8-io", action="store_true",
+                   help="also write a full-int8 model with int8 input/output")
+    s.add_argument("--calib", type=Path, help="folder of RGB images for int8 calibration")
+    s.add_argument("--num-calib", type=int, default=20, help="calibration images (default 20)")
+    s.add_argument("--no-rewrite", action="store_true",
+                   help="export the graph as is (no slice padding / explicit InstanceNorm)")
+    s.add_argument("--android", action="store_true",
+                   help="copy the chosen .tflite and model.json into the Android demo's assets")
+    s.add_argument("--android-assets", type=Path, help="assets folder (default: the demo's)")
+    s.add_argument("--android-variant", choices=("fp32", "fp16", "dynamic", "int8", "int8_io"),
+                   help="variant for --android (default: best int8 >= 35 dB, else fp16)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    s.set_defaults(func=cmd_export)

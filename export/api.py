@@ -1,0 +1,404 @@
+"""``dmad export`` as one verb: ``export_model(ExportConfig) -> ExportResult``.
+
+Steps: load the generator (run folder, model file, search file → pruned, or an in-memory module)
+→ refuse layers the path is not verified with → apply the exact deploy rewrites to a copy
+(:mod:`export.rewrite`) and check them against the original → ONNX + ORT parity
+(:mod:`export.onnx`) → the requested TFLite variants (:mod:`export.tflite`) → parity, I/O
+details and XNNPACK coverage of every file (:mod:`export.parity`) → ``parity.json`` →
+optionally the Android assets (:mod:`export.android`).
+
+Everything is written into a scratch folder next to ``out`` and renamed into place only once
+every check has passed, so a failed or interrupted export leaves no half-written output. The
+reference for every number is the *original* PyTorch model in fp32, never the rewritten one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import DmadError
+from compress.io import atomic_write_json
+from export.parity import compare, format_table, io_details, run_tflite, xnnpack_coverage
+from export.rewrite import deploy_rewrite, unsupported_layers
+from export.tflite import VARIANTS, Int8Recipe
+
+__all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model"]
+
+QUANTS = ("fp32", "fp16", "dynamic", "int8")
+FP32_TFLITE_TOL = 1e-3
+REWRITE_TOL = 1e-4
+#: ORT is expected within ``ONNX_TOL`` (1e-4) of PyTorch; between that and this it is reported
+#: as a warning (deep random-weight InstanceNorm ResNets at 256² reach ~1.2e-4 from fp32
+#: summation order alone: ORT is then as far from a float64 PyTorch run as from the fp32 one),
+#: above it the graph is wrong and the export fails.
+ONNX_HARD_TOL = 1e-3
+PSNR_BAR = 35.0
+#: The int8 recipe measured best on this CPU (``python -m export.bench_export``): with the
+#: InstanceNorm statistics written out (:class:`export.rewrite.ExplicitInstanceNorm`), the
+#: statistics, the normalising multiply and the adds stay float (XNNPACK runs them in fp32 inside
+#: the same partition), while convolutions, padding and activations are int8. Pruned ResNet-9
+#: ngf 16 at 256²: one XNNPACK partition (was 67), 27.9 dB vs PyTorch (was 21.0), ~1.9x faster
+#: than fp32. The 35 dB bar is met by the dynamic-range variant (35.5 dB, ~1.6x faster).
+DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"))
+
+
+@dataclass
+class ExportConfig:
+    """Settings of ``dmad export`` (exactly one of ``run`` / ``model`` / ``module``)."""
+
+    out: Path
+    run: Path | None = None
+    model: Path | None = None
+    module: nn.Module | None = None  # programmatic use (benchmarks); not on the CLI
+    direction: str = "AtoB"
+    size: int = 256
+    quant: tuple[str, ...] = QUANTS
+    int8_io: bool = False
+    calib: Path | None = None
+    num_calib: int = 20
+    num_eval: int = 8
+    rewrite: bool = True
+    recipe: Int8Recipe = field(default_factory=lambda: DEFAULT_RECIPE)
+    android: bool = False
+    android_assets: Path | None = None
+    android_variant: str | None = None
+    force: bool = False
+    psnr_bar: float = PSNR_BAR
+    #: fp32 TFLite max-abs bar; only the benchmark raises it, to measure the unrewritten graph
+    #: (onnx2tf's own InstanceNorm conversion can be off by ~2e-3 at 256²).
+    fp32_tol: float = FP32_TFLITE_TOL
+    timeout: float | None = None
+
+
+@dataclass
+class ExportResult:
+    """What was written and measured."""
+
+    out: Path
+    onnx: Path
+    files: dict[str, Path]
+    report: dict[str, Any]
+    table: str
+    android: Path | None
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _load_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A dmad model file, or a search result (pruned here); detected by its ``format`` key."""
+    from compress.checkpoint import load_model
+    from compress.io import safe_load
+
+    obj = safe_load(path)
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    del obj
+    if fmt == "dmad-search":
+        from export.slim import prune_search_file
+
+        return prune_search_file(path).eval(), {"kind": "search (pruned)", "file": str(path)}
+    model, meta = load_model(path)
+    return model, {"kind": "model", "file": str(path), "meta": meta}
+
+
+def _load_run(run: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
+    if not run.exists():
+        raise DmadError(f"{run}: run folder not found")
+    if not run.is_dir():
+        raise DmadError(f"{run}: is a file, expected a run folder (use --model for a file)")
+    names = [f"student_G_{direction}.pt", f"search_G_{direction}.pt", f"G_{direction}.pt"]
+    for name in names:
+        if (run / name).is_file():
+            model, src = _load_file(run / name)
+            src.update(run=str(run), direction=direction)
+            return model, src
+    raise DmadError(f"{run}: no generator for {direction} in the run folder "
+                    f"(looked for {', '.join(names)})")
+
+
+def _source(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
+    given = [x is not None for x in (cfg.run, cfg.model, cfg.module)]
+    if sum(given) != 1:
+        raise DmadError("give exactly one of --run RUN or --model FILE")
+    if cfg.direction not in ("AtoB", "BtoA"):
+        raise DmadError(f"--direction: {cfg.direction!r} is not AtoB or BtoA")
+    if cfg.module is not None:
+        return cfg.module.eval(), {"kind": "module", "file": None}
+    if cfg.run is not None:
+        return _load_run(Path(cfg.run), cfg.direction)
+    path = Path(cfg.model)  # type: ignore[arg-type]
+    if not path.exists():
+        raise DmadError(f"{path}: model file not found")
+    return _load_file(path)
+
+
+def _check_size(model: nn.Module, size: int) -> None:
+    spec = getattr(model, "spec", None)
+    family = getattr(spec, "family", "resnet")
+    if family == "unet":
+        div = 2 ** spec.num_downs  # type: ignore[union-attr]
+        why = f"UNet with num_downs={spec.num_downs} needs a multiple of 2**num_downs = {div}"  # type: ignore[union-attr]
+    else:
+        div, why = 4, "ResNet generators need a multiple of 4 (two stride-2 stages)"
+    if isinstance(size, bool) or not isinstance(size, int) or size < div or size % div:
+        raise DmadError(f"--size: {size} is not a multiple of {div} ({why})")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _stack(items: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack(items).numpy().astype(np.float32)
+
+
+def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
+                   ) -> tuple[np.ndarray, np.ndarray, str]:
+    from compress.data import FolderDataset
+
+    if not folder.is_dir():
+        raise DmadError(f"{folder}: calibration folder not found" if not folder.exists()
+                        else f"{folder}: is a file, expected a folder of images")
+    try:
+        ds = FolderDataset(folder, size, skip_bad=True)
+    except DmadError as exc:
+        raise DmadError(f"--calib: {exc}") from None
+    n = len(ds)
+    calib_idx = list(range(min(n_calib, n)))
+    rest = list(range(len(calib_idx), n))[:n_eval]
+    held_out = bool(rest)
+    eval_idx = rest or list(range(max(0, n - n_eval), n))
+    def get(idx: list[int]) -> np.ndarray:
+        return _stack([ds.get(i)["image"] for i in idx])  # type: ignore[misc]
+    note = f"{folder} ({len(calib_idx)} calibration, {len(eval_idx)} "
+    note += "held-out)" if held_out else "evaluation images, reused: folder too small)"
+    return get(calib_idx), get(eval_idx), note
+
+
+def _run_data(run: Path) -> dict[str, Any] | None:
+    """The dataset settings in a run's config.json (flat, or under ``training``)."""
+    path = run / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for cand in (cfg, cfg.get("training"), *(v for v in cfg.values() if isinstance(v, dict))):
+        if isinstance(cand, dict) and "data" in cand and "task" in cand:
+            return cand
+    return None
+
+
+def _run_images(run: Path, direction: str, size: int, n_calib: int, n_eval: int
+                ) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Calibration (train split) and held-out (test split) images of the run's dataset, resized
+    to ``size`` as at test time. The dataset classes only list the files here: they reject
+    images smaller than the *training* crop, but export resizes to whatever ``size`` asks."""
+    from compress.data import AlignedDataset, TransformConfig, apply, load_rgb, open_dataset
+    from compress.train.common import resolve_data
+
+    d = _run_data(run)
+    if d is None:
+        return None
+    root = resolve_data(str(d.get("data") or ""), int(d.get("size") or size))
+    listing = TransformConfig(load_size=1, crop_size=1, flip=False)
+    resize = TransformConfig(load_size=size, crop_size=size, flip=False)
+    task = d["task"]
+    ds_dir = d.get("direction", "AtoB") if task == "pix2pix" else "AtoB"
+
+    def images(split: str, n: int) -> np.ndarray:
+        ds = open_dataset(root, task, split, listing, skip_bad=True, direction=ds_dir)
+        out = []
+        if isinstance(ds, AlignedDataset):
+            for p in ds.paths[:n]:
+                img = load_rgb(p)
+                w, h = img.size
+                left = ds_dir == "AtoB"
+                half = img.crop((0, 0, w // 2, h) if left else (w // 2, 0, w, h))
+                out.append(apply(half, resize, None))
+        else:
+            paths = ds.A_paths if direction == "AtoB" else ds.B_paths
+            out = [apply(load_rgb(p), resize, None) for p in paths[:n]]
+        return _stack(out)
+
+    calib, ev = images("train", n_calib), images("test", n_eval)
+    return calib, ev, (f"{root} (run dataset: {len(calib)} train images for calibration, "
+                       f"{len(ev)} held-out test images)")
+
+
+def _synthetic(n: int, size: int, channels: int) -> np.ndarray:
+    """Smooth deterministic images in [-1, 1] (parity only, when no images are known)."""
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(n, channels, max(2, size // 16), max(2, size // 16), generator=g)
+    img = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic",
+                                          align_corners=False)
+    return (img.clamp(0, 1) * 2 - 1).numpy().astype(np.float32)
+
+
+def _images(cfg: ExportConfig, channels: int, needs_calib: bool
+            ) -> tuple[np.ndarray | None, np.ndarray, str]:
+    if cfg.num_calib < 1 or cfg.num_eval < 1:
+        raise DmadError("--num-calib and the number of evaluation images must be >= 1")
+    if cfg.calib is not None:
+        return _folder_images(Path(cfg.calib), cfg.size, cfg.num_calib, cfg.num_eval)
+    if cfg.run is not None:
+        got = _run_images(Path(cfg.run), cfg.direction, cfg.size, cfg.num_calib, cfg.num_eval)
+        if got is not None:
+            return got
+    if needs_calib:
+        raise DmadError("--calib: int8 variants need calibration images and the source names "
+                        "no dataset; give --calib IMAGE_DIR (or drop int8 from --quant)")
+    return None, _synthetic(cfg.num_eval, cfg.size, channels), "synthetic (no dataset known)"
+
+
+# ----------------------------------------------------------------------------- main verb
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise DmadError(f"{out}: exists and is a file, expected an output folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise DmadError(f"{out}: output folder is not empty (use --force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DmadError(f"{out}: cannot create ({exc.strerror or exc})") from None
+    tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Put the finished scratch folder at ``out`` (replacing an old export)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.export-old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _torch_out(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(images[i : i + 1])).numpy()
+                               for i in range(len(images))])
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    """Export one generator to ONNX and the requested TFLite variants, verified (module doc)."""
+    from compress.arch import profile
+    from compress.models import spec_to_dict
+    from export import tflite
+    from export.android import DEFAULT_ASSETS, choose_variant, write_assets
+    from export.onnx import ONNX_TOL, export_onnx, run_onnx
+
+    t0 = time.time()
+    bad = [q for q in cfg.quant if q not in QUANTS]
+    if bad or not cfg.quant:
+        raise DmadError(f"--quant: {', '.join(bad) or 'empty'} not among {', '.join(QUANTS)}")
+    variants = [v for v in VARIANTS if v in cfg.quant or (v == "int8_io" and cfg.int8_io)]
+    if cfg.android_variant is not None and cfg.android_variant not in variants:
+        raise DmadError(f"--android-variant: {cfg.android_variant!r} is not among the exported "
+                        f"variants ({', '.join(variants)})")
+    model, source = _source(cfg)
+    bad_layers = unsupported_layers(model)
+    if bad_layers:
+        raise DmadError(f"unsupported layer {bad_layers[0]}"
+                        + (f" (and {len(bad_layers) - 1} more)" if len(bad_layers) > 1 else "")
+                        + "; export supports Conv/ConvTranspose/norm/activation/pad generators")
+    _check_size(model, cfg.size)
+    spec = getattr(model, "spec", None)
+    channels = getattr(spec, "input_nc", 3)
+    needs_calib = any(v in ("int8", "int8_io") for v in variants)
+    calib, evals, image_note = _images(cfg, channels, needs_calib)
+    out = Path(cfg.out)
+    tmp = _prepare_out(out, cfg.force)
+    try:
+        shape = (1, channels, cfg.size, cfg.size)
+        ref = _torch_out(model, evals)
+        deploy, rw = deploy_rewrite(model, pad=cfg.rewrite, norm=cfg.rewrite)
+        rw_err = float(np.abs(_torch_out(deploy, evals) - ref).max())
+        if rw_err > REWRITE_TOL:
+            raise DmadError(f"deploy rewrite changed the output by {rw_err:.2e} (> {REWRITE_TOL})")
+        onnx_path = tmp / "generator.onnx"
+        export_onnx(deploy, onnx_path, shape)
+        onnx_par = compare(ref, run_onnx(onnx_path, evals))
+        notes: list[str] = []
+        if not onnx_par["max_abs"] <= ONNX_HARD_TOL:
+            raise DmadError(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e} "
+                            f"(> {ONNX_HARD_TOL}): the exported graph is wrong")
+        if onnx_par["max_abs"] > ONNX_TOL:
+            notes.append(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e}, "
+                         f"above the {ONNX_TOL} target (fp32 accumulation order in a deep "
+                         "InstanceNorm network; see parity.json)")
+        files = tflite.convert(onnx_path, tmp, variants,
+                               None if calib is None else _nhwc(calib), cfg.recipe,
+                               timeout=cfg.timeout)
+        ref_nhwc, ev_nhwc = _nhwc(ref), _nhwc(evals)
+        artifacts: dict[str, dict[str, Any]] = {
+            "onnx": {"file": onnx_path.name, "bytes": onnx_path.stat().st_size,
+                     "parity": onnx_par, "io": {
+                         "input": {"name": "input", "shape": list(shape), "dtype": "float32"},
+                         "output": {"name": "output", "shape": [1, *ref.shape[1:]],
+                                    "dtype": "float32"}}}}
+        for v, f in files.items():
+            par = compare(ref_nhwc, run_tflite(f, ev_nhwc))
+            artifacts[v] = {"file": f.name, "bytes": f.stat().st_size, "parity": par,
+                            "io": io_details(f), "xnnpack": xnnpack_coverage(f)}
+        fp32 = artifacts.get("fp32")
+        if fp32 is not None and not fp32["parity"]["max_abs"] <= cfg.fp32_tol:
+            raise DmadError(
+                f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
+                f"(> {cfg.fp32_tol}): onnx2tf mis-converted the graph (its NCHW→NHWC layout "
+                "guess can fail when a channel count equals a spatial size; try another --size)")
+        prof = profile(model, shape).summary()
+        summary = {
+            "source": source,
+            "spec": spec_to_dict(spec) if spec is not None else None,
+            "size": cfg.size,
+            "macs": {"gmacs_paper": prof["gmacs_paper"], "gmacs_true": prof["gmacs_true"]},
+            "params": prof["params"],
+        }
+        report = {
+            "format": "dmad-export",
+            "version": 1,
+            **summary,
+            "images": image_note,
+            "rewrite": {"enabled": cfg.rewrite, **rw.as_dict(), "max_abs_vs_original": rw_err},
+            "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
+            "psnr_bar_db": cfg.psnr_bar,
+            "warnings": notes,
+            "artifacts": artifacts,
+            "seconds": round(time.time() - t0, 1),
+        }
+        atomic_write_json(tmp / "parity.json", report)
+        _commit(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = {v: out / f.name for v, f in files.items()}
+    android_json = None
+    if cfg.android:
+        tfl = {k: a for k, a in artifacts.items() if k != "onnx"}
+        chosen = cfg.android_variant or choose_variant(tfl, cfg.psnr_bar)
+        android_json = write_assets(files[chosen], chosen, tfl[chosen], summary,
+                                    Path(cfg.android_assets or DEFAULT_ASSETS))
+    table = format_table(artifacts)
+    return ExportResult(out=out, onnx=out / "generator.onnx", files=files, report=report,
+                        table=table, android=android_json, seconds=time.time() - t0)

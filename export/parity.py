@@ -1,0 +1,195 @@
+"""Parity and deployability of exported files: PyTorch vs ONNX Runtime vs LiteRT.
+
+Numbers per artifact: max/mean absolute error and PSNR (over the value range 2, since images are
+in [-1, 1]) against PyTorch fp32 on held-out images, the I/O tensors (name, NHWC shape, dtype,
+quantisation scale/zero point), and how much of the graph LiteRT's default XNNPACK delegate
+takes. This LiteRT build does not print the "Replacing X out of Y node(s)" line, so coverage is
+read from the interpreter after ``allocate_tensors``: the delegate appends one ``DELEGATE`` node
+per partition, whose inputs/outputs are the partition's boundary tensors; walking back from a
+partition's outputs to its inputs recovers the original nodes it swallowed. Everything else
+runs on LiteRT's reference kernels (slow, and single-threaded for most ops).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "compare",
+    "format_table",
+    "io_details",
+    "latency_ms",
+    "make_interpreter",
+    "psnr",
+    "run_tflite",
+    "xnnpack_coverage",
+]
+
+
+def psnr(ref: np.ndarray, out: np.ndarray, data_range: float = 2.0) -> float:
+    """PSNR in dB of ``out`` against ``ref`` (``inf`` when identical)."""
+    mse = float(np.mean((np.asarray(ref, np.float64) - np.asarray(out, np.float64)) ** 2))
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(data_range**2 / mse))
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """max/mean absolute error and PSNR of ``out`` against ``ref`` (same layout)."""
+    d = np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr(ref, out)}
+
+
+def make_interpreter(path: Path, threads: int = 1, *, delegate: bool = True) -> Any:
+    """A LiteRT interpreter with the default XNNPACK delegate (or none), tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = (
+        OpResolverType.AUTO if delegate else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    it = Interpreter(
+        model_path=os.fspath(path), num_threads=threads, experimental_op_resolver_type=resolver
+    )
+    it.allocate_tensors()
+    return it
+
+
+def _tensor_info(d: dict[str, Any]) -> dict[str, Any]:
+    qp = d["quantization_parameters"]
+    scales, zps = qp["scales"], qp["zero_points"]
+    quant = None
+    if len(scales):
+        quant = {"scale": float(scales[0]), "zero_point": int(zps[0])}
+    return {
+        "name": d["name"],
+        "shape": [int(s) for s in d["shape"]],
+        "dtype": np.dtype(d["dtype"]).name,
+        "quantization": quant,
+    }
+
+
+def io_details(path: Path) -> dict[str, dict[str, Any]]:
+    """Name, shape, dtype and (for int8 I/O) scale/zero point of the single input and output."""
+    it = make_interpreter(path, delegate=False)
+    return {
+        "input": _tensor_info(it.get_input_details()[0]),
+        "output": _tensor_info(it.get_output_details()[0]),
+    }
+
+
+def _invoke(it: Any, x: np.ndarray) -> np.ndarray:
+    """One NHWC float image [1,H,W,C] in [-1,1] through ``it``; quantises int8 I/O as a phone
+    would (``q = round(x / scale) + zero_point``, clamped) and returns float output."""
+    inp, outd = it.get_input_details()[0], it.get_output_details()[0]
+    if inp["dtype"] in (np.int8, np.uint8):
+        scale, zp = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(inp["dtype"])
+    it.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+    it.invoke()
+    y = it.get_tensor(outd["index"])
+    if outd["dtype"] in (np.int8, np.uint8):
+        scale, zp = outd["quantization"]
+        y = (y.astype(np.float32) - zp) * scale
+    return np.asarray(y, np.float32)
+
+
+def run_tflite(path: Path, images_nhwc: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Run every image of ``images_nhwc`` (N,H,W,C float in [-1,1]); returns N,H,W,C float."""
+    it = make_interpreter(path, threads)
+    return np.concatenate([_invoke(it, images_nhwc[i : i + 1]) for i in range(len(images_nhwc))])
+
+
+def xnnpack_coverage(path: Path) -> dict[str, Any]:
+    """Nodes the XNNPACK delegate takes, partitions, and the ops left on reference kernels."""
+    it = make_interpreter(path, 1)
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    original = [o for o in ops if o["op_name"] != "DELEGATE"]
+    producer: dict[int, dict[str, Any]] = {}
+    for o in original:
+        for t in o["outputs"]:
+            producer[int(t)] = o
+    delegated: set[int] = set()
+    for d in delegates:
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        seen: set[int] = set()
+        while stack:
+            t = stack.pop()
+            if t in seen or t in boundary:
+                continue
+            seen.add(t)
+            node = producer.get(t)
+            if node is None or node["index"] in delegated:
+                continue
+            delegated.add(node["index"])
+            stack.extend(int(i) for i in node["inputs"] if int(i) >= 0)
+    rest = Counter(o["op_name"] for o in original if o["index"] not in delegated)
+    return {
+        "nodes": len(original),
+        "delegated_nodes": len(delegated),
+        "partitions": len(delegates),
+        "undelegated_nodes": sum(rest.values()),
+        "undelegated_ops": dict(sorted(rest.items())),
+        "fully_delegated": not rest and len(delegates) == 1,
+    }
+
+
+def latency_ms(
+    path: Path, images_nhwc: np.ndarray, threads: int, runs: int = 10, warmup: int = 2
+) -> float:
+    """Median wall time (ms) of one ``invoke`` (input already set), XNNPACK on."""
+    it = make_interpreter(path, threads)
+    x = images_nhwc[:1]
+    _invoke(it, x)
+    for _ in range(max(0, warmup - 1)):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        it.invoke()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and np.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def format_table(artifacts: dict[str, dict[str, Any]]) -> str:
+    """The on-screen parity table (one row per artifact)."""
+    head = ("artifact", "max abs", "mean abs", "PSNR dB", "size KB", "in", "out",
+            "XNNPACK nodes", "parts")
+    rows = [head]
+    for name, a in artifacts.items():
+        p = a.get("parity", {})
+        cov = a.get("xnnpack") or {}
+        io = a.get("io") or {}
+        nodes = (f"{cov['delegated_nodes']}/{cov['nodes']}" if cov else "-")
+        rows.append((
+            name,
+            _fmt(p.get("max_abs"), ".2e"),
+            _fmt(p.get("mean_abs"), ".2e"),
+            _fmt(p.get("psnr_db"), ".1f"),
+            _fmt(a.get("bytes", 0) / 1024, ".0f"),
+            (io.get("input") or {}).get("dtype", "-"),
+            (io.get("output") or {}).get("dtype", "-"),
+            nodes,
+            str(cov.get("partitions", "-")),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

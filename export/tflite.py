@@ -1,0 +1,268 @@
+"""ONNX → TFLite with onnx2tf 1.29.24; every onnx2tf quirk lives in this one file.
+
+Why a subprocess: onnx2tf calls ``sys.exit(1)`` on a conversion error, prints its reason to
+stdout with colour codes, imports TensorFlow (~1 GB, slow) and changes global TF/Keras state.
+Running it as ``python -m export.tflite JOB.json`` in a scratch folder keeps the caller's process
+clean, lets us capture everything it prints and turn a failure into one line
+(:func:`failure_reason`), and makes a crash or a timeout impossible to confuse with success.
+
+Quirks handled here (see ``/work/shared/docs/toolchain.md`` §1, §9):
+
+* onnx2tf 1.x downloads ``calibration_image_sample_data_20x128x128x3_float32.npy`` from GitHub
+  even for a plain fp32 conversion (it uses it as test input). A file of that name in the
+  working directory stops the download; we write one from the user's images (or a fixed
+  synthetic set) in the scratch folder.
+* Float32 and float16 files are always written by onnx2tf (``<stem>_float32.tflite``,
+  ``<stem>_float16.tflite``); the quantised variants are produced here from the SavedModel it
+  writes, with TensorFlow's converter, instead of onnx2tf's ``-oiqt`` — that flag always
+  builds all five quantised files (including the int16-activation ones, which are slow and do
+  not run with InstanceNorm), cannot keep chosen ops in float, and would fall back to the
+  download above without ``-cind``. Here calibration data is always passed explicitly
+  (NHWC float32 in [-1, 1], as the generator sees it), only the requested variants are built,
+  and :class:`Int8Recipe` selects per-channel/per-tensor and which ops stay float.
+* ``-coion`` (copy ONNX I/O names) needs a ``flatc`` download and is a no-op offline; the
+  SavedModel signature (``output_signaturedefs``) names the I/O ``input`` / ``output`` instead.
+* Inputs/outputs come out NHWC ([1, H, W, 3]); look tensors up by name, never by position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import DmadError
+
+#: Every variant this module can build, in the order they are reported.
+VARIANTS = ("fp32", "fp16", "dynamic", "int8", "int8_io")
+#: What onnx2tf itself writes (always both).
+_ONNX2TF_FILES = {"fp32": "_float32.tflite", "fp16": "_float16.tflite"}
+CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["CALIB_SAMPLE", "VARIANTS", "Int8Recipe", "convert", "failure_reason"]
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the full-int8 variants are quantised.
+
+    ``float_ops``: TFLite op names (e.g. ``"RSQRT"``) kept in float32 — the converter inserts
+    QUANTIZE/DEQUANTIZE around them. ``per_channel``: per-output-channel weight scales (the
+    TFLite default; per-tensor loses the narrow channels of pruned layers).
+    """
+
+    per_channel: bool = True
+    float_ops: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"per_channel": self.per_channel, "float_ops": list(self.float_ops)}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BOILERPLATE = (
+    "the trace log is below",
+    "read this and deal with it",
+    "alternatively, if the input op",
+    "if the input op of onnx",
+    "also, for models that include",
+    "input_onnx_file_path",
+)
+
+
+def failure_reason(log: str) -> str:
+    """One line saying why onnx2tf (or the quantiser) failed, taken from its captured output."""
+    lines = [_ANSI.sub("", ln).strip() for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln]
+    exc = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*:", ln)]
+    errors = []
+    for ln in lines:
+        if "ERROR:" in ln:
+            msg = ln.split("ERROR:", 1)[1].strip()
+            if msg and not any(b in msg.lower() for b in _BOILERPLATE):
+                errors.append(msg)
+    parts: list[str] = []
+    if exc:
+        parts.append(exc[-1])
+    op = [e for e in errors if e.startswith("onnx_op_name")]
+    if op:
+        parts.append(op[-1])
+    if not parts and errors:
+        parts.append(errors[-1])
+    if not parts:
+        parts.append(lines[-1] if lines else "no output")
+    reason = "; ".join(parts)
+    return reason if len(reason) <= 400 else reason[:397] + "..."
+
+
+def convert(
+    onnx_path: Path,
+    out_dir: Path,
+    variants: Sequence[str],
+    calib: np.ndarray | None,
+    recipe: Int8Recipe | None = None,
+    *,
+    stem: str = "generator",
+    timeout: float | None = None,
+) -> dict[str, Path]:
+    """Convert ``onnx_path`` into the requested TFLite ``variants`` inside ``out_dir``.
+
+    ``calib``: NHWC float32 images in [-1, 1] (required for ``int8``/``int8_io``). Returns
+    ``{variant: path}`` (files named ``<stem>_<variant>.tflite``). Raises a one-line
+    :class:`DmadError` carrying onnx2tf's own reason when conversion fails.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise DmadError(f"quant: unknown variant(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(VARIANTS)}")
+    needs_calib = any(v in ("int8", "int8_io") for v in variants)
+    if needs_calib and (calib is None or len(calib) == 0):
+        raise DmadError("calib: int8 variants need calibration images (give --calib IMAGE_DIR)")
+    work = Path(out_dir) / ".onnx2tf"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        job = {
+            "onnx": os.fspath(Path(onnx_path).resolve()),
+            "variants": list(variants),
+            "recipe": asdict(recipe or Int8Recipe()),
+            "calib": None,
+        }
+        if calib is not None and len(calib):
+            np.save(work / "calib.npy", np.ascontiguousarray(calib, dtype=np.float32))
+            job["calib"] = "calib.npy"
+        (work / "job.json").write_text(json.dumps(job))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.fspath(_REPO), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["PYTHONUNBUFFERED"] = "1"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "export.tflite", "job.json"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise DmadError(f"TFLite conversion timed out after {timeout:.0f} s") from None
+        result_file = work / "result.json"
+        if proc.returncode != 0 or not result_file.exists():
+            raise DmadError(f"TFLite conversion failed (onnx2tf): {failure_reason(proc.stdout)}")
+        produced = json.loads(result_file.read_text())
+        out: dict[str, Path] = {}
+        for v in variants:
+            src = work / produced[v]
+            dst = Path(out_dir) / f"{stem}_{v}.tflite"
+            os.replace(src, dst)
+            out[v] = dst
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _sample_data(calib: np.ndarray | None) -> np.ndarray:
+    """[20,128,128,3] float32 in 0..1 for onnx2tf's built-in test input (stops its download)."""
+    if calib is None or len(calib) == 0:
+        rng = np.random.default_rng(0)
+        return rng.random((20, 128, 128, 3), dtype=np.float32)
+    import tensorflow as tf
+
+    idx = np.arange(20) % len(calib)
+    imgs = tf.image.resize((calib[idx] + 1.0) / 2.0, (128, 128)).numpy()
+    return np.clip(imgs, 0.0, 1.0).astype(np.float32)
+
+
+def _quantise(saved_model: str, calib: np.ndarray | None, variants: list[str],
+              recipe: Int8Recipe) -> dict[str, bytes]:
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    out: dict[str, bytes] = {}
+    if "dynamic" in variants:
+        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv._experimental_disable_per_channel = not recipe.per_channel
+        out["dynamic"] = conv.convert()
+    int8 = [v for v in variants if v in ("int8", "int8_io")]
+    if int8:
+        assert calib is not None
+
+        def representative():  # type: ignore[no-untyped-def]
+            for i in range(len(calib)):
+                yield [calib[i : i + 1].astype(np.float32)]
+
+        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        conv._experimental_calibrate_only = True
+        calibrated = conv.convert()
+        for v in int8:
+            io = tf.int8 if v == "int8_io" else tf.float32
+            out[v] = mlir_quantize(
+                calibrated,
+                disable_per_channel=not recipe.per_channel,
+                input_data_type=io,
+                output_data_type=io,
+                denylisted_ops=list(recipe.float_ops) or None,
+            )
+    return out
+
+
+def _worker(job_path: str) -> int:
+    """Runs in the scratch folder: onnx2tf, then the quantised variants; writes result.json."""
+    job = json.loads(Path(job_path).read_text())
+    calib = np.load(job["calib"]) if job["calib"] else None
+    np.save(CALIB_SAMPLE, _sample_data(calib))
+    import onnx2tf
+
+    onnx2tf.convert(
+        input_onnx_file_path=job["onnx"],
+        output_folder_path="tf",
+        output_signaturedefs=True,
+        not_use_onnxsim=True,  # export.onnx already simplified and checked it
+        non_verbose=True,
+    )
+    stem = Path(job["onnx"]).stem
+    produced: dict[str, str] = {}
+    for v, suffix in _ONNX2TF_FILES.items():
+        f = Path("tf") / f"{stem}{suffix}"
+        if v in job["variants"]:
+            if not f.exists():
+                print(f"ERROR: onnx2tf finished without writing {f.name}", flush=True)
+                return 1
+            produced[v] = os.fspath(f)
+    rest = [v for v in job["variants"] if v not in _ONNX2TF_FILES]
+    if rest:
+        r = job["recipe"]
+        recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]))
+        for v, blob in _quantise("tf", calib, rest, recipe).items():
+            Path(f"{v}.tflite").write_bytes(blob)
+            produced[v] = f"{v}.tflite"
+    Path("result.json").write_text(json.dumps(produced))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

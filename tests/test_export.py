@@ -1,0 +1,250 @@
+"""``dmad export``: exact rewrites, ONNX parity, TFLite round trips, Android assets, failures.
+
+Conversions are the slow part (onnx2tf imports TensorFlow in a subprocess, ~10 s each), so the
+TFLite tests use tiny generators (ngf 2-4) at 32-48² and only a few variants each.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.checkpoint import save_model
+from compress.errors import DmadError
+from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+from export import tflite
+from export.api import ExportConfig, _load_run, export_model
+from export.onnx import export_onnx, run_onnx
+from export.parity import io_details, psnr, run_tflite
+from export.rewrite import (
+    ExplicitInstanceNorm,
+    SlicePad2d,
+    deploy_rewrite,
+    unsupported_layers,
+)
+from tests.conftest import dmad_cmd
+
+
+def _resnet(**kw: object) -> ResnetGenerator:
+    torch.manual_seed(0)
+    return ResnetGenerator(ResnetSpec(ngf=4, n_blocks=1, **kw)).eval()  # type: ignore[arg-type]
+
+
+def _unet() -> UnetGenerator:
+    torch.manual_seed(0)
+    return UnetGenerator(UnetSpec(ngf=2, num_downs=5, norm="batch", dropout=False)).eval()
+
+
+def _no_leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if "export-" in p.name)
+
+
+# ----------------------------------------------------------------------------- rewrites
+
+
+@pytest.mark.parametrize("pad", [1, 3])
+def test_slice_pad_is_bit_identical(pad: int) -> None:
+    x = torch.randn(2, 5, 9, 11)
+    assert torch.equal(SlicePad2d(pad)(x), nn.ReflectionPad2d(pad)(x))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_explicit_instance_norm_matches(affine: bool) -> None:
+    norm = nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 6, 8, 8) * 3 + 1
+    assert torch.allclose(ExplicitInstanceNorm(norm)(x), norm(x), atol=1e-5)
+
+
+def test_rewrite_keeps_parity_and_the_original() -> None:
+    model = _resnet()
+    deploy, rep = deploy_rewrite(model)
+    assert rep.reflection_pads == 4 and rep.instance_norms == 7
+    assert isinstance(model.stem.pad, nn.ReflectionPad2d)  # original untouched
+    x = torch.rand(2, 3, 20, 24) * 2 - 1
+    with torch.no_grad():
+        assert (deploy(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_unsupported_layer_is_named() -> None:
+    model = _resnet()
+    model.head.act = nn.SiLU()
+    assert unsupported_layers(model) == ["head.act (SiLU)"]
+    with pytest.raises(DmadError, match=r"unsupported layer head\.act \(SiLU\)"):
+        export_model(ExportConfig(out=Path("/nonexistent/never"), module=model, size=32))
+
+
+@pytest.mark.parametrize(
+    "model,size",
+    [(_resnet(), 32), (_resnet(separable=True), 32), (_unet(), 32)],
+    ids=["resnet", "separable", "unet"],
+)
+def test_onnx_parity(tmp_path: Path, model: nn.Module, size: int) -> None:
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for rewrite in (False, True):
+        m = deploy_rewrite(model)[0] if rewrite else model
+        export_onnx(m, tmp_path / f"m{rewrite}.onnx", (1, 3, size, size))
+        assert np.abs(run_onnx(tmp_path / f"m{rewrite}.onnx", x.numpy()) - ref).max() <= 1e-4
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def _teacher_run(tmp_path: Path, data: Path, model: nn.Module) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(model, run / "G_AtoB.pt", task="cyclegan", direction="AtoB")
+    (run / "config.json").write_text(json.dumps({"task": "cyclegan", "data": str(data),
+                                                 "size": 32}))
+    return run
+
+
+def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) -> None:
+    run = _teacher_run(tmp_path, default_data, _resnet())
+    assets = tmp_path / "assets"
+    res = export_model(ExportConfig(
+        out=tmp_path / "out", run=run, size=48, quant=("fp32", "int8"), int8_io=True,
+        num_calib=8, android=True, android_assets=assets))
+    rep = json.loads((tmp_path / "out" / "parity.json").read_text())
+    arts = rep["artifacts"]
+    assert set(arts) == {"onnx", "fp32", "int8", "int8_io"}
+    assert arts["onnx"]["parity"]["max_abs"] <= 1e-4
+    assert arts["fp32"]["parity"]["max_abs"] <= 1e-3
+    assert "run dataset" in rep["images"]
+    assert rep["rewrite"]["reflection_pads"] == 4
+    for v in ("int8", "int8_io"):
+        assert arts[v]["parity"]["psnr_db"] >= 25
+        assert arts[v]["xnnpack"]["fully_delegated"], arts[v]["xnnpack"]
+    assert arts["fp32"]["xnnpack"]["partitions"] == 1
+    io = arts["int8_io"]["io"]
+    assert io["input"]["dtype"] == "int8" and io["input"]["shape"] == [1, 48, 48, 3]
+    q = io["input"]["quantization"]
+    assert 0 < q["scale"] <= 2 / 255 * 1.01 and -128 <= q["zero_point"] <= 127
+    # model.json describes exactly the file copied into the assets.
+    meta = json.loads((assets / "model.json").read_text())
+    chosen = meta["variant"]
+    assert chosen in ("int8", "int8_io", "fp16", "fp32")
+    live = io_details(assets / meta["file"])
+    for role in ("input", "output"):
+        assert meta[role]["quantization"] == live[role]["quantization"]
+        assert meta[role]["shape"] == live[role]["shape"]
+        assert meta[role]["dtype"] == live[role]["dtype"]
+    assert meta["params"] == sum(p.numel() for p in _resnet().parameters())
+    assert meta["source"]["run"] == str(run)
+    # The int8-I/O file run the way model.json says gives the reported PSNR.
+    x = torch.rand(1, 3, 48, 48) * 2 - 1
+    with torch.no_grad():
+        ref = _resnet()(x).numpy().transpose(0, 2, 3, 1)
+    y = run_tflite(res.files["int8_io"], np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
+    assert psnr(ref, y) >= 20
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_separable_and_unet_round_trips(tmp_path: Path) -> None:
+    sep = tmp_path / "sep.pt"
+    save_model(_resnet(separable=True), sep)
+    rep = export_model(ExportConfig(out=tmp_path / "sep", model=sep, size=48,
+                                    quant=("fp32", "fp16"))).report["artifacts"]
+    assert rep["fp32"]["parity"]["max_abs"] <= 1e-3
+    assert rep["fp16"]["parity"]["psnr_db"] >= 50
+    unet = tmp_path / "unet.pt"
+    save_model(_unet(), unet)
+    rep = export_model(ExportConfig(out=tmp_path / "unet", model=unet, size=32,
+                                    quant=("fp32", "dynamic"))).report["artifacts"]
+    assert rep["fp32"]["parity"]["max_abs"] <= 1e-3
+    assert rep["dynamic"]["parity"]["psnr_db"] >= 25
+    assert rep["fp32"]["xnnpack"]["fully_delegated"]
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_run_file_priority(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(_resnet(), run / "G_AtoB.pt")
+    assert _load_run(run, "AtoB")[1]["file"].endswith("G_AtoB.pt")
+    save_model(_resnet(), run / "student_G_AtoB.pt")
+    assert _load_run(run, "AtoB")[1]["file"].endswith("student_G_AtoB.pt")
+    with pytest.raises(DmadError, match="no generator for BtoA"):
+        _load_run(run, "BtoA")
+
+
+def _fails(tmp_path: Path, match: str, **kw: object) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(DmadError, match=match):
+        export_model(ExportConfig(out=out, **kw))  # type: ignore[arg-type]
+    assert not out.exists()
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_user_errors_leave_nothing(tmp_path: Path) -> None:
+    model = tmp_path / "g.pt"
+    save_model(_resnet(), model)
+    unet = tmp_path / "u.pt"
+    save_model(_unet(), unet)
+    _fails(tmp_path, "model file not found", model=tmp_path / "missing.pt")
+    _fails(tmp_path, "run folder not found", run=tmp_path / "norun")
+    _fails(tmp_path, "not a multiple of 4", model=model, size=30)
+    _fails(tmp_path, r"multiple of 32 \(UNet with num_downs=5", model=unet, size=48)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fails(tmp_path, "no images", model=model, size=32, calib=empty)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not an image")
+    _fails(tmp_path, "junk", model=model, size=32, calib=junk)
+    _fails(tmp_path, "int8 variants need calibration images", model=model, size=32)
+
+
+def test_conversion_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise DmadError("TFLite conversion failed (onnx2tf): simulated")
+
+    monkeypatch.setattr(tflite, "convert", boom)
+    _fails(tmp_path, "simulated", module=_resnet(), size=32, quant=("fp32",))
+
+
+def test_onnx2tf_reason_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an onnx model")
+    with pytest.raises(DmadError, match=r"TFLite conversion failed \(onnx2tf\): .+"):
+        tflite.convert(bad, tmp_path, ["fp32"], None)
+    assert not (tmp_path / ".onnx2tf").exists()
+
+
+def test_misconverted_fp32_is_an_error(tmp_path: Path) -> None:
+    # ngf 4 at 32²: a ConvTranspose from [1,16,8,8] to [1,8,16,16] makes onnx2tf guess the
+    # layout wrong (a known onnx2tf weakness); the export must refuse, not warn.
+    _fails(tmp_path, "fp32 TFLite differs from PyTorch", module=_resnet(), size=32,
+           quant=("fp32",))
+
+
+def test_failure_reason_parsing() -> None:
+    log = ("\x1b[31mERROR:\x1b[0m The trace log is below.\nTraceback...\n"
+           "ValueError: Depth of input (5) is not a multiple\n"
+           "\x1b[31mERROR:\x1b[0m onnx_op_name: /head/conv/Conv\n"
+           "\x1b[31mERROR:\x1b[0m Read this and deal with it.\n")
+    assert tflite.failure_reason(log) == ("ValueError: Depth of input (5) is not a multiple; "
+                                         "onnx_op_name: /head/conv/Conv")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    r = subprocess.run(dmad_cmd("export", "--model", str(tmp_path / "nope.pt"), "--out",
+                                str(tmp_path / "o")), env=cli_env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "nope.pt" in r.stderr
+    assert not (tmp_path / "o").exists()
