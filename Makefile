@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dmad-installed
 
-.PHONY: demo test lint bench-train clean
+.PHONY: demo test lint bench-train android-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# Put the demo's compressed and full generators into the Android app (after `make demo`).
+android-assets: $(STAMP)
+	$(VENV)/bin/dmad export --run runs/demo/finetune --out runs/demo/android/compressed --size 64 \
+		--android --android-label compressed --force
+	$(VENV)/bin/dmad export --run runs/demo/teacher --out runs/demo/android/full --size 64 \
+		--android --android-label full --force
 
 bench-train: $(STAMP)
 	$(PY) benchmark/train_step.py

@@ -34,7 +34,7 @@ def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
-    """Run data → teacher → search → finetune → eval; returns per-stage seconds."""
+    """Run data → teacher → search → finetune → eval → export → compare; returns stage seconds."""
     from compress.arch import profile
     from compress.checkpoint import load_model
     from compress.data import make_default_dataset
@@ -42,7 +42,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
 
     path = config or DEFAULT_CONFIG
     settings = read_config_file(path)
-    known = {"data", "teacher", "search", "finetune", "eval"}
+    known = {"data", "teacher", "search", "finetune", "eval", "export", "compare"}
     unknown = set(settings) - known
     if unknown:
         raise DmadError(
@@ -112,5 +112,71 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
         print(f"[demo] eval      {times['eval']:7.1f} s  PSNR vs teacher "
               f"{ev['psnr_vs_teacher']:.2f} dB, SSIM {ev['ssim_vs_teacher']:.3f}, MACs "
               f"÷{ev['ratios']['macs_paper']:.1f} (paper) ÷{ev['ratios']['macs_true']:.1f} (true)")
+    student_run = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
+    if "export" in settings:
+        t = time.time()
+        _export_both(settings["export"], path, {"compressed": student_run, "full": tdir},
+                     out / "export", tcfg.size, force)
+        times["export"] = time.time() - t
+        print(f"[demo] export    {times['export']:7.1f} s")
+    if "compare" in settings:
+        t = time.time()
+        _compare(settings["compare"], path, out, force)
+        times["compare"] = time.time() - t
+        print(f"[demo] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")
+    total = sum(times.values())
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+    print(f"[demo] total     {total:7.1f} s  ({parts})")
     print(f"[demo] outputs in {out}  (samples: {tdir / 'samples.png'})")
     return times
+
+
+def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], out: Path,
+                 size: int, force: bool) -> None:
+    """Export the compressed student and the full teacher the same way (ONNX + every TFLite
+    variant, calibrated on the run's own images), each with its PyTorch file beside it so the
+    comparison covers the torch backend too."""
+    from compress.io import atomic_write
+    from export.api import ExportConfig, export_model
+
+    extra = set(section) - {"quant", "num_calib", "android", "size"}
+    if extra:
+        raise DmadError(f"{path}: unknown key(s) in [export]: {', '.join(sorted(extra))}")
+    quant = tuple(section.get("quant", ["fp32", "fp16", "dynamic", "int8"]))
+    for label, run in sources.items():
+        dest = out / label
+        if (dest / "parity.json").exists() and not force:
+            print(f"[demo] export {label}: skipped (finished)")
+            continue
+        res = export_model(ExportConfig(out=dest, run=run, size=int(section.get("size", size)),
+                                        quant=quant, num_calib=int(section.get("num_calib", 20)),
+                                        android=bool(section.get("android", False)),
+                                        android_label=label, force=True))
+        src = next(run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists())
+        with atomic_write(dest / "generator.pt") as fh:
+            fh.write(src.read_bytes())
+        print(f"[demo] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
+        print(res.table)
+
+
+def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
+    """Benchmark full vs compressed on the host backends and write ``out/report.md``."""
+    from benchmark.api import CompareConfig, compare
+
+    extra = set(section) - {"backends", "threads", "runs", "warmup"}
+    if extra:
+        raise DmadError(f"{path}: unknown key(s) in [compare]: {', '.join(sorted(extra))}")
+    if (out / "report.md").exists() and not force:
+        print("[demo] compare: skipped (finished)")
+        return
+    compare(CompareConfig(full=out / "export" / "full", compressed=out / "export" / "compressed",
+                          out=out, backends=tuple(section.get("backends",
+                                                              ["torch", "ort", "tflite"])),
+                          threads=tuple(int(t) for t in section.get("threads", [1, 2])),
+                          runs=int(section.get("runs", 20)), warmup=int(section.get("warmup", 3)),
+                          grid=out / "eval" / "grid.png" if (out / "eval" / "grid.png").exists()
+                          else None))
+    md = (out / "report.md").read_text().splitlines()
+    head = next((line for line in md if "faster" in line), "")
+    if head:
+        print(f"[demo] {head.strip('# ')}")

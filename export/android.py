@@ -1,22 +1,51 @@
-"""``--android``: put one exported ``.tflite`` and its ``model.json`` into the demo app's assets.
+"""``--android``: put one exported ``.tflite`` into the demo app's assets and record it in
+``model.json``, following the app's contract (``android_demo/MODEL_JSON.md``, schema 1).
 
-``model.json`` is everything the app needs to feed the model without reading the flatbuffer:
-tensor names, NHWC shape, dtype, the value range [-1, 1] and the pixel mapping, the int8 scale /
-zero point where the I/O is quantised, cost (MACs/params), where the weights came from and the
-parity numbers. Both files are written atomically (a half-copied model would crash the app).
+``model.json`` holds up to two models, labelled ``"full"`` and ``"compressed"``; each is stored
+as ``<label>.tflite``. Writing one label keeps the other label's entry (when its file is still
+there) and replaces an entry with the same label. Tensor names, NHWC shapes, dtypes and int8
+scale / zero point are copied from the LiteRT interpreter after loading the written file, so the
+app's own check against the model cannot disagree. Both files are written atomically (a
+half-copied model would crash the app), the ``.tflite`` first; nothing else in the assets folder
+(``samples/``, other files) is touched.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from compress.errors import DmadError
 from compress.io import atomic_write, atomic_write_json
 
-__all__ = ["DEFAULT_ASSETS", "choose_variant", "model_json", "write_assets"]
+__all__ = [
+    "DEFAULT_ASSETS",
+    "LABELS",
+    "PIXEL_MAPPING",
+    "SCHEMA_VERSION",
+    "asset_name",
+    "choose_variant",
+    "model_entry",
+    "tensor_spec",
+    "write_assets",
+]
 
 DEFAULT_ASSETS = Path(__file__).resolve().parent.parent / "android_demo/app/src/main/assets"
+SCHEMA_VERSION = 1
+#: Allowed labels, in the order the entries are listed.
+LABELS = ("full", "compressed")
+#: The formulas the app implements (PixelMapping.kt); it refuses any other strings.
+PIXEL_MAPPING = {
+    "to_tensor": "x/127.5 - 1",
+    "from_tensor": "clamp(round((y + 1) * 127.5), 0, 255)",
+}
+VALUE_RANGE = [-1, 1]
+_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int8): "int8"}
 #: Candidates for the default choice, best first when PSNR ties.
 _INT8_FAMILY = ("int8_io", "int8", "dynamic")
 
@@ -35,49 +64,136 @@ def choose_variant(artifacts: dict[str, dict[str, Any]], psnr_bar: float) -> str
     return next(iter(artifacts))
 
 
-def _tensor(info: dict[str, Any], role: str) -> dict[str, Any]:
-    t = dict(info)
-    t["layout"] = "NHWC"
-    t["value_range"] = [-1.0, 1.0]
-    if role == "input":
-        t["from_pixels"] = "x = px / 127.5 - 1  (px: RGB 0..255)"
-    else:
-        t["to_pixels"] = "px = clamp(round((y + 1) * 127.5), 0, 255)"
-    q = t.get("quantization")
-    if q is not None:
-        if role == "input":
-            t["quantize"] = "q = clamp(round(x / scale) + zero_point, -128, 127)"
-        else:
-            t["dequantize"] = "y = (q - zero_point) * scale"
-    return t
+def asset_name(label: str) -> str:
+    """File name of the ``label`` model in the assets folder."""
+    _check_label(label)
+    return f"{label}.tflite"
 
 
-def model_json(
-    variant: str, file_name: str, artifact: dict[str, Any], summary: dict[str, Any]
+def _check_label(label: str) -> None:
+    if label not in LABELS:
+        raise DmadError(f"--android-label: {label!r} is not one of {', '.join(LABELS)}")
+
+
+def tensor_spec(detail: dict[str, Any], role: str, file: str) -> dict[str, Any]:
+    """One ``get_input_details()`` / ``get_output_details()`` entry as model.json's tensor object.
+
+    Raises DmadError for what schema 1 cannot describe (not ``[1, H, W, 3]``, a dtype other than
+    float32 / int8, int8 without a single scale / zero point).
+    """
+    shape = [int(s) for s in detail["shape"]]
+    dtype = _DTYPES.get(np.dtype(detail["dtype"]))
+    if len(shape) != 4 or shape[0] != 1 or shape[1] < 1 or shape[2] < 1 or shape[3] != 3:
+        raise DmadError(f"{file}: {role} shape {shape} is not [1, H, W, 3] (NHWC RGB); "
+                        "the Android app cannot feed it")
+    if dtype is None:
+        raise DmadError(f"{file}: {role} dtype {np.dtype(detail['dtype']).name} is not float32 "
+                        "or int8; the Android app (model.json schema 1) cannot feed it")
+    quant = None
+    if dtype == "int8":
+        scale, zero_point = detail["quantization"]
+        scale, zero_point = float(scale), int(zero_point)
+        if not (math.isfinite(scale) and scale > 0 and -128 <= zero_point <= 127):
+            raise DmadError(f"{file}: int8 {role} has no usable scale / zero point "
+                            f"({scale}, {zero_point})")
+        quant = {"scale": scale, "zero_point": zero_point}
+    return {"name": str(detail["name"]), "shape": shape, "dtype": dtype, "quantization": quant}
+
+
+def _io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(input, output) tensor objects of ``path`` as the LiteRT interpreter reports them."""
+    from export.parity import make_interpreter
+
+    it = make_interpreter(path, delegate=False)
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise DmadError(f"{path.name}: {len(ins)} inputs and {len(outs)} outputs; the Android "
+                        "app (model.json schema 1) needs exactly one of each")
+    return tensor_spec(ins[0], "input", path.name), tensor_spec(outs[0], "output", path.name)
+
+
+def model_entry(
+    path: Path,
+    label: str,
+    *,
+    parity: dict[str, Any],
+    macs: dict[str, int],
+    params: int,
+    source_run: str,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """The ``model.json`` document for ``artifact`` (one entry of parity.json's artifacts)."""
-    return {
-        "format": "dmad-android-model",
-        "version": 1,
-        "file": file_name,
-        "variant": variant,
-        "input": _tensor(artifact["io"]["input"], "input"),
-        "output": _tensor(artifact["io"]["output"], "output"),
-        "macs": summary["macs"],
-        "params": summary["params"],
-        "source": summary["source"],
-        "parity": artifact["parity"],
-        "xnnpack": artifact.get("xnnpack"),
+    """The ``models[]`` entry of model.json for the ``.tflite`` at ``path`` (already in assets)."""
+    _check_label(label)
+    inp, out = _io(path)
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "label": label,
+        "input": inp,
+        "output": out,
+        "value_range": list(VALUE_RANGE),
+        "pixel_mapping": dict(PIXEL_MAPPING),
+        "macs": {"paper": int(macs["paper"]), "true": int(macs["true"])},
+        "params": int(params),
+        "source_run": str(source_run),
+        "parity": dict(parity),
     }
+    if variant is not None:
+        entry["variant"] = variant  # extra key; the app ignores it
+    return entry
+
+
+def _kept_entries(assets: Path, label: str, file: str) -> list[dict[str, Any]]:
+    """Entries of an existing schema-1 model.json worth keeping next to the new ``label``.
+
+    Kept: other labels whose file is still in ``assets`` and is not the file being written.
+    An unreadable or other-schema model.json is replaced as a whole.
+    """
+    try:
+        doc = json.loads((assets / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+        return []
+    models = doc.get("models")
+    if not isinstance(models, list):
+        return []
+    kept = []
+    for e in models:
+        if not isinstance(e, dict) or e.get("label") not in LABELS or e.get("label") == label:
+            continue
+        f = e.get("file")
+        if not isinstance(f, str) or "/" in f or f == file or not (assets / f).is_file():
+            continue
+        if any(k["label"] == e["label"] for k in kept):
+            continue
+        kept.append(e)
+    return kept
 
 
 def write_assets(
-    tflite: Path, variant: str, artifact: dict[str, Any], summary: dict[str, Any], assets: Path
+    tflite: Path,
+    assets: Path,
+    *,
+    label: str = "compressed",
+    parity: dict[str, Any],
+    macs: dict[str, int],
+    params: int,
+    source_run: str,
+    variant: str | None = None,
 ) -> Path:
-    """Copy ``tflite`` into ``assets`` as ``generator.tflite`` and write ``model.json``."""
-    assets = Path(assets)
-    name = "generator.tflite"
+    """Copy ``tflite`` into ``assets`` as ``<label>.tflite`` and merge its entry into model.json.
+
+    ``parity`` is the export's parity figures for this file (at least ``max_abs`` and
+    ``psnr_db``), ``macs`` ``{"paper": int, "true": int}``. Returns the model.json path.
+    """
+    assets, tflite = Path(assets), Path(tflite)
+    name = asset_name(label)
+    _io(tflite)  # refuse what schema 1 cannot describe before touching the assets
     with atomic_write(assets / name) as fh, open(tflite, "rb") as src:
         shutil.copyfileobj(src, fh)
-    atomic_write_json(assets / "model.json", model_json(variant, name, artifact, summary))
+    entry = model_entry(assets / name, label, parity=parity, macs=macs, params=params,
+                        source_run=source_run, variant=variant)
+    models = [*_kept_entries(assets, label, name), entry]
+    models.sort(key=lambda e: LABELS.index(e["label"]))
+    atomic_write_json(assets / "model.json", {"schema_version": SCHEMA_VERSION, "models": models})
     return assets / "model.json"

@@ -72,6 +72,7 @@ class ExportConfig:
     android: bool = False
     android_assets: Path | None = None
     android_variant: str | None = None
+    android_label: str = "compressed"
     force: bool = False
     psnr_bar: float = PSNR_BAR
     #: fp32 TFLite max-abs bar; only the benchmark raises it, to measure the unrewritten graph
@@ -306,7 +307,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     from compress.arch import profile
     from compress.models import spec_to_dict
     from export import tflite
-    from export.android import DEFAULT_ASSETS, choose_variant, write_assets
+    from export.android import DEFAULT_ASSETS, LABELS, choose_variant, write_assets
     from export.onnx import ONNX_TOL, export_onnx, run_onnx
 
     t0 = time.time()
@@ -317,6 +318,8 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     if cfg.android_variant is not None and cfg.android_variant not in variants:
         raise DmadError(f"--android-variant: {cfg.android_variant!r} is not among the exported "
                         f"variants ({', '.join(variants)})")
+    if cfg.android and cfg.android_label not in LABELS:
+        raise DmadError(f"--android-label: {cfg.android_label!r} is not one of {', '.join(LABELS)}")
     model, source = _source(cfg)
     bad_layers = unsupported_layers(model)
     if bad_layers:
@@ -368,7 +371,8 @@ def export_model(cfg: ExportConfig) -> ExportResult:
                 f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
                 f"(> {cfg.fp32_tol}): onnx2tf mis-converted the graph (its NCHW→NHWC layout "
                 "guess can fail when a channel count equals a spatial size; try another --size)")
-        prof = profile(model, shape).summary()
+        prof_obj = profile(model, shape)
+        prof = prof_obj.summary()
         summary = {
             "source": source,
             "spec": spec_to_dict(spec) if spec is not None else None,
@@ -397,8 +401,13 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     if cfg.android:
         tfl = {k: a for k, a in artifacts.items() if k != "onnx"}
         chosen = cfg.android_variant or choose_variant(tfl, cfg.psnr_bar)
-        android_json = write_assets(files[chosen], chosen, tfl[chosen], summary,
-                                    Path(cfg.android_assets or DEFAULT_ASSETS))
+        android_json = write_assets(
+            files[chosen], Path(cfg.android_assets or DEFAULT_ASSETS), label=cfg.android_label,
+            parity={"reference": "pytorch", "images": len(evals), **tfl[chosen]["parity"]},
+            macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
+            params=int(prof["params"]),
+            source_run=str(source.get("run") or source.get("file") or source.get("kind")),
+            variant=chosen)
     table = format_table(artifacts)
     return ExportResult(out=out, onnx=out / "generator.onnx", files=files, report=report,
                         table=table, android=android_json, seconds=time.time() - t0)

@@ -38,6 +38,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         android=args.android,
         android_assets=args.android_assets,
         android_variant=args.android_variant,
+        android_label=args.android_label,
         force=args.force,
     )
     res = export_model(cfg)
@@ -47,7 +48,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {res.out} (parity.json, generator.onnx, "
           f"{', '.join(p.name for p in res.files.values())}) in {res.seconds:.0f} s")
     if res.android is not None:
-        print(f"android: {res.android.parent} ({res.android.name} + generator.tflite)")
+        from export.android import asset_name
+
+        print(f"android: {res.android.parent} ({res.android.name} + "
+              f"{asset_name(args.android_label)})")
     return 0
 
 
@@ -76,5 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--android-assets", type=Path, help="assets folder (default: the demo's)")
     s.add_argument("--android-variant", choices=("fp32", "fp16", "dynamic", "int8", "int8_io"),
                    help="variant for --android (default: best int8 >= 35 dB, else fp16)")
+    s.add_argument("--android-label", choices=("full", "compressed"), default="compressed",
+                   help="model.json label for --android; the other label's model is kept "
+                        "(default: compressed)")
     s.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     s.set_defaults(func=cmd_export)

@@ -132,16 +132,22 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     q = io["input"]["quantization"]
     assert 0 < q["scale"] <= 2 / 255 * 1.01 and -128 <= q["zero_point"] <= 127
     # model.json describes exactly the file copied into the assets.
-    meta = json.loads((assets / "model.json").read_text())
+    doc = json.loads((assets / "model.json").read_text())
+    assert doc["schema_version"] == 1 and len(doc["models"]) == 1
+    meta = doc["models"][0]
+    assert meta["label"] == "compressed" and meta["file"] == "compressed.tflite"
     chosen = meta["variant"]
     assert chosen in ("int8", "int8_io", "fp16", "fp32")
+    assert (assets / meta["file"]).read_bytes() == res.files[chosen].read_bytes()
     live = io_details(assets / meta["file"])
     for role in ("input", "output"):
         assert meta[role]["quantization"] == live[role]["quantization"]
         assert meta[role]["shape"] == live[role]["shape"]
         assert meta[role]["dtype"] == live[role]["dtype"]
     assert meta["params"] == sum(p.numel() for p in _resnet().parameters())
-    assert meta["source"]["run"] == str(run)
+    assert meta["source_run"] == str(run)
+    assert meta["parity"]["psnr_db"] == arts[chosen]["parity"]["psnr_db"]
+    assert set(meta["macs"]) == {"paper", "true"} and meta["macs"]["paper"] > 0
     # The int8-I/O file run the way model.json says gives the reported PSNR.
     x = torch.rand(1, 3, 48, 48) * 2 - 1
     with torch.no_grad():
