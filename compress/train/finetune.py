@@ -33,12 +33,12 @@ from compress.errors import DmadError
 from compress.models import PatchDiscriminator
 from compress.train import loop
 from compress.train.common import save_grid, set_requires_grad
-from compress.train.search import Teacher, load_teacher, training_config
+from compress.train.search import Teacher, TrainingOverrides, load_teacher, training_config
 from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingOverrides):
     """Settings of ``dmad finetune``; empty/zero/negative fields come from the runs it reads."""
 
     search: str = ""  # a `dmad search` run folder (its masked generators are pruned first)
@@ -49,18 +49,6 @@ class FinetuneConfig:
     lambda_attention: float = -1.0  # -1 = 100 CycleGAN, 10 Pix2Pix (DMAD's scripts)
     lambda_dfeat: float = 1e-4
     lambda_distill: float = 10.0  # L1 to the teacher's outputs (0 = DMAD's exact objective)
-    task: str = ""
-    data: str = ""
-    size: int = 0
-    steps: int = 1000
-    decay_steps: int = -1
-    batch_size: int = 0
-    lr: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    device: str = "auto"
-    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         if not self.search and not self.student:

@@ -45,7 +45,26 @@ SEARCH_FORMAT = "dmad-search"
 
 
 @dataclass
-class SearchConfig:
+class TrainingOverrides:
+    """Training settings a later stage (search, finetune) takes from the run it builds on;
+    empty/zero values mean "the earlier run's value"."""
+
+    task: str = ""
+    data: str = ""
+    size: int = 0
+    steps: int = 1000
+    decay_steps: int = -1
+    batch_size: int = 0
+    lr: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+    skip_bad: bool = False
+
+
+@dataclass
+class SearchConfig(TrainingOverrides):
     """Settings of ``dmad search``. Empty/zero/negative fields come from the teacher run."""
 
     teacher: str = ""  # a `dmad teacher` run folder, or a dmad model file (e.g. `dmad import`ed)
@@ -63,19 +82,6 @@ class SearchConfig:
     bound_schedule: str = "cube"
     bound_updates: int = 150  # bound updates over the first 75 % of the steps
     frozen_threshold: float = 0.85  # UNet: freeze a layer once this fraction of it is off
-    # training (default: the teacher run's values)
-    task: str = ""
-    data: str = ""
-    size: int = 0
-    steps: int = 1000
-    decay_steps: int = -1
-    batch_size: int = 0
-    lr: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    device: str = "auto"
-    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
