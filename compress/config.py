@@ -130,6 +130,8 @@ def make_config(
         data = read_config_file(file)
         if section is not None and isinstance(data.get(section), dict):
             data = data[section]
+        elif section is not None and any(isinstance(v, dict) for v in data.values()):
+            data = {}  # a file of stage tables without this stage's table
         sources.append((str(file), data))
     if overrides:
         sources.append(("flag", {k: v for k, v in overrides.items() if v is not None}))

@@ -52,7 +52,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     times: dict[str, float] = {}
 
     t = time.time()
-    data = settings.get("data", {})
+    data = settings.get("data", {"generate": False})
     extra = set(data) - {"root", "size", "n_train", "n_test", "seed", "generate"}
     if extra:
         raise DmadError(f"{path}: unknown key(s) in [data]: {', '.join(sorted(extra))}")
@@ -67,17 +67,26 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     times["data"] = time.time() - t
     print(f"[demo] data      {times['data']:7.1f} s")
 
-    tcfg = make_config(TeacherConfig, path, section="teacher")
-    tdir = out / "teacher"
-    _run_stage("teacher", tdir, lambda d, **kw: train_teacher(tcfg, d, **kw), force, times)
-
-    for g in sorted(tdir.glob("G_*.pt")):
+    if "teacher" in settings:
+        tcfg = make_config(TeacherConfig, path, section="teacher")
+        tdir = out / "teacher"
+        _run_stage("teacher", tdir, lambda d, **kw: train_teacher(tcfg, d, **kw), force, times)
+        size = tcfg.size
+    else:  # the user's own teacher: a run folder or an imported generator
+        ref = settings.get("search", {}).get("teacher", "")
+        if not ref:
+            raise DmadError(f"{path}: needs a [teacher] table, or `teacher = ...` in [search] "
+                            "(a teacher run folder or a `dmad import`ed generator file)")
+        tdir = Path(ref)
+        size = int(settings.get("search", {}).get("size", 0)) or 256
+    teacher_files = [tdir] if tdir.is_file() else sorted(tdir.glob("G_*.pt"))
+    for g in teacher_files:
         model, _ = load_model(g)
         spec = model.spec
-        for size in (tcfg.size, 256):
-            prof = profile(model, (1, spec.input_nc, size, size))
+        for size_ in (size, 256):
+            prof = profile(model, (1, spec.input_nc, size_, size_))
             print(
-                f"[demo] {g.name} at {size}x{size}: params {prof.params:,}  "
+                f"[demo] {g.name} at {size_}x{size_}: params {prof.params:,}  "
                 f"{prof.macs_paper / 1e9:.3f} GMACs (paper)  "
                 f"{prof.macs_true / 1e9:.3f} GMACs (true)"
             )
@@ -116,7 +125,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     if "export" in settings:
         t = time.time()
         _export_both(settings["export"], path, {"compressed": student_run, "full": tdir},
-                     out / "export", tcfg.size, force)
+                     out / "export", size, force)
         times["export"] = time.time() - t
         print(f"[demo] export    {times['export']:7.1f} s")
     if "compare" in settings:
@@ -127,7 +136,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     total = sum(times.values())
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     print(f"[demo] total     {total:7.1f} s  ({parts})")
-    print(f"[demo] outputs in {out}  (samples: {tdir / 'samples.png'})")
+    print(f"[demo] outputs in {out}")
     return times
 
 
@@ -149,11 +158,13 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
         if (dest / "parity.json").exists() and not force:
             print(f"[demo] export {label}: skipped (finished)")
             continue
-        res = export_model(ExportConfig(out=dest, run=run, size=size,
+        src_kw = {"model": run} if run.is_file() else {"run": run}
+        res = export_model(ExportConfig(out=dest, size=size, **src_kw,
                                         quant=quant, num_calib=int(section.get("num_calib", 20)),
                                         android=bool(section.get("android", False)),
                                         android_label=label, force=True))
-        src = next(run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists())
+        src = run if run.is_file() else next(
+            run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists())
         with atomic_write(dest / "generator.pt") as fh:
             fh.write(src.read_bytes())
         print(f"[demo] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
@@ -169,10 +180,11 @@ def _unambiguous_size(sources: dict[str, Path], size: int) -> int:
 
     channels: set[int] = {3}
     for run in sources.values():
-        name = next((n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists()), None)
-        if name is None:
+        files = [run] if run.is_file() else [
+            run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists()]
+        if not files:
             return size
-        spec = load_generator(run / name)[0].spec
+        spec = load_generator(files[0])[0].spec
         if not isinstance(spec, ResnetSpec):
             return size
         w = spec.resolved_widths()

@@ -66,3 +66,48 @@ def test_demo_config_errors_name_the_file(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text() + "\n[finetuen]\nsteps = 1\n")
     with pytest.raises(DmadError, match=r"demo\.toml.*finetuen"):
         run_demo(cfg, tmp_path / "run")
+
+
+def test_demo_from_an_imported_generator_without_teacher_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from compress.data import make_default_dataset
+    from compress.importer import import_to_file
+    from compress.models import UnetGenerator, UnetSpec
+
+    data = make_default_dataset(tmp_path / "data", size=32, n_train=8, n_test=2)
+    torch.manual_seed(0)
+    torch.save(UnetGenerator(UnetSpec(ngf=4, num_downs=5)).state_dict(), tmp_path / "G.pth")
+    import_to_file(tmp_path / "G.pth", "unet", tmp_path / "G.pt")
+    cfg = tmp_path / "user.toml"
+    cfg.write_text(f"""
+[search]
+teacher = "{tmp_path / 'G.pt'}"
+task = "pix2pix"
+data = "{data}"
+size = 32
+target_gmacs = 0.05
+steps = 4
+bound_updates = 2
+device = "cpu"
+
+[finetune]
+steps = 3
+device = "cpu"
+
+[eval]
+device = "cpu"
+""")
+    times = run_demo(cfg, tmp_path / "run")
+    assert set(times) == {"data", "search", "finetune", "eval"}
+    ft = (tmp_path / "run" / "finetune" / "DONE.json").read_text()
+    assert '"g_only": true' in ft
+    assert "PSNR vs teacher" in capsys.readouterr().out
+
+
+def test_demo_without_any_teacher_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "user.toml"
+    cfg.write_text("[search]\ntarget_gmacs = 1.0\n")
+    with pytest.raises(DmadError, match=r"user\.toml.*\[teacher\]"):
+        run_demo(cfg, tmp_path / "run")
