@@ -225,9 +225,10 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{backend_name(r['backend'])}\n{r['precision']}, {r['threads']}t" for r in rows]
+    labels = [f"{backend_name(r['backend'])} {r['precision']}, {r['threads']}t" for r in rows]
     x = list(range(len(rows)))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4.5))
+    # stacked panels, rotated labels: many backend/precision/thread rows stay readable
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(rows) + 3), 9), sharex=True)
     w = 0.38
     a1.bar([i - w / 2 for i in x], [r["full_ms"] for r in rows], w, label="full")
     a1.bar([i + w / 2 for i in x], [r["compressed_ms"] for r in rows], w, label="compressed")
@@ -238,7 +239,7 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     a1.set_title("latency")
     a2.bar([i - w / 2 for i in x], [r["speedup"] for r in rows], w, label="measured speedup")
     a2.bar([i + w / 2 for i in x], [r["mac_ratio"] or 0 for r in rows], w, label="MAC ratio")
-    a2.set_xticks(x, labels, fontsize=7)
+    a2.set_xticks(x, labels, fontsize=7, rotation=55, ha="right")
     a2.set_ylabel("× (full ÷ compressed)")
     a2.legend()
     a2.set_title("speedup vs MAC reduction")
