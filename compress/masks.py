@@ -112,40 +112,22 @@ def _channel_view(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-class MaskApply(torch.autograd.Function):
+class MaskApply:
     """``x · m(w; b)[None, :, None, None]`` with DMAD's hand-written backward.
 
     ``dx = g · m`` and ``dw_c = m'(w_c) · Σ_{n,h,w} g·x`` — the per-channel reduction is one
-    tensor op, and m' is exactly 0 outside the band and at b = 0 (no straight-through). Written
-    as a Function rather than left to autograd so the b = 0 case has a defined (zero) gradient
-    and ``x`` is only kept for backward when ``w`` needs a gradient. Device- and dtype-agnostic:
-    m is computed in ``w``'s dtype, then cast to ``x``'s (autocast-friendly).
+    tensor op, and m' is exactly 0 outside the band and at b = 0 (no straight-through). A custom
+    Function rather than plain autograd so the b = 0 case has a defined (zero) gradient and ``x``
+    is only kept for backward when ``w`` needs a gradient. Device- and dtype-agnostic: m is
+    computed in ``w``'s dtype, then cast to ``x``'s (autocast-friendly). This entry point
+    computes m and m' itself; :class:`ChannelMask` caches them per weight version.
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: float | Tensor) -> Tensor:  # type: ignore[override]
-        if x.dim() < 2 or x.shape[1] != w.shape[0]:
-            raise ValueError(
-                f"mask of {w.shape[0]} channels applied to a tensor of shape {tuple(x.shape)}"
-            )
+    def apply(x: Tensor, w: Tensor, b: float | Tensor) -> Tensor:
         bt = _bound_tensor(b, w)
-        m = soft_step(w, bt)
-        need_dw = ctx.needs_input_grad[1]  # type: ignore[attr-defined]
-        ctx.save_for_backward(x if need_dw else None, w, bt, m)  # type: ignore[attr-defined]
-        return x * _channel_view(m, x).to(x.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        x, w, bt, m = ctx.saved_tensors
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = g * _channel_view(m, g).to(g.dtype)
-        if ctx.needs_input_grad[1]:
-            dims = [0, *range(2, g.dim())]
-            gx = torch.sum(g * x, dim=dims, dtype=torch.promote_types(g.dtype, w.dtype))
-            dw = (gx.to(w.dtype) * soft_step_grad(w, bt)).contiguous()
-        return dx, dw, None
+        wd = w.detach()
+        return _MaskApplyCached.apply(x, w, soft_step(wd, bt), soft_step_grad(wd, bt))
 
 
 class _MaskApplyCached(torch.autograd.Function):
