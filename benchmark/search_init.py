@@ -10,22 +10,16 @@ before fine-tuning) and its final MACs. A script that prints numbers, not a time
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from compress.config import read_config_file
+from compress.evaluate import psnr
 from compress.train.common import open_train_test, resolve_data
 from compress.train.search import SearchConfig, load_search, search
 from compress.train.teacher import TeacherConfig
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR for images in [-1, 1] (peak-to-peak 2)."""
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def main() -> None:

@@ -47,6 +47,23 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _run_config(cls: type, args: argparse.Namespace, section: str,
+                saved_key: str | None = None) -> Any:
+    """A stage config from defaults, the saved config of a resumed run (so ``--resume`` needs
+    no flags repeated), the ``--config`` file's ``[section]``, then flags."""
+    from compress.config import make_config, read_config_file
+    from compress.train import loop
+
+    saved = args.out / loop.CONFIG
+    base = None
+    if args.resume and saved.exists():
+        base = read_config_file(saved)
+        if saved_key is not None:
+            base = base.get(saved_key)
+    return make_config(cls, args.config, _config_overrides(args), section=section, base=base,
+                       base_origin=str(saved))
+
+
 def _common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON file of config fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field")
@@ -69,21 +86,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from compress.config import make_config, read_config_file
-    from compress.train import loop
     from compress.train.teacher import TeacherConfig, train_teacher
 
-    base = None
-    if args.resume and (args.out / loop.CONFIG).exists():
-        base = read_config_file(args.out / loop.CONFIG)
-    cfg = make_config(
-        TeacherConfig,
-        args.config,
-        _config_overrides(args),
-        section="teacher",
-        base=base,
-        base_origin=str(args.out / loop.CONFIG),
-    )
+    cfg = _run_config(TeacherConfig, args, "teacher")
     summary = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
     for name, g in summary["generators"].items():
         print(
@@ -94,19 +99,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from compress.config import make_config, read_config_file
-    from compress.train import loop
     from compress.train.search import SearchConfig, search
 
-    base = None
-    if args.resume and (args.out / loop.CONFIG).exists():
-        base = read_config_file(args.out / loop.CONFIG).get("search")
-    cfg = make_config(SearchConfig, args.config, _config_overrides(args), section="search",
-                      base=base, base_origin=str(args.out / loop.CONFIG))
+    cfg = _run_config(SearchConfig, args, "search", saved_key="search")
     summary = search(cfg, args.out, resume=args.resume, force=args.force)
-    import json as _json
-
-    arch = _json.loads((args.out / "architecture.json").read_text())
+    arch = json.loads((args.out / "architecture.json").read_text())
     for d, e in arch["directions"].items():
         print(f"search G_{d}: {e['gmacs_paper']:.3f} GMACs paper / {e['gmacs_true']:.3f} true "
               f"(full {e['full_gmacs_paper']:.3f} / {e['full_gmacs_true']:.3f}), params "
@@ -120,15 +117,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from compress.config import make_config, read_config_file
-    from compress.train import loop
     from compress.train.finetune import FinetuneConfig, finetune
 
-    base = None
-    if args.resume and (args.out / loop.CONFIG).exists():
-        base = read_config_file(args.out / loop.CONFIG).get("finetune")
-    cfg = make_config(FinetuneConfig, args.config, _config_overrides(args), section="finetune",
-                      base=base, base_origin=str(args.out / loop.CONFIG))
+    cfg = _run_config(FinetuneConfig, args, "finetune", saved_key="finetune")
     summary = finetune(cfg, args.out, resume=args.resume, force=args.force)
     mode = "teacher-G-only" if summary["g_only"] else "co-attention (teacher G + D)"
     for d, s in summary["students"].items():

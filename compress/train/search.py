@@ -37,7 +37,7 @@ from compress.masks import (
     relu_loss,
     soft_step,
 )
-from compress.models import ResnetGenerator, ResnetSpec, UnetSpec, spec_to_dict
+from compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
 from compress.train import loop
 from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
@@ -501,4 +501,4 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
                     max_steps=max_steps)
 
 
-__all__ = ["SearchConfig", "SearchStage", "UnetSpec", "load_search", "search"]
+__all__ = ["SearchConfig", "SearchStage", "load_search", "search"]

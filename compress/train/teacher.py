@@ -8,7 +8,6 @@ it; the same code runs on CUDA unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,12 +383,3 @@ def train_teacher(
         max_steps=max_steps,
     )
 
-
-def config_from_run(run_dir: Path) -> dict[str, Any]:
-    """The saved config of a run (for ``--resume`` without repeating flags)."""
-    from compress.config import read_config_file
-
-    return read_config_file(run_dir / loop.CONFIG)
-
-
-__all__ = ["TeacherConfig", "TeacherStage", "config_from_run", "dataclasses", "train_teacher"]
