@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dmad-installed
 
-.PHONY: demo test lint bench-train android-assets clean
+.PHONY: demo test lint layers adb bench-train android-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,27 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/dmad demo
 
-test: $(STAMP)
+# The tests drive the real adb client against an emulated phone: install Debian's `adb` when it
+# is missing and we can (root, or password-less sudo); otherwise say why those tests will skip.
+adb:
+	@command -v adb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "make: cannot install adb (not root, no password-less sudo): the adb tests" \
+	    "will be skipped; install Debian's package 'adb' and rerun" >&2; exit 0; fi; \
+	  echo "make: installing Debian's adb client (needed by the Android tests)"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    adb >/dev/null; } || echo "make: apt-get could not install adb: the adb tests will be" \
+	    "skipped" >&2; }
+
+test: $(STAMP) adb layers
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP) layers
 	$(PY) -m ruff check .
+
+# The layer contract (pyproject [tool.importlinter]): application -> benchmark -> export -> compress.
+layers: $(STAMP)
+	$(PY) scripts/check_layers.py
 
 # Put the demo's compressed and full generators into the Android app (after `make demo`).
 android-assets: $(STAMP)
@@ -33,7 +49,7 @@ android-assets: $(STAMP)
 		--android --android-label full --force
 
 bench-train: $(STAMP)
-	$(PY) benchmark/train_step.py
+	$(PY) scripts/train_step.py
 
 clean:
 	rm -rf runs data .pytest_cache

@@ -29,13 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmark.parse import (
+from dmad.benchmark.parse import (
     parse_benchmark_output,
     parse_devices,
     parse_getprop,
     parse_thermal,
 )
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 REMOTE_ROOT = "/data/local/tmp"
 DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi", "npu")
@@ -352,7 +352,7 @@ def _one_run(
     adb: Adb, cfg: AndroidConfig, model: Path, remote: str, remote_bin: str, delegate: str,
     threads: int, sdk: int | None, log_dir: Path | None,
 ) -> dict[str, Any]:
-    from compress.io import atomic_write_text
+    from dmad.compress.io import atomic_write_text
 
     argv = [*(("taskset", cfg.taskset) if cfg.taskset else ()), remote_bin, f"--graph={remote}",
             f"--num_threads={threads}", f"--num_runs={cfg.runs}", f"--warmup_runs={cfg.warmup}",

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmark import host, report
-from compress.errors import DmadError
+from dmad.benchmark import host, report
+from dmad.compress.config import opt
+from dmad.compress.errors import DmadError
 
 FORMAT = "dmad-bench"
 VERSION = 1
@@ -23,24 +24,39 @@ VERSION = 1
 class BenchConfig:
     """``dmad bench``: host backends, and optionally one phone over adb."""
 
-    models: list[Path]
-    out: Path
-    backends: tuple[str, ...] = ("torch", "ort", "tflite")
-    threads: tuple[int, ...] = (1, 2)
-    runs: int = 20
-    warmup: int = 3
-    size: int | None = None
-    seed: int = 0
-    host: bool = True
-    android: bool = False
-    serial: str | None = None
-    delegates: tuple[str, ...] = ("cpu", "xnnpack")
-    benchmark_binary: Path | None = None
-    taskset: str | None = None
-    cooldown_s: float = 10.0
-    op_profiling: bool = False
-    tool: str = "classic"
-    adb: str | None = None
+    models: list[Path] = opt(help=".pt dmad model, .onnx or .tflite files to measure")
+    out: Path = opt(help="folder for results.json, results.csv and results.md")
+    backends: tuple[str, ...] = opt(
+        ("torch", "ort", "tflite"),
+        "host backends: torch, ort, tflite (= tflite-xnnpack and tflite-builtin)",
+    )
+    threads: tuple[int, ...] = opt((1, 2), "thread counts, comma list, e.g. 1,2")
+    runs: int = opt(20, "timed runs per setting")
+    warmup: int = opt(3, "untimed warm-up runs per setting")
+    size: int | None = opt(
+        None,
+        "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
+    )
+    seed: int = opt(0, "seed of the shared random input")
+    host: bool = opt(True, "run the host backends (off with --no-host)")
+    android: bool = opt(False, "also run the .tflite models on a phone over adb")
+    serial: str | None = opt(None, "adb serial of the phone (when several are attached)")
+    delegates: tuple[str, ...] = opt(
+        ("cpu", "xnnpack"),
+        "cpu,xnnpack,gpu,nnapi (nnapi is deprecated since Android 15) or npu (--tool compiled)",
+    )
+    benchmark_binary: Path | None = opt(
+        None,
+        "LiteRT benchmark_model built for the phone (Android arm64)",
+    )
+    taskset: str | None = opt(
+        None,
+        "hex CPU mask to pin the phone benchmark to, e.g. f0 (big cores)",
+    )
+    cooldown_s: float = opt(10.0, "seconds to rest between phone runs")
+    op_profiling: bool = opt(False, "per-op times on the phone (--enable_op_profiling)")
+    tool: str = opt("classic", "classic | compiled: which benchmark_model the binary is")
+    adb: str | None = opt(None, "adb executable (default: $ADB, $PATH, adbutils' bundled one)")
 
 
 def _now() -> str:
@@ -82,7 +98,7 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
                                       progress))
         data["models"] = [i.summary() for i in infos]
     if cfg.android:
-        from benchmark.adb import AndroidConfig, run_android
+        from dmad.benchmark.adb import AndroidConfig, run_android
 
         if cfg.benchmark_binary is None:
             raise DmadError("--android needs --benchmark-binary PATH (the Android benchmark_model)")
@@ -128,16 +144,25 @@ def _label(infos: list[host.ModelInfo]) -> None:
 class CompareConfig:
     """``dmad compare``: a full and a compressed model (files or export folders) → report."""
 
-    full: Path
-    compressed: Path
-    out: Path
-    backends: tuple[str, ...] = ("torch", "ort", "tflite")
-    threads: tuple[int, ...] = (1, 2)
-    runs: int = 20
-    warmup: int = 3
-    size: int | None = None
-    seed: int = 0
-    grid: Path | None = None
+    full: Path = opt(help="full model file or export folder")
+    compressed: Path = opt(help="compressed model file or export folder")
+    out: Path = opt(help="folder for report.md, report.html, latency.png and results.json")
+    backends: tuple[str, ...] = opt(
+        ("torch", "ort", "tflite"),
+        "host backends: torch, ort, tflite (= tflite-xnnpack and tflite-builtin)",
+    )
+    threads: tuple[int, ...] = opt((1, 2), "thread counts, comma list, e.g. 1,2")
+    runs: int = opt(20, "timed runs per setting")
+    warmup: int = opt(3, "untimed warm-up runs per setting")
+    size: int | None = opt(
+        None,
+        "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
+    )
+    seed: int = opt(0, "seed of the shared random input")
+    grid: Path | None = opt(
+        None,
+        "image grid to include (default: grid.png or eval/grid.png next to the compressed model)",
+    )
 
 
 def _side(path: Path) -> dict[str, Any]:

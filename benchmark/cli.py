@@ -1,7 +1,7 @@
 """``dmad bench`` / ``dmad compare``: parse flags, build the config, call one function.
 
 Errors a user can cause come back as :class:`DmadError` (one line, exit 2, printed by
-``compress.cli.main``); list flags take comma-separated values (``--threads 1,2``).
+``dmad.cli.main``); list flags take comma-separated values (``--threads 1,2``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 BINARY_HELP = (
     "LiteRT/TFLite benchmark_model built for the phone (Android arm64). Prebuilt: "
@@ -34,22 +34,28 @@ def _progress(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="folder for the results")
+def _h(cls: type, name: str, default: object = None) -> str:
+    """The flag's help: its config field's help text, plus the default when there is one."""
+    from dmad.compress.config import field_help
+
+    text = field_help(cls, name)
+    return text if default is None else f"{text} (default: {default})"
+
+
+def _common(p: argparse.ArgumentParser, cls: type) -> None:
+    p.add_argument("--out", type=Path, required=True, help=_h(cls, "out"))
     p.add_argument("--backends", type=_csv("--backends"), default=("torch", "ort", "tflite"),
-                   help="host backends: torch, ort, tflite (= tflite-xnnpack and "
-                        "tflite-builtin), default: all")
+                   help=_h(cls, "backends", "all"))
     p.add_argument("--threads", type=_csv("--threads", int), default=(1, 2),
-                   help="thread counts, e.g. 1,2 (default)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per setting (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
-    p.add_argument("--size", type=int, help="image size for models with a dynamic input "
-                                            "(default: the models' own, else 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shared random input")
+                   help=_h(cls, "threads", "1,2"))
+    p.add_argument("--runs", type=int, default=20, help=_h(cls, "runs", 20))
+    p.add_argument("--warmup", type=int, default=3, help=_h(cls, "warmup", 3))
+    p.add_argument("--size", type=int, help=_h(cls, "size"))
+    p.add_argument("--seed", type=int, default=0, help=_h(cls, "seed", 0))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmark.api import BenchConfig, bench
+    from dmad.benchmark.api import BenchConfig, bench
 
     cfg = BenchConfig(
         models=list(args.models), out=args.out, backends=args.backends, threads=args.threads,
@@ -64,8 +70,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from benchmark.api import CompareConfig, compare
-    from benchmark.report import headline
+    from dmad.benchmark.api import CompareConfig, compare
+    from dmad.benchmark.report import headline
 
     cfg = CompareConfig(
         full=args.full, compressed=args.compressed, out=args.out, backends=args.backends,
@@ -82,31 +88,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the benchmark subcommands to the ``dmad`` parser."""
+    """Add the benchmark subcommands to the ``dmad`` parser; flag helps come from
+    :class:`BenchConfig` / :class:`CompareConfig`."""
+    from dmad.benchmark.api import BenchConfig, CompareConfig
+
     s = sub.add_parser(
         "bench", help="measure latency on this CPU (PyTorch, ONNX Runtime, TFLite) or a phone",
         description="Latency of .pt / .onnx / .tflite models: median, p90, min, std over "
                     "interleaved runs, GMAC/s and efficiency against a GEMM peak probe. "
                     "--android runs benchmark_model on a phone over adb.",
     )
-    s.add_argument("models", nargs="+", type=Path, help=".pt dmad model, .onnx or .tflite files")
-    _common(s)
+    s.add_argument("models", nargs="+", type=Path, help=_h(BenchConfig, "models"))
+    _common(s, BenchConfig)
     a = s.add_argument_group("Android over adb")
-    a.add_argument("--android", action="store_true", help="also run the .tflite models on a phone")
-    a.add_argument("--no-host", action="store_true", help="skip the host backends")
-    a.add_argument("--serial", help="device serial (when several are attached)")
+    a.add_argument("--android", action="store_true", help=_h(BenchConfig, "android"))
+    a.add_argument("--no-host", action="store_true",
+                   help="skip the host backends; without it: " + _h(BenchConfig, "host"))
+    a.add_argument("--serial", help=_h(BenchConfig, "serial"))
     a.add_argument("--delegate", type=_csv("--delegate"), default=("cpu", "xnnpack"),
-                   help="cpu,xnnpack,gpu,nnapi (nnapi is deprecated since Android 15) or npu "
-                        "(--tool compiled); default cpu,xnnpack")
-    a.add_argument("--benchmark-binary", type=Path, help=BINARY_HELP)
+                   help=_h(BenchConfig, "delegates", "cpu,xnnpack"))
+    a.add_argument("--benchmark-binary", type=Path,
+                   help=f"{_h(BenchConfig, 'benchmark_binary')}. {BINARY_HELP}")
     a.add_argument("--tool", choices=("classic", "compiled"), default="classic",
-                   help="which benchmark_model the binary is (default classic)")
-    a.add_argument("--taskset", help="hex CPU mask to pin the benchmark to, e.g. f0 (big cores)")
+                   help=_h(BenchConfig, "tool", "classic"))
+    a.add_argument("--taskset", help=_h(BenchConfig, "taskset"))
     a.add_argument("--cooldown", type=float, default=10.0,
-                   help="seconds to rest between phone runs (default 10)")
+                   help=_h(BenchConfig, "cooldown_s", 10))
     a.add_argument("--op-profiling", action="store_true",
-                   help="per-op times on the phone (--enable_op_profiling)")
-    a.add_argument("--adb", help="adb executable (default: $ADB, $PATH, adbutils' bundled one)")
+                   help=_h(BenchConfig, "op_profiling"))
+    a.add_argument("--adb", help=_h(BenchConfig, "adb"))
     s.set_defaults(func=cmd_bench)
 
     c = sub.add_parser(
@@ -115,12 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     ".pt/.onnx/.tflite) interleaved, and write report.md/report.html with a "
                     "chart and the headline speedup.",
     )
-    c.add_argument("--full", type=Path, required=True, help="full model file or export folder")
+    c.add_argument("--full", type=Path, required=True, help=_h(CompareConfig, "full"))
     c.add_argument("--compressed", type=Path, required=True,
-                   help="compressed model file or export folder")
-    c.add_argument("--grid", type=Path, help="image grid to include (default: grid.png or "
-                                             "eval/grid.png next to the compressed model)")
-    _common(c)
+                   help=_h(CompareConfig, "compressed"))
+    c.add_argument("--grid", type=Path, help=_h(CompareConfig, "grid"))
+    _common(c, CompareConfig)
     c.set_defaults(func=cmd_compare)
 
 

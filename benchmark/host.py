@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 KINDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".tflite": "tflite"}
 BACKENDS = ("torch", "ort", "tflite-xnnpack", "tflite-builtin")
@@ -325,8 +325,8 @@ def inspect_model(path: Path, size: int | None = None) -> ModelInfo:
     kind = model_kind(path)
     sz = path.stat().st_size
     if kind == "torch":
-        from compress.arch import profile
-        from compress.checkpoint import load_model
+        from dmad.compress.arch import profile
+        from dmad.compress.checkpoint import load_model
 
         model, _ = load_model(path)
         spec = getattr(model, "spec", None)
@@ -440,7 +440,7 @@ class Target:
 def _torch_runner(t: Target, x: np.ndarray, threads: int) -> Callable[[], object]:
     import torch
 
-    from compress.checkpoint import load_model
+    from dmad.compress.checkpoint import load_model
 
     model, _ = load_model(t.run_path)
     xt = torch.from_numpy(x)
@@ -556,7 +556,7 @@ def export_onnx_temp(pt: Path, shape: tuple[int, ...], workdir: Path) -> Path:
     without the export stage; the file lives in ``workdir`` and is deleted with it."""
     import torch
 
-    from compress.checkpoint import load_model
+    from dmad.compress.checkpoint import load_model
 
     model, _ = load_model(pt)
     out = workdir / f"{pt.stem}.onnx"

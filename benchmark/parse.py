@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _PREFIX = r"^(?:[A-Z]+:\s*)?"  # "INFO: " on newer builds, nothing on older ones

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from dmad.compress.io import atomic_write, atomic_write_json, atomic_write_text
 
 CSV_FIELDS = (
     "platform", "device", "model", "backend", "precision", "threads", "runs", "warmup",

@@ -171,7 +171,7 @@ def profile_spec(spec, input_shape: tuple[int, ...]) -> Profile:  # type: ignore
     """Profile the model a spec describes, built directly on the meta device (no allocation),
     so searching over candidate widths costs milliseconds even for full-size generators.
     Specs are frozen dataclasses, so results are cached: a search revisits the same widths."""
-    from compress.models import build
+    from dmad.compress.models import build
 
     with torch.device("meta"):
         model = build(spec)

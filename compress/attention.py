@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.models import PatchDiscriminator, ResnetGenerator, UnetGenerator
+from dmad.compress.models import PatchDiscriminator, ResnetGenerator, UnetGenerator
 
 
 def attention_map(feat: torch.Tensor) -> torch.Tensor:

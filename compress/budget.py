@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.arch import profile_spec
-from compress.errors import DmadError
-from compress.groups import widths_from_masks
-from compress.masks import ChannelMask
-from compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
+from dmad.compress.arch import profile_spec
+from dmad.compress.errors import DmadError
+from dmad.compress.groups import widths_from_masks
+from dmad.compress.masks import ChannelMask
+from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from compress.errors import DmadError
-from compress.io import atomic_save, safe_load
-from compress.models import Spec, build, spec_from_dict, spec_to_dict
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_save, safe_load
+from dmad.compress.models import Spec, build, spec_from_dict, spec_to_dict
 
 FORMAT = "dmad-model"
 VERSION = 1
@@ -69,7 +69,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
 
 def load_generator(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_model`, refusing a discriminator (or any non-generator) with a clear error."""
-    from compress.models import ResnetSpec, UnetSpec
+    from dmad.compress.models import ResnetSpec, UnetSpec
 
     model, meta = load_model(path)
     spec = getattr(model, "spec", None)

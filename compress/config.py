@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 T = TypeVar("T")
 
@@ -79,6 +79,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise DmadError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v.strip() if isinstance(v, str) else v, inner, where) for v in value)
     return value
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *,
+        factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its one-line help, kept beside the field so the two cannot drift.
+
+    ``dmad <stage> --help`` prints this text for the field's flag (with its default), and a test
+    requires one on every field of every stage config, choices or unit included.
+    """
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of field ``name`` of config dataclass ``cls`` ("" when it has none)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
 def field_types(cls: type) -> dict[str, Any]:

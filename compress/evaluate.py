@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.arch import profile
-from compress.checkpoint import load_generator
-from compress.errors import DmadError
-from compress.io import atomic_write_json
-from compress.train.common import open_train_test, pick_device, resolve_data, save_grid
+from dmad.compress.arch import profile
+from dmad.compress.checkpoint import load_generator
+from dmad.compress.config import opt
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write_json
+from dmad.compress.train.common import open_train_test, pick_device, resolve_data, save_grid
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,15 +61,21 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 class EvalConfig:
     """Settings of ``dmad eval``."""
 
-    student: str = ""  # a student model file, or a finetune/search/teacher run folder
-    teacher: str = ""  # a teacher model file or run folder ("" = from the student's metadata)
-    data: str = ""  # dataset root ("" = the teacher run's data)
-    task: str = ""
-    direction: str = "AtoB"
-    size: int = 0
-    inception: str = ""  # pytorch-fid weights (pt_inception-2015-12-05-6726825d.pth)
-    max_images: int = 0  # 0 = the whole held-out split
-    device: str = "auto"
+    student: str = opt("", "a student model file, or a finetune/search/teacher run folder")
+    teacher: str = opt("", "teacher model file or run folder; '' = from the student's metadata")
+    data: str = opt(
+        "",
+        "dataset root whose held-out split is evaluated; '' = the teacher run's data",
+    )
+    task: str = opt("", "cyclegan | pix2pix; '' = from the runs")
+    direction: str = opt("AtoB", "AtoB | BtoA: which generator to evaluate")
+    size: int = opt(0, "image side in pixels; 0 = the training size")
+    inception: str = opt(
+        "",
+        "pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth) for FID/KID",
+    )
+    max_images: int = opt(0, "evaluate at most this many held-out images; 0 = all")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
         if not self.student:
@@ -80,8 +87,8 @@ class EvalConfig:
 def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
     """A generator from a model file or a search file (pruned first), or from a run folder:
     student, else searched (pruned), else teacher."""
-    from compress.train.search import SEARCH_FORMAT
-    from export.slim import prune_search_file
+    from dmad.compress.prune import prune_search_file
+    from dmad.compress.train.search import SEARCH_FORMAT
 
     if path.is_dir():
         for name in (f"student_G_{direction}.pt", f"search_G_{direction}.pt", f"G_{direction}.pt"):
@@ -89,7 +96,7 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
                 return _model_from(path / name, direction)
         raise DmadError(f"{path}: no student_G_{direction}.pt, search_G_{direction}.pt or "
                         f"G_{direction}.pt in this run")
-    from compress.io import safe_load
+    from dmad.compress.io import safe_load
 
     obj = safe_load(path)
     if isinstance(obj, dict) and obj.get("format") == SEARCH_FORMAT:
@@ -99,7 +106,7 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
 
 def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Compute the metrics, write ``out/eval.json`` and ``out/grid.png``; return the summary."""
-    from compress.config import read_config_file
+    from dmad.compress.config import read_config_file
 
     device = pick_device(cfg.device)
     spath = Path(cfg.student)
@@ -166,7 +173,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
         "grid": "grid.png",
     }
     if cfg.inception:
-        from compress.fid import fid_kid, load_inception
+        from dmad.compress.fid import fid_kid, load_inception
 
         net = load_inception(Path(cfg.inception)).to(device)
         summary["fid_kid_student"] = fid_kid(reals, fakes, net)

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import DmadError
-from compress.io import safe_load
+from dmad.compress.errors import DmadError
+from dmad.compress.io import safe_load
 
 __all__ = [
     "FEATURE_DIM",

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from compress.masks import ChannelMask
-from compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
+from dmad.compress.masks import ChannelMask
+from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
 
 __all__ = [
     "removed_blocks",

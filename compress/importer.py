@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.checkpoint import FORMAT, save_model
-from compress.errors import DmadError
-from compress.io import safe_load
-from compress.models import ResnetSpec, UnetSpec, build, spec_from_dict, spec_to_dict
+from dmad.compress.checkpoint import FORMAT, save_model
+from dmad.compress.errors import DmadError
+from dmad.compress.io import safe_load
+from dmad.compress.models import ResnetSpec, UnetSpec, build, spec_from_dict, spec_to_dict
 
 ARCHES = ("resnet", "unet")
 WRAPPER_KEYS = ("state_dict", "model", "netG", "G", "params")
@@ -58,6 +58,7 @@ class ImportReport:
     dropped: list[str] = field(default_factory=list)
     inferred: dict[str, Any] = field(default_factory=dict)
     filled: list[str] = field(default_factory=list)
+    norm_note: str = ""  # which statistics the imported norms use, when the file had a choice
 
     def __str__(self) -> str:
         keys = ("ngf", "n_blocks", "num_downs", "norm", "padding", "separable", "dropout",
@@ -74,6 +75,8 @@ class ImportReport:
         if self.filled:
             more = f" (+{len(self.filled) - 5} more)" if len(self.filled) > 5 else ""
             lines.append(f"  filled {len(self.filled)} missing: {', '.join(self.filled[:5])}{more}")
+        if self.norm_note:
+            lines.append(f"  {self.norm_note}")
         return "\n".join(lines)
 
 
@@ -264,14 +267,20 @@ def _resolve(path: Path, arch: str, groups: list[_Group], given: dict[str, Any],
 
 # --------------------------------------------------------------------------------------- mapping
 
-def _match(src: _Group, tgt: _Group, norm: str) -> tuple[dict[str, torch.Tensor], list[str], str]:
-    """(target key → tensor, filled keys, problem or '') for one pair of groups."""
+def _match(src: _Group, tgt: _Group, norm: str, running_in: bool = False
+           ) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """(target key → tensor, filled keys, problem or '') for one pair of groups.
+
+    ``running_in``: the source norms are affine-free InstanceNorms with running statistics that
+    are imported as fixed per-channel norms (``--norm-stats running``): weight 1, bias 0."""
     s_names, t_names = set(src.items), set(tgt.items)
     fills: dict[str, torch.Tensor] = {}
     for name in t_names - s_names:
         t = tgt.tensor(name)
         if name == "num_batches_tracked" and "running_mean" in s_names:
             fills[name] = torch.zeros_like(t)  # BatchNorm saved before PyTorch 0.4.1
+        elif running_in and name in ("weight", "bias") and "running_mean" in s_names:
+            fills[name] = torch.ones_like(t) if name == "weight" else torch.zeros_like(t)
         elif name == "bias" and norm == "none" and src.conv_weight() is not None:
             fills[name] = torch.zeros_like(t)  # the original's norm='none' convs have no bias
     if s_names | set(fills) != t_names:
@@ -309,13 +318,18 @@ def import_checkpoint(
     dropout: bool | None = None,
     input_nc: int | None = None,
     output_nc: int | None = None,
+    norm_stats: str = "instance",
 ) -> tuple[nn.Module, ImportReport]:
     """Load a generator checkpoint at ``path`` into a dmad ``arch`` model (returned in eval mode).
 
     Options left ``None`` are inferred from the tensors (``dropout``, which has no weights,
     defaults to the original's: off for resnet, on for unet). ``padding`` ('reflect' or 'zero')
-    cannot be seen in the weights. Raises a one-line :class:`DmadError` naming the file when it
-    cannot be read or its layers do not fit.
+    cannot be seen in the weights. ``norm_stats``: what to do with InstanceNorm layers that
+    saved running statistics (PyTorch < 0.4, or forks with ``track_running_stats``):
+    ``instance`` drops them as the reference loader does (the output uses each image's own
+    statistics, the reference's test mode); ``running`` keeps them as fixed per-channel norms,
+    matching a fork that ran its test time with them. Raises a one-line :class:`DmadError`
+    naming the file when it cannot be read or its layers do not fit.
     """
     path = Path(path)
     _check(arch, ARCHES, "arch", path)
@@ -335,11 +349,27 @@ def import_checkpoint(
     if norm is not None:
         _check(norm, ("instance", "instance_affine", "batch", "none"), "norm", path)
 
+    _check(norm_stats, ("instance", "running"), "norm_stats", path)
     items, file_spec, dropped = _load(path)
     if not items:
         raise DmadError(f"{path}: holds no tensors, nothing to import")
     groups = _group(items)
     spec_d, inferred = _resolve(path, arch, groups, given, file_spec)
+    n_running = sum(1 for g in groups if g.is_norm and "running_mean" in g.items
+                    and "weight" not in g.items)
+    running_in = norm_stats == "running" and n_running > 0 and spec_d.get("norm") == "instance"
+    note = ""
+    if running_in:
+        spec_d["norm"] = "batch"  # eval-mode BatchNorm = InstanceNorm on its running statistics
+        note = (f"kept the InstanceNorm running statistics of {n_running} layers "
+                "(--norm-stats running): the output matches the checkpoint's eval mode with "
+                "track_running_stats, not the reference loader's per-image statistics")
+    elif n_running and spec_d.get("norm") in ("instance", "instance_affine"):
+        note = (f"dropped the InstanceNorm running statistics of {n_running} layers, as the "
+                "reference loader does: the output uses per-image statistics (the reference's "
+                "test mode); --norm-stats running keeps them, for forks that tested with them")
+    elif norm_stats == "running":
+        note = "--norm-stats running: the checkpoint has no InstanceNorm running statistics"
     hint = _hint(arch, groups, bool(spec_d.get("separable")))
     try:
         spec = spec_from_dict(spec_d)
@@ -366,7 +396,7 @@ def import_checkpoint(
     problems: list[str] = []
     renamed = 0
     for i, (s, t) in enumerate(zip(groups, target, strict=False)):
-        out, fills, problem = _match(s, t, spec.norm)
+        out, fills, problem = _match(s, t, spec.norm, running_in)
         if problem:
             problems.append(f"layer {i} {problem}")
             continue
@@ -390,8 +420,25 @@ def import_checkpoint(
         raise DmadError(f"{path}: weights do not load into {arch} ({first})") from None
     report = ImportReport(source=path, arch=arch, spec=spec_to_dict(spec),
                           tensors=len(mapped) - len(filled), renamed=renamed, dropped=dropped,
-                          inferred=inferred, filled=filled)
+                          inferred=inferred, filled=[] if running_in else filled,
+                          norm_note=note)
     return model.eval(), report
+
+
+def infer_arch(path: str | os.PathLike[str]) -> str | None:
+    """``resnet`` or ``unet`` from the first convolution's kernel (7×7 stem vs 4×4 down), or None
+    when the tensors do not say (then ``--arch`` is needed)."""
+    items, file_spec, _ = _load(Path(path))
+    if file_spec is not None:
+        return file_spec.get("family")
+    convs = [w for g in _group(items) if (w := g.conv_weight()) is not None]
+    if not convs:
+        return None
+    k = tuple(convs[0].shape[2:])
+    last = convs[-1]
+    if last.shape[0] == 1 and k == (4, 4):  # a PatchGAN discriminator
+        return None
+    return {(7, 7): "resnet", (4, 4): "unet"}.get(k)
 
 
 def import_to_file(

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 
 @contextlib.contextmanager

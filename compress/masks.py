@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from compress.models.resnet import ResnetBlock, ResnetGenerator
-from compress.models.unet import UnetGenerator
+from dmad.compress.models.resnet import ResnetBlock, ResnetGenerator
+from dmad.compress.models.unet import UnetGenerator
 
 __all__ = [
     "BOUND_KINDS",

@@ -1,0 +1,1 @@
+"""dmad.export: ONNX and TFLite conversion of generators, verified against PyTorch."""

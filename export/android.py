@@ -20,22 +20,35 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import DmadError
-from compress.io import atomic_write, atomic_write_json
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write, atomic_write_json
 
 __all__ = [
-    "DEFAULT_ASSETS",
     "LABELS",
     "PIXEL_MAPPING",
     "SCHEMA_VERSION",
     "asset_name",
     "choose_variant",
+    "default_assets",
     "model_entry",
     "tensor_spec",
     "write_assets",
 ]
 
-DEFAULT_ASSETS = Path(__file__).resolve().parent.parent / "android_demo/app/src/main/assets"
+#: Where the app keeps its assets, relative to the repository root.
+APP_ASSETS = Path("android_demo/app/src/main/assets")
+
+
+def default_assets() -> Path | None:
+    """The repository's app assets folder when dmad runs from a source checkout, else None.
+
+    An installed wheel has no ``android_demo/`` next to it, so the caller must then name the
+    folder explicitly (``--android-assets``) rather than write into site-packages.
+    """
+    import dmad
+
+    root = Path(dmad.__file__).resolve().parent.parent
+    return root / APP_ASSETS if (root / APP_ASSETS.parent).is_dir() else None
 SCHEMA_VERSION = 1
 #: Allowed labels, in the order the entries are listed.
 LABELS = ("full", "compressed")
@@ -102,7 +115,7 @@ def tensor_spec(detail: dict[str, Any], role: str, file: str) -> dict[str, Any]:
 
 def _io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(input, output) tensor objects of ``path`` as the LiteRT interpreter reports them."""
-    from export.parity import make_interpreter
+    from dmad.export.parity import make_interpreter
 
     it = make_interpreter(path, delegate=False)
     ins, outs = it.get_input_details(), it.get_output_details()

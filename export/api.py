@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import DmadError
-from compress.io import atomic_write_json
-from export.parity import compare, format_table, io_details, run_tflite, xnnpack_coverage
-from export.rewrite import deploy_rewrite, unsupported_layers
-from export.tflite import VARIANTS, Int8Recipe
+from dmad.compress.config import opt
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write_json
+from dmad.export.parity import compare, format_table, io_details, run_tflite, xnnpack_coverage
+from dmad.export.rewrite import deploy_rewrite, unsupported_layers
+from dmad.export.tflite import VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model"]
 
@@ -43,7 +44,7 @@ REWRITE_TOL = 1e-4
 #: above it the graph is wrong and the export fails.
 ONNX_HARD_TOL = 1e-3
 PSNR_BAR = 35.0
-#: The int8 recipe measured best on this CPU (``python -m export.bench_export``): with the
+#: The int8 recipe measured best on this CPU (``python scripts/bench_export.py``): with the
 #: InstanceNorm statistics written out (:class:`export.rewrite.ExplicitInstanceNorm`), the
 #: statistics, the normalising multiply and the adds stay float (XNNPACK runs them in fp32 inside
 #: the same partition), while convolutions, padding and activations are int8. Pruned ResNet-9
@@ -56,29 +57,63 @@ DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "
 class ExportConfig:
     """Settings of ``dmad export`` (exactly one of ``run`` / ``model`` / ``module``)."""
 
-    out: Path
-    run: Path | None = None
-    model: Path | None = None
-    module: nn.Module | None = None  # programmatic use (benchmarks); not on the CLI
-    direction: str = "AtoB"
-    size: int = 256
-    quant: tuple[str, ...] = QUANTS
-    int8_io: bool = False
-    calib: Path | None = None
-    num_calib: int = 20
-    num_eval: int = 8
-    rewrite: bool = True
-    recipe: Int8Recipe = field(default_factory=lambda: DEFAULT_RECIPE)
-    android: bool = False
-    android_assets: Path | None = None
-    android_variant: str | None = None
-    android_label: str = "compressed"
-    force: bool = False
-    psnr_bar: float = PSNR_BAR
+    out: Path = opt(help="output folder (written atomically: complete, or not at all)")
+    run: Path | None = opt(None, "run folder to export (student_G_*, search_G_* or G_*.pt)")
+    model: Path | None = opt(None, "a dmad model file or search result to export")
+    module: nn.Module | None = opt(
+        None,
+        "an nn.Module to export (programmatic use, e.g. benchmarks; not on the CLI)",
+    )
+    direction: str = opt("AtoB", "AtoB | BtoA: which generator of a CycleGAN run")
+    size: int = opt(
+        256,
+        "input side in pixels of the exported model (fixed shape, as phones run it)",
+    )
+    quant: tuple[str, ...] = opt(QUANTS, "comma list of fp32, fp16, dynamic, int8")
+    int8_io: bool = opt(False, "also write a full-int8 model with int8 input/output")
+    calib: Path | None = opt(
+        None,
+        "folder of RGB images for int8 calibration (default: the run's training images)",
+    )
+    num_calib: int = opt(20, "number of calibration images")
+    num_eval: int = opt(8, "number of images the parity check runs")
+    rewrite: bool = opt(
+        True,
+        "apply the exact deploy rewrites (reflect padding as slices, two-step InstanceNorm)",
+    )
+    recipe: Int8Recipe = opt(
+        help="the full-int8 recipe (per-channel weights, ops kept in float)",
+        factory=lambda: DEFAULT_RECIPE,
+    )
+    android: bool = opt(
+        False,
+        "copy the chosen .tflite and model.json into the Android app's assets",
+    )
+    android_assets: Path | None = opt(
+        None,
+        "the app's assets folder (default: android_demo/'s in a source checkout)",
+    )
+    android_variant: str | None = opt(
+        None,
+        "fp32 | fp16 | dynamic | int8 | int8_io for --android "
+        "(default: best int8 >= 35 dB, else fp16)",
+    )
+    android_label: str = opt(
+        "compressed",
+        "full | compressed: model.json label for --android; the other label's model is kept",
+    )
+    force: bool = opt(False, "replace a non-empty --out folder")
+    psnr_bar: float = opt(PSNR_BAR, "PSNR in dB vs PyTorch below which a quantised file is flagged")
     #: fp32 TFLite max-abs bar; only the benchmark raises it, to measure the unrewritten graph
     #: (onnx2tf's own InstanceNorm conversion can be off by ~2e-3 at 256²).
-    fp32_tol: float = FP32_TFLITE_TOL
-    timeout: float | None = None
+    fp32_tol: float = opt(
+        FP32_TFLITE_TOL,
+        "max abs difference fp32 TFLite vs PyTorch above which the export fails",
+    )
+    timeout: float | None = opt(
+        None,
+        "seconds the converter may run before it is stopped (none = no limit)",
+    )
 
 
 @dataclass
@@ -99,14 +134,14 @@ class ExportResult:
 
 def _load_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A dmad model file, or a search result (pruned here); detected by its ``format`` key."""
-    from compress.checkpoint import load_model
-    from compress.io import safe_load
+    from dmad.compress.checkpoint import load_model
+    from dmad.compress.io import safe_load
 
     obj = safe_load(path)
     fmt = obj.get("format") if isinstance(obj, dict) else None
     del obj
     if fmt == "dmad-search":
-        from export.slim import prune_search_file
+        from dmad.compress.prune import prune_search_file
 
         return prune_search_file(path).eval(), {"kind": "search (pruned)", "file": str(path)}
     model, meta = load_model(path)
@@ -165,7 +200,7 @@ def _stack(items: list[torch.Tensor]) -> np.ndarray:
 
 def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
                    ) -> tuple[np.ndarray, np.ndarray, str]:
-    from compress.data import FolderDataset
+    from dmad.compress.data import FolderDataset
 
     if not folder.is_dir():
         raise DmadError(f"{folder}: calibration folder not found" if not folder.exists()
@@ -206,8 +241,8 @@ def _run_images(run: Path, direction: str, size: int, n_calib: int, n_eval: int
     """Calibration (train split) and held-out (test split) images of the run's dataset, resized
     to ``size`` as at test time. The dataset classes only list the files here: they reject
     images smaller than the *training* crop, but export resizes to whatever ``size`` asks."""
-    from compress.data import AlignedDataset, TransformConfig, apply, load_rgb, open_dataset
-    from compress.train.common import resolve_data
+    from dmad.compress.data import AlignedDataset, TransformConfig, apply, load_rgb, open_dataset
+    from dmad.compress.train.common import resolve_data
 
     d = _run_data(run)
     if d is None:
@@ -304,11 +339,11 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Export one generator to ONNX and the requested TFLite variants, verified (module doc)."""
-    from compress.arch import profile
-    from compress.models import spec_to_dict
-    from export import tflite
-    from export.android import DEFAULT_ASSETS, LABELS, choose_variant, write_assets
-    from export.onnx import ONNX_TOL, export_onnx, run_onnx
+    from dmad.compress.arch import profile
+    from dmad.compress.models import spec_to_dict
+    from dmad.export import tflite
+    from dmad.export.android import LABELS, choose_variant, default_assets, write_assets
+    from dmad.export.onnx import ONNX_TOL, export_onnx, run_onnx
 
     t0 = time.time()
     bad = [q for q in cfg.quant if q not in QUANTS]
@@ -320,6 +355,10 @@ def export_model(cfg: ExportConfig) -> ExportResult:
                         f"variants ({', '.join(variants)})")
     if cfg.android and cfg.android_label not in LABELS:
         raise DmadError(f"--android-label: {cfg.android_label!r} is not one of {', '.join(LABELS)}")
+    assets = cfg.android_assets or default_assets()
+    if cfg.android and assets is None:
+        raise DmadError("--android-assets: required here (no android_demo/ app next to this "
+                        "install); give the app's src/main/assets folder")
     model, source = _source(cfg)
     bad_layers = unsupported_layers(model)
     if bad_layers:
@@ -402,7 +441,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         tfl = {k: a for k, a in artifacts.items() if k != "onnx"}
         chosen = cfg.android_variant or choose_variant(tfl, cfg.psnr_bar)
         android_json = write_assets(
-            files[chosen], Path(cfg.android_assets or DEFAULT_ASSETS), label=cfg.android_label,
+            files[chosen], Path(assets), label=cfg.android_label,
             parity={"reference": "pytorch", "images": len(evals), **tfl[chosen]["parity"]},
             macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
             params=int(prof["params"]),

@@ -2,7 +2,7 @@
 :func:`~export.api.export_model`, print the parity table.
 
 Errors the user can cause arrive as :class:`~compress.errors.DmadError` and are printed by
-``compress.cli.main`` as one line (exit 2).
+``dmad.cli.main`` as one line (exit 2).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
@@ -20,7 +20,7 @@ def _quant_list(text: str) -> tuple[str, ...]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``dmad export``."""
-    from export.api import ExportConfig, export_model
+    from dmad.export.api import ExportConfig, export_model
 
     if args.num_calib < 1:
         raise DmadError(f"--num-calib: must be >= 1, got {args.num_calib}")
@@ -48,7 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {res.out} (parity.json, generator.onnx, "
           f"{', '.join(p.name for p in res.files.values())}) in {res.seconds:.0f} s")
     if res.android is not None:
-        from export.android import asset_name
+        from dmad.export.android import asset_name
 
         print(f"android: {res.android.parent} ({res.android.name} + "
               f"{asset_name(args.android_label)})")
@@ -56,32 +56,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the export subcommands to the ``dmad`` parser."""
+    """Add the export subcommands to the ``dmad`` parser; each flag's help is its
+    :class:`~dmad.export.api.ExportConfig` field's."""
+    from dmad.compress.config import field_help
+    from dmad.export.api import ExportConfig
+
+    def h(name: str, default: object = None) -> str:
+        text = field_help(ExportConfig, name)
+        return text if default is None else f"{text} (default: {default})"
+
     s = sub.add_parser(
         "export",
         help="export a generator to ONNX and TFLite (fp32/fp16/int8) with verified parity",
     )
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="run folder (student_G_*, search_G_* or G_*.pt)")
-    src.add_argument("--model", type=Path, help="a dmad model file or search result")
-    s.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
-    s.add_argument("--size", type=int, default=256, help="input side (default 256)")
+    src.add_argument("--run", type=Path, help=h("run"))
+    src.add_argument("--model", type=Path, help=h("model"))
+    s.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help=h("direction", "AtoB"))
+    s.add_argument("--out", type=Path, required=True, help=h("out"))
+    s.add_argument("--size", type=int, default=256, help=h("size", 256))
     s.add_argument("--quant", default="fp32,fp16,dynamic,int8",
-                   help="comma list of fp32, fp16, dynamic, int8 (default: all)")
+                   help=h("quant", "all"))
     s.add_argument("--int8-io", action="store_true",
-                   help="also write a full-int8 model with int8 input/output")
-    s.add_argument("--calib", type=Path, help="folder of RGB images for int8 calibration")
-    s.add_argument("--num-calib", type=int, default=20, help="calibration images (default 20)")
+                   help=h("int8_io"))
+    s.add_argument("--calib", type=Path, help=h("calib"))
+    s.add_argument("--num-calib", type=int, default=20, help=h("num_calib", 20))
     s.add_argument("--no-rewrite", action="store_true",
-                   help="export the graph as is (no slice padding / explicit InstanceNorm)")
+                   help="export the graph as is; without it: " + h("rewrite"))
     s.add_argument("--android", action="store_true",
-                   help="copy the chosen .tflite and model.json into the Android demo's assets")
-    s.add_argument("--android-assets", type=Path, help="assets folder (default: the demo's)")
+                   help=h("android"))
+    s.add_argument("--android-assets", type=Path, help=h("android_assets"))
     s.add_argument("--android-variant", choices=("fp32", "fp16", "dynamic", "int8", "int8_io"),
-                   help="variant for --android (default: best int8 >= 35 dB, else fp16)")
+                   help=h("android_variant"))
     s.add_argument("--android-label", choices=("full", "compressed"), default="compressed",
-                   help="model.json label for --android; the other label's model is kept "
-                        "(default: compressed)")
-    s.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+                   help=h("android_label", "compressed"))
+    s.add_argument("--force", action="store_true", help=h("force"))
     s.set_defaults(func=cmd_export)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 OPSET = 17
 ONNX_TOL = 1e-4

@@ -2,8 +2,8 @@
 
 Why a subprocess: onnx2tf calls ``sys.exit(1)`` on a conversion error, prints its reason to
 stdout with colour codes, imports TensorFlow (~1 GB, slow) and changes global TF/Keras state.
-Running it as ``python -m export.tflite JOB.json`` in a scratch folder keeps the caller's process
-clean, lets us capture everything it prints and turn a failure into one line
+Running it as ``python -m dmad.export.tflite JOB.json`` in a scratch folder keeps the caller's
+process clean, lets us capture everything it prints and turn a failure into one line
 (:func:`failure_reason`), and makes a crash or a timeout impossible to confuse with success.
 
 Quirks handled here (see ``/work/shared/docs/toolchain.md`` §1, §9):
@@ -39,14 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import DmadError
+import dmad
+from dmad.compress.errors import DmadError
 
 #: Every variant this module can build, in the order they are reported.
 VARIANTS = ("fp32", "fp16", "dynamic", "int8", "int8_io")
 #: What onnx2tf itself writes (always both).
 _ONNX2TF_FILES = {"fp32": "_float32.tflite", "fp16": "_float16.tflite"}
 CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-_REPO = Path(__file__).resolve().parent.parent
+#: The folder that holds the ``dmad`` package (a source checkout or site-packages): the converter
+#: subprocess imports the same ``dmad`` as its parent.
+_ROOT = Path(dmad.__file__).resolve().parent.parent
 
 __all__ = ["CALIB_SAMPLE", "VARIANTS", "Int8Recipe", "convert", "failure_reason"]
 
@@ -142,14 +145,14 @@ def convert(
         (work / "job.json").write_text(json.dumps(job))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [os.fspath(_REPO), *filter(None, [env.get("PYTHONPATH")])]
+            [os.fspath(_ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["PYTHONUNBUFFERED"] = "1"
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "export.tflite", "job.json"],
+                [sys.executable, "-m", "dmad.export.tflite", "job.json"],
                 cwd=work,
                 env=env,
                 stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.data import make_default_dataset
+from dmad.compress.data import make_default_dataset
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def tiny_teacher(default_data: Path) -> dict[str, object]:
 
 def dmad_cmd(*args: str) -> list[str]:
     """The real CLI in a subprocess (as a user runs it)."""
-    return [sys.executable, "-m", "compress.cli", *args]
+    return [sys.executable, "-m", "dmad", *args]
 
 
 @pytest.fixture

@@ -38,10 +38,10 @@ import pytest
 import torch
 from PIL import Image
 
-from compress.arch import profile
-from compress.data.transforms import to_image
-from compress.data.transforms import to_tensor as torch_to_tensor
-from compress.models import ResnetGenerator, ResnetSpec
+from dmad.compress.arch import profile
+from dmad.compress.data.transforms import to_image
+from dmad.compress.data.transforms import to_tensor as torch_to_tensor
+from dmad.compress.models import ResnetGenerator, ResnetSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "android_demo"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.arch import format_table, profile
-from compress.models import ResnetGenerator, ResnetSpec, ResnetWidths, UnetGenerator
+from dmad.compress.arch import format_table, profile
+from dmad.compress.models import ResnetGenerator, ResnetSpec, ResnetWidths, UnetGenerator
 
 
 def test_resnet9_ngf64_published_figures() -> None:

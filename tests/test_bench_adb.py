@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.adb import Adb, AndroidConfig, run_android, shell_join
-from compress.cli import main
-from compress.errors import DmadError
+from dmad.benchmark.adb import Adb, AndroidConfig, run_android, shell_join
+from dmad.cli import main
+from dmad.compress.errors import DmadError
 from tests.adbdevice import EmulatedAdbServer
 from tests.adbdevice.fixtures import (  # noqa: F401 - pytest fixtures
     adb_server,
@@ -91,7 +91,7 @@ def test_cli_android_end_to_end(adb_server: EmulatedAdbServer, bench_models: dic
     adb_server.add_device("emu-2")
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "compress.cli", "bench", str(bench_models["narrow_tflite"]),
+        [sys.executable, "-m", "dmad", "bench", str(bench_models["narrow_tflite"]),
          "--android", "--no-host", "--serial", "emu-2", "--delegate", "xnnpack",
          "--threads", "1", "--runs", "2", "--warmup", "1", "--cooldown", "0",
          "--benchmark-binary", str(standin_binary), "--out", str(out)],

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import host
-from benchmark.api import BenchConfig, CompareConfig, bench, compare
-from compress.arch import profile
-from compress.checkpoint import load_model
-from compress.cli import main
-from compress.errors import DmadError
+from dmad.benchmark import host
+from dmad.benchmark.api import BenchConfig, CompareConfig, bench, compare
+from dmad.cli import main
+from dmad.compress.arch import profile
+from dmad.compress.checkpoint import load_model
+from dmad.compress.errors import DmadError
 from tests.adbdevice.fixtures import bench_models  # noqa: F401 - pytest fixture
 
 FAST = {"runs": 3, "warmup": 1, "threads": (1,)}

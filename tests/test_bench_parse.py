@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.adb import assess_delegation, shell_join
-from benchmark.parse import (
+from dmad.benchmark.adb import assess_delegation, shell_join
+from dmad.benchmark.parse import (
     parse_benchmark_output,
     parse_devices,
     parse_getprop,
     parse_op_profile,
     parse_thermal,
 )
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 from tests.adbdevice.shell import unquoted_metachar
 
 DATA = Path(__file__).parent / "data" / "bench"

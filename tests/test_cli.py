@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.cli import main
-from compress.models import ResnetGenerator, ResnetSpec
+from dmad.cli import main
+from dmad.compress.models import ResnetGenerator, ResnetSpec
 from tests.conftest import dmad_cmd
 
 
@@ -38,7 +38,7 @@ def test_macs_unet_and_per_layer_table(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_macs_of_a_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from compress.checkpoint import save_model
+    from dmad.compress.checkpoint import save_model
 
     save_model(ResnetGenerator(ResnetSpec(ngf=8, n_blocks=2)), tmp_path / "g.pt")
     assert main(["macs", str(tmp_path / "g.pt"), "--size", "64", "--json"]) == 0

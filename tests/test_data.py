@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from compress.data import (
+from dmad.compress.data import (
     AlignedDataset,
     CropFlip,
     FolderDataset,
@@ -29,7 +29,7 @@ from compress.data import (
     to_image,
     to_tensor,
 )
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 SMALL = {"size": 32, "n_train": 6, "n_test": 2}
 CFG = TransformConfig(load_size=36, crop_size=32)

@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from compress.checkpoint import save_model
-from compress.errors import DmadError
-from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
-from export import tflite
-from export.api import ExportConfig, _load_run, export_model
-from export.onnx import export_onnx, run_onnx
-from export.parity import io_details, psnr, run_tflite
-from export.rewrite import (
+from dmad.compress.checkpoint import save_model
+from dmad.compress.errors import DmadError
+from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+from dmad.export import tflite
+from dmad.export.api import ExportConfig, _load_run, export_model
+from dmad.export.onnx import export_onnx, run_onnx
+from dmad.export.parity import io_details, psnr, run_tflite
+from dmad.export.rewrite import (
     ExplicitInstanceNorm,
     SlicePad2d,
     deploy_rewrite,

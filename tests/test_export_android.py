@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from compress.errors import DmadError
-from export.android import PIXEL_MAPPING, choose_variant, write_assets
-from export.parity import make_interpreter
+from dmad.compress.errors import DmadError
+from dmad.export.android import PIXEL_MAPPING, choose_variant, write_assets
+from dmad.export.parity import make_interpreter
 from tests.test_android_app import (
     TWIN_CONSTANTS,
     tensor_info,

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from compress import fid
-from compress.errors import DmadError
-from compress.fid import (
+from dmad.compress import fid
+from dmad.compress.errors import DmadError
+from dmad.compress.fid import (
     FIDInception,
     activation_stats,
     fid_kid,

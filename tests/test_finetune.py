@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.attention import (
+from dmad.compress.attention import (
     attention_loss,
     attention_map,
     co_attention_loss,
@@ -17,11 +17,11 @@ from compress.attention import (
     recording,
     resize_map,
 )
-from compress.evaluate import EvalConfig, evaluate, psnr, ssim
-from compress.models import ResnetGenerator, ResnetSpec, ResnetWidths, UnetGenerator, UnetSpec
-from compress.train.finetune import FinetuneConfig, FinetuneStage, finetune
-from compress.train.search import SearchConfig, search
-from compress.train.teacher import TeacherConfig, train_teacher
+from dmad.compress.evaluate import EvalConfig, evaluate, psnr, ssim
+from dmad.compress.models import ResnetGenerator, ResnetSpec, ResnetWidths, UnetGenerator, UnetSpec
+from dmad.compress.train.finetune import FinetuneConfig, FinetuneStage, finetune
+from dmad.compress.train.search import SearchConfig, search
+from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
 
 def test_attention_map_on_crafted_tensors() -> None:
@@ -81,7 +81,7 @@ def test_psnr_and_ssim() -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from compress.data import make_default_dataset
+    from dmad.compress.data import make_default_dataset
 
     root = tmp_path_factory.mktemp("ft")
     data = make_default_dataset(root / "data", size=32, n_train=16, n_test=4)
@@ -110,8 +110,8 @@ def test_finetune_improves_student_teacher_psnr(pipeline: dict[str, Path]) -> No
 
 
 def test_teachers_are_frozen(pipeline: dict[str, Path]) -> None:
-    from compress.train.finetune import _students
-    from compress.train.search import load_teacher, training_config
+    from dmad.compress.train.finetune import _students
+    from dmad.compress.train.search import load_teacher, training_config
 
     cfg = FinetuneConfig(search=str(pipeline["search"]), steps=3, device="cpu")
     students, ds, tpath = _students(cfg)
@@ -131,7 +131,7 @@ def test_teachers_are_frozen(pipeline: dict[str, Path]) -> None:
 
 
 def test_g_only_mode_from_an_imported_generator(pipeline: dict[str, Path], tmp_path: Path) -> None:
-    from compress.importer import import_to_file
+    from dmad.compress.importer import import_to_file
 
     raw = torch.load(pipeline["teacher"] / "G_AtoB.pt", weights_only=True)["state_dict"]
     torch.save(raw, tmp_path / "latest_net_G_A.pth")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from compress.checkpoint import load_model, save_model
-from compress.errors import DmadError
-from compress.importer import ImportReport, import_checkpoint, import_to_file
-from compress.models import (
+from dmad.compress.checkpoint import load_model, save_model
+from dmad.compress.errors import DmadError
+from dmad.compress.importer import ImportReport, import_checkpoint, import_to_file
+from dmad.compress.models import (
     PatchDiscriminator,
     ResnetGenerator,
     ResnetSpec,

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from compress.groups import (
+from dmad.compress.groups import (
     removed_blocks,
     residual_group,
     residual_keep,
     update_group_coefficients,
     widths_from_masks,
 )
-from compress.masks import (
+from dmad.compress.masks import (
     ChannelMask,
     MaskApply,
     MaskedNorm,
@@ -30,7 +30,7 @@ from compress.masks import (
     soft_step,
     soft_step_grad,
 )
-from compress.models import (
+from dmad.compress.models import (
     ResnetGenerator,
     ResnetSpec,
     ResnetWidths,
@@ -537,7 +537,7 @@ def test_attach_rejects_other_models() -> None:
 
 
 def test_channel_mask_forward_backward_equal_mask_apply_and_follow_updates() -> None:
-    from compress.masks import ChannelMask, MaskApply
+    from dmad.compress.masks import ChannelMask, MaskApply
 
     torch.manual_seed(0)
     mask = ChannelMask(6)

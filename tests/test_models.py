@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.models import (
+from dmad.compress.models import (
     DiscriminatorSpec,
     PatchDiscriminator,
     ResnetGenerator,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import DmadError
-from compress.pipeline import run_demo
+from dmad.compress.errors import DmadError
+from dmad.pipeline import run_demo
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -72,9 +72,9 @@ def test_demo_from_an_imported_generator_without_teacher_table(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from compress.data import make_default_dataset
-    from compress.importer import import_to_file
-    from compress.models import UnetGenerator, UnetSpec
+    from dmad.compress.data import make_default_dataset
+    from dmad.compress.importer import import_to_file
+    from dmad.compress.models import UnetGenerator, UnetSpec
 
     data = make_default_dataset(tmp_path / "data", size=32, n_train=8, n_test=2)
     torch.manual_seed(0)

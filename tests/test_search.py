@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress import budget
-from compress.errors import DmadError
-from compress.masks import attach_masks, find_masks
-from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
-from compress.train.search import SearchConfig, fold_scale, load_search, search
-from compress.train.teacher import TeacherConfig, train_teacher
+from dmad.compress import budget
+from dmad.compress.errors import DmadError
+from dmad.compress.masks import attach_masks, find_masks
+from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+from dmad.compress.train.search import SearchConfig, fold_scale, load_search, search
+from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from compress.data import make_default_dataset
+    from dmad.compress.data import make_default_dataset
 
     root = tmp_path_factory.mktemp("search")
     data = make_default_dataset(root / "data", size=32, n_train=16, n_test=4)
@@ -172,7 +172,7 @@ def test_fit_to_budget_prunes_lowest_weights_first_and_fills_up() -> None:
 
 
 def test_removed_block_costs_nothing_and_is_reported() -> None:
-    from compress.groups import removed_blocks
+    from dmad.compress.groups import removed_blocks
 
     g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3))
     masks = attach_masks(g)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.checkpoint import load_model
-from compress.errors import DmadError
-from compress.train.teacher import TeacherConfig, train_teacher
+from dmad.compress.checkpoint import load_model
+from dmad.compress.errors import DmadError
+from dmad.compress.train.teacher import TeacherConfig, train_teacher
 from tests.conftest import dmad_cmd
 
 

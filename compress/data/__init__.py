@@ -1,7 +1,7 @@
 """Data for dmad: image validation, the original CycleGAN/Pix2Pix preprocessing, datasets, and
 the embedded default dataset (so a run needs no download)."""
 
-from compress.data.datasets import (
+from dmad.compress.data.datasets import (
     AlignedDataset,
     FolderDataset,
     Item,
@@ -9,9 +9,9 @@ from compress.data.datasets import (
     batch,
     open_dataset,
 )
-from compress.data.default import make_default_dataset
-from compress.data.images import IMG_EXTENSIONS, BadImageError, list_images, load_rgb, scan
-from compress.data.transforms import (
+from dmad.compress.data.default import make_default_dataset
+from dmad.compress.data.images import IMG_EXTENSIONS, BadImageError, list_images, load_rgb, scan
+from dmad.compress.data.transforms import (
     CropFlip,
     TransformConfig,
     apply,

@@ -19,9 +19,9 @@ from typing import Literal, Protocol
 import torch
 from PIL import Image
 
-from compress.data.images import BadImageError, list_images, load_rgb, scan
-from compress.data.transforms import TransformConfig, apply, draw_params
-from compress.errors import DmadError
+from dmad.compress.data.images import BadImageError, list_images, load_rgb, scan
+from dmad.compress.data.transforms import TransformConfig, apply, draw_params
+from dmad.compress.errors import DmadError
 
 Item = dict[str, torch.Tensor | str]
 

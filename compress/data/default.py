@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from compress.errors import DmadError
-from compress.io import atomic_write_json
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write_json
 
 MARKER = "DONE.json"
 _VERSION = "dmad-default-shapes-v1"

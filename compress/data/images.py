@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 #: File name endings that count as images (compared lower-cased, so ``.PNG`` is an image too).
 _EXT_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

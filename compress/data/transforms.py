@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 
 @dataclass(frozen=True)

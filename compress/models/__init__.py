@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from compress.models.discriminator import DiscriminatorSpec, PatchDiscriminator
-from compress.models.resnet import ResnetBlock, ResnetGenerator, ResnetSpec, ResnetWidths
-from compress.models.unet import UnetGenerator, UnetSpec, UnetWidths
+from dmad.compress.models.discriminator import DiscriminatorSpec, PatchDiscriminator
+from dmad.compress.models.resnet import ResnetBlock, ResnetGenerator, ResnetSpec, ResnetWidths
+from dmad.compress.models.unet import UnetGenerator, UnetSpec, UnetWidths
 
 Spec = ResnetSpec | UnetSpec | DiscriminatorSpec
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compress.models.layers import NORMS, make_norm, uses_bias
+from dmad.compress.models.layers import NORMS, make_norm, uses_bias
 
 
 @dataclass(frozen=True)

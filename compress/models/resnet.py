@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compress.models.layers import (
+from dmad.compress.models.layers import (
     NORMS,
     PADDINGS,
     ConvUnit,

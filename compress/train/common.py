@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from compress.data import batch, make_default_dataset, open_dataset
-from compress.data.transforms import TransformConfig, to_image
-from compress.errors import DmadError
-from compress.io import atomic_write
+from dmad.compress.data import batch, make_default_dataset, open_dataset
+from dmad.compress.data.transforms import TransformConfig, to_image
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write
 
 DEFAULT_DATA = Path("data/default")
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.attention import (
+from dmad.compress.attention import (
     Recorder,
     attention_map,
     co_attention_loss,
@@ -27,28 +27,59 @@ from compress.attention import (
     discriminator_taps,
     generator_taps,
 )
-from compress.checkpoint import load_model, save_model
-from compress.config import read_config_file, to_dict
-from compress.errors import DmadError
-from compress.models import PatchDiscriminator
-from compress.train import loop
-from compress.train.common import save_grid, set_requires_grad
-from compress.train.search import Teacher, TrainingOverrides, load_teacher, training_config
-from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+from dmad.compress.checkpoint import load_model, save_model
+from dmad.compress.config import opt, read_config_file, to_dict
+from dmad.compress.data.split import ImageSplit, split_datasets
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write_json
+from dmad.compress.models import PatchDiscriminator
+from dmad.compress.train import loop
+from dmad.compress.train.common import save_grid, set_requires_grad
+from dmad.compress.train.search import (
+    SPLIT,
+    Teacher,
+    TrainingOverrides,
+    load_teacher,
+    resolve_split,
+    training_config,
+)
+from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
 
 @dataclass
 class FinetuneConfig(TrainingOverrides):
     """Settings of ``dmad finetune``; empty/zero/negative fields come from the runs it reads."""
 
-    search: str = ""  # a `dmad search` run folder (its masked generators are pruned first)
-    student: str = ""  # or a slim dmad model file (A→B)
-    teacher: str = ""  # "" = the teacher the search used
-    teacher_reverse: str = ""
-    g_only: bool | None = None  # None = automatic: when the teacher has no discriminator
-    lambda_attention: float = -1.0  # -1 = 100 CycleGAN, 10 Pix2Pix (DMAD's scripts)
-    lambda_dfeat: float = 1e-4
-    lambda_distill: float = 10.0  # L1 to the teacher's outputs (0 = DMAD's exact objective)
+    search: str = opt("", "a `dmad search` run folder (its masked generators are pruned first)")
+    student: str = opt("", "or a slim dmad model file (A→B) to fine-tune instead of a search run")
+    teacher: str = opt("", "teacher run folder or model file; '' = the teacher the search used")
+    teacher_reverse: str = opt(
+        "",
+        "B→A teacher model file, when the teacher is given as model files",
+    )
+    g_only: bool | None = opt(
+        None,
+        "distil from the teacher G alone; none = automatic (when the teacher has no D)",
+    )
+    lambda_attention: float = opt(
+        -1.0,
+        "weight of the co-attention loss; -1 = 100 CycleGAN, 10 Pix2Pix (DMAD)",
+    )
+    lambda_dfeat: float = opt(1e-4, "weight of the teacher-D feature distillation (0 = off)")
+    lambda_distill: float = opt(
+        10.0,
+        "weight of the L1 to the teacher's outputs (0 = DMAD's exact objective)",
+    )
+    eval_every: int = opt(
+        0,
+        "steps between held-out evaluations (PSNR/SSIM vs teacher) that pick the best "
+        "checkpoint; 0 = only with --images, then 10 times per run",
+    )
+    eval_images: int = opt(16, "held-out images each periodic evaluation uses (0 = all)")
+    inception: str = opt(
+        "",
+        "pytorch-fid weights file: the periodic evaluation also reports FID/KID vs teacher",
+    )
 
     def __post_init__(self) -> None:
         if not self.search and not self.student:
@@ -63,8 +94,8 @@ def zero_filters(path: Path) -> dict[str, Any]:
     """DMAD's union rule leaves all-zero filters in residual writers (method §7.8). They sit
     inside the MAC budget (the search counts the union width) and the fine-tune trains them like
     any other weight, so the student computes no all-zero filter; count them for the record."""
-    from compress.train.search import load_search
-    from export.slim import zero_filter_report
+    from dmad.compress.prune import zero_filter_report
+    from dmad.compress.train.search import load_search
 
     model, _, _ = load_search(path)
     r = zero_filter_report(model)
@@ -73,7 +104,7 @@ def zero_filters(path: Path) -> dict[str, Any]:
 
 def _students(cfg: FinetuneConfig) -> tuple[dict[str, nn.Module], dict[str, nn.Module], str]:
     """Pruned students (and the search's discriminators) plus the teacher the search used."""
-    from export.slim import prune_search_file
+    from dmad.compress.prune import prune_search_file
 
     if cfg.student:
         g, _ = load_model(Path(cfg.student))
@@ -97,8 +128,10 @@ class FinetuneStage(TeacherStage):
     name = "finetune"
 
     def __init__(self, fcfg: FinetuneConfig, tcfg: TeacherConfig, teacher: Teacher,
-                 students: dict[str, nn.Module], search_D: dict[str, nn.Module]) -> None:
+                 students: dict[str, nn.Module], search_D: dict[str, nn.Module],
+                 split: ImageSplit | None = None) -> None:
         self.fcfg = fcfg
+        self.split = split
         self.teacher = teacher
         self.students = students
         self.search_D = search_D
@@ -128,6 +161,33 @@ class FinetuneStage(TeacherStage):
         self.t_rec = {d: Recorder(generator_taps(self.T[d])) for d in self.students}
         self.d_rec = {d: Recorder(dict(zip(("att", "hidden"), discriminator_taps(D), strict=True)))
                       for d, D in self.TD.items()}
+        every = fcfg.eval_every or (max(1, tcfg.steps // 10) if split is not None else 0)
+        self.eval_every = every
+        self.best: dict[str, Any] = {}  # {"step", "psnr", "ssim", "state": {d: state_dict}}
+        self.evals: list[dict[str, Any]] = []
+        self._val_cache: tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]] | None = None
+        self.objective = self._objective_name()
+
+    def _objective_name(self) -> str:
+        """The objective in words, written to DONE.json and every report."""
+        parts = ["GAN"] if self.g_only else [f"{self.cfg.task} task loss"]
+        if self.lambda_att > 0:
+            parts.append(f"co-attention ×{self.lambda_att:g} (teacher G"
+                         + ("" if self.g_only else " + D") + " maps)")
+        if not self.g_only and self.fcfg.lambda_dfeat > 0:
+            parts.append(f"teacher-D features ×{self.fcfg.lambda_dfeat:g}")
+        if self.lambda_distill > 0:
+            parts.append(f"L1 to teacher outputs ×{self.lambda_distill:g}")
+        name = " + ".join(parts)
+        exact = not self.g_only and self.lambda_distill == 0
+        return name + (" (DMAD's exact objective)" if exact else "")
+
+    def open_data(self):  # type: ignore[no-untyped-def]
+        if self.split is None:
+            return super().open_data()
+        c = self.cfg
+        return split_datasets(self.split, c.size, c.load_size, bool(c.flip),
+                              paired=self.fcfg.lambda_gt > 0)
 
     def directions(self) -> list[str]:
         if self.g_only:
@@ -189,12 +249,16 @@ class FinetuneStage(TeacherStage):
                 losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats, d_map)
             if self.lambda_distill > 0:
                 losses[f"distill_{d}"] = self.lambda_distill * self.l1(fake, t_out)
+            if self.fcfg.lambda_gt > 0 and "B" in self.batch:
+                losses[f"gt_{d}"] = self.fcfg.lambda_gt * self.l1(fake, self.batch["B"])
+            self.t_outs[d] = t_out
         return losses
 
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
         for r in (*self.s_rec.values(), *self.t_rec.values(), *self.d_rec.values()):
             r.clear()
         self.s_out: dict[str, torch.Tensor] = {}
+        self.t_outs: dict[str, torch.Tensor] = {}
         hooks = [self.G[d].register_forward_hook(self._first_output(d)) for d in self.students]
         try:
             if not self.g_only:
@@ -227,28 +291,114 @@ class FinetuneStage(TeacherStage):
         self.opt_D.zero_grad(set_to_none=True)
         loss_D = torch.zeros((), device=self.device)
         for d, fake in fakes.items():
-            real = self.batch["B"] if d == "AtoB" else self.batch["A"]
+            # the user's images have no target side: the teacher's outputs are the real images
+            key = "B" if d == "AtoB" else "A"
+            real = self.batch[key] if key in self.batch and self.split is None else \
+                self.t_outs[d].detach()
             loss_D = loss_D + self._d_loss(self.D[d], self._d_input(d, real),
                                            self._d_input(d, fake))
         loss_D.backward()
         self.opt_D.step()
         return {"G": loss_G, **out, "D": loss_D}  # type: ignore[dict-item]
 
+    # -- best checkpoint -------------------------------------------------------------------
+    def _val_set(self) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
+        """Held-out inputs (whole images at the training size) and the teacher's outputs."""
+        if self._val_cache is None:
+            n = len(self.test_set) if self.fcfg.eval_images <= 0 else min(
+                self.fcfg.eval_images, len(self.test_set))
+            xs: list[torch.Tensor] = []
+            ts: dict[str, list[torch.Tensor]] = {d: [] for d in self.students}
+            with torch.no_grad():
+                for i in range(n):
+                    item = self.test_set.get(i, None)
+                    for d in self.students:
+                        key = "A" if d == "AtoB" else "B"
+                        x = item[key].unsqueeze(0).to(self.device)
+                        if d == next(iter(self.students)):
+                            xs.append(x)
+                        ts[d].append(self.T[d](x))
+            self._val_cache = (xs, ts)
+        return self._val_cache
+
+    def evaluate_students(self) -> dict[str, float]:
+        """Mean PSNR/SSIM vs the teacher over the held-out images (both directions averaged)."""
+        from dmad.compress.evaluate import psnr, ssim
+
+        xs, ts = self._val_set()
+        ps, ss = [], []
+        with torch.no_grad():
+            for d, g in self.G.items():
+                if d not in self.students:
+                    continue
+                g.eval()
+                for x, t in zip(xs, ts[d], strict=True):
+                    y = g(x)
+                    ps.append(psnr(y, t))
+                    ss.append(ssim(y, t) if min(x.shape[-2:]) >= 11 else float("nan"))
+                g.train()
+        out = {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss)}
+        if self.fcfg.inception:
+            from dmad.compress.fid import fid_kid, load_inception
+
+            net = load_inception(Path(self.fcfg.inception)).to(self.device)
+            d0 = next(iter(self.students))
+            with torch.no_grad():
+                fakes = [self.G[d0].eval()(x).cpu() for x in xs]
+            self.G[d0].train()
+            fk = fid_kid([t.cpu() for t in ts[d0]], fakes, net)
+            out.update({"fid": fk["fid"], "kid": fk.get("kid")})
+        return out
+
+    def after_step(self, step: int) -> dict[str, Any]:
+        n = step + 1
+        if not self.eval_every or (n % self.eval_every and n != self.cfg.steps):
+            return {}
+        m = self.evaluate_students()
+        self.evals.append({"step": n, **m})
+        if not self.best or m["psnr"] > self.best["psnr"]:
+            self.best = {"step": n, **m, "state": {
+                d: {k: v.detach().cpu().clone() for k, v in self.G[d].state_dict().items()}
+                for d in self.students}}
+        return {"val_psnr": round(m["psnr"], 4), "val_ssim": round(m["ssim"], 5)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "best": self.best, "evals": list(self.evals)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.best = state.get("best") or {}
+        self.evals = list(state.get("evals") or [])
+
     def _zero_filters(self, d: str) -> dict[str, Any]:
         path = Path(self.fcfg.search) / f"search_G_{d}.pt" if self.fcfg.search else None
         return zero_filters(path) if path is not None and path.is_file() else {}
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
-        from compress.arch import profile
+        from dmad.compress.arch import profile
 
         c = self.cfg
-        out: dict[str, Any] = {"task": c.task, "g_only": self.g_only, "students": {}}
+        out: dict[str, Any] = {"task": c.task, "g_only": self.g_only,
+                               "objective": self.objective, "students": {}}
+        if self.best:
+            import copy
+
+            out["best"] = {k: v for k, v in self.best.items() if k != "state"}
+            out["evals"] = self.evals
+            for d in self.students:  # the last weights are kept beside the best
+                save_model(self.G[d].eval(), run_dir / f"last_student_G_{d}.pt", task=c.task,
+                           direction=d, role="student-last", run=str(run_dir), size=c.size,
+                           teacher=self.fcfg.teacher, search=self.fcfg.search, step=c.steps)
+                best = copy.deepcopy(self.G[d])
+                best.load_state_dict(self.best["state"][d])
+                self.G[d] = best
         rows = []
         for d in self.students:
             g = self.G[d].eval()
             save_model(g, run_dir / f"student_G_{d}.pt", task=c.task, direction=d,
                        role="student", run=str(run_dir), size=c.size,
-                       teacher=self.fcfg.teacher, search=self.fcfg.search)
+                       teacher=self.fcfg.teacher, search=self.fcfg.search,
+                       step=self.best.get("step", c.steps), objective=self.objective)
             prof = profile(g, (1, g.spec.input_nc, 256, 256))
             out["students"][d] = {"file": f"student_G_{d}.pt", "params": prof.params,
                                   "gmacs_paper_256": prof.macs_paper / 1e9,
@@ -276,8 +426,16 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
         teacher.base.update({k: v for k, v in searched.items() if k not in ("steps",
                                                                             "decay_steps")})
     tcfg = training_config(cfg, teacher)
+    split = None
+    images = cfg.images or (str(Path(cfg.search) / SPLIT) if cfg.search and
+                            (Path(cfg.search) / SPLIT).is_file() else "")
+    if images:  # the search's split by default: the same held-out images stay held out
+        split = resolve_split(images, cfg.val, out / SPLIT, size=tcfg.size,
+                              skip_bad=tcfg.skip_bad, resume=resume)
     loop.prepare_run_dir(out, resume=resume, force=force)
-    stage = FinetuneStage(cfg, tcfg, teacher, students, search_D)
+    if split is not None and not Path(images).is_file():
+        atomic_write_json(out / SPLIT, split.to_dict())
+    stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
                     {"finetune": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
                     checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from compress.errors import DmadError
-from compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"

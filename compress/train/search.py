@@ -21,13 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress import budget
-from compress.checkpoint import load_generator, load_model
-from compress.config import read_config_file, to_dict
-from compress.errors import DmadError
-from compress.groups import removed_blocks, residual_group, update_group_coefficients
-from compress.io import atomic_save, atomic_write_json
-from compress.masks import (
+from dmad.compress import budget
+from dmad.compress.attention import Recorder, co_attention_loss, generator_taps
+from dmad.compress.checkpoint import load_generator, load_model
+from dmad.compress.config import opt, read_config_file, to_dict
+from dmad.compress.data.split import ImageSplit, make_split, split_datasets
+from dmad.compress.errors import DmadError
+from dmad.compress.groups import removed_blocks, residual_group, update_group_coefficients
+from dmad.compress.io import atomic_save, atomic_write_json
+from dmad.compress.masks import (
     ChannelMask,
     MaskedNorm,
     attach_masks,
@@ -37,9 +39,10 @@ from compress.masks import (
     relu_loss,
     soft_step,
 )
-from compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
-from compress.train import loop
-from compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+from dmad.compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
+from dmad.compress.train import loop
+from dmad.compress.train.common import set_requires_grad
+from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
 SEARCH_FORMAT = "dmad-search"
 
@@ -49,39 +52,102 @@ class TrainingOverrides:
     """Training settings a later stage (search, finetune) takes from the run it builds on;
     empty/zero values mean "the earlier run's value"."""
 
-    task: str = ""
-    data: str = ""
-    size: int = 0
-    steps: int = 1000
-    decay_steps: int = -1
-    batch_size: int = 0
-    lr: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    device: str = "auto"
-    skip_bad: bool = False
+    task: str = opt("", "cyclegan | pix2pix; '' = the teacher run's task")
+    data: str = opt("", "dataset root; '' = the teacher run's data")
+    size: int = opt(0, "crop side in pixels; 0 = the teacher run's size")
+    steps: int = opt(1000, "training steps of this stage")
+    decay_steps: int = opt(-1, "steps of linear LR decay at the end; -1 = half of steps")
+    batch_size: int = opt(0, "images per step; 0 = the teacher run's")
+    lr: float = opt(0.0, "learning rate of the generator(s) and D; 0 = the teacher run's")
+    seed: int = opt(0, "seed of the batch order, augmentation and new weights")
+    checkpoint_every: int = opt(
+        100,
+        "steps between atomic checkpoints (what --resume continues from)",
+    )
+    log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    skip_bad: bool = opt(
+        False,
+        "true = skip unreadable/grayscale/too-small images with a count instead of stopping",
+    )
+    images: str = opt(
+        "",
+        "the user's images instead of a task dataset: a split.json (dmad compress) or a folder "
+        "(flat, nested, trainA/ or aligned train/); teacher-G-only distillation on them",
+    )
+    val: str = opt("", "held-out image folder for --images ('' = testA/ or val/, else a 5 % split)")
+    lambda_gt: float = opt(
+        0.0,
+        "aligned --images only: weight of an L1 to the B half as extra ground truth (0 = unused)",
+    )
 
 
 @dataclass
 class SearchConfig(TrainingOverrides):
     """Settings of ``dmad search``. Empty/zero/negative fields come from the teacher run."""
 
-    teacher: str = ""  # a `dmad teacher` run folder, or a dmad model file (e.g. `dmad import`ed)
-    teacher_reverse: str = ""  # B→A model file for a CycleGAN search from model files
-    init: str = "teacher"  # teacher | scratch (the paper)
-    target_gmacs: float = 0.0
-    macs_convention: str = "paper"  # paper (thop, as the papers report) | true
-    macs_size: int = 256  # MACs are counted at macs_size² (the papers: 256)
-    budget_tolerance: float = 0.03  # final MACs within [(1 - tol)·target, target]
-    directions: str = "both"  # CycleGAN: both | AtoB | BtoA
-    mask_weight_decay: float = -1.0  # -1 = 0.001 ResNet, 0.01 UNet (DMAD's scripts)
-    lambda_update: float = -1.0  # group sparsity λ_u; -1 = 1.0 ResNet, 0 UNet
-    upconv_coeff: float = 100.0  # coefficient of the bound (polarisation) loss
-    mask_lr: float = 0.0  # 0 = max(lr, 0.5 / (0.75·steps)): masks can cross the band in time
-    bound_schedule: str = "cube"
-    bound_updates: int = 150  # bound updates over the first 75 % of the steps
-    frozen_threshold: float = 0.85  # UNet: freeze a layer once this fraction of it is off
+    teacher: str = opt(
+        "",
+        "a `dmad teacher` run folder, or a dmad model file (e.g. from `dmad import`)",
+    )
+    teacher_reverse: str = opt("", "B→A model file, for a CycleGAN search from model files")
+    init: str = opt("teacher", "teacher (start from the teacher's weights) | scratch (the paper)")
+    target_gmacs: float = opt(
+        0.0,
+        "MAC budget of the searched generator, in G (10^9) MACs at macs_size²",
+    )
+    macs_convention: str = opt(
+        "paper",
+        "paper (thop, as the papers report) | true (MACs actually executed)",
+    )
+    macs_size: int = opt(256, "side in pixels at which MACs are counted (the papers: 256)")
+    budget_tolerance: float = opt(
+        0.03,
+        "final MACs land in [(1 - tol)·target, target]; a fraction, e.g. 0.03",
+    )
+    directions: str = opt("both", "CycleGAN generators to search: both | AtoB | BtoA")
+    mask_weight_decay: float = opt(
+        -1.0,
+        "L1 sparsity weight on the masks; -1 = 0.001 ResNet, 0.01 UNet (DMAD)",
+    )
+    lambda_update: float = opt(
+        -1.0,
+        "adaptive group sparsity weight λ_u; -1 = 1.0 ResNet, 0 UNet (DMAD)",
+    )
+    upconv_coeff: float = opt(
+        100.0,
+        "coefficient of the polarisation (bound) loss on stem/down/up masks",
+    )
+    mask_lr: float = opt(0.0, "learning rate of the mask weights; 0 = max(lr, 0.5 / (0.75·steps))")
+    bound_schedule: str = opt(
+        "cube",
+        "how the mask bound shrinks to 0 over 75 % of the steps: cube | linear | square",
+    )
+    bound_updates: int = opt(150, "number of bound updates over the first 75 % of the steps")
+    g_only: bool | None = opt(
+        None,
+        "teacher-G-only distillation search; none = automatic: with --images, or a CycleGAN "
+        "teacher without its reverse generator",
+    )
+    lambda_recon: float = opt(10.0, "G-only search: weight of the L1 to the teacher's outputs")
+    lambda_feat: float = opt(
+        0.0,
+        "G-only search: weight of an L1 between the teacher encoder's features of the student's "
+        "and of the teacher's outputs (0 = off)",
+    )
+    lambda_gan: float = opt(
+        1.0,
+        "G-only search: weight of the adversarial term (a fresh D sees teacher outputs as real)",
+    )
+    lambda_attention: float = opt(
+        -1.0,
+        "G-only search: weight of the co-attention loss to the teacher G's attention maps; "
+        "-1 = 100 CycleGAN, 10 Pix2Pix (DMAD's fine-tune weights)",
+    )
+    frozen_threshold: float = opt(
+        0.85,
+        "UNet: freeze a layer once this fraction of its channels is off (0-1)",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
@@ -192,7 +258,7 @@ def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None
 
 
 def _unit_of(model: nn.Module, name: str) -> nn.Module:
-    from compress.masks import mask_sites
+    from dmad.compress.masks import mask_sites
 
     for n, unit, _ in mask_sites(model):
         if n == name:
@@ -232,12 +298,21 @@ class SearchStage(TeacherStage):
 
     name = "search"
 
-    def __init__(self, scfg: SearchConfig, tcfg: TeacherConfig, teacher: Teacher) -> None:
+    def __init__(self, scfg: SearchConfig, tcfg: TeacherConfig, teacher: Teacher,
+                 split: ImageSplit | None = None) -> None:
         self.scfg = scfg
         self.teacher = teacher
+        self.split = split
         self.masks: dict[str, dict[str, ChannelMask]] = {}
         self.searched: list[str] = []
+        self.g_only = scfg.g_only if scfg.g_only is not None else (
+            split is not None or (tcfg.task == "cyclegan" and len(teacher.G) < 2))
+        if split is not None and not self.g_only:
+            raise DmadError("field g_only: --images trains on the teacher's outputs alone; the "
+                            "full DMAD objective needs a task dataset (--data)")
         super().__init__(tcfg)
+        if self.g_only:
+            self._setup_distillation()
         d = next(iter(self.searched))
         self.family = self.G[d].spec.family
         unet = self.family == "unet"
@@ -273,7 +348,40 @@ class SearchStage(TeacherStage):
                                 f"architecture the search can reach ({floor / 1e9:.4g} GMACs "
                                 f"{scfg.macs_convention}, one channel per layer)")
 
-    # -- models ----------------------------------------------------------------------------
+    # -- data and models -------------------------------------------------------------------
+    def open_data(self):  # type: ignore[no-untyped-def]
+        if self.split is None:
+            return super().open_data()
+        c = self.cfg
+        return split_datasets(self.split, c.size, c.load_size, bool(c.flip),
+                              paired=self.scfg.lambda_gt > 0)
+
+    def directions(self) -> list[str]:
+        if not self.g_only:
+            return super().directions()
+        want = {"both": ["AtoB", "BtoA"], "AtoB": ["AtoB"], "BtoA": ["BtoA"]}[self.scfg.directions]
+        if self.split is not None or self.cfg.task == "pix2pix":
+            want = ["AtoB"]  # the user's images are the generator's inputs
+        have = [d for d in want if d in self.teacher.G]
+        if not have:
+            raise DmadError(f"{self.scfg.teacher}: has no {' or '.join(want)} generator to search")
+        return have
+
+    def _setup_distillation(self) -> None:
+        """Teacher-G-only search: frozen teacher copies and the attention recorders."""
+        self.T = {d: self.teacher.G[d].to(self.device).eval().requires_grad_(False)
+                  for d in self.searched}
+        self.s_rec = {d: Recorder(generator_taps(self.G[d])) for d in self.searched}
+        self.t_rec = {d: Recorder(generator_taps(self.T[d])) for d in self.searched}
+        att = self.scfg.lambda_attention
+        self.lambda_att = att if att >= 0 else (100.0 if self.cfg.task == "cyclegan" else 10.0)
+        if self.scfg.lambda_recon <= 0 and self.scfg.lambda_feat <= 0:
+            raise DmadError("field lambda_recon: must be > 0 in a G-only search (or set "
+                            "lambda_feat): the teacher's outputs are the only teaching signal")
+        if self.scfg.lambda_gt > 0 and "B" not in self.train_set.get(0, None):
+            raise DmadError("field lambda_gt: needs aligned A|B images (--images with train/ "
+                            "of side-by-side pairs)")
+
     def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
         t, cfg = self.teacher, self.scfg
         if direction not in t.G:
@@ -292,7 +400,7 @@ class SearchStage(TeacherStage):
         if direction in t.D and cfg.init == "teacher":
             d = copy.deepcopy(t.D[direction])
         else:
-            from compress.models import PatchDiscriminator
+            from dmad.compress.models import PatchDiscriminator
 
             d = PatchDiscriminator(self.cfg.discriminator_spec())
             init_weights(d)
@@ -301,6 +409,69 @@ class SearchStage(TeacherStage):
     def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
         return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,
                            self.scfg.macs_size)
+
+    # -- the teacher-G-only step ------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        if not self.g_only:
+            return super().train_step(step)
+        self.batch = self.batches.get(step)
+        return self._distill_step()
+
+    def _inputs(self, d: str) -> torch.Tensor:
+        return self.batch["A"] if d == "AtoB" else self.batch["B"]
+
+    def _d_input(self, img: torch.Tensor) -> torch.Tensor:
+        """Pix2Pix's D is conditional on the input; CycleGAN's sees the image alone."""
+        return torch.cat([self.batch["A"], img], 1) if self.cfg.task == "pix2pix" else img
+
+    def _distill_step(self) -> dict[str, torch.Tensor | float]:
+        """The masked copy learns to reproduce the frozen teacher on the user's images: L1 to
+        the teacher's output (+ optional teacher-encoder features, + optional ground truth), a
+        fresh D that takes teacher outputs as real, co-attention to the teacher G's maps, and
+        the unchanged DMAD mask losses (:meth:`extra_generator_loss`)."""
+        c = self.scfg
+        losses: dict[str, torch.Tensor] = {}
+        fakes, targets = {}, {}
+        for d in self.searched:
+            x = self._inputs(d)
+            self.s_rec[d].clear()
+            self.t_rec[d].clear()
+            with torch.no_grad():
+                targets[d] = self.T[d](x)
+            fakes[d] = self.G[d](x)
+        set_requires_grad(list(self.D.values()), False)
+        self.opt_G.zero_grad(set_to_none=True)
+        for d in self.searched:
+            fake, target = fakes[d], targets[d]
+            if c.lambda_recon > 0:
+                losses[f"recon_{d}"] = c.lambda_recon * self.l1(fake, target)
+            if c.lambda_gan > 0:
+                losses[f"G_{d}"] = c.lambda_gan * self.gan(self.D[d](self._d_input(fake)), True,
+                                                           for_discriminator=False)
+            s_feats, t_feats = self.s_rec[d].first(), self.t_rec[d].first()
+            if self.lambda_att > 0:
+                losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats, None)
+            if c.lambda_feat > 0:  # the teacher's own encoder as a feature extractor
+                key = "stem" if "stem" in t_feats else next(iter(t_feats))
+                self.t_rec[d].clear()
+                self.T[d](fake)
+                f_fake = self.t_rec[d].first()[key]
+                losses[f"feat_{d}"] = c.lambda_feat * self.l1(f_fake, t_feats[key].detach())
+            if c.lambda_gt > 0:
+                losses[f"gt_{d}"] = c.lambda_gt * self.l1(fake, self.batch["B"])
+        losses.update(self.extra_generator_loss())
+        loss_G = sum(losses.values())
+        loss_G.backward()  # type: ignore[union-attr]
+        self.opt_G.step()
+        set_requires_grad(list(self.D.values()), True)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D = torch.zeros((), device=self.device)
+        for d in self.searched:
+            loss_D = loss_D + self._d_loss(self.D[d], self._d_input(targets[d]),
+                                           self._d_input(fakes[d].detach()))
+        loss_D.backward()
+        self.opt_D.step()
+        return {"G": loss_G, **losses, "D": loss_D}  # type: ignore[dict-item]
 
     # -- losses ----------------------------------------------------------------------------
     def extra_generator_loss(self) -> dict[str, torch.Tensor]:
@@ -461,7 +632,7 @@ class SearchStage(TeacherStage):
                                   "teacher": self.scfg.teacher}},
                         run_dir / entry["file"])
             if d in self.D:
-                from compress.checkpoint import save_model
+                from dmad.compress.checkpoint import save_model
 
                 save_model(self.D[d], run_dir / f"D_{d}.pt", task=self.cfg.task, direction=d,
                            role="search-discriminator")
@@ -471,10 +642,25 @@ class SearchStage(TeacherStage):
                 "gmacs": {d: e[f"gmacs_{conv}"] for d, e in arch["directions"].items()}}
 
 
+SPLIT = "split.json"
+
+
+def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bool,
+                  resume: bool) -> ImageSplit:
+    """The image split of a run: a ``split.json`` given as ``images``, the one saved in the run
+    folder when resuming (so a resumed run trains on exactly the same files), or a new one."""
+    path = Path(images)
+    if path.is_file():
+        return ImageSplit.load(path)
+    if resume and saved.is_file():
+        return ImageSplit.load(saved)
+    return make_split(path, Path(val) if val else None, size=size, skip_bad=skip_bad)
+
+
 def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str, Any]]:
     """Rebuild a masked generator from a ``search_G_*.pt`` file: (model, masks, architecture)."""
-    from compress.io import safe_load
-    from compress.models import build, spec_from_dict
+    from dmad.compress.io import safe_load
+    from dmad.compress.models import build, spec_from_dict
 
     obj = safe_load(path)
     if not isinstance(obj, dict) or obj.get("format") != SEARCH_FORMAT:
@@ -493,12 +679,18 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
     """Run the DMAD search into ``out``; the one verb behind ``dmad search``."""
     teacher = load_teacher(cfg)
     tcfg = training_config(cfg, teacher)
+    split = None
+    if cfg.images:
+        split = resolve_split(cfg.images, cfg.val, out / SPLIT, size=tcfg.size,
+                              skip_bad=tcfg.skip_bad, resume=resume)
     loop.prepare_run_dir(out, resume=resume, force=force)
-    stage = SearchStage(cfg, tcfg, teacher)
+    if split is not None and not Path(cfg.images).is_file():
+        atomic_write_json(out / SPLIT, split.to_dict())
+    stage = SearchStage(cfg, tcfg, teacher, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
                     {"search": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
                     checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
                     max_steps=max_steps)
 
 
-__all__ = ["SearchConfig", "SearchStage", "load_search", "search"]
+__all__ = ["SearchConfig", "SearchStage", "load_search", "resolve_split", "search"]

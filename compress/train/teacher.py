@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.arch import profile
-from compress.checkpoint import save_model
-from compress.config import to_dict
-from compress.errors import DmadError
-from compress.losses import GAN_MODES, GANLoss, ImagePool
-from compress.models import (
+from dmad.compress.arch import profile
+from dmad.compress.checkpoint import save_model
+from dmad.compress.config import opt, to_dict
+from dmad.compress.errors import DmadError
+from dmad.compress.losses import GAN_MODES, GANLoss, ImagePool
+from dmad.compress.models import (
     DiscriminatorSpec,
     PatchDiscriminator,
     ResnetGenerator,
@@ -29,8 +29,8 @@ from compress.models import (
     UnetGenerator,
     UnetSpec,
 )
-from compress.train import loop
-from compress.train.common import (
+from dmad.compress.train import loop
+from dmad.compress.train.common import (
     BatchSource,
     default_load_size,
     open_train_test,
@@ -48,37 +48,70 @@ TASKS = ("cyclegan", "pix2pix")
 class TeacherConfig:
     """Settings of ``dmad teacher``; empty/zero/None fields are filled from the task."""
 
-    task: str = "cyclegan"
-    data: str = ""  # dataset root; "" = the embedded default (generated on first use)
-    arch: str = ""  # resnet | unet ("" = resnet for cyclegan, unet for pix2pix)
-    ngf: int = 64
-    n_blocks: int = 9
-    num_downs: int = 0  # UNet depth; 0 = log2(size) capped at 8 (unet_256 at 256²)
-    norm: str = ""  # instance | instance_affine | batch ("" = instance resnet, batch unet)
-    padding: str = "reflect"
-    separable: bool = False
-    dropout: bool | None = None  # None = off for resnet, on for unet (as the originals)
-    ndf: int = 64
-    n_layers_d: int = 3
-    size: int = 64  # crop size = model input size
-    load_size: int = 0  # 0 = 286/256·size for cyclegan, size for pix2pix
-    flip: bool | None = None  # None = on for cyclegan, off for pix2pix
-    direction: str = "AtoB"
-    steps: int = 1000
-    decay_steps: int = -1  # -1 = half of steps
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    gan_mode: str = ""  # lsgan | vanilla | hinge ("" = lsgan cyclegan, hinge pix2pix)
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    lambda_l1: float = 100.0
-    pool_size: int = 50
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    device: str = "auto"
-    skip_bad: bool = False
+    task: str = opt(
+        "cyclegan",
+        "cyclegan (unpaired, two generators) | pix2pix (paired, one generator)",
+    )
+    data: str = opt(
+        "",
+        "dataset root (trainA/trainB/testA/testB or train/val); '' = the embedded default",
+    )
+    arch: str = opt("", "generator: resnet | unet ('' = resnet for cyclegan, unet for pix2pix)")
+    ngf: int = opt(64, "generator base width in channels (the originals: 64)")
+    n_blocks: int = opt(9, "ResNet residual blocks (9 = ResNet-9, 6 = ResNet-6)")
+    num_downs: int = opt(
+        0,
+        "UNet depth in down-samplings; 0 = log2(size) capped at 8 (unet_256 at 256²)",
+    )
+    norm: str = opt(
+        "",
+        "instance | instance_affine | batch ('' = instance for resnet, batch for unet)",
+    )
+    padding: str = opt("reflect", "ResNet padding: reflect (the originals) | zero")
+    separable: bool = opt(False, "true = the mobile ResNet with depthwise-separable block convs")
+    dropout: bool | None = opt(
+        None,
+        "dropout in the generator; none = off for resnet, on for unet (as the originals)",
+    )
+    ndf: int = opt(64, "PatchGAN discriminator base width in channels")
+    n_layers_d: int = opt(3, "PatchGAN strided layers (3 = the 70×70 PatchGAN)")
+    size: int = opt(64, "crop side in pixels = the model's input size")
+    load_size: int = opt(
+        0,
+        "resize side in pixels before the random crop; 0 = 286/256·size cyclegan, size pix2pix",
+    )
+    flip: bool | None = opt(
+        None,
+        "random horizontal flips; none = on for cyclegan, off for pix2pix",
+    )
+    direction: str = opt(
+        "AtoB",
+        "AtoB | BtoA: which side is the input (pix2pix; the first generator of cyclegan)",
+    )
+    steps: int = opt(1000, "training steps (one batch each)")
+    decay_steps: int = opt(-1, "steps of linear LR decay to 0 at the end; -1 = half of steps")
+    batch_size: int = opt(1, "images per step")
+    lr: float = opt(2e-4, "Adam learning rate of G and D")
+    beta1: float = opt(0.5, "Adam beta1")
+    gan_mode: str = opt("", "lsgan | vanilla | hinge ('' = lsgan for cyclegan, hinge for pix2pix)")
+    lambda_cycle: float = opt(10.0, "weight of the cycle-consistency L1 (cyclegan)")
+    lambda_identity: float = opt(
+        0.5,
+        "weight of the identity loss, relative to lambda_cycle (cyclegan)",
+    )
+    lambda_l1: float = opt(100.0, "weight of the L1 to ground truth (pix2pix)")
+    pool_size: int = opt(50, "image pool of past fakes shown to D (0 = none)")
+    seed: int = opt(0, "seed of weights, batch order and augmentation (same seed, same run)")
+    checkpoint_every: int = opt(
+        100,
+        "steps between atomic checkpoints (what --resume continues from)",
+    )
+    log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    skip_bad: bool = opt(
+        False,
+        "true = skip unreadable/grayscale/too-small images with a count instead of stopping",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
@@ -181,16 +214,7 @@ class TeacherStage(loop.Stage):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed)
-        data_root = resolve_data(cfg.data, cfg.size)
-        self.train_set, self.test_set = open_train_test(
-            data_root,
-            cfg.task,
-            cfg.size,
-            cfg.load_size,
-            bool(cfg.flip),
-            cfg.direction,
-            cfg.skip_bad,
-        )
+        self.train_set, self.test_set = self.open_data()
         self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
         self.gan = GANLoss(cfg.gan_mode)
         self.l1 = nn.L1Loss()
@@ -212,6 +236,12 @@ class TeacherStage(loop.Stage):
             n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0, cfg.seed + i + 1)
             for i, n in enumerate(names)
         }
+
+    def open_data(self):  # type: ignore[no-untyped-def]
+        """(training set, held-out set) of the task's layout; later stages may read a split."""
+        cfg = self.cfg
+        return open_train_test(resolve_data(cfg.data, cfg.size), cfg.task, cfg.size,
+                               cfg.load_size, bool(cfg.flip), cfg.direction, cfg.skip_bad)
 
     def directions(self) -> list[str]:
         """Generators this stage trains: both for CycleGAN, A→B for Pix2Pix."""

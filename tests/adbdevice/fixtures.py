@@ -44,8 +44,8 @@ build(4, sys.argv[2])
 def _build(root: Path) -> None:
     import torch
 
-    from compress.checkpoint import save_model
-    from compress.models import ResnetGenerator, ResnetSpec, ResnetWidths
+    from dmad.compress.checkpoint import save_model
+    from dmad.compress.models import ResnetGenerator, ResnetSpec, ResnetWidths
 
     torch.manual_seed(0)
     full = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=2)).eval()

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from compress.io import atomic_save
+from dmad.compress.io import atomic_save
 
 N = 5_000_000  # int32 elements: 20 MB
 

@@ -30,9 +30,9 @@ class Stages:
 
 @pytest.fixture(scope="session")
 def stages(default_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Stages:
-    from compress.train.finetune import FinetuneConfig, finetune
-    from compress.train.search import SearchConfig, search
-    from compress.train.teacher import TeacherConfig, train_teacher
+    from dmad.compress.train.finetune import FinetuneConfig, finetune
+    from dmad.compress.train.search import SearchConfig, search
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
     root = tmp_path_factory.mktemp("stages")
     train_teacher(TeacherConfig(data=str(default_data), ngf=4, n_blocks=2, ndf=4, size=32,

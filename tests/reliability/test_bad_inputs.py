@@ -182,7 +182,7 @@ def _truncated_model(t: Path, s: Stages) -> Path:
 
 
 def _raw(t: Path, s: Stages, arch: str) -> Path:
-    from compress.models import UnetGenerator, UnetSpec
+    from dmad.compress.models import UnetGenerator, UnetSpec
 
     if arch == "resnet":
         sd = torch.load(s.teacher / "G_AtoB.pt", weights_only=True)["state_dict"]

@@ -31,7 +31,7 @@ KILL_AFTER = (7, 21, 35)  # logged step that triggers each kill: 7 % 3 == 1, 21 
 
 
 def _teacher(s: Stages, out: Path) -> tuple[list[str], Callable[[], object]]:
-    from compress.train.teacher import TeacherConfig, train_teacher
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
     argv = ["teacher", "--out", str(out), "--data", str(s.data), *TINY]
     cfg = TeacherConfig(data=str(s.data), ngf=4, n_blocks=2, ndf=4, size=32, device="cpu",
@@ -40,7 +40,7 @@ def _teacher(s: Stages, out: Path) -> tuple[list[str], Callable[[], object]]:
 
 
 def _search(s: Stages, out: Path) -> tuple[list[str], Callable[[], object]]:
-    from compress.train.search import SearchConfig, search
+    from dmad.compress.train.search import SearchConfig, search
 
     argv = ["search", "--out", str(out), "--teacher", str(s.teacher), "--target-gmacs", "0.08",
             "--bound-updates", "12", "--device", "cpu"]
@@ -50,7 +50,7 @@ def _search(s: Stages, out: Path) -> tuple[list[str], Callable[[], object]]:
 
 
 def _finetune(s: Stages, out: Path) -> tuple[list[str], Callable[[], object]]:
-    from compress.train.finetune import FinetuneConfig, finetune
+    from dmad.compress.train.finetune import FinetuneConfig, finetune
 
     argv = ["finetune", "--out", str(out), "--search", str(s.search), "--device", "cpu"]
     cfg = FinetuneConfig(search=str(s.search), device="cpu", steps=STEPS,

@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compress.arch import profile_spec
-from compress.groups import residual_group, residual_keep, widths_from_masks
-from compress.masks import ChannelMask, MaskedNorm, find_masks
-from compress.models import ResnetBlock, ResnetGenerator, ResnetSpec, UnetGenerator, build
-from compress.models.layers import SeparableConv2d
+from dmad.compress.arch import profile_spec
+from dmad.compress.groups import residual_group, residual_keep, widths_from_masks
+from dmad.compress.masks import ChannelMask, MaskedNorm, find_masks
+from dmad.compress.models import ResnetBlock, ResnetGenerator, ResnetSpec, UnetGenerator, build
+from dmad.compress.models.layers import SeparableConv2d
 
 __all__ = ["InexactPruneWarning", "prune", "prune_search_file", "zero_filter_report"]
 
@@ -386,7 +386,7 @@ def prune(model: nn.Module) -> nn.Module:
 
 def prune_search_file(path: str | Path) -> nn.Module:
     """Prune the masked generator saved by ``dmad search`` (``search_G_*.pt``)."""
-    from compress.train.search import load_search
+    from dmad.compress.train.search import load_search
 
     model, _masks, _arch = load_search(Path(path))
     return prune(model)

@@ -4,7 +4,7 @@ Builds the teacher stage and the search stage from one teacher run (same generat
 and times their steps interleaved (A B A B) so machine drift affects both alike. The search
 side includes its amortised bound-update work (``after_step``). Goal: ratio <= 1.15.
 
-    python benchmark/search_step.py --teacher runs/demo/teacher [--steps 30]
+    python scripts/search_step.py --teacher runs/demo/teacher [--steps 30]
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
-from compress.config import read_config_file
-from compress.train.search import SearchConfig, SearchStage, load_teacher, training_config
-from compress.train.teacher import TeacherConfig, TeacherStage
+from dmad.compress.config import read_config_file
+from dmad.compress.train.search import SearchConfig, SearchStage, load_teacher, training_config
+from dmad.compress.train.teacher import TeacherConfig, TeacherStage
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ compressed model's achieved GMAC/s ≥ 50 % of the full model's. Runs ``dmad com
 by share of time) for both models, since small convolutions lose efficiency differently from the
 fixed-cost ops (pads, norms) that do not shrink with the width.
 
-Usage: ``python benchmark/perf_goal.py [--out runs/perf_goal] [--tflite onnx2tf|skip]``.
+Usage: ``python scripts/perf_goal.py [--out runs/perf_goal] [--tflite onnx2tf|skip]``.
 The TFLite files come from onnx2tf 1.29.24 (fp32 only, run in a subprocess in a scratch folder
 holding the calibration file it otherwise downloads); that takes minutes for the full model.
 Random weights: latency does not depend on weight values for these float kernels.
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # the repository (for the default --out)
 
 ONNX2TF = r"""
 import sys, onnx2tf
@@ -40,15 +39,15 @@ onnx2tf.convert(input_onnx_file_path=sys.argv[1], output_folder_path=sys.argv[2]
 def build(out: Path, ngf: int, size: int, name: str, rewrite: bool = False) -> Path:
     import torch
 
-    from compress.checkpoint import save_model
-    from compress.models import ResnetGenerator, ResnetSpec
+    from dmad.compress.checkpoint import save_model
+    from dmad.compress.models import ResnetGenerator, ResnetSpec
 
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     m = ResnetGenerator(ResnetSpec(ngf=ngf, n_blocks=9)).eval()
     if rewrite:  # the export stage's exact deploy rewrites (reflect pad as slices, explicit IN)
-        from export.rewrite import deploy_rewrite
+        from dmad.export.rewrite import deploy_rewrite
 
         onnx_model, _ = deploy_rewrite(m)
     else:
@@ -128,7 +127,7 @@ def main() -> int:
                     help="export both with export.rewrite.deploy_rewrite (slice pads, explicit IN)")
     args = ap.parse_args()
 
-    from benchmark.api import CompareConfig, compare
+    from dmad.benchmark.api import CompareConfig, compare
 
     full = build(args.out, 64, args.size, "full", args.rewrite)
     comp = build(args.out, args.compressed_ngf, args.size, "compressed", args.rewrite)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from compress.config import make_config, read_config_file
-from compress.errors import DmadError
-from compress.train import loop
+from dmad.compress.config import make_config, read_config_file
+from dmad.compress.errors import DmadError
+from dmad.compress.train import loop
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+#: The demo config ships inside the package (``dmad.configs``), so ``dmad demo`` runs from any
+#: folder of a non-editable install.
+DEFAULT_CONFIG = Path(str(resources.files("dmad.configs").joinpath("demo.toml")))
 
 
 def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
@@ -35,10 +38,10 @@ def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Run data → teacher → search → finetune → eval → export → compare; returns stage seconds."""
-    from compress.arch import profile
-    from compress.checkpoint import load_model
-    from compress.data import make_default_dataset
-    from compress.train.teacher import TeacherConfig, train_teacher
+    from dmad.compress.arch import profile
+    from dmad.compress.checkpoint import load_model
+    from dmad.compress.data import make_default_dataset
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
     path = config or DEFAULT_CONFIG
     settings = read_config_file(path)
@@ -91,7 +94,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
                 f"{prof.macs_true / 1e9:.3f} GMACs (true)"
             )
     if "search" in settings:
-        from compress.train.search import SearchConfig, search
+        from dmad.compress.train.search import SearchConfig, search
 
         sdir = out / "search"
         overrides = {} if "teacher" in settings["search"] else {"teacher": str(tdir)}
@@ -103,14 +106,14 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
                   f"({e['full_gmacs_paper'] / e['gmacs_paper']:.1f}x fewer), "
                   f"{e['gmacs_true']:.3f} true, params {e['params']:,}")
     if "finetune" in settings:
-        from compress.train.finetune import FinetuneConfig, finetune
+        from dmad.compress.train.finetune import FinetuneConfig, finetune
 
         fdir = out / "finetune"
         overrides = {} if "search" in settings["finetune"] else {"search": str(out / "search")}
         fcfg = make_config(FinetuneConfig, path, overrides, section="finetune")
         _run_stage("finetune", fdir, lambda d, **kw: finetune(fcfg, d, **kw), force, times)
     if "eval" in settings:
-        from compress.evaluate import EvalConfig, evaluate
+        from dmad.compress.evaluate import EvalConfig, evaluate
 
         t = time.time()
         student = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
@@ -145,8 +148,8 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
     """Export the compressed student and the full teacher the same way (ONNX + every TFLite
     variant, calibrated on the run's own images), each with its PyTorch file beside it so the
     comparison covers the torch backend too."""
-    from compress.io import atomic_write
-    from export.api import ExportConfig, export_model
+    from dmad.compress.io import atomic_write
+    from dmad.export.api import ExportConfig, export_model
 
     extra = set(section) - {"quant", "num_calib", "android", "size"}
     if extra:
@@ -175,8 +178,8 @@ def _unambiguous_size(sources: dict[str, Path], size: int) -> int:
     """The smallest valid input size ≥ ``size`` at which no feature-map side equals a channel
     count of either model: onnx2tf 1.29 guesses NCHW→NHWC layouts from shapes and can transpose
     the wrong axis when they coincide (the export refuses such a file by parity)."""
-    from compress.checkpoint import load_generator
-    from compress.models import ResnetSpec
+    from dmad.compress.checkpoint import load_generator
+    from dmad.compress.models import ResnetSpec
 
     channels: set[int] = {3}
     for run in sources.values():
@@ -202,7 +205,7 @@ def _unambiguous_size(sources: dict[str, Path], size: int) -> int:
 
 def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
     """Benchmark full vs compressed on the host backends and write ``out/report.md``."""
-    from benchmark.api import CompareConfig, compare
+    from dmad.benchmark.api import CompareConfig, compare
 
     extra = set(section) - {"backends", "threads", "runs", "warmup"}
     if extra:

@@ -4,7 +4,7 @@ Runs two searches with the same target, steps and seed from one teacher run and 
 the searched generator's PSNR against the teacher's outputs on the held-out split (hard masks,
 before fine-tuning) and its final MACs. A script that prints numbers, not a timed test.
 
-    python benchmark/search_init.py --teacher runs/demo/teacher --target-gmacs 1.45 --steps 200
+    python scripts/search_init.py --teacher runs/demo/teacher --target-gmacs 1.45 --steps 200
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from compress.config import read_config_file
-from compress.evaluate import psnr
-from compress.train.common import open_train_test, resolve_data
-from compress.train.search import SearchConfig, load_search, search
-from compress.train.teacher import TeacherConfig
+from dmad.compress.config import read_config_file
+from dmad.compress.evaluate import psnr
+from dmad.compress.train.common import open_train_test, resolve_data
+from dmad.compress.train.search import SearchConfig, load_search, search
+from dmad.compress.train.teacher import TeacherConfig
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     tcfg = TeacherConfig(**read_config_file(args.teacher / "config.json"))
     _, test = open_train_test(resolve_data(tcfg.data, tcfg.size), tcfg.task, tcfg.size,
                               tcfg.load_size, False, tcfg.direction, False)
-    from compress.checkpoint import load_model
+    from dmad.compress.checkpoint import load_model
 
     teacher, _ = load_model(args.teacher / "G_AtoB.pt")
     print(f"{'init':<8} {'seconds':>8} {'GMACs paper':>12} {'PSNR vs teacher dB':>19}")

@@ -1,4 +1,4 @@
-"""Tests for export.slim: pruning a hard-masked generator into a thin dense one, exactly."""
+"""Tests for dmad.compress.prune: pruning a hard-masked generator into a thin dense one, exactly."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compress.groups import residual_group, residual_keep, widths_from_masks
-from compress.io import atomic_save
-from compress.masks import ChannelMask, attach_masks, find_masks, mask_sites
-from compress.models import (
+from dmad.compress.groups import residual_group, residual_keep, widths_from_masks
+from dmad.compress.io import atomic_save
+from dmad.compress.masks import ChannelMask, attach_masks, find_masks, mask_sites
+from dmad.compress.models import (
     ResnetSpec,
     UnetSpec,
     build,
     spec_to_dict,
 )
-from export.slim import InexactPruneWarning, prune, prune_search_file, zero_filter_report
+from dmad.compress.prune import InexactPruneWarning, prune, prune_search_file, zero_filter_report
 
 TOL = 1e-5
 #: Random masks often leave whole layers constant (e.g. the stem all off). The *masked* model
@@ -356,7 +356,7 @@ def test_spec_full_is_used() -> None:
 
 
 def test_prune_search_file(tmp_path: Path) -> None:
-    from compress.train.search import SEARCH_FORMAT
+    from dmad.compress.train.search import SEARCH_FORMAT
 
     spec = ResnetSpec(ngf=4, n_blocks=3, norm="batch")
     model, masks = masked_model(spec)

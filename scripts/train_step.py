@@ -3,7 +3,7 @@
 Prints a table at 64², 128², 256²: the reference later stages (search, fine-tune) compare their
 own step times against. A script that prints numbers, not a timed test.
 
-    python benchmark/train_step.py [--ngf 64] [--n-blocks 9] [--sizes 64,128,256] [--runs 5]
+    python scripts/train_step.py [--ngf 64] [--n-blocks 9] [--sizes 64,128,256] [--runs 5]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 import torch
 from torch import nn
 
-from compress.losses import GANLoss
-from compress.models import DiscriminatorSpec, PatchDiscriminator, ResnetGenerator, ResnetSpec
+from dmad.compress.losses import GANLoss
+from dmad.compress.models import DiscriminatorSpec, PatchDiscriminator, ResnetGenerator, ResnetSpec
 
 
 def step_time(ngf: int, n_blocks: int, size: int, runs: int, warmup: int) -> list[float]:

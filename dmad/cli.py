@@ -15,18 +15,21 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from compress.errors import DmadError
+from dmad.compress.errors import DmadError
 
 
 def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--field-name VALUE`` flag per config field (values are typed by make_config)."""
-    from compress.config import field_types
+    from dmad.compress.config import field_help, field_types
 
     g = p.add_argument_group("config fields (override the config file)")
     for name, tp in field_types(cls).items():
         if name in skip:
             continue
         default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+        shown = "''" if default == "" else ("none" if default is None else default)
+        if isinstance(shown, bool):
+            shown = str(shown).lower()
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         if typing.get_origin(tp) is not None:
             tname = str(tp).replace("typing.", "")
@@ -35,13 +38,13 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ..
             dest=f"cfg_{name}",
             metavar=tname.upper(),
             default=None,
-            help=f"default: {default!r}",
+            help=f"{field_help(cls, name)} (default: {shown})",
         )
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
-    from compress.config import parse_set
+    from dmad.compress.config import parse_set
 
     out.update(parse_set(getattr(args, "set", None)))
     return out
@@ -51,8 +54,8 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
                 saved_key: str | None = None) -> Any:
     """A stage config from defaults, the saved config of a resumed run (so ``--resume`` needs
     no flags repeated), the ``--config`` file's ``[section]``, then flags."""
-    from compress.config import make_config, read_config_file
-    from compress.train import loop
+    from dmad.compress.config import make_config, read_config_file
+    from dmad.compress.train import loop
 
     saved = args.out / loop.CONFIG
     base = None
@@ -66,9 +69,12 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
 
 def _common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON file of config fields")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set steps=200 (repeatable)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder (config.json, checkpoint.pt, log.jsonl, results)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
 
 
@@ -76,7 +82,7 @@ def _common_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from compress.data import make_default_dataset
+    from dmad.compress.data import make_default_dataset
 
     root = make_default_dataset(
         args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed
@@ -86,7 +92,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from compress.train.teacher import TeacherConfig, train_teacher
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
     cfg = _run_config(TeacherConfig, args, "teacher")
     summary = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
@@ -99,7 +105,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from compress.train.search import SearchConfig, search
+    from dmad.compress.train.search import SearchConfig, search
 
     cfg = _run_config(SearchConfig, args, "search", saved_key="search")
     summary = search(cfg, args.out, resume=args.resume, force=args.force)
@@ -117,7 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from compress.train.finetune import FinetuneConfig, finetune
+    from dmad.compress.train.finetune import FinetuneConfig, finetune
 
     cfg = _run_config(FinetuneConfig, args, "finetune", saved_key="finetune")
     summary = finetune(cfg, args.out, resume=args.resume, force=args.force)
@@ -129,8 +135,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from compress.config import make_config
-    from compress.evaluate import EvalConfig, evaluate
+    from dmad.compress.config import make_config
+    from dmad.compress.evaluate import EvalConfig, evaluate
 
     cfg = make_config(EvalConfig, args.config, _config_overrides(args), section="eval")
     s = evaluate(cfg, args.out)
@@ -157,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from compress.importer import import_to_file
+    from dmad.compress.importer import import_to_file
 
     opts = {
         k: v
@@ -172,15 +178,28 @@ def cmd_import(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    report = import_to_file(args.checkpoint, args.arch, args.out, **opts)
+    arch = args.arch or _infer_arch(args.checkpoint)
+    report = import_to_file(args.checkpoint, arch, args.out, norm_stats=args.norm_stats, **opts)
     print(report)
     print(f"wrote {args.out}")
     return 0
 
 
+def _infer_arch(path: Path) -> str:
+    from dmad.compress.importer import infer_arch
+
+    if not path.is_file():
+        raise DmadError(f"{path}: checkpoint not found")
+    arch = infer_arch(path)
+    if arch is None:
+        raise DmadError(f"{path}: cannot tell resnet from unet by its weights (not a "
+                        "generator?); give --arch")
+    return arch
+
+
 def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from compress.checkpoint import load_model
-    from compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
+    from dmad.compress.checkpoint import load_model
+    from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
 
     if args.model is not None:
         return load_model(args.model)[0]
@@ -202,7 +221,7 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_macs(args: argparse.Namespace) -> int:
-    from compress.arch import format_table, profile
+    from dmad.compress.arch import format_table, profile
 
     if args.size < 1:
         raise DmadError(f"--size: must be >= 1, got {args.size}")
@@ -229,15 +248,15 @@ def cmd_macs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from compress.pipeline import run_demo
+    from dmad.pipeline import run_demo
 
     run_demo(args.config, args.out, force=args.force)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compress import __version__
-    from compress.train.teacher import TeacherConfig
+    from dmad import __version__
+    from dmad.compress.train.teacher import TeacherConfig
 
     p = argparse.ArgumentParser(
         prog="dmad",
@@ -247,11 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("data", help="generate the embedded default dataset")
-    s.add_argument("--out", type=Path, default=Path("data/default"))
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--n-train", type=int, default=200)
-    s.add_argument("--n-test", type=int, default=24)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path("data/default"),
+                   help="folder to write (default: data/default)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    s.add_argument("--n-train", type=int, default=200,
+                   help="training images per side (default: 200)")
+    s.add_argument("--n-test", type=int, default=24, help="held-out images per side (default: 24)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed; the same seed gives byte-identical images (default: 0)")
     s.set_defaults(func=cmd_data)
 
     s = sub.add_parser("teacher", help="train a CycleGAN or Pix2Pix teacher")
@@ -259,15 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(s, TeacherConfig)
     s.set_defaults(func=cmd_teacher)
 
-    from compress.train.search import SearchConfig
+    from dmad.compress.train.search import SearchConfig
 
     s = sub.add_parser("search", help="DMAD search: differentiable masks under a MAC budget")
     _common_run_flags(s)
     _add_config_flags(s, SearchConfig)
     s.set_defaults(func=cmd_search)
 
-    from compress.evaluate import EvalConfig
-    from compress.train.finetune import FinetuneConfig
+    from dmad.compress.evaluate import EvalConfig
+    from dmad.compress.train.finetune import FinetuneConfig
 
     s = sub.add_parser("finetune", help="prune the searched generator, then co-attention "
                        "distillation from the teacher")
@@ -276,51 +298,69 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("eval", help="PSNR/SSIM vs teacher (and ground truth), FID/KID, grid")
-    s.add_argument("--config", type=Path)
-    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--config", type=Path, help="TOML or JSON file of config fields ([eval] table)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set max_images=8 (repeatable)")
     s.add_argument("--out", type=Path, required=True, help="folder for eval.json and grid.png")
     _add_config_flags(s, EvalConfig)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")
-    s.add_argument("--arch", choices=("resnet", "unet"), required=True)
+    s.add_argument("--arch", choices=("resnet", "unet"),
+                   help="the checkpoint's generator family: resnet (CycleGAN) | unet (Pix2Pix) "
+                   "(default: inferred from the first convolution)")
     s.add_argument("--out", type=Path, required=True, help="dmad model file to write")
-    s.add_argument("--ngf", type=int, help="default: inferred from the weights")
-    s.add_argument("--n-blocks", type=int, help="default: inferred (resnet)")
-    s.add_argument("--num-downs", type=int, help="default: inferred (unet)")
+    s.add_argument("--ngf", type=int, help="generator base width (default: inferred)")
+    s.add_argument("--n-blocks", type=int, help="ResNet blocks (default: inferred)")
+    s.add_argument("--num-downs", type=int, help="UNet down-samplings (default: inferred)")
     s.add_argument(
         "--norm",
         choices=("instance", "instance_affine", "batch"),
-        help="default: inferred from the weights",
+        help="norm layers (default: inferred from the weights)",
     )
-    s.add_argument("--padding", choices=("reflect", "zero"))
+    s.add_argument("--norm-stats", choices=("instance", "running"), default="instance",
+                   help="InstanceNorm running statistics in the file: instance = drop them as "
+                   "the reference loader does; running = keep them, matching a fork that tested "
+                   "with them (default: instance)")
+    s.add_argument("--padding", choices=("reflect", "zero"),
+                   help="ResNet padding (default: reflect, as the originals)")
     s.add_argument("--separable", action="store_true", help="mobile (separable) ResNet")
-    s.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None)
+    s.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="dropout in the generator (default: off resnet, on unet)")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("macs", help="count MACs (paper and true conventions) and parameters")
-    s.add_argument("model", type=Path, nargs="?", help="a dmad model file; else --arch")
-    s.add_argument("--arch", choices=("resnet", "unet"), default="resnet")
-    s.add_argument("--ngf", type=int, default=64)
-    s.add_argument("--n-blocks", type=int, default=9)
-    s.add_argument("--num-downs", type=int, default=8)
-    s.add_argument("--norm", choices=("instance", "instance_affine", "batch"))
-    s.add_argument("--separable", action="store_true")
-    s.add_argument("--size", type=int, default=256, help="input side (default 256)")
+    s.add_argument("model", type=Path, nargs="?",
+                   help="a dmad model file; without it, the standard generator of --arch")
+    s.add_argument("--arch", choices=("resnet", "unet"), default="resnet",
+                   help="generator family (default: resnet)")
+    s.add_argument("--ngf", type=int, default=64, help="base width in channels (default: 64)")
+    s.add_argument("--n-blocks", type=int, default=9, help="ResNet blocks (default: 9)")
+    s.add_argument("--num-downs", type=int, default=8,
+                   help="UNet down-samplings (default: 8 = unet_256)")
+    s.add_argument("--norm", choices=("instance", "instance_affine", "batch"),
+                   help="norm layers (default: instance resnet, batch unet)")
+    s.add_argument("--separable", action="store_true",
+                   help="the mobile ResNet with depthwise-separable block convs")
+    s.add_argument("--size", type=int, default=256,
+                   help="input side in pixels at which MACs are counted (default: 256)")
     s.add_argument("--per-layer", action="store_true", help="print the per-layer table")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_macs)
 
-    from benchmark.cli import register as register_benchmark
-    from export.cli import register as register_export
+    from dmad.benchmark.cli import register as register_benchmark
+    from dmad.export.cli import register as register_export
 
     register_export(sub)
     register_benchmark(sub)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded default (or --config)")
-    s.add_argument("--config", type=Path, help="demo config (default: configs/demo.toml)")
-    s.add_argument("--out", type=Path, default=Path("runs/demo"))
+    s.add_argument("--config", type=Path,
+                   help="TOML file of stage tables (default: the packaged demo.toml, the "
+                   "embedded default data)")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"),
+                   help="run folder, one subfolder per stage (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="redo finished stages")
     s.set_defaults(func=cmd_demo)
     return p

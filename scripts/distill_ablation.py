@@ -5,7 +5,7 @@ then after fine-tuning (same steps and seed) with: everything (co-attention + D 
 the teacher's outputs), without the attention terms, without attention and D features, and
 DMAD's exact objective (no L1 to the teacher). A script that prints numbers, not a test.
 
-    python benchmark/distill_ablation.py --search runs/demo/search --steps 200
+    python scripts/distill_ablation.py --search runs/demo/search --steps 200
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compress.evaluate import EvalConfig, evaluate
-from compress.train.finetune import FinetuneConfig, finetune
+from dmad.compress.evaluate import EvalConfig, evaluate
+from dmad.compress.train.finetune import FinetuneConfig, finetune
 
 VARIANTS = {
     "full (att + dfeat + L1)": {},

@@ -1,4 +1,4 @@
-"""Export benchmark (prints numbers; not a test): ``python -m export.bench_export``.
+"""Export benchmark (prints numbers; not a test): ``python scripts/bench_export.py``.
 
 For a pruned (ngf 16, ~16x fewer MACs) and the full CycleGAN ResNet-9 (ngf 64) with random
 weights at 256², exported from images of the embedded default dataset, it prints per graph
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.data import make_default_dataset
-from compress.models import ResnetGenerator, ResnetSpec
-from export.api import DEFAULT_RECIPE, ExportConfig, export_model
-from export.onnx import INPUT_NAME
-from export.parity import latency_ms
-from export.tflite import Int8Recipe
+from dmad.compress.data import make_default_dataset
+from dmad.compress.models import ResnetGenerator, ResnetSpec
+from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
+from dmad.export.onnx import INPUT_NAME
+from dmad.export.parity import latency_ms
+from dmad.export.tflite import Int8Recipe
 
 RECIPES = {
     "as-exported": (False, Int8Recipe()),

@@ -1,0 +1,1 @@
+"""Package data: the demo config that ``dmad demo`` runs by default, and example configs."""
