@@ -39,7 +39,8 @@ def _h(cls: type, name: str, default: object = None) -> str:
     from dmad.compress.config import field_help
 
     text = field_help(cls, name)
-    return text if default is None else f"{text} (default: {default})"
+    text = text if default is None else f"{text} (default: {default})"
+    return text.replace("%", "%%")
 
 
 def _common(p: argparse.ArgumentParser, cls: type) -> None:

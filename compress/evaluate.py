@@ -74,6 +74,11 @@ class EvalConfig:
         "",
         "pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth) for FID/KID",
     )
+    images: str = opt(
+        "",
+        "held-out images instead of a dataset's test split: a split.json (its held-out side) or "
+        "a folder (every image in it); whole images resized to size",
+    )
     max_images: int = opt(0, "evaluate at most this many held-out images; 0 = all")
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
 
@@ -104,6 +109,20 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
     return load_generator(path)
 
 
+def _held_out(path: Path, size: int):  # type: ignore[no-untyped-def]
+    """Whole held-out images resized to ``size``: a split's held-out side, or a whole folder."""
+    from dmad.compress.data.split import ImageListDataset, ImageSplit, detect_layout
+    from dmad.compress.data.transforms import TransformConfig
+
+    tf = TransformConfig(size, size, False)
+    if path.is_file():
+        split = ImageSplit.load(path)
+        return ImageListDataset(split.val, tf, aligned=split.layout == "aligned")
+    layout, train, held, _ = detect_layout(path)
+    return ImageListDataset([str(p) for p in train + (held or [])], tf,
+                            aligned=layout == "aligned")
+
+
 def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Compute the metrics, write ``out/eval.json`` and ``out/grid.png``; return the summary."""
     from dmad.compress.config import read_config_file
@@ -126,7 +145,11 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     task = cfg.task or smeta.get("task") or run_cfg.get("task") or "cyclegan"
     size = cfg.size or smeta.get("size") or run_cfg.get("size") or 256
     data = cfg.data or run_cfg.get("data", "")
-    _, test = open_train_test(resolve_data(data, size), task, size, size, False, "AtoB", False)
+    if cfg.images:
+        test = _held_out(Path(cfg.images), size)
+    else:
+        _, test = open_train_test(resolve_data(data, size), task, size, size, False, "AtoB",
+                                  False)
     student, teacher = student.to(device).eval(), teacher.to(device).eval()
     n = len(test) if cfg.max_images <= 0 else min(cfg.max_images, len(test))
     rows, vs_t_psnr, vs_t_ssim, vs_gt_psnr, vs_gt_ssim, t_gt_psnr = [], [], [], [], [], []
@@ -140,7 +163,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
             vs_t_psnr.append(psnr(s, t))
             vs_t_ssim.append(ssim(s, t))
             row = [x[0], t[0], s[0]]
-            if task == "pix2pix":
+            if task == "pix2pix" and dst_key in item:
                 gt = item[dst_key].unsqueeze(0).to(device)
                 vs_gt_psnr.append(psnr(s, gt))
                 vs_gt_ssim.append(ssim(s, gt))
@@ -150,7 +173,8 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
                 rows.append(row)
             fakes.append(s.cpu())
             teach.append(t.cpu())
-            reals.append(item[dst_key].unsqueeze(0))
+            # the user's images have no target side: FID compares with the teacher's outputs
+            reals.append(item[dst_key].unsqueeze(0) if dst_key in item else t.cpu())
     save_grid(rows, out / "grid.png")
 
     def mean(v: list[float]) -> float | None:
@@ -161,6 +185,8 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "student": str(spath), "teacher": str(tpath), "task": task, "direction": cfg.direction,
         "images": n, "size": size,
+        "held_out": cfg.images or f"{data or 'default data'} test split",
+        "objective": smeta.get("objective"), "best_step": smeta.get("step"),
         "psnr_vs_teacher": mean(vs_t_psnr), "ssim_vs_teacher": mean(vs_t_ssim),
         "psnr_vs_ground_truth": mean(vs_gt_psnr), "ssim_vs_ground_truth": mean(vs_gt_ssim),
         "teacher_psnr_vs_ground_truth": mean(t_gt_psnr),

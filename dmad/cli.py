@@ -31,14 +31,17 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ..
         if isinstance(shown, bool):
             shown = str(shown).lower()
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        if typing.get_origin(tp) is not None:
+        if typing.get_origin(tp) is tuple:
+            tname = "LIST"
+            shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else shown
+        elif typing.get_origin(tp) is not None:
             tname = str(tp).replace("typing.", "")
         g.add_argument(
             f"--{name.replace('_', '-')}",
             dest=f"cfg_{name}",
             metavar=tname.upper(),
             default=None,
-            help=f"{field_help(cls, name)} (default: {shown})",
+            help=f"{field_help(cls, name)} (default: {shown})".replace("%", "%%"),
         )
 
 
@@ -247,6 +250,17 @@ def cmd_macs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from dmad.compress_run import build_config, run_compress
+
+    overrides = _config_overrides(args)
+    if args.generator is not None:
+        overrides["generator"] = str(args.generator)
+    cfg, tables = build_config(overrides, args.config, args.out, args.resume)
+    run_compress(cfg, args.out, resume=args.resume, force=args.force, tables=tables)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dmad.pipeline import run_demo
 
@@ -354,6 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_export(sub)
     register_benchmark(sub)
+
+    from dmad.compress_run import CompressConfig
+
+    s = sub.add_parser(
+        "compress", help="compress your generator: checkpoint + image folder -> verified .tflite",
+        description="Search, prune, fine-tune, evaluate, export and compare in one resumable run "
+                    "folder: dmad compress latest_net_G_A.pth --images photos/ --out runs/mine "
+                    "--target-gmacs 5")
+    s.add_argument("generator", type=Path, nargs="?",
+                   help="dmad model file, `dmad teacher` run folder, or pytorch-CycleGAN-and-"
+                   "pix2pix checkpoint (optional with --resume)")
+    s.add_argument("--config", type=Path, help="TOML/JSON with a [compress] table (and optional "
+                   "[search] / [finetune] tables of those stages' fields)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set steps=200 (repeatable)")
+    s.add_argument("--out", type=Path, required=True,
+                   help="run folder (compress.json, split.json, one subfolder per stage)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (same arguments, or none)")
+    s.add_argument("--force", action="store_true", help="delete the run in --out and start over")
+    _add_config_flags(s, CompressConfig, skip=("generator",))
+    s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded default (or --config)")
     s.add_argument("--config", type=Path,

@@ -22,8 +22,8 @@ from dmad.compress.train import loop
 DEFAULT_CONFIG = Path(str(resources.files("dmad.configs").joinpath("demo.toml")))
 
 
-def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
-               times: dict[str, float]) -> None:
+def run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
+              times: dict[str, float], tag: str = "demo") -> None:
     """Skip a finished stage, resume an unfinished one, or run it; record and print its time."""
     t = time.time()
     if (run_dir / loop.DONE).exists() and not force:
@@ -33,7 +33,7 @@ def _run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
         train(run_dir, resume=resume, force=force)
         status = "resumed" if resume else "done"
     times[name] = time.time() - t
-    print(f"[demo] {name:<9} {times[name]:7.1f} s  {status}")
+    print(f"[{tag}] {name:<9} {times[name]:7.1f} s  {status}")
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     if "teacher" in settings:
         tcfg = make_config(TeacherConfig, path, section="teacher")
         tdir = out / "teacher"
-        _run_stage("teacher", tdir, lambda d, **kw: train_teacher(tcfg, d, **kw), force, times)
+        run_stage("teacher", tdir, lambda d, **kw: train_teacher(tcfg, d, **kw), force, times)
         size = tcfg.size
     else:  # the user's own teacher: a run folder or an imported generator
         ref = settings.get("search", {}).get("teacher", "")
@@ -99,7 +99,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
         sdir = out / "search"
         overrides = {} if "teacher" in settings["search"] else {"teacher": str(tdir)}
         scfg = make_config(SearchConfig, path, overrides, section="search")
-        _run_stage("search", sdir, lambda d, **kw: search(scfg, d, **kw), force, times)
+        run_stage("search", sdir, lambda d, **kw: search(scfg, d, **kw), force, times)
         arch = read_config_file(sdir / "architecture.json")
         for d, e in arch["directions"].items():
             print(f"[demo] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
@@ -111,7 +111,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
         fdir = out / "finetune"
         overrides = {} if "search" in settings["finetune"] else {"search": str(out / "search")}
         fcfg = make_config(FinetuneConfig, path, overrides, section="finetune")
-        _run_stage("finetune", fdir, lambda d, **kw: finetune(fcfg, d, **kw), force, times)
+        run_stage("finetune", fdir, lambda d, **kw: finetune(fcfg, d, **kw), force, times)
     if "eval" in settings:
         from dmad.compress.evaluate import EvalConfig, evaluate
 

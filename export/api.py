@@ -75,6 +75,11 @@ class ExportConfig:
         None,
         "folder of RGB images for int8 calibration (default: the run's training images)",
     )
+    split: Path | None = opt(
+        None,
+        "a split.json (dmad compress): int8 calibration on its training images, parity on its "
+        "whole held-out images",
+    )
     num_calib: int = opt(20, "number of calibration images")
     num_eval: int = opt(8, "number of images the parity check runs")
     rewrite: bool = opt(
@@ -221,6 +226,34 @@ def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
     return get(calib_idx), get(eval_idx), note
 
 
+def _spread(items: list[str], n: int) -> list[str]:
+    """``n`` items evenly spaced over the list (all of them when it is shorter)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(1, n - 1))] for i in range(n)]
+
+
+def _split_images(split_path: Path, calib: Path | None, size: int, n_calib: int, n_eval: int
+                  ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Calibration from the split's training images (or ``calib``), evaluation on its held-out
+    images: whole images resized to ``size``, never crops, never images the model trained on."""
+    from dmad.compress.data.split import ImageListDataset, ImageSplit
+    from dmad.compress.data.transforms import TransformConfig
+
+    split = ImageSplit.load(split_path)
+    tf = TransformConfig(size, size, False)
+    aligned = split.layout == "aligned"
+    held = ImageListDataset(_spread(split.val, n_eval), tf, aligned=aligned)
+    ev = _stack([held.get(i)["A"] for i in range(len(held))])  # type: ignore[misc]
+    if calib is not None:
+        cal, _, note = _folder_images(calib, size, n_calib, 1)
+        return cal, ev, f"calibration {note}; {len(held)} whole held-out images of {split_path}"
+    train = ImageListDataset(_spread(split.train, n_calib), tf, aligned=aligned)
+    cal = _stack([train.get(i)["A"] for i in range(len(train))])  # type: ignore[misc]
+    return cal, ev, (f"{split_path}: {len(train)} training images for calibration, {len(held)} "
+                     f"whole held-out images for parity ({split.val_source})")
+
+
 def _run_data(run: Path) -> dict[str, Any] | None:
     """The dataset settings in a run's config.json (flat, or under ``training``)."""
     path = run / "config.json"
@@ -286,6 +319,9 @@ def _images(cfg: ExportConfig, channels: int, needs_calib: bool
             ) -> tuple[np.ndarray | None, np.ndarray, str]:
     if cfg.num_calib < 1 or cfg.num_eval < 1:
         raise DmadError("--num-calib and the number of evaluation images must be >= 1")
+    if cfg.split is not None:
+        return _split_images(Path(cfg.split), Path(cfg.calib) if cfg.calib else None, cfg.size,
+                             cfg.num_calib, cfg.num_eval)
     if cfg.calib is not None:
         return _folder_images(Path(cfg.calib), cfg.size, cfg.num_calib, cfg.num_eval)
     if cfg.run is not None:

@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     def h(name: str, default: object = None) -> str:
         text = field_help(ExportConfig, name)
-        return text if default is None else f"{text} (default: {default})"
+        text = text if default is None else f"{text} (default: {default})"
+        return text.replace("%", "%%")
 
     s = sub.add_parser(
         "export",

@@ -1,0 +1,378 @@
+"""``dmad compress GENERATOR --images DIR --out RUN --target-gmacs G``: the product's main use.
+
+An engineer has one trained generator (a dmad model file, a ``dmad teacher`` run folder, or a
+raw pytorch-CycleGAN-and-pix2pix checkpoint such as ``latest_net_G_A.pth``, imported on the fly)
+and a folder of the images it will see. One resumable run folder takes it through search →
+prune → fine-tune → eval → export → compare:
+
+* everything a user can get wrong is checked before anything is written (the generator, the
+  images, the held-out folder, the budget against the smallest reachable architecture), so a
+  refused run leaves no half-made folder;
+* the images are split once (``split.json``): training batches and int8 calibration use the
+  training side, the best-checkpoint choice, evaluation and export parity use whole held-out
+  images at the export size;
+* with a single generator (no discriminator, no reverse generator) the search and fine-tune
+  distil the teacher's outputs (teacher-G-only); a teacher run folder with both generators and
+  discriminators on its own dataset layout gets DMAD's full objective;
+* ``compress.json`` records the arguments; ``--resume`` continues the first unfinished stage
+  and refuses arguments that differ from the ones the run started with.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmad.compress.config import make_config, opt, read_config_file, to_dict
+from dmad.compress.errors import DmadError
+from dmad.compress.io import atomic_write_json
+from dmad.compress.train import loop
+from dmad.pipeline import _compare, _unambiguous_size, run_stage
+
+ARGS = "compress.json"
+SPLIT = "split.json"
+#: Fields that may change when a run is resumed (where it runs, not what it computes).
+RESUMABLE_CHANGES = {"device"}
+STAGES = ("search", "finetune", "eval", "export", "compare")
+
+
+@dataclass
+class CompressConfig:
+    """Settings of ``dmad compress``; ``[search]`` / ``[finetune]`` tables of ``--config`` may set
+    any other field of those stages."""
+
+    generator: str = opt(
+        "",
+        "dmad model file, `dmad teacher` run folder, or pytorch-CycleGAN-and-pix2pix checkpoint "
+        "(e.g. latest_net_G_A.pth)",
+    )
+    images: str = opt(
+        "",
+        "folder of the images the generator will see: flat or nested, trainA/ (unaligned) or "
+        "train/ of A|B pairs (aligned)",
+    )
+    target_gmacs: float = opt(0.0, "MAC budget of the compressed generator, in G at macs_size²")
+    macs_convention: str = opt("paper", "paper (thop, as the papers report) | true")
+    macs_size: int = opt(256, "side in pixels at which the budget's MACs are counted")
+    size: int = opt(0, "training crop side in pixels; 0 = the generator's training size, else 256")
+    export_size: int = opt(256, "input side of the exported models, the held-out evaluation size")
+    steps: int = opt(2000, "search steps")
+    finetune_steps: int = opt(4000, "fine-tune steps")
+    batch_size: int = opt(1, "images per step")
+    quant: tuple[str, ...] = opt(("fp32", "fp16", "dynamic", "int8"),
+                                 "TFLite variants, comma list of fp32, fp16, dynamic, int8")
+    calib: str = opt("", "int8 calibration folder ('' = the training images of the split)")
+    num_calib: int = opt(20, "int8 calibration images")
+    val: str = opt("", "held-out folder ('' = testA/ or val/ of --images, else a 5 % split)")
+    arch: str = opt("", "resnet | unet for a raw checkpoint ('' = inferred from its weights)")
+    norm_stats: str = opt("instance", "raw checkpoints: instance (drop InstanceNorm running "
+                          "statistics, as the reference loader) | running (keep them)")
+    eval_every: int = opt(0, "fine-tune steps between held-out evaluations (0 = 10 per run)")
+    inception: str = opt("", "pytorch-fid Inception weights: FID/KID in the fine-tune and eval")
+    compare: bool = opt(True, "benchmark full vs compressed on this CPU and write report.md")
+    compare_runs: int = opt(20, "timed runs per setting of the comparison")
+    threads: tuple[int, ...] = opt((1, 2), "thread counts of the comparison, comma list")
+    seed: int = opt(0, "seed of weights, batch order and the augmentation")
+    skip_bad: bool = opt(False, "skip unreadable/too-small images with a count instead of stopping")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    checkpoint_every: int = opt(100, "steps between atomic checkpoints of the search/fine-tune")
+    log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
+
+    def __post_init__(self) -> None:
+        if not self.generator:
+            raise DmadError("GENERATOR: required (a model file, a teacher run folder or a "
+                            "pytorch-CycleGAN-and-pix2pix checkpoint)")
+        if not self.images:
+            raise DmadError("--images: required (the folder of images the generator will see)")
+        if not self.target_gmacs > 0:
+            raise DmadError(f"--target-gmacs: must be > 0, got {self.target_gmacs}")
+        if self.macs_convention not in ("paper", "true"):
+            raise DmadError(f"--macs-convention: {self.macs_convention!r} is not paper or true")
+        if self.norm_stats not in ("instance", "running"):
+            raise DmadError(f"--norm-stats: {self.norm_stats!r} is not instance or running")
+        if self.arch not in ("", "resnet", "unet"):
+            raise DmadError(f"--arch: {self.arch!r} is not resnet or unet")
+        for name in ("steps", "finetune_steps", "batch_size", "export_size", "num_calib"):
+            if getattr(self, name) < 1:
+                raise DmadError(f"--{name.replace('_', '-')}: must be >= 1, got "
+                                f"{getattr(self, name)}")
+        bad = [q for q in self.quant if q not in ("fp32", "fp16", "dynamic", "int8")]
+        if bad or not self.quant:
+            raise DmadError(f"--quant: {','.join(bad) or 'empty'} is not a list of fp32, fp16, "
+                            "dynamic, int8")
+
+
+@dataclass
+class _Teacher:
+    """The generator to compress, resolved: the file or run the stages read, and how."""
+
+    ref: str  # what SearchConfig.teacher gets (a model file or a teacher run folder)
+    full_objective: bool  # DMAD's full objective (both G + D on the task layout) vs G-only
+    imported: Any = None  # an in-memory import, saved into RUN/teacher/ once checks passed
+    report: str = ""
+    file: str = ""  # the A->B model file (for eval and the full model's export)
+    size: int = 0  # training size recorded in the model, 0 if none
+
+
+def _resolve_generator(cfg: CompressConfig) -> _Teacher:
+    from dmad.compress.checkpoint import load_generator
+    from dmad.compress.importer import import_checkpoint, infer_arch
+    from dmad.compress.io import safe_load
+
+    path = Path(cfg.generator)
+    if not path.exists():
+        raise DmadError(f"{path}: generator not found")
+    if path.is_dir():
+        if not (path / loop.DONE).exists() or not (path / "G_AtoB.pt").is_file():
+            raise DmadError(f"{path}: not a finished `dmad teacher` run (no {loop.DONE} or "
+                            "G_AtoB.pt); give the run folder of a finished teacher or a model file")
+        run_cfg = read_config_file(path / loop.CONFIG)
+        gs, ds = sorted(path.glob("G_*.pt")), sorted(path.glob("D_*.pt"))
+        full = len(ds) == len(gs) and (len(gs) == 2 or run_cfg.get("task") == "pix2pix")
+        return _Teacher(ref=str(path), full_objective=full, file=str(path / "G_AtoB.pt"),
+                        size=int(run_cfg.get("size") or 0))
+    obj = safe_load(path)
+    if isinstance(obj, dict) and obj.get("format") == "dmad-model":
+        _, meta = load_generator(path)  # refuses a discriminator with a one-line error
+        return _Teacher(ref=str(path), full_objective=False, file=str(path),
+                        size=int(meta.get("size") or 0))
+    if isinstance(obj, dict) and obj.get("format") == "dmad-search":
+        raise DmadError(f"{path}: is a search result; compress the teacher it came from")
+    del obj
+    arch = cfg.arch or infer_arch(path)
+    if arch is None:
+        raise DmadError(f"{path}: cannot tell resnet from unet by its weights (not a generator "
+                        "checkpoint?); give --arch")
+    model, report = import_checkpoint(path, arch, norm_stats=cfg.norm_stats)
+    return _Teacher(ref="", full_objective=False, imported=model, report=str(report))
+
+
+def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> None:
+    """Refuse a target below one channel per layer before anything is written."""
+    from dmad.compress import budget
+    from dmad.compress.checkpoint import load_generator
+    from dmad.compress.masks import attach_masks
+
+    g = copy.deepcopy(model if model is not None else load_generator(Path(str(teacher_file)))[0])
+    target = budget.check_target(g.spec, cfg.target_gmacs, cfg.macs_convention, cfg.macs_size)
+    masks = attach_masks(g)
+    import torch
+
+    nothing = {k: torch.zeros_like(m.kept()) for k, m in masks.items()}
+    floor = budget.cost(g.spec, masks, nothing, cfg.macs_size).macs(cfg.macs_convention)
+    full = budget.profile_spec(g.spec, (1, g.spec.input_nc, cfg.macs_size, cfg.macs_size))
+    full_macs = full.macs_paper if cfg.macs_convention == "paper" else full.macs_true
+    if floor > target:
+        raise DmadError(f"--target-gmacs: {cfg.target_gmacs} is below the smallest architecture "
+                        f"the search can reach ({floor / 1e9:.4g} GMACs {cfg.macs_convention}, "
+                        "one channel per layer)")
+    if target >= full_macs:
+        raise DmadError(f"--target-gmacs: {cfg.target_gmacs} is not below the generator's own "
+                        f"{full_macs / 1e9:.4g} GMACs ({cfg.macs_convention}): nothing to cut")
+
+
+def _saved_args(out: Path) -> dict[str, Any] | None:
+    path = out / ARGS
+    return read_config_file(path) if path.is_file() else None
+
+
+def _check_same(saved: dict[str, Any], given: dict[str, Any], out: Path) -> None:
+    """A resumed run must be given the arguments it started with (or none)."""
+    cfg_saved = saved.get("config", {})
+    for key, value in given.items():
+        if key in RESUMABLE_CHANGES or key not in cfg_saved:
+            continue
+        was = cfg_saved[key]
+        now = list(value) if isinstance(value, tuple) else value
+        if was != now:
+            flag = "GENERATOR" if key == "generator" else f"--{key.replace('_', '-')}"
+            raise DmadError(f"{out / ARGS}: {flag} was {was!r} when this run started, not "
+                            f"{now!r}; resume with the same arguments, or --force to start over")
+
+
+def build_config(args_overrides: dict[str, Any], config_file: Path | None, out: Path,
+                 resume: bool) -> tuple[CompressConfig, dict[str, Any]]:
+    """The run's config: saved arguments when resuming (checked against what was given), then
+    ``--config``'s ``[compress]`` table, then flags. Returns it and the file's stage tables."""
+    saved = _saved_args(out) if resume else None
+    given = dict(args_overrides)
+    tables: dict[str, Any] = {}
+    if config_file is not None:
+        data = read_config_file(config_file)
+        tables = {k: v for k, v in data.items() if k in ("search", "finetune")}
+        unknown = set(data) - {"compress", "search", "finetune"}
+        if unknown:
+            raise DmadError(f"{config_file}: unknown table(s) {', '.join(sorted(unknown))} "
+                            "(known: compress, search, finetune)")
+        given = {**{k.replace("-", "_"): v for k, v in data.get("compress", {}).items()},
+                 **given}
+    if saved is not None:
+        _check_same(saved, given, out)
+        tables = tables or saved.get("tables", {})
+    base = saved.get("config") if saved else None
+    cfg = make_config(CompressConfig, None, given, base=base, base_origin=str(out / ARGS))
+    return cfg, tables
+
+
+def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
+             tables: dict[str, Any]) -> tuple[_Teacher, Path | None]:
+    """All checks, then the run folder: compress.json, split.json, the imported teacher."""
+    from dmad.compress.data.split import make_split
+
+    saved = _saved_args(out)
+    if saved is not None and not resume and not force:
+        raise DmadError(f"{out}: holds a dmad compress run; use --resume to continue it or "
+                        "--force to start over")
+    if out.exists() and not out.is_dir():
+        raise DmadError(f"{out}: exists and is not a folder")
+    if out.is_dir() and saved is None and any(out.iterdir()) and not force:
+        raise DmadError(f"{out}: is not empty and holds no dmad compress run; give a new --out "
+                        "or --force")
+    teacher = _resolve_generator(cfg)
+    if teacher.imported is not None and resume and (out / "teacher" / "G_AtoB.pt").is_file():
+        teacher.imported = None  # imported when the run started
+    if teacher.imported is not None or not teacher.ref:
+        teacher.ref = teacher.file = str(out / "teacher" / "G_AtoB.pt")
+    _check_budget(None if teacher.imported is not None else teacher.file, teacher.imported, cfg)
+    size = cfg.size or teacher.size or 256
+    split = None
+    if not teacher.full_objective:
+        if resume and (out / SPLIT).is_file():
+            split = None  # the saved one is reused by every stage
+        else:
+            split = make_split(Path(cfg.images), Path(cfg.val) if cfg.val else None, size=size,
+                               skip_bad=cfg.skip_bad)
+    # -- checks passed: write
+    if force and out.exists():
+        for name in ("teacher", *STAGES, ARGS, SPLIT, "report.md", "report.html", "latency.png",
+                     "results.json", "results.csv", "results.md", loop.DONE):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if teacher.imported is not None:
+        from dmad.compress.checkpoint import save_model
+
+        save_model(teacher.imported, Path(teacher.ref), source=cfg.generator, arch=cfg.arch,
+                   task="cyclegan", direction="AtoB", role="teacher (imported)")
+        print(teacher.report)
+    if split is not None:
+        atomic_write_json(out / SPLIT, split.to_dict())
+        print(f"[compress] images: {len(split.train)} training, {len(split.val)} held out "
+              f"({split.val_source})")
+    atomic_write_json(out / ARGS, {"config": to_dict(cfg), "tables": tables})
+    return teacher, (out / SPLIT if not teacher.full_objective else None)
+
+
+def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force: bool = False,
+                 tables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Search → prune → fine-tune → eval → export → compare in ``out``; returns DONE.json."""
+    from dmad.compress.evaluate import EvalConfig, evaluate
+    from dmad.compress.train.finetune import FinetuneConfig, finetune
+    from dmad.compress.train.search import SearchConfig, search
+
+    tables = tables or {}
+    teacher, split = _prepare(cfg, out, resume=resume, force=force, tables=tables)
+    size = cfg.size or teacher.size or 256
+    times: dict[str, float] = {}
+    common = {"size": size, "batch_size": cfg.batch_size, "seed": cfg.seed, "device": cfg.device,
+              "skip_bad": cfg.skip_bad, "checkpoint_every": cfg.checkpoint_every,
+              "log_every": cfg.log_every}
+    data = {"images": str(split)} if split is not None else {"data": cfg.images}
+    mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
+    print(f"[compress] {cfg.generator}: {mode}, target {cfg.target_gmacs} GMACs "
+          f"{cfg.macs_convention} at {cfg.macs_size}²")
+
+    scfg = make_config(SearchConfig, None, {
+        **tables.get("search", {}), **common, **data, "teacher": teacher.ref,
+        "target_gmacs": cfg.target_gmacs, "macs_convention": cfg.macs_convention,
+        "macs_size": cfg.macs_size, "steps": cfg.steps,
+        "directions": "AtoB" if split is not None else "both"})
+    run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
+              tag="compress")
+    fcfg = make_config(FinetuneConfig, None, {
+        **tables.get("finetune", {}), **common, **data, "search": str(out / "search"),
+        "teacher": teacher.ref, "steps": cfg.finetune_steps, "eval_every": cfg.eval_every,
+        "inception": cfg.inception})
+    run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
+              times, tag="compress")
+
+    t = time.time()
+    ecfg = EvalConfig(student=str(out / "finetune"), teacher=teacher.file,
+                      images=str(split) if split is not None else "",
+                      data="" if split is not None else cfg.images, size=cfg.export_size,
+                      inception=cfg.inception, device=cfg.device)
+    ev = evaluate(ecfg, out / "eval")
+    times["eval"] = time.time() - t
+    print(f"[compress] eval      {times['eval']:7.1f} s  {ev['images']} whole held-out images "
+          f"at {cfg.export_size}²: PSNR vs teacher {ev['psnr_vs_teacher']:.2f} dB, SSIM "
+          f"{ev['ssim_vs_teacher']:.3f}")
+
+    t = time.time()
+    exports = _export(cfg, out, teacher, split)
+    times["export"] = time.time() - t
+    print(f"[compress] export    {times['export']:7.1f} s")
+    if cfg.compare:
+        t = time.time()
+        _compare({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,
+                 force)
+        times["compare"] = time.time() - t
+        print(f"[compress] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")
+    done = json.loads((out / "finetune" / loop.DONE).read_text())
+    summary = {
+        "generator": cfg.generator, "mode": mode, "objective": done.get("objective"),
+        "best_step": (done.get("best") or {}).get("step"),
+        "eval": {k: ev.get(k) for k in ("images", "size", "psnr_vs_teacher", "ssim_vs_teacher",
+                                         "held_out", "ratios")},
+        "exports": exports, "seconds": {k: round(v, 1) for k, v in times.items()},
+    }
+    atomic_write_json(out / loop.DONE, summary)
+    total = sum(times.values())
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+    print(f"[compress] total     {total:7.1f} s  ({parts})")
+    print(f"[compress] compressed generator: {out / 'finetune' / 'student_G_AtoB.pt'} (best "
+          f"held-out step {summary['best_step']}); .tflite files in "
+          f"{out / 'export' / 'compressed'}")
+    return summary
+
+
+def _export(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | None
+            ) -> dict[str, Any]:
+    """Both models the same way, at one size, calibrated and checked on the run's images."""
+    from dmad.compress.io import atomic_write
+    from dmad.export.api import ExportConfig, export_model
+
+    sources = {"compressed": out / "finetune", "full": Path(teacher.file)}
+    size = _unambiguous_size({"compressed": out / "finetune" / "student_G_AtoB.pt",
+                              "full": Path(teacher.file)}, cfg.export_size)
+    result: dict[str, Any] = {"size": size}
+    for label, src in sources.items():
+        dest = out / "export" / label
+        if (dest / "parity.json").exists():
+            print(f"[compress] export {label}: skipped (finished)")
+            result[label] = str(dest)
+            continue
+        kw = {"model": src} if src.is_file() else {"run": src}
+        res = export_model(ExportConfig(
+            out=dest, size=size, quant=tuple(cfg.quant), split=split,
+            calib=Path(cfg.calib) if cfg.calib else None, num_calib=cfg.num_calib,
+            android_label=label, force=True, **kw))
+        gen = src if src.is_file() else src / "student_G_AtoB.pt"
+        with atomic_write(dest / "generator.pt") as fh:
+            fh.write(gen.read_bytes())
+        print(f"[compress] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
+        print(res.table)
+        for note in res.report["warnings"]:
+            print(f"warning: {label}: {note}")
+        result[label] = str(dest)
+    return result
+
+
+__all__ = ["CompressConfig", "build_config", "run_compress"]
