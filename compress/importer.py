@@ -299,6 +299,24 @@ def _match(src: _Group, tgt: _Group, norm: str, running_in: bool = False
     return out, [tgt.items[n][0] for n in fills], ""
 
 
+def _fold_conv_bias(groups: list[_Group]) -> list[_Group]:
+    """Move each conv's bias into the running mean of the InstanceNorm after it.
+
+    The original gives convs a bias only before an InstanceNorm; imported as a fixed per-channel
+    norm (BatchNorm in eval) the conv has none, and ``norm(x + b)`` with running mean ``m``
+    equals ``norm(x)`` with running mean ``m - b``: exact."""
+    out: list[_Group] = []
+    for i, g in enumerate(groups):
+        nxt = groups[i + 1] if i + 1 < len(groups) else None
+        if (g.conv_weight() is not None and "bias" in g.items and nxt is not None
+                and nxt.is_norm and "running_mean" in nxt.items):
+            key, rm = nxt.items["running_mean"]
+            nxt.items["running_mean"] = (key, rm - g.tensor("bias"))
+            g = _Group(g.prefix, {k: v for k, v in g.items.items() if k != "bias"})
+        out.append(g)
+    return out
+
+
 def _check(value: Any, allowed: tuple[Any, ...], what: str, path: Path) -> None:
     if value not in allowed:
         choices = ", ".join(str(a) for a in allowed)
@@ -390,6 +408,8 @@ def import_checkpoint(
                     kept.append((key, t))
         groups = _group(kept)
 
+    if running_in:
+        groups = _fold_conv_bias(groups)
     target = _group([(k, v) for k, v in model.state_dict().items()])
     mapped: dict[str, torch.Tensor] = {}
     filled: list[str] = []

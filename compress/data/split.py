@@ -116,8 +116,9 @@ def _digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def _key(rel: str) -> str:
-    return hashlib.sha1(rel.encode("utf-8")).hexdigest()
+def _key(rel: str) -> float:
+    """A uniform number in [0, 1) fixed by the file's relative path."""
+    return int(hashlib.sha1(rel.encode("utf-8")).hexdigest()[:13], 16) / 16**13
 
 
 def make_split(images: Path, val: Path | None = None, *, size: int = 0, skip_bad: bool = False,
@@ -155,16 +156,23 @@ def make_split(images: Path, val: Path | None = None, *, size: int = 0, skip_bad
         _refuse_overlap(train, vgood, Path(held_where))
     else:
         n = len(train)
-        n_val = max(min_val, round(fraction * n))
-        if n - n_val < 1:
+        if n < min_val + 1:
             raise DmadError(f"{images}: only {n} usable image(s); a held-out split needs at "
                             f"least {min_val + 1} ({min_val} held out), or give --val DIR")
         root = Path(images)
-        ranked = sorted(train, key=lambda p: _key(p.relative_to(root).as_posix()))
-        held_set = set(ranked[:n_val])
+        keys = {p: _key(p.relative_to(root).as_posix()) for p in train}
+        # each image is held out when its hash falls under the fraction, so adding images never
+        # moves one of those into training; the smallest hashes top the split up to min_val
+        held_set = {p for p, k in keys.items() if k < fraction}
+        for p in sorted(train, key=keys.__getitem__):
+            if len(held_set) >= min_val:
+                break
+            held_set.add(p)
+        n_val = len(held_set)
         vgood = [p for p in train if p in held_set]
         train = [p for p in train if p not in held_set]
-        source = f"deterministic split: {n_val} of {n} images ({fraction:.0%}, at least {min_val})"
+        source = (f"deterministic split: {n_val} of {n} images held out (path hash < "
+                  f"{fraction:.0%}, at least {min_val})")
     return ImageSplit(root=str(images), layout=layout, train=[str(p) for p in train],
                       val=[str(p) for p in vgood], val_source=source, paired=half,
                       skipped=[[str(p), r] for p, r in bad])
