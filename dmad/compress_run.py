@@ -74,7 +74,9 @@ class CompressConfig:
                           "statistics, as the reference loader) | running (keep them)")
     eval_every: int = opt(0, "fine-tune steps between held-out evaluations (0 = 10 per run)")
     inception: str = opt("", "pytorch-fid Inception weights: FID/KID in the fine-tune and eval")
-    compare: bool = opt(True, "benchmark full vs compressed on this CPU and write report.md")
+    export: bool = opt(True, "export both models to ONNX/TFLite with parity on held-out images")
+    compare: bool = opt(True, "benchmark full vs compressed on this CPU and write report.md "
+                        "(needs export)")
     compare_runs: int = opt(20, "timed runs per setting of the comparison")
     threads: tuple[int, ...] = opt((1, 2), "thread counts of the comparison, comma list")
     seed: int = opt(0, "seed of weights, batch order and the augmentation")
@@ -315,11 +317,13 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
           f"at {cfg.export_size}²: PSNR vs teacher {ev['psnr_vs_teacher']:.2f} dB, SSIM "
           f"{ev['ssim_vs_teacher']:.3f}")
 
-    t = time.time()
-    exports = _export(cfg, out, teacher, split)
-    times["export"] = time.time() - t
-    print(f"[compress] export    {times['export']:7.1f} s")
-    if cfg.compare:
+    exports: dict[str, Any] = {}
+    if cfg.export:
+        t = time.time()
+        exports = _export(cfg, out, teacher, split)
+        times["export"] = time.time() - t
+        print(f"[compress] export    {times['export']:7.1f} s")
+    if cfg.compare and cfg.export:
         t = time.time()
         _compare({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,
                  force)

@@ -288,3 +288,25 @@ def test_compress_bad_inputs_one_line_nothing_written(
         assert len(lines) == 1 and lines[0].startswith("dmad: error:") and msg in lines[0], \
             (msg, lines)
         assert not out.exists(), f"{msg}: {out} was written"
+
+
+def test_compress_teacher_run_folder_uses_the_full_objective(
+        tmp_path: Path, tiny_teacher: dict[str, object], default_data: Path,
+        cli_env: dict[str, str]) -> None:
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
+
+    cfg = {**tiny_teacher, "ngf": 8, "n_blocks": 3, "ndf": 8, "steps": 4}
+    train_teacher(TeacherConfig(**cfg), tmp_path / "teacher")  # type: ignore[arg-type]
+    out = tmp_path / "run"
+    args = [a for a in TINY]
+    res = _compress(out, *args, "--export", "false", env=cli_env, gen=tmp_path / "teacher",
+                    images=default_data)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "DMAD's full objective" in res.stdout
+    log = (out / "search" / "log.jsonl").read_text()
+    assert "cycle_A" in log and "recon_AtoB" not in log  # both generators, cycle losses
+    arch = json.loads((out / "search" / "architecture.json").read_text())
+    assert set(arch["directions"]) == {"AtoB", "BtoA"}
+    done = json.loads((out / "DONE.json").read_text())
+    assert "co-attention" in done["objective"] and "+ D maps" in done["objective"]
+    assert not (out / "split.json").exists()  # the dataset's own test split is held out

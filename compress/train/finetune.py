@@ -341,13 +341,15 @@ class FinetuneStage(TeacherStage):
         if self.fcfg.inception:
             from dmad.compress.fid import fid_kid, load_inception
 
-            net = load_inception(Path(self.fcfg.inception)).to(self.device)
+            if getattr(self, "_inception", None) is None:
+                self._inception = load_inception(Path(self.fcfg.inception)).to(self.device)
+            net = self._inception
             d0 = next(iter(self.students))
             with torch.no_grad():
                 fakes = [self.G[d0].eval()(x).cpu() for x in xs]
             self.G[d0].train()
             fk = fid_kid([t.cpu() for t in ts[d0]], fakes, net)
-            out.update({"fid": fk["fid"], "kid": fk.get("kid")})
+            out.update({"fid": fk["fid"], "kid": fk["kid_mean"]})
         return out
 
     def after_step(self, step: int) -> dict[str, Any]:
