@@ -116,7 +116,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for d, e in arch["directions"].items():
         print(f"search G_{d}: {e['gmacs_paper']:.3f} GMACs paper / {e['gmacs_true']:.3f} true "
               f"(full {e['full_gmacs_paper']:.3f} / {e['full_gmacs_true']:.3f}), params "
-              f"{e['params']:,} (full {e['full_params']:,}), target {cfg.target_gmacs} "
+              f"{e['params']:,} (full {e['full_params']:,}), target {e['target_gmacs']} "
               f"{cfg.macs_convention}; removed blocks {e['removed_blocks']}")
         if e["forced_to_one"]:
             print(f"warning: layers kept at one channel: {', '.join(e['forced_to_one'])}",

@@ -157,3 +157,24 @@ def test_finetune_resume_equals_uninterrupted(pipeline: dict[str, Path], tmp_pat
     a = torch.load(tmp_path / "a" / "student_G_AtoB.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "student_G_AtoB.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("side", [31, 63, 127])  # D's last hidden map at 128², 256², 512² input
+def test_d_feature_gradient_has_dmads_scale_at_every_resolution(side: int) -> None:
+    from dmad.compress.attention import d_feature_loss
+
+    g = torch.Generator().manual_seed(side)
+    t = torch.randn(1, 16, side, side, generator=g)
+    s = (t + 0.1 * torch.randn(1, 16, side, side, generator=g)).requires_grad_(True)
+    lam = 1e-4
+    (lam * d_feature_loss(s, t)).backward()
+    ours = s.grad.clone()
+    s.grad = None
+    (lam * torch.norm(s - t)).backward()  # DMAD's form, batch 1: un-squared Frobenius norm
+    assert torch.allclose(ours, s.grad, rtol=1e-5, atol=1e-12)
+    # unit gradient length times λ whatever the map size (a mean squared error would give
+    # 2·‖d‖/N, thousands of times weaker at these sizes)
+    assert abs(float(ours.norm()) - lam) < 1e-9
+    # batch-size independent: two copies of the sample give the same loss
+    two = d_feature_loss(torch.cat([s, s]).detach(), torch.cat([t, t]))
+    assert torch.isclose(two, d_feature_loss(s.detach(), t))

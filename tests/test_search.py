@@ -94,6 +94,32 @@ def test_search_resume_equals_uninterrupted(teachers: dict[str, Path], tmp_path:
         assert all(torch.equal(a[k], b[k]) for k in a), f
 
 
+def test_unet_resume_with_per_layer_frozen_masks_is_bit_identical(
+        teachers: dict[str, Path], tmp_path: Path) -> None:
+    # frozen_threshold 0.05: UNet layers freeze one by one early, the path that used to drift
+    # (their mask weights kept requires_grad after a resume and Adam's momentum moved them)
+    kw = dict(teacher=str(teachers["pix2pix"]), target_gmacs=0.03, steps=16, bound_updates=8,
+              device="cpu", checkpoint_every=3, frozen_threshold=0.05)
+    search(SearchConfig(**kw), tmp_path / "a")
+    search(SearchConfig(**kw), tmp_path / "b", max_steps=10)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    frozen = [k for k, v in ckpt["modules"]["G_AtoB"].items()
+              if k.endswith("mask.frozen") and bool(v)]
+    assert frozen, "no UNet layer was frozen before the interruption: the test needs one"
+    search(SearchConfig(**kw), tmp_path / "b", resume=True)
+    a = torch.load(tmp_path / "a" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_direction_targets(teachers: dict[str, Path], tmp_path: Path) -> None:
+    arch = _search(teachers["cyclegan"], tmp_path / "s", 0.2, target_gmacs_BtoA=0.12)
+    for d, target in (("AtoB", 0.2), ("BtoA", 0.12)):
+        e = arch["directions"][d]
+        assert e["target_gmacs"] == target
+        assert 0.97 * target <= e["gmacs_paper"] <= target, (d, e["gmacs_paper"])
+
+
 @pytest.mark.parametrize("target,match", [(1000.0, "not below the full model"),
                                           (1e-6, "below the smallest"), (0.0, "> 0")])
 def test_impossible_targets_fail_before_training(teachers: dict[str, Path], tmp_path: Path,

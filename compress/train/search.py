@@ -96,6 +96,11 @@ class SearchConfig(TrainingOverrides):
         0.0,
         "MAC budget of the searched generator, in G (10^9) MACs at macs_size²",
     )
+    target_gmacs_BtoA: float = opt(
+        0.0,
+        "MAC budget of the B→A generator in G (DMAD's configs differ per direction); "
+        "0 = target_gmacs",
+    )
     macs_convention: str = opt(
         "paper",
         "paper (thop, as the papers report) | true (MACs actually executed)",
@@ -161,6 +166,8 @@ class SearchConfig(TrainingOverrides):
             raise bad("macs_convention", f"{self.macs_convention!r} is not paper or true")
         if not self.target_gmacs > 0:
             raise bad("target_gmacs", f"must be > 0, got {self.target_gmacs}")
+        if self.target_gmacs_BtoA < 0:
+            raise bad("target_gmacs_BtoA", f"must be >= 0, got {self.target_gmacs_BtoA}")
         if self.directions not in ("both", "AtoB", "BtoA"):
             raise bad("directions", f"{self.directions!r} is not both, AtoB or BtoA")
         if not 0 <= self.budget_tolerance < 1:
@@ -320,7 +327,7 @@ class SearchStage(TeacherStage):
             0.01 if unet else 0.001)
         self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
             0.0 if unet else 1.0)
-        self.target = {n: budget.check_target(self.G[n].spec_full, scfg.target_gmacs,
+        self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
                                               scfg.macs_convention, scfg.macs_size)
                        for n in self.searched}
         self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
@@ -344,9 +351,17 @@ class SearchStage(TeacherStage):
             nothing = {k: torch.zeros_like(m.kept()) for k, m in self.masks[n].items()}
             floor = self._cost(n, nothing).macs(scfg.macs_convention)
             if floor > self.target[n]:
-                raise DmadError(f"target_gmacs: {scfg.target_gmacs} is below the smallest "
+                field = "target_gmacs_BtoA" if n == "BtoA" and scfg.target_gmacs_BtoA else \
+                    "target_gmacs"
+                raise DmadError(f"{field}: {self.target_gmacs(n)} is below the smallest "
                                 f"architecture the search can reach ({floor / 1e9:.4g} GMACs "
                                 f"{scfg.macs_convention}, one channel per layer)")
+
+    def target_gmacs(self, direction: str) -> float:
+        """The direction's budget: ``target_gmacs_BtoA`` for B→A when set, else ``target_gmacs``."""
+        if direction == "BtoA" and self.scfg.target_gmacs_BtoA > 0:
+            return self.scfg.target_gmacs_BtoA
+        return self.scfg.target_gmacs
 
     # -- data and models -------------------------------------------------------------------
     def open_data(self):  # type: ignore[no-untyped-def]
@@ -498,7 +513,8 @@ class SearchStage(TeacherStage):
         """Fit direction ``d`` just under its target and make its masks hard for good."""
         masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
         conv = self.scfg.macs_convention
-        b = float(next(iter(masks.values())).bound)
+        # the band of the masks still searching (a per-layer-frozen UNet mask has b = 0)
+        b = max((float(m.bound) for m in masks.values() if not bool(m.frozen)), default=0.0)
         floor = -b if b > 0 else 0.0
         try:
             tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
@@ -559,8 +575,13 @@ class SearchStage(TeacherStage):
                     m.set_bound(b_new)
                     if self.family == "unet" and float((~m.kept()).float().mean()) > \
                             self.scfg.frozen_threshold:
+                        # kept channels jump from m(w) to 1: fold m(w) first (exact freeze)
+                        kept = m.kept()
+                        scale = torch.where(kept, soft_step(m.weight.detach(), m.bound), 1.0)
+                        fold_scale(self.G[d], name, torch.where(scale > 0, scale, 1.0))
                         m.freeze()
                         m.weight.requires_grad_(False)
+                        m.weight.grad = None
             info[f"gmacs_{d}"] = round(c.macs(self.scfg.macs_convention) / 1e9, 4)
         return info
 
@@ -583,9 +604,10 @@ class SearchStage(TeacherStage):
         self.updates = int(state["updates"])
         self.frozen_at = {k: int(v) for k, v in state["frozen_at"].items()}
         self.events = list(state["events"])
-        for d in self.frozen_at:
+        for d in self.searched:  # frozen masks (whole direction or one UNet layer) stay fixed
             for m in self.masks[d].values():
-                m.weight.requires_grad_(False)
+                if d in self.frozen_at or bool(m.frozen):
+                    m.weight.requires_grad_(False)
         for d in self.searched:
             self.last_cost[d] = self._cost(d)
 
@@ -618,7 +640,8 @@ class SearchStage(TeacherStage):
                 "params": c.params,
                 "full_gmacs_paper": full.macs_paper / 1e9, "full_gmacs_true": full.macs_true / 1e9,
                 "full_params": full.params,
-                "target_ratio": c.macs(conv) / (self.scfg.target_gmacs * 1e9),
+                "target_gmacs": self.target_gmacs(d),
+                "target_ratio": c.macs(conv) / (self.target_gmacs(d) * 1e9),
                 "frozen_at_step": self.frozen_at.get(d),
             }
             arch["directions"][d] = entry
