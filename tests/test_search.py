@@ -118,6 +118,9 @@ def test_per_direction_targets(teachers: dict[str, Path], tmp_path: Path) -> Non
         e = arch["directions"][d]
         assert e["target_gmacs"] == target
         assert 0.97 * target <= e["gmacs_paper"] <= target, (d, e["gmacs_paper"])
+        cut = e["cut"]  # the record of who made the cut: masks vs the final fit
+        assert abs(cut["cut_by_masks"] + cut["cut_by_fit"] - 1) < 1e-6
+        assert cut["gmacs_final"] == pytest.approx(e["gmacs_paper"])
 
 
 @pytest.mark.parametrize("target,match", [(1000.0, "not below the full model"),

@@ -344,6 +344,7 @@ class SearchStage(TeacherStage):
                                       lr=tcfg.lr, betas=(tcfg.beta1, 0.999))
         self.updates = 0
         self.frozen_at: dict[str, int] = {}
+        self.cut: dict[str, dict[str, float]] = {}
         self.last_cost: dict[str, budget.Cost] = {}
         self.events: list[dict[str, Any]] = []
         for n in self.searched:
@@ -516,6 +517,7 @@ class SearchStage(TeacherStage):
         # the band of the masks still searching (a per-layer-frozen UNet mask has b = 0)
         b = max((float(m.bound) for m in masks.values() if not bool(m.frozen)), default=0.0)
         floor = -b if b > 0 else 0.0
+        by_masks = self._cost(d).macs(conv)  # what the masks themselves leave at this point
         try:
             tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
                                                 self.scfg.macs_size, floor=floor)
@@ -536,8 +538,18 @@ class SearchStage(TeacherStage):
             m.weight.grad = None
         self.frozen_at[d] = step
         self.last_cost[d] = c
+        full = budget.profile_spec(self.G[d].spec_full, (1, self.G[d].spec_full.input_nc,
+                                                         self.scfg.macs_size,
+                                                         self.scfg.macs_size)).macs(conv)
+        self.cut[d] = {"full_gmacs": full / 1e9, "gmacs_left_by_masks": by_masks / 1e9,
+                       "gmacs_final": c.macs(conv) / 1e9,
+                       # shares of the total cut: by the differentiable masks, by the final fit
+                       # (negative when the fit gave channels back to land inside the tolerance)
+                       "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
+                       "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv))}
         self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
-                            "threshold": tau, "gmacs": c.macs(conv) / 1e9})
+                            "threshold": tau, "gmacs": c.macs(conv) / 1e9,
+                            "gmacs_left_by_masks": by_masks / 1e9})
 
     def after_step(self, step: int) -> dict[str, Any]:
         n = step + 1
@@ -597,13 +609,15 @@ class SearchStage(TeacherStage):
 
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "updates": self.updates,
-                "frozen_at": dict(self.frozen_at), "events": list(self.events)}
+                "frozen_at": dict(self.frozen_at), "events": list(self.events),
+                "cut": dict(self.cut)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.updates = int(state["updates"])
         self.frozen_at = {k: int(v) for k, v in state["frozen_at"].items()}
         self.events = list(state["events"])
+        self.cut = dict(state.get("cut") or {})
         for d in self.searched:  # frozen masks (whole direction or one UNet layer) stay fixed
             for m in self.masks[d].values():
                 if d in self.frozen_at or bool(m.frozen):
@@ -643,6 +657,7 @@ class SearchStage(TeacherStage):
                 "target_gmacs": self.target_gmacs(d),
                 "target_ratio": c.macs(conv) / (self.target_gmacs(d) * 1e9),
                 "frozen_at_step": self.frozen_at.get(d),
+                "cut": self.cut.get(d, {}),
             }
             arch["directions"][d] = entry
             atomic_save({"format": SEARCH_FORMAT, "version": 1,
