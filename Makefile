@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dmad-installed
 
-.PHONY: demo test lint layers adb bench-train android-assets clean
+.PHONY: demo test lint layers adb android-check bench-train android-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ adb:
 	    adb >/dev/null; } || echo "make: apt-get could not install adb: the adb tests will be" \
 	    "skipped" >&2; }
 
-test: $(STAMP) adb layers
+test: $(STAMP) adb layers android-check
 	$(PY) -m pytest
+
+# Compile every Kotlin source of the Android app with -Werror against android.jar, R and stubs of
+# the LiteRT/androidx APIs (toolchain fetched once into ~/.cache/dmad-android; see the script).
+android-check:
+	bash scripts/android_check.sh
 
 lint: $(STAMP) layers
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 @rem Gradle wrapper launcher for the dmad Android demo (Windows).
-@rem gradle\wrapper\gradle-wrapper.jar is a binary and is not kept in the repository:
-@rem create it once with "gradle wrapper --gradle-version 8.13"; Android Studio does not need it.
+@rem It runs gradle\wrapper\gradle-wrapper.jar (committed), which downloads the Gradle pinned in
+@rem gradle\wrapper\gradle-wrapper.properties (8.13); Android Studio does not need it.
 @if "%DEBUG%"=="" @echo off
 setlocal
 set APP_HOME=%~dp0
@@ -8,7 +8,7 @@ set WRAPPER_JAR=%APP_HOME%gradle\wrapper\gradle-wrapper.jar
 
 if exist "%WRAPPER_JAR%" goto findJava
 echo gradlew: %WRAPPER_JAR% is missing. 1>&2
-echo The wrapper jar is a binary and is not kept in the repository. Create it once, then run gradlew again: 1>&2
+echo It is part of the repository: restore it, or create it: 1>&2
 echo   cd "%APP_HOME%" ^&^& gradle wrapper --gradle-version 8.13     (any Gradle 8 or newer on PATH) 1>&2
 echo Android Studio does not need it: open this folder there to build and run the app. 1>&2
 exit /b 1
