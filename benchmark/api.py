@@ -199,6 +199,20 @@ def _find_grid(cfg: CompareConfig) -> Path | None:
     return None
 
 
+def _training_record(infos: list[host.ModelInfo]) -> dict[str, Any]:
+    """The fine-tune objective and best step a dmad student file records (for the report)."""
+    from dmad.compress.checkpoint import load_model
+
+    pt = next((i for i in infos if i.kind == "torch"), None)
+    if pt is None:
+        return {}
+    try:
+        meta = load_model(pt.path)[1]
+    except DmadError:
+        return {}
+    return {k: meta[k] for k in ("objective", "step") if meta.get(k) is not None}
+
+
 def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Benchmark both sides interleaved on every backend both can run, then write the report."""
     backends = host.expand_backends(list(cfg.backends))
@@ -263,5 +277,6 @@ def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -
     first = infos["full"][0].input_shape
     data["models_summary"] = {"full": summary("full"), "compressed": summary("compressed"),
                               "input": "x".join(str(s) for s in first)}
+    data["models_summary"]["compressed"].update(_training_record(infos["compressed"]))
     report.write_compare(data, Path(cfg.out), _find_grid(cfg))
     return Path(cfg.out)

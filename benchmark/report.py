@@ -276,6 +276,10 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
     blocks.append(("table", ["", "full", "compressed", "reduction"], mrows))
     blocks.append(("p", f"Full: {m['full']['files']}. Compressed: {m['compressed']['files']}. "
                         f"Input {m['input']}."))
+    if m["compressed"].get("objective"):
+        step = m["compressed"].get("step")
+        blocks.append(("p", f"Compressed generator fine-tuned with: {m['compressed']['objective']}"
+                            + (f" (checkpoint of step {step})" if step else "") + "."))
     blocks.append(("h2", "Latency"))
     trows = [[backend_name(r["backend"]), r["precision"], str(r["threads"]), _fmt(r["full_ms"]),
               _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×",

@@ -96,6 +96,11 @@ def test_compare_report(bench_models: dict[str, Path], tmp_path: Path) -> None:
     (small / "eval").mkdir()
     from PIL import Image
 
+    from dmad.compress.checkpoint import save_model
+
+    for pt in small.glob("*.pt"):  # a student file names its objective and checkpoint step
+        save_model(load_model(pt)[0], pt, objective="GAN + L1 to teacher outputs ×10", step=7)
+
     Image.new("RGB", (8, 4)).save(small / "eval" / "grid.png")
     cfg = CompareConfig(full=full, compressed=small, out=tmp_path / "r",
                         backends=("torch", "ort", "tflite"), **FAST)  # type: ignore[arg-type]
@@ -109,6 +114,7 @@ def test_compare_report(bench_models: dict[str, Path], tmp_path: Path) -> None:
     assert f"MACs ÷{mac_ratio:.1f}" in head and "size ÷" in head
     assert "GMACs (true" in md and "GMACs (paper" in md and "parameters (M)" in md
     assert "TFLite XNNPACK: not measured" in md
+    assert "fine-tuned with: GAN + L1 to teacher outputs ×10 (checkpoint of step 7)" in md
     assert "![latency and speedup chart](latency.png)" in md and "![image grid](grid.png)" in md
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "grid.png").is_file()
