@@ -213,12 +213,72 @@ def test_removed_block_costs_nothing_and_is_reported() -> None:
     assert removed_blocks(masks) == [1]
     c = budget.cost(g.spec, masks)
     assert c.widths.blocks == (32, 0, 32)
-    slim = budget.profile_spec(
-        ResnetSpec(ngf=8, n_blocks=3, widths=c.widths), (1, 3, 256, 256))
-    assert c.macs_paper == slim.macs_paper
+    # independently: the physically pruned module, profiled by forward hooks on its layers
+    from dmad.compress.arch import profile
+    from dmad.compress.prune import prune
+
+    real = profile(prune(g), (1, 3, 256, 256))
+    full = profile(ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3)), (1, 3, 256, 256))
+    assert (c.macs_paper, c.macs_true, c.params) == (real.macs_paper, real.macs_true, real.params)
+    assert c.macs_paper < full.macs_paper  # the removed block's MACs are gone
     # the masked model equals the model with that block made an identity
     x = torch.randn(1, 3, 32, 32)
     g.eval()
     y = g(x)
     g.blocks[1] = torch.nn.Identity()
     assert torch.allclose(y, g(x), atol=1e-6)
+
+
+def _stage(teacher: Path, **kw: object):  # type: ignore[no-untyped-def]
+    from dmad.compress.train.search import SearchStage, load_teacher, training_config
+
+    cfg = SearchConfig(teacher=str(teacher), target_gmacs=kw.pop("target", 0.2), steps=8,
+                       bound_updates=4, device="cpu", **kw)
+    t = load_teacher(cfg)
+    return SearchStage(cfg, training_config(cfg, t), t)
+
+
+@pytest.mark.parametrize("kind", ["cyclegan", "pix2pix"])
+def test_each_mask_gets_dmads_loss_and_group_coefficients_reach_it(
+        teachers: dict[str, Path], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmad.compress.train.search as S
+
+    stage = _stage(teachers[kind], target=0.2 if kind == "cyclegan" else 0.03)
+    seen: dict[str, str] = {}
+    names = {id(m): n for d in stage.searched for n, m in stage.masks[d].items()}
+    for fn in ("relu_loss", "bound_loss", "group_loss"):
+        def rec(m, fn=fn):  # type: ignore[no-untyped-def]
+            seen[names[id(m)]] = fn
+            return m.weight.sum() * 0 + 1.0
+        monkeypatch.setattr(S, fn, rec)
+    total = stage.extra_generator_loss()["mask"]
+    n_masks = sum(len(stage.masks[d]) for d in stage.searched)
+    assert set(seen) == set(names.values())  # every mask of every searched direction has a term
+    for name, fn in seen.items():
+        if kind == "pix2pix":
+            want = "relu_loss"  # UNet: DMAD's plain sparsity on every mask
+        elif name in ("stem", "down1", "up1", "up2"):
+            want = "bound_loss"  # polarisation, ×upconv_coeff
+        elif name == "down2" or name.endswith(".conv2"):
+            want = "group_loss"  # the residual stream: adaptive cross-block group sparsity
+        else:
+            want = "relu_loss"
+        assert fn == want, (name, fn)
+    # the weights: bound terms ×upconv_coeff, everything ×mask_weight_decay
+    n_bound = sum(1 for f in seen.values() if f == "bound_loss") * len(stage.searched)
+    n_other = n_masks - n_bound
+    expect = stage.mask_wd * (stage.scfg.upconv_coeff * n_bound + n_other)
+    assert float(total.detach()) == pytest.approx(expect)
+    monkeypatch.undo()
+    if kind == "cyclegan":  # group coefficients scale the stream masks' term
+        from dmad.compress.masks import group_loss
+
+        m = stage.masks["AtoB"]["down2"]
+        with torch.no_grad():
+            m.bound.fill_(0.5)
+            m.weight.fill_(0.1)  # all in band
+            m.coeff.fill_(0.0)
+        assert float(group_loss(m).detach()) == 0.0
+        with torch.no_grad():
+            m.coeff.fill_(2.0)
+        assert float(group_loss(m).detach()) == pytest.approx(2.0 * m.channels * 0.6)
