@@ -20,12 +20,10 @@ FORMAT = "dmad-bench"
 VERSION = 1
 
 
-@dataclasses.dataclass
-class BenchConfig:
-    """``dmad bench``: host backends, and optionally one phone over adb."""
+@dataclasses.dataclass(kw_only=True)
+class HostRuns:
+    """How the host backends are timed; shared by ``dmad bench`` and ``dmad compare``."""
 
-    models: list[Path] = opt(help=".pt dmad model, .onnx or .tflite files to measure")
-    out: Path = opt(help="folder for results.json, results.csv and results.md")
     backends: tuple[str, ...] = opt(
         ("torch", "ort", "tflite"),
         "host backends: torch, ort, tflite (= tflite-xnnpack and tflite-builtin)",
@@ -38,6 +36,14 @@ class BenchConfig:
         "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
     )
     seed: int = opt(0, "seed of the shared random input")
+
+
+@dataclasses.dataclass
+class BenchConfig(HostRuns):
+    """``dmad bench``: host backends, and optionally one phone over adb."""
+
+    models: list[Path] = opt(help=".pt dmad model, .onnx or .tflite files to measure")
+    out: Path = opt(help="folder for results.json, results.csv and results.md")
     host: bool = opt(True, "run the host backends (off with --no-host)")
     android: bool = opt(False, "also run the .tflite models on a phone over adb")
     serial: str | None = opt(None, "adb serial of the phone (when several are attached)")
@@ -141,24 +147,12 @@ def _label(infos: list[host.ModelInfo]) -> None:
 
 
 @dataclasses.dataclass
-class CompareConfig:
+class CompareConfig(HostRuns):
     """``dmad compare``: a full and a compressed model (files or export folders) → report."""
 
     full: Path = opt(help="full model file or export folder")
     compressed: Path = opt(help="compressed model file or export folder")
     out: Path = opt(help="folder for report.md, report.html, latency.png and results.json")
-    backends: tuple[str, ...] = opt(
-        ("torch", "ort", "tflite"),
-        "host backends: torch, ort, tflite (= tflite-xnnpack and tflite-builtin)",
-    )
-    threads: tuple[int, ...] = opt((1, 2), "thread counts, comma list, e.g. 1,2")
-    runs: int = opt(20, "timed runs per setting")
-    warmup: int = opt(3, "untimed warm-up runs per setting")
-    size: int | None = opt(
-        None,
-        "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
-    )
-    seed: int = opt(0, "seed of the shared random input")
     grid: Path | None = opt(
         None,
         "image grid to include (default: grid.png or eval/grid.png next to the compressed model)",

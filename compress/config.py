@@ -91,6 +91,16 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *,
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
 
 
+#: Help texts of the run-control fields several stage configs share (one wording everywhere).
+RUN_HELP = {
+    "checkpoint_every": "steps between atomic checkpoints (what --resume continues from)",
+    "log_every": "steps between log.jsonl lines and progress updates",
+    "device": "auto (CUDA when present) | cpu | cuda | cuda:N",
+    "skip_bad": "true = skip unreadable/grayscale/too-small images with a count instead of "
+                "stopping",
+}
+
+
 def field_help(cls: type, name: str) -> str:
     """The help text of field ``name`` of config dataclass ``cls`` ("" when it has none)."""
     for f in dataclasses.fields(cls):

@@ -70,15 +70,18 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
                        base_origin=str(saved))
 
 
-def _common_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML or JSON file of config fields")
+def _common_run_flags(p: argparse.ArgumentParser, **helps: str) -> None:
+    """--config, --set, --out, --resume, --force; ``helps`` rewords them for one subcommand."""
+    h = {"config": "TOML or JSON file of config fields",
+         "out": "run folder (config.json, checkpoint.pt, log.jsonl, results)",
+         "resume": "continue the interrupted run in --out from its last checkpoint",
+         "force": "overwrite a run already in --out", **helps}
+    p.add_argument("--config", type=Path, help=h["config"])
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config field, e.g. --set steps=200 (repeatable)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="run folder (config.json, checkpoint.pt, log.jsonl, results)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    p.add_argument("--out", type=Path, required=True, help=h["out"])
+    p.add_argument("--resume", action="store_true", help=h["resume"])
+    p.add_argument("--force", action="store_true", help=h["force"])
 
 
 # -- subcommands ---------------------------------------------------------------------------
@@ -379,15 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("generator", type=Path, nargs="?",
                    help="dmad model file, `dmad teacher` run folder, or pytorch-CycleGAN-and-"
                    "pix2pix checkpoint (optional with --resume)")
-    s.add_argument("--config", type=Path, help="TOML/JSON with a [compress] table (and optional "
-                   "[search] / [finetune] tables of those stages' fields)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set steps=200 (repeatable)")
-    s.add_argument("--out", type=Path, required=True,
-                   help="run folder (compress.json, split.json, one subfolder per stage)")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (same arguments, or none)")
-    s.add_argument("--force", action="store_true", help="delete the run in --out and start over")
+    _common_run_flags(
+        s, config="TOML/JSON with a [compress] table (and optional [search] / [finetune] tables "
+        "of those stages' fields)", out="run folder (compress.json, split.json, one subfolder "
+        "per stage)", resume="continue the run in --out (same arguments, or none)",
+        force="delete the run in --out and start over")
     _add_config_flags(s, CompressConfig, skip=("generator",))
     s.set_defaults(func=cmd_compress)
 

@@ -101,8 +101,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "photo",
                     help="work folder (finished stages are reused)")
     ap.add_argument("--steps", type=int, default=3000, help="teacher steps (default 3000)")
-    ap.add_argument("--search-steps", type=int, default=1000, help="search steps")
-    ap.add_argument("--finetune-steps", type=int, default=2000, help="fine-tune steps")
+    ap.add_argument("--search-steps", type=int, default=1000, help="search steps (default 1000)")
+    ap.add_argument("--finetune-steps", type=int, default=2000,
+                    help="fine-tune steps (default 2000)")
+    ap.add_argument("--compare", action="store_true",
+                    help="also benchmark full vs compressed on this CPU (report.md)")
     ap.add_argument("--ratio", type=float, default=10.0, help="MAC reduction (default 10)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = ap.parse_args()
@@ -135,7 +138,7 @@ def main() -> None:
     overrides = {"generator": str(tdir / "G_AtoB.pt"), "images": str(data),
                  "target_gmacs": target, "steps": args.search_steps,
                  "finetune_steps": args.finetune_steps, "size": 128, "export_size": 256,
-                 "device": args.device, "checkpoint_every": 250}
+                 "device": args.device, "checkpoint_every": 250, "compare": args.compare}
     resume = (run / "compress.json").exists()
     cfg, tables = build_config(overrides, None, run, resume)
     done = run_compress(cfg, run, resume=resume, tables=tables)

@@ -29,7 +29,7 @@ from dmad.compress.attention import (
 )
 from dmad.compress.checkpoint import load_model, save_model
 from dmad.compress.config import opt, read_config_file, to_dict
-from dmad.compress.data.split import ImageSplit, split_datasets
+from dmad.compress.data.split import ImageSplit
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.models import PatchDiscriminator
@@ -132,6 +132,7 @@ class FinetuneStage(TeacherStage):
                  split: ImageSplit | None = None) -> None:
         self.fcfg = fcfg
         self.split = split
+        self.paired_gt = fcfg.lambda_gt > 0
         self.teacher = teacher
         self.students = students
         self.search_D = search_D
@@ -182,12 +183,6 @@ class FinetuneStage(TeacherStage):
         exact = not self.g_only and self.lambda_distill == 0
         return name + (" (DMAD's exact objective)" if exact else "")
 
-    def open_data(self):  # type: ignore[no-untyped-def]
-        if self.split is None:
-            return super().open_data()
-        c = self.cfg
-        return split_datasets(self.split, c.size, c.load_size, bool(c.flip),
-                              paired=self.fcfg.lambda_gt > 0)
 
     def directions(self) -> list[str]:
         if self.g_only:

@@ -24,8 +24,8 @@ from torch import nn
 from dmad.compress import budget
 from dmad.compress.attention import Recorder, co_attention_loss, generator_taps
 from dmad.compress.checkpoint import load_generator, load_model
-from dmad.compress.config import opt, read_config_file, to_dict
-from dmad.compress.data.split import ImageSplit, make_split, split_datasets
+from dmad.compress.config import RUN_HELP, opt, read_config_file, to_dict
+from dmad.compress.data.split import ImageSplit, make_split
 from dmad.compress.errors import DmadError
 from dmad.compress.groups import removed_blocks, residual_group, update_group_coefficients
 from dmad.compress.io import atomic_save, atomic_write_json
@@ -60,16 +60,10 @@ class TrainingOverrides:
     batch_size: int = opt(0, "images per step; 0 = the teacher run's")
     lr: float = opt(0.0, "learning rate of the generator(s) and D; 0 = the teacher run's")
     seed: int = opt(0, "seed of the batch order, augmentation and new weights")
-    checkpoint_every: int = opt(
-        100,
-        "steps between atomic checkpoints (what --resume continues from)",
-    )
-    log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
-    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
-    skip_bad: bool = opt(
-        False,
-        "true = skip unreadable/grayscale/too-small images with a count instead of stopping",
-    )
+    checkpoint_every: int = opt(100, RUN_HELP["checkpoint_every"])
+    log_every: int = opt(10, RUN_HELP["log_every"])
+    device: str = opt("auto", RUN_HELP["device"])
+    skip_bad: bool = opt(False, RUN_HELP["skip_bad"])
     images: str = opt(
         "",
         "the user's images instead of a task dataset: a split.json (dmad compress) or a folder "
@@ -310,6 +304,7 @@ class SearchStage(TeacherStage):
         self.scfg = scfg
         self.teacher = teacher
         self.split = split
+        self.paired_gt = scfg.lambda_gt > 0
         self.masks: dict[str, dict[str, ChannelMask]] = {}
         self.searched: list[str] = []
         self.g_only = scfg.g_only if scfg.g_only is not None else (
@@ -365,13 +360,6 @@ class SearchStage(TeacherStage):
         return self.scfg.target_gmacs
 
     # -- data and models -------------------------------------------------------------------
-    def open_data(self):  # type: ignore[no-untyped-def]
-        if self.split is None:
-            return super().open_data()
-        c = self.cfg
-        return split_datasets(self.split, c.size, c.load_size, bool(c.flip),
-                              paired=self.scfg.lambda_gt > 0)
-
     def directions(self) -> list[str]:
         if not self.g_only:
             return super().directions()

@@ -18,7 +18,7 @@ from torch import nn
 
 from dmad.compress.arch import profile
 from dmad.compress.checkpoint import save_model
-from dmad.compress.config import opt, to_dict
+from dmad.compress.config import RUN_HELP, opt, to_dict
 from dmad.compress.errors import DmadError
 from dmad.compress.losses import GAN_MODES, GANLoss, ImagePool
 from dmad.compress.models import (
@@ -102,16 +102,10 @@ class TeacherConfig:
     lambda_l1: float = opt(100.0, "weight of the L1 to ground truth (pix2pix)")
     pool_size: int = opt(50, "image pool of past fakes shown to D (0 = none)")
     seed: int = opt(0, "seed of weights, batch order and augmentation (same seed, same run)")
-    checkpoint_every: int = opt(
-        100,
-        "steps between atomic checkpoints (what --resume continues from)",
-    )
-    log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
-    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
-    skip_bad: bool = opt(
-        False,
-        "true = skip unreadable/grayscale/too-small images with a count instead of stopping",
-    )
+    checkpoint_every: int = opt(100, RUN_HELP["checkpoint_every"])
+    log_every: int = opt(10, RUN_HELP["log_every"])
+    device: str = opt("auto", RUN_HELP["device"])
+    skip_bad: bool = opt(False, RUN_HELP["skip_bad"])
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
@@ -237,9 +231,20 @@ class TeacherStage(loop.Stage):
             for i, n in enumerate(names)
         }
 
+    #: the user's images (``dmad compress``): search and fine-tune set it, the teacher never does
+    split: Any = None
+    #: with a split: also load the B half of aligned images (extra ground truth)
+    paired_gt: bool = False
+
     def open_data(self):  # type: ignore[no-untyped-def]
-        """(training set, held-out set) of the task's layout; later stages may read a split."""
+        """(training set, held-out set): the split's images when a stage has one, else the
+        task's dataset layout."""
         cfg = self.cfg
+        if self.split is not None:
+            from dmad.compress.data.split import split_datasets
+
+            return split_datasets(self.split, cfg.size, cfg.load_size, bool(cfg.flip),
+                                  paired=self.paired_gt)
         return open_train_test(resolve_data(cfg.data, cfg.size), cfg.task, cfg.size,
                                cfg.load_size, bool(cfg.flip), cfg.direction, cfg.skip_bad)
 
