@@ -197,7 +197,7 @@ def _unambiguous_size(sources: dict[str, Path], size: int) -> int:
         sides = {s, s + 6, s // 2, s // 2 + 2, s // 4, s // 4 + 2}
         if not sides & channels:
             if s != size:
-                print(f"[demo] export at {s}x{s} (not {size}): a feature-map side would equal a "
+                print(f"note: exporting at {s}x{s}, not {size}: a feature-map side would equal a "
                       "channel count, which onnx2tf can mis-convert")
             return s
         s += 4

@@ -33,7 +33,7 @@ from dmad.export.parity import compare, format_table, io_details, run_tflite, xn
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
-__all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model"]
+__all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes"]
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 FP32_TFLITE_TOL = 1e-3
@@ -182,6 +182,24 @@ def _source(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
     if not path.exists():
         raise DmadError(f"{path}: model file not found")
     return _load_file(path)
+
+
+def quality_notes(artifacts: dict[str, dict[str, Any]], bar: float) -> list[str]:
+    """A warning for every reduced-precision file below ``bar`` dB PSNR vs PyTorch (NaN too),
+    and ``below_bar`` marked in its parity entry: a file far from its fp32 original is never
+    written without saying so."""
+    notes = []
+    for v in ("fp16", "dynamic", "int8", "int8_io"):
+        a = artifacts.get(v)
+        if a is None:
+            continue
+        p = a["parity"]["psnr_db"]
+        a["below_bar"] = not p >= bar
+        if a["below_bar"]:
+            notes.append(f"{v}: {p:.1f} dB vs PyTorch on the evaluation images, below the "
+                         f"{bar:g} dB bar: it visibly differs from the fp32 model; look at its "
+                         "output before shipping it")
+    return notes
 
 
 def _check_size(model: nn.Module, size: int) -> None:
@@ -446,6 +464,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
                 f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
                 f"(> {cfg.fp32_tol}): onnx2tf mis-converted the graph (its NCHW→NHWC layout "
                 "guess can fail when a channel count equals a spatial size; try another --size)")
+        notes += quality_notes(artifacts, cfg.psnr_bar)
         prof_obj = profile(model, shape)
         prof = prof_obj.summary()
         summary = {

@@ -254,3 +254,17 @@ def test_cli_errors_are_one_line(tmp_path: Path, cli_env: dict[str, str]) -> Non
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "nope.pt" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_files_below_the_psnr_bar_are_flagged() -> None:
+    from dmad.export.api import quality_notes
+
+    arts = {"onnx": {"parity": {"psnr_db": 140.0}}, "fp32": {"parity": {"psnr_db": 139.0}},
+            "fp16": {"parity": {"psnr_db": 85.4}}, "dynamic": {"parity": {"psnr_db": 50.5}},
+            "int8": {"parity": {"psnr_db": 26.5}}, "int8_io": {"parity": {"psnr_db": float("nan")}}}
+    notes = quality_notes(arts, 35.0)
+    assert [n.split(":")[0] for n in notes] == ["int8", "int8_io"]
+    assert "26.5 dB" in notes[0] and "below the 35 dB bar" in notes[0]
+    assert arts["int8"]["below_bar"] and arts["int8_io"]["below_bar"]
+    assert not arts["fp16"]["below_bar"] and not arts["dynamic"]["below_bar"]
+    assert "below_bar" not in arts["fp32"]
