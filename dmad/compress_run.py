@@ -20,7 +20,6 @@ prune → fine-tune → eval → export → compare:
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -32,7 +31,7 @@ from dmad.compress.config import make_config, opt, read_config_file, to_dict
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.train import loop
-from dmad.pipeline import _compare, _unambiguous_size, run_stage
+from dmad.pipeline import _compare, _export_both, run_stage
 
 ARGS = "compress.json"
 SPLIT = "split.json"
@@ -155,27 +154,22 @@ def _resolve_generator(cfg: CompressConfig) -> _Teacher:
 
 
 def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> None:
-    """Refuse a target below one channel per layer before anything is written."""
+    """Refuse a target the search would refuse, before anything is written."""
     from dmad.compress import budget
     from dmad.compress.checkpoint import load_generator
-    from dmad.compress.masks import attach_masks
+    from dmad.compress.train.search import reachable_floor
 
-    g = copy.deepcopy(model if model is not None else load_generator(Path(str(teacher_file)))[0])
-    target = budget.check_target(g.spec, cfg.target_gmacs, cfg.macs_convention, cfg.macs_size)
-    masks = attach_masks(g)
-    import torch
-
-    nothing = {k: torch.zeros_like(m.kept()) for k, m in masks.items()}
-    floor = budget.cost(g.spec, masks, nothing, cfg.macs_size).macs(cfg.macs_convention)
-    full = budget.profile_spec(g.spec, (1, g.spec.input_nc, cfg.macs_size, cfg.macs_size))
-    full_macs = full.macs_paper if cfg.macs_convention == "paper" else full.macs_true
+    g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
+    try:
+        target = budget.check_target(g.spec, cfg.target_gmacs, cfg.macs_convention,
+                                     cfg.macs_size)
+    except DmadError as exc:
+        raise DmadError(f"--target-gmacs: {str(exc).split(': ', 1)[-1]}") from None
+    floor = reachable_floor(g, cfg.macs_convention, cfg.macs_size)
     if floor > target:
         raise DmadError(f"--target-gmacs: {cfg.target_gmacs} is below the smallest architecture "
                         f"the search can reach ({floor / 1e9:.4g} GMACs {cfg.macs_convention}, "
                         "one channel per layer)")
-    if target >= full_macs:
-        raise DmadError(f"--target-gmacs: {cfg.target_gmacs} is not below the generator's own "
-                        f"{full_macs / 1e9:.4g} GMACs ({cfg.macs_convention}): nothing to cut")
 
 
 def _saved_args(out: Path) -> dict[str, Any] | None:
@@ -320,7 +314,12 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     exports: dict[str, Any] = {}
     if cfg.export:
         t = time.time()
-        exports = _export(cfg, out, teacher, split)
+        size_x = _export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib}, out / ARGS,
+                              {"compressed": out / "finetune", "full": Path(teacher.file)},
+                              out / "export", cfg.export_size, False, split=split,
+                              calib=Path(cfg.calib) if cfg.calib else None, tag="compress")
+        exports = {"size": size_x, "compressed": str(out / "export" / "compressed"),
+                   "full": str(out / "export" / "full")}
         times["export"] = time.time() - t
         print(f"[compress] export    {times['export']:7.1f} s")
     if cfg.compare and cfg.export:
@@ -345,38 +344,6 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
           f"held-out step {summary['best_step']}); .tflite files in "
           f"{out / 'export' / 'compressed'}")
     return summary
-
-
-def _export(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | None
-            ) -> dict[str, Any]:
-    """Both models the same way, at one size, calibrated and checked on the run's images."""
-    from dmad.compress.io import atomic_write
-    from dmad.export.api import ExportConfig, export_model
-
-    sources = {"compressed": out / "finetune", "full": Path(teacher.file)}
-    size = _unambiguous_size({"compressed": out / "finetune" / "student_G_AtoB.pt",
-                              "full": Path(teacher.file)}, cfg.export_size)
-    result: dict[str, Any] = {"size": size}
-    for label, src in sources.items():
-        dest = out / "export" / label
-        if (dest / "parity.json").exists():
-            print(f"[compress] export {label}: skipped (finished)")
-            result[label] = str(dest)
-            continue
-        kw = {"model": src} if src.is_file() else {"run": src}
-        res = export_model(ExportConfig(
-            out=dest, size=size, quant=tuple(cfg.quant), split=split,
-            calib=Path(cfg.calib) if cfg.calib else None, num_calib=cfg.num_calib,
-            android_label=label, force=True, **kw))
-        gen = src if src.is_file() else src / "student_G_AtoB.pt"
-        with atomic_write(dest / "generator.pt") as fh:
-            fh.write(gen.read_bytes())
-        print(f"[compress] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
-        print(res.table)
-        for note in res.report["warnings"]:
-            print(f"warning: {label}: {note}")
-        result[label] = str(dest)
-    return result
 
 
 __all__ = ["CompressConfig", "build_config", "run_compress"]

@@ -144,10 +144,12 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
 
 
 def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], out: Path,
-                 size: int, force: bool) -> None:
+                 size: int, force: bool, *, split: Path | None = None,
+                 calib: Path | None = None, tag: str = "demo") -> int:
     """Export the compressed student and the full teacher the same way (ONNX + every TFLite
-    variant, calibrated on the run's own images), each with its PyTorch file beside it so the
-    comparison covers the torch backend too."""
+    variant, calibrated on the run's own images, or on ``split``'s training images with parity
+    on its held-out ones), each with its PyTorch file beside it so the comparison covers the
+    torch backend too. Returns the export size."""
     from dmad.compress.io import atomic_write
     from dmad.export.api import ExportConfig, export_model
 
@@ -159,10 +161,10 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
     for label, run in sources.items():
         dest = out / label
         if (dest / "parity.json").exists() and not force:
-            print(f"[demo] export {label}: skipped (finished)")
+            print(f"[{tag}] export {label}: skipped (finished)")
             continue
         src_kw = {"model": run} if run.is_file() else {"run": run}
-        res = export_model(ExportConfig(out=dest, size=size, **src_kw,
+        res = export_model(ExportConfig(out=dest, size=size, **src_kw, split=split, calib=calib,
                                         quant=quant, num_calib=int(section.get("num_calib", 20)),
                                         android=bool(section.get("android", False)),
                                         android_label=label, force=True))
@@ -170,8 +172,11 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
             run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists())
         with atomic_write(dest / "generator.pt") as fh:
             fh.write(src.read_bytes())
-        print(f"[demo] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
+        print(f"[{tag}] export {label}: {len(res.files)} files in {res.seconds:.0f} s")
         print(res.table)
+        for note in res.report["warnings"]:
+            print(f"warning: {label}: {note}")
+    return size
 
 
 def _unambiguous_size(sources: dict[str, Path], size: int) -> int:

@@ -189,7 +189,9 @@ def test_finetune_keeps_best_and_last_and_reports_the_step(
                                                          last.state_dict().values(), strict=True)
                if a.is_floating_point())
     assert diff > 0  # four more steps moved the last weights away from the best ones
-    assert (tmp_path / "f" / "split.json").exists() or (tmp_path / "s" / "split.json").exists()
+    # the fine-tune trained on the search's split file, not a new split of its own
+    cfg = json.loads((tmp_path / "f" / "config.json").read_text())["finetune"]
+    assert not (tmp_path / "f" / "split.json").exists() and cfg["images"] == ""
 
 
 # ------------------------------------------------------------------------- the CLI, e2e

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dmad.compress.data.images import IMG_EXTENSIONS, BadImageError, is_image_file, load_rgb, scan
+from dmad.compress.data.datasets import Item
+from dmad.compress.data.images import IMG_EXTENSIONS, is_image_file, load_rgb, scan
 from dmad.compress.data.transforms import TransformConfig, apply, draw_params
 from dmad.compress.errors import DmadError
 
@@ -33,8 +34,6 @@ SPLIT_FORMAT = "dmad-split"
 #: Held-out share of a folder without its own held-out images, and the least held out.
 VAL_FRACTION = 0.05
 MIN_VAL = 8
-
-Item = dict[str, torch.Tensor | str]
 
 
 @dataclass
@@ -221,22 +220,11 @@ class ImageListDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def image(self, index: int) -> Image.Image:
-        """The A image of file ``index`` at its own size (whole, not cropped)."""
-        img = load_rgb(self.paths[index])
-        if self.aligned:
-            w, h = img.size
-            img = img.crop((0, 0, w // 2, h))
-        return img
-
     def get(self, index: int, gen: torch.Generator | None = None) -> Item:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         path = self.paths[index]
-        try:
-            img = load_rgb(path)
-        except BadImageError:
-            raise
+        img = load_rgb(path)
         b = None
         if self.aligned:
             w, h = img.size

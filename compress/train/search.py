@@ -344,8 +344,8 @@ class SearchStage(TeacherStage):
         self.events: list[dict[str, Any]] = []
         for n in self.searched:
             self.last_cost[n] = self._cost(n)
-            nothing = {k: torch.zeros_like(m.kept()) for k, m in self.masks[n].items()}
-            floor = self._cost(n, nothing).macs(scfg.macs_convention)
+            floor = _floor(self.G[n].spec_full, self.masks[n], scfg.macs_convention,
+                           scfg.macs_size)
             if floor > self.target[n]:
                 field = "target_gmacs_BtoA" if n == "BtoA" and scfg.target_gmacs_BtoA else \
                     "target_gmacs"
@@ -671,6 +671,18 @@ class SearchStage(TeacherStage):
 SPLIT = "split.json"
 
 
+def _floor(spec: Any, masks: dict[str, ChannelMask], convention: str, size: int) -> int:
+    """MACs of the smallest architecture the masks can leave (one channel per layer)."""
+    nothing = {k: torch.zeros_like(m.kept()) for k, m in masks.items()}
+    return budget.cost(spec, masks, nothing, size).macs(convention)
+
+
+def reachable_floor(generator: nn.Module, convention: str, size: int) -> int:
+    """:func:`_floor` of an unmasked generator (on a masked copy), for checks before a run."""
+    g = copy.deepcopy(generator)
+    return _floor(g.spec, attach_masks(g), convention, size)
+
+
 def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bool,
                   resume: bool) -> ImageSplit:
     """The image split of a run: a ``split.json`` given as ``images``, the one saved in the run
@@ -719,4 +731,5 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
                     max_steps=max_steps)
 
 
-__all__ = ["SearchConfig", "SearchStage", "load_search", "resolve_split", "search"]
+__all__ = ["SearchConfig", "SearchStage", "load_search", "reachable_floor", "resolve_split",
+           "search"]
