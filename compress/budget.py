@@ -3,10 +3,11 @@
 DMAD stops when the surviving architecture is under the target, but its schedule moves in
 coarse steps and can end above the target (winter2summer: 4.29 G for a 4.0 G target). Here the
 final architecture is fitted to ``[(1 - tolerance)·target, target]`` by one global threshold τ
-on the mask weights: a channel survives when w > τ (with the residual union and block removal
-rules of :mod:`compress.groups`). MACs do not increase as τ grows, so a binary search over the
-sorted weights finds the smallest τ that fits: the largest architecture under the budget, which
-prunes the lowest-weight channels first.
+on a per-channel score (the search's first-order Taylor importance, or the mask weight): a
+channel survives when score > τ (with the residual union and block removal rules of
+:mod:`compress.groups`). MACs do not increase as τ grows, so a binary search over the sorted
+scores finds the smallest τ that fits: the largest architecture under the budget, which prunes
+the least important channels first.
 """
 
 from __future__ import annotations
@@ -46,27 +47,46 @@ def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
     return Cost(widths, tuple(forced), prof.macs_paper, prof.macs_true, prof.params)
 
 
-def keep_above(masks: Mapping[str, ChannelMask], tau: float) -> dict[str, torch.Tensor]:
-    """Keep sets for threshold τ: channel c of a mask survives when w_c > τ."""
-    return {n: m.weight.detach() > tau for n, m in masks.items()}
+def keep_above(masks: Mapping[str, ChannelMask], tau: float,
+               scores: Mapping[str, torch.Tensor] | None = None,
+               eligible: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Keep sets for threshold τ: channel c of a mask survives when score_c > τ (and, with
+    ``eligible``, only where it is eligible). The score defaults to the mask weight w."""
+    out = {}
+    for n, m in masks.items():
+        s = (scores[n] if scores is not None else m.weight).detach()
+        k = s > tau
+        out[n] = k & eligible[n].to(k.device) if eligible is not None else k
+    return out
 
 
 def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask], target: int,
-                  convention: str, size: int = 256,
-                  floor: float | None = None) -> tuple[float, dict[str, torch.Tensor], Cost]:
-    """Smallest threshold τ (≥ ``floor`` when given) whose architecture fits ``target`` MACs.
+                  convention: str, size: int = 256, floor: float | None = None, *,
+                  scores: Mapping[str, torch.Tensor] | None = None,
+                  eligible: Mapping[str, torch.Tensor] | None = None,
+                  ) -> tuple[float, dict[str, torch.Tensor], Cost]:
+    """The largest architecture under ``target`` MACs that keeps the highest-scored channels.
 
-    Returns (τ, keep sets, cost). Raises DmadError when even the smallest architecture the
-    rules allow (one channel per layer, all blocks removed) is above the target.
+    ``scores`` rank the channels across all layers (default: the mask weights w). Only
+    ``eligible`` channels can be kept (default: all, or w > ``floor`` when a floor is given);
+    the search passes the channels its masks still keep, so the fit never brings back a
+    channel the masks had switched off unless the caller says so. A binary search finds the
+    smallest threshold τ on the scores that fits, then :func:`_fill` re-adds the best-scored
+    eligible channels that still fit. Returns (τ, keep sets, cost). Raises DmadError when even
+    the smallest architecture the rules allow (one channel per layer, all blocks removed) is
+    above the target.
     """
-    w = torch.cat([m.weight.detach().flatten().cpu() for m in masks.values()])
-    cands = torch.unique(w).tolist()  # sorted ascending
-    if floor is not None:
-        cands = [c for c in cands if c >= floor]
-    taus = [float("-inf") if floor is None else floor, *cands]
+    if eligible is None:
+        eligible = {n: (m.weight.detach() > floor) if floor is not None
+                    else torch.ones_like(m.weight, dtype=torch.bool) for n, m in masks.items()}
+    sc = {n: (scores[n] if scores is not None else m.weight).detach().cpu()
+          for n, m in masks.items()}
+    el = {n: eligible[n].detach().cpu() for n in masks}
+    pool = torch.cat([sc[n][el[n]].flatten() for n in masks])
+    taus = [float("-inf"), *torch.unique(pool).tolist()]  # ascending; the last keeps nothing
 
     def fits(i: int) -> tuple[bool, Cost]:
-        c = cost(spec, masks, keep_above(masks, taus[i]), size)
+        c = cost(spec, masks, keep_above(masks, taus[i], sc, el), size)
         return c.macs(convention) <= target, c
 
     ok, c_last = fits(len(taus) - 1)
@@ -74,10 +94,10 @@ def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
         raise DmadError(f"target: {target / 1e9:.4g} GMACs ({convention}) is below the smallest "
                         f"architecture the search can reach ({c_last.macs(convention) / 1e9:.4g} "
                         "GMACs with one channel per layer)")
-    lo, hi = 0, len(taus) - 1  # invariant: taus[hi] fits
     ok0, c0 = fits(0)
     if ok0:
-        return taus[0], keep_above(masks, taus[0]), c0
+        return taus[0], keep_above(masks, taus[0], sc, el), c0
+    lo, hi = 0, len(taus) - 1  # invariant: taus[hi] fits, taus[lo] does not
     best = c_last
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -86,23 +106,22 @@ def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
             hi, best = mid, c
         else:
             lo = mid
-    keep = keep_above(masks, taus[hi])
-    keep, best = _fill(spec, masks, keep, best, target, convention, size, floor)
+    keep = keep_above(masks, taus[hi], sc, el)
+    keep, best = _fill(spec, masks, keep, best, target, convention, size, sc, el)
     return taus[hi], keep, best
 
 
 def _fill(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
           keep: dict[str, torch.Tensor], best: Cost, target: int, convention: str, size: int,
-          floor: float | None, tries: int = 256) -> tuple[dict[str, torch.Tensor], Cost]:
+          scores: Mapping[str, torch.Tensor], eligible: Mapping[str, torch.Tensor],
+          tries: int = 256) -> tuple[dict[str, torch.Tensor], Cost]:
     """Greedy top-up after the threshold: one channel costs very different MACs in different
     layers (a 7×7 head input channel vs a bottleneck channel), so a single threshold can stop
-    well short of the target. Re-add the highest-weight pruned channels that still fit."""
+    well short of the target. Re-add the best-scored eligible pruned channels that still fit."""
     cands = []
-    for n, m in masks.items():
-        w = m.weight.detach().cpu()
-        for c in torch.nonzero(~keep[n].cpu()).flatten().tolist():
-            if floor is None or w[c] >= floor:
-                cands.append((float(w[c]), n, c))
+    for n in masks:
+        for c in torch.nonzero(~keep[n].cpu() & eligible[n]).flatten().tolist():
+            cands.append((float(scores[n][c]), n, c))
     cands.sort(reverse=True)
     for _, n, c in cands[:tries]:
         trial = {k: v.clone() for k, v in keep.items()}

@@ -127,7 +127,7 @@ class MaskApply:
     def apply(x: Tensor, w: Tensor, b: float | Tensor) -> Tensor:
         bt = _bound_tensor(b, w)
         wd = w.detach()
-        return _MaskApplyCached.apply(x, w, soft_step(wd, bt), soft_step_grad(wd, bt))
+        return _MaskApplyCached.apply(x, w, soft_step(wd, bt), soft_step_grad(wd, bt), None)
 
 
 class _MaskApplyCached(torch.autograd.Function):
@@ -139,18 +139,20 @@ class _MaskApplyCached(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, m: Tensor, dm: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, m: Tensor, dm: Tensor,  # type: ignore[override]
+                score: Tensor | None) -> Tensor:
         if x.dim() < 2 or x.shape[1] != w.shape[0]:
             raise ValueError(
                 f"mask of {w.shape[0]} channels applied to a tensor of shape {tuple(x.shape)}"
             )
         need_dw = ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         ctx.save_for_backward(x if need_dw else None, w, m, dm)  # type: ignore[attr-defined]
+        ctx.score = score  # type: ignore[attr-defined]
         return x * _channel_view(m, x).to(x.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
         x, w, m, dm = ctx.saved_tensors
         dx = dw = None
         if ctx.needs_input_grad[0]:
@@ -159,7 +161,9 @@ class _MaskApplyCached(torch.autograd.Function):
             dims = [0, *range(2, g.dim())]
             gx = torch.sum(g * x, dim=dims, dtype=torch.promote_types(g.dtype, w.dtype))
             dw = (gx.to(w.dtype) * dm).contiguous()
-        return dx, dw, None, None
+            if ctx.score is not None:  # first-order Taylor: |dL/dm_c · m_c|, summed over calls
+                ctx.score.add_((gx.to(w.dtype) * m).abs())
+        return dx, dw, None, None, None
 
 
 # --------------------------------------------------------------------------- the mask module
@@ -173,13 +177,28 @@ class ChannelMask(nn.Module):
     Buffers (checkpointed, restored on resume): ``bound`` (0-dim, starts at 1.0), ``frozen``
     (0-dim bool) and ``coeff`` (C,) — the residual-group sparsity coefficients written by
     :func:`compress.groups.update_group_coefficients` (0 = no group pressure, also for masks
-    outside the group, whose group loss is therefore 0).
+    outside the group, whose group loss is therefore 0). Three more serve the exact freeze and
+    the final fit:
+
+    * ``scale`` (C,), ones: a fixed factor on the mask's output. A channel whose mask value
+      m(w) < 1 becomes m = 1 when the band shrinks past it or at the freeze; where the network
+      has no exact place to absorb m(w) (the residual-stream writers after an affine-free
+      InstanceNorm) it is kept here, and pruning carries it as the writer norm's γ.
+    * ``score`` (C,): the first-order Taylor importance |∂L/∂m_c · m_c| of each channel,
+      accumulated over every backward pass since the last bound update (the search reads and
+      resets it there, into ``importance``).
+    * ``importance`` (C,): the running importance the final fit ranks channels by;
+      ``alive`` (C,) bool: the channels that were kept (w > −b) at the previous bound update.
     """
 
     weight: nn.Parameter
     bound: Tensor
     frozen: Tensor
     coeff: Tensor
+    scale: Tensor
+    score: Tensor
+    importance: Tensor
+    alive: Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -190,6 +209,21 @@ class ChannelMask(nn.Module):
         self.register_buffer("bound", torch.tensor(1.0))
         self.register_buffer("frozen", torch.tensor(False))
         self.register_buffer("coeff", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("score", torch.zeros(channels))
+        self.register_buffer("importance", torch.zeros(channels))
+        self.register_buffer("alive", torch.ones(channels, dtype=torch.bool))
+
+    #: Buffers added after the first search files were written, with the value a mask saved
+    #: before them had in effect (so older ``search_G_*.pt`` files and checkpoints still load).
+    _LATER_BUFFERS = {"scale": 1.0, "score": 0.0, "importance": 0.0, "alive": True}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        for name, fill in self._LATER_BUFFERS.items():
+            if prefix + name not in state_dict and prefix + "weight" in state_dict:
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), fill)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def channels(self) -> int:
@@ -201,9 +235,10 @@ class ChannelMask(nn.Module):
     def value(self) -> Tensor:
         """Current mask values m(w; b), shape (C,); differentiable (autograd) w.r.t. ``weight``.
 
-        Use it to fold the mask into neighbouring weights before binarising (spec §7.2).
+        Includes the carried ``scale``. Use it to fold the mask into neighbouring weights before
+        binarising (spec §7.2).
         """
-        return soft_step(self.weight, self.bound)
+        return soft_step(self.weight, self.bound) * self.scale
 
     def set_bound(self, b: float) -> None:
         """Set the band half-width b ≥ 0. A frozen mask ignores it and stays hard (b = 0).
@@ -248,17 +283,18 @@ class ChannelMask(nn.Module):
     def _values(self) -> tuple[Tensor, Tensor]:
         """(m, m') for the current weight and bound, recomputed only when either changed
         (in-place updates bump a tensor's version; a move to another device changes it)."""
-        w, b = self.weight, self.bound
-        key = (w._version, b._version, w.device, w.dtype)
+        w, b, s = self.weight, self.bound, self.scale
+        key = (w._version, b._version, s._version, w.device, w.dtype)
         if getattr(self, "_cache_key", None) != key:
             with torch.no_grad():
-                self._cache = (soft_step(w.detach(), b), soft_step_grad(w.detach(), b))
+                self._cache = (soft_step(w.detach(), b) * s,
+                               soft_step_grad(w.detach(), b) * s)
             self._cache_key = key
         return self._cache
 
     def forward(self, x: Tensor) -> Tensor:
         m, dm = self._values()
-        return _MaskApplyCached.apply(x, self.weight, m, dm)
+        return _MaskApplyCached.apply(x, self.weight, m, dm, self.score)
 
 
 # --------------------------------------------------------------------------- sparsity losses

@@ -17,6 +17,11 @@ for that equality to be exact with every norm the specs allow:
   first kept block, into the first kept block (exact with reflect padding, where a constant
   input shift through conv1 is a constant). Where no exact fold exists (zero padding, or no kept
   block at all) an :class:`InexactPruneWarning` is emitted.
+* A writer mask frozen mid-band carries its mask values as ``mask.scale`` (the search's exact
+  freeze, :func:`compress.train.search.hold_scale`). After an affine-free InstanceNorm the pruned
+  model is built with ``stream_affine`` (affine writer norms) and takes them as γ (β = 0);
+  with an affine norm they multiply γ and β, with no norm the conv's output filters.
+  Any other mask with a carried scale is refused (the search folds those into weights).
 * Separable convs: a pruned-away input channel is 0, but the depthwise bias turns it into a
   constant that the pointwise conv mixes into every output; that constant is folded into the
   pointwise bias.
@@ -247,6 +252,33 @@ def _shift_input(unit: nn.Module, k: Tensor) -> None:
 # --------------------------------------------------------------------------- families
 
 
+def _carried(masks: Mapping[str, ChannelMask]) -> bool:
+    """Whether any writer mask carries a scale; refuses a carried scale anywhere else."""
+    off = [n for n, m in masks.items()
+           if not (n == "down2" or n.endswith(".conv2")) and bool((m.scale != 1).any())]
+    if off:
+        raise ValueError(f"masks {', '.join(off)} carry a scale; only residual-stream writers "
+                         "may (the search folds the others into weights)")
+    return any(bool((m.scale != 1).any()) for m in masks.values())
+
+
+def _scale_rows(unit: nn.Module, s: Tensor) -> None:
+    """Multiply a writer unit's output channels (pruned coords) by ``s`` inside its weights."""
+    if bool((s == 1).all()):
+        return
+    norm = unit.norm
+    if isinstance(norm, nn.BatchNorm2d | nn.InstanceNorm2d) and norm.affine:
+        norm.weight.mul_(s)
+        norm.bias.mul_(s)
+    elif isinstance(norm, nn.Identity):
+        w, b = _out_params(unit.conv)
+        w.mul_(s.view(-1, *([1] * (w.dim() - 1))))
+        if b is not None:
+            b.mul_(s)
+    else:  # pragma: no cover - prune() builds stream_affine writers for plain InstanceNorm
+        raise AssertionError("a carried scale needs an affine writer norm")
+
+
 def _check_hard(masks: Mapping[str, ChannelMask]) -> None:
     soft = [n for n, m in masks.items() if float(m.bound) != 0.0]
     if soft:
@@ -273,11 +305,17 @@ def _prune_resnet(
     _copy_norm(src.stem.norm, dst.stem.norm, stem)
     _copy_conv(src.down1.conv, dst.down1.conv, d1, stem)
     _copy_norm(src.down1.norm, dst.down1.norm, d1)
-    _copy_conv(src.down2.conv, dst.down2.conv, u, d1)
-    _copy_norm(src.down2.norm, dst.down2.norm, u)
-    _zero_rows(dst.down2, own_off("down2"))
+    def scale_of(name: str) -> Tensor:  # the writer's carried scale on the pruned stream rows
+        s = _take(masks[name].scale.detach().cpu(), 0, u).to(ref)
+        s[u.n:] = 1.0  # a forced row is zeroed anyway
+        return s
 
     ref = src.stem.conv.weight
+    _copy_conv(src.down2.conv, dst.down2.conv, u, d1)
+    _copy_norm(src.down2.norm, dst.down2.norm, u)
+    _scale_rows(dst.down2, scale_of("down2"))
+    _zero_rows(dst.down2, own_off("down2"))
+
     pending = ref.new_zeros(u.size)  # constants of removed blocks not yet folded
     last_kept: ResnetBlock | None = None
     for i, (sb, db) in enumerate(zip(src.blocks, dst.blocks, strict=True)):
@@ -293,6 +331,7 @@ def _prune_resnet(
         _copy_norm(sb.conv1.norm, db.conv1.norm, inner)
         _copy_unit_conv(sb.conv2.conv, db.conv2.conv, u, inner)
         _copy_norm(sb.conv2.norm, db.conv2.norm, u)
+        _scale_rows(db.conv2, scale_of(f"block{i}.conv2"))
         _zero_rows(db.conv2, own_off(f"block{i}.conv2"))
         if last_kept is None and bool(pending.abs().max() > 0):
             # removed blocks right after down2: this block sees (stream + pending)
@@ -375,7 +414,10 @@ def prune(model: nn.Module) -> nn.Module:
     spec = _full_spec(model)
     widths, _forced = widths_from_masks(spec, masks)
     ref = next(model.parameters())
-    pruned = build(dataclasses.replace(spec, widths=widths)).to(device=ref.device, dtype=ref.dtype)
+    extra: dict[str, Any] = {}
+    if isinstance(model, ResnetGenerator) and _carried(masks) and spec.norm == "instance":
+        extra["stream_affine"] = True
+    pruned = build(dataclasses.replace(spec, widths=widths, **extra)).to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         if isinstance(model, ResnetGenerator):
             _prune_resnet(model, pruned, masks)  # type: ignore[arg-type]

@@ -221,7 +221,9 @@ def test_channel_mask_init_state_and_seed() -> None:
     assert float(a.bound) == 1.0 and a.bound.dim() == 0
     assert a.frozen.dtype == torch.bool and not bool(a.frozen)
     assert torch.equal(a.coeff, torch.zeros(4000))
-    assert set(a.state_dict()) == {"weight", "bound", "frozen", "coeff"}
+    assert set(a.state_dict()) == {"weight", "bound", "frozen", "coeff", "scale", "score",
+                                   "importance", "alive"}
+    assert torch.equal(a.scale, torch.ones(4000)) and bool(a.alive.all())
     with pytest.raises(ValueError):
         ChannelMask(0)
 

@@ -65,6 +65,12 @@ class ResnetSpec:
     separable: bool = False
     dropout: bool = False
     widths: ResnetWidths | None = field(default=None)
+    #: The residual-stream writers (``down2``, every block's ``conv2``) use an affine
+    #: InstanceNorm although ``norm`` is the affine-free ``instance``. Set by pruning a search
+    #: that froze stream masks mid-band: the writers' mask values (0 < m < 1) are carried as
+    #: the norm's γ, the one exact place for them (the stream adds several writers, so no single
+    #: consumer can absorb one writer's scale).
+    stream_affine: bool = False
     family: str = field(default="resnet", init=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +78,9 @@ class ResnetSpec:
             raise ValueError(f"norm: {self.norm!r} is not one of {', '.join(NORMS)}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding: {self.padding!r} is not one of {', '.join(PADDINGS)}")
+        if self.stream_affine and self.norm != "instance":
+            raise ValueError(f"stream_affine: only for norm 'instance' (norm is {self.norm!r}, "
+                             "whose writers take a scale in their own weights)")
         if self.ngf < 1 or self.n_blocks < 0 or self.input_nc < 1 or self.output_nc < 1:
             raise ValueError("ngf, input_nc, output_nc must be >= 1 and n_blocks >= 0")
         w = self.resolved_widths()
@@ -81,6 +90,11 @@ class ResnetSpec:
             )
         if min(w.stem, w.down1, w.stream, w.up1, w.up2) < 1 or min(w.blocks, default=0) < 0:
             raise ValueError("every width must be >= 1 (block inner widths >= 0)")
+
+    @property
+    def stream_norm(self) -> str:
+        """Norm of the residual-stream writers (see ``stream_affine``)."""
+        return "instance_affine" if self.stream_affine else self.norm
 
     def resolved_widths(self) -> ResnetWidths:
         return (
@@ -92,7 +106,8 @@ class ResnetBlock(nn.Module):
     """x + conv2(conv1(x)); conv1: dim→inner (+ReLU), conv2: inner→dim (no activation)."""
 
     def __init__(
-        self, dim: int, inner: int, norm: str, padding: str, separable: bool, dropout: bool
+        self, dim: int, inner: int, norm: str, padding: str, separable: bool, dropout: bool,
+        out_norm: str | None = None,
     ) -> None:
         super().__init__()
         bias = uses_bias(norm)
@@ -108,7 +123,7 @@ class ResnetBlock(nn.Module):
         )
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
         self.conv2 = ConvUnit(
-            make_pad(padding, 1), conv(inner, dim), make_norm(norm, dim), nn.Identity()
+            make_pad(padding, 1), conv(inner, dim), make_norm(out_norm or norm, dim), nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,11 +154,12 @@ class ResnetGenerator(nn.Module):
         self.down2 = ConvUnit(
             nn.Identity(),
             nn.Conv2d(w.down1, w.stream, 3, 2, 1, bias=bias),
-            make_norm(n, w.stream),
+            make_norm(spec.stream_norm, w.stream),
             nn.ReLU(True),
         )
         self.blocks = nn.ModuleList(
-            ResnetBlock(w.stream, inner, n, spec.padding, spec.separable, spec.dropout)
+            ResnetBlock(w.stream, inner, n, spec.padding, spec.separable, spec.dropout,
+                        spec.stream_norm)
             if inner > 0
             else nn.Identity()
             for inner in w.blocks

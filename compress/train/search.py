@@ -147,6 +147,11 @@ class SearchConfig(TrainingOverrides):
         0.85,
         "UNet: freeze a layer once this fraction of its channels is off (0-1)",
     )
+    fit_rank: str = opt(
+        "taylor",
+        "what the final fit ranks channels by: taylor (first-order importance |dL/dm·m| "
+        "accumulated during the search) | weight (the mask weight w)",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
@@ -170,6 +175,8 @@ class SearchConfig(TrainingOverrides):
             raise bad("steps/bound_updates/macs_size", "must be positive")
         if self.bound_schedule not in ("cube", "linear", "square"):
             raise bad("bound_schedule", f"{self.bound_schedule!r} is not cube, linear or square")
+        if self.fit_rank not in ("taylor", "weight"):
+            raise bad("fit_rank", f"{self.fit_rank!r} is not taylor or weight")
 
 
 @dataclass
@@ -256,6 +263,29 @@ def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None
     if name in nxt:
         return "conv_in", nxt[name]
     return None
+
+
+def _is_writer(name: str) -> bool:
+    """A ResNet mask on a residual-stream writer (``down2``, ``block{i}.conv2``)."""
+    return name == "down2" or name.endswith(".conv2")
+
+
+def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tensor) -> str:
+    """Keep a channel's output unchanged while its mask value jumps to 1 (the exact freeze).
+
+    ``scale`` is the mask value the channel had (1 where nothing changes). Folded into the
+    network's weights where that is exact (:func:`fold_scale`); a residual-stream writer after
+    an affine-free InstanceNorm has no such place, so the mask carries it as ``mask.scale`` and
+    pruning turns it into the writer norm's γ (``ResnetSpec.stream_affine``). Other sites
+    without a fold (the separable block's first mask) feed a depthwise conv and InstanceNorm,
+    which cancel a positive per-channel scale, so nothing changes. Returns where it went.
+    """
+    if fold_scale(model, name, scale):
+        return "folded"
+    if isinstance(model, ResnetGenerator) and _is_writer(name):
+        mask.scale.mul_(scale.to(mask.scale))
+        return "carried"
+    return "cancelled"
 
 
 def _unit_of(model: nn.Module, name: str) -> nn.Module:
@@ -498,46 +528,76 @@ class SearchStage(TeacherStage):
         return {"mask": self.mask_wd * total}
 
     # -- schedule --------------------------------------------------------------------------
+    def _scores(self, d: str) -> dict[str, torch.Tensor]:
+        """Per-channel ranking of the final fit (``fit_rank``)."""
+        if self.scfg.fit_rank == "weight":
+            return {n: m.weight.detach() for n, m in self.masks[d].items()}
+        # Taylor importance; the mask weight breaks ties (e.g. channels never scored)
+        return {n: m.importance + 1e-12 * torch.sigmoid(m.weight.detach())
+                for n, m in self.masks[d].items()}
+
     def _freeze_to_budget(self, d: str, step: int, reason: str) -> None:
-        """Fit direction ``d`` just under its target and make its masks hard for good."""
+        """Fit direction ``d`` just under its target and make its masks hard for good.
+
+        The fit keeps a subset of the channels the masks keep now (w > −b), ranked by
+        ``fit_rank``. One exception, recorded as ``revived`` in the event: when the masks cut
+        so far in the last update interval that even all of their channels are under
+        ``(1 - tolerance)·target``, channels that were alive at the previous bound update may
+        come back (best-ranked first) — their weights trained until one update ago. Channels
+        switched off longer ago (stale filters) are never revived.
+        """
         masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
-        conv = self.scfg.macs_convention
-        # the band of the masks still searching (a per-layer-frozen UNet mask has b = 0)
-        b = max((float(m.bound) for m in masks.values() if not bool(m.frozen)), default=0.0)
-        floor = -b if b > 0 else 0.0
+        conv, size, spec = self.scfg.macs_convention, self.scfg.macs_size, self.G[d].spec_full
         by_masks = self._cost(d).macs(conv)  # what the masks themselves leave at this point
-        try:
-            tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
-                                                self.scfg.macs_size, floor=floor)
-            if c.macs(conv) < (1 - tol) * target:  # revive the best-scored pruned channels
-                tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
-                                                    self.scfg.macs_size)
-        except DmadError:
-            tau, keep, c = budget.fit_to_budget(self.G[d].spec_full, masks, target, conv,
-                                                self.scfg.macs_size)
+        scores = self._scores(d)
+        eligible = {n: m.kept() for n, m in masks.items()}
+        tau, keep, c = budget.fit_to_budget(spec, masks, target, conv, size, scores=scores,
+                                            eligible=eligible)
+        revived = 0
+        if c.macs(conv) < (1 - tol) * target:
+            recent = {n: eligible[n] | (m.alive & ~m.frozen) for n, m in masks.items()}
+            if any(bool((recent[n] & ~eligible[n]).any()) for n in masks):
+                tau, keep, c = budget.fit_to_budget(spec, masks, target, conv, size,
+                                                    scores=scores, eligible=recent)
+                revived = sum(int((keep[n] & ~eligible[n]).sum()) for n in masks)
+        where: dict[str, int] = {}
         for name, m in masks.items():
             if bool(m.frozen):
                 continue
             scale = torch.where(keep[name], soft_step(m.weight.detach(), m.bound), 1.0)
-            fold_scale(self.G[d], name, torch.where(scale > 0, scale, 1.0))
+            kind = hold_scale(self.G[d], name, m, torch.where(scale > 0, scale, 1.0))
+            if bool(((scale < 1) & keep[name]).any()):
+                where[kind] = where.get(kind, 0) + 1
+        pruned = sum(int((eligible[n] & ~keep[n]).sum()) for n in masks)
         budget.apply_keep(masks, keep)
         for m in masks.values():
             m.weight.requires_grad_(False)
             m.weight.grad = None
         self.frozen_at[d] = step
         self.last_cost[d] = c
-        full = budget.profile_spec(self.G[d].spec_full, (1, self.G[d].spec_full.input_nc,
-                                                         self.scfg.macs_size,
-                                                         self.scfg.macs_size)).macs(conv)
+        full = budget.profile_spec(spec, (1, spec.input_nc, size, size)).macs(conv)
         self.cut[d] = {"full_gmacs": full / 1e9, "gmacs_left_by_masks": by_masks / 1e9,
                        "gmacs_final": c.macs(conv) / 1e9,
                        # shares of the total cut: by the differentiable masks, by the final fit
                        # (negative when the fit gave channels back to land inside the tolerance)
                        "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
-                       "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv))}
+                       "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv)),
+                       "channels_pruned_by_fit": pruned, "channels_revived": revived,
+                       "fit_rank": self.scfg.fit_rank}
         self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
                             "threshold": tau, "gmacs": c.macs(conv) / 1e9,
-                            "gmacs_left_by_masks": by_masks / 1e9})
+                            "gmacs_left_by_masks": by_masks / 1e9, "revived": revived,
+                            "held_scales": where})
+
+    def _update_importance(self, masks: dict[str, ChannelMask]) -> None:
+        """Fold the Taylor scores of the last interval into the running importance (an average
+        per step, decayed by half per update), then start a new interval."""
+        with torch.no_grad():
+            for m in masks.values():
+                rate = m.score / self.interval
+                m.importance.copy_(torch.where(m.importance > 0, 0.5 * m.importance + 0.5 * rate,
+                                               rate))
+                m.score.zero_()
 
     def after_step(self, step: int) -> dict[str, Any]:
         n = step + 1
@@ -552,6 +612,7 @@ class SearchStage(TeacherStage):
             if d in self.frozen_at:
                 continue
             masks = self.masks[d]
+            self._update_importance(masks)
             if self.family == "resnet" and self.lambda_update > 0:
                 update_group_coefficients(masks, residual_group(masks), self.lambda_update)
             c = self._cost(d)
@@ -571,14 +632,15 @@ class SearchStage(TeacherStage):
                     leaving = (m.weight > b_new) & (m.weight <= b_old)
                     if leaving.any():
                         scale = torch.where(leaving, soft_step(m.weight.detach(), b_old), 1.0)
-                        fold_scale(self.G[d], name, scale)
+                        hold_scale(self.G[d], name, m, scale)
                     m.set_bound(b_new)
+                    m.alive.copy_(m.kept())
                     if self.family == "unet" and float((~m.kept()).float().mean()) > \
                             self.scfg.frozen_threshold:
                         # kept channels jump from m(w) to 1: fold m(w) first (exact freeze)
                         kept = m.kept()
                         scale = torch.where(kept, soft_step(m.weight.detach(), m.bound), 1.0)
-                        fold_scale(self.G[d], name, torch.where(scale > 0, scale, 1.0))
+                        hold_scale(self.G[d], name, m, torch.where(scale > 0, scale, 1.0))
                         m.freeze()
                         m.weight.requires_grad_(False)
                         m.weight.grad = None
