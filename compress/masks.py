@@ -21,7 +21,7 @@ Design points that differ from (or pin down) the original ``models/MaskLayer.py`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -216,7 +216,8 @@ class ChannelMask(nn.Module):
 
     #: Buffers added after the first search files were written, with the value a mask saved
     #: before them had in effect (so older ``search_G_*.pt`` files and checkpoints still load).
-    _LATER_BUFFERS = {"scale": 1.0, "score": 0.0, "importance": 0.0, "alive": True}
+    _LATER_BUFFERS: ClassVar[dict[str, float | bool]] = {
+        "scale": 1.0, "score": 0.0, "importance": 0.0, "alive": True}
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
                               **kwargs: Any) -> None:

@@ -417,7 +417,8 @@ def prune(model: nn.Module) -> nn.Module:
     extra: dict[str, Any] = {}
     if isinstance(model, ResnetGenerator) and _carried(masks) and spec.norm == "instance":
         extra["stream_affine"] = True
-    pruned = build(dataclasses.replace(spec, widths=widths, **extra)).to(device=ref.device, dtype=ref.dtype)
+    pruned = build(dataclasses.replace(spec, widths=widths, **extra))
+    pruned = pruned.to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         if isinstance(model, ResnetGenerator):
             _prune_resnet(model, pruned, masks)  # type: ignore[arg-type]
