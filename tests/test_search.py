@@ -282,3 +282,170 @@ def test_each_mask_gets_dmads_loss_and_group_coefficients_reach_it(
         with torch.no_grad():
             m.coeff.fill_(2.0)
         assert float(group_loss(m).detach()) == pytest.approx(2.0 * m.channels * 0.6)
+
+
+# --------------------------------------------------------------------------- the exact freeze
+
+def _in_band_everywhere(masks: dict, b: float, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in masks.values():
+            m.bound.fill_(b)
+            m.weight.copy_((torch.rand(m.channels, generator=g) * 2 - 0.9) * b)  # mostly in band
+
+
+@pytest.mark.parametrize("norm", ["instance", "instance_affine", "batch", "none"])
+def test_freezing_mid_band_keeps_the_function_for_every_mask_and_pruning_keeps_it(
+        norm: str) -> None:
+    """Every kept channel jumps from m(w) < 1 to 1 at the freeze; the residual-stream writers
+    after an affine-free InstanceNorm carry m(w) in the mask and then as the pruned writer
+    norm's γ (stream_affine); elsewhere it is folded into weights."""
+    from dmad.compress.masks import soft_step
+    from dmad.compress.prune import prune
+    from dmad.compress.train.search import hold_scale
+
+    torch.manual_seed(0)
+    g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3, norm=norm)).eval()
+    masks = attach_masks(g)
+    _in_band_everywhere(masks, 0.3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = g(x)
+        keep = {n: m.kept() for n, m in masks.items()}
+        where = {}
+        for n, m in masks.items():
+            s = torch.where(keep[n], soft_step(m.weight, m.bound), 1.0)
+            where[n] = hold_scale(g, n, m, s)
+        budget.apply_keep(masks, keep)
+        after = g(x)
+        pruned = prune(g)
+        dense = pruned(x)
+    assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
+    assert torch.allclose(before, dense, atol=1e-5), float((before - dense).abs().max())
+    writers = [n for n in masks if n == "down2" or n.endswith(".conv2")]
+    if norm == "instance":
+        assert {where[n] for n in writers} == {"carried"} and pruned.spec.stream_affine
+        assert not torch.equal(pruned.down2.norm.weight, torch.ones_like(pruned.down2.norm.weight))
+    else:
+        assert {where[n] for n in writers} == {"folded"} and not pruned.spec.stream_affine
+    # the pruned file round-trips with its spec (the fine-tune and the export rebuild it)
+    from dmad.compress.models import build, spec_from_dict, spec_to_dict
+
+    again = build(spec_from_dict(spec_to_dict(pruned.spec))).eval()
+    again.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), dense)
+
+
+def test_old_masks_without_the_new_buffers_still_load() -> None:
+    from dmad.compress.masks import ChannelMask
+
+    m = ChannelMask(5)
+    old = {k: v for k, v in m.state_dict().items() if k in ("weight", "bound", "frozen", "coeff")}
+    fresh = ChannelMask(5)
+    with torch.no_grad():
+        fresh.scale.fill_(0.5)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.scale, torch.ones(5)) and bool(fresh.alive.all())
+    assert torch.equal(fresh.weight, m.weight)
+
+
+def test_bound_update_folds_channels_leaving_the_band(teachers: dict[str, Path]) -> None:
+    """Channels whose w rises above the new, smaller bound jump from m(w; b_old) to 1: the
+    update holds their value (folded, or carried on the stream writers), so the function of a
+    masked generator whose in-band channels all leave at once does not change."""
+    from dmad.compress.masks import bound_at
+
+    stage = _stage(teachers["cyclegan"], target=0.05)
+    n = stage.interval
+    b_new = bound_at(n, stage.cfg.steps, stage.scfg.bound_schedule)
+    g = stage.G["AtoB"].eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in stage.masks["AtoB"].values():
+            m.bound.fill_(0.6)
+            r = torch.rand(m.channels, generator=gen)  # leaving (b_new, 0.6], on, or off
+            m.weight.copy_(torch.where(r < 0.6, (b_new + 0.6) / 2 + 0.1 * (r - 0.3),
+                                       torch.where(r < 0.8, torch.tensor(0.9), -0.9)))
+    assert 0.6 > b_new + 0.1
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = g(x)
+    stage.after_step(n - 1)
+    assert "AtoB" not in stage.frozen_at  # still above budget: an ordinary update
+    assert float(next(iter(stage.masks["AtoB"].values())).bound) == pytest.approx(b_new)
+    with torch.no_grad():
+        after = g(x)
+    assert torch.allclose(before, after, atol=1e-5), float((before - after).abs().max())
+
+
+def test_fit_revives_only_channels_alive_at_the_previous_update(
+        teachers: dict[str, Path]) -> None:
+    """When the masks already cut below the tolerance band, the fit may bring back channels
+    that were alive one update ago (recorded), never channels switched off before that."""
+    stage = _stage(teachers["cyclegan"], target=0.2)
+    masks = stage.masks["AtoB"]
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in masks.values():
+            m.bound.fill_(0.2)
+            r = torch.rand(m.channels, generator=gen)
+            m.weight.copy_(torch.where(r < 0.15, torch.tensor(0.5), torch.tensor(-0.9)))
+            m.weight[0] = 0.5  # every layer keeps a channel
+            m.alive.copy_(r < 0.6)  # alive one update ago: these may come back
+            m.importance.copy_(torch.rand(m.channels, generator=gen))
+    now = {n: m.kept().clone() for n, m in masks.items()}
+    alive = {n: (m.alive | now[n]).clone() for n, m in masks.items()}
+    assert stage._cost("AtoB").macs_paper < 0.97 * stage.target["AtoB"]
+    stage._freeze_to_budget("AtoB", 4, "under budget")
+    kept = {n: m.kept() for n, m in masks.items()}
+    revived = sum(int((kept[n] & ~now[n]).sum()) for n in masks)
+    assert revived > 0 and stage.cut["AtoB"]["channels_revived"] == revived
+    for n in masks:
+        assert not bool((kept[n] & ~alive[n]).any()), n  # nothing stale came back
+    assert stage.events[-1]["revived"] == revived
+
+
+def test_fit_keeps_the_best_scored_eligible_channels() -> None:
+    torch.manual_seed(0)
+    g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=2))
+    masks = attach_masks(g)
+    full = budget.cost(g.spec, masks, {n: torch.ones_like(m.kept()) for n, m in masks.items()})
+    target = int(0.4 * full.macs_paper)
+    scores = {n: torch.rand(m.channels) for n, m in masks.items()}  # unrelated to the weights
+    eligible = {n: torch.rand(m.channels) < 0.8 for n, m in masks.items()}
+    for e in eligible.values():
+        e[0] = True
+    _, keep, c = budget.fit_to_budget(g.spec, masks, target, "paper", scores=scores,
+                                      eligible=eligible)
+    assert c.macs_paper <= target
+    stream = {"down2"} | {n for n in masks if n.endswith(".conv2")}
+    for n in masks:
+        assert not bool((keep[n] & ~eligible[n]).any()), n
+        if n in stream or not keep[n].any():
+            continue
+        cand = eligible[n] & ~keep[n]
+        if cand.any():  # by score, not by weight
+            assert scores[n][keep[n]].min() > scores[n][cand].max() or \
+                budget.cost(g.spec, masks, keep).macs_paper > 0.9 * target, n
+
+
+def test_taylor_score_is_first_order_importance_of_each_channel() -> None:
+    """score_c accumulates |∂L/∂m_c · m_c| over backward passes (Molchanov et al.'s first-order
+    estimate of the loss change when channel c is removed)."""
+    from dmad.compress.masks import ChannelMask, soft_step
+
+    torch.manual_seed(0)
+    mask = ChannelMask(4)
+    with torch.no_grad():
+        mask.bound.fill_(0.5)
+        mask.weight.copy_(torch.tensor([0.9, 0.2, -0.1, -0.8]))
+    x = torch.randn(2, 4, 3, 3)
+    c = torch.randn(2, 4, 3, 3)
+    for _ in range(2):
+        (mask(x) * c).sum().backward()
+    m = soft_step(mask.weight.detach(), mask.bound).requires_grad_(True)
+    (x * m.view(1, -1, 1, 1) * c).sum().backward()
+    want = 2 * (m.grad * m.detach()).abs()
+    assert torch.allclose(mask.score, want, atol=1e-6)
+    assert mask.score[3] == 0 and mask.score[0] > 0  # an off channel is worth nothing
