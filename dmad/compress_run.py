@@ -56,6 +56,11 @@ class CompressConfig:
         "train/ of A|B pairs (aligned)",
     )
     target_gmacs: float = opt(0.0, "MAC budget of the compressed generator, in G at macs_size²")
+    target_gmacs_BtoA: float = opt(
+        0.0,
+        "MAC budget of the B→A generator when GENERATOR is a two-direction teacher run "
+        "(DMAD's configs differ per direction); 0 = --target-gmacs",
+    )
     macs_convention: str = opt("paper", "paper (thop, as the papers report) | true")
     macs_size: int = opt(256, "side in pixels at which the budget's MACs are counted")
     size: int = opt(0, "training crop side in pixels; 0 = the generator's training size, else 256")
@@ -92,6 +97,8 @@ class CompressConfig:
             raise DmadError("--images: required (the folder of images the generator will see)")
         if not self.target_gmacs > 0:
             raise DmadError(f"--target-gmacs: must be > 0, got {self.target_gmacs}")
+        if self.target_gmacs_BtoA < 0:
+            raise DmadError(f"--target-gmacs-BtoA: must be >= 0, got {self.target_gmacs_BtoA}")
         if self.macs_convention not in ("paper", "true"):
             raise DmadError(f"--macs-convention: {self.macs_convention!r} is not paper or true")
         if self.norm_stats not in ("instance", "running"):
@@ -160,16 +167,19 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
     from dmad.compress.train.search import reachable_floor
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
-    try:
-        target = budget.check_target(g.spec, cfg.target_gmacs, cfg.macs_convention,
-                                     cfg.macs_size)
-    except DmadError as exc:
-        raise DmadError(f"--target-gmacs: {str(exc).split(': ', 1)[-1]}") from None
-    floor = reachable_floor(g, cfg.macs_convention, cfg.macs_size)
-    if floor > target:
-        raise DmadError(f"--target-gmacs: {cfg.target_gmacs} is below the smallest architecture "
-                        f"the search can reach ({floor / 1e9:.4g} GMACs {cfg.macs_convention}, "
-                        "one channel per layer)")
+    for flag, gmacs in (("--target-gmacs", cfg.target_gmacs),
+                        ("--target-gmacs-BtoA", cfg.target_gmacs_BtoA)):
+        if not gmacs:
+            continue  # B→A defaults to --target-gmacs
+        try:
+            target = budget.check_target(g.spec, gmacs, cfg.macs_convention, cfg.macs_size)
+        except DmadError as exc:
+            raise DmadError(f"{flag}: {str(exc).split(': ', 1)[-1]}") from None
+        floor = reachable_floor(g, cfg.macs_convention, cfg.macs_size)
+        if floor > target:
+            raise DmadError(f"{flag}: {gmacs} is below the smallest architecture the search can "
+                            f"reach ({floor / 1e9:.4g} GMACs {cfg.macs_convention}, one channel "
+                            "per layer)")
 
 
 def _saved_args(out: Path) -> dict[str, Any] | None:
@@ -288,8 +298,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
 
     scfg = make_config(SearchConfig, None, {
         **tables.get("search", {}), **common, **data, "teacher": teacher.ref,
-        "target_gmacs": cfg.target_gmacs, "macs_convention": cfg.macs_convention,
-        "macs_size": cfg.macs_size, "steps": cfg.steps,
+        "target_gmacs": cfg.target_gmacs, "target_gmacs_BtoA": cfg.target_gmacs_BtoA,
+        "macs_convention": cfg.macs_convention, "macs_size": cfg.macs_size, "steps": cfg.steps,
         "directions": "AtoB" if split is not None else "both"})
     run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
               tag="compress")

@@ -275,6 +275,7 @@ def test_compress_bad_inputs_one_line_nothing_written(
         ((teacher_file, empty), (), "no images"),
         ((teacher_file, images), ("--val", str(overlap)), "same content as the training"),
         ((teacher_file, images), ("--target-gmacs", "0.0001"), "below the smallest"),
+        ((teacher_file, images), ("--target-gmacs-BtoA", "0.0001"), "--target-gmacs-BtoA: "),
         ((teacher_file, images), ("--quant", "int4"), "--quant"),
     ]
     for i, ((gen, imgs), extra, msg) in enumerate(cases):
@@ -301,14 +302,17 @@ def test_compress_teacher_run_folder_uses_the_full_objective(
     train_teacher(TeacherConfig(**cfg), tmp_path / "teacher")  # type: ignore[arg-type]
     out = tmp_path / "run"
     args = [a for a in TINY]
-    res = _compress(out, *args, "--export", "false", env=cli_env, gen=tmp_path / "teacher",
-                    images=default_data)
+    res = _compress(out, *args, "--export", "false", "--target-gmacs-BtoA", "0.3", env=cli_env,
+                    gen=tmp_path / "teacher", images=default_data)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "DMAD's full objective" in res.stdout
     log = (out / "search" / "log.jsonl").read_text()
     assert "cycle_A" in log and "recon_AtoB" not in log  # both generators, cycle losses
     arch = json.loads((out / "search" / "architecture.json").read_text())
     assert set(arch["directions"]) == {"AtoB", "BtoA"}
+    for d, target in (("AtoB", 0.25), ("BtoA", 0.3)):  # a budget per direction
+        e = arch["directions"][d]
+        assert e["target_gmacs"] == target and 0.97 * target <= e["gmacs_paper"] <= target, e
     done = json.loads((out / "DONE.json").read_text())
     assert "co-attention" in done["objective"] and "+ D maps" in done["objective"]
     assert not (out / "split.json").exists()  # the dataset's own test split is held out
