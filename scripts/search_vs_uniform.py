@@ -207,8 +207,8 @@ def main() -> None:
                     help="fine-tune steps, the same for every student (default 300)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     ap.add_argument("--variant", action="append", default=[],
-                    help='tune: JSON of SearchConfig overrides, e.g. \'{"mask_weight_decay": 0.01}\''
-                    " (repeatable)")
+                    help="tune: JSON of SearchConfig overrides, e.g. "
+                    "'{\"mask_weight_decay\": 0.01}' (repeatable)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
