@@ -107,9 +107,9 @@ class SearchConfig(TrainingOverrides):
     directions: str = opt("both", "CycleGAN generators to search: both | AtoB | BtoA")
     mask_weight_decay: float = opt(
         -1.0,
-        "L1 sparsity weight on the masks; -1 = DMAD's 0.001 ResNet / 0.01 UNet, scaled up for "
-        "short searches by 15 / (mask_lr · 0.75 · steps) (e.g. ×30 at 200 steps, ×1 at DMAD's "
-        "scale)",
+        "L1 sparsity weight on the masks; -1 = DMAD's 0.01 for UNet, and for ResNet DMAD's 0.001 "
+        "scaled up for short searches by 15 / (mask_lr · 0.75 · steps) (×30 at 200 steps, ×1 at "
+        "DMAD's scale)",
     )
     lambda_update: float = opt(
         -1.0,
@@ -356,10 +356,13 @@ class SearchStage(TeacherStage):
         # steady bias. A short search gives the masks far less room (0.5 by the default mask lr),
         # so the same weight leaves most of the cut to the final fit (measured on the demo: 60 %
         # of the cut by the masks at 0.001, 96 % at 0.01, early stop under budget at 0.03). The
-        # default scales DMAD's weight by the lost room, and is DMAD's own at paper scale.
+        # ResNet default scales DMAD's weight by the lost room, and is DMAD's own at paper scale.
+        # The UNet keeps DMAD's 0.01: its relu term sits on every mask and its per-layer freeze
+        # decides layers for good, so the scaled weight froze most layers within a few updates
+        # and left the architecture below the budget's tolerance band.
         room = self.mask_lr * 0.75 * tcfg.steps
         self.mask_wd = scfg.mask_weight_decay if scfg.mask_weight_decay >= 0 else (
-            (0.01 if unet else 0.001) * max(1.0, 15.0 / room))
+            0.01 if unet else 0.001 * max(1.0, 15.0 / room))
         self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
             0.0 if unet else 1.0)
         self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
@@ -592,6 +595,7 @@ class SearchStage(TeacherStage):
                        "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
                        "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv)),
                        "channels_pruned_by_fit": pruned, "channels_revived": revived,
+                       "within_tolerance": c.macs(conv) >= (1 - tol) * target,
                        "fit_rank": self.scfg.fit_rank}
         self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
                             "threshold": tau, "gmacs": c.macs(conv) / 1e9,
