@@ -7,8 +7,8 @@ the same MACs (within 3 %) and the same fine-tune (steps, objective, seed):
 
 a. **dmad**: ``dmad search`` (teacher-G-only distillation on the images, DMAD's masks and
    schedule, this seed), physically pruned;
-b. **uniform**: every width of the teacher scaled by one factor (found by bisection so the MACs
-   match (a)), keeping each layer's largest-L1 filters (the stream: largest summed L1 over its
+b. **uniform**: every width of the teacher scaled by one factor (found by bisection; of the two
+   whole-channel neighbours of (a)'s MACs the closer one), keeping each layer's largest-L1 filters (the stream: largest summed L1 over its
    writers) — the standard "slim it down" baseline;
 c. **random**: every channel gets a random score (this seed) and the same budget fit as the
    search keeps the best-scored channels under (a)'s MACs: random widths and channels under the
@@ -84,15 +84,16 @@ def uniform_student(teacher: torch.nn.Module, target: int) -> torch.nn.Module:
         return prune(g)
 
     lo, hi = 0.0, 1.0
-    best = build(lo + 1e-9)
+    below, above = build(lo + 1e-9), build(hi)
     for _ in range(30):
         mid = (lo + hi) / 2
         g = build(mid)
         if _macs(g) <= target:
-            lo, best = mid, g
+            lo, below = mid, g
         else:
-            hi = mid
-    return best
+            hi, above = mid, g
+    # widths move in whole channels: take the neighbour closest to the target, either side
+    return min((below, above), key=lambda g: abs(_macs(g) - target))
 
 
 def random_student(teacher: torch.nn.Module, target: int, seed: int) -> torch.nn.Module:
