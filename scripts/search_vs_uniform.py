@@ -8,8 +8,8 @@ the same MACs (within 3 %) and the same fine-tune (steps, objective, seed):
 a. **dmad**: ``dmad search`` (teacher-G-only distillation on the images, DMAD's masks and
    schedule, this seed), physically pruned;
 b. **uniform**: every width of the teacher scaled by one factor (found by bisection; of the two
-   whole-channel neighbours of (a)'s MACs the closer one), keeping each layer's largest-L1 filters (the stream: largest summed L1 over its
-   writers) — the standard "slim it down" baseline;
+   whole-channel neighbours of (a)'s MACs the closer one), keeping each layer's largest-L1
+   filters (the stream: largest summed L1 over its writers) — the standard slim-down baseline;
 c. **random**: every channel gets a random score (this seed) and the same budget fit as the
    search keeps the best-scored channels under (a)'s MACs: random widths and channels under the
    same pruning rules.
