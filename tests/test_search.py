@@ -449,3 +449,18 @@ def test_taylor_score_is_first_order_importance_of_each_channel() -> None:
     want = 2 * (m.grad * m.detach()).abs()
     assert torch.allclose(mask.score, want, atol=1e-6)
     assert mask.score[3] == 0 and mask.score[0] > 0  # an off channel is worth nothing
+
+
+@pytest.mark.parametrize("kind,steps,mask_lr,want", [
+    ("cyclegan", 8, 0.0, 0.03),  # default mask lr: room 0.5 -> DMAD's 0.001 x 30
+    ("cyclegan", 8, 2.5, 0.001),  # room 15 (DMAD's scale): DMAD's own weight
+    ("pix2pix", 8, 0.0, 0.01),  # the UNet keeps DMAD's weight
+])
+def test_default_sparsity_weight_scales_with_the_room_of_a_short_search(
+        teachers: dict[str, Path], kind: str, steps: int, mask_lr: float, want: float) -> None:
+    stage = _stage(teachers[kind], target=0.2 if kind == "cyclegan" else 0.03, mask_lr=mask_lr)
+    assert stage.cfg.steps == steps
+    assert stage.mask_wd == pytest.approx(want)
+    explicit = _stage(teachers[kind], target=0.2 if kind == "cyclegan" else 0.03,
+                      mask_weight_decay=0.005)
+    assert explicit.mask_wd == 0.005
