@@ -14,7 +14,9 @@ c. **random**: every channel gets a random score (this seed) and the same budget
    search keeps the best-scored channels under (a)'s MACs: random widths and channels under the
    same pruning rules.
 
-Each student then gets the same G-only fine-tune (``dmad finetune --student``). The tuning mode
+Each student then gets the same G-only fine-tune (``dmad finetune --student``). The searched
+student has also trained during the search, so a fourth row, **uniform_long**, gives the uniform
+student the search's steps on top of its fine-tune (the same total training steps). Tuning:
 ``python scripts/search_vs_uniform.py tune ...`` runs searches with other mask settings and
 prints how much of the cut the masks made (``architecture.json`` ``cut``) and the pruned
 student's PSNR before any fine-tune. Finished runs are reused (delete the folder to redo).
@@ -42,7 +44,7 @@ from dmad.compress.prune import prune, prune_search_file
 from dmad.compress.train.finetune import FinetuneConfig, finetune
 from dmad.compress.train.search import SearchConfig, search
 
-ARCHS = ("dmad", "uniform", "random")
+ARCHS = ("dmad", "uniform", "random", "uniform_long")
 
 
 def _macs(model: torch.nn.Module) -> int:
@@ -112,10 +114,11 @@ def load_copy(teacher: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(teacher).eval()
 
 
-def run_finetune(a: argparse.Namespace, student: Path, out: Path, seed: int) -> Path:
+def run_finetune(a: argparse.Namespace, student: Path, out: Path, seed: int,
+                 steps: int) -> Path:
     if not (out / "DONE.json").is_file():
         cfg = FinetuneConfig(student=str(student), teacher=a.teacher, images=a.images,
-                             steps=a.finetune_steps, size=a.size, seed=seed,
+                             steps=steps, size=a.size, seed=seed,
                              checkpoint_every=10**6, log_every=50, device=a.device,
                              eval_every=10**6)
         finetune(cfg, out, force=True)
@@ -143,10 +146,12 @@ def compare(a: argparse.Namespace) -> None:
         target = _macs(dmad)
         students = {"dmad": dmad, "uniform": uniform_student(teacher, target),
                     "random": random_student(teacher, target, seed)}
+        students["uniform_long"] = students["uniform"]
         for name, g in students.items():
             f = sd / f"{name}.pt"
             save_model(g, f, task="cyclegan", direction="AtoB", role="student", teacher=a.teacher)
-            ft = run_finetune(a, f, sd / f"ft_{name}", seed)
+            steps = a.finetune_steps + (a.search_steps if name == "uniform_long" else 0)
+            ft = run_finetune(a, f, sd / f"ft_{name}", seed, steps)
             r = score(a, ft / "student_G_AtoB.pt", sd / f"eval_{name}")
             r["gap_pct"] = 100 * (r["gmacs"] * 1e9 / target - 1)
             rows[name].append(r)
@@ -167,8 +172,10 @@ def compare(a: argparse.Namespace) -> None:
                          "ssim": statistics.mean(ss), "runs": v}
         print(f"| {name} | {statistics.mean(r['gmacs'] for r in v):.3f} | "
               f"{statistics.mean(ps):.2f} ± {sd_p:.2f} | {statistics.mean(ss):.4f} ± {sd_s:.4f} |")
-    gain = summary["dmad"]["psnr"] - summary["uniform"]["psnr"]
-    print(f"dmad - uniform: {gain:+.2f} dB (goal >= +0.5 dB)")
+    for base in ("uniform", "uniform_long", "random"):
+        gain = summary["dmad"]["psnr"] - summary[base]["psnr"]
+        print(f"dmad - {base}: {gain:+.2f} dB" + (" (goal >= +0.5 dB)" if base == "uniform"
+                                                  else ""))
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
