@@ -232,8 +232,9 @@ def test_removed_block_costs_nothing_and_is_reported() -> None:
 def _stage(teacher: Path, **kw: object):  # type: ignore[no-untyped-def]
     from dmad.compress.train.search import SearchStage, load_teacher, training_config
 
-    cfg = SearchConfig(teacher=str(teacher), target_gmacs=kw.pop("target", 0.2), steps=8,
-                       bound_updates=4, device="cpu", **kw)
+    cfg = SearchConfig(teacher=str(teacher), target_gmacs=kw.pop("target", 0.2),
+                       steps=kw.pop("steps", 8), bound_updates=kw.pop("bound_updates", 4),
+                       device="cpu", **kw)
     t = load_teacher(cfg)
     return SearchStage(cfg, training_config(cfg, t), t)
 
@@ -464,3 +465,30 @@ def test_default_sparsity_weight_scales_with_the_room_of_a_short_search(
     explicit = _stage(teachers[kind], target=0.2 if kind == "cyclegan" else 0.03,
                       mask_weight_decay=0.005)
     assert explicit.mask_wd == 0.005
+
+
+def test_a_direction_near_its_budget_is_checked_every_step(teachers: dict[str, Path]) -> None:
+    """Between bound updates the search checks a direction within 25 % of its target after each
+    step, so it freezes at the step it crosses, not up to an interval later."""
+    stage = _stage(teachers["cyclegan"], target=0.2, steps=40, bound_updates=4)
+    assert stage.interval > 2
+    masks = stage.masks["AtoB"]
+    with torch.no_grad():
+        for m in masks.values():
+            m.bound.fill_(0.5)
+            m.weight.fill_(0.9)
+    stage.last_cost["AtoB"] = stage._cost("AtoB")
+    stage.after_step(0)  # far above the budget, not an update step: nothing happens
+    assert "AtoB" not in stage.frozen_at
+    far = stage._cost("AtoB").macs_paper
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the masks cut to just under the target between two updates
+        for m in masks.values():
+            m.weight.copy_(torch.where(torch.rand(m.channels, generator=gen) < 0.35, 0.9, -0.9))
+            m.weight[0] = 0.9
+    near = stage._cost("AtoB").macs_paper
+    assert near <= stage.target["AtoB"] < far
+    stage.last_cost["AtoB"] = budget.Cost(stage.last_cost["AtoB"].widths, (), int(
+        1.2 * stage.target["AtoB"]), 0, 0)  # the last check saw it within 25 %
+    stage.after_step(0)
+    assert stage.frozen_at.get("AtoB") == 1 and 1 % stage.interval

@@ -612,11 +612,31 @@ class SearchStage(TeacherStage):
                                                rate))
                 m.score.zero_()
 
+    def _watch_budget(self, n: int) -> None:
+        """Between bound updates, check a direction close to its budget after every step.
+
+        The sparsity default moves masks fast enough that one update interval can carry the
+        architecture from above the target to below its tolerance band; the fit may then only
+        revive channels alive at the last update, and the search would land short. Checking
+        every step once within 25 % of the target (the cost is cached by widths) stops it at
+        the step it crosses."""
+        for d in self.searched:
+            if d in self.frozen_at:
+                continue
+            if self.last_cost[d].macs(self.scfg.macs_convention) > 1.25 * self.target[d]:
+                continue
+            c = self._cost(d)
+            self.last_cost[d] = c
+            if c.macs(self.scfg.macs_convention) <= self.target[d]:
+                self._update_importance(self.masks[d])
+                self._freeze_to_budget(d, n, "under budget")
+
     def after_step(self, step: int) -> dict[str, Any]:
         n = step + 1
         total = self.cfg.steps
         last_update = n >= total  # the schedule ends: anything still searching is fitted now
         if n % self.interval and not last_update:
+            self._watch_budget(n)
             return {}
         self.updates += 1
         b_new = bound_at(min(n, 0.75 * total), total, self.scfg.bound_schedule)
