@@ -188,7 +188,8 @@ class ChannelMask(nn.Module):
       accumulated over every backward pass since the last bound update (the search reads and
       resets it there, into ``importance``).
     * ``importance`` (C,): the running importance the final fit ranks channels by;
-      ``alive`` (C,) bool: the channels that were kept (w > −b) at the previous bound update.
+      ``alive`` (C,) bool: the channels that were kept (w > −b) just before the last bound
+      update shrank the band.
     """
 
     weight: nn.Parameter

@@ -554,9 +554,10 @@ class SearchStage(TeacherStage):
         The fit keeps a subset of the channels the masks keep now (w > −b), ranked by
         ``fit_rank``. One exception, recorded as ``revived`` in the event: when the masks cut
         so far in the last update interval that even all of their channels are under
-        ``(1 - tolerance)·target``, channels that were alive at the previous bound update may
-        come back (best-ranked first) — their weights trained until one update ago. Channels
-        switched off longer ago (stale filters) are never revived.
+        ``(1 - tolerance)·target``, channels that were alive (non-zero mask) until the last bound
+        update may come back, best-ranked first: the shrinking bound or the last interval's
+        steps switched them off, and their filters trained until then. Channels switched off
+        before that (stale filters) are never revived.
         """
         masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
         conv, size, spec = self.scfg.macs_convention, self.scfg.macs_size, self.G[d].spec_full
@@ -666,8 +667,10 @@ class SearchStage(TeacherStage):
                     if leaving.any():
                         scale = torch.where(leaving, soft_step(m.weight.detach(), b_old), 1.0)
                         hold_scale(self.G[d], name, m, scale)
-                    m.set_bound(b_new)
+                    # alive = kept at the bound of the interval that just ended: a channel the
+                    # shrinking bound switches off now trained until this update (revivable)
                     m.alive.copy_(m.kept())
+                    m.set_bound(b_new)
                     if self.family == "unet" and float((~m.kept()).float().mean()) > \
                             self.scfg.frozen_threshold:
                         # kept channels jump from m(w) to 1: fold m(w) first (exact freeze)
