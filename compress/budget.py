@@ -61,14 +61,14 @@ def keep_above(masks: Mapping[str, ChannelMask], tau: float,
 
 
 def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask], target: int,
-                  convention: str, size: int = 256, floor: float | None = None, *,
+                  convention: str, size: int = 256, *,
                   scores: Mapping[str, torch.Tensor] | None = None,
                   eligible: Mapping[str, torch.Tensor] | None = None,
                   ) -> tuple[float, dict[str, torch.Tensor], Cost]:
     """The largest architecture under ``target`` MACs that keeps the highest-scored channels.
 
     ``scores`` rank the channels across all layers (default: the mask weights w). Only
-    ``eligible`` channels can be kept (default: all, or w > ``floor`` when a floor is given);
+    ``eligible`` channels can be kept (default: all);
     the search passes the channels its masks still keep, so the fit never brings back a
     channel the masks had switched off unless the caller says so. A binary search finds the
     smallest threshold τ on the scores that fits, then :func:`_fill` re-adds the best-scored
@@ -77,8 +77,7 @@ def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
     above the target.
     """
     if eligible is None:
-        eligible = {n: (m.weight.detach() > floor) if floor is not None
-                    else torch.ones_like(m.weight, dtype=torch.bool) for n, m in masks.items()}
+        eligible = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in masks.items()}
     sc = {n: (scores[n] if scores is not None else m.weight).detach().cpu()
           for n, m in masks.items()}
     el = {n: eligible[n].detach().cpu() for n in masks}

@@ -254,8 +254,8 @@ def _shift_input(unit: nn.Module, k: Tensor) -> None:
 
 def _carried(masks: Mapping[str, ChannelMask]) -> bool:
     """Whether any writer mask carries a scale; refuses a carried scale anywhere else."""
-    off = [n for n, m in masks.items()
-           if not (n == "down2" or n.endswith(".conv2")) and bool((m.scale != 1).any())]
+    writers = set(residual_group(masks))
+    off = [n for n, m in masks.items() if n not in writers and bool((m.scale != 1).any())]
     if off:
         raise ValueError(f"masks {', '.join(off)} carry a scale; only residual-stream writers "
                          "may (the search folds the others into weights)")

@@ -35,6 +35,7 @@ from dmad.compress.masks import (
     attach_masks,
     bound_at,
     bound_loss,
+    find_masks,
     group_loss,
     relu_loss,
     soft_step,
@@ -267,11 +268,6 @@ def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None
     return None
 
 
-def _is_writer(name: str) -> bool:
-    """A ResNet mask on a residual-stream writer (``down2``, ``block{i}.conv2``)."""
-    return name == "down2" or name.endswith(".conv2")
-
-
 def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tensor) -> str:
     """Keep a channel's output unchanged while its mask value jumps to 1 (the exact freeze).
 
@@ -284,7 +280,7 @@ def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tens
     """
     if fold_scale(model, name, scale):
         return "folded"
-    if isinstance(model, ResnetGenerator) and _is_writer(name):
+    if isinstance(model, ResnetGenerator) and name in residual_group(find_masks(model)):
         mask.scale.mul_(scale.to(mask.scale))
         return "carried"
     return "cancelled"
