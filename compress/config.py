@@ -98,6 +98,15 @@ RUN_HELP = {
     "device": "auto (CUDA when present) | cpu | cuda | cuda:N",
     "skip_bad": "true = skip unreadable/grayscale/too-small images with a count instead of "
                 "stopping",
+    "workers": "DataLoader worker processes decoding images ahead of the step; -1 = 0 on CPU, "
+               "up to 4 per GPU on CUDA (the batches are the same for any count)",
+    "prefetch": "batches each loader worker prepares ahead",
+    "precision": "fp32 | bf16 | fp16: autocast precision of the forward passes (fp16 adds loss "
+                 "scaling)",
+    "channels_last": "auto | on | off: NHWC memory layout (auto = on for CUDA with bf16/fp16)",
+    "epochs": "train for this many passes over the training images instead of --steps "
+              "(steps = ceil(epochs · images / global batch)); 0 = use steps",
+    "decay_epochs": "with --epochs: epochs of linear LR decay at the end; -1 = half of epochs",
 }
 
 

@@ -26,8 +26,14 @@ from dmad.compress.errors import DmadError
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
-    """Open a temporary file next to ``path``; on clean exit fsync it and rename it into place."""
+    """Open a temporary file next to ``path``; on clean exit fsync it and rename it into place.
+
+    Under torchrun only rank 0 may write: N ranks renaming N copies over one checkpoint would
+    be a race, so a write from another rank is a bug and stops the run here."""
     path = Path(path)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        raise RuntimeError(f"{path}: rank {dist.get_rank()} tried to write; only rank 0 writes")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

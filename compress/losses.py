@@ -40,8 +40,10 @@ class GANLoss(nn.Module):
 class ImagePool:
     """History of generated images for the discriminator (Shrivastava et al.; CycleGAN pool 50).
 
-    Randomness comes from its own generator and the stored images are plain tensors, so the pool
-    is saved in checkpoints and a resumed run makes the same choices.
+    Randomness comes from its own (CPU) generator and the stored images are plain tensors, so
+    the pool is saved in checkpoints and a resumed run makes the same choices. Images stay on the
+    device they came from (no copy to the host, so no GPU sync per step); ``state_dict`` moves
+    them to the CPU.
     """
 
     def __init__(self, size: int, seed: int) -> None:
@@ -56,19 +58,19 @@ class ImagePool:
         for img in images.detach():
             img = img.unsqueeze(0)
             if len(self.images) < self.size:
-                self.images.append(img.cpu().clone())
+                self.images.append(img.clone())
                 out.append(img)
             elif torch.rand(1, generator=self.gen).item() > 0.5:
                 i = int(torch.randint(0, self.size, (1,), generator=self.gen).item())
                 old = self.images[i].to(img.device)
-                self.images[i] = img.cpu().clone()
+                self.images[i] = img.clone()
                 out.append(old)
             else:
                 out.append(img)
         return torch.cat(out, 0)
 
     def state_dict(self) -> dict[str, object]:
-        return {"images": [t.clone() for t in self.images], "gen": self.gen.get_state()}
+        return {"images": [t.cpu().clone() for t in self.images], "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.images = [t.clone() for t in state["images"]]  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ __all__ = [
     "bound_loss",
     "detach_masks",
     "find_masks",
+    "flush_scores",
     "group_loss",
     "mask_sites",
     "masks_state",
@@ -140,7 +141,7 @@ class _MaskApplyCached(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, m: Tensor, dm: Tensor,  # type: ignore[override]
-                score: Tensor | None) -> Tensor:
+                score: Tensor | list[Tensor] | None) -> Tensor:
         if x.dim() < 2 or x.shape[1] != w.shape[0]:
             raise ValueError(
                 f"mask of {w.shape[0]} channels applied to a tensor of shape {tuple(x.shape)}"
@@ -161,7 +162,9 @@ class _MaskApplyCached(torch.autograd.Function):
             dims = [0, *range(2, g.dim())]
             gx = torch.sum(g * x, dim=dims, dtype=torch.promote_types(g.dtype, w.dtype))
             dw = (gx.to(w.dtype) * dm).contiguous()
-            if ctx.score is not None:  # first-order Taylor: |dL/dm_c · m_c|, summed over calls
+            if isinstance(ctx.score, list):  # deferred: reduced over ranks before the abs
+                ctx.score.append(gx.to(w.dtype) * m)
+            elif ctx.score is not None:  # first-order Taylor: |dL/dm_c · m_c|, summed over calls
                 ctx.score.add_((gx.to(w.dtype) * m).abs())
         return dx, dw, None, None, None
 
@@ -296,7 +299,35 @@ class ChannelMask(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         m, dm = self._values()
-        return _MaskApplyCached.apply(x, self.weight, m, dm, self.score)
+        sink = self.pending_scores if self.pending_scores is not None else self.score
+        return _MaskApplyCached.apply(x, self.weight, m, dm, sink)
+
+    #: when a list, each backward call appends its signed dL/dm_c · m_c here instead of adding
+    #: |…| to ``score``: data-parallel training averages these over ranks first, so the score is
+    #: that of the global batch (:func:`flush_scores`)
+    pending_scores: list[Tensor] | None = None
+
+
+def flush_scores(masks: list[ChannelMask], reduce: Any = None) -> None:
+    """Add the deferred Taylor terms of the last backward to each mask's ``score``.
+
+    ``reduce`` (e.g. an in-place all-reduce mean) is applied once to all masks' terms
+    concatenated, so N processes that each backpropagated their share of a batch add exactly
+    what one process with the whole batch would: |mean over ranks of dL/dm_c · m_c| per call."""
+    parts = [t for m in masks if m.pending_scores for t in m.pending_scores]
+    if not parts:
+        return
+    flat = torch.cat(parts)
+    if reduce is not None:
+        reduce(flat)
+    i = 0
+    for m in masks:
+        if not m.pending_scores:
+            continue
+        for t in m.pending_scores:
+            m.score.add_(flat[i:i + t.numel()].abs())
+            i += t.numel()
+        m.pending_scores.clear()
 
 
 # --------------------------------------------------------------------------- sparsity losses

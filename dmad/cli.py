@@ -401,10 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_torchrun(args: argparse.Namespace) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group before anything reads or
+    writes the run folder, so rank 0 alone prepares it; NCCL unless ``--device cpu``."""
+    from dmad.compress.train import distributed
+
+    if distributed.env_world_size() <= 1:
+        return
+    import torch
+
+    dev = str(getattr(args, "cfg_device", None) or "auto")
+    cuda = torch.cuda.is_available() and not dev.startswith("cpu")
+    distributed.setup(torch.device("cuda" if cuda else "cpu"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _join_torchrun(args)
         return int(args.func(args) or 0)
     except DmadError as exc:
         print(f"dmad: error: {exc}", file=sys.stderr)

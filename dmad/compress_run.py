@@ -30,7 +30,7 @@ from typing import Any
 from dmad.compress.config import make_config, opt, read_config_file, to_dict
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
-from dmad.compress.train import loop
+from dmad.compress.train import distributed, loop
 from dmad.pipeline import _compare, _export_both, run_stage
 
 ARGS = "compress.json"
@@ -67,7 +67,11 @@ class CompressConfig:
     export_size: int = opt(256, "input side of the exported models, the held-out evaluation size")
     steps: int = opt(2000, "search steps")
     finetune_steps: int = opt(4000, "fine-tune steps")
-    batch_size: int = opt(1, "images per step")
+    batch_size: int = opt(1, "images per step in each process (global batch = batch_size × "
+                          "processes under torchrun)")
+    precision: str = opt("fp32", "fp32 | bf16 | fp16: autocast precision of the search and "
+                         "fine-tune forward passes")
+    workers: int = opt(-1, "DataLoader worker processes; -1 = 0 on CPU, up to 4 per GPU")
     quant: tuple[str, ...] = opt(("fp32", "fp16", "dynamic", "int8"),
                                  "TFLite variants, comma list of fp32, fp16, dynamic, int8")
     calib: str = opt("", "int8 calibration folder ('' = the training images of the split)")
@@ -280,21 +284,29 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
 def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force: bool = False,
                  tables: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search → prune → fine-tune → eval → export → compare in ``out``; returns DONE.json."""
-    from dmad.compress.evaluate import EvalConfig, evaluate
     from dmad.compress.train.finetune import FinetuneConfig, finetune
     from dmad.compress.train.search import SearchConfig, search
 
     tables = tables or {}
-    teacher, split = _prepare(cfg, out, resume=resume, force=force, tables=tables)
+
+    def prepare() -> tuple[_Teacher, Path | None]:
+        t, sp = _prepare(cfg, out, resume=resume, force=force, tables=tables)
+        t.imported = None  # saved into the run folder by now; not sent to the other ranks
+        return t, sp
+
+    # under torchrun rank 0 checks and writes the run folder; every rank trains the stages;
+    # rank 0 alone evaluates, exports and compares
+    teacher, split = distributed.on_main(prepare)
     size = cfg.size or teacher.size or 256
     times: dict[str, float] = {}
     common = {"size": size, "batch_size": cfg.batch_size, "seed": cfg.seed, "device": cfg.device,
               "skip_bad": cfg.skip_bad, "checkpoint_every": cfg.checkpoint_every,
-              "log_every": cfg.log_every}
+              "log_every": cfg.log_every, "precision": cfg.precision, "workers": cfg.workers}
     data = {"images": str(split)} if split is not None else {"data": cfg.images}
     mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
-    print(f"[compress] {cfg.generator}: {mode}, target {cfg.target_gmacs} GMACs "
-          f"{cfg.macs_convention} at {cfg.macs_size}²")
+    if distributed.is_main():
+        print(f"[compress] {cfg.generator}: {mode}, target {cfg.target_gmacs} GMACs "
+              f"{cfg.macs_convention} at {cfg.macs_size}²")
 
     scfg = make_config(SearchConfig, None, {
         **tables.get("search", {}), **common, **data, "teacher": teacher.ref,
@@ -309,6 +321,17 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         "inception": cfg.inception})
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
               times, tag="compress")
+    if not distributed.is_main():
+        return distributed.on_main(dict)
+    return distributed.on_main(lambda: _finish(cfg, out, teacher, split, times, force))
+
+
+def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | None,
+            times: dict[str, float], force: bool) -> dict[str, Any]:
+    """Eval → export → compare → DONE.json (rank 0)."""
+    from dmad.compress.evaluate import EvalConfig, evaluate
+
+    mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
 
     t = time.time()
     ecfg = EvalConfig(student=str(out / "finetune"), teacher=teacher.file,

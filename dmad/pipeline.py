@@ -15,7 +15,7 @@ from typing import Any
 
 from dmad.compress.config import make_config, read_config_file
 from dmad.compress.errors import DmadError
-from dmad.compress.train import loop
+from dmad.compress.train import distributed, loop
 
 #: The demo config ships inside the package (``dmad.configs``), so ``dmad demo`` runs from any
 #: folder of a non-editable install.
@@ -33,7 +33,8 @@ def run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
         train(run_dir, resume=resume, force=force)
         status = "resumed" if resume else "done"
     times[name] = time.time() - t
-    print(f"[{tag}] {name:<9} {times[name]:7.1f} s  {status}")
+    if distributed.is_main():
+        print(f"[{tag}] {name:<9} {times[name]:7.1f} s  {status}")
 
 
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from dmad.compress.data.split import ImageSplit
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.models import PatchDiscriminator
-from dmad.compress.train import loop
+from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import save_grid, set_requires_grad
 from dmad.compress.train.search import (
     SPLIT,
@@ -272,28 +272,29 @@ class FinetuneStage(TeacherStage):
     def _g_only_step(self) -> dict[str, torch.Tensor | float]:
         """Paired distillation of the teacher's outputs against a freshly trained D."""
         out: dict[str, torch.Tensor] = {}
-        fakes = {d: self.G[d](self._inputs(d)) for d in self.students}
         set_requires_grad(list(self.D.values()), False)
         self.opt_G.zero_grad(set_to_none=True)
-        for d, fake in fakes.items():
-            out[f"G_{d}"] = self.gan(self.D[d](self._d_input(d, fake)), True,
-                                     for_discriminator=False)
-        out.update(self.extra_generator_loss())
-        loss_G = sum(out.values())
-        loss_G.backward()  # type: ignore[union-attr]
-        self.opt_G.step()
+        with self.amp.autocast():
+            fakes = {d: self.ddp(self.G[d])(self._inputs(d)) for d in self.students}
+            for d, fake in fakes.items():
+                out[f"G_{d}"] = self.gan(self.D[d](self._d_input(d, fake)), True,
+                                         for_discriminator=False)
+            out.update(self.extra_generator_loss())
+            loss_G = sum(out.values())
+        self.backward_step(loss_G, "G")  # type: ignore[arg-type]
         set_requires_grad(list(self.D.values()), True)
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D = torch.zeros((), device=self.device)
-        for d, fake in fakes.items():
-            # the user's images have no target side: the teacher's outputs are the real images
-            key = "B" if d == "AtoB" else "A"
-            real = self.batch[key] if key in self.batch and self.split is None else \
-                self.t_outs[d].detach()
-            loss_D = loss_D + self._d_loss(self.D[d], self._d_input(d, real),
-                                           self._d_input(d, fake))
-        loss_D.backward()
-        self.opt_D.step()
+        with self.amp.autocast():
+            loss_D = torch.zeros((), device=self.device)
+            for d, fake in fakes.items():
+                # the user's images have no target side: the teacher's outputs are the real
+                # images
+                key = "B" if d == "AtoB" else "A"
+                real = self.batch[key] if key in self.batch and self.split is None else \
+                    self.t_outs[d].detach()
+                loss_D = loss_D + self._d_loss(self.ddp(self.D[d]), self._d_input(d, real),
+                                               self._d_input(d, fake))
+        self.backward_step(loss_D, "D")
         return {"G": loss_G, **out, "D": loss_D}  # type: ignore[dict-item]
 
     # -- best checkpoint -------------------------------------------------------------------
@@ -350,6 +351,8 @@ class FinetuneStage(TeacherStage):
     def after_step(self, step: int) -> dict[str, Any]:
         n = step + 1
         if not self.eval_every or (n % self.eval_every and n != self.cfg.steps):
+            return {}
+        if not distributed.is_main():  # rank 0 evaluates, keeps the best and writes it
             return {}
         m = self.evaluate_students()
         self.evals.append({"step": n, **m})
@@ -430,7 +433,7 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
         split = resolve_split(images, cfg.val, out / SPLIT, size=tcfg.size,
                               skip_bad=tcfg.skip_bad, resume=resume)
     loop.prepare_run_dir(out, resume=resume, force=force)
-    if split is not None and not Path(images).is_file():
+    if split is not None and not Path(images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
     stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),

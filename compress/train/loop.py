@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
+from dmad.compress.train import distributed
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -84,7 +85,12 @@ class Stage(ABC):
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     """Refuse to clobber work: a finished run needs ``--force``; an unfinished one needs
-    ``--resume`` (continue) or ``--force`` (start over)."""
+    ``--resume`` (continue) or ``--force`` (start over). Under torchrun rank 0 checks and
+    prepares the folder and every rank gets its verdict."""
+    distributed.on_main(lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     done = (run_dir / DONE).exists()
     started = (run_dir / CHECKPOINT).exists()
     if force and run_dir.exists():
@@ -142,19 +148,32 @@ def _kept_message(ckpt_path: Path) -> str:
 
 
 def save_checkpoint(stage: Stage, run_dir: Path, step: int, config: dict[str, Any]) -> None:
+    """Rank 0 writes; every rank must call it (the RNG states of all ranks are gathered, so a
+    resume with the same world size restores each rank's dropout stream)."""
+    rngs = distributed.gather_objects(_rng_state())
+    if not distributed.is_main():
+        return
     atomic_save(
         {
             "format": "dmad-checkpoint",
             "stage": stage.name,
             "step": step,
             "config": config,
+            "global_batch": global_batch_of(stage),
+            "world_size": distributed.world_size(),
             "modules": {k: m.state_dict() for k, m in stage.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in stage.optimizers().items()},
-            "rng": _rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "extra": stage.extra_state(),
         },
         run_dir / CHECKPOINT,
     )
+
+
+def global_batch_of(stage: Stage) -> int | None:
+    batches = getattr(stage, "batches", None)
+    return getattr(batches, "global_batch", None)
 
 
 def load_checkpoint(stage: Stage, run_dir: Path) -> int:
@@ -165,13 +184,24 @@ def load_checkpoint(stage: Stage, run_dir: Path) -> int:
         raise DmadError(f"{path}: not a dmad training checkpoint")
     if ckpt.get("stage") != stage.name:
         raise DmadError(f"{path}: is a {ckpt.get('stage')!r} checkpoint, not {stage.name!r}")
+    saved_batch = ckpt.get("global_batch")
+    batches = getattr(stage, "batches", None)
+    if saved_batch is not None and batches is not None and saved_batch != batches.global_batch:
+        world = distributed.world_size()
+        if saved_batch % world:
+            raise DmadError(f"{path}: was trained with a global batch of {saved_batch}, which "
+                            f"{world} processes cannot share; resume with a world size that "
+                            "divides it")
+        batches.set_global_batch(saved_batch)  # the run's batch, whatever this world size
     try:
         for k, m in stage.modules().items():
             m.load_state_dict(ckpt["modules"][k])
         for k, o in stage.optimizers().items():
             o.load_state_dict(ckpt["optimizers"][k])
         stage.load_extra_state(ckpt.get("extra") or {})
-        _set_rng_state(ckpt["rng"])
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        same_world = len(rngs) == distributed.world_size()
+        _set_rng_state(rngs[distributed.rank()] if same_world else rngs[0])
     except (KeyError, RuntimeError, ValueError) as exc:
         msg = " ".join(str(exc).split())[:200]
         raise DmadError(f"{path}: does not match this run's models ({msg})") from None
@@ -214,12 +244,15 @@ def run(
     """
     start = 0
     ckpt_path = run_dir / CHECKPOINT
+    main = distributed.is_main()
     if resume and ckpt_path.exists():
         start = load_checkpoint(stage, run_dir)
-        _trim_log(run_dir / LOG, start)
-    elif not resume:
+        if main:
+            _trim_log(run_dir / LOG, start)
+    elif not resume and main:
         (run_dir / LOG).unlink(missing_ok=True)
-    atomic_write_json(run_dir / CONFIG, config)
+    if main:
+        atomic_write_json(run_dir / CONFIG, config)
     for opt in stage.optimizers().values():
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -232,9 +265,38 @@ def run(
         file=sys.stderr,
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 5.0,
+        disable=not main,
     )
-    log_fh = open(run_dir / LOG, "a", encoding="utf-8")
+    log_fh = open(run_dir / LOG, "a", encoding="utf-8") if main else None
     done_here = 0
+    # losses stay on the device until a log line, checkpoint or the end needs them: one host
+    # sync (and under torchrun one all-reduce) per interval instead of one per loss per step
+    pending: list[tuple[int, float, list[str], torch.Tensor]] = []
+    extras: dict[int, dict[str, Any]] = {}
+
+    def flush() -> dict[str, float]:
+        """Bring the pending losses to the host (averaged over ranks), stop on NaN/inf, return
+        the last step's values."""
+        if not pending:
+            return {}
+        flat = torch.cat([v for _, _, _, v in pending]).float()
+        values = distributed.all_mean_(flat).tolist()
+        last: dict[str, float] = {}
+        i = 0
+        for n_step, _f, keys, v in pending:
+            vals = dict(zip(keys, values[i:i + v.numel()], strict=True))
+            i += v.numel()
+            bad = [k for k, x in vals.items() if not math.isfinite(x)]
+            if bad:
+                raise DmadError(
+                    f"{stage.name}: loss {bad[0]} became {vals[bad[0]]} at step "
+                    f"{n_step}; stopped, {_kept_message(ckpt_path)}. Lower the learning "
+                    "rate or check the data"
+                )
+            last = vals
+        pending.clear()
+        return last
+
     try:
         step = start
         for step in range(start, schedule.steps):
@@ -242,43 +304,48 @@ def run(
             for opt in stage.optimizers().values():
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * f
-            losses = {
-                k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
-                for k, v in stage.train_step(step).items()
-            }
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad:
-                raise DmadError(
-                    f"{stage.name}: loss {bad[0]} became {losses[bad[0]]} at step "
-                    f"{step + 1}; stopped, {_kept_message(ckpt_path)}. Lower the learning "
-                    "rate or check the data"
-                )
+            out = stage.train_step(step)
+            keys = list(out)
+            vec = torch.stack([
+                v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
+                else torch.tensor(float(v)) for v in out.values()
+            ]) if keys else torch.zeros(0)
+            pending.append((step + 1, f, keys, vec))
             extra = stage.after_step(step)
             done_here += 1
             n = step + 1
-            if n % log_every == 0 or n == schedule.steps:
-                rec = {
-                    "step": n,
-                    "lr_factor": round(f, 6),
-                    **{k: round(v, 6) for k, v in losses.items()},
-                    **extra,
-                    "time": round(time.time() - t0, 3),
-                }
-                log_fh.write(json.dumps(rec) + "\n")
-                log_fh.flush()
-            bar.set_postfix_str(
-                " ".join(
-                    [f"{k}={_fmt(v)}" for k, v in losses.items()]
-                    + [f"{k}={v}" for k, v in stage.progress_fields().items()]
-                ),
-                refresh=False,
-            )
-            bar.update(1)
-            if (
+            log_now = n % log_every == 0 or n == schedule.steps
+            ckpt_now = (
                 n % checkpoint_every == 0
                 or n == schedule.steps
                 or (max_steps is not None and done_here >= max_steps)
-            ):
+            )
+            if extra:
+                extras[n] = extra
+            bar.update(1)
+            if log_now or ckpt_now:
+                losses = flush()
+                if log_now:
+                    if log_fh is not None:
+                        rec = {
+                            "step": n,
+                            "lr_factor": round(f, 6),
+                            **{k: round(v, 6) for k, v in losses.items()},
+                            **{k: v for e in extras.values() for k, v in e.items()},
+                            "time": round(time.time() - t0, 3),
+                        }
+                        log_fh.write(json.dumps(rec) + "\n")
+                        log_fh.flush()
+                    extras.clear()
+                    if main:
+                        bar.set_postfix_str(
+                            " ".join(
+                                [f"{k}={_fmt(v)}" for k, v in losses.items()]
+                                + [f"{k}={v}" for k, v in stage.progress_fields().items()]
+                            ),
+                            refresh=False,
+                        )
+            if ckpt_now:
                 bad_w = nonfinite_tensors(stage)
                 if bad_w:
                     raise DmadError(
@@ -288,16 +355,28 @@ def run(
                     )
                 save_checkpoint(stage, run_dir, n, config)
             if max_steps is not None and done_here >= max_steps and n < schedule.steps:
+                distributed.barrier()
                 return {"stopped_at": n}
     finally:
         bar.close()
-        log_fh.close()
-    summary = stage.finish(run_dir)
-    summary = {
-        "stage": stage.name,
-        "steps": schedule.steps,
-        "seconds_this_invocation": round(time.time() - t0, 2),
-        **summary,
-    }
-    atomic_write_json(run_dir / DONE, summary)
-    return summary
+        if log_fh is not None:
+            log_fh.close()
+        batches = getattr(stage, "batches", None)
+        if batches is not None and hasattr(batches, "close"):
+            batches.close()
+    if not main:  # rank 0 writes the outputs; the others wait for them and return its summary
+        return distributed.on_main(dict)
+    def finish() -> dict[str, Any]:
+        summary = stage.finish(run_dir)
+        summary = {
+            "stage": stage.name,
+            "steps": schedule.steps,
+            "seconds_this_invocation": round(time.time() - t0, 2),
+            **({"world_size": distributed.world_size(),
+                "global_batch": global_batch_of(stage)} if distributed.active() else {}),
+            **summary,
+        }
+        atomic_write_json(run_dir / DONE, summary)
+        return summary
+
+    return distributed.on_main(finish)

@@ -36,12 +36,13 @@ from dmad.compress.masks import (
     bound_at,
     bound_loss,
     find_masks,
+    flush_scores,
     group_loss,
     relu_loss,
     soft_step,
 )
 from dmad.compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
-from dmad.compress.train import loop
+from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import set_requires_grad
 from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
@@ -58,7 +59,11 @@ class TrainingOverrides:
     size: int = opt(0, "crop side in pixels; 0 = the teacher run's size")
     steps: int = opt(1000, "training steps of this stage")
     decay_steps: int = opt(-1, "steps of linear LR decay at the end; -1 = half of steps")
-    batch_size: int = opt(0, "images per step; 0 = the teacher run's")
+    batch_size: int = opt(
+        0,
+        "images per step in each process (global batch = batch_size × processes); 0 = the "
+        "teacher run's",
+    )
     lr: float = opt(0.0, "learning rate of the generator(s) and D; 0 = the teacher run's")
     seed: int = opt(0, "seed of the batch order, augmentation and new weights")
     checkpoint_every: int = opt(100, RUN_HELP["checkpoint_every"])
@@ -75,6 +80,12 @@ class TrainingOverrides:
         0.0,
         "aligned --images only: weight of an L1 to the B half as extra ground truth (0 = unused)",
     )
+    epochs: float = opt(0.0, RUN_HELP["epochs"])
+    decay_epochs: float = opt(-1.0, RUN_HELP["decay_epochs"])
+    workers: int = opt(-1, RUN_HELP["workers"])
+    prefetch: int = opt(2, RUN_HELP["prefetch"])
+    precision: str = opt("fp32", RUN_HELP["precision"])
+    channels_last: str = opt("auto", RUN_HELP["channels_last"])
 
 
 @dataclass
@@ -231,7 +242,9 @@ def training_config(cfg: Any, teacher: Teacher) -> TeacherConfig:
         if v not in ("", 0, 0.0, None) or (name == "skip_bad" and v):
             base[name] = v
     base.update(steps=cfg.steps, decay_steps=cfg.decay_steps, seed=cfg.seed,
-                checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+                checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, workers=cfg.workers,
+                prefetch=cfg.prefetch, precision=cfg.precision, channels_last=cfg.channels_last)
     if cfg.size:  # a new size: the resize-before-crop is derived from it again
         base.pop("load_size", None)
     names = {f.name for f in dataclasses.fields(TeacherConfig)}
@@ -375,6 +388,9 @@ class SearchStage(TeacherStage):
         self.opt_G = torch.optim.Adam([{"params": other, "lr": tcfg.lr},
                                        {"params": masks_w, "lr": self.mask_lr}],
                                       lr=tcfg.lr, betas=(tcfg.beta1, 0.999))
+        if self.world > 1:  # Taylor scores of the global batch, not of each rank's share
+            for m in (m for ms in self.masks.values() for m in ms.values()):
+                m.pending_scores = []
         self.updates = 0
         self.frozen_at: dict[str, int] = {}
         self.cut: dict[str, dict[str, float]] = {}
@@ -474,46 +490,53 @@ class SearchStage(TeacherStage):
         c = self.scfg
         losses: dict[str, torch.Tensor] = {}
         fakes, targets = {}, {}
-        for d in self.searched:
-            x = self._inputs(d)
-            self.s_rec[d].clear()
-            self.t_rec[d].clear()
-            with torch.no_grad():
-                targets[d] = self.T[d](x)
-            fakes[d] = self.G[d](x)
         set_requires_grad(list(self.D.values()), False)
         self.opt_G.zero_grad(set_to_none=True)
-        for d in self.searched:
-            fake, target = fakes[d], targets[d]
-            if c.lambda_recon > 0:
-                losses[f"recon_{d}"] = c.lambda_recon * self.l1(fake, target)
-            if c.lambda_gan > 0:
-                losses[f"G_{d}"] = c.lambda_gan * self.gan(self.D[d](self._d_input(fake)), True,
-                                                           for_discriminator=False)
-            s_feats, t_feats = self.s_rec[d].first(), self.t_rec[d].first()
-            if self.lambda_att > 0:
-                losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats, None)
-            if c.lambda_feat > 0:  # the teacher's own encoder as a feature extractor
-                key = "stem" if "stem" in t_feats else next(iter(t_feats))
+        with self.amp.autocast():
+            for d in self.searched:
+                x = self._inputs(d)
+                self.s_rec[d].clear()
                 self.t_rec[d].clear()
-                self.T[d](fake)
-                f_fake = self.t_rec[d].first()[key]
-                losses[f"feat_{d}"] = c.lambda_feat * self.l1(f_fake, t_feats[key].detach())
-            if c.lambda_gt > 0:
-                losses[f"gt_{d}"] = c.lambda_gt * self.l1(fake, self.batch["B"])
-        losses.update(self.extra_generator_loss())
-        loss_G = sum(losses.values())
-        loss_G.backward()  # type: ignore[union-attr]
-        self.opt_G.step()
+                with torch.no_grad():
+                    targets[d] = self.T[d](x)
+                fakes[d] = self.ddp(self.G[d])(x)
+            for d in self.searched:
+                fake, target = fakes[d], targets[d]
+                if c.lambda_recon > 0:
+                    losses[f"recon_{d}"] = c.lambda_recon * self.l1(fake, target)
+                if c.lambda_gan > 0:
+                    losses[f"G_{d}"] = c.lambda_gan * self.gan(
+                        self.D[d](self._d_input(fake)), True, for_discriminator=False)
+                s_feats, t_feats = self.s_rec[d].first(), self.t_rec[d].first()
+                if self.lambda_att > 0:
+                    losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats,
+                                                                             None)
+                if c.lambda_feat > 0:  # the teacher's own encoder as a feature extractor
+                    key = "stem" if "stem" in t_feats else next(iter(t_feats))
+                    self.t_rec[d].clear()
+                    self.T[d](fake)
+                    f_fake = self.t_rec[d].first()[key]
+                    losses[f"feat_{d}"] = c.lambda_feat * self.l1(f_fake, t_feats[key].detach())
+                if c.lambda_gt > 0:
+                    losses[f"gt_{d}"] = c.lambda_gt * self.l1(fake, self.batch["B"])
+            losses.update(self.extra_generator_loss())
+            loss_G = sum(losses.values())
+        self.backward_step(loss_G, "G")  # type: ignore[arg-type]
         set_requires_grad(list(self.D.values()), True)
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D = torch.zeros((), device=self.device)
-        for d in self.searched:
-            loss_D = loss_D + self._d_loss(self.D[d], self._d_input(targets[d]),
-                                           self._d_input(fakes[d].detach()))
-        loss_D.backward()
-        self.opt_D.step()
+        with self.amp.autocast():
+            loss_D = torch.zeros((), device=self.device)
+            for d in self.searched:
+                loss_D = loss_D + self._d_loss(self.ddp(self.D[d]), self._d_input(targets[d]),
+                                               self._d_input(fakes[d].detach()))
+        self.backward_step(loss_D, "D")
         return {"G": loss_G, **losses, "D": loss_D}  # type: ignore[dict-item]
+
+    def backward_step(self, loss: torch.Tensor, which: str) -> None:
+        super().backward_step(loss, which)
+        if which == "G" and self.world > 1:
+            flush_scores([m for ms in self.masks.values() for m in ms.values()],
+                         distributed.all_mean_)
 
     # -- losses ----------------------------------------------------------------------------
     def extra_generator_loss(self) -> dict[str, torch.Tensor]:
@@ -601,7 +624,9 @@ class SearchStage(TeacherStage):
 
     def _update_importance(self, masks: dict[str, ChannelMask]) -> None:
         """Fold the Taylor scores of the last interval into the running importance (an average
-        per step, decayed by half per update), then start a new interval."""
+        per step, decayed by half per update), then start a new interval. Under torchrun the
+        scores are those of the global batch on every rank (:func:`flush_scores` after each
+        backward), so every rank ranks channels identically."""
         with torch.no_grad():
             for m in masks.values():
                 rate = m.score / self.interval
@@ -817,7 +842,7 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
         split = resolve_split(cfg.images, cfg.val, out / SPLIT, size=tcfg.size,
                               skip_bad=tcfg.skip_bad, resume=resume)
     loop.prepare_run_dir(out, resume=resume, force=force)
-    if split is not None and not Path(cfg.images).is_file():
+    if split is not None and not Path(cfg.images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
     stage = SearchStage(cfg, tcfg, teacher, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),

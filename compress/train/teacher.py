@@ -29,7 +29,8 @@ from dmad.compress.models import (
     UnetGenerator,
     UnetSpec,
 )
-from dmad.compress.train import loop
+from dmad.compress.train import distributed, loop
+from dmad.compress.train.amp import PRECISIONS, Precision, use_channels_last
 from dmad.compress.train.common import (
     BatchSource,
     default_load_size,
@@ -90,7 +91,10 @@ class TeacherConfig:
     )
     steps: int = opt(1000, "training steps (one batch each)")
     decay_steps: int = opt(-1, "steps of linear LR decay to 0 at the end; -1 = half of steps")
-    batch_size: int = opt(1, "images per step")
+    batch_size: int = opt(
+        1,
+        "images per step in each process; the global batch is batch_size × processes (torchrun)",
+    )
     lr: float = opt(2e-4, "Adam learning rate of G and D")
     beta1: float = opt(0.5, "Adam beta1")
     gan_mode: str = opt("", "lsgan | vanilla | hinge ('' = lsgan for cyclegan, hinge for pix2pix)")
@@ -106,11 +110,23 @@ class TeacherConfig:
     log_every: int = opt(10, RUN_HELP["log_every"])
     device: str = opt("auto", RUN_HELP["device"])
     skip_bad: bool = opt(False, RUN_HELP["skip_bad"])
+    epochs: float = opt(0.0, RUN_HELP["epochs"])
+    decay_epochs: float = opt(-1.0, RUN_HELP["decay_epochs"])
+    workers: int = opt(-1, RUN_HELP["workers"])
+    prefetch: int = opt(2, RUN_HELP["prefetch"])
+    precision: str = opt("fp32", RUN_HELP["precision"])
+    channels_last: str = opt("auto", RUN_HELP["channels_last"])
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
             return DmadError(f"field {name}: {why}")
 
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise bad("channels_last", f"{self.channels_last!r} is not one of auto, on, off")
+        if self.epochs < 0 or self.workers < -1 or self.prefetch < 1:
+            raise bad("epochs/workers/prefetch", "epochs >= 0, workers >= -1, prefetch >= 1")
         if self.task not in TASKS:
             raise bad("task", f"{self.task!r} is not one of {', '.join(TASKS)}")
         self.arch = self.arch or ("resnet" if self.task == "cyclegan" else "unet")
@@ -207,9 +223,16 @@ class TeacherStage(loop.Stage):
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         seed_everything(cfg.seed)
         self.train_set, self.test_set = self.open_data()
-        self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device)
+        self.global_batch = cfg.batch_size * self.world
+        self.resolve_epochs()
+        self.amp = Precision(cfg.precision, self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, cfg.precision)
+        self.batches = BatchSource(self.train_set, cfg.batch_size, cfg.seed, self.device,
+                                   workers=cfg.workers, prefetch=cfg.prefetch, rank=self.rank,
+                                   world=self.world, channels_last=self.channels_last)
         self.gan = GANLoss(cfg.gan_mode)
         self.l1 = nn.L1Loss()
         names = self.directions()
@@ -217,8 +240,12 @@ class TeacherStage(loop.Stage):
         self.D: dict[str, nn.Module] = {}
         for n in names:
             g, d = self.make_models(n)
-            self.G[n] = g.to(self.device).train()
-            self.D[n] = d.to(self.device).train()
+            self.G[n] = self._place(g)
+            self.D[n] = self._place(d)
+        if self.world > 1:  # same initial weights everywhere; per-rank dropout draws
+            torch.manual_seed(cfg.seed + 104_729 * self.rank)
+        self.ddp = distributed.Wrappers()
+        self.scalers = {"G": self.amp.scaler(), "D": self.amp.scaler()}
         betas = (cfg.beta1, 0.999)
         self.opt_G = torch.optim.Adam(
             [p for g in self.G.values() for p in g.parameters()], lr=cfg.lr, betas=betas
@@ -230,6 +257,44 @@ class TeacherStage(loop.Stage):
             n: ImagePool(cfg.pool_size if cfg.task == "cyclegan" else 0, cfg.seed + i + 1)
             for i, n in enumerate(names)
         }
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        """On this rank's device, in training mode, global BatchNorm under torchrun, NHWC when
+        channels_last is on."""
+        module = distributed.sync_batchnorm(module.to(self.device).train())
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return module
+
+    def resolve_epochs(self) -> None:
+        """``epochs``/``decay_epochs`` → steps at the global batch (the original recipes count
+        epochs over the larger side of the training set, which ``len`` is)."""
+        c = self.cfg
+        if c.epochs <= 0:
+            return
+        per_epoch = len(self.train_set) / self.global_batch
+        c.steps = max(1, math.ceil(c.epochs * per_epoch))
+        c.decay_steps = (min(c.steps, math.ceil(c.decay_epochs * per_epoch))
+                         if c.decay_epochs >= 0 else c.steps // 2)
+
+    def backward_step(self, loss: torch.Tensor, which: str) -> None:
+        """Backpropagate ``loss`` and step optimiser ``which`` (``G``/``D``), with loss scaling
+        under fp16 (skipping a step whose gradients overflowed)."""
+        opt = self.optimizers()[which]
+        scaler = self.scalers[which]
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def pool_query(self, name: str, fake: torch.Tensor) -> torch.Tensor:
+        """The image pool over the global batch: under torchrun every rank queries the same
+        pool with every rank's fakes in rank order (as one process with the global batch
+        would) and keeps its own share, so the pool's choices do not depend on the world
+        size."""
+        if self.world == 1:
+            return self.pools[name].query(fake)
+        out = self.pools[name].query(distributed.all_gather_cat(fake.detach()))
+        return out.chunk(self.world, 0)[self.rank]
 
     #: the user's images (``dmad compress``): search and fine-tune set it, the teacher never does
     split: Any = None
@@ -275,11 +340,15 @@ class TeacherStage(loop.Stage):
         return {"G": self.opt_G, "D": self.opt_D}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"pools": {k: p.state_dict() for k, p in self.pools.items()}}
+        return {"pools": {k: p.state_dict() for k, p in self.pools.items()},
+                "scalers": {k: s.state_dict() for k, s in self.scalers.items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         for k, p in self.pools.items():
             p.load_state_dict(state["pools"][k])
+        for k, s in self.scalers.items():
+            if (state.get("scalers") or {}).get(k):
+                s.load_state_dict(state["scalers"][k])
 
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
         b = self.batches.get(step)
@@ -296,31 +365,35 @@ class TeacherStage(loop.Stage):
     ) -> dict[str, torch.Tensor | float]:
         c = self.cfg
         G_A, G_B, D_A, D_B = self.G["AtoB"], self.G["BtoA"], self.D["AtoB"], self.D["BtoA"]
-        # Each generator's first call is on its real input (distillation records those).
-        fake_B = G_A(real_A)
-        fake_A = G_B(real_B)
-        rec_A = G_B(fake_B)
-        rec_B = G_A(fake_A)
+        # trained networks are called through their DDP wrappers; D inside G's step is frozen
+        # and called bare (no gradient for its weights, so nothing for DDP to reduce)
+        fG_A, fG_B = self.ddp(G_A), self.ddp(G_B)
         set_requires_grad([D_A, D_B], False)
         self.opt_G.zero_grad(set_to_none=True)
-        losses: dict[str, torch.Tensor] = {}
-        if c.lambda_identity > 0:
-            losses["idt_A"] = self.l1(G_A(real_B), real_B) * c.lambda_cycle * c.lambda_identity
-            losses["idt_B"] = self.l1(G_B(real_A), real_A) * c.lambda_cycle * c.lambda_identity
-        losses["G_A"] = self.gan(D_A(fake_B), True, for_discriminator=False)
-        losses["G_B"] = self.gan(D_B(fake_A), True, for_discriminator=False)
-        losses["cycle_A"] = self.l1(rec_A, real_A) * c.lambda_cycle
-        losses["cycle_B"] = self.l1(rec_B, real_B) * c.lambda_cycle
-        losses.update(self.extra_generator_loss())
-        loss_G = sum(losses.values())
-        loss_G.backward()  # type: ignore[union-attr]
-        self.opt_G.step()
+        with self.amp.autocast():
+            # Each generator's first call is on its real input (distillation records those).
+            fake_B = fG_A(real_A)
+            fake_A = fG_B(real_B)
+            rec_A = fG_B(fake_B)
+            rec_B = fG_A(fake_A)
+            losses: dict[str, torch.Tensor] = {}
+            if c.lambda_identity > 0:
+                w = c.lambda_cycle * c.lambda_identity
+                losses["idt_A"] = self.l1(fG_A(real_B), real_B) * w
+                losses["idt_B"] = self.l1(fG_B(real_A), real_A) * w
+            losses["G_A"] = self.gan(D_A(fake_B), True, for_discriminator=False)
+            losses["G_B"] = self.gan(D_B(fake_A), True, for_discriminator=False)
+            losses["cycle_A"] = self.l1(rec_A, real_A) * c.lambda_cycle
+            losses["cycle_B"] = self.l1(rec_B, real_B) * c.lambda_cycle
+            losses.update(self.extra_generator_loss())
+            loss_G = sum(losses.values())
+        self.backward_step(loss_G, "G")  # type: ignore[arg-type]
         set_requires_grad([D_A, D_B], True)
         self.opt_D.zero_grad(set_to_none=True)
-        losses["D_A"] = self._d_loss(D_A, real_B, self.pools["AtoB"].query(fake_B))
-        losses["D_B"] = self._d_loss(D_B, real_A, self.pools["BtoA"].query(fake_A))
-        (losses["D_A"] + losses["D_B"]).backward()
-        self.opt_D.step()
+        with self.amp.autocast():
+            losses["D_A"] = self._d_loss(self.ddp(D_A), real_B, self.pool_query("AtoB", fake_B))
+            losses["D_B"] = self._d_loss(self.ddp(D_B), real_A, self.pool_query("BtoA", fake_A))
+        self.backward_step(losses["D_A"] + losses["D_B"], "D")
         return {"G": loss_G, **losses}  # type: ignore[dict-item]
 
     def _pix2pix_step(
@@ -328,20 +401,22 @@ class TeacherStage(loop.Stage):
     ) -> dict[str, torch.Tensor | float]:
         c = self.cfg
         G, D = self.G["AtoB"], self.D["AtoB"]
-        fake_B = G(real_A)
+        with self.amp.autocast():
+            fake_B = self.ddp(G)(real_A)
         set_requires_grad([D], True)
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D = self._d_loss(D, torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B], 1))
-        loss_D.backward()
-        self.opt_D.step()
+        with self.amp.autocast():
+            loss_D = self._d_loss(self.ddp(D), torch.cat([real_A, real_B], 1),
+                                  torch.cat([real_A, fake_B], 1))
+        self.backward_step(loss_D, "D")
         set_requires_grad([D], False)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_gan = self.gan(D(torch.cat([real_A, fake_B], 1)), True, for_discriminator=False)
-        loss_l1 = self.l1(fake_B, real_B) * c.lambda_l1
-        extra = self.extra_generator_loss()
-        loss_G = loss_gan + loss_l1 + sum(extra.values())
-        loss_G.backward()  # type: ignore[union-attr]
-        self.opt_G.step()
+        with self.amp.autocast():
+            loss_gan = self.gan(D(torch.cat([real_A, fake_B], 1)), True, for_discriminator=False)
+            loss_l1 = self.l1(fake_B, real_B) * c.lambda_l1
+            extra = self.extra_generator_loss()
+            loss_G = loss_gan + loss_l1 + sum(extra.values())
+        self.backward_step(loss_G, "G")  # type: ignore[arg-type]
         set_requires_grad([D], True)
         return {"G": loss_G, "G_GAN": loss_gan, "L1": loss_l1, **extra, "D": loss_D}
 

@@ -1,0 +1,182 @@
+"""Data-parallel training under ``torchrun``: process group, per-network DDP, collectives.
+
+``torchrun --nproc_per_node=N --no-python dmad teacher|search|finetune|compress ...`` starts N
+copies of the same command with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set. :func:`setup` joins
+them into one process group (NCCL on CUDA, gloo on CPU) the first time a stage picks its
+device; a plain ``dmad ...`` (no ``WORLD_SIZE``, or 1) never creates one and every helper here
+is then the identity, so single-process runs are unchanged.
+
+Why each network gets its own wrapper, rebuilt when its trainable set changes: a GAN step
+backpropagates G and D separately and runs D frozen inside G's step, and the search freezes
+mask weights as it goes. DDP expects exactly the parameters it was built with to receive
+gradients in every backward; calling the raw module where its weights are frozen and rebuilding
+the wrapper when ``requires_grad`` flips keeps that true without ``find_unused_parameters``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dmad.compress.errors import DmadError
+
+T = TypeVar("T")
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when absent)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise DmadError(f"WORLD_SIZE: {os.environ['WORLD_SIZE']!r} is not a number") from None
+
+
+def active() -> bool:
+    """True inside a multi-process run (a process group exists)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the only process that writes files, logs and progress."""
+    return rank() == 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the torchrun process group (once) and return this rank's device.
+
+    ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per process); CPU runs use gloo. A no-op
+    returning ``device`` for a single process."""
+    if env_world_size() <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        except (RuntimeError, ValueError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise DmadError(f"torchrun: cannot join the process group ({msg})") from None
+    return device
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only (e.g. writing the default dataset) and give every rank its
+    result; a DmadError on rank 0 is raised on every rank, so none waits for a peer that quit."""
+    if not active():
+        return fn()
+    box: list[Any] = [None, None]
+    if is_main():
+        try:
+            box = [fn(), None]
+        except DmadError as exc:
+            box = [None, str(exc)]
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise DmadError(box[1])
+    return box[0]  # type: ignore[return-value]
+
+
+def all_mean_(t: torch.Tensor) -> torch.Tensor:
+    """Average ``t`` over ranks in place (identity in a single process)."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(dist.get_world_size())
+    return t
+
+
+def all_max_(t: torch.Tensor) -> torch.Tensor:
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``t`` along dim 0 in rank order (no gradient)."""
+    if not active():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """BatchNorm → SyncBatchNorm in a multi-process CUDA run (statistics over the global batch,
+    so N processes train as one with N× the batch). torch's SyncBatchNorm has no CPU kernel;
+    on CPU (gloo) BatchNorm layers keep per-process statistics, which a one-line note says."""
+    if not active() or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                               for m in module.modules()):
+        return module
+    p = next(module.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    global _BN_NOTED
+    if is_main() and not _BN_NOTED:
+        import sys
+
+        print("note: BatchNorm statistics are per process on CPU (torch's SyncBatchNorm needs "
+              "CUDA); a CPU run under torchrun is then not the same as one process with the "
+              "global batch", file=sys.stderr)
+        _BN_NOTED = True
+    return module
+
+
+_BN_NOTED = False
+
+
+class Wrappers:
+    """One ``DistributedDataParallel`` per trained network, rebuilt when its set of trainable
+    parameters changes (a frozen mask). Single process: the module itself."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[bool, ...], nn.Module]] = {}
+
+    def __call__(self, module: nn.Module) -> nn.Module:
+        if not active():
+            return module
+        sig = tuple(p.requires_grad for p in module.parameters())
+        hit = self._cache.get(id(module))
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = next(module.parameters()).device
+        ids = [dev.index] if dev.type == "cuda" else None
+        # buffers are not broadcast: every rank updates them identically (bounds, frozen flags)
+        # or they are reduced where they are read (the masks' Taylor scores)
+        wrapped = DDP(module, device_ids=ids, broadcast_buffers=False)
+        self._cache[id(module)] = (sig, wrapped)
+        return wrapped

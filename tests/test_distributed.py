@@ -1,0 +1,225 @@
+"""Data-parallel training under the real ``torchrun`` on CPU (gloo, 2 ranks).
+
+Two processes with batch 1 each must train as one process with batch 2: the same batches
+(sharded from one deterministic order), gradients averaged by DDP, the image pool and the
+search's Taylor scores taken over the global batch. Adam turns float round-off in a gradient
+that is exactly zero in exact arithmetic (the bias of a conv followed by InstanceNorm) into ±lr
+steps, so weights are compared without those biases, at a tolerance far below one step's move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmad.compress.train.common import StepBatches
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TINY = ["--ngf", "4", "--n-blocks", "2", "--ndf", "4", "--size", "32", "--device", "cpu",
+        "--log-every", "1"]
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(n: int, *args: str) -> list[str]:
+    return [str(TORCHRUN), f"--nproc_per_node={n}", "--standalone", "--no-python",
+            sys.executable, *args]
+
+
+def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _teacher(out: Path, data: Path, n: int, batch: int, steps: int, extra: tuple = ()) -> list[str]:
+    args = ["-m", "dmad", "teacher", "--out", str(out), "--data", str(data), *TINY,
+            "--steps", str(steps), "--checkpoint-every", "2", "--batch-size", str(batch), *extra]
+    return _torchrun(n, *args) if n > 1 else [sys.executable, *args]
+
+
+def _losses(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _assert_losses_close(a: Path, b: Path, rtol: float = 1e-4) -> None:
+    la, lb = _losses(a), _losses(b)
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb, strict=True):
+        for k, v in ra.items():
+            if k in ("time", "lr_factor", "step") or not isinstance(v, float):
+                continue
+            assert rb[k] == pytest.approx(v, rel=rtol, abs=1e-6), (ra["step"], k, v, rb[k])
+
+
+def _assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                          atol: float = 2e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.endswith("bias") or not a[k].is_floating_point():
+            continue
+        diff = (a[k].float() - b[k].float()).abs().max().item()
+        assert diff <= atol, (k, diff)
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
+    """A 2-rank teacher run (batch 1 each) and a 1-process run at the same global batch 2."""
+    data = request.getfixturevalue("default_data")
+    root = tmp_path_factory.mktemp("ddp")
+    two, one = root / "two", root / "one"
+    _run(_teacher(two, data, 2, 1, 8))
+    _run(_teacher(one, data, 1, 2, 8))
+    return {"data": data, "root": root, "two": two, "one": one}
+
+
+def test_shards_of_the_ranks_make_the_single_process_batch(default_data: Path) -> None:
+    from dmad.compress.data import open_dataset
+    from dmad.compress.data.transforms import TransformConfig
+
+    ds = open_dataset(default_data, "cyclegan", "train", TransformConfig(36, 32, True))
+    whole = StepBatches(ds, 4, seed=3)
+    shards = [StepBatches(ds, 4, seed=3, rank=r, world=2) for r in range(2)]
+    for step in (0, 5, 7):  # step 6 crosses into the second epoch (24 images, 4 per step)
+        joined = torch.cat([s[step]["A"] for s in shards])
+        assert torch.equal(joined, whole[step]["A"])
+        assert torch.equal(torch.cat([s[step]["B"] for s in shards]), whole[step]["B"])
+    assert not torch.equal(whole[0]["A"], whole[1]["A"])
+    with pytest.raises(Exception, match="not divisible"):
+        StepBatches(ds, 3, seed=0, rank=0, world=2)
+
+
+def test_two_ranks_train_as_one_process_with_the_global_batch(refs: dict) -> None:
+    two, one = refs["two"], refs["one"]
+    _assert_losses_close(one, two)
+    for f in ("G_AtoB.pt", "G_BtoA.pt", "D_AtoB.pt", "D_BtoA.pt"):
+        _assert_weights_close(_weights(one / f), _weights(two / f))
+    done = json.loads((two / "DONE.json").read_text())
+    assert done["world_size"] == 2 and done["global_batch"] == 2
+    # rank 0 alone logged: one line per step, not two
+    assert [r["step"] for r in _losses(two)] == list(range(1, 9))
+
+
+def test_per_rank_batches_without_ddp_would_not_match(refs: dict, tmp_path: Path) -> None:
+    """The comparison above can fail: one process with batch 1 (what each rank would train
+    alone) already differs at step 2."""
+    solo = tmp_path / "solo"
+    _run(_teacher(solo, refs["data"], 1, 1, 2))
+    la, lb = _losses(refs["two"]), _losses(solo)
+    assert abs(la[1]["G"] - lb[1]["G"]) > 1e-3
+
+
+def _kill_after(cmd: list[str], run: Path, step: int) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole job once ``step`` is
+    logged (torchrun, both ranks and any loader workers)."""
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            lines = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").exists() \
+                else []
+            if len(lines) >= step or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run / "DONE.json").exists(), "the job finished before the kill"
+    assert (run / "checkpoint.pt").exists()
+
+
+def test_kill_of_the_whole_job_then_resume_equals_uninterrupted(refs: dict,
+                                                                tmp_path: Path) -> None:
+    data = refs["data"]
+    # long enough to be killed mid-run; the reference is the same 40-step 2-rank job
+    ref = tmp_path / "ref"
+    _run(_teacher(ref, data, 2, 1, 40))
+    killed = tmp_path / "killed"
+    _kill_after(_teacher(killed, data, 2, 1, 40), killed, 5)
+    _run([*_teacher(killed, data, 2, 1, 40), "--resume"])
+    for f in ("G_AtoB.pt", "D_BtoA.pt"):
+        a, b = _weights(ref / f), _weights(killed / f)
+        assert all(torch.equal(a[k], b[k]) for k in a), f  # bit-identical on CPU
+    assert [r["step"] for r in _losses(killed)] == list(range(1, 41))
+    # the same checkpoint resumed by one process (world size 1 divides the global batch 2)
+    again = tmp_path / "again"
+    _kill_after(_teacher(again, data, 2, 1, 40), again, 5)
+    _run([*_teacher(again, data, 1, 1, 40), "--resume"])
+    _assert_losses_close(ref, again, rtol=1e-3)
+
+
+def test_resume_with_a_world_size_that_does_not_divide_the_batch_is_refused(
+        refs: dict, tmp_path: Path) -> None:
+    data = refs["data"]
+    run = tmp_path / "odd"
+    _run(_teacher(run, data, 1, 3, 4, ("--checkpoint-every", "2")))
+    (run / "DONE.json").unlink()
+    r = subprocess.run(_torchrun(2, "-m", "dmad", "teacher", "--out", str(run), "--resume"),
+                       env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode != 0
+    assert "global batch of 3" in r.stderr
+
+
+PROBE = """
+import sys, torch
+from pathlib import Path
+from dmad.compress.train import distributed
+from dmad.compress.train.search import SearchConfig, search
+out, bs = Path(sys.argv[1]), int(sys.argv[2])
+cfg = SearchConfig(teacher=sys.argv[3], target_gmacs=0.08, bound_updates=4, steps=8,
+                   checkpoint_every=1, log_every=1, device="cpu", mask_lr=0.002, lr=5e-5,
+                   batch_size=bs)
+search(cfg, out, max_steps=3)
+if distributed.world_size() > 1:
+    from dmad.compress.io import atomic_write_text
+    try:
+        atomic_write_text(out / f"rank{distributed.rank()}.txt", "x")
+        print("wrote", distributed.rank())
+    except RuntimeError as exc:
+        print("refused", distributed.rank(), exc)
+"""
+
+
+def test_search_under_two_ranks_equals_one_process(refs: dict, tmp_path: Path) -> None:
+    """Three search steps (a bound update at step 2): the same losses, mask weights, bounds
+    and Taylor importance as one process with the global batch; and a write from rank 1 is
+    refused (only rank 0 writes)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    one, two = tmp_path / "s1", tmp_path / "s2"
+    _run([sys.executable, str(probe), str(one), "2", str(refs["one"])])
+    r = _run(_torchrun(2, str(probe), str(two), "1", str(refs["one"])))
+    assert "wrote 0" in r.stdout and "refused 1" in r.stdout and "only rank 0 writes" in r.stdout
+    assert not (two / "rank1.txt").exists()
+    _assert_losses_close(one, two)
+    a = torch.load(one / "checkpoint.pt", weights_only=True)["modules"]
+    b = torch.load(two / "checkpoint.pt", weights_only=True)["modules"]
+    for d in ("G_AtoB", "G_BtoA"):
+        names = [k for k in a[d] if ".mask." in k]
+        assert any(k.endswith("importance") and a[d][k].abs().sum() > 0 for k in names)
+        for k in names:
+            if a[d][k].is_floating_point():
+                assert torch.allclose(a[d][k], b[d][k], rtol=1e-4, atol=1e-6), (d, k)
+        _assert_weights_close(a[d], b[d])
