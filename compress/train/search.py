@@ -388,7 +388,10 @@ class SearchStage(TeacherStage):
         self.opt_G = torch.optim.Adam([{"params": other, "lr": tcfg.lr},
                                        {"params": masks_w, "lr": self.mask_lr}],
                                       lr=tcfg.lr, betas=(tcfg.beta1, 0.999))
-        if self.world > 1:  # Taylor scores of the global batch, not of each rank's share
+        # Taylor scores of the global batch (not of each rank's share) and, under fp16 loss
+        # scaling, of the unscaled loss: the backward's terms are collected, then reduced
+        self.defer_scores = self.world > 1 or self.scalers["G"].is_enabled()
+        if self.defer_scores:
             for m in (m for ms in self.masks.values() for m in ms.values()):
                 m.pending_scores = []
         self.updates = 0
@@ -533,10 +536,20 @@ class SearchStage(TeacherStage):
         return {"G": loss_G, **losses, "D": loss_D}  # type: ignore[dict-item]
 
     def backward_step(self, loss: torch.Tensor, which: str) -> None:
+        scaler = self.scalers[which]
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         super().backward_step(loss, which)
-        if which == "G" and self.world > 1:
-            flush_scores([m for ms in self.masks.values() for m in ms.values()],
-                         distributed.all_mean_)
+        if which != "G" or not self.defer_scores:
+            return
+
+        def reduce(flat: torch.Tensor) -> None:
+            distributed.all_mean_(flat)
+            if scaler.is_enabled():
+                flat.div_(scale)
+                if not bool(torch.isfinite(flat).all()):
+                    flat.zero_()  # an overflowed fp16 step: skipped, as the optimiser skipped it
+
+        flush_scores([m for ms in self.masks.values() for m in ms.values()], reduce)
 
     # -- losses ----------------------------------------------------------------------------
     def extra_generator_loss(self) -> dict[str, torch.Tensor]:
