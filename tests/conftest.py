@@ -10,6 +10,10 @@ import pytest
 
 from dmad.compress.data import make_default_dataset
 
+# validation results are cached per folder; tests keep theirs out of the user's ~/.cache
+os.environ.setdefault("DMAD_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                        f"dmad-test-cache-{os.getpid()}"))
+
 
 @pytest.fixture(scope="session")
 def default_data(tmp_path_factory: pytest.TempPathFactory) -> Path:

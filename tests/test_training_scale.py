@@ -132,3 +132,37 @@ def test_step_batches_depend_only_on_seed_and_step(tiny_teacher: dict) -> None:
     a, b = StepBatches(ds, 2, seed=5), StepBatches(ds, 2, seed=5)
     assert torch.equal(a[3]["A"], b[3]["A"])  # b never built steps 0-2
     assert not torch.equal(a[3]["A"], StepBatches(ds, 2, seed=6)[3]["A"])
+
+
+def test_folder_validation_is_cached_and_redone_for_changed_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from dmad.compress.data import images
+    from dmad.compress.errors import DmadError
+
+    monkeypatch.setenv("DMAD_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"junk")
+    decoded: list[str] = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda p, **kw: (decoded.append(p.name),
+                                                             real(p, **kw))[1])
+    files = images.list_images(folder)
+    good, bad = images.scan(files, skip_bad=True)
+    assert len(good) == 6 and [b[0].name for b in bad] == ["bad.png"]
+    assert sorted(decoded) == sorted(p.name for p in files)
+    decoded.clear()
+    good2, bad2 = images.scan(files, skip_bad=True)  # all from the cache
+    assert decoded == [] and good2 == good and bad2 == bad
+    with pytest.raises(DmadError, match="bad.png: unreadable"):  # a cached refusal still stops
+        images.scan(files)
+    with pytest.raises(DmadError, match="smaller than the crop 48x48"):  # sizes are cached
+        images.scan(files[:6], min_size=(48, 48))
+    assert decoded == []
+    Image.new("RGB", (40, 30)).save(folder / "bad.png")  # repaired: decoded again, now good
+    good3, bad3 = images.scan(images.list_images(folder), skip_bad=True)
+    assert decoded == ["bad.png"] and len(good3) == 7 and not bad3

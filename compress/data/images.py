@@ -14,10 +14,14 @@ the transparent pixels should become is not ours to guess.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -143,8 +147,105 @@ def load_rgb(path: Path, *, min_size: tuple[int, int] | None = None) -> Image.Im
     return out
 
 
-#: A check run on every decoded image during :func:`scan`; raises BadImageError to reject it.
+#: A check run on every image during :func:`scan` (it sees the decoded size, ``img.size``);
+#: raises BadImageError to reject it.
 ImageCheck = Callable[[Path, Image.Image], None]
+
+
+class _Sized:
+    """What a check sees of a (possibly cached) image: its decoded size."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+
+def cache_dir() -> Path:
+    """Where validation results are cached: ``$DMAD_CACHE``, else ``~/.cache/dmad``."""
+    env = os.environ.get("DMAD_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dmad"
+
+
+def _probe(path: Path) -> tuple[int, int] | str:
+    """Decoded size of a valid RGB image, or the reason it is refused."""
+    try:
+        return load_rgb(path).size
+    except BadImageError as exc:
+        return exc.reason
+
+
+def _probe_all(paths: list[Path]) -> list[tuple[int, int] | str]:
+    """:func:`_probe` of every file, from the cache where a file's size and mtime match.
+
+    A 50k-image folder costs one full decode per file the first time (on every core: PIL
+    decodes outside the GIL), and a ``stat`` per file after that. The cache holds one JSON file
+    per folder (the files' common folder), keyed by its absolute path; a file whose size or
+    mtime changed is decoded again. It is an
+    optimisation only: an unreadable or unwritable cache is ignored, and under torchrun only
+    rank 0 writes it."""
+    if not paths:
+        return []
+    absolute = [str(p.absolute()) for p in paths]
+    folder = Path(os.path.commonpath([os.path.dirname(a) for a in absolute]))
+    cfile = cache_dir() / "scan" / (hashlib.sha1(str(folder).encode()).hexdigest()[:20] + ".json")
+    try:
+        cached = json.loads(cfile.read_text())
+        if cached.get("folder") != str(folder) or cached.get("version") != _CACHE_VERSION:
+            cached = {}
+    except (OSError, ValueError):
+        cached = {}
+    entries: dict[str, list] = cached.get("files", {}) if cached else {}
+    out: list[tuple[int, int] | str | None] = []
+    todo: list[int] = []
+    stats: list[tuple[int, int] | None] = []
+    for i, p in enumerate(paths):
+        try:
+            st = p.stat()
+            key = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        stats.append(key)
+        e = entries.get(absolute[i])
+        if key is not None and e is not None and (e[0], e[1]) == key:
+            out.append(tuple(e[2]) if isinstance(e[2], list) else e[2])  # type: ignore[arg-type]
+        else:
+            out.append(None)
+            todo.append(i)
+    if todo:
+        workers = min(16, os.cpu_count() or 1, len(todo))
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(_probe, [paths[i] for i in todo]))
+        else:
+            found = [_probe(paths[i]) for i in todo]
+        for i, r in zip(todo, found, strict=True):
+            out[i] = r
+        _save_cache(cfile, folder, absolute, stats, out)
+    return out  # type: ignore[return-value]
+
+
+_CACHE_VERSION = 1
+
+
+def _save_cache(cfile: Path, folder: Path, paths: list[str], stats: list, results: list) -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    files = {p: [k[0], k[1], list(r) if isinstance(r, tuple) else r]
+             for p, k, r in zip(paths, stats, results, strict=True)
+             if k is not None and r is not None and not (isinstance(r, str) and
+                                                          r == "file not found")}
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfile.with_name(f".{cfile.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "folder": str(folder),
+                                   "files": files}))
+        os.replace(tmp, cfile)
+    except OSError:
+        pass
 
 
 def scan(
@@ -155,7 +256,8 @@ def scan(
     check: ImageCheck | None = None,
     folder: Path | None = None,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Decode every file once, up front, and return ``(good, bad)``.
+    """Decode every file once, up front (or read the cached result of an unchanged file,
+    :func:`_probe_all`), and return ``(good, bad)``.
 
     Validating at dataset construction costs one decode per file but turns a crash hours into a
     run into an error before the first step. Without ``skip_bad`` the first bad file raises its
@@ -168,11 +270,16 @@ def scan(
     where = Path(folder) if folder is not None else (paths[0].parent if paths else Path("."))
     good: list[Path] = []
     bad: list[tuple[Path, str]] = []
-    for p in paths:
+    for p, probe in zip(paths, _probe_all(paths), strict=True):
         try:
-            img = load_rgb(p, min_size=min_size)
+            if isinstance(probe, str):
+                raise BadImageError(p, probe)
+            w, h = probe
+            if min_size is not None and (w < min_size[0] or h < min_size[1]):
+                raise BadImageError(
+                    p, f"image {w}x{h} is smaller than the crop {min_size[0]}x{min_size[1]}")
             if check is not None:
-                check(p, img)
+                check(p, _Sized((w, h)))  # type: ignore[arg-type]
         except BadImageError as exc:
             if not skip_bad:
                 raise
