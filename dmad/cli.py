@@ -72,7 +72,9 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
 
 def _common_run_flags(p: argparse.ArgumentParser, **helps: str) -> None:
     """--config, --set, --out, --resume, --force; ``helps`` rewords them for one subcommand."""
-    h = {"config": "TOML or JSON file of config fields",
+    h = {"config": "TOML or JSON file of config fields, or the name of a packaged preset "
+                   "(horse2zebra, edges2shoes_unet, cityscapes_unet, edges2shoes_separable, "
+                   "cityscapes_separable)",
          "out": "run folder (config.json, checkpoint.pt, log.jsonl, results)",
          "resume": "continue the interrupted run in --out from its last checkpoint",
          "force": "overwrite a run already in --out", **helps}
@@ -401,6 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def presets() -> dict[str, Path]:
+    """The packaged presets (``configs/presets/*.toml``) by name."""
+    from importlib import resources
+
+    folder = resources.files("dmad.configs") / "presets"
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir()
+            if str(f).endswith(".toml")} if folder.is_dir() else {}
+
+
+def resolve_preset(path: Path) -> Path:
+    """``--config NAME`` names a packaged preset (e.g. ``horse2zebra``) unless NAME is a file."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    found = presets().get(path.stem)
+    if found is None:
+        raise DmadError(f"--config {path}: no such file, and not a preset (presets: "
+                        f"{', '.join(sorted(presets())) or 'none'})")
+    return found
+
+
 def _join_torchrun(args: argparse.Namespace) -> None:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group before anything reads or
     writes the run folder, so rank 0 alone prepares it; NCCL unless ``--device cpu``."""
@@ -419,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if isinstance(getattr(args, "config", None), Path):
+            args.config = resolve_preset(args.config)
         _join_torchrun(args)
         return int(args.func(args) or 0)
     except DmadError as exc:

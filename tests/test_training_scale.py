@@ -166,3 +166,35 @@ def test_folder_validation_is_cached_and_redone_for_changed_files(
     Image.new("RGB", (40, 30)).save(folder / "bad.png")  # repaired: decoded again, now good
     good3, bad3 = images.scan(images.list_images(folder), skip_bad=True)
     assert decoded == ["bad.png"] and len(good3) == 7 and not bad3
+
+
+@pytest.mark.parametrize("name", ["horse2zebra", "edges2shoes_unet", "cityscapes_unet",
+                                  "edges2shoes_separable", "cityscapes_separable"])
+def test_presets_are_valid_stage_configs(name: str) -> None:
+    """Every packaged preset resolves by name and fills every stage's config without an
+    unknown field; the paper settings it names are the ones that land in the config."""
+    from dmad.cli import resolve_preset
+    from dmad.compress.config import make_config
+    from dmad.compress.train.finetune import FinetuneConfig
+    from dmad.compress.train.search import SearchConfig
+
+    path = resolve_preset(Path(name))
+    t = make_config(TeacherConfig, path, {}, section="teacher")
+    s = make_config(SearchConfig, path, {"teacher": "x"}, section="search")
+    f = make_config(FinetuneConfig, path, {"search": "x"}, section="finetune")
+    assert t.size == 256 and t.epochs == s.epochs == f.epochs == 200
+    assert t.decay_epochs == s.decay_epochs == f.decay_epochs == 100
+    assert f.lambda_distill == 0.0  # DMAD's exact fine-tune objective
+    expect = {"horse2zebra": ("resnet", 64, 4.0), "edges2shoes_unet": ("unet", 48, 3.0),
+              "cityscapes_unet": ("unet", 48, 4.0), "edges2shoes_separable": ("resnet", 48, 4.5),
+              "cityscapes_separable": ("resnet", 48, 4.5)}[name]
+    assert (t.arch, t.ngf, s.target_gmacs) == expect
+    if t.task == "pix2pix":
+        assert t.ndf == 128 and not t.flip and t.load_size == t.size
+    assert t.separable == name.endswith("separable")
+
+
+def test_an_unknown_preset_is_one_line() -> None:
+    from dmad.cli import main
+
+    assert main(["teacher", "--config", "horse3zebra", "--out", "/nonexistent/x"]) == 2

@@ -157,6 +157,19 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
 _BN_NOTED = False
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    params = inspect.signature(DDP.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else \
+        {"broadcast_buffers": False}
+
+
+_NO_BUFFER_SYNC = _no_buffer_sync()
+
+
 class Wrappers:
     """One ``DistributedDataParallel`` per trained network, rebuilt when its set of trainable
     parameters changes (a frozen mask). Single process: the module itself."""
@@ -177,6 +190,6 @@ class Wrappers:
         ids = [dev.index] if dev.type == "cuda" else None
         # buffers are not broadcast: every rank updates them identically (bounds, frozen flags)
         # or they are reduced where they are read (the masks' Taylor scores)
-        wrapped = DDP(module, device_ids=ids, broadcast_buffers=False)
+        wrapped = DDP(module, device_ids=ids, **_NO_BUFFER_SYNC)
         self._cache[id(module)] = (sig, wrapped)
         return wrapped
