@@ -158,7 +158,7 @@ def test_folder_validation_is_cached_and_redone_for_changed_files(
     decoded.clear()
     good2, bad2 = images.scan(files, skip_bad=True)  # all from the cache
     assert decoded == [] and good2 == good and bad2 == bad
-    with pytest.raises(DmadError, match="bad.png: unreadable"):  # a cached refusal still stops
+    with pytest.raises(DmadError, match=r"bad\.png: unreadable"):  # a cached refusal still stops
         images.scan(files)
     with pytest.raises(DmadError, match="smaller than the crop 48x48"):  # sizes are cached
         images.scan(files[:6], min_size=(48, 48))
