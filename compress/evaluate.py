@@ -22,7 +22,13 @@ from dmad.compress.checkpoint import load_generator
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
-from dmad.compress.train.common import open_train_test, pick_device, resolve_data, save_grid
+from dmad.compress.train.common import (
+    eval_loader,
+    open_train_test,
+    pick_device,
+    resolve_data,
+    save_grid,
+)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,8 +162,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     fakes, reals, teach = [], [], []
     src_key, dst_key = ("A", "B") if cfg.direction == "AtoB" else ("B", "A")
     with torch.no_grad():
-        for i in range(n):
-            item = test.get(i, None)
+        for i, item in enumerate(eval_loader(test, device, limit=n)):
             x = item[src_key].unsqueeze(0).to(device)
             s, t = student(x), teacher(x)
             vs_t_psnr.append(psnr(s, t))

@@ -177,12 +177,16 @@ class BatchSource:
                 for k, v in b.items() if isinstance(v, torch.Tensor) and v.dim() == 4}
 
 
-def eval_loader(dataset, device: torch.device, workers: int = 0):  # type: ignore[no-untyped-def]
-    """Test-time items of ``dataset`` in order through a DataLoader (decoded by workers)."""
+def eval_loader(dataset, device: torch.device, workers: int = -1,  # type: ignore[no-untyped-def]
+                limit: int | None = None):
+    """Test-time items (tensors) of ``dataset`` in order through a DataLoader, decoded by
+    workers ahead of the model (``workers = -1``: :func:`default_workers`); the first
+    ``limit``."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
 
     class _Items(torch.utils.data.Dataset):
         def __len__(self) -> int:
-            return len(dataset)
+            return count
 
         def __getitem__(self, i: int) -> dict:
             try:
