@@ -51,7 +51,8 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]
 
 def _teacher(out: Path, data: Path, n: int, batch: int, steps: int, extra: tuple = ()) -> list[str]:
     args = ["-m", "dmad", "teacher", "--out", str(out), "--data", str(data), *TINY,
-            "--steps", str(steps), "--checkpoint-every", "2", "--batch-size", str(batch), *extra]
+            "--steps", str(steps), "--checkpoint-every", "2", "--batch-size", str(batch),
+            "--pool-size", "2", *extra]  # a small pool: its random swaps start at step 2
     return _torchrun(n, *args) if n > 1 else [sys.executable, *args]
 
 
@@ -223,3 +224,36 @@ def test_search_under_two_ranks_equals_one_process(refs: dict, tmp_path: Path) -
             if a[d][k].is_floating_point():
                 assert torch.allclose(a[d][k], b[d][k], rtol=1e-4, atol=1e-6), (d, k)
         _assert_weights_close(a[d], b[d])
+
+
+def test_pix2pix_unet_batchnorm_uses_the_global_batch(refs: dict, tmp_path: Path) -> None:
+    """BatchNorm on CPU under torchrun normalises over the global batch (torch's SyncBatchNorm
+    has no CPU kernel; dmad's GlobalBatchNorm2d does it with autograd-aware all-reduces): a
+    Pix2Pix UNet with BatchNorm trains on 2 ranks × 1 as on one process × 2, running statistics
+    included."""
+    data = refs["data"]
+    extra = ("--task", "pix2pix", "--dropout", "false", "--num-downs", "5")
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_teacher(one, data, 1, 2, 4, extra))
+    _run(_teacher(two, data, 2, 1, 4, extra))
+    _assert_losses_close(one, two)
+    a, b = _weights(one / "G_AtoB.pt"), _weights(two / "G_AtoB.pt")
+    _assert_weights_close(a, b)
+    stats = [k for k in a if k.endswith("running_var")]
+    assert stats and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in stats)
+
+
+def test_compress_under_torchrun_trains_on_both_ranks_and_rank_0_finishes(
+        refs: dict, tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    r = _run(_torchrun(2, "-m", "dmad", "compress", str(refs["one"] / "G_AtoB.pt"), "--images",
+                       str(refs["data"] / "unaligned"), "--out", str(out), "--target-gmacs",
+                       "0.1", "--steps", "4", "--finetune-steps", "4", "--size", "32",
+                       "--export-size", "32", "--export", "false", "--compare", "false",
+                       "--device", "cpu", "--checkpoint-every", "2"))
+    assert r.stdout.count("[compress] search") == 1  # rank 0 alone reports
+    for stage in ("search", "finetune"):
+        done = json.loads((out / stage / "DONE.json").read_text())
+        assert done["world_size"] == 2 and done["global_batch"] == 2
+    summary = json.loads((out / "DONE.json").read_text())
+    assert summary["eval"]["images"] == 4

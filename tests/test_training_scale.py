@@ -198,3 +198,18 @@ def test_an_unknown_preset_is_one_line() -> None:
     from dmad.cli import main
 
     assert main(["teacher", "--config", "horse3zebra", "--out", "/nonexistent/x"]) == 2
+
+
+def test_resume_keeps_the_saved_global_batch_and_epoch_steps(tiny_teacher: dict,
+                                                             tmp_path: Path) -> None:
+    """A resumed run trains with the interrupted run's global batch whatever batch_size it is
+    given now (as under another world size), so an epoch schedule keeps its step count."""
+    run = tmp_path / "r"
+    base = {**tiny_teacher, "epochs": 1.0, "steps": 1}
+    train_teacher(TeacherConfig(**{**base, "batch_size": 2}), run, max_steps=4)
+    done = train_teacher(TeacherConfig(**{**base, "batch_size": 1}), run, resume=True)
+    assert done["steps"] == 12  # 24 images / global batch 2, not 24 / 1
+    ref = tmp_path / "ref"
+    train_teacher(TeacherConfig(**{**base, "batch_size": 2}), ref)
+    a, b = _weights(run / "G_AtoB.pt"), _weights(ref / "G_AtoB.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

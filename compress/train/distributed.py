@@ -134,27 +134,72 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """BatchNorm → SyncBatchNorm in a multi-process CUDA run (statistics over the global batch,
-    so N processes train as one with N× the batch). torch's SyncBatchNorm has no CPU kernel;
-    on CPU (gloo) BatchNorm layers keep per-process statistics, which a one-line note says."""
+    """BatchNorm with the statistics of the global batch in a multi-process run, so N processes
+    train as one with N× the batch: torch's SyncBatchNorm on CUDA, :class:`GlobalBatchNorm2d`
+    elsewhere (torch's has no CPU kernel). Parameter and buffer names are unchanged, so saved
+    files load into the plain model."""
     if not active() or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                for m in module.modules()):
         return module
     p = next(module.parameters(), None)
     if p is not None and p.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    global _BN_NOTED
-    if is_main() and not _BN_NOTED:
-        import sys
+    return to_global_batchnorm(module)
 
-        print("note: BatchNorm statistics are per process on CPU (torch's SyncBatchNorm needs "
-              "CUDA); a CPU run under torchrun is then not the same as one process with the "
-              "global batch", file=sys.stderr)
-        _BN_NOTED = True
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch, on any backend.
+
+    torch's SyncBatchNorm runs on GPUs only; this is the same computation written with
+    autograd-aware collectives (``torch.distributed.nn.functional.all_reduce``), so a CPU run
+    under torchrun (gloo) normalises exactly as one process with the global batch would, and
+    the gradient reaching each rank's activations includes the other ranks' terms through the
+    shared mean and variance. Eval mode uses the running statistics, with no collective."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce as ar
+
+        dims = [0, 2, 3]
+        n_local = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        xf = x.float()
+        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), n_local])
+        stats = ar(stats)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)  # type: ignore[arg-type]
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                unbiased = var.detach() * n / (n - 1).clamp(min=1)
+                self.running_var.mul_(1 - m).add_(m * unbiased)  # type: ignore[union-attr]
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def to_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d in ``module`` for :class:`GlobalBatchNorm2d` (same parameters and
+    buffers, so state dicts are unchanged)."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            g = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            g.load_state_dict(child.state_dict())
+            g.to(next(child.buffers(), torch.zeros(())).device)
+            g.train(child.training)
+            setattr(module, name, g)
+        else:
+            to_global_batchnorm(child)
     return module
 
-
-_BN_NOTED = False
 
 
 def _no_buffer_sync() -> dict[str, bool]:

@@ -435,6 +435,7 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
     loop.prepare_run_dir(out, resume=resume, force=force)
     if split is not None and not Path(images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
+    tcfg.batch_size = loop.per_rank_batch(out, resume, tcfg.batch_size)
     stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
                     {"finetune": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,

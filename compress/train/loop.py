@@ -171,6 +171,24 @@ def save_checkpoint(stage: Stage, run_dir: Path, step: int, config: dict[str, An
     )
 
 
+def per_rank_batch(run_dir: Path, resume: bool, batch_size: int) -> int:
+    """The per-process batch a (resumed) run uses: ``batch_size``, or on ``--resume`` the saved
+    global batch shared by this world size, so the batches, the step count of an epoch schedule
+    and the LR schedule stay those of the interrupted run whatever the number of processes."""
+    path = run_dir / CHECKPOINT
+    if not (resume and path.exists()):
+        return batch_size
+    ckpt = safe_load(path)
+    saved = ckpt.get("global_batch") if isinstance(ckpt, dict) else None
+    if saved is None:
+        return batch_size
+    world = distributed.world_size()
+    if saved % world:
+        raise DmadError(f"{path}: was trained with a global batch of {saved}, which {world} "
+                        "processes cannot share; resume with a world size that divides it")
+    return saved // world
+
+
 def global_batch_of(stage: Stage) -> int | None:
     batches = getattr(stage, "batches", None)
     return getattr(batches, "global_batch", None)
@@ -306,9 +324,10 @@ def run(
                     group["lr"] = group["initial_lr"] * f
             out = stage.train_step(step)
             keys = list(out)
+            dev = next((v.device for v in out.values() if isinstance(v, torch.Tensor)), None)
             vec = torch.stack([
                 v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
-                else torch.tensor(float(v)) for v in out.values()
+                else torch.tensor(float(v), device=dev) for v in out.values()
             ]) if keys else torch.zeros(0)
             pending.append((step + 1, f, keys, vec))
             extra = stage.after_step(step)

@@ -857,6 +857,7 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
     loop.prepare_run_dir(out, resume=resume, force=force)
     if split is not None and not Path(cfg.images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
+    tcfg.batch_size = loop.per_rank_batch(out, resume, tcfg.batch_size)
     stage = SearchStage(cfg, tcfg, teacher, split)
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
                     {"search": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,

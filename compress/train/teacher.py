@@ -481,6 +481,7 @@ def train_teacher(
 ) -> dict[str, Any]:
     """Train a teacher into ``out``; the one verb behind ``dmad teacher``."""
     loop.prepare_run_dir(out, resume=resume, force=force)
+    cfg.batch_size = loop.per_rank_batch(out, resume, cfg.batch_size)
     stage = TeacherStage(cfg)
     return loop.run(
         stage,
