@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def _assert_losses_close(a: Path, b: Path, rtol: float = 1e-4) -> None:
-    la, lb = _losses(a), _losses(b)
+def _assert_losses_close(a: Path, b: Path, rtol: float = 1e-4, until: int = 10**9) -> None:
+    la = [r for r in _losses(a) if r["step"] <= until]
+    lb = [r for r in _losses(b) if r["step"] <= until]
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb, strict=True):
         for k, v in ra.items():
@@ -159,16 +161,20 @@ def test_kill_of_the_whole_job_then_resume_equals_uninterrupted(refs: dict,
     _run(_teacher(ref, data, 2, 1, 40))
     killed = tmp_path / "killed"
     _kill_after(_teacher(killed, data, 2, 1, 40), killed, 5)
+    again = tmp_path / "again"
+    shutil.copytree(killed, again)  # the same interrupted job, resumed two ways
     _run([*_teacher(killed, data, 2, 1, 40), "--resume"])
     for f in ("G_AtoB.pt", "D_BtoA.pt"):
         a, b = _weights(ref / f), _weights(killed / f)
         assert all(torch.equal(a[k], b[k]) for k in a), f  # bit-identical on CPU
     assert [r["step"] for r in _losses(killed)] == list(range(1, 41))
-    # the same checkpoint resumed by one process (world size 1 divides the global batch 2)
-    again = tmp_path / "again"
-    _kill_after(_teacher(again, data, 2, 1, 40), again, 5)
+    # resumed by one process (world size 1 divides the global batch 2): the same training up to
+    # float round-off, which a GAN amplifies after a few steps (2 ranks vs 1 process at the same
+    # global batch agree to ~1e-6 for 8 steps, then diverge), so the steps right after the
+    # resume (checkpoint 4 or 6) are compared
     _run([*_teacher(again, data, 1, 1, 40), "--resume"])
-    _assert_losses_close(ref, again, rtol=1e-3)
+    _assert_losses_close(ref, again, rtol=1e-4, until=8)
+    assert json.loads((again / "DONE.json").read_text()).get("world_size") is None
 
 
 def test_resume_with_a_world_size_that_does_not_divide_the_batch_is_refused(
