@@ -203,9 +203,14 @@ if distributed.world_size() > 1:
     from dmad.compress.io import atomic_write_text
     try:
         atomic_write_text(out / f"rank{distributed.rank()}.txt", "x")
-        print("wrote", distributed.rank())
+        line = f"wrote {distributed.rank()}\\n"
     except RuntimeError as exc:
-        print("refused", distributed.rank(), exc)
+        line = f"refused {distributed.rank()} {exc}\\n"
+    for r in range(distributed.world_size()):  # one rank at a time: lines never interleave
+        if r == distributed.rank():
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        distributed.barrier()
 """
 
 
