@@ -109,12 +109,6 @@ def all_mean_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_max_(t: torch.Tensor) -> torch.Tensor:
-    if active():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``t`` along dim 0 in rank order (no gradient)."""
     if not active():

@@ -202,15 +202,6 @@ def load_checkpoint(stage: Stage, run_dir: Path) -> int:
         raise DmadError(f"{path}: not a dmad training checkpoint")
     if ckpt.get("stage") != stage.name:
         raise DmadError(f"{path}: is a {ckpt.get('stage')!r} checkpoint, not {stage.name!r}")
-    saved_batch = ckpt.get("global_batch")
-    batches = getattr(stage, "batches", None)
-    if saved_batch is not None and batches is not None and saved_batch != batches.global_batch:
-        world = distributed.world_size()
-        if saved_batch % world:
-            raise DmadError(f"{path}: was trained with a global batch of {saved_batch}, which "
-                            f"{world} processes cannot share; resume with a world size that "
-                            "divides it")
-        batches.set_global_batch(saved_batch)  # the run's batch, whatever this world size
     try:
         for k, m in stage.modules().items():
             m.load_state_dict(ckpt["modules"][k])

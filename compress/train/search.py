@@ -44,13 +44,13 @@ from dmad.compress.masks import (
 from dmad.compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import set_requires_grad
-from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+from dmad.compress.train.teacher import ScaleOptions, TeacherConfig, TeacherStage, init_weights
 
 SEARCH_FORMAT = "dmad-search"
 
 
 @dataclass
-class TrainingOverrides:
+class TrainingOverrides(ScaleOptions):
     """Training settings a later stage (search, finetune) takes from the run it builds on;
     empty/zero values mean "the earlier run's value"."""
 
@@ -80,12 +80,6 @@ class TrainingOverrides:
         0.0,
         "aligned --images only: weight of an L1 to the B half as extra ground truth (0 = unused)",
     )
-    epochs: float = opt(0.0, RUN_HELP["epochs"])
-    decay_epochs: float = opt(-1.0, RUN_HELP["decay_epochs"])
-    workers: int = opt(-1, RUN_HELP["workers"])
-    prefetch: int = opt(2, RUN_HELP["prefetch"])
-    precision: str = opt("fp32", RUN_HELP["precision"])
-    channels_last: str = opt("auto", RUN_HELP["channels_last"])
 
 
 @dataclass
@@ -243,8 +237,7 @@ def training_config(cfg: Any, teacher: Teacher) -> TeacherConfig:
             base[name] = v
     base.update(steps=cfg.steps, decay_steps=cfg.decay_steps, seed=cfg.seed,
                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, workers=cfg.workers,
-                prefetch=cfg.prefetch, precision=cfg.precision, channels_last=cfg.channels_last)
+                **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ScaleOptions)})
     if cfg.size:  # a new size: the resize-before-crop is derived from it again
         base.pop("load_size", None)
     names = {f.name for f in dataclasses.fields(TeacherConfig)}

@@ -46,7 +46,20 @@ TASKS = ("cyclegan", "pix2pix")
 
 
 @dataclass
-class TeacherConfig:
+class ScaleOptions:
+    """How a stage runs at scale (schedule in epochs, loader, precision, layout): the same
+    fields on every training stage; search and fine-tune pass them to their TeacherConfig."""
+
+    epochs: float = opt(0.0, RUN_HELP["epochs"])
+    decay_epochs: float = opt(-1.0, RUN_HELP["decay_epochs"])
+    workers: int = opt(-1, RUN_HELP["workers"])
+    prefetch: int = opt(2, RUN_HELP["prefetch"])
+    precision: str = opt("fp32", RUN_HELP["precision"])
+    channels_last: str = opt("auto", RUN_HELP["channels_last"])
+
+
+@dataclass
+class TeacherConfig(ScaleOptions):
     """Settings of ``dmad teacher``; empty/zero/None fields are filled from the task."""
 
     task: str = opt(
@@ -110,12 +123,6 @@ class TeacherConfig:
     log_every: int = opt(10, RUN_HELP["log_every"])
     device: str = opt("auto", RUN_HELP["device"])
     skip_bad: bool = opt(False, RUN_HELP["skip_bad"])
-    epochs: float = opt(0.0, RUN_HELP["epochs"])
-    decay_epochs: float = opt(-1.0, RUN_HELP["decay_epochs"])
-    workers: int = opt(-1, RUN_HELP["workers"])
-    prefetch: int = opt(2, RUN_HELP["prefetch"])
-    precision: str = opt("fp32", RUN_HELP["precision"])
-    channels_last: str = opt("auto", RUN_HELP["channels_last"])
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> DmadError:
