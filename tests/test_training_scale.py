@@ -194,10 +194,12 @@ def test_presets_are_valid_stage_configs(name: str) -> None:
     assert t.separable == name.endswith("separable")
 
 
-def test_an_unknown_preset_is_one_line() -> None:
+def test_an_unknown_preset_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from dmad.cli import main
 
     assert main(["teacher", "--config", "horse3zebra", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a preset" in err and "horse2zebra" in err and "\n" not in err
 
 
 def test_resume_keeps_the_saved_global_batch_and_epoch_steps(tiny_teacher: dict,
