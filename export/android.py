@@ -63,18 +63,37 @@ _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int8): "int8"}
 _INT8_FAMILY = ("int8_io", "int8", "dynamic")
 
 
-def choose_variant(artifacts: dict[str, dict[str, Any]], psnr_bar: float) -> str:
-    """Best int8 variant meeting ``psnr_bar`` (highest PSNR vs PyTorch), else fp16, else fp32."""
-    ok = [
-        v for v in _INT8_FAMILY
-        if v in artifacts and artifacts[v]["parity"]["psnr_db"] >= psnr_bar
-    ]
+def choose_variant(artifacts: dict[str, dict[str, Any]], floors: float | dict[str, float],
+                   *, explain: bool = False) -> Any:
+    """The variant for the app: the best int8-family file meeting its floor (highest PSNR vs
+    PyTorch), else fp16 (if it meets its floor), else fp32. ``floors``: one dB figure for all,
+    or per variant. With ``explain``, ``(variant, one-line reason)``."""
+    def floor(v: str) -> float:
+        return float(floors) if isinstance(floors, (int, float)) else float(floors.get(v, 35.0))
+
+    def psnr(v: str) -> float:
+        return float(artifacts[v]["parity"]["psnr_db"])
+
+    present = [v for v in _INT8_FAMILY if v in artifacts]
+    ok = [v for v in present if psnr(v) >= floor(v)]
+    missed = ", ".join(f"{v} {psnr(v):.1f} < {floor(v):g} dB" for v in present if v not in ok)
     if ok:
-        return max(ok, key=lambda v: (artifacts[v]["parity"]["psnr_db"], -_INT8_FAMILY.index(v)))
-    for v in ("fp16", "fp32"):
-        if v in artifacts:
-            return v
-    return next(iter(artifacts))
+        v = max(ok, key=lambda v: (psnr(v), -_INT8_FAMILY.index(v)))
+        why = (f"{v}: {psnr(v):.1f} dB vs PyTorch meets its {floor(v):g} dB floor; the "
+               "highest-PSNR int8-weight file, smallest and fastest on phone CPUs"
+               + (f" (below floor: {missed})" if missed else ""))
+    elif "fp16" in artifacts and ("fp32" not in artifacts or psnr("fp16") >= floor("fp16")):
+        v = "fp16"
+        why = (f"fp16: no int8 file met its floor ({missed or 'none exported'}); fp16 is "
+               f"{psnr('fp16'):.1f} dB vs PyTorch, half the size of fp32")
+    elif "fp32" in artifacts:
+        v = "fp32"
+        why = ("fp32: no smaller file met its floor"
+               + (f" ({missed})" if missed else ""))
+    else:
+        v = next(iter(artifacts))
+        why = f"{v}: the only file"
+    return (v, why) if explain else v
 
 
 def asset_name(label: str) -> str:
@@ -134,8 +153,12 @@ def model_entry(
     params: int,
     source_run: str,
     variant: str | None = None,
+    why: str | None = None,
+    gpu: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``models[]`` entry of model.json for the ``.tflite`` at ``path`` (already in assets)."""
+    """The ``models[]`` entry of model.json for the ``.tflite`` at ``path`` (already in assets);
+    ``why`` (the choice of variant) and ``gpu`` (the GPU-delegate analysis) are extra keys the
+    app shows but does not need."""
     _check_label(label)
     inp, out = _io(path)
     entry: dict[str, Any] = {
@@ -152,6 +175,10 @@ def model_entry(
     }
     if variant is not None:
         entry["variant"] = variant  # extra key; the app ignores it
+    if why is not None:
+        entry["chosen_because"] = why
+    if gpu is not None:
+        entry["gpu_delegate"] = dict(gpu)
     return entry
 
 
@@ -193,6 +220,8 @@ def write_assets(
     params: int,
     source_run: str,
     variant: str | None = None,
+    why: str | None = None,
+    gpu: dict[str, Any] | None = None,
 ) -> Path:
     """Copy ``tflite`` into ``assets`` as ``<label>.tflite`` and merge its entry into model.json.
 
@@ -205,7 +234,7 @@ def write_assets(
     with atomic_write(assets / name) as fh, open(tflite, "rb") as src:
         shutil.copyfileobj(src, fh)
     entry = model_entry(assets / name, label, parity=parity, macs=macs, params=params,
-                        source_run=source_run, variant=variant)
+                        source_run=source_run, variant=variant, why=why, gpu=gpu)
     models = [*_kept_entries(assets, label, name), entry]
     models.sort(key=lambda e: LABELS.index(e["label"]))
     atomic_write_json(assets / "model.json", {"schema_version": SCHEMA_VERSION, "models": models})

@@ -29,13 +29,24 @@ from torch import nn
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
-from dmad.export.parity import compare, format_table, io_details, run_tflite, xnnpack_coverage
+from dmad.export.parity import (
+    compare,
+    format_table,
+    io_details,
+    precision_report,
+    run_tflite,
+    xnnpack_coverage,
+)
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes"]
 
-QUANTS = ("fp32", "fp16", "dynamic", "int8")
+QUANTS = ("fp32", "fp16", "dynamic", "int8", "onnx-int8")
+CONVERTERS = ("graph", "onnx2tf")
+SUBPIXEL = ("auto", "on", "off")
+#: PSNR floors (dB vs PyTorch fp32 on whole held-out images) per reduced-precision file.
+FLOORS = {"fp16": 60.0, "dynamic": 40.0, "int8": 35.0, "int8_io": 35.0, "onnx-int8": 35.0}
 FP32_TFLITE_TOL = 1e-3
 REWRITE_TOL = 1e-4
 #: ORT is expected within ``ONNX_TOL`` (1e-4) of PyTorch; between that and this it is reported
@@ -50,7 +61,8 @@ PSNR_BAR = 35.0
 #: the same partition), while convolutions, padding and activations are int8. Pruned ResNet-9
 #: ngf 16 at 256²: one XNNPACK partition (was 67), 27.9 dB vs PyTorch (was 21.0), ~1.9x faster
 #: than fp32. The 35 dB bar is met by the dynamic-range variant (35.5 dB, ~1.6x faster).
-DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"))
+DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"),
+                            ranges="percentile", percentile=99.99)
 
 
 @dataclass
@@ -69,7 +81,23 @@ class ExportConfig:
         256,
         "input side in pixels of the exported model (fixed shape, as phones run it)",
     )
-    quant: tuple[str, ...] = opt(QUANTS, "comma list of fp32, fp16, dynamic, int8")
+    quant: tuple[str, ...] = opt(
+        ("fp32", "fp16", "dynamic", "int8"),
+        "comma list of fp32, fp16, dynamic, int8 (TFLite) and onnx-int8 (ONNX Runtime QDQ)",
+    )
+    converter: str = opt(
+        "graph",
+        "graph (PyTorch → NHWC graph → TensorFlow's converter; no layout guess) | onnx2tf",
+    )
+    subpixel: str = opt(
+        "auto",
+        "auto | on | off: strided ConvTranspose as conv + depth-to-space (exact; no "
+        "TRANSPOSE_CONV for phone GPU delegates); auto = on",
+    )
+    equalize: bool = opt(
+        True,
+        "exact per-channel range equalisation before int8 (pre-norm convs, residual stream)",
+    )
     int8_io: bool = opt(False, "also write a full-int8 model with int8 input/output")
     calib: Path | None = opt(
         None,
@@ -101,14 +129,18 @@ class ExportConfig:
     android_variant: str | None = opt(
         None,
         "fp32 | fp16 | dynamic | int8 | int8_io for --android "
-        "(default: best int8 >= 35 dB, else fp16)",
+        "(default: the fastest kind that meets its floor: int8, then dynamic, then fp16)",
     )
     android_label: str = opt(
         "compressed",
         "full | compressed: model.json label for --android; the other label's model is kept",
     )
     force: bool = opt(False, "replace a non-empty --out folder")
-    psnr_bar: float = opt(PSNR_BAR, "PSNR in dB vs PyTorch below which a quantised file is flagged")
+    psnr_bar: float = opt(PSNR_BAR, "PSNR floor in dB vs PyTorch of the int8 files (and onnx-int8)")
+    floor_fp16: float = opt(FLOORS["fp16"], "PSNR floor in dB vs PyTorch of the fp16 file")
+    floor_dynamic: float = opt(FLOORS["dynamic"],
+                               "PSNR floor in dB vs PyTorch of the dynamic-range file")
+    strict: bool = opt(False, "fail the export (write nothing) when a file is below its floor")
     #: fp32 TFLite max-abs bar; only the benchmark raises it, to measure the unrewritten graph
     #: (onnx2tf's own InstanceNorm conversion can be off by ~2e-3 at 256²).
     fp32_tol: float = opt(
@@ -184,20 +216,29 @@ def _source(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
     return _load_file(path)
 
 
-def quality_notes(artifacts: dict[str, dict[str, Any]], bar: float) -> list[str]:
-    """A warning for every reduced-precision file below ``bar`` dB PSNR vs PyTorch (NaN too),
-    and ``below_bar`` marked in its parity entry: a file far from its fp32 original is never
-    written without saying so."""
+def floors_of(cfg: ExportConfig) -> dict[str, float]:
+    """The PSNR floor of each reduced-precision kind under ``cfg``."""
+    return {"fp16": cfg.floor_fp16, "dynamic": cfg.floor_dynamic, "int8": cfg.psnr_bar,
+            "int8_io": cfg.psnr_bar, "onnx-int8": cfg.psnr_bar}
+
+
+def quality_notes(artifacts: dict[str, dict[str, Any]],
+                  floors: float | dict[str, float]) -> list[str]:
+    """A warning for every reduced-precision file below its floor in dB PSNR vs PyTorch (NaN
+    too), with ``below_bar`` and ``floor_db`` in its entry: a file far from its fp32 original
+    is never written without saying so."""
     notes = []
-    for v in ("fp16", "dynamic", "int8", "int8_io"):
+    for v in ("fp16", "dynamic", "int8", "int8_io", "onnx-int8"):
         a = artifacts.get(v)
         if a is None:
             continue
+        bar = floors if isinstance(floors, (int, float)) else floors.get(v, PSNR_BAR)
         p = a["parity"]["psnr_db"]
+        a["floor_db"] = bar
         a["below_bar"] = not p >= bar
         if a["below_bar"]:
-            notes.append(f"{v}: {p:.1f} dB vs PyTorch on the evaluation images, below the "
-                         f"{bar:g} dB bar: it visibly differs from the fp32 model; look at its "
+            notes.append(f"{v}: {p:.1f} dB vs PyTorch on the evaluation images, below its "
+                         f"{bar:g} dB floor: it visibly differs from the fp32 model; look at its "
                          "output before shipping it")
     return notes
 
@@ -233,14 +274,19 @@ def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
     except DmadError as exc:
         raise DmadError(f"--calib: {exc}") from None
     n = len(ds)
-    calib_idx = list(range(min(n_calib, n)))
-    rest = list(range(len(calib_idx), n))[:n_eval]
-    held_out = bool(rest)
-    eval_idx = rest or list(range(max(0, n - n_eval), n))
+    if n < 2 and n_eval > 0:
+        raise DmadError(f"{folder}: {n} usable image(s); export needs at least 2 (calibration "
+                        "and a held-out image the parity check never calibrated on)")
+    # Parity is judged on whole images the calibration never saw: when the folder is small,
+    # calibration gives some up (at least a quarter of the folder, at least 1, is held out).
+    n_held = min(n_eval, max(1, n // 4)) if n <= n_calib else min(n_eval, n - n_calib)
+    calib_idx = list(range(min(n_calib, n - n_held)))
+    eval_idx = list(range(len(calib_idx), len(calib_idx) + n_held))
+
     def get(idx: list[int]) -> np.ndarray:
         return _stack([ds.get(i)["image"] for i in idx])  # type: ignore[misc]
-    note = f"{folder} ({len(calib_idx)} calibration, {len(eval_idx)} "
-    note += "held-out)" if held_out else "evaluation images, reused: folder too small)"
+    note = (f"{folder} ({len(calib_idx)} calibration, {len(eval_idx)} whole held-out images "
+            "for parity)")
     return get(calib_idx), get(eval_idx), note
 
 
@@ -264,7 +310,7 @@ def _split_images(split_path: Path, calib: Path | None, size: int, n_calib: int,
     held = ImageListDataset(_spread(split.val, n_eval), tf, aligned=aligned)
     ev = _stack([held.get(i)["A"] for i in range(len(held))])  # type: ignore[misc]
     if calib is not None:
-        cal, _, note = _folder_images(calib, size, n_calib, 1)
+        cal, _, note = _folder_images(calib, size, n_calib, 0)
         return cal, ev, f"calibration {note}; {len(held)} whole held-out images of {split_path}"
     train = ImageListDataset(_spread(split.train, n_calib), tf, aligned=aligned)
     cal = _stack([train.get(i)["A"] for i in range(len(train))])  # type: ignore[misc]
@@ -391,6 +437,12 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
+def _check_finite(name: str, par: dict[str, Any]) -> None:
+    if not par.get("finite", True):
+        raise DmadError(f"{name}: the output holds NaN or infinity on the evaluation images: the "
+                        "file is broken (nothing was written)")
+
+
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Export one generator to ONNX and the requested TFLite variants, verified (module doc)."""
     from dmad.compress.arch import profile
@@ -403,10 +455,17 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     bad = [q for q in cfg.quant if q not in QUANTS]
     if bad or not cfg.quant:
         raise DmadError(f"--quant: {', '.join(bad) or 'empty'} not among {', '.join(QUANTS)}")
+    if cfg.converter not in CONVERTERS:
+        raise DmadError(f"--converter: {cfg.converter!r} is not one of {', '.join(CONVERTERS)}")
+    if cfg.subpixel not in SUBPIXEL:
+        raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     variants = [v for v in VARIANTS if v in cfg.quant or (v == "int8_io" and cfg.int8_io)]
+    onnx_int8 = "onnx-int8" in cfg.quant
     if cfg.android_variant is not None and cfg.android_variant not in variants:
         raise DmadError(f"--android-variant: {cfg.android_variant!r} is not among the exported "
-                        f"variants ({', '.join(variants)})")
+                        f"variants ({', '.join(variants) or 'none'})")
+    if cfg.android and not variants:
+        raise DmadError("--android: no TFLite variant in --quant to put in the app")
     if cfg.android and cfg.android_label not in LABELS:
         raise DmadError(f"--android-label: {cfg.android_label!r} is not one of {', '.join(LABELS)}")
     assets = cfg.android_assets or default_assets()
@@ -422,8 +481,12 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     _check_size(model, cfg.size)
     spec = getattr(model, "spec", None)
     channels = getattr(spec, "input_nc", 3)
-    needs_calib = any(v in ("int8", "int8_io") for v in variants)
+    needs_calib = any(v in ("int8", "int8_io") for v in variants) or onnx_int8
     calib, evals, image_note = _images(cfg, channels, needs_calib)
+    # fp32 is always converted and checked: it proves the graph right, the other variants are
+    # quantised from the same graph. It is kept only when asked for.
+    convert_variants = ["fp32", *[v for v in variants if v != "fp32"]]
+    floors = floors_of(cfg)
     out = Path(cfg.out)
     tmp = _prepare_out(out, cfg.force)
     try:
@@ -436,6 +499,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         onnx_path = tmp / "generator.onnx"
         export_onnx(deploy, onnx_path, shape)
         onnx_par = compare(ref, run_onnx(onnx_path, evals))
+        _check_finite("generator.onnx", onnx_par)
         notes: list[str] = []
         if not onnx_par["max_abs"] <= ONNX_HARD_TOL:
             raise DmadError(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e} "
@@ -444,9 +508,14 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             notes.append(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e}, "
                          f"above the {ONNX_TOL} target (fp32 accumulation order in a deep "
                          "InstanceNorm network; see parity.json)")
-        files = tflite.convert(onnx_path, tmp, variants,
+        graph_info: dict[str, Any] = {"converter": cfg.converter}
+        graph = None
+        if cfg.converter == "graph":
+            graph, graph_info = _graph(model, shape, cfg, calib, evals, ref)
+        conv_info: dict[str, Any] = {}
+        files = tflite.convert(onnx_path, tmp, convert_variants,
                                None if calib is None else _nhwc(calib), cfg.recipe,
-                               timeout=cfg.timeout)
+                               graph=graph, timeout=cfg.timeout, info=conv_info)
         ref_nhwc, ev_nhwc = _nhwc(ref), _nhwc(evals)
         artifacts: dict[str, dict[str, Any]] = {
             "onnx": {"file": onnx_path.name, "bytes": onnx_path.stat().st_size,
@@ -454,17 +523,43 @@ def export_model(cfg: ExportConfig) -> ExportResult:
                          "input": {"name": "input", "shape": list(shape), "dtype": "float32"},
                          "output": {"name": "output", "shape": [1, *ref.shape[1:]],
                                     "dtype": "float32"}}}}
+        gpu = conv_info.get("gpu", {})
         for v, f in files.items():
             par = compare(ref_nhwc, run_tflite(f, ev_nhwc))
+            _check_finite(f.name, par)
             artifacts[v] = {"file": f.name, "bytes": f.stat().st_size, "parity": par,
-                            "io": io_details(f), "xnnpack": xnnpack_coverage(f)}
-        fp32 = artifacts.get("fp32")
-        if fp32 is not None and not fp32["parity"]["max_abs"] <= cfg.fp32_tol:
+                            "io": io_details(f), "xnnpack": xnnpack_coverage(f),
+                            "precision": precision_report(f), "gpu": gpu.get(v)}
+        fp32 = artifacts["fp32"]
+        if not fp32["parity"]["max_abs"] <= cfg.fp32_tol:
             raise DmadError(
                 f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
-                f"(> {cfg.fp32_tol}): onnx2tf mis-converted the graph (its NCHW→NHWC layout "
-                "guess can fail when a channel count equals a spatial size; try another --size)")
-        notes += quality_notes(artifacts, cfg.psnr_bar)
+                f"(> {cfg.fp32_tol}): the {cfg.converter} converter produced a wrong graph"
+                + (" (onnx2tf's NCHW→NHWC layout guess; the default --converter graph makes "
+                   "none)" if cfg.converter == "onnx2tf" else ""))
+        if "fp32" not in variants:
+            fp32["kept"] = False
+            files.pop("fp32").unlink()
+        if onnx_int8:
+            from dmad.export.onnx_int8 import quantize_onnx
+
+            assert calib is not None
+            q_path = tmp / "generator_int8.onnx"
+            q_info = quantize_onnx(onnx_path, q_path, calib)
+            q_par = compare(ref, run_onnx(q_path, evals))
+            _check_finite(q_path.name, q_par)
+            artifacts["onnx-int8"] = {"file": q_path.name, "bytes": q_path.stat().st_size,
+                                      "parity": q_par, "quantization": q_info}
+        notes += quality_notes(artifacts, floors)
+        low = [v for v, a in artifacts.items() if a.get("below_bar")]
+        if cfg.strict and low:
+            raise DmadError(f"--strict: {', '.join(low)} below the floor "
+                            f"({'; '.join(notes[-len(low):])})")
+        for v in variants:
+            g = artifacts[v].get("gpu") or {}
+            if g and not g.get("compatible", True):
+                notes.append(f"{v}: TensorFlow's analyzer flags ops for the phone GPU delegate: "
+                             + "; ".join(g.get("issues", [])[:3]))
         prof_obj = profile(model, shape)
         prof = prof_obj.summary()
         summary = {
@@ -476,12 +571,15 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         }
         report = {
             "format": "dmad-export",
-            "version": 1,
+            "version": 2,
             **summary,
             "images": image_note,
             "rewrite": {"enabled": cfg.rewrite, **rw.as_dict(), "max_abs_vs_original": rw_err},
+            "graph": graph_info,
             "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
-            "psnr_bar_db": cfg.psnr_bar,
+            "int8_ranges": conv_info.get("ranges"),
+            "floors_db": {k: v for k, v in floors.items()
+                          if k in artifacts},
             "warnings": notes,
             "artifacts": artifacts,
             "seconds": round(time.time() - t0, 1),
@@ -493,15 +591,53 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     files = {v: out / f.name for v, f in files.items()}
     android_json = None
     if cfg.android:
-        tfl = {k: a for k, a in artifacts.items() if k != "onnx"}
-        chosen = cfg.android_variant or choose_variant(tfl, cfg.psnr_bar)
+        tfl = {k: a for k, a in artifacts.items() if k in files}
+        chosen, why = choose_variant(tfl, floors, explain=True)
+        if cfg.android_variant:
+            chosen, why = cfg.android_variant, "chosen with --android-variant"
+        report["android"] = {"variant": chosen, "why": why}
         android_json = write_assets(
             files[chosen], Path(assets), label=cfg.android_label,
             parity={"reference": "pytorch", "images": len(evals), **tfl[chosen]["parity"]},
             macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
             params=int(prof["params"]),
             source_run=str(source.get("run") or source.get("file") or source.get("kind")),
-            variant=chosen)
+            variant=chosen, why=why, gpu=tfl[chosen].get("gpu"))
+        atomic_write_json(out / "parity.json", report)
     table = format_table(artifacts)
     return ExportResult(out=out, onnx=out / "generator.onnx", files=files, report=report,
                         table=table, android=android_json, seconds=time.time() - t0)
+
+
+#: ``--subpixel auto``: on. Measured (``scripts/bench_export.py``), XNNPACK 1 thread at 256²,
+#: the sub-pixel form is as fast as TRANSPOSE_CONV or faster and removes the op phone GPU
+#: delegates reject.
+SUBPIXEL_AUTO = True
+
+
+def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig,
+           calib: np.ndarray | None, evals: np.ndarray, ref: np.ndarray
+           ) -> tuple[Any, dict[str, Any]]:
+    """The NHWC graph the TFLite files are converted from, with the exact rewrites applied:
+    sub-pixel upsampling (checked against the original here) and, before int8, range
+    equalisation (checked by the fp32 file's parity, converted from the same graph)."""
+    from dmad.export.equalize import equalize
+    from dmad.export.graph import trace
+    from dmad.export.subpixel import to_subpixel
+
+    info: dict[str, Any] = {"converter": "graph"}
+    use_sub = cfg.subpixel == "on" or (cfg.subpixel == "auto" and SUBPIXEL_AUTO)
+    src = model
+    if use_sub:
+        src, n = to_subpixel(model)
+        err = float(np.abs(_torch_out(src, evals) - ref).max()) if n else 0.0
+        if err > REWRITE_TOL:
+            raise DmadError(f"sub-pixel rewrite changed the output by {err:.2e} (> {REWRITE_TOL})")
+        info["subpixel"] = {"layers": n, "max_abs_vs_original": err}
+    else:
+        info["subpixel"] = {"layers": 0}
+    graph = trace(src, shape)
+    info["ops"] = graph.ops()
+    if cfg.equalize and calib is not None:
+        info["equalize"] = equalize(graph, calib).as_dict()
+    return graph, info

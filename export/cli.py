@@ -14,6 +14,9 @@ from pathlib import Path
 from dmad.compress.errors import DmadError
 
 
+RANGES = ("minmax", "percentile", "mse")
+
+
 def _quant_list(text: str) -> tuple[str, ...]:
     return tuple(q.strip() for q in text.split(",") if q.strip())
 
@@ -24,8 +27,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.num_calib < 1:
         raise DmadError(f"--num-calib: must be >= 1, got {args.num_calib}")
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE
+
+    if args.int8_ranges not in RANGES:
+        raise DmadError(f"--int8-ranges: {args.int8_ranges!r} is not one of {', '.join(RANGES)}")
+    if not 50.0 < args.int8_percentile <= 100.0:
+        raise DmadError(f"--int8-percentile: {args.int8_percentile} is not in (50, 100]")
+    recipe = dataclasses.replace(
+        DEFAULT_RECIPE, ranges=args.int8_ranges, percentile=args.int8_percentile,
+        activations16=args.int8_16x8,
+        float_layers=tuple(x.strip() for x in (args.int8_float_layers or "").split(",")
+                           if x.strip()))
     cfg = ExportConfig(
         out=args.out,
+        split=args.split,
+        num_eval=args.num_eval,
+        converter=args.converter,
+        subpixel=args.subpixel,
+        equalize=not args.no_equalize,
+        recipe=recipe,
+        psnr_bar=args.floor_int8,
+        floor_fp16=args.floor_fp16,
+        floor_dynamic=args.floor_dynamic,
+        strict=args.strict,
         run=args.run,
         model=args.model,
         direction=args.direction,
@@ -59,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the export subcommands to the ``dmad`` parser; each flag's help is its
     :class:`~dmad.export.api.ExportConfig` field's."""
     from dmad.compress.config import field_help
-    from dmad.export.api import ExportConfig
+    from dmad.export.api import CONVERTERS, DEFAULT_RECIPE, SUBPIXEL, ExportConfig
 
     def h(name: str, default: object = None) -> str:
         text = field_help(ExportConfig, name)
@@ -92,5 +118,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=h("android_variant"))
     s.add_argument("--android-label", choices=("full", "compressed"), default="compressed",
                    help=h("android_label", "compressed"))
+    s.add_argument("--split", type=Path, help=h("split"))
+    s.add_argument("--num-eval", type=int, default=8, help=h("num_eval", 8))
+    s.add_argument("--converter", choices=CONVERTERS, default="graph",
+                   help=h("converter", "graph"))
+    s.add_argument("--subpixel", choices=SUBPIXEL, default="auto", help=h("subpixel", "auto"))
+    s.add_argument("--no-equalize", action="store_true",
+                   help="skip it; without this flag: " + h("equalize"))
+    s.add_argument("--int8-ranges", default=DEFAULT_RECIPE.ranges,
+                   help="int8 activation ranges: minmax (TensorFlow's calibrator), percentile "
+                        f"or mse (clipped) (default: {DEFAULT_RECIPE.ranges})")
+    s.add_argument("--int8-percentile", type=float, default=DEFAULT_RECIPE.percentile,
+                   help=f"percentile kept by --int8-ranges percentile (default: "
+                        f"{DEFAULT_RECIPE.percentile})")
+    s.add_argument("--int8-float-layers", default="",
+                   help="comma list of PyTorch layer names (e.g. head.conv) whose convolution "
+                        "stays float32 in the int8 files")
+    s.add_argument("--int8-16x8", action="store_true",
+                   help="int16 activations with int8 weights (TFLite 16x8: precise, but "
+                        "XNNPACK does not run it: reference kernels, slow)")
+    s.add_argument("--floor-int8", type=float, default=35.0, help=h("psnr_bar", 35.0))
+    s.add_argument("--floor-fp16", type=float, default=60.0, help=h("floor_fp16", 60.0))
+    s.add_argument("--floor-dynamic", type=float, default=40.0, help=h("floor_dynamic", 40.0))
+    s.add_argument("--strict", action="store_true", help=h("strict"))
     s.add_argument("--force", action="store_true", help=h("force"))
     s.set_defaults(func=cmd_export)

@@ -26,6 +26,7 @@ __all__ = [
     "io_details",
     "latency_ms",
     "make_interpreter",
+    "precision_report",
     "psnr",
     "run_tflite",
     "xnnpack_coverage",
@@ -40,10 +41,16 @@ def psnr(ref: np.ndarray, out: np.ndarray, data_range: float = 2.0) -> float:
     return float(10.0 * np.log10(data_range**2 / mse))
 
 
-def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """max/mean absolute error and PSNR of ``out`` against ``ref`` (same layout)."""
-    d = np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))
-    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr(ref, out)}
+def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+    """max/mean absolute error and PSNR of ``out`` against ``ref`` (same layout); ``finite`` is
+    False when ``out`` holds a NaN or an infinity (then every figure is NaN, never a pass)."""
+    out64 = np.asarray(out, np.float64)
+    if not np.isfinite(out64).all():
+        nan = float("nan")
+        return {"max_abs": nan, "mean_abs": nan, "psnr_db": nan, "finite": False}
+    d = np.abs(np.asarray(ref, np.float64) - out64)
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr(ref, out),
+            "finite": True}
 
 
 def make_interpreter(path: Path, threads: int = 1, *, delegate: bool = True) -> Any:
@@ -142,6 +149,61 @@ def xnnpack_coverage(path: Path) -> dict[str, Any]:
     }
 
 
+_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
+_MOVE_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def precision_report(path: Path) -> dict[str, Any]:
+    """Which arithmetic of a ``.tflite`` runs in int8: the fraction of the convolution MACs whose
+    input is int8 (MACs from the filter and output shapes), and every op left in float32 (by op
+    name and count; QUANTIZE/DEQUANTIZE, the boundaries, counted apart)."""
+    it = make_interpreter(path, delegate=False)
+    td = {t["index"]: t for t in it.get_tensor_details()}
+    total = int8 = hybrid = 0
+    float_ops: Counter[str] = Counter()
+    boundaries = 0
+    for o in it._get_ops_details():
+        name = o["op_name"]
+        ins = [td[i] for i in o["inputs"] if i >= 0]
+        outs = [td[i] for i in o["outputs"] if i >= 0]
+        if name in _MOVE_OPS:
+            boundaries += 1
+            continue
+        if name == "DELEGATE" or not ins:
+            continue
+        act = ins[2] if name == "TRANSPOSE_CONV" and len(ins) > 2 else ins[0]
+        is_int = np.dtype(act["dtype"]) in (np.dtype(np.int8), np.dtype(np.int16))
+        int_w = (name in _MAC_OPS and len(ins) > 1
+                 and np.dtype(ins[1 if name != "TRANSPOSE_CONV" else 1]["dtype"]) == np.int8)
+        if not is_int:
+            float_ops[name] += 1
+        if name in _MAC_OPS and outs:
+            w = ins[1]["shape"] if name == "TRANSPOSE_CONV" else ins[1]["shape"]
+            out_elems = int(np.prod(outs[0]["shape"]))
+            if name == "DEPTHWISE_CONV_2D":
+                per = int(w[1] * w[2])  # [1, kh, kw, C*mult]
+            elif name == "TRANSPOSE_CONV":
+                # [cout, kh, kw, cin]: every input pixel meets every filter tap
+                in_elems = int(np.prod(ins[2]["shape"]))
+                macs = in_elems * int(w[0] * w[1] * w[2])
+                total += macs
+                int8 += macs if is_int else 0
+                hybrid += macs if int_w and not is_int else 0
+                continue
+            else:
+                per = int(np.prod(w[1:]))  # [cout, kh, kw, cin]
+            macs = out_elems * per
+            total += macs
+            int8 += macs if is_int else 0
+            hybrid += macs if int_w and not is_int else 0
+    return {"int8_mac_fraction": round(int8 / total, 4) if total else 0.0,
+            "int8_weight_float_activation_mac_fraction":
+                round(hybrid / total, 4) if total else 0.0,
+            "gmacs": round(total / 1e9, 3),
+            "float_ops": dict(sorted(float_ops.items())),
+            "quantize_dequantize": boundaries}
+
+
 def latency_ms(
     path: Path, images_nhwc: np.ndarray, threads: int, runs: int = 10, warmup: int = 2
 ) -> float:
@@ -169,24 +231,37 @@ def _fmt(v: Any, spec: str) -> str:
 
 def format_table(artifacts: dict[str, dict[str, Any]]) -> str:
     """The on-screen parity table (one row per artifact)."""
-    head = ("artifact", "max abs", "mean abs", "PSNR dB", "size KB", "in", "out",
-            "XNNPACK nodes", "parts")
+    head = ("artifact", "max abs", "mean abs", "PSNR dB", "floor", "size KB", "in", "out",
+            "XNNPACK nodes", "parts", "int8 MACs", "GPU check")
     rows = [head]
     for name, a in artifacts.items():
         p = a.get("parity", {})
         cov = a.get("xnnpack") or {}
         io = a.get("io") or {}
         nodes = (f"{cov['delegated_nodes']}/{cov['nodes']}" if cov else "-")
+        prec = a.get("precision") or {}
+        gpu = a.get("gpu") or {}
+        frac = prec.get("int8_mac_fraction")
+        gpu_s = "-" if not gpu else ("ok" if gpu.get("compatible") else
+                                     f"{len(gpu.get('issues', []))} issue(s)")
+        floor = a.get("floor_db")
+        floor_s = "-" if floor is None else (f"{floor:g}" + (" LOW" if a.get("below_bar")
+                                                               else ""))
+        if a.get("kept") is False:
+            name = f"{name} (checked, not kept)"
         rows.append((
             name,
             _fmt(p.get("max_abs"), ".2e"),
             _fmt(p.get("mean_abs"), ".2e"),
             _fmt(p.get("psnr_db"), ".1f"),
+            floor_s,
             _fmt(a.get("bytes", 0) / 1024, ".0f"),
             (io.get("input") or {}).get("dtype", "-"),
             (io.get("output") or {}).get("dtype", "-"),
             nodes,
             str(cov.get("partitions", "-")),
+            "-" if frac is None else f"{100 * frac:.0f}%",
+            gpu_s,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in

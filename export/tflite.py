@@ -33,14 +33,16 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import dmad
 from dmad.compress.errors import DmadError
+from dmad.export.graph import Graph
 
 #: Every variant this module can build, in the order they are reported.
 VARIANTS = ("fp32", "fp16", "dynamic", "int8", "int8_io")
@@ -65,9 +67,19 @@ class Int8Recipe:
 
     per_channel: bool = True
     float_ops: tuple[str, ...] = field(default=())
+    #: PyTorch layer names (``"head.conv"``) whose convolution stays float32.
+    float_layers: tuple[str, ...] = field(default=())
+    #: TFLite's 16x8 mode: int16 activations, int8 weights (precise, but XNNPACK does not run it).
+    activations16: bool = False
+    #: activation ranges: ``minmax`` (TensorFlow's calibrator), ``percentile`` or ``mse``
+    #: (clipped, :mod:`export.ranges`)
+    ranges: str = "minmax"
+    percentile: float = 99.99
 
     def as_dict(self) -> dict[str, object]:
-        return {"per_channel": self.per_channel, "float_ops": list(self.float_ops)}
+        return {"per_channel": self.per_channel, "float_ops": list(self.float_ops),
+                "float_layers": list(self.float_layers), "activations16": self.activations16,
+                "ranges": self.ranges, "percentile": self.percentile}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -107,21 +119,27 @@ def failure_reason(log: str) -> str:
 
 
 def convert(
-    onnx_path: Path,
+    onnx_path: Path | None,
     out_dir: Path,
     variants: Sequence[str],
     calib: np.ndarray | None,
     recipe: Int8Recipe | None = None,
     *,
+    graph: Graph | None = None,
     stem: str = "generator",
     timeout: float | None = None,
+    info: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Convert ``onnx_path`` into the requested TFLite ``variants`` inside ``out_dir``.
+    """Convert into the requested TFLite ``variants`` inside ``out_dir``: from ``graph`` (our
+    NHWC graph, :mod:`export.graph`; the default converter) or else from ``onnx_path`` with
+    onnx2tf.
 
     ``calib``: NHWC float32 images in [-1, 1] (required for ``int8``/``int8_io``). Returns
     ``{variant: path}`` (files named ``<stem>_<variant>.tflite``). Raises a one-line
-    :class:`DmadError` carrying onnx2tf's own reason when conversion fails.
+    :class:`DmadError` carrying the converter's own reason when conversion fails. ``info``, if
+    given, receives ``gpu`` (the GPU-delegate analysis of each file) and ``ranges``.
     """
+    info = {} if info is None else info
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise DmadError(f"quant: unknown variant(s) {', '.join(unknown)}; choose from "
@@ -129,12 +147,13 @@ def convert(
     needs_calib = any(v in ("int8", "int8_io") for v in variants)
     if needs_calib and (calib is None or len(calib) == 0):
         raise DmadError("calib: int8 variants need calibration images (give --calib IMAGE_DIR)")
-    work = Path(out_dir) / ".onnx2tf"
+    work = Path(out_dir) / ".convert"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         job = {
-            "onnx": os.fspath(Path(onnx_path).resolve()),
+            "onnx": None if onnx_path is None else os.fspath(Path(onnx_path).resolve()),
+            "graph": None,
             "variants": list(variants),
             "recipe": asdict(recipe or Int8Recipe()),
             "calib": None,
@@ -142,6 +161,13 @@ def convert(
         if calib is not None and len(calib):
             np.save(work / "calib.npy", np.ascontiguousarray(calib, dtype=np.float32))
             job["calib"] = "calib.npy"
+        if graph is not None:
+            desc, arrays = graph.to_json()
+            (work / "graph.json").write_text(json.dumps(desc))
+            np.savez(work / "arrays.npz", **arrays)
+            job["graph"], job["arrays"] = "graph.json", "arrays.npz"
+        elif onnx_path is None:
+            raise ValueError("convert needs a graph or an ONNX file")
         (work / "job.json").write_text(json.dumps(job))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -165,8 +191,11 @@ def convert(
             raise DmadError(f"TFLite conversion timed out after {timeout:.0f} s") from None
         result_file = work / "result.json"
         if proc.returncode != 0 or not result_file.exists():
-            raise DmadError(f"TFLite conversion failed (onnx2tf): {failure_reason(proc.stdout)}")
-        produced = json.loads(result_file.read_text())
+            who = "TensorFlow converter" if graph is not None else "onnx2tf"
+            raise DmadError(f"TFLite conversion failed ({who}): {failure_reason(proc.stdout)}")
+        result = json.loads(result_file.read_text())
+        produced = result["files"]
+        info.update({k: v for k, v in result.items() if k != "files"})
         out: dict[str, Path] = {}
         for v in variants:
             src = work / produced[v]
@@ -193,14 +222,21 @@ def _sample_data(calib: np.ndarray | None) -> np.ndarray:
     return np.clip(imgs, 0.0, 1.0).astype(np.float32)
 
 
-def _quantise(saved_model: str, calib: np.ndarray | None, variants: list[str],
+def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[str],
               recipe: Int8Recipe) -> dict[str, bytes]:
+    """The requested quantised variants; ``make()`` returns a fresh TFLiteConverter of the
+    float model (the same graph for every variant: converted once, quantised from it)."""
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
 
     out: dict[str, bytes] = {}
+    if "fp16" in variants:
+        conv = make()
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+        out["fp16"] = conv.convert()
     if "dynamic" in variants:
-        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        conv = make()
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv._experimental_disable_per_channel = not recipe.per_channel
         out["dynamic"] = conv.convert()
@@ -212,59 +248,142 @@ def _quantise(saved_model: str, calib: np.ndarray | None, variants: list[str],
             for i in range(len(calib)):
                 yield [calib[i : i + 1].astype(np.float32)]
 
-        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        conv = make()
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
+        ops = (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+               if recipe.activations16 else tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
+        conv.target_spec.supported_ops = [ops, tf.lite.OpsSet.TFLITE_BUILTINS]
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
+        if recipe.ranges != "minmax":
+            from dmad.export.ranges import retune
+
+            calibrated, summary = retune(calibrated, calib, recipe.ranges, recipe.percentile)
+            Path("ranges.json").write_text(json.dumps(summary))
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
+            if recipe.activations16 and v == "int8_io":
+                io = tf.int16
             out[v] = mlir_quantize(
                 calibrated,
                 disable_per_channel=not recipe.per_channel,
+                inference_type=7 if recipe.activations16 else 9,  # TFLite INT16 / INT8
                 input_data_type=io,
                 output_data_type=io,
                 denylisted_ops=list(recipe.float_ops) or None,
+                denylisted_nodes=_denylist(calibrated, recipe.float_layers) or None,
             )
     return out
 
 
+def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
+    """Output tensor names of the convolutions of PyTorch ``layers`` in the calibrated model:
+    the quantiser names nodes by their output tensor, which the converter fuses (e.g.
+    ``head_conv/bias;head_conv/conv;Const``); :mod:`export.tfgraph` names each op
+    ``<layer>/conv`` or ``<layer>/deconv``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not layers:
+        return []
+    it = Interpreter(model_content=model)
+    tensors = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    out, missing = [], []
+    for layer in layers:
+        base = layer.replace(".", "_")
+        keys = (f"{base}/conv", f"{base}/deconv")
+        found = [tensors[i] for o in it._get_ops_details()
+                 if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+                 for i in o["outputs"] if any(k in tensors[i].split(";") for k in keys)]
+        out += found
+        if not found:
+            missing.append(layer)
+    if missing:
+        print(f"ERROR: float_layers: no convolution named {', '.join(missing)} in the graph",
+              flush=True)
+        raise SystemExit(1)
+    return out
+
+
 def _worker(job_path: str) -> int:
-    """Runs in the scratch folder: onnx2tf, then the quantised variants; writes result.json."""
+    """Runs in the scratch folder: the float model (our graph or onnx2tf), then the requested
+    variants from it; writes result.json."""
     job = json.loads(Path(job_path).read_text())
     calib = np.load(job["calib"]) if job["calib"] else None
-    np.save(CALIB_SAMPLE, _sample_data(calib))
-    import onnx2tf
-
-    onnx2tf.convert(
-        input_onnx_file_path=job["onnx"],
-        output_folder_path="tf",
-        output_signaturedefs=True,
-        not_use_onnxsim=True,  # export.onnx already simplified and checked it
-        non_verbose=True,
-    )
-    stem = Path(job["onnx"]).stem
+    r = job["recipe"]
+    recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
+                        tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
+                        str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)))
     produced: dict[str, str] = {}
-    for v, suffix in _ONNX2TF_FILES.items():
-        f = Path("tf") / f"{stem}{suffix}"
-        if v in job["variants"]:
-            if not f.exists():
-                print(f"ERROR: onnx2tf finished without writing {f.name}", flush=True)
-                return 1
-            produced[v] = os.fspath(f)
-    rest = [v for v in job["variants"] if v not in _ONNX2TF_FILES]
-    if rest:
-        r = job["recipe"]
-        recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]))
-        for v, blob in _quantise("tf", calib, rest, recipe).items():
-            Path(f"{v}.tflite").write_bytes(blob)
-            produced[v] = f"{v}.tflite"
-    Path("result.json").write_text(json.dumps(produced))
+    import tensorflow as tf
+
+    if job.get("graph"):
+        from dmad.export.tfgraph import build_function
+
+        arrays = dict(np.load(job["arrays"]))
+        fn = build_function(json.loads(Path(job["graph"]).read_text()), arrays)
+        cf = fn.get_concrete_function()
+
+        def make() -> Any:
+            return tf.lite.TFLiteConverter.from_concrete_functions([cf], fn)
+
+        rest = list(job["variants"])
+        if "fp32" in rest:
+            Path("fp32.tflite").write_bytes(make().convert())
+            produced["fp32"] = "fp32.tflite"
+            rest.remove("fp32")
+    else:
+        np.save(CALIB_SAMPLE, _sample_data(calib))
+        import onnx2tf
+
+        onnx2tf.convert(
+            input_onnx_file_path=job["onnx"],
+            output_folder_path="tf",
+            output_signaturedefs=True,
+            not_use_onnxsim=True,  # export.onnx already simplified and checked it
+            non_verbose=True,
+        )
+        stem = Path(job["onnx"]).stem
+        for v, suffix in _ONNX2TF_FILES.items():
+            f = Path("tf") / f"{stem}{suffix}"
+            if v in job["variants"]:
+                if not f.exists():
+                    print(f"ERROR: onnx2tf finished without writing {f.name}", flush=True)
+                    return 1
+                produced[v] = os.fspath(f)
+        rest = [v for v in job["variants"] if v not in _ONNX2TF_FILES]
+
+        def make() -> Any:
+            return tf.lite.TFLiteConverter.from_saved_model("tf")
+
+    for v, blob in _quantise(make, calib, rest, recipe).items():
+        Path(f"{v}.tflite").write_bytes(blob)
+        produced[v] = f"{v}.tflite"
+    result: dict[str, Any] = {"files": produced,
+                              "gpu": {v: gpu_analysis(f) for v, f in produced.items()}}
+    if Path("ranges.json").exists():
+        result["ranges"] = json.loads(Path("ranges.json").read_text())
+    Path("result.json").write_text(json.dumps(result))
     return 0
+
+
+def gpu_analysis(path: str) -> dict[str, Any]:
+    """TensorFlow's own model analyzer with GPU-delegate compatibility (a host-side check of
+    the op set, not a run on a phone): ``{"compatible": bool, "issues": [...]}``."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tf.lite.experimental.Analyzer.analyze(model_path=path, gpu_compatibility=True)
+    text = buf.getvalue()
+    issues = sorted({ln.split("GPU COMPATIBILITY WARNING:", 1)[1].strip()
+                     for ln in text.splitlines() if "GPU COMPATIBILITY WARNING:" in ln})
+    ok = "looks compatible with GPU delegate" in text and not issues
+    return {"compatible": ok, "issues": issues[:20],
+            "checker": f"tf.lite.experimental.Analyzer (TensorFlow {tf.__version__})"}
 
 
 if __name__ == "__main__":

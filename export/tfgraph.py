@@ -1,0 +1,164 @@
+"""The NHWC graph of :mod:`export.graph` as a TensorFlow function (runs in the converter
+subprocess of :mod:`export.tflite`; imports TensorFlow, so never import it in the CLI process).
+
+Each graph op becomes the TensorFlow ops the TFLite converter lowers to XNNPACK-friendly
+kernels:
+
+* convolutions take their zero padding as an explicit PAD (XNNPACK folds a zero PAD into the
+  following convolution), or TensorFlow's ``SAME`` when that is the same padding;
+* a transposed convolution is TRANSPOSE_CONV (``VALID``) followed by the crop PyTorch's
+  ``padding``/``output_padding`` describe (TensorFlow's ``SAME`` crops the other side);
+* reflection padding is slices and concatenations (MIRROR_PAD cuts XNNPACK partitions); each
+  side is its own concatenation of at most ``pad + 1`` inputs;
+* InstanceNorm is written out (row means, then column means; rsqrt of the variance plus a
+  per-channel epsilon) so that its statistics can stay in float in the int8 recipe.
+
+Every op is named after its PyTorch layer (``<layer>/<role>``), which is how the int8 recipe
+names layers to keep in float (``denylisted_nodes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["build_function"]
+
+
+def _pad_reflect(tf: Any, x: Any, top: int, bottom: int, left: int, right: int) -> Any:
+    def side(x: Any, axis: int, before: int, after: int) -> Any:
+        n = x.shape[axis]
+        if max(before, after) >= n:
+            raise ValueError(f"reflection pad {max(before, after)} needs a side longer than "
+                             f"that, got {n}")
+
+        def sl(i: int, t: Any) -> Any:
+            # STRIDED_SLICE: XNNPACK takes it in int8 too (SLICE only in float)
+            begin, end = [0, 0, 0, 0], [0, 0, 0, 0]
+            begin[axis], end[axis] = i, i + 1
+            mask = 0b1111 & ~(1 << axis)
+            return tf.strided_slice(t, begin, end, begin_mask=mask, end_mask=mask)
+
+        if before:
+            x = tf.concat([*(sl(i, x) for i in range(before, 0, -1)), x], axis)
+        if after:
+            m = x.shape[axis]  # original index n-1-i sits at m-1-i
+            x = tf.concat([x, *(sl(m - 1 - i, x) for i in range(1, after + 1))], axis)
+        return x
+
+    return side(side(x, 2, left, right), 1, top, bottom)
+
+
+def build_function(graph: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    """A ``tf.function`` (signature ``input`` → ``{"output": ...}``) computing ``graph``."""
+    import tensorflow as tf
+
+    nodes = graph["nodes"]
+    shape = [int(s) for s in graph["input_shape"]]
+
+    def const(nid: int, key: str) -> Any:
+        return tf.constant(arrays[f"{nid}.{key}"])
+
+    def conv(n: dict[str, Any], x: Any, name: str) -> Any:
+        a = n["attrs"]
+        w = arrays[f"{n['id']}.w"]
+        kh, kw = w.shape[0], w.shape[1]
+        sh, sw = a["stride"]
+        dh, dw = a["dilation"]
+        top, bottom, left, right = a["pad"]
+        same = (sh == sw == 1 and top == bottom == dh * (kh - 1) // 2 and
+                left == right == dw * (kw - 1) // 2 and kh % 2 == 1 and kw % 2 == 1)
+        padding = "SAME" if same else "VALID"
+        if not same and any(a["pad"]):
+            x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], name=f"{name}/pad")
+        if a["depthwise"]:
+            y = tf.nn.depthwise_conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
+                                       dilations=[dh, dw], name=f"{name}/conv")
+        else:
+            y = tf.nn.conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
+                             dilations=[dh, dw], name=f"{name}/conv")
+        if "b" in n["weights"]:
+            y = tf.nn.bias_add(y, const(n["id"], "b"), name=f"{name}/bias")
+        return y
+
+    def deconv(n: dict[str, Any], x: Any, name: str) -> Any:
+        a = n["attrs"]
+        w = arrays[f"{n['id']}.w"]  # [kh, kw, cout, cin]
+        kh, kw, cout = w.shape[0], w.shape[1], w.shape[2]
+        sh, sw = a["stride"]
+        ph, pw = a["pad"]
+        oh, ow = a["output_padding"]
+        h, wd = x.shape[1], x.shape[2]
+        full_h, full_w = (h - 1) * sh + kh, (wd - 1) * sw + kw
+        y = tf.nn.conv2d_transpose(x, tf.constant(w), [1, full_h, full_w, cout], [1, sh, sw, 1],
+                                   "VALID", name=f"{name}/deconv")
+        out_h, out_w = full_h - 2 * ph + oh, full_w - 2 * pw + ow
+        if out_h > full_h - ph or out_w > full_w - pw:
+            # output_padding past the full output: zero rows/cols (never in these generators)
+            y = tf.pad(y, [[0, 0], [0, max(0, out_h + ph - full_h)],
+                           [0, max(0, out_w + pw - full_w)], [0, 0]])
+        if (ph, pw) != (0, 0) or (out_h, out_w) != (full_h, full_w):
+            y = tf.slice(y, [0, ph, pw, 0], [1, out_h, out_w, cout], name=f"{name}/crop")
+        if "b" in n["weights"]:
+            y = tf.nn.bias_add(y, const(n["id"], "b"), name=f"{name}/bias")
+        return y
+
+    def inorm(n: dict[str, Any], x: Any, name: str) -> Any:
+        mean = tf.reduce_mean(tf.reduce_mean(x, 2, keepdims=True), 1, keepdims=True,
+                              name=f"{name}/mean")
+        d = tf.subtract(x, mean, name=f"{name}/center")
+        var = tf.reduce_mean(tf.reduce_mean(d * d, 2, keepdims=True), 1, keepdims=True,
+                             name=f"{name}/var")
+        y = tf.multiply(d, tf.math.rsqrt(var + const(n["id"], "eps")), name=f"{name}/scale")
+        if "gamma" in n["weights"]:
+            y = tf.add(y * const(n["id"], "gamma"), const(n["id"], "beta"), name=f"{name}/affine")
+        return y
+
+    def run(x: Any) -> Any:
+        vals: dict[int, Any] = {}
+        for n in nodes:
+            op, nid = n["op"], n["id"]
+            name = (n.get("name") or f"{op}{nid}").replace(".", "_")
+            ins = [vals[i] for i in n["inputs"]]
+            if op == "input":
+                y = x
+            elif op == "conv":
+                y = conv(n, ins[0], name)
+            elif op == "deconv":
+                y = deconv(n, ins[0], name)
+            elif op == "pad":
+                top, bottom, left, right = n["attrs"]["pad"]
+                if n["attrs"]["mode"] == "reflect":
+                    y = _pad_reflect(tf, ins[0], top, bottom, left, right)
+                else:
+                    y = tf.pad(ins[0], [[0, 0], [top, bottom], [left, right], [0, 0]],
+                               name=f"{name}/pad")
+            elif op == "inorm":
+                y = inorm(n, ins[0], name)
+            elif op == "affine":
+                y = tf.add(ins[0] * const(nid, "scale"), const(nid, "shift"), name=f"{name}/bn")
+            elif op == "relu":
+                y = tf.nn.relu(ins[0], name=f"{name}/relu")
+            elif op == "leaky":
+                y = tf.nn.leaky_relu(ins[0], n["attrs"]["alpha"], name=f"{name}/leaky")
+            elif op == "tanh":
+                y = tf.tanh(ins[0], name=f"{name}/tanh")
+            elif op == "sigmoid":
+                y = tf.sigmoid(ins[0], name=f"{name}/sigmoid")
+            elif op == "add":
+                y = tf.add(ins[0], ins[1], name=f"add{nid}")
+            elif op == "concat":
+                y = tf.concat(ins, 3, name=f"concat{nid}")
+            elif op == "d2s":
+                y = tf.nn.depth_to_space(ins[0], n["attrs"]["r"], name=f"{name}/d2s")
+            else:
+                raise ValueError(f"unknown graph op {op!r}")
+            vals[nid] = y
+        return vals[graph["output"]]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
+    def serve(input: Any) -> dict[str, Any]:  # noqa: A002 - the signature's input name
+        return {"output": run(input)}
+
+    return serve
