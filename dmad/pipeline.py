@@ -158,7 +158,7 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
     if extra:
         raise DmadError(f"{path}: unknown key(s) in [export]: {', '.join(sorted(extra))}")
     quant = tuple(section.get("quant", ["fp32", "fp16", "dynamic", "int8"]))
-    size = int(section.get("size", 0)) or _unambiguous_size(sources, size)
+    size = int(section.get("size", 0)) or size
     for label, run in sources.items():
         dest = out / label
         if (dest / "parity.json").exists() and not force:
@@ -178,35 +178,6 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
         for note in res.report["warnings"]:
             print(f"warning: {label}: {note}")
     return size
-
-
-def _unambiguous_size(sources: dict[str, Path], size: int) -> int:
-    """The smallest valid input size ≥ ``size`` at which no feature-map side equals a channel
-    count of either model: onnx2tf 1.29 guesses NCHW→NHWC layouts from shapes and can transpose
-    the wrong axis when they coincide (the export refuses such a file by parity)."""
-    from dmad.compress.checkpoint import load_generator
-    from dmad.compress.models import ResnetSpec
-
-    channels: set[int] = {3}
-    for run in sources.values():
-        files = [run] if run.is_file() else [
-            run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists()]
-        if not files:
-            return size
-        spec = load_generator(files[0])[0].spec
-        if not isinstance(spec, ResnetSpec):
-            return size
-        w = spec.resolved_widths()
-        channels |= {w.stem, w.down1, w.stream, w.up1, w.up2, *w.blocks} - {0}
-    s = size
-    while True:
-        sides = {s, s + 6, s // 2, s // 2 + 2, s // 4, s // 4 + 2}
-        if not sides & channels:
-            if s != size:
-                print(f"note: exporting at {s}x{s}, not {size}: a feature-map side would equal a "
-                      "channel count, which onnx2tf can mis-convert")
-            return s
-        s += 4
 
 
 def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from dmad.compress.errors import DmadError
 
-
-RANGES = ("minmax", "percentile", "mse")
+RANGES = ("minmax", "percentile", "mse", "auto")
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
@@ -37,7 +36,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise DmadError(f"--int8-percentile: {args.int8_percentile} is not in (50, 100]")
     recipe = dataclasses.replace(
         DEFAULT_RECIPE, ranges=args.int8_ranges, percentile=args.int8_percentile,
-        activations16=args.int8_16x8,
         float_layers=tuple(x.strip() for x in (args.int8_float_layers or "").split(",")
                            if x.strip()))
     cfg = ExportConfig(
@@ -127,16 +125,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="skip it; without this flag: " + h("equalize"))
     s.add_argument("--int8-ranges", default=DEFAULT_RECIPE.ranges,
                    help="int8 activation ranges: minmax (TensorFlow's calibrator), percentile "
-                        f"or mse (clipped) (default: {DEFAULT_RECIPE.ranges})")
+                        "or mse (clipped), auto (the best of a few percentiles on the "
+                        f"calibration images) (default: {DEFAULT_RECIPE.ranges})")
     s.add_argument("--int8-percentile", type=float, default=DEFAULT_RECIPE.percentile,
                    help=f"percentile kept by --int8-ranges percentile (default: "
                         f"{DEFAULT_RECIPE.percentile})")
     s.add_argument("--int8-float-layers", default="",
                    help="comma list of PyTorch layer names (e.g. head.conv) whose convolution "
                         "stays float32 in the int8 files")
-    s.add_argument("--int8-16x8", action="store_true",
-                   help="int16 activations with int8 weights (TFLite 16x8: precise, but "
-                        "XNNPACK does not run it: reference kernels, slow)")
     s.add_argument("--floor-int8", type=float, default=35.0, help=h("psnr_bar", 35.0))
     s.add_argument("--floor-fp16", type=float, default=60.0, help=h("floor_fp16", 60.0))
     s.add_argument("--floor-dynamic", type=float, default=40.0, help=h("floor_dynamic", 40.0))

@@ -186,7 +186,7 @@ def equalize(g: Graph, images: np.ndarray, *, stream: bool = True) -> EqualizeRe
         conv.weights.pop("b", None)
         norm.weights["eps"] = (norm.weights["eps"].astype(np.float64) * s**2).astype(np.float32)
         report.layers += 1
-        report.channels += int(len(s))
+        report.channels += len(s)
         report.spread_ratio[conv.name or f"node{conv.id}"] = float(sd.max() / sd.min())
     if st:
         values, writers, readers = st
@@ -200,6 +200,6 @@ def equalize(g: Graph, images: np.ndarray, *, stream: bool = True) -> EqualizeRe
                 _scale_norm_out(w, t)
             for r in readers:
                 _scale_in(r, 1.0 / t)
-            report.stream_channels = int(len(t))
+            report.stream_channels = len(t)
             report.spread_ratio["stream"] = float(peak.max() / peak.min())
     return report

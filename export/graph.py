@@ -195,7 +195,7 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
     model = model.eval()
     try:
         fx_graph = _Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - any trace failure is one reason line
+    except Exception as exc:
         raise DmadError(f"export: cannot trace the generator with torch.fx ({exc})") from None
     mods = dict(model.named_modules())
     n, c, h, w = input_shape

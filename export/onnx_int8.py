@@ -62,7 +62,7 @@ def quantize_onnx(src: Path, dst: Path, calib: np.ndarray, *,
         os.replace(tmp, dst)
     except DmadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the quantiser's reason, on one line
+    except Exception as exc:
         raise DmadError(f"onnx-int8: onnxruntime.quantization failed: "
                         f"{str(exc).splitlines()[0][:300]}") from None
     finally:

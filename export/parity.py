@@ -174,11 +174,11 @@ def precision_report(path: Path) -> dict[str, Any]:
         act = ins[2] if name == "TRANSPOSE_CONV" and len(ins) > 2 else ins[0]
         is_int = np.dtype(act["dtype"]) in (np.dtype(np.int8), np.dtype(np.int16))
         int_w = (name in _MAC_OPS and len(ins) > 1
-                 and np.dtype(ins[1 if name != "TRANSPOSE_CONV" else 1]["dtype"]) == np.int8)
+                 and np.dtype(ins[1]["dtype"]) == np.int8)  # the filter (TRANSPOSE_CONV too)
         if not is_int:
             float_ops[name] += 1
         if name in _MAC_OPS and outs:
-            w = ins[1]["shape"] if name == "TRANSPOSE_CONV" else ins[1]["shape"]
+            w = ins[1]["shape"]
             out_elems = int(np.prod(outs[0]["shape"]))
             if name == "DEPTHWISE_CONV_2D":
                 per = int(w[1] * w[2])  # [1, kh, kw, C*mult]
@@ -199,7 +199,7 @@ def precision_report(path: Path) -> dict[str, Any]:
     return {"int8_mac_fraction": round(int8 / total, 4) if total else 0.0,
             "int8_weight_float_activation_mac_fraction":
                 round(hybrid / total, 4) if total else 0.0,
-            "gmacs": round(total / 1e9, 3),
+            "macs": int(total),
             "float_ops": dict(sorted(float_ops.items())),
             "quantize_dequantize": boundaries}
 

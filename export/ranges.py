@@ -7,6 +7,12 @@ spends most levels on values that almost never occur and rounds everything else 
 standard remedy (TensorRT, ONNX Runtime, PyTorch's observers) is to clip: choose the range that
 minimises the quantisation error (clipping + rounding) on the observed values.
 
+How much to clip differs by model (measured at 256² on whole held-out photographs: the
+photo-trained student is best at the 99.99th percentile, 35.4 dB, and loses 10 dB at 99.9; its
+teacher is best at 99.98, 33.6 dB, and loses 3 dB at 99.99), so ``auto`` (the default) tries
+:data:`AUTO_PERCENTILES` and keeps the one whose int8 model is closest to the float model on
+the calibration images; the held-out images stay untouched for the parity check.
+
 This runs in the converter subprocess: the calibrated model (TensorFlow's ``calibrate_only``
 output, a float model whose tensors carry min/max) is run on the calibration images with every
 intermediate tensor kept, a sample of each tensor's values is collected, the new range is
@@ -19,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "best_range", "retune"]
+__all__ = ["AUTO_PERCENTILES", "METHODS", "Samples", "best_range"]
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = ("minmax", "percentile", "mse", "auto")
 #: values sampled per tensor per image (with 20 images, enough for the 1e-4 tail; cheap)
 _SAMPLE = 8192
 
@@ -53,69 +59,102 @@ def best_range(x: np.ndarray, method: str, percentile: float = 99.99) -> tuple[f
     if method != "mse":
         raise ValueError(f"unknown range method {method!r}")
     best = (_quant_mse(x, lo, hi), lo, hi)
-    fracs = np.concatenate([np.linspace(0.05, 1.0, 40)])
+    fracs = np.linspace(0.05, 1.0, 40)
     for f in fracs:  # both sides shrunk together
         e = _quant_mse(x, lo * f, hi * f)
         if e < best[0]:
             best = (e, lo * f, hi * f)
-    _, blo, bhi = best
-    for f in fracs:  # then each side alone, around the joint optimum
-        for cand in ((blo * f, bhi), (blo, bhi * f)):
-            e = _quant_mse(x, *cand)
-            if e < best[0]:
-                best = (e, *cand)
+    for _ in range(3):  # then each side alone (coordinate descent from the joint optimum)
+        _, blo, bhi = best
+        for f in np.linspace(0.05, 1.5, 59):
+            for cand in ((max(lo, blo * f), bhi), (blo, min(hi, bhi * f))):
+                e = _quant_mse(x, *cand)
+                if e < best[0]:
+                    best = (e, *cand)
     return best[1], best[2]
 
 
-def retune(calibrated: bytes, calib: np.ndarray, method: str,
-           percentile: float = 99.99) -> tuple[bytes, dict[str, Any]]:
-    """``calibrated`` with every float activation's min/max replaced by ``method``'s range
-    measured on ``calib`` (NHWC float32 images). Returns the new model and a summary."""
-    if method == "minmax":
-        return calibrated, {"method": "minmax", "tensors": 0}
-    from ai_edge_litert.interpreter import Interpreter
-    from tensorflow.lite.tools import flatbuffer_utils as fb
+class Samples:
+    """Activation samples of every float tensor of a calibrated model, and its outputs."""
 
-    model = fb.read_model_from_bytearray(bytearray(calibrated))
-    sub = model.subgraphs[0]
-    targets = {i for i, t in enumerate(sub.tensors)
-               if t.quantization is not None and t.quantization.min is not None
-               and len(t.quantization.min) == 1 and t.buffer is not None
-               and (model.buffers[t.buffer].data is None or len(model.buffers[t.buffer].data) == 0)}
-    it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]["index"]
-    rng = np.random.default_rng(0)
-    samples: dict[int, list[np.ndarray]] = {i: [] for i in targets}
-    for k in range(len(calib)):
-        it.set_tensor(inp, calib[k : k + 1].astype(np.float32))
-        it.invoke()
-        for i in targets:
-            try:
-                v = it.get_tensor(i).ravel()
-            except ValueError:
-                continue
-            if v.size > _SAMPLE:
-                # keep the extremes, which decide minmax, plus a uniform sample
-                idx = rng.choice(v.size, _SAMPLE, replace=False)
-                v = np.concatenate([v[idx], [v.min(), v.max()]])
-            samples[i].append(v.astype(np.float32))
-    changed = 0
-    shrink = []
-    for i, vals in samples.items():
-        if not vals:
-            continue
-        x = np.concatenate(vals)
-        lo, hi = best_range(x, method, percentile)
-        q = sub.tensors[i].quantization
-        old = float(q.max[0] - q.min[0])
-        q.min, q.max = [float(min(lo, 0.0))], [float(max(hi, 0.0))]
-        changed += 1
-        if old > 0:
-            shrink.append((q.max[0] - q.min[0]) / old)
-    out = bytes(fb.convert_object_to_bytearray(model))
-    summary = {"method": method, "tensors": changed,
-               "median_range_kept": round(float(np.median(shrink)), 3) if shrink else None}
-    if method == "percentile":
-        summary["percentile"] = percentile
-    return out, summary
+    def __init__(self, calibrated: bytes, calib: np.ndarray) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+        from tensorflow.lite.tools import flatbuffer_utils as fb
+
+        self.calibrated = calibrated
+        model = fb.read_model_from_bytearray(bytearray(calibrated))
+        sub = model.subgraphs[0]
+        targets = [i for i, t in enumerate(sub.tensors)
+                   if t.quantization is not None and t.quantization.min is not None
+                   and len(t.quantization.min) == 1 and t.buffer is not None
+                   and not (model.buffers[t.buffer].data is not None
+                            and len(model.buffers[t.buffer].data))]
+        it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]["index"]
+        out = it.get_output_details()[0]["index"]
+        rng = np.random.default_rng(0)
+        self.values: dict[int, list[np.ndarray]] = {i: [] for i in targets}
+        self.outputs = []
+        self.inputs = calib
+        for k in range(len(calib)):
+            it.set_tensor(inp, calib[k : k + 1].astype(np.float32))
+            it.invoke()
+            self.outputs.append(it.get_tensor(out).copy())
+            for i in targets:
+                try:
+                    v = it.get_tensor(i).ravel()
+                except ValueError:
+                    continue
+                if v.size > _SAMPLE:
+                    # keep the extremes, which decide minmax, plus a uniform sample
+                    idx = rng.choice(v.size, _SAMPLE, replace=False)
+                    v = np.concatenate([v[idx], [v.min(), v.max()]])
+                self.values[i].append(v.astype(np.float32))
+        self.stacked = {i: np.concatenate(v) for i, v in self.values.items() if v}
+
+    def apply(self, method: str, percentile: float = 99.99) -> tuple[bytes, dict[str, Any]]:
+        """The calibrated model with ``method``'s ranges written in, and a summary."""
+        from tensorflow.lite.tools import flatbuffer_utils as fb
+
+        if method == "minmax":
+            return self.calibrated, {"method": "minmax", "tensors": 0}
+        model = fb.read_model_from_bytearray(bytearray(self.calibrated))
+        sub = model.subgraphs[0]
+        shrink = []
+        for i, x in self.stacked.items():
+            lo, hi = best_range(x, method, percentile)
+            q = sub.tensors[i].quantization
+            old = float(q.max[0] - q.min[0])
+            q.min, q.max = [float(min(lo, 0.0))], [float(max(hi, 0.0))]
+            if old > 0:
+                shrink.append((q.max[0] - q.min[0]) / old)
+        summary: dict[str, Any] = {
+            "method": method, "tensors": len(self.stacked),
+            "median_range_kept": round(float(np.median(shrink)), 3) if shrink else None}
+        if method == "percentile":
+            summary["percentile"] = percentile
+        return bytes(fb.convert_object_to_bytearray(model)), summary
+
+    def score(self, quantised: bytes, n: int = 6) -> float:
+        """PSNR (dB) of ``quantised`` against the float model on the first ``n`` calibration
+        images: how a range choice is judged without touching the held-out images."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_content=quantised)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]["index"]
+        out = it.get_output_details()[0]["index"]
+        se, count = 0.0, 0
+        for k in range(min(n, len(self.inputs))):
+            it.set_tensor(inp, self.inputs[k : k + 1].astype(np.float32))
+            it.invoke()
+            d = it.get_tensor(out).astype(np.float64) - self.outputs[k]
+            se += float(np.sum(d * d))
+            count += d.size
+        mse = se / max(count, 1)
+        return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+
+
+#: ``ranges="auto"`` tries these percentiles and keeps the best on the calibration images.
+AUTO_PERCENTILES = (99.95, 99.98, 99.99, 99.995)

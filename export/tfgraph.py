@@ -158,7 +158,7 @@ def build_function(graph: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         return vals[graph["output"]]
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
-    def serve(input: Any) -> dict[str, Any]:  # noqa: A002 - the signature's input name
+    def serve(input: Any) -> dict[str, Any]:
         return {"output": run(input)}
 
     return serve

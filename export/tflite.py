@@ -35,6 +35,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,12 @@ class Int8Recipe:
     float_ops: tuple[str, ...] = field(default=())
     #: PyTorch layer names (``"head.conv"``) whose convolution stays float32.
     float_layers: tuple[str, ...] = field(default=())
-    #: TFLite's 16x8 mode: int16 activations, int8 weights (precise, but XNNPACK does not run it).
+    #: TFLite's 16x8 mode: int16 activations, int8 weights. Measurement only (no CLI flag):
+    #: XNNPACK does not run it, and on these graphs LiteRT 2.1 refuses the converter's file
+    #: (CONCATENATION type check).
     activations16: bool = False
-    #: activation ranges: ``minmax`` (TensorFlow's calibrator), ``percentile`` or ``mse``
-    #: (clipped, :mod:`export.ranges`)
+    #: activation ranges: ``minmax`` (TensorFlow's calibrator), ``percentile``, ``mse`` or
+    #: ``auto`` (the best of a few percentiles on the calibration images; :mod:`export.ranges`)
     ranges: str = "minmax"
     percentile: float = 99.99
 
@@ -256,24 +259,34 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv.target_spec.supported_ops = [ops, tf.lite.OpsSet.TFLITE_BUILTINS]
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
+        quantise = partial(
+            mlir_quantize,
+            disable_per_channel=not recipe.per_channel,
+            inference_type=7 if recipe.activations16 else 9,  # TFLite INT16 / INT8
+            denylisted_ops=list(recipe.float_ops) or None,
+            denylisted_nodes=_denylist(calibrated, recipe.float_layers) or None,
+        )
         if recipe.ranges != "minmax":
-            from dmad.export.ranges import retune
+            from dmad.export.ranges import AUTO_PERCENTILES, Samples
 
-            calibrated, summary = retune(calibrated, calib, recipe.ranges, recipe.percentile)
+            samples = Samples(calibrated, calib)
+            if recipe.ranges == "auto":
+                scores = {}
+                for p in AUTO_PERCENTILES:
+                    blob, _ = samples.apply("percentile", p)
+                    scores[p] = samples.score(quantise(blob))
+                best = max(scores, key=lambda p: scores[p])
+                calibrated, summary = samples.apply("percentile", best)
+                summary.update(method="auto", chosen_percentile=best,
+                               calib_psnr_db={str(p): round(v, 2) for p, v in scores.items()})
+            else:
+                calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
             Path("ranges.json").write_text(json.dumps(summary))
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
             if recipe.activations16 and v == "int8_io":
                 io = tf.int16
-            out[v] = mlir_quantize(
-                calibrated,
-                disable_per_channel=not recipe.per_channel,
-                inference_type=7 if recipe.activations16 else 9,  # TFLite INT16 / INT8
-                input_data_type=io,
-                output_data_type=io,
-                denylisted_ops=list(recipe.float_ops) or None,
-                denylisted_nodes=_denylist(calibrated, recipe.float_layers) or None,
-            )
+            out[v] = quantise(calibrated, input_data_type=io, output_data_type=io)
     return out
 
 

@@ -1,121 +1,105 @@
-"""Export benchmark (prints numbers; not a test): ``python scripts/bench_export.py``.
+"""Export recipes on a photo-trained generator (prints numbers; not a test).
 
-For a pruned (ngf 16, ~16x fewer MACs) and the full CycleGAN ResNet-9 (ngf 64) with random
-weights at 256², exported from images of the embedded default dataset, it prints per graph
-recipe and TFLite variant: export time, parity (PSNR vs PyTorch fp32), XNNPACK delegated nodes
-and partitions, and median latency at 1 and 2 threads (LiteRT with XNNPACK; ONNX Runtime and
-PyTorch for comparison). Recipes:
+``python scripts/bench_export.py [--photo runs/photo] [--models teacher,student]
+[--recipes ...] [--runs 10]``
 
-* ``as-exported``: ReflectionPad/InstanceNorm as onnx2tf converts them, plain int8.
-* ``rewrite``: slice padding + explicit InstanceNorm, plain int8 (every op int8).
-* ``deploy``: rewrite + the default int8 recipe (InstanceNorm statistics kept float).
+Uses the run of ``scripts/photo_teacher.py`` (a ResNet-9 ngf 32 colouriser trained on
+photographs and its ÷10 student): calibration on the split's training images, parity on its
+whole held-out photographs at 256². Per model and int8 recipe it prints: PSNR vs PyTorch fp32
+of the int8 file, its int8 MAC fraction, XNNPACK partitions, the GPU-delegate check, export
+time (ONNX + fp32 + int8), and the median latency of fp32 and int8 on LiteRT XNNPACK at 1 and
+2 threads, the two files timed alternately in the same rounds (ratio of medians).
 
-Random weights and synthetic scenes: quality numbers are indicative; latency is what counts.
+Recipes (int8 ops kept float: the InstanceNorm statistics, as in every recipe here):
+
+* ``onnx2tf``: the previous default: onnx2tf, TRANSPOSE_CONV, min/max ranges;
+* ``graph``: our NHWC graph, min/max ranges;
+* ``graph+eq``: + exact range equalisation;
+* ``graph+pct``: + percentile (99.99) ranges;
+* ``graph+eq+pct``: both, TRANSPOSE_CONV kept;
+* ``default``: both + sub-pixel upsampling (what ``dmad export`` does);
+* ``default+mse``: MSE-optimal ranges instead of percentile.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dmad.compress.data import make_default_dataset
-from dmad.compress.models import ResnetGenerator, ResnetSpec
+from dmad.compress.checkpoint import load_model
 from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
-from dmad.export.onnx import INPUT_NAME
-from dmad.export.parity import latency_ms
-from dmad.export.tflite import Int8Recipe
+from dmad.export.parity import make_interpreter
 
-RECIPES = {
-    "as-exported": (False, Int8Recipe()),
-    "rewrite": (True, Int8Recipe()),
-    "deploy": (True, DEFAULT_RECIPE),
+ROOT = Path(__file__).resolve().parent.parent
+PLAIN = dataclasses.replace(DEFAULT_RECIPE, ranges="minmax")
+RECIPES: dict[str, dict[str, object]] = {
+    "onnx2tf": {"converter": "onnx2tf", "subpixel": "off", "equalize": False, "recipe": PLAIN},
+    "graph": {"subpixel": "off", "equalize": False, "recipe": PLAIN},
+    "graph+eq": {"subpixel": "off", "equalize": True, "recipe": PLAIN},
+    "graph+pct": {"subpixel": "off", "equalize": False, "recipe": DEFAULT_RECIPE},
+    "graph+eq+pct": {"subpixel": "off", "equalize": True, "recipe": DEFAULT_RECIPE},
+    "default": {},
+    "default+mse": {"recipe": dataclasses.replace(DEFAULT_RECIPE, ranges="mse")},
 }
 
 
-def _ort_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
-    import onnxruntime as ort
-
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-    s.run(None, {INPUT_NAME: x})
-    t = []
+def paired_ms(files: list[Path], threads: int, runs: int) -> list[float]:
+    """Median ms of each file, the files invoked alternately in every round."""
+    its = [make_interpreter(f, threads) for f in files]
+    for it in its:
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+    times: list[list[float]] = [[] for _ in files]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        s.run(None, {INPUT_NAME: x})
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t) * 1e3)
+        for k, it in enumerate(its):
+            t = time.perf_counter()
+            it.invoke()
+            times[k].append(time.perf_counter() - t)
+    return [float(np.median(t) * 1e3) for t in times]
 
 
-def _torch_ms(model: torch.nn.Module, x: np.ndarray, threads: int, runs: int) -> float:
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        xt = torch.from_numpy(x)
-        with torch.no_grad():
-            model(xt)
-            t = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model(xt)
-                t.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return float(np.median(t) * 1e3)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--models", default="pruned,full", help="pruned and/or full")
-    ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--quant", default="fp32,fp16,dynamic,int8")
-    ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--keep", type=Path, help="keep the exports under this folder")
-    a = ap.parse_args(argv)
-    torch.manual_seed(0)
-    models = {
-        "pruned": ResnetGenerator(ResnetSpec(ngf=16, n_blocks=9)).eval(),
-        "full": ResnetGenerator(ResnetSpec(ngf=64, n_blocks=9)).eval(),
-    }
-    with tempfile.TemporaryDirectory() as td:
-        base = a.keep or Path(td)
-        data = make_default_dataset(Path(td) / "data", size=a.size, n_train=20, n_test=8)
-        calib = data / "unaligned" / "trainA"
-        for mname in a.models.split(","):
-            model = models[mname]
-            x = np.zeros((1, 3, a.size, a.size), np.float32)
-            x[:] = np.linspace(-1, 1, a.size, dtype=np.float32)
-            print(f"\n=== {mname} ResNet-9 ngf {model.spec.ngf} at {a.size}² ===", flush=True)
-            print(f"PyTorch ms 1/2 threads: {_torch_ms(model, x, 1, a.runs):.1f} / "
-                  f"{_torch_ms(model, x, 2, a.runs):.1f}", flush=True)
-            for rname in a.recipes.split(","):
-                rewrite, recipe = RECIPES[rname]
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--photo", type=Path, default=ROOT / "runs" / "photo",
+                    help="scripts/photo_teacher.py's work folder")
+    ap.add_argument("--models", default="teacher,student", help="teacher and/or student")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="comma list of recipes")
+    ap.add_argument("--runs", type=int, default=10, help="timed rounds per thread count")
+    ap.add_argument("--size", type=int, default=256, help="export size")
+    args = ap.parse_args()
+    paths = {"teacher": args.photo / "teacher" / "G_AtoB.pt",
+             "student": args.photo / "compress" / "finetune" / "student_G_AtoB.pt"}
+    split = args.photo / "compress" / "split.json"
+    head = (f"{'model':8} {'recipe':13} {'int8 dB':>7} {'int8 MAC':>8} {'parts':>5} "
+            f"{'GPU':>4} {'export s':>8} {'fp32 1t':>8} {'int8 1t':>8} {'x 1t':>5} "
+            f"{'fp32 2t':>8} {'int8 2t':>8} {'x 2t':>5}")
+    print(head)
+    print("-" * len(head))
+    for name in args.models.split(","):
+        model, _ = load_model(paths[name])
+        for recipe in args.recipes.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.time()
                 res = export_model(ExportConfig(
-                    out=base / f"{mname}-{rname}", module=model, size=a.size,
-                    quant=tuple(a.quant.split(",")), calib=calib, num_calib=20,
-                    rewrite=rewrite, recipe=recipe, force=True,
-                    fp32_tol=1e-3 if rewrite else float("inf")))
-                for note in res.report["warnings"]:
-                    print(f"warning: {note}", flush=True)
-                print(f"\n-- {rname}: export {time.time() - t0:.0f} s "
-                      f"(GMACs true {res.report['macs']['gmacs_true']:.2f})", flush=True)
-                print(res.table, flush=True)
-                xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-                print(f"{'artifact':<8} {'ms 1 thr':>9} {'ms 2 thr':>9}", flush=True)
-                print(f"{'ORT':<8} {_ort_ms(res.onnx, x, 1, a.runs):>9.1f} "
-                      f"{_ort_ms(res.onnx, x, 2, a.runs):>9.1f}", flush=True)
-                for v, f in res.files.items():
-                    l1 = latency_ms(f, xs, 1, a.runs)
-                    l2 = latency_ms(f, xs, 2, a.runs)
-                    print(f"{v:<8} {l1:>9.1f} {l2:>9.1f}", flush=True)
+                    out=Path(tmp) / "e", module=model, size=args.size, split=split,
+                    quant=("fp32", "int8"), **RECIPES[recipe]))  # type: ignore[arg-type]
+                took = time.time() - t0
+                a = res.report["artifacts"]["int8"]
+                f32, i8 = res.files["fp32"], res.files["int8"]
+                ms1 = paired_ms([f32, i8], 1, args.runs)
+                ms2 = paired_ms([f32, i8], 2, args.runs)
+                gpu = "ok" if (a.get("gpu") or {}).get("compatible") else "no"
+                print(f"{name:8} {recipe:13} {a['parity']['psnr_db']:7.1f} "
+                      f"{100 * a['precision']['int8_mac_fraction']:7.0f}% "
+                      f"{a['xnnpack']['partitions']:5d} {gpu:>4} {took:8.0f} "
+                      f"{ms1[0]:8.1f} {ms1[1]:8.1f} {ms1[0] / ms1[1]:5.2f} "
+                      f"{ms2[0]:8.1f} {ms2[1]:8.1f} {ms2[0] / ms2[1]:5.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -228,14 +228,20 @@ def test_onnx2tf_reason_is_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not an onnx model")
     with pytest.raises(DmadError, match=r"TFLite conversion failed \(onnx2tf\): .+"):
         tflite.convert(bad, tmp_path, ["fp32"], None)
-    assert not (tmp_path / ".onnx2tf").exists()
+    assert not (tmp_path / ".convert").exists()
 
 
-def test_misconverted_fp32_is_an_error(tmp_path: Path) -> None:
+def test_misconverted_fp32_is_an_error_and_the_graph_converter_has_no_guess(
+        tmp_path: Path) -> None:
     # ngf 4 at 32²: a ConvTranspose from [1,16,8,8] to [1,8,16,16] makes onnx2tf guess the
     # layout wrong (a known onnx2tf weakness); the export must refuse, not warn.
-    _fails(tmp_path, "fp32 TFLite differs from PyTorch", module=_resnet(), size=32,
-           quant=("fp32",))
+    _fails(tmp_path, "fp32 TFLite differs from PyTorch.*layout guess", module=_resnet(),
+           size=32, quant=("fp32",), converter="onnx2tf", subpixel="off")
+    # the default converter builds the NHWC graph from the model itself: same model, same size
+    rep = export_model(ExportConfig(out=tmp_path / "ok", module=_resnet(), size=32,
+                                    quant=("fp32",))).report
+    assert rep["artifacts"]["fp32"]["parity"]["max_abs"] <= 1e-4
+    assert rep["graph"]["converter"] == "graph"
 
 
 def test_failure_reason_parsing() -> None:
@@ -264,7 +270,11 @@ def test_files_below_the_psnr_bar_are_flagged() -> None:
             "int8": {"parity": {"psnr_db": 26.5}}, "int8_io": {"parity": {"psnr_db": float("nan")}}}
     notes = quality_notes(arts, 35.0)
     assert [n.split(":")[0] for n in notes] == ["int8", "int8_io"]
-    assert "26.5 dB" in notes[0] and "below the 35 dB bar" in notes[0]
+    assert "26.5 dB" in notes[0] and "below its 35 dB floor" in notes[0]
+    per = quality_notes(arts, {"fp16": 90.0, "dynamic": 40.0, "int8": 35.0, "int8_io": 35.0})
+    assert [n.split(":")[0] for n in per] == ["fp16", "int8", "int8_io"]
+    assert arts["fp16"]["floor_db"] == 90.0 and arts["fp16"]["below_bar"]
+    quality_notes(arts, 35.0)
     assert arts["int8"]["below_bar"] and arts["int8_io"]["below_bar"]
     assert not arts["fp16"]["below_bar"] and not arts["dynamic"]["below_bar"]
     assert "below_bar" not in arts["fp32"]

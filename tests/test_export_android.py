@@ -196,3 +196,9 @@ def test_choose_variant_keeps_its_rule() -> None:
     assert choose_variant(arts(fp32=99, fp16=80, int8=30, dynamic=40), 35) == "dynamic"
     assert choose_variant(arts(fp32=99, fp16=80, int8=30), 35) == "fp16"
     assert choose_variant(arts(fp32=99, int8=30), 35) == "fp32"
+    # per-variant floors, and the reason stated
+    floors = {"fp16": 60, "dynamic": 40, "int8": 35, "int8_io": 35}
+    v, why = choose_variant(arts(fp32=99, fp16=80, int8=36, dynamic=39), floors, explain=True)
+    assert v == "int8" and "meets its 35 dB floor" in why and "dynamic 39.0 < 40 dB" in why
+    v, why = choose_variant(arts(fp32=99, fp16=55, int8=30), floors, explain=True)
+    assert v == "fp32" and "int8 30.0 < 35 dB" in why

@@ -1,0 +1,358 @@
+"""The default TFLite converter (PyTorch → NHWC graph → TensorFlow's converter), its exact
+rewrites (range equalisation, sub-pixel upsampling) and the int8 recipe they serve.
+
+The size sweep converts every generator family at sizes from 64 to 512 in one TensorFlow
+process (a subprocess, like the export's), so the ~8 s TensorFlow import is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dmad.compress.errors import DmadError
+from dmad.compress.models import ResnetSpec, UnetSpec, build
+from dmad.compress.models.resnet import ResnetWidths
+from dmad.export.equalize import equalize
+from dmad.export.graph import trace
+from dmad.export.ranges import _quant_mse, best_range
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs graphs with TensorFlow directly (``tf`` mode) or through an fp32 .tflite (``tflite``).
+_RUNNER = textwrap.dedent("""
+    import json, sys, numpy as np
+    from pathlib import Path
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from dmad.export.tfgraph import build_function
+    work = Path(sys.argv[1])
+    for job in json.loads((work / "jobs.json").read_text()):
+        fn = build_function(json.loads((work / job["graph"]).read_text()),
+                            dict(np.load(work / job["arrays"])))
+        x = np.load(work / job["input"])
+        if job["mode"] == "tf":
+            y = fn(tf.constant(x))["output"].numpy()
+        else:
+            cf = fn.get_concrete_function()
+            blob = tf.lite.TFLiteConverter.from_concrete_functions([cf], fn).convert()
+            it = Interpreter(model_content=blob)
+            it.allocate_tensors()
+            it.set_tensor(it.get_input_details()[0]["index"], x)
+            it.invoke()
+            y = it.get_tensor(it.get_output_details()[0]["index"])
+            ops = sorted({o["op_name"] for o in it._get_ops_details()})
+            (work / (job["name"] + ".ops.json")).write_text(json.dumps(ops))
+        np.save(work / (job["name"] + ".out.npy"), y)
+""")
+
+
+def _run_graphs(tmp: Path, jobs: list[tuple[str, object, np.ndarray, str]]
+                ) -> dict[str, np.ndarray]:
+    """``jobs``: (name, Graph, NCHW input, "tf" | "tflite"); returns NCHW outputs by name."""
+    desc = []
+    for name, g, x, mode in jobs:
+        gj, arrays = g.to_json()  # type: ignore[attr-defined]
+        (tmp / f"{name}.json").write_text(json.dumps(gj))
+        np.savez(tmp / f"{name}.npz", **arrays)
+        np.save(tmp / f"{name}.in.npy", np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        desc.append({"name": name, "graph": f"{name}.json", "arrays": f"{name}.npz",
+                     "input": f"{name}.in.npy", "mode": mode})
+    (tmp / "jobs.json").write_text(json.dumps(desc))
+    env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", _RUNNER, str(tmp)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {name: np.load(tmp / f"{name}.out.npy").transpose(0, 3, 1, 2)
+            for name, *_ in jobs}
+
+
+def _torch(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def _input(size: int, seed: int = 0) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 3, size, size, generator=g) * 2 - 1).numpy()
+
+
+def _random_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _family(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "resnet8":
+        return build(ResnetSpec(ngf=8))
+    if name == "resnet32":  # the demo teacher that onnx2tf mis-converted at 256²
+        return build(ResnetSpec(ngf=32))
+    if name == "resnet64":
+        return build(ResnetSpec(ngf=64, n_blocks=2))
+    if name == "pruned":  # uneven searched widths, affine stream writers, a removed block
+        spec = ResnetSpec(ngf=16, norm="instance", stream_affine=True,
+                          widths=ResnetWidths(stem=11, down1=23, stream=37,
+                                              blocks=(9, 0, 17, 5, 0, 3, 8, 1, 30), up1=19,
+                                              up2=7))
+        return build(spec)
+    if name == "separable":
+        return build(ResnetSpec(ngf=16, separable=True))
+    if name == "batchnorm":
+        return _random_bn(build(ResnetSpec(ngf=8, norm="batch", padding="zero")))
+    if name == "unet256":
+        return _random_bn(build(UnetSpec(ngf=8, num_downs=8)))
+    raise KeyError(name)
+
+
+# Every family at sizes 64-512 (UNet-256: the multiples of 256 it accepts).
+_SWEEP = [("resnet8", s) for s in (64, 68, 100, 128, 132, 256, 260, 384, 512)] + [
+    ("resnet32", 256), ("resnet64", 128), ("pruned", 64), ("pruned", 256),
+    ("separable", 64), ("separable", 256), ("separable", 512),
+    ("batchnorm", 64), ("batchnorm", 256), ("unet256", 256), ("unet256", 512)]
+
+
+def test_every_family_converts_at_every_size(tmp_path: Path) -> None:
+    jobs, refs = [], {}
+    for fam, size in _SWEEP:
+        m = _family(fam)
+        x = _input(size)
+        name = f"{fam}_{size}"
+        jobs.append((name, trace(m, (1, 3, size, size)), x, "tflite"))
+        refs[name] = _torch(m, x)
+    outs = _run_graphs(tmp_path, jobs)
+    worst = {n: float(np.abs(outs[n] - refs[n]).max()) for n in refs}
+    bad = {n: e for n, e in worst.items() if not e <= 1e-4}
+    assert not bad, bad
+    # the graph is NHWC by construction: one input, NHWC shapes, no layout transposes
+    for fam, size in _SWEEP:
+        ops = json.loads((tmp_path / f"{fam}_{size}.ops.json").read_text())
+        assert "TRANSPOSE" not in ops and "MIRROR_PAD" not in ops, (fam, size, ops)
+
+
+def test_subpixel_graph_has_no_transpose_conv_and_is_exact(tmp_path: Path) -> None:
+    from dmad.export.subpixel import to_subpixel
+
+    m = _family("pruned")
+    sub, n = to_subpixel(m)
+    assert n == 2
+    x = _input(64)
+    outs = _run_graphs(tmp_path, [("sub", trace(sub, (1, 3, 64, 64)), x, "tflite"),
+                                  ("plain", trace(m, (1, 3, 64, 64)), x, "tflite")])
+    ref = _torch(m, x)
+    assert np.abs(outs["sub"] - ref).max() <= 1e-4
+    assert "TRANSPOSE_CONV" not in json.loads((tmp_path / "sub.ops.json").read_text())
+    assert "DEPTH_TO_SPACE" in json.loads((tmp_path / "sub.ops.json").read_text())
+    assert "TRANSPOSE_CONV" in json.loads((tmp_path / "plain.ops.json").read_text())
+
+
+def _unequal(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Scale each output channel of every conv before an InstanceNorm by 10^U(-2.5, 1): the
+    float model is unchanged up to eps (the norm removes the scale), int8 ranges are not."""
+    g = torch.Generator().manual_seed(seed)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for name, m in mods.items():
+            if name.endswith(".conv") and isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                norm = mods.get(name[: -len("conv")] + "norm")
+                if isinstance(norm, nn.InstanceNorm2d):
+                    dim = 1 if isinstance(m, nn.ConvTranspose2d) else 0
+                    c = m.weight.shape[dim]
+                    s = 10 ** (torch.rand(c, generator=g) * 3.5 - 2.5)
+                    shape = [1] * m.weight.dim()
+                    shape[dim] = c
+                    m.weight.mul_(s.view(shape))
+                    if m.bias is not None:
+                        m.bias.mul_(s)
+    return model
+
+
+def test_equalisation_is_exact_including_the_epsilon(tmp_path: Path) -> None:
+    from dmad.export.subpixel import to_subpixel
+
+    m = _unequal(_family("pruned"))
+    sub, _ = to_subpixel(m)
+    x = _input(64)
+    calib = np.concatenate([_input(64, s) for s in range(1, 4)])
+    ref = _torch(m, x)
+    jobs = []
+    for name, model in (("plain", m), ("sub", sub)):
+        g = trace(model, (1, 3, 64, 64))
+        rep = equalize(g, calib)
+        assert rep.layers == 19 and rep.stream_channels == 37  # 5 + 2 per live block
+        jobs.append((name, g, x, "tf"))
+    # the epsilon must scale with the channel: without it the small channels drift
+    g_bad = trace(m, (1, 3, 64, 64))
+    equalize(g_bad, calib)
+    for n in g_bad.nodes:
+        if n.op == "inorm":
+            n.weights["eps"] = np.full_like(n.weights["eps"], 1e-5)
+    jobs.append(("no_eps", g_bad, x, "tf"))
+    outs = _run_graphs(tmp_path, jobs)
+    assert np.abs(outs["plain"] - ref).max() <= 1e-4
+    assert np.abs(outs["sub"] - ref).max() <= 1e-4
+    assert np.abs(outs["no_eps"] - ref).max() > 1e-3
+
+
+def test_equalisation_and_percentile_ranges_rescue_int8(tmp_path: Path) -> None:
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = _unequal(build(ResnetSpec(ngf=8, n_blocks=3)))
+    psnr = {}
+    for name, eq, ranges in (("plain", False, "minmax"), ("recipe", True, "percentile")):
+        rep = export_model(ExportConfig(
+            out=tmp_path / name, module=m, size=64, quant=("int8",), num_calib=12,
+            num_eval=4, calib=_photos(tmp_path), equalize=eq,
+            recipe=dataclasses.replace(DEFAULT_RECIPE, ranges=ranges))).report
+        psnr[name] = rep["artifacts"]["int8"]["parity"]["psnr_db"]
+        assert rep["artifacts"]["int8"]["precision"]["int8_mac_fraction"] == 1.0
+        # fp32 is always converted and checked, and not kept unless asked for
+        assert rep["artifacts"]["fp32"]["kept"] is False
+        assert rep["artifacts"]["fp32"]["parity"]["max_abs"] <= 1e-3
+        assert not (tmp_path / name / "generator_fp32.tflite").exists()
+    assert psnr["recipe"] >= psnr["plain"] + 6, psnr
+
+
+def _photos(tmp: Path, n: int = 16) -> Path:
+    """Smooth, textured RGB images (not flat shapes) written once."""
+    from PIL import Image
+
+    d = tmp / "photos"
+    if d.is_dir():
+        return d
+    d.mkdir()
+    g = torch.Generator().manual_seed(7)
+    for i in range(n):
+        low = torch.rand(3, 6, 6, generator=g)
+        img = torch.nn.functional.interpolate(low[None], size=(80, 80), mode="bicubic")[0]
+        img = (img + 0.15 * torch.rand(3, 80, 80, generator=g)).clamp(0, 1)
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+            d / f"{i:02d}.png")
+    return d
+
+
+def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = build(ResnetSpec(ngf=8, n_blocks=2))
+    recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("head.conv",))
+    rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32, quant=("int8",),
+                                    calib=_photos(tmp_path), num_calib=8, num_eval=2,
+                                    recipe=recipe)).report
+    prec = rep["artifacts"]["int8"]["precision"]
+    # the head alone stays float: a 7x7 conv, 8 → 3 channels, at every one of the 32² pixels
+    head = 32 * 32 * 49 * 8 * 3
+    assert prec["int8_mac_fraction"] == pytest.approx(1 - head / prec["macs"], abs=1e-3)
+    assert prec["float_ops"].get("CONV_2D") == 1
+    with pytest.raises(DmadError, match="no convolution named nope"):
+        export_model(ExportConfig(out=tmp_path / "p", module=m, size=32, quant=("int8",),
+                                  calib=_photos(tmp_path), num_calib=8, num_eval=2,
+                                  recipe=dataclasses.replace(recipe, float_layers=("nope",))))
+
+
+def test_nan_output_fails_and_writes_nothing(tmp_path: Path) -> None:
+    from dmad.export.api import ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = build(ResnetSpec(ngf=8, n_blocks=1))
+    with torch.no_grad():
+        m.head.conv.bias.fill_(float("nan"))
+    with pytest.raises(DmadError, match="NaN or infinity"):
+        export_model(ExportConfig(out=tmp_path / "o", module=m, size=32, quant=("fp32",)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_strict_floor_refuses_and_gpu_report_is_written(tmp_path: Path) -> None:
+    from dmad.export.api import ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = build(ResnetSpec(ngf=8, n_blocks=1))
+    with pytest.raises(DmadError, match="--strict: fp16 below the floor"):
+        export_model(ExportConfig(out=tmp_path / "o", module=m, size=32,
+                                  quant=("fp32", "fp16"), floor_fp16=500.0, strict=True))
+    assert not (tmp_path / "o").exists()
+    res = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32,
+                                    quant=("fp32", "fp16"), subpixel="off", floor_fp16=500.0))
+    arts = res.report["artifacts"]
+    assert arts["fp16"]["below_bar"] and arts["fp16"]["floor_db"] == 500.0
+    assert any("fp16" in w and "floor" in w for w in res.report["warnings"])
+    for v in ("fp32", "fp16"):
+        gpu = arts[v]["gpu"]
+        assert isinstance(gpu["compatible"], bool) and "Analyzer" in gpu["checker"]
+    assert "GPU check" in res.table and "500 LOW" in res.table
+    assert res.report["graph"]["subpixel"]["layers"] == 0
+
+
+def test_onnx_int8(tmp_path: Path) -> None:
+    import onnx
+
+    from dmad.export.api import ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = build(ResnetSpec(ngf=8, n_blocks=2))
+    res = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32,
+                                    quant=("onnx-int8",), calib=_photos(tmp_path),
+                                    num_calib=8, num_eval=2))
+    a = res.report["artifacts"]["onnx-int8"]
+    assert (tmp_path / "o" / a["file"]).is_file()
+    ops = {n.op_type for n in onnx.load(tmp_path / "o" / a["file"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert 20 <= a["parity"]["psnr_db"] < 100  # quantised: close, not identical
+    assert a["quantization"]["format"] == "QDQ"
+
+
+def test_calibration_and_parity_images_are_disjoint(tmp_path: Path) -> None:
+    from dmad.export.api import _folder_images
+
+    photos = _photos(tmp_path, n=5)
+    cal, ev, note = _folder_images(photos, 32, 20, 8)
+    assert len(cal) == 4 and len(ev) == 1 and "held-out" in note
+    for e in ev:
+        assert not any(np.array_equal(e, c) for c in cal)
+    cal, ev, _ = _folder_images(photos, 32, 2, 8)
+    assert len(cal) == 2 and len(ev) == 3
+
+
+def test_best_range() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 100_000), [60.0, -50.0]])
+    assert best_range(x, "minmax") == (x.min(), x.max())
+    lo, hi = best_range(x, "percentile", 99.99)
+    assert -6 < lo < -3 and 3 < hi < 6
+    # MSE weighs the two outliers by their count: keeping them costs less than clipping them
+    lo, hi = best_range(x, "mse")
+    assert lo < -30 and hi > 40
+    # a heavy (Laplace) tail: clipping lowers the error, and MSE finds a clipped range
+    lap = rng.laplace(0, 1, 100_000)
+    lo, hi = best_range(lap, "mse")
+    assert lap.min() < lo < -3 and 3 < hi < lap.max()
+    assert _quant_mse(lap, lo, hi) < 0.9 * _quant_mse(lap, lap.min(), lap.max())
+    relu = np.abs(rng.normal(0, 1, 10_000))
+    assert best_range(relu, "percentile")[0] == relu.min()
+
+
+def test_untraceable_model_is_one_line() -> None:
+    class Odd(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flip(1)
+
+    with pytest.raises(DmadError, match=r"export: .*flip"):
+        trace(Odd(), (1, 3, 8, 8))
