@@ -193,6 +193,8 @@ def count_onnx(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int, str]:
     quant = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv")
                 for n in m.graph.node)
     t = p = 0
+    # QDQ int8 (dmad export --quant onnx-int8): a conv's weight is DequantizeLinear(int8 init)
+    dq = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
 
     def numel(name: str) -> int:
         s = shapes.get(name) or []
@@ -201,8 +203,9 @@ def count_onnx(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int, str]:
     for node in m.graph.node:
         attrs = {a.name: a for a in node.attribute}
         g = attrs["group"].i if "group" in attrs else 1
-        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in init:
-            w = init[node.input[1]]
+        wname = dq.get(node.input[1], node.input[1]) if len(node.input) > 1 else ""
+        if node.op_type in ("Conv", "ConvTranspose") and wname in init:
+            w = init[wname]
             k = int(np.prod(w[2:]))
             bias = 1 if len(node.input) > 2 and node.input[2] else 0
             out = numel(node.output[0])

@@ -136,7 +136,7 @@ class Samples:
             summary["percentile"] = percentile
         return bytes(fb.convert_object_to_bytearray(model)), summary
 
-    def score(self, quantised: bytes, n: int = 6) -> float:
+    def score(self, quantised: bytes, n: int = 12) -> float:
         """PSNR (dB) of ``quantised`` against the float model on the first ``n`` calibration
         images: how a range choice is judged without touching the held-out images."""
         from ai_edge_litert.interpreter import Interpreter

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dmad.compress.checkpoint import load_model
+from dmad.compress.errors import DmadError
 from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
 from dmad.export.parity import make_interpreter
 
@@ -86,9 +87,13 @@ def main() -> None:
         for recipe in args.recipes.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.time()
-                res = export_model(ExportConfig(
-                    out=Path(tmp) / "e", module=model, size=args.size, split=split,
-                    quant=("fp32", "int8"), **RECIPES[recipe]))  # type: ignore[arg-type]
+                try:
+                    res = export_model(ExportConfig(
+                        out=Path(tmp) / "e", module=model, size=args.size, split=split,
+                        quant=("fp32", "int8"), **RECIPES[recipe]))  # type: ignore[arg-type]
+                except DmadError as exc:
+                    print(f"{name:8} {recipe:13} export failed: {exc}", flush=True)
+                    continue
                 took = time.time() - t0
                 a = res.report["artifacts"]["int8"]
                 f32, i8 = res.files["fp32"], res.files["int8"]

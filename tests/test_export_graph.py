@@ -317,6 +317,12 @@ def test_onnx_int8(tmp_path: Path) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert 20 <= a["parity"]["psnr_db"] < 100  # quantised: close, not identical
     assert a["quantization"]["format"] == "QDQ"
+    # dmad bench/compare count its MACs through the DequantizeLinear weights, as int8
+    from dmad.benchmark.host import count_onnx
+
+    q = count_onnx(tmp_path / "o" / a["file"], (1, 3, 32, 32))
+    f = count_onnx(tmp_path / "o" / "generator.onnx", (1, 3, 32, 32))
+    assert q[0] == f[0] > 0 and q[3] == "int8" and f[3] == "fp32"
 
 
 def test_calibration_and_parity_images_are_disjoint(tmp_path: Path) -> None:
