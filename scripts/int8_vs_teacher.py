@@ -14,8 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from dmad.compress.checkpoint import load_model
 from dmad.export.api import _nhwc, _split_images, _torch_out
 from dmad.export.parity import psnr, run_tflite

@@ -138,6 +138,10 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     assert meta["label"] == "compressed" and meta["file"] == "compressed.tflite"
     chosen = meta["variant"]
     assert chosen in ("int8", "int8_io", "fp16", "fp32")
+    # the choice says why, and carries the GPU-delegate check of that file
+    assert meta["chosen_because"].startswith(f"{chosen}:") and "floor" in meta["chosen_because"]
+    assert res.report["android"] == {"variant": chosen, "why": meta["chosen_because"]}
+    assert meta["gpu_delegate"] == arts[chosen]["gpu"]
     assert (assets / meta["file"]).read_bytes() == res.files[chosen].read_bytes()
     live = io_details(assets / meta["file"])
     for role in ("input", "output"):
