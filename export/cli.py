@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--out", type=Path, required=True, help=h("out"))
     s.add_argument("--size", type=int, default=256, help=h("size", 256))
     s.add_argument("--quant", default="fp32,fp16,dynamic,int8",
-                   help=h("quant", "all"))
+                   help=h("quant", "fp32,fp16,dynamic,int8"))
     s.add_argument("--int8-io", action="store_true",
                    help=h("int8_io"))
     s.add_argument("--calib", type=Path, help=h("calib"))
