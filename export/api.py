@@ -600,6 +600,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             "artifacts": artifacts,
             "seconds": round(time.time() - t0, 1),
             "phase_seconds": {k: round(v, 1) for k, v in phase.items()},
+            "converter_seconds": conv_info.get("worker_seconds"),
         }
         atomic_write_json(tmp / "parity.json", report)
         _commit(tmp, out)

@@ -225,6 +225,19 @@ def _sample_data(calib: np.ndarray | None) -> np.ndarray:
     return np.clip(imgs, 0.0, 1.0).astype(np.float32)
 
 
+#: seconds per step of the converter subprocess (``parity.json`` ``phase_seconds``)
+_TIMES: dict[str, float] = {}
+_LAST = [0.0]
+
+
+def _tick(step: str) -> None:
+    import time
+
+    now = time.perf_counter()
+    _TIMES[step] = round(now - (_LAST[0] or now), 1)
+    _LAST[0] = now
+
+
 def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[str],
               recipe: Int8Recipe) -> dict[str, bytes]:
     """The requested quantised variants; ``make()`` returns a fresh TFLiteConverter of the
@@ -238,17 +251,24 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
         out["fp16"] = conv.convert()
+        _tick("fp16")
     if "dynamic" in variants:
         conv = make()
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv._experimental_disable_per_channel = not recipe.per_channel
         out["dynamic"] = conv.convert()
+        _tick("dynamic")
     int8 = [v for v in variants if v in ("int8", "int8_io")]
     if int8:
         assert calib is not None
 
+        # Our own ranges (:mod:`export.ranges`) measure every activation on all calibration
+        # images themselves, so TensorFlow's calibrator only has to mark the tensors: one image
+        # instead of all (its pass was the slowest step of the export).
+        n_tf = len(calib) if recipe.ranges == "minmax" else 1
+
         def representative():  # type: ignore[no-untyped-def]
-            for i in range(len(calib)):
+            for i in range(n_tf):
                 yield [calib[i : i + 1].astype(np.float32)]
 
         conv = make()
@@ -259,6 +279,7 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv.target_spec.supported_ops = [ops, tf.lite.OpsSet.TFLITE_BUILTINS]
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
+        _tick("int8_calibrate")
         quantise = partial(
             mlir_quantize,
             disable_per_channel=not recipe.per_channel,
@@ -270,6 +291,7 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
             from dmad.export.ranges import AUTO_PERCENTILES, Samples
 
             samples = Samples(calibrated, calib)
+            _tick("int8_range_samples")
             if recipe.ranges == "auto":
                 scores = {}
                 for p in AUTO_PERCENTILES:
@@ -282,11 +304,13 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
             else:
                 calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
             Path("ranges.json").write_text(json.dumps(summary))
+            _tick("int8_range_choice")
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
             if recipe.activations16 and v == "int8_io":
                 io = tf.int16
             out[v] = quantise(calibrated, input_data_type=io, output_data_type=io)
+            _tick(f"{v}_quantise")
     return out
 
 
@@ -321,6 +345,7 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
 def _worker(job_path: str) -> int:
     """Runs in the scratch folder: the float model (our graph or onnx2tf), then the requested
     variants from it; writes result.json."""
+    _tick("start")
     job = json.loads(Path(job_path).read_text())
     calib = np.load(job["calib"]) if job["calib"] else None
     r = job["recipe"]
@@ -343,6 +368,7 @@ def _worker(job_path: str) -> int:
         rest = list(job["variants"])
         if "fp32" in rest:
             Path("fp32.tflite").write_bytes(make().convert())
+            _tick("fp32")
             produced["fp32"] = "fp32.tflite"
             rest.remove("fp32")
     else:
@@ -356,6 +382,7 @@ def _worker(job_path: str) -> int:
             not_use_onnxsim=True,  # export.onnx already simplified and checked it
             non_verbose=True,
         )
+        _tick("onnx2tf")
         stem = Path(job["onnx"]).stem
         for v, suffix in _ONNX2TF_FILES.items():
             f = Path("tf") / f"{stem}{suffix}"
@@ -372,8 +399,9 @@ def _worker(job_path: str) -> int:
     for v, blob in _quantise(make, calib, rest, recipe).items():
         Path(f"{v}.tflite").write_bytes(blob)
         produced[v] = f"{v}.tflite"
-    result: dict[str, Any] = {"files": produced,
-                              "gpu": {v: gpu_analysis(f) for v, f in produced.items()}}
+    gpu = {v: gpu_analysis(f) for v, f in produced.items()}
+    _tick("gpu_analysis")
+    result: dict[str, Any] = {"files": produced, "gpu": gpu, "worker_seconds": _TIMES}
     if Path("ranges.json").exists():
         result["ranges"] = json.loads(Path("ranges.json").read_text())
     Path("result.json").write_text(json.dumps(result))
