@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from dmad.compress.errors import DmadError
-
-RANGES = ("minmax", "percentile", "mse", "auto")
+from dmad.export.ranges import METHODS as RANGES
 
 
 def _quant_list(text: str) -> tuple[str, ...]:

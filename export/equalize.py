@@ -79,13 +79,12 @@ def _absmax(acc: Any, y: torch.Tensor) -> Any:
 def _scale_in(n: Node, s: np.ndarray) -> None:
     """Multiply input channel c of conv/deconv ``n``'s weights by ``s[c]``."""
     w = n.weights["w"].astype(np.float64)
-    if n.op == "deconv":
-        w = w * s[None, None, None, :]
-    elif n.attrs.get("depthwise"):
-        w = w * s[None, None, :, None]
-    else:
-        w = w * s[None, None, :, None]
-    n.weights["w"] = w.astype(np.float32)
+    # input channels: axis 3 of a transposed conv's [kh, kw, cout, cin], else axis 2 (HWIO, and
+    # depthwise [kh, kw, cin, mult])
+    axis = 3 if n.op == "deconv" else 2
+    shape = [1, 1, 1, 1]
+    shape[axis] = len(s)
+    n.weights["w"] = (w * s.reshape(shape)).astype(np.float32)
 
 
 def _scale_out(n: Node, s: np.ndarray) -> None:

@@ -73,7 +73,6 @@ class Graph:
         assert self.module is not None
         want = {self.node(i).fx_name: i for i in ids}
         acc: dict[int, Any] = {}
-        graph = self
 
         class Rec(torch.fx.Interpreter):
             def run_node(self, n: torch.fx.Node) -> Any:
@@ -83,7 +82,6 @@ class Graph:
                     acc[nid] = reduce(acc.get(nid), out.detach())
                 return out
 
-        del graph
         with torch.no_grad():
             for i in range(len(images)):
                 Rec(self.module).run(torch.from_numpy(images[i : i + 1]))
