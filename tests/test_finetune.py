@@ -178,3 +178,29 @@ def test_d_feature_gradient_has_dmads_scale_at_every_resolution(side: int) -> No
     # batch-size independent: two copies of the sample give the same loss
     two = d_feature_loss(torch.cat([s, s]).detach(), torch.cat([t, t]))
     assert torch.isclose(two, d_feature_loss(s.detach(), t))
+
+
+def test_quant_aware_finetune_resumes_and_ships_plain_float_weights(
+        pipeline: dict[str, Path], tmp_path: Path) -> None:
+    from dmad.compress.checkpoint import load_model
+    from dmad.compress.train import loop
+
+    kw = dict(search=str(pipeline["search"]), steps=8, device="cpu", checkpoint_every=3,
+              eval_every=2, eval_images=2, quant_aware=True, quant_aware_from=0.5)
+    a = finetune(FinetuneConfig(**kw), tmp_path / "a")
+    finetune(FinetuneConfig(**kw), tmp_path / "b", max_steps=5)  # killed under fake int8
+    finetune(FinetuneConfig(**kw), tmp_path / "b", resume=True)
+    sa = torch.load(tmp_path / "a" / "student_G_AtoB.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "student_G_AtoB.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa["state_dict"][k], sb[k]) for k in sa["state_dict"])
+    g, meta = load_model(tmp_path / "a" / "student_G_AtoB.pt")  # a plain model file
+    assert not any("parametrizations" in k or "dmad_qa" in k for k in g.state_dict())
+    assert meta["quant_aware"]["from_step"] == 5 and meta["quant_aware"]["convs"] > 0
+    assert "under fake int8 from step 5" in a["objective"]
+    evals = a["evals"]
+    assert [e["step"] for e in evals if e.get("fake_int8")] == [6, 8]
+    assert a["best"]["step"] in (6, 8)  # chosen among the fake-int8 evaluations only
+    done = json.loads((tmp_path / "a" / loop.DONE).read_text())
+    assert done["quant_aware"]["tanh_outputs"] == 1
+    with pytest.raises(Exception, match="quant_aware_from"):
+        FinetuneConfig(search="x", quant_aware=True, quant_aware_from=1.5)

@@ -80,6 +80,23 @@ class FinetuneConfig(TrainingOverrides):
         "",
         "pytorch-fid weights file: the periodic evaluation also reports FID/KID vs teacher",
     )
+    quant_aware: bool = opt(
+        False,
+        "quantisation-aware distillation: train the student under fake int8 that mirrors the "
+        "export's int8 recipe (per-channel int8 weights, per-tensor int8 at every conv's input "
+        "and output, equalised as the export does) so its int8 file stays as close to the "
+        "teacher as the float one",
+    )
+    quant_aware_from: float = opt(
+        0.5,
+        "fraction of the fine-tune's steps after which the fake int8 is on (the float student "
+        "trains first; the best checkpoint is picked among the fake-int8 evaluations)",
+    )
+    quant_percentile: float = opt(
+        99.999,
+        "fake int8 activation ranges: this percentile of each batch (100 = its extremes), "
+        "held as a slowly fading maximum",
+    )
 
     def __post_init__(self) -> None:
         if not self.search and not self.student:
@@ -88,6 +105,12 @@ class FinetuneConfig(TrainingOverrides):
             raise DmadError(f"field steps: must be >= 1, got {self.steps}")
         if self.lambda_dfeat < 0:
             raise DmadError(f"field lambda_dfeat: must be >= 0, got {self.lambda_dfeat}")
+        if not 0.0 <= self.quant_aware_from < 1.0:
+            raise DmadError("field quant_aware_from: must be in [0, 1), got "
+                            f"{self.quant_aware_from}")
+        if not 50.0 < self.quant_percentile <= 100.0:
+            raise DmadError("field quant_percentile: must be in (50, 100], got "
+                            f"{self.quant_percentile}")
 
 
 def zero_filters(path: Path) -> dict[str, Any]:
@@ -133,6 +156,9 @@ class FinetuneStage(TeacherStage):
         self.fcfg = fcfg
         self.split = split
         self.paired_gt = fcfg.lambda_gt > 0
+        #: first step trained under fake int8 (None: quantisation-aware distillation is off)
+        self.qa_start = int(fcfg.quant_aware_from * tcfg.steps) if fcfg.quant_aware else None
+        self.qa_report: dict[str, Any] = {}
         self.teacher = teacher
         self.students = students
         self.search_D = search_D
@@ -180,6 +206,8 @@ class FinetuneStage(TeacherStage):
         if self.lambda_distill > 0:
             parts.append(f"L1 to teacher outputs ×{self.lambda_distill:g}")
         name = " + ".join(parts)
+        if self.qa_start is not None:
+            name += f", under fake int8 from step {self.qa_start + 1}"
         exact = not self.g_only and self.lambda_distill == 0
         return name + (" (DMAD's exact objective)" if exact else "")
 
@@ -192,6 +220,11 @@ class FinetuneStage(TeacherStage):
     def make_models(self, direction: str) -> tuple[nn.Module, nn.Module]:
         if direction in self.students:
             g = self.students[direction]
+            if self.qa_start is not None:  # before the optimiser and any checkpoint load
+                from dmad.compress.quant_aware import QuantAwareConfig, quant_aware_
+
+                rep = quant_aware_(g, QuantAwareConfig(percentile=self.fcfg.quant_percentile))
+                self.qa_report = {**rep.as_dict(), "from_step": self.qa_start + 1}
         elif direction in self.teacher.G:  # CycleGAN with one searched direction
             import copy
 
@@ -254,6 +287,11 @@ class FinetuneStage(TeacherStage):
             r.clear()
         self.s_out: dict[str, torch.Tensor] = {}
         self.t_outs: dict[str, torch.Tensor] = {}
+        if self.qa_start is not None:
+            from dmad.compress.quant_aware import set_quant_aware
+
+            for d in self.students:
+                set_quant_aware(self.G[d], step >= self.qa_start)
         hooks = [self.G[d].register_forward_hook(self._first_output(d)) for d in self.students]
         try:
             if not self.g_only:
@@ -355,7 +393,10 @@ class FinetuneStage(TeacherStage):
         if not distributed.is_main():  # rank 0 evaluates, keeps the best and writes it
             return {}
         m = self.evaluate_students()
-        self.evals.append({"step": n, **m})
+        quantised = self.qa_start is not None and n > self.qa_start
+        self.evals.append({"step": n, **m, **({"fake_int8": True} if quantised else {})})
+        if self.qa_start is not None and not quantised:
+            return {"val_psnr": round(m["psnr"], 4), "val_ssim": round(m["ssim"], 5)}
         if not self.best or m["psnr"] > self.best["psnr"]:
             self.best = {"step": n, **m, "state": {
                 d: {k: v.detach().cpu().clone() for k, v in self.G[d].state_dict().items()}
@@ -378,27 +419,35 @@ class FinetuneStage(TeacherStage):
         from dmad.compress.arch import profile
 
         c = self.cfg
+        import copy
+
+        from dmad.compress.quant_aware import strip_quant_aware_
+
         out: dict[str, Any] = {"task": c.task, "g_only": self.g_only,
                                "objective": self.objective, "students": {}}
+        qa = {"quant_aware": self.qa_report} if self.qa_report else {}
+        out.update(qa)
         if self.best:
-            import copy
-
             out["best"] = {k: v for k, v in self.best.items() if k != "state"}
             out["evals"] = self.evals
             for d in self.students:  # the last weights are kept beside the best
-                save_model(self.G[d].eval(), run_dir / f"last_student_G_{d}.pt", task=c.task,
+                save_model(strip_quant_aware_(copy.deepcopy(self.G[d])).eval(),
+                           run_dir / f"last_student_G_{d}.pt", task=c.task,
                            direction=d, role="student-last", run=str(run_dir), size=c.size,
-                           teacher=self.fcfg.teacher, search=self.fcfg.search, step=c.steps)
+                           teacher=self.fcfg.teacher, search=self.fcfg.search, step=c.steps,
+                           **qa)
                 best = copy.deepcopy(self.G[d])
                 best.load_state_dict(self.best["state"][d])
                 self.G[d] = best
+        for d in self.students:  # float weights as trained, the model's own state-dict keys
+            self.G[d] = strip_quant_aware_(self.G[d])
         rows = []
         for d in self.students:
             g = self.G[d].eval()
             save_model(g, run_dir / f"student_G_{d}.pt", task=c.task, direction=d,
                        role="student", run=str(run_dir), size=c.size,
                        teacher=self.fcfg.teacher, search=self.fcfg.search,
-                       step=self.best.get("step", c.steps), objective=self.objective)
+                       step=self.best.get("step", c.steps), objective=self.objective, **qa)
             prof = profile(g, (1, g.spec.input_nc, 256, 256))
             out["students"][d] = {"file": f"student_G_{d}.pt", "params": prof.params,
                                   "gmacs_paper_256": prof.macs_paper / 1e9,
