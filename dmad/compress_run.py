@@ -81,6 +81,8 @@ class CompressConfig:
     norm_stats: str = opt("instance", "raw checkpoints: instance (drop InstanceNorm running "
                           "statistics, as the reference loader) | running (keep them)")
     eval_every: int = opt(0, "fine-tune steps between held-out evaluations (0 = 10 per run)")
+    quant_aware: bool = opt(False, "fine-tune the second half under fake int8 that mirrors "
+                            "the export's int8 recipe (quantisation-aware distillation)")
     inception: str = opt("", "pytorch-fid Inception weights: FID/KID in the fine-tune and eval")
     export: bool = opt(True, "export both models to ONNX/TFLite with parity on held-out images")
     compare: bool = opt(True, "benchmark full vs compressed on this CPU and write report.md "
@@ -318,7 +320,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     fcfg = make_config(FinetuneConfig, None, {
         **tables.get("finetune", {}), **common, **data, "search": str(out / "search"),
         "teacher": teacher.ref, "steps": cfg.finetune_steps, "eval_every": cfg.eval_every,
-        "inception": cfg.inception})
+        "inception": cfg.inception,
+        **({"quant_aware": True} if cfg.quant_aware else {})})
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
               times, tag="compress")
     if not distributed.is_main():
