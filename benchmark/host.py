@@ -54,7 +54,12 @@ class ModelInfo:
     macs_source: str  # "spec" (exact, from the dmad model) or "graph" (counted from the file)
     label: str = ""
 
-    def summary(self) -> dict[str, Any]:
+    #: CPU features reported with every benchmark (the int8 speedup depends on them)
+INT8_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+            "amx_bf16", "amx_int8", "neon", "asimddp", "i8mm")
+
+
+def summary(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
         d["input_shape"] = list(self.input_shape)
@@ -378,8 +383,9 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
-        "isa": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_vnni",
-                                                "avx512_bf16", "amx_tile", "amx_bf16", "neon")),
+        # the int8 kernels' speed depends on these: without VNNI (AVX2 only) XNNPACK's int8
+        # convolutions run at about the fp32 rate; with VNNI/AMX several times faster
+        "isa": sorted(f for f in flags if f in INT8_ISA),
         "os": platform.platform(),
         "python": platform.python_version(),
         "libraries": {p: _version(p) for p in ("torch", "onnxruntime", "ai-edge-litert", "numpy")},
