@@ -54,16 +54,16 @@ class ModelInfo:
     macs_source: str  # "spec" (exact, from the dmad model) or "graph" (counted from the file)
     label: str = ""
 
-    #: CPU features reported with every benchmark (the int8 speedup depends on them)
-INT8_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
-            "amx_bf16", "amx_int8", "neon", "asimddp", "i8mm")
-
-
-def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
         d["input_shape"] = list(self.input_shape)
         return d
+
+
+#: CPU features reported with every benchmark (the int8 speedup depends on them)
+INT8_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+            "amx_bf16", "amx_int8", "neon", "asimddp", "i8mm")
 
 
 # -- model inspection and MAC counting ---------------------------------------------------------
