@@ -36,6 +36,17 @@ class HostRuns:
         "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
     )
     seed: int = opt(0, "seed of the shared random input")
+    order: str = opt("interleaved", "interleaved | blocked | both: timing order of the models "
+                     "of one setting (A B A B …, or all runs of A then all of B)")
+
+    def orders(self) -> tuple[str, ...]:
+        from dmad.benchmark.stats import ORDERS
+
+        if self.order == "both":
+            return ORDERS
+        if self.order not in ORDERS:
+            raise DmadError(f"--order: {self.order!r} is not one of interleaved, blocked, both")
+        return (self.order,)
 
 
 @dataclasses.dataclass
@@ -101,7 +112,7 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
             raise DmadError(f"--backends {','.join(cfg.backends)}: none applies to the models "
                             f"given ({kinds}); torch needs .pt, ort .onnx or .pt, tflite .tflite")
         data.update(host.bench_groups(groups, list(cfg.threads), cfg.runs, cfg.warmup, cfg.seed,
-                                      progress))
+                                      progress, cfg.orders()))
         data["models"] = [i.summary() for i in infos]
     if cfg.android:
         from dmad.benchmark.adb import AndroidConfig, run_android
@@ -153,6 +164,9 @@ class CompareConfig(HostRuns):
     full: Path = opt(help="full model file or export folder")
     compressed: Path = opt(help="compressed model file or export folder")
     out: Path = opt(help="folder for report.md, report.html, latency.png and results.json")
+    order: str = dataclasses.field(default="both", kw_only=True, metadata={"help": (
+        "interleaved | blocked | both: timing order of full and compressed (both: the "
+        "headline uses blocked, interleaved is shown beside it)")})
     grid: Path | None = opt(
         None,
         "image grid to include (default: grid.png or eval/grid.png next to the compressed model)",
@@ -253,7 +267,7 @@ def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -
     data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "created": _now(),
                             "settings": _settings(cfg)}
     data.update(host.bench_groups(groups, list(cfg.threads), cfg.runs, cfg.warmup, cfg.seed,
-                                  progress))
+                                  progress, cfg.orders()))
     data["models"] = [i.summary() for v in infos.values() for i in v]
     data["sizes"] = {str(i.path): i.size_bytes for v in infos.values() for i in v}
     data["notes"] = [*data.get("notes", []), *notes]

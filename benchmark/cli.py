@@ -53,6 +53,9 @@ def _common(p: argparse.ArgumentParser, cls: type) -> None:
     p.add_argument("--warmup", type=int, default=3, help=_h(cls, "warmup", 3))
     p.add_argument("--size", type=int, help=_h(cls, "size"))
     p.add_argument("--seed", type=int, default=0, help=_h(cls, "seed", 0))
+    default = "both" if cls.__name__ == "CompareConfig" else "interleaved"
+    p.add_argument("--order", choices=("interleaved", "blocked", "both"), default=default,
+                   help=_h(cls, "order", default))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -60,7 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(
         models=list(args.models), out=args.out, backends=args.backends, threads=args.threads,
-        runs=args.runs, warmup=args.warmup, size=args.size, seed=args.seed,
+        runs=args.runs, warmup=args.warmup, size=args.size, seed=args.seed, order=args.order,
         host=not args.no_host, android=args.android, serial=args.serial,
         delegates=args.delegate, benchmark_binary=args.benchmark_binary, taskset=args.taskset,
         cooldown_s=args.cooldown, op_profiling=args.op_profiling, tool=args.tool, adb=args.adb,
@@ -77,7 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = CompareConfig(
         full=args.full, compressed=args.compressed, out=args.out, backends=args.backends,
         threads=args.threads, runs=args.runs, warmup=args.warmup, size=args.size,
-        seed=args.seed, grid=args.grid,
+        seed=args.seed, grid=args.grid, order=args.order,
     )
     out = compare(cfg, _progress)
     import json

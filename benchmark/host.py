@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dmad.benchmark.stats import ORDERS
 from dmad.compress.errors import DmadError
 
 KINDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".tflite": "tflite"}
@@ -85,7 +86,9 @@ def model_kind(path: Path) -> str:
 
 def _precision_from_name(name: str) -> str | None:
     n = name.lower()
-    for key, label in (("full_integer", "int8-full"), ("integer_quant", "int8"), ("int8", "int8"),
+    # int8_io (int8 input and output tensors) before int8: the two are different files to time
+    for key, label in (("full_integer", "int8-full"), ("int8_io", "int8-io"),
+                       ("integer_quant", "int8"), ("int8", "int8"),
                        ("dynamic_range", "dynamic-int8"), ("dyn", "dynamic-int8"),
                        ("float16", "fp16"), ("fp16", "fp16"), ("float32", "fp32"),
                        ("fp32", "fp32")):
@@ -518,25 +521,41 @@ def stats_ms(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _timed(f: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def run_interleaved(
     targets: list[Target], threads: int, runs: int, warmup: int, x_for: Callable[[Target],
-                                                                            np.ndarray]
+                                                                            np.ndarray],
+    order: str = "interleaved",
 ) -> list[dict[str, Any]]:
-    """Time ``targets`` (one backend, one thread count) in alternation: A B A B ...
+    """Time ``targets`` (one backend, one thread count).
 
-    Warm-up runs are interleaved too, then excluded. Each result carries its raw samples.
+    ``interleaved``: in alternation, A B A B … (warm-up runs interleaved too, then excluded);
+    round i of every target is then a pair measured at the same moment. ``blocked``: each
+    target's warm-up and runs back to back, A A … B B …, as an app runs one model (its weights
+    stay in the caches). Each result carries its raw samples and the order.
     """
+    if order not in ORDERS:
+        raise DmadError(f"--order: {order!r} is not one of {', '.join(ORDERS)}")
     with torch_threads(threads):
         fns = [RUNNERS[t.backend](t, x_for(t), threads) for t in targets]
-        for _ in range(warmup):
-            for f in fns:
-                f()
         samples: list[list[float]] = [[] for _ in targets]
-        for _ in range(runs):
+        if order == "interleaved":
+            for _ in range(warmup):
+                for f in fns:
+                    f()
+            for _ in range(runs):
+                for i, f in enumerate(fns):
+                    samples[i].append(_timed(f))
+        else:
             for i, f in enumerate(fns):
-                t0 = time.perf_counter()
-                f()
-                samples[i].append((time.perf_counter() - t0) * 1e3)
+                for _ in range(warmup):
+                    f()
+                samples[i] = [_timed(f) for _ in range(runs)]
     out = []
     for t, s in zip(targets, samples, strict=True):
         st = stats_ms(s)
@@ -549,6 +568,7 @@ def run_interleaved(
                 "backend": t.backend,
                 "precision": t.info.precision,
                 "threads": threads,
+                "order": order,
                 "runs": runs,
                 "warmup": warmup,
                 **st,
@@ -618,8 +638,10 @@ def bench_groups(
     warmup: int,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    orders: tuple[str, ...] = ("interleaved",),
 ) -> dict[str, Any]:
-    """Benchmark groups of (model, backend, label); each group is interleaved per thread count.
+    """Benchmark groups of (model, backend, label); each group is timed per thread count in
+    each of ``orders`` (:func:`run_interleaved`).
 
     Returns {"machine", "peak", "results", "models"}. A .pt asked to run on ORT is exported to a
     temporary ONNX first. The GEMM probe runs once per thread count in this same session.
@@ -656,12 +678,14 @@ def bench_groups(
                                                                    Path(tmp))
                         run_path = exported[info.path]
                     targets.append(Target(info, backend, run_path, label))
-                say(f"{group[0][1]}, {th} thread(s): " + " / ".join(t.label for t in targets))
-                for r in run_interleaved(targets, th, runs, warmup, x_for):
-                    pk = peak[str(th)]["gmacs_per_s"]
-                    r["peak_gmacs_per_s"] = pk
-                    r["efficiency"] = r["gmacs_per_s"] / pk if r["gmacs_per_s"] else None
-                    results.append(r)
+                for order in orders:
+                    say(f"{group[0][1]}, {th} thread(s), {order}: "
+                        + " / ".join(t.label for t in targets))
+                    for r in run_interleaved(targets, th, runs, warmup, x_for, order):
+                        pk = peak[str(th)]["gmacs_per_s"]
+                        r["peak_gmacs_per_s"] = pk
+                        r["efficiency"] = r["gmacs_per_s"] / pk if r["gmacs_per_s"] else None
+                        results.append(r)
     machine["load_avg_after"] = machine_info()["load_avg"]
     flag_oversubscription(results)
     notes = []

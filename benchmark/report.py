@@ -167,23 +167,36 @@ def write_bench(data: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def compare_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pair full and compressed results of the same backend/precision/threads."""
-    by: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    """Pair full and compressed results of the same backend/precision/threads/order; the
+    speedup is the paired median of per-round ratios (interleaved) or the ratio of medians
+    (blocked), each with a bootstrap 95 % interval (:mod:`benchmark.stats`)."""
+    from dmad.benchmark.stats import speedup_stats
+
+    by: dict[tuple[str, str, int, str], dict[str, dict[str, Any]]] = {}
     for r in data["results"]:
-        by.setdefault((r["backend"], r.get("precision") or "", r["threads"]), {})[r["model"]] = r
+        key = (r["backend"], r.get("precision") or "", r["threads"], r.get("order", "interleaved"))
+        by.setdefault(key, {})[r["model"]] = r
     rows = []
-    for (backend, prec, th), pair in by.items():
+    for (backend, prec, th, order), pair in by.items():
         f, c = pair.get("full"), pair.get("compressed")
         if not f or not c:
             continue
         mac_ratio = (f["gmacs_true"] / c["gmacs_true"]) if f.get("gmacs_true") and c.get(
             "gmacs_true") else None
-        speedup = f["median_ms"] / c["median_ms"]
+        if f.get("samples_ms") and c.get("samples_ms"):
+            st = speedup_stats(f["samples_ms"], c["samples_ms"], order)
+        else:  # results without raw samples (older files): the ratio of medians only
+            st = {"order": order, "ratio_of_medians": f["median_ms"] / c["median_ms"],
+                  "paired_median": None, "ci95": None, "ci_method": None}
+        speedup = st["paired_median"] or st["ratio_of_medians"]
         fsize = data["sizes"].get(f["path"])
         csize = data["sizes"].get(c["path"])
         rows.append({
-            "backend": backend, "precision": prec, "threads": th,
+            "backend": backend, "precision": prec, "threads": th, "order": order,
             "full_ms": f["median_ms"], "compressed_ms": c["median_ms"], "speedup": speedup,
+            "speedup_ci95": st["ci95"], "ratio_of_medians": st["ratio_of_medians"],
+            "speedup_method": ("paired median of per-round ratios" if st["paired_median"]
+                               else "ratio of medians"), "ci_method": st["ci_method"],
             "mac_ratio": mac_ratio,
             "speedup_over_mac_ratio": speedup / mac_ratio if mac_ratio else None,
             "size_ratio": fsize / csize if fsize and csize else None,
@@ -193,55 +206,83 @@ def compare_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             and c.get("gmacs_per_s") else None,
             "full_efficiency": f.get("efficiency"), "compressed_efficiency": c.get("efficiency"),
         })
+    rows.sort(key=lambda r: (r["threads"], r["backend"], r["precision"], r["order"]))
     return rows
 
 
 HEADLINE_ORDER = ("tflite-xnnpack", "ort", "torch", "tflite-builtin")
+#: the headline's timing order when both were measured: blocked runs each model back to back,
+#: as an app does, so a large model cannot evict the small one's weights between its runs
+HEADLINE_TIMING = ("blocked", "interleaved")
+
+
+def _ci(r: dict[str, Any]) -> str:
+    ci = r.get("speedup_ci95")
+    return f" [95 % CI {ci[0]:.1f}–{ci[1]:.1f}]" if ci else ""
 
 
 def headline(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
-    """"compressed is X× faster on <backend> (MACs ÷Y, size ÷Z)" for the deployment-like
-    backend (TFLite XNNPACK, else ORT, else PyTorch), fp32, at the most threads measured."""
+    """"compressed is X× faster on <backend> … [95 % CI]" for the deployment-like backend
+    (TFLite XNNPACK, else ORT, else PyTorch), fp32, at the most threads measured, in blocked
+    order when measured (the interleaved figure beside it)."""
     if not rows:
         return "no backend measured both models", None
 
-    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+    def key(r: dict[str, Any]) -> tuple[int, int, int, int]:
         order = HEADLINE_ORDER.index(r["backend"]) if r["backend"] in HEADLINE_ORDER else 99
-        return (order, 0 if r["precision"] == "fp32" else 1, -r["threads"])
+        timing = HEADLINE_TIMING.index(r["order"]) if r["order"] in HEADLINE_TIMING else 9
+        return (order, 0 if r["precision"] == "fp32" else 1, -r["threads"], timing)
 
     r = sorted(rows, key=key)[0]
     mac = f"MACs ÷{r['mac_ratio']:.1f}" if r["mac_ratio"] else "MACs ÷?"
     size = f"size ÷{r['size_ratio']:.1f}" if r["size_ratio"] else "size ÷?"
-    text = (f"compressed is {r['speedup']:.1f}× faster on {backend_name(r['backend'])} "
-            f"({r['precision']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}) "
-            f"({mac}, {size})")
+    text = (f"compressed is {r['speedup']:.1f}×{_ci(r)} faster on {backend_name(r['backend'])} "
+            f"({r['precision']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
+            f"{r['order']} order) ({mac}, {size})")
+    other = [o for o in rows if (o["backend"], o["precision"], o["threads"]) ==
+             (r["backend"], r["precision"], r["threads"]) and o["order"] != r["order"]]
+    if other:
+        text += f"; {other[0]['order']} order: {other[0]['speedup']:.1f}×{_ci(other[0])}"
     return text, r
 
 
 def chart_png(rows: list[dict[str, Any]]) -> bytes:
-    """Two panels: median latency full vs compressed per setting; speedup next to MAC ratio."""
+    """Two panels, one row per setting grouped by thread count: latency full → compressed
+    (log scale), and the speedup with its 95 % interval against the MAC ratio. Horizontal bars:
+    labels stay readable with many rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{backend_name(r['backend'])} {r['precision']}, {r['threads']}t" for r in rows]
-    x = list(range(len(rows)))
-    # stacked panels, rotated labels: many backend/precision/thread rows stay readable
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(rows) + 3), 9), sharex=True)
-    w = 0.38
-    a1.bar([i - w / 2 for i in x], [r["full_ms"] for r in rows], w, label="full")
-    a1.bar([i + w / 2 for i in x], [r["compressed_ms"] for r in rows], w, label="compressed")
-    a1.set_ylabel("median latency (ms)")
-    a1.set_yscale("log")
-    a1.set_xticks(x, labels, fontsize=7)
-    a1.legend()
-    a1.set_title("latency")
-    a2.bar([i - w / 2 for i in x], [r["speedup"] for r in rows], w, label="measured speedup")
-    a2.bar([i + w / 2 for i in x], [r["mac_ratio"] or 0 for r in rows], w, label="MAC ratio")
-    a2.set_xticks(x, labels, fontsize=7, rotation=55, ha="right")
-    a2.set_ylabel("× (full ÷ compressed)")
-    a2.legend()
+    rows = sorted(rows, key=lambda r: (r["threads"], r["backend"], r["precision"], r["order"]))
+    labels = [f"{r['threads']}t  {backend_name(r['backend'])} {r['precision']}"
+              + (" (blocked)" if r["order"] == "blocked" else "") for r in rows]
+    y = list(range(len(rows)))
+    h = max(3.0, 0.34 * len(rows) + 1.5)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, h), sharey=True)
+    a1.hlines(y, [r["compressed_ms"] for r in rows], [r["full_ms"] for r in rows],
+              color="0.7", lw=2)
+    a1.plot([r["full_ms"] for r in rows], y, "o", label="full")
+    a1.plot([r["compressed_ms"] for r in rows], y, "o", label="compressed")
+    a1.set_xscale("log")
+    a1.set_xlabel("median latency (ms, log)")
+    a1.set_yticks(y, labels, fontsize=8)
+    a1.invert_yaxis()
+    a1.legend(loc="lower right", fontsize=8)
+    a1.set_title("latency: full → compressed")
+    for i in range(1, len(rows)):  # a rule between thread-count groups
+        if rows[i]["threads"] != rows[i - 1]["threads"]:
+            for a in (a1, a2):
+                a.axhline(i - 0.5, color="0.85", lw=0.8)
+    sp = [r["speedup"] for r in rows]
+    lo = [r["speedup"] - r["speedup_ci95"][0] if r.get("speedup_ci95") else 0 for r in rows]
+    hi = [r["speedup_ci95"][1] - r["speedup"] if r.get("speedup_ci95") else 0 for r in rows]
+    a2.barh(y, sp, 0.6, xerr=[lo, hi], capsize=2, label="measured speedup (95 % CI)")
+    a2.plot([r["mac_ratio"] or float("nan") for r in rows], y, "k|", ms=14, mew=2,
+            label="MAC ratio")
+    a2.set_xlabel("× (full ÷ compressed)")
+    a2.legend(loc="lower right", fontsize=8)
     a2.set_title("speedup vs MAC reduction")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -281,19 +322,28 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
         blocks.append(("p", f"Compressed generator fine-tuned with: {m['compressed']['objective']}"
                             + (f" (checkpoint of step {step})" if step else "") + "."))
     blocks.append(("h2", "Latency"))
-    trows = [[backend_name(r["backend"]), r["precision"], str(r["threads"]), _fmt(r["full_ms"]),
-              _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×",
+    trows = [[backend_name(r["backend"]), r["precision"], str(r["threads"]), r["order"],
+              _fmt(r["full_ms"]), _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×",
+              (f"{r['speedup_ci95'][0]:.2f}–{r['speedup_ci95'][1]:.2f}"
+               if r.get("speedup_ci95") else "–"), f"{r['ratio_of_medians']:.2f}×",
               f"÷{r['mac_ratio']:.2f}" if r["mac_ratio"] else "–",
               _fmt(r["speedup_over_mac_ratio"]), _fmt(r["full_gmacs_per_s"], 1),
               _fmt(r["compressed_gmacs_per_s"], 1),
               f"{(r['full_efficiency'] or 0) * 100:.0f} % / "
               f"{(r['compressed_efficiency'] or 0) * 100:.0f} %"] for r in rows]
-    blocks.append(("table", ["backend", "precision", "threads", "full ms", "compressed ms",
-                             "speedup", "MAC ratio", "speedup ÷ MAC ratio", "full GMAC/s",
+    blocks.append(("table", ["backend", "precision", "threads", "order", "full ms",
+                             "compressed ms", "speedup", "95 % CI", "ratio of medians",
+                             "MAC ratio", "speedup ÷ MAC ratio", "full GMAC/s",
                              "compr. GMAC/s", "of peak (full / compr.)"], trows))
-    blocks.append(("p", "Median of interleaved runs (full and compressed alternate, so drift hits "
-                        "both alike); warm-up runs excluded. Speedup ÷ MAC ratio = 1 means the "
-                        "MAC reduction turned fully into time; GMAC/s is true MACs ÷ median time."))
+    blocks.append(("p", "Latencies are medians, warm-up runs excluded. *Interleaved*: full and "
+                        "compressed alternate run by run, so drift hits both alike; the speedup "
+                        "is the median of the per-round ratios, its interval a bootstrap over "
+                        "rounds. *Blocked*: all runs of one model, then all of the other, as an "
+                        "app runs one model (a large model cannot evict the small one's weights "
+                        "from the caches between its runs); the speedup is the ratio of medians, "
+                        "its interval a bootstrap of both sides. The headline uses blocked order "
+                        "when it was measured. Speedup ÷ MAC ratio = 1 means the MAC reduction "
+                        "turned fully into time; GMAC/s is true MACs ÷ median time."))
     if rows:
         blocks.append(("img", png.name, "latency and speedup chart"))
     for note in data.get("notes", []):

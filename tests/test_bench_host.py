@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dmad.benchmark import host
@@ -108,7 +109,8 @@ def test_compare_report(bench_models: dict[str, Path], tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     head = md.splitlines()[2]
     assert head.startswith("**compressed is ")
-    assert "× faster on ONNX Runtime (fp32, 1 thread)" in head
+    assert "faster on ONNX Runtime (fp32, 1 thread, blocked order)" in head
+    assert "[95 % CI" in head and "; interleaved order: " in head
     mac_ratio = profile(load_model(bench_models["full_pt"])[0], (1, 3, 32, 32)).macs_true / \
         profile(load_model(bench_models["small_pt"])[0], (1, 3, 32, 32)).macs_true
     assert f"MACs ÷{mac_ratio:.1f}" in head and "size ÷" in head
@@ -121,11 +123,21 @@ def test_compare_report(bench_models: dict[str, Path], tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert "<table>" in html and "compressed is" in html and "latency.png" in html
     data = json.loads((out / "results.json").read_text())
-    rows = {(r["backend"], r["threads"]) for r in data["comparison"]}
-    assert rows == {("torch", 1), ("ort", 1)}
+    rows = {(r["backend"], r["threads"], r["order"]) for r in data["comparison"]}
+    assert rows == {(b, 1, o) for b in ("torch", "ort") for o in ("interleaved", "blocked")}
+    res = {(r["model"], r["backend"], r["order"]): r for r in data["results"]}
     for r in data["comparison"]:
         assert r["mac_ratio"] == pytest.approx(mac_ratio)
-        assert r["speedup"] == pytest.approx(r["full_ms"] / r["compressed_ms"])
+        # (the stored samples are rounded to 0.1 µs, the medians are not)
+        assert r["ratio_of_medians"] == pytest.approx(r["full_ms"] / r["compressed_ms"], rel=1e-3)
+        lo, hi = r["speedup_ci95"]
+        assert lo <= r["speedup"] <= hi
+        if r["order"] == "blocked":
+            assert r["speedup"] == pytest.approx(r["ratio_of_medians"])
+        else:  # the median of the per-round ratios of the raw samples
+            f = res[("full", r["backend"], "interleaved")]["samples_ms"]
+            c = res[("compressed", r["backend"], "interleaved")]["samples_ms"]
+            assert r["speedup"] == pytest.approx(float(np.median(np.divide(f, c))), rel=1e-6)
 
 
 def test_cli_bench_and_compare(bench_models: dict[str, Path], tmp_path: Path,
