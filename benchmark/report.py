@@ -256,8 +256,8 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: (r["threads"], r["backend"], r["precision"], r["order"]))
-    labels = [f"{r['threads']}t  {backend_name(r['backend'])} {r['precision']}"
-              + (" (blocked)" if r["order"] == "blocked" else "") for r in rows]
+    labels = [f"{r['threads']}t  {backend_name(r['backend'])} {r['precision']} ({r['order']})"
+              for r in rows]
     y = list(range(len(rows)))
     h = max(3.0, 0.34 * len(rows) + 1.5)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, h), sharey=True)
@@ -269,7 +269,8 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     a1.set_xlabel("median latency (ms, log)")
     a1.set_yticks(y, labels, fontsize=8)
     a1.invert_yaxis()
-    a1.legend(loc="lower right", fontsize=8)
+    a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(rows) > 4 else -0.25),
+               ncol=2, fontsize=8)
     a1.set_title("latency: full → compressed")
     for i in range(1, len(rows)):  # a rule between thread-count groups
         if rows[i]["threads"] != rows[i - 1]["threads"]:
@@ -282,7 +283,8 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     a2.plot([r["mac_ratio"] or float("nan") for r in rows], y, "k|", ms=14, mew=2,
             label="MAC ratio")
     a2.set_xlabel("× (full ÷ compressed)")
-    a2.legend(loc="lower right", fontsize=8)
+    a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(rows) > 4 else -0.25),
+               ncol=2, fontsize=8)
     a2.set_title("speedup vs MAC reduction")
     fig.tight_layout()
     buf = io.BytesIO()
