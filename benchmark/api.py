@@ -131,7 +131,8 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
         for r in got["results"]:
             gm = macs.get(r["path"])
             r["gmacs_true"] = gm
-            r["gmacs_per_s"] = gm / (r["median_ms"] / 1e3) if gm and r["median_ms"] else None
+            ms = r.get("latency_ms") or r["median_ms"]
+            r["gmacs_per_s"] = gm / (ms / 1e3) if gm and ms else None
             r["efficiency"] = None  # no peak probe on the phone
         data["results"] += got["results"]
     if not cfg.host and not cfg.android:

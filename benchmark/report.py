@@ -20,7 +20,7 @@ from dmad.compress.io import atomic_write, atomic_write_json, atomic_write_text
 CSV_FIELDS = (
     "platform", "device", "model", "backend", "precision", "threads", "runs", "warmup",
     "median_ms", "p90_ms", "p95_ms", "min_ms", "mean_ms", "std_ms", "gmacs_true", "gmacs_per_s",
-    "efficiency", "flags", "path",
+    "efficiency", "flags", "path", "latency_ms", "latency_stat",
 )
 BACKEND_NAMES = {
     "torch": "PyTorch eager",
@@ -65,7 +65,9 @@ def results_table(results: list[dict[str, Any]]) -> Block:
         eff = r.get("efficiency")
         rows.append([
             r["model"], backend_name(r["backend"]), r.get("precision") or "–", str(r["threads"]),
-            _fmt(r.get("median_ms")), _fmt(r.get("p90_ms", r.get("p95_ms"))),
+            (f"{_fmt(r.get('latency_ms'))} (avg: no median printed)"
+             if r.get("latency_stat") == "avg" else _fmt(r.get("median_ms"))),
+            _fmt(r.get("p90_ms", r.get("p95_ms"))),
             _fmt(r.get("min_ms")), _fmt(r.get("std_ms")), _fmt(r.get("gmacs_per_s"), 1),
             f"{eff * 100:.0f} %" if eff else "–", "; ".join(r.get("flags") or []) or "",
         ])

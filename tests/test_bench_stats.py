@@ -89,3 +89,18 @@ def test_run_orders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert "".join(calls) == "ABABABAB"
     with pytest.raises(Exception, match="--order"):
         host.run_interleaved(ts, 1, 1, 0, lambda t: np.zeros(1), "random")
+
+
+def test_an_old_benchmark_model_average_is_never_filed_as_a_median() -> None:
+    from dmad.benchmark.adb import latency_fields
+    from dmad.benchmark.parse import parse_benchmark_output
+    from dmad.benchmark.report import results_table
+
+    data = Path(__file__).parent / "data" / "bench"
+    old = latency_fields(parse_benchmark_output((data / "classic_old_build.txt").read_text()))
+    assert old["median_ms"] is None and old["latency_stat"] == "avg" and old["latency_ms"] > 0
+    new = latency_fields(parse_benchmark_output((data / "classic_ti_xnnpack.txt").read_text()))
+    assert new["latency_stat"] == "median" and new["median_ms"] == new["latency_ms"]
+    row = {"model": "m", "backend": "android-cpu", "threads": 1, **old}
+    cell = results_table([row])[2][0][4]
+    assert "avg" in cell and cell.startswith(f"{old['latency_ms']:.2f}")
