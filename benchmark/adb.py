@@ -185,6 +185,9 @@ class AndroidConfig:
     warmup: int = 5
     taskset: str | None = None
     cooldown_s: float = 10.0
+    #: rounds per setting: the models run A B A B … (each a whole benchmark_model run), so a
+    #: phone warming up or throttling hits every model alike and speedups can be paired
+    rounds: int = 1
     op_profiling: bool = False
     tool: str = "classic"  # classic (TFLite/LiteRT Interpreter) or compiled (LiteRT CompiledModel)
     adb: str | None = None
@@ -216,6 +219,8 @@ def check_config(cfg: AndroidConfig) -> None:
             raise DmadError("--delegate nnapi needs the classic benchmark_model (--tool classic)")
     if cfg.tool not in ("classic", "compiled"):
         raise DmadError(f"--tool: must be classic or compiled, got {cfg.tool!r}")
+    if cfg.rounds < 1:
+        raise DmadError(f"--android-rounds: must be >= 1, got {cfg.rounds}")
     if cfg.taskset is not None:
         try:
             if int(cfg.taskset, 16) <= 0:
@@ -330,15 +335,16 @@ def run_android(
         first = True
         for delegate in cfg.delegates:
             for threads in cfg.threads:
-                for m, remote in zip(cfg.models, remote_models, strict=True):
-                    if not first and cfg.cooldown_s > 0:
-                        time.sleep(cfg.cooldown_s)
-                    first = False
-                    say(f"{serial}: {m.name}, {delegate}, {threads} thread(s)")
-                    results.append(
-                        _one_run(adb, cfg, m, remote, remote_bin, delegate, threads, sdk,
-                                 log_dir)
-                    )
+                for rnd in range(cfg.rounds):
+                    for m, remote in zip(cfg.models, remote_models, strict=True):
+                        if not first and cfg.cooldown_s > 0:
+                            time.sleep(cfg.cooldown_s)
+                        first = False
+                        say(f"{serial}: {m.name}, {delegate}, {threads} thread(s), round "
+                            f"{rnd + 1}/{cfg.rounds}")
+                        r = _one_run(adb, cfg, m, remote, remote_bin, delegate, threads, sdk,
+                                     log_dir, rnd)
+                        results.append(r)
     finally:
         # Remove exactly what we pushed, then the (now empty) folder; never a recursive rm.
         with contextlib.suppress(DmadError):
@@ -359,7 +365,7 @@ def latency_fields(parsed: dict[str, Any]) -> dict[str, Any]:
 
 def _one_run(
     adb: Adb, cfg: AndroidConfig, model: Path, remote: str, remote_bin: str, delegate: str,
-    threads: int, sdk: int | None, log_dir: Path | None,
+    threads: int, sdk: int | None, log_dir: Path | None, rnd: int = 0,
 ) -> dict[str, Any]:
     from dmad.compress.io import atomic_write_text
 
@@ -375,7 +381,8 @@ def _one_run(
     before = _thermal(adb)
     rc, out = adb.shell(argv, timeout=cfg.timeout_s)
     after = _thermal(adb)
-    log_name = f"{model.stem}_{delegate}_{threads}t.log"
+    log_name = f"{model.stem}_{delegate}_{threads}t" + (f"_r{rnd + 1}" if cfg.rounds > 1
+                                                        else "") + ".log"
     log_path = None
     if log_dir is not None:
         log_path = log_dir / log_name
@@ -406,6 +413,8 @@ def _one_run(
         "delegate": delegate,
         "precision": None,
         "threads": threads,
+        "round": rnd + 1,
+        "order": "interleaved",
         "taskset": cfg.taskset,
         "runs": parsed.get("count", cfg.runs),
         "warmup": cfg.warmup,

@@ -71,6 +71,8 @@ class BenchConfig(HostRuns):
         "hex CPU mask to pin the phone benchmark to, e.g. f0 (big cores)",
     )
     cooldown_s: float = opt(10.0, "seconds to rest between phone runs")
+    android_rounds: int = opt(1, "phone rounds per setting: the models alternate A B A B, one "
+                              "benchmark_model run each, so drift and throttling hit all alike")
     op_profiling: bool = opt(False, "per-op times on the phone (--enable_op_profiling)")
     tool: str = opt("classic", "classic | compiled: which benchmark_model the binary is")
     adb: str | None = opt(None, "adb executable (default: $ADB, $PATH, adbutils' bundled one)")
@@ -123,6 +125,7 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
             models=models, benchmark_binary=Path(cfg.benchmark_binary), serial=cfg.serial,
             delegates=tuple(cfg.delegates), threads=tuple(cfg.threads), runs=cfg.runs,
             warmup=cfg.warmup, taskset=cfg.taskset, cooldown_s=cfg.cooldown_s,
+            rounds=cfg.android_rounds,
             op_profiling=cfg.op_profiling, tool=cfg.tool, adb=cfg.adb,
         )
         got = run_android(acfg, log_dir=Path(cfg.out) / "android_logs", progress=progress)

@@ -66,7 +66,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs=args.runs, warmup=args.warmup, size=args.size, seed=args.seed, order=args.order,
         host=not args.no_host, android=args.android, serial=args.serial,
         delegates=args.delegate, benchmark_binary=args.benchmark_binary, taskset=args.taskset,
-        cooldown_s=args.cooldown, op_profiling=args.op_profiling, tool=args.tool, adb=args.adb,
+        cooldown_s=args.cooldown, android_rounds=args.android_rounds,
+        op_profiling=args.op_profiling, tool=args.tool, adb=args.adb,
     )
     out = bench(cfg, _progress)
     print(f"results in {out}/results.md (and results.json, results.csv)")
@@ -116,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--tool", choices=("classic", "compiled"), default="classic",
                    help=_h(BenchConfig, "tool", "classic"))
     a.add_argument("--taskset", help=_h(BenchConfig, "taskset"))
+    a.add_argument("--android-rounds", type=int, default=1,
+                   help=_h(BenchConfig, "android_rounds", 1))
     a.add_argument("--cooldown", type=float, default=10.0,
                    help=_h(BenchConfig, "cooldown_s", 10))
     a.add_argument("--op-profiling", action="store_true",

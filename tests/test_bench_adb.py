@@ -74,6 +74,24 @@ def test_full_run_every_delegate(adb_server: EmulatedAdbServer, bench_models: di
     assert _device_files(adb_server, "emu-1") == []
 
 
+def test_rounds_alternate_the_models_on_the_phone(adb_server: EmulatedAdbServer,
+                                                   bench_models: dict[str, Path],
+                                                   standin_binary: Path, tmp_path: Path) -> None:
+    dev = adb_server.add_device("emu-r")
+    models = [bench_models["wide_tflite"], bench_models["narrow_tflite"]]
+    got = run_android(_cfg(models, standin_binary, rounds=3, delegates=("cpu",)),
+                      log_dir=tmp_path / "logs")
+    res = got["results"]
+    # one setting, three rounds: wide narrow wide narrow wide narrow, each a benchmark_model run
+    assert [(Path(r["path"]).name, r["round"]) for r in res] == [
+        (m.name, k) for k in (1, 2, 3) for m in models]
+    graphs = [c.split("--graph=")[1].split()[0] for c in dev.commands if "--graph=" in c]
+    assert len(graphs) == 6 and graphs[0] != graphs[1] and graphs[0] == graphs[2]
+    assert len({r["log"] for r in res}) == 6  # one log per run, none overwritten
+    with pytest.raises(DmadError, match="--android-rounds"):
+        run_android(_cfg(models, standin_binary, rounds=0))
+
+
 def test_quoting_reaches_the_phone_as_one_argument(adb_server: EmulatedAdbServer) -> None:
     adb_server.add_device("emu-1")
     adb = Adb(shutil.which("adb") or "adb", serial="emu-1")
