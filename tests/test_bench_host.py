@@ -203,3 +203,24 @@ def test_bad_model_files(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(DmadError, match="empty"):
         host.inspect_model(empty)
+
+
+def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    from dmad.pipeline import _compare
+
+    out = tmp_path / "demo"
+    for side, src in (("full", "full_dir"), ("compressed", "small_dir")):
+        shutil.copytree(bench_models[src], out / "export" / side)
+    shutil.copy(bench_models["wide_tflite"], out / "export" / "full" / "generator_fp32.tflite")
+    shutil.copy(bench_models["narrow_tflite"],
+                out / "export" / "compressed" / "generator_fp32.tflite")
+    _compare({"backends": ["torch", "ort", "tflite"], "threads": [1], "runs": 2, "warmup": 0},
+             tmp_path / "demo.toml", out, force=True)
+    md = (out / "report.md").read_text()
+    assert "Input 1x3x32x32." in md  # the main report, at the export size
+    assert "## At 256² (the size phones run)" in md and "faster on" in md.split("At 256²")[1]
+    sub = json.loads((out / "report_256" / "results.json").read_text())
+    assert sub["models_summary"]["input"] == "1x3x256x256"
+    assert {r["backend"] for r in sub["comparison"]} == {"torch", "ort"}
+    assert "At 256²" in (out / "report.html").read_text()
