@@ -40,13 +40,12 @@ class HostRuns:
                      "of one setting (A B A B …, or all runs of A then all of B)")
 
     def orders(self) -> tuple[str, ...]:
-        from dmad.benchmark.stats import ORDERS
+        """The timing orders ``order`` names (``both``: every one)."""
+        from dmad.benchmark.stats import ORDER_CHOICES, ORDERS
 
-        if self.order == "both":
-            return ORDERS
-        if self.order not in ORDERS:
-            raise DmadError(f"--order: {self.order!r} is not one of interleaved, blocked, both")
-        return (self.order,)
+        if self.order not in ORDER_CHOICES:
+            raise DmadError(f"--order: {self.order!r} is not one of {', '.join(ORDER_CHOICES)}")
+        return ORDERS if self.order == "both" else (self.order,)
 
 
 @dataclasses.dataclass

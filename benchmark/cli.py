@@ -7,6 +7,7 @@ Errors a user can cause come back as :class:`DmadError` (one line, exit 2, print
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def _common(p: argparse.ArgumentParser, cls: type) -> None:
     p.add_argument("--warmup", type=int, default=3, help=_h(cls, "warmup", 3))
     p.add_argument("--size", type=int, help=_h(cls, "size"))
     p.add_argument("--seed", type=int, default=0, help=_h(cls, "seed", 0))
-    default = "both" if cls.__name__ == "CompareConfig" else "interleaved"
-    p.add_argument("--order", choices=("interleaved", "blocked", "both"), default=default,
+    from dmad.benchmark.stats import ORDER_CHOICES
+
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == "order")
+    p.add_argument("--order", choices=ORDER_CHOICES, default=default,
                    help=_h(cls, "order", default))
 
 

@@ -62,8 +62,9 @@ class ModelInfo:
         return d
 
 
-#: CPU features reported with every benchmark (the int8 speedup depends on them)
-INT8_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+#: CPU features reported with every benchmark: the vector width and the int8 dot-product
+#: extensions (VNNI, AMX, dotprod, i8mm) that decide fp32 and int8 speed
+REPORTED_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
             "amx_bf16", "amx_int8", "neon", "asimddp", "i8mm")
 
 
@@ -388,7 +389,7 @@ def machine_info() -> dict[str, Any]:
         "usable_cores": usable,
         # the int8 kernels' speed depends on these: without VNNI (AVX2 only) XNNPACK's int8
         # convolutions run at about the fp32 rate; with VNNI/AMX several times faster
-        "isa": sorted(f for f in flags if f in INT8_ISA),
+        "isa": sorted(f for f in flags if f in REPORTED_ISA),
         "os": platform.platform(),
         "python": platform.python_version(),
         "libraries": {p: _version(p) for p in ("torch", "onnxruntime", "ai-edge-litert", "numpy")},

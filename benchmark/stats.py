@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ORDERS", "bootstrap_ci", "speedup_stats"]
+__all__ = ["ORDERS", "ORDER_CHOICES", "bootstrap_ci", "speedup_stats"]
 
 #: timing orders: ``interleaved`` (A B A B …: drift hits both alike, but a large model may evict
 #: a small one's weights from the caches between its runs) and ``blocked`` (A A … B B …: each
 #: model warm in the caches, as an app runs one model, but exposed to drift between blocks)
 ORDERS = ("interleaved", "blocked")
+#: what ``--order`` accepts: one order, or both in the same run
+ORDER_CHOICES = (*ORDERS, "both")
 
 _RESAMPLES = 2000
 

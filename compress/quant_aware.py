@@ -43,6 +43,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from dmad.compress.masks import MaskedNorm
+
 __all__ = [
     "QuantAwareConfig",
     "QuantAwareReport",
@@ -182,7 +184,7 @@ class _ActFQ(_Switch):
             lo, hi = torch.quantile(flat, torch.tensor([1 - self.q, self.q], device=flat.device))
         lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
         # a decaying max-hold: a new extreme is taken at once (clipping costs far more than a
-        # coarser grid), an old one fades at the momentum as the weights change
+        # coarser grid), an old one fades by range_decay per step as the weights change
         m = self.decay
         self.lo.copy_(torch.where(self.seen, torch.minimum(lo, (1 - m) * self.lo + m * lo), lo))
         self.hi.copy_(torch.where(self.seen, torch.maximum(hi, (1 - m) * self.hi + m * hi), hi))
@@ -236,11 +238,11 @@ class _Tracer(torch.fx.Tracer):
     """Stops at torch.nn layers and at channel-mask wrappers (their norm is what matters)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m).__name__ == "MaskedNorm" or super().is_leaf_module(m, qualname)
+        return isinstance(m, MaskedNorm) or super().is_leaf_module(m, qualname)
 
 
 def _is_inorm(m: nn.Module) -> bool:
-    inner = getattr(m, "norm", None) if type(m).__name__ == "MaskedNorm" else m
+    inner = m.norm if isinstance(m, MaskedNorm) else m
     return isinstance(inner, nn.InstanceNorm2d)
 
 

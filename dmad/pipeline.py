@@ -191,10 +191,7 @@ def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> Non
         print("[demo] compare: skipped (finished)")
         return
     compare(CompareConfig(full=out / "export" / "full", compressed=out / "export" / "compressed",
-                          out=out, backends=tuple(section.get("backends",
-                                                              ["torch", "ort", "tflite"])),
-                          threads=tuple(int(t) for t in section.get("threads", [1, 2])),
-                          runs=int(section.get("runs", 20)), warmup=int(section.get("warmup", 3)),
+                          out=out, **_timing(section),
                           grid=out / "eval" / "grid.png" if (out / "eval" / "grid.png").exists()
                           else None))
     _compare_at_phone_size(section, out)
@@ -206,6 +203,13 @@ def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> Non
 
 #: the input side phones run these generators at
 PHONE_SIZE = 256
+
+
+def _timing(section: dict[str, Any]) -> dict[str, Any]:
+    """The [compare] table's timing settings as CompareConfig fields."""
+    return {"backends": tuple(section.get("backends", ["torch", "ort", "tflite"])),
+            "threads": tuple(int(t) for t in section.get("threads", [1, 2])),
+            "runs": int(section.get("runs", 20)), "warmup": int(section.get("warmup", 3))}
 
 
 def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
@@ -226,12 +230,11 @@ def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
     if fixed == {PHONE_SIZE}:
         return  # already measured at the phone's size
     sub = out / f"report_{PHONE_SIZE}"
+    timing = _timing(section)
+    timing["backends"] = tuple(b for b in timing["backends"] if b in ("torch", "ort")) or (
+        "torch", "ort")
     compare(CompareConfig(full=pts[0], compressed=pts[1], out=sub,  # type: ignore[arg-type]
-                          backends=tuple(b for b in section.get("backends", ["torch", "ort"])
-                                         if b in ("torch", "ort")) or ("torch", "ort"),
-                          threads=tuple(int(t) for t in section.get("threads", [1, 2])),
-                          runs=int(section.get("runs", 20)), warmup=int(section.get("warmup", 3)),
-                          size=PHONE_SIZE))
+                          size=PHONE_SIZE, **timing))
     import json
 
     rows = json.loads((sub / "results.json").read_text())["comparison"]
