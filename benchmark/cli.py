@@ -95,6 +95,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    from dmad.benchmark.latency_table import LatencyTableConfig, build_table, validation_table
+
+    cfg = LatencyTableConfig(
+        out=args.out, backend=args.backend, threads=args.threads, generator=args.generator,
+        ngf=args.ngf, size=args.size, max_points=args.max_points, multiple=args.multiple,
+        runs=args.runs, warmup=args.warmup, validate=args.validate, seed=args.seed,
+        android=args.android, benchmark_binary=args.benchmark_binary, adb=args.adb,
+    )
+    table = build_table(cfg, _progress)
+    if table.validation:
+        print(validation_table(table.validation))
+    print(f"latency table ({table.describe()}) in {args.out}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the benchmark subcommands to the ``dmad`` parser; flag helps come from
     :class:`BenchConfig` / :class:`CompareConfig`."""
@@ -141,6 +157,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--grid", type=Path, help=_h(CompareConfig, "grid"))
     _common(c, CompareConfig)
     c.set_defaults(func=cmd_compare)
+
+    from dmad.benchmark.latency_table import BACKENDS, LatencyTableConfig
+
+    L = LatencyTableConfig
+    t = sub.add_parser(
+        "latency-table", help="measure a target's latency model for `dmad search --target-ms`",
+        description="Time every unit of a ResNet generator (stem, down, block, up, head) at a "
+                    "grid of widths on the backend's measured channel multiple, converted as "
+                    "the export converts; write the table, and check it against whole models "
+                    "of random widths (predicted vs measured).",
+    )
+    t.add_argument("--out", type=Path, required=True, help=_h(L, "out"))
+    t.add_argument("--backend", choices=BACKENDS, default="tflite-xnnpack",
+                   help=_h(L, "backend", "tflite-xnnpack"))
+    t.add_argument("--threads", type=int, default=1, help=_h(L, "threads", 1))
+    t.add_argument("--generator", type=Path, help=_h(L, "generator"))
+    t.add_argument("--ngf", type=int, default=64, help=_h(L, "ngf", 64))
+    t.add_argument("--size", type=int, default=256, help=_h(L, "size", 256))
+    t.add_argument("--max-points", type=int, default=10, help=_h(L, "max_points", 10))
+    t.add_argument("--multiple", type=int, default=0, help=_h(L, "multiple", 0))
+    t.add_argument("--runs", type=int, default=15, help=_h(L, "runs", 15))
+    t.add_argument("--warmup", type=int, default=3, help=_h(L, "warmup", 3))
+    t.add_argument("--validate", type=int, default=10, help=_h(L, "validate", 10))
+    t.add_argument("--seed", type=int, default=0, help=_h(L, "seed", 0))
+    t.add_argument("--android", metavar="SERIAL", help=_h(L, "android"))
+    t.add_argument("--benchmark-binary", type=Path,
+                   help=f"{_h(L, 'benchmark_binary')}. {BINARY_HELP}")
+    t.add_argument("--adb", help=_h(L, "adb"))
+    t.set_defaults(func=cmd_latency_table)
 
 
 __all__ = ["DmadError", "register"]

@@ -528,6 +528,19 @@ def _timed(f: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def time_blocked(path: Path, backend: str, shape: tuple[int, ...], threads: int, runs: int,
+                 warmup: int, seed: int = 0) -> list[float]:
+    """Milliseconds of ``runs`` runs of one file after ``warmup`` (blocked order), with the same
+    runners, input and timer as :func:`run_interleaved`; for many small models (``dmad
+    latency-table``), which need no :class:`ModelInfo`."""
+    t = Target(info=None, backend=backend, run_path=Path(path), label=Path(path).name)  # type: ignore[arg-type]
+    with torch_threads(threads):
+        f = RUNNERS[backend](t, make_input(shape, seed), threads)
+        for _ in range(warmup):
+            f()
+        return [_timed(f) for _ in range(runs)]
+
+
 def run_interleaved(
     targets: list[Target], threads: int, runs: int, warmup: int, x_for: Callable[[Target],
                                                                             np.ndarray],

@@ -8,11 +8,18 @@ channel survives when score > τ (with the residual union and block removal rule
 :mod:`compress.groups`). MACs do not increase as τ grows, so a binary search over the sorted
 scores finds the smallest τ that fits: the largest architecture under the budget, which prunes
 the least important channels first.
+
+The budget is a *metric*: MACs in either convention, or ``ms``, the latency a measured table
+predicts (:mod:`compress.latency`). With a channel multiple (``multiple`` > 1, the backend's
+tile) the fitted widths are then rounded to multiples of it inside the budget
+(:func:`round_to_multiple`): a greedy exchange in whole tiles, cheapest loss of importance per
+millisecond (or MAC) first, which is also where a latency budget differs most from a MAC one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,8 +28,12 @@ import torch
 from dmad.compress.arch import profile_spec
 from dmad.compress.errors import DmadError
 from dmad.compress.groups import widths_from_masks
+from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import ChannelMask
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
+
+#: budget metrics: MACs (paper or true convention) or predicted milliseconds
+METRICS = ("paper", "true", "ms")
 
 
 @dataclass(frozen=True)
@@ -34,17 +45,37 @@ class Cost:
     macs_paper: int
     macs_true: int
     params: int
+    #: predicted milliseconds (with a latency table), else None
+    ms: float | None = None
 
     def macs(self, convention: str) -> int:
         return self.macs_paper if convention == "paper" else self.macs_true
 
+    def value(self, metric: str) -> float:
+        """The budget metric's value: MACs of a convention, or predicted ms."""
+        if metric == "ms":
+            if self.ms is None:
+                raise ValueError("a latency budget needs a cost with a latency table")
+            return self.ms
+        return float(self.macs(metric))
+
+
+def show(value: float, metric: str) -> str:
+    """A budget value with its unit, for messages."""
+    return f"{value:.4g} ms (predicted)" if metric == "ms" else \
+        f"{value / 1e9:.4g} GMACs ({metric})"
+
 
 def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
-         keep: Mapping[str, torch.Tensor] | None = None, size: int = 256) -> Cost:
-    """Cost at ``size``² of the architecture the masks (or ``keep``) leave."""
+         keep: Mapping[str, torch.Tensor] | None = None, size: int = 256,
+         latency: LatencyTable | None = None) -> Cost:
+    """Cost at ``size``² of the architecture the masks (or ``keep``) leave; with ``latency``
+    also its predicted milliseconds (at the table's own size)."""
     widths, forced = widths_from_masks(spec, masks, keep)
     prof = profile_spec(dataclasses.replace(spec, widths=widths), (1, spec.input_nc, size, size))
-    return Cost(widths, tuple(forced), prof.macs_paper, prof.macs_true, prof.params)
+    ms = latency.predict(spec, widths).ms if latency is not None and \
+        isinstance(spec, ResnetSpec) and isinstance(widths, ResnetWidths) else None
+    return Cost(widths, tuple(forced), prof.macs_paper, prof.macs_true, prof.params, ms)
 
 
 def keep_above(masks: Mapping[str, ChannelMask], tau: float,
@@ -60,19 +91,24 @@ def keep_above(masks: Mapping[str, ChannelMask], tau: float,
     return out
 
 
-def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask], target: int,
-                  convention: str, size: int = 256, *,
+def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask], target: float,
+                  metric: str, size: int = 256, *,
                   scores: Mapping[str, torch.Tensor] | None = None,
                   eligible: Mapping[str, torch.Tensor] | None = None,
+                  latency: LatencyTable | None = None, multiple: int = 1,
+                  tolerance: float = 0.03,
                   ) -> tuple[float, dict[str, torch.Tensor], Cost]:
-    """The largest architecture under ``target`` MACs that keeps the highest-scored channels.
+    """The largest architecture under ``target`` (in ``metric``: MACs of a convention, or
+    predicted ``ms`` with ``latency``) that keeps the highest-scored channels.
 
     ``scores`` rank the channels across all layers (default: the mask weights w). Only
     ``eligible`` channels can be kept (default: all);
     the search passes the channels its masks still keep, so the fit never brings back a
     channel the masks had switched off unless the caller says so. A binary search finds the
     smallest threshold τ on the scores that fits, then :func:`_fill` re-adds the best-scored
-    eligible channels that still fit. Returns (τ, keep sets, cost). Raises DmadError when even
+    eligible channels that still fit; with ``multiple`` > 1 the widths are then rounded to
+    multiples of it inside ``[(1 - tolerance)·target, target]`` (:func:`round_to_multiple`).
+    Returns (τ, keep sets, cost). Raises DmadError when even
     the smallest architecture the rules allow (one channel per layer, all blocks removed) is
     above the target.
     """
@@ -85,17 +121,22 @@ def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
     taus = [float("-inf"), *torch.unique(pool).tolist()]  # ascending; the last keeps nothing
 
     def fits(i: int) -> tuple[bool, Cost]:
-        c = cost(spec, masks, keep_above(masks, taus[i], sc, el), size)
-        return c.macs(convention) <= target, c
+        c = cost(spec, masks, keep_above(masks, taus[i], sc, el), size, latency)
+        return c.value(metric) <= target, c
 
     ok, c_last = fits(len(taus) - 1)
     if not ok:
-        raise DmadError(f"target: {target / 1e9:.4g} GMACs ({convention}) is below the smallest "
-                        f"architecture the search can reach ({c_last.macs(convention) / 1e9:.4g} "
-                        "GMACs with one channel per layer)")
+        raise DmadError(f"target: {show(target, metric)} is below the smallest architecture "
+                        f"the search can reach ({show(c_last.value(metric), metric)} with one "
+                        "channel per layer)")
     ok0, c0 = fits(0)
     if ok0:
-        return taus[0], keep_above(masks, taus[0], sc, el), c0
+        keep0 = keep_above(masks, taus[0], sc, el)
+        if multiple > 1:
+            keep0, c0 = round_to_multiple(spec, masks, keep0, target, metric, size, sc,
+                                          latency=latency, multiple=multiple,
+                                          tolerance=tolerance, eligible=el)
+        return taus[0], keep0, c0
     lo, hi = 0, len(taus) - 1  # invariant: taus[hi] fits, taus[lo] does not
     best = c_last
     while hi - lo > 1:
@@ -106,14 +147,19 @@ def fit_to_budget(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
         else:
             lo = mid
     keep = keep_above(masks, taus[hi], sc, el)
-    keep, best = _fill(spec, masks, keep, best, target, convention, size, sc, el)
+    keep, best = _fill(spec, masks, keep, best, target, metric, size, sc, el, latency)
+    if multiple > 1:
+        keep, best = round_to_multiple(spec, masks, keep, target, metric, size, sc,
+                                       latency=latency, multiple=multiple, tolerance=tolerance,
+                                       eligible=el)
     return taus[hi], keep, best
 
 
 def _fill(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
-          keep: dict[str, torch.Tensor], best: Cost, target: int, convention: str, size: int,
+          keep: dict[str, torch.Tensor], best: Cost, target: float, metric: str, size: int,
           scores: Mapping[str, torch.Tensor], eligible: Mapping[str, torch.Tensor],
-          tries: int = 256) -> tuple[dict[str, torch.Tensor], Cost]:
+          latency: LatencyTable | None = None, tries: int = 256
+          ) -> tuple[dict[str, torch.Tensor], Cost]:
     """Greedy top-up after the threshold: one channel costs very different MACs in different
     layers (a 7×7 head input channel vs a bottleneck channel), so a single threshold can stop
     well short of the target. Re-add the best-scored eligible pruned channels that still fit."""
@@ -125,10 +171,136 @@ def _fill(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
     for _, n, c in cands[:tries]:
         trial = {k: v.clone() for k, v in keep.items()}
         trial[n][c] = True
-        got = cost(spec, masks, trial, size)
-        if got.macs(convention) <= target:
+        got = cost(spec, masks, trial, size, latency)
+        if got.value(metric) <= target:
             keep, best = trial, got
     return keep, best
+
+
+def _groups(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
+            ) -> dict[str, list[str]]:
+    """Width groups: the masks whose keep sets make one width (the ResNet stream is the union
+    of its writers; every other width is one mask)."""
+    if isinstance(spec, ResnetSpec):
+        from dmad.compress.groups import residual_group
+
+        stream = residual_group(masks)
+        out = {n: [n] for n in masks if n not in stream}
+        out["stream"] = stream
+        return out
+    return {n: [n] for n in masks}
+
+
+def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
+                      keep: dict[str, torch.Tensor], target: float, metric: str, size: int,
+                      scores: Mapping[str, torch.Tensor], *, latency: LatencyTable | None,
+                      multiple: int, tolerance: float = 0.03,
+                      eligible: Mapping[str, torch.Tensor] | None = None,
+                      ) -> tuple[dict[str, torch.Tensor], Cost]:
+    """Widths rounded to multiples of ``multiple`` inside the budget.
+
+    Kernels work on channel tiles (XNNPACK: 16 on AVX-512), so a width of 17 costs as much as
+    32 and the channels past a multiple are the dearest of all. Each width is first rounded to
+    the nearest multiple (at least one multiple; a removed block stays removed; a width whose
+    full size is below the multiple is left alone), adding the best-scored missing channels
+    (eligible ones first) or dropping the worst kept. Then, while over ``target``, the tile
+    whose removal loses the least importance per unit of budget saved goes (a block's last
+    tile removes the block), and while under ``(1 - tolerance)·target`` the tile that gains the
+    most importance per unit of budget is added where it still fits. Stream channels score as
+    the sum over their writers, and are added or dropped in every writer."""
+    m = multiple
+    groups = _groups(spec, masks)
+    keep = {k: v.clone().cpu() for k, v in keep.items()}
+    el = {n: (eligible[n].cpu() if eligible is not None else torch.ones_like(keep[n]))
+          for n in masks}
+
+    def chan_scores(g: str) -> torch.Tensor:
+        return torch.stack([scores[n].detach().cpu().float() for n in groups[g]]).sum(0)
+
+    def kept(g: str) -> torch.Tensor:
+        return torch.stack([keep[n] for n in groups[g]]).any(0)
+
+    def set_count(k: dict[str, torch.Tensor], g: str, n: int) -> dict[str, torch.Tensor]:
+        """A copy of ``k`` with group ``g`` at ``n`` channels (best-scored kept/added)."""
+        k = {a: b.clone() for a, b in k.items()}
+        s = chan_scores(g)
+        cur = torch.stack([k[x] for x in groups[g]]).any(0)
+        have = int(cur.sum())
+        if n < have:
+            order = torch.argsort(torch.where(cur, s, torch.inf))  # worst kept first
+            for c in order[: have - n].tolist():
+                for x in groups[g]:
+                    k[x][c] = False
+        elif n > have:
+            elig = torch.stack([el[x] for x in groups[g]]).any(0)
+            rank = torch.where(cur, -torch.inf, s + torch.where(elig, 1e6 * s.abs().max() + 1,
+                                                                0.0))
+            for c in torch.argsort(rank, descending=True)[: n - have].tolist():
+                for x in groups[g]:
+                    k[x][c] = True
+        return k
+
+    def full(g: str) -> int:
+        return masks[groups[g][0]].channels
+
+    def block(g: str) -> bool:
+        return g.endswith(".conv1") and g.startswith("block")
+
+    for g in groups:
+        n, f = int(kept(g).sum()), full(g)
+        if f < m or (block(g) and n == 0):
+            continue
+        r = min(f, max(m, math.floor(n / m + 0.5) * m))
+        if r != n:
+            keep = set_count(keep, g, r)
+    cur = cost(spec, masks, keep, size, latency)
+
+    def loss(g: str, k0: dict[str, torch.Tensor], k1: dict[str, torch.Tensor]) -> float:
+        s = chan_scores(g)
+        a = torch.stack([k0[x] for x in groups[g]]).any(0)
+        b = torch.stack([k1[x] for x in groups[g]]).any(0)
+        return float(s[a & ~b].sum() - s[b & ~a].sum())
+
+    for _ in range(1000):  # over budget: drop the cheapest tile per unit saved
+        if cur.value(metric) <= target:
+            break
+        best: tuple[float, dict[str, torch.Tensor], Cost] | None = None
+        for g in groups:
+            n = int(kept(g).sum())
+            low = 0 if block(g) else m
+            if full(g) < m or n - m < low:
+                continue
+            trial = set_count(keep, g, n - m)
+            c = cost(spec, masks, trial, size, latency)
+            saved = cur.value(metric) - c.value(metric)
+            if saved <= 0:
+                continue
+            ratio = loss(g, keep, trial) / saved
+            if best is None or ratio < best[0]:
+                best = (ratio, trial, c)
+        if best is None:
+            break
+        _, keep, cur = best
+    for _ in range(1000):  # under the band: add the best tile per unit spent that fits
+        if cur.value(metric) >= (1 - tolerance) * target:
+            break
+        best = None
+        for g in groups:
+            n, f = int(kept(g).sum()), full(g)
+            if f < m or n + m > f or (block(g) and n == 0):
+                continue
+            trial = set_count(keep, g, n + m)
+            c = cost(spec, masks, trial, size, latency)
+            spent = c.value(metric) - cur.value(metric)
+            if c.value(metric) > target:
+                continue
+            ratio = -loss(g, keep, trial) / max(spent, 1e-12)
+            if best is None or ratio > best[0]:
+                best = (ratio, trial, c)
+        if best is None:
+            break
+        _, keep, cur = best
+    return keep, cur
 
 
 @torch.no_grad()
@@ -138,6 +310,20 @@ def apply_keep(masks: Mapping[str, ChannelMask], keep: Mapping[str, torch.Tensor
         m.weight.copy_(torch.where(keep[n].to(m.weight.device), 1.0, -1.0).to(m.weight.dtype))
         m.bound.fill_(0.0)
         m.frozen.fill_(True)
+
+
+def check_target_ms(spec: ResnetSpec | UnetSpec, target_ms: float, table: LatencyTable
+                    ) -> float:
+    """Validate a latency target against the table's prediction of the full model."""
+    if not target_ms > 0:
+        raise DmadError(f"target_ms: must be > 0, got {target_ms}")
+    table.check_spec(spec)
+    assert isinstance(spec, ResnetSpec)
+    full = table.predict(spec).ms
+    if target_ms >= full:
+        raise DmadError(f"target_ms: {target_ms} ms is not below the full model's predicted "
+                        f"{full:.4g} ms ({table.describe()})")
+    return float(target_ms)
 
 
 def check_target(spec: ResnetSpec | UnetSpec, target_gmacs: float, convention: str,

@@ -61,6 +61,13 @@ class CompressConfig:
         "MAC budget of the B→A generator when GENERATOR is a two-direction teacher run "
         "(DMAD's configs differ per direction); 0 = --target-gmacs",
     )
+    target_ms: float = opt(0.0, "latency budget in ms as --latency-table predicts it, instead "
+                           "of --target-gmacs (0 = the MAC budget)")
+    latency_table: str = opt("", "a `dmad latency-table` file of the target: needed by "
+                             "--target-ms; the predicted and, after export, the measured "
+                             "latency go into search/architecture.json")
+    width_multiple: int = opt(-1, "round searched widths to multiples of this many channels; "
+                              "-1 = the latency table's measured multiple, else off")
     macs_convention: str = opt("paper", "paper (thop, as the papers report) | true")
     macs_size: int = opt(256, "side in pixels at which the budget's MACs are counted")
     size: int = opt(0, "training crop side in pixels; 0 = the generator's training size, else 256")
@@ -101,8 +108,14 @@ class CompressConfig:
                             "pytorch-CycleGAN-and-pix2pix checkpoint)")
         if not self.images:
             raise DmadError("--images: required (the folder of images the generator will see)")
-        if not self.target_gmacs > 0:
-            raise DmadError(f"--target-gmacs: must be > 0, got {self.target_gmacs}")
+        if self.target_ms < 0:
+            raise DmadError(f"--target-ms: must be >= 0, got {self.target_ms}")
+        if self.target_ms > 0 and not self.latency_table:
+            raise DmadError("--latency-table: required by --target-ms (make one with `dmad "
+                            "latency-table`)")
+        if not self.target_gmacs > 0 and not self.target_ms > 0:
+            raise DmadError(f"--target-gmacs: must be > 0, got {self.target_gmacs} (or give "
+                            "--target-ms with --latency-table)")
         if self.target_gmacs_BtoA < 0:
             raise DmadError(f"--target-gmacs-BtoA: must be >= 0, got {self.target_gmacs_BtoA}")
         if self.macs_convention not in ("paper", "true"):
@@ -173,6 +186,22 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
     from dmad.compress.train.search import reachable_floor
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
+    if cfg.latency_table:
+        from dmad.compress.latency import LatencyTable
+
+        table = LatencyTable.load(cfg.latency_table)
+        table.check_spec(g.spec)
+        if cfg.target_ms > 0:
+            try:
+                budget.check_target_ms(g.spec, cfg.target_ms, table)
+            except DmadError as exc:
+                raise DmadError(f"--target-ms: {str(exc).split(': ', 1)[-1]}") from None
+            floor_ms = reachable_floor(g, "ms", cfg.macs_size, table)
+            if floor_ms > cfg.target_ms:
+                raise DmadError(f"--target-ms: {cfg.target_ms} is below the smallest "
+                                f"architecture the search can reach ({floor_ms:.4g} ms "
+                                "predicted, one channel per layer)")
+            return
     for flag, gmacs in (("--target-gmacs", cfg.target_gmacs),
                         ("--target-gmacs-BtoA", cfg.target_gmacs_BtoA)):
         if not gmacs:
@@ -186,6 +215,39 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
             raise DmadError(f"{flag}: {gmacs} is below the smallest architecture the search can "
                             f"reach ({floor / 1e9:.4g} GMACs {cfg.macs_convention}, one channel "
                             "per layer)")
+
+
+def _record_measured(out: Path, table_path: str, export_size: int) -> None:
+    """Time the exported compressed file the latency table describes (its backend and threads,
+    on this CPU) and write it beside the prediction in ``search/architecture.json``."""
+    from dmad.benchmark.latency_table import measure_file
+    from dmad.compress.latency import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    arch_path = out / "search" / "architecture.json"
+    arch = json.loads(arch_path.read_text())
+    entry = arch["directions"]["AtoB"]
+    lat = entry.get("latency")
+    if lat is None:
+        return
+    backend = str(table.key.get("backend"))
+    name = {"tflite-xnnpack": "generator_fp32.tflite", "tflite-int8": "generator_int8.tflite",
+            "ort": "generator.onnx"}[backend]
+    f = out / "export" / "compressed" / name
+    if table.key.get("device") or not f.is_file() or export_size != table.size:
+        why = ("the table is of a phone" if table.key.get("device") else
+               f"no {name} in the export" if not f.is_file() else
+               f"export size {export_size} is not the table's {table.size}")
+        lat["measured_ms"], lat["measured_note"] = None, f"not measured: {why}"
+    else:
+        spec = entry["spec"]
+        shape = (1, int(spec.get("input_nc", 3)), export_size, export_size)
+        ms = measure_file(f, backend, shape, int(table.key.get("threads") or 1))
+        lat.update(measured_ms=round(ms, 3), measured_file=str(f),
+                   measured_error=round(lat["predicted_ms"] / ms - 1.0, 4))
+        print(f"[compress] latency   {lat['predicted_ms']:.2f} ms predicted, {ms:.2f} ms measured "
+              f"({backend}, {table.key.get('threads')} thread(s), {export_size}²)")
+    atomic_write_json(arch_path, arch)
 
 
 def _saved_args(out: Path) -> dict[str, Any] | None:
@@ -307,13 +369,16 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     data = {"images": str(split)} if split is not None else {"data": cfg.images}
     mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
     if distributed.is_main():
-        print(f"[compress] {cfg.generator}: {mode}, target {cfg.target_gmacs} GMACs "
-              f"{cfg.macs_convention} at {cfg.macs_size}²")
+        want = f"{cfg.target_ms} ms predicted by {cfg.latency_table}" if cfg.target_ms else \
+            f"{cfg.target_gmacs} GMACs {cfg.macs_convention} at {cfg.macs_size}²"
+        print(f"[compress] {cfg.generator}: {mode}, target {want}")
 
     scfg = make_config(SearchConfig, None, {
         **tables.get("search", {}), **common, **data, "teacher": teacher.ref,
         "target_gmacs": cfg.target_gmacs, "target_gmacs_BtoA": cfg.target_gmacs_BtoA,
         "macs_convention": cfg.macs_convention, "macs_size": cfg.macs_size, "steps": cfg.steps,
+        "target_ms": cfg.target_ms, "latency_table": cfg.latency_table,
+        "width_multiple": cfg.width_multiple,
         "directions": "AtoB" if split is not None else "both"})
     run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
               tag="compress")
@@ -358,6 +423,8 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
                    "full": str(out / "export" / "full")}
         times["export"] = time.time() - t
         print(f"[compress] export    {times['export']:7.1f} s")
+        if cfg.latency_table:
+            _record_measured(out, cfg.latency_table, cfg.export_size)
     if cfg.compare and cfg.export:
         t = time.time()
         _compare({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,

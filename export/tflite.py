@@ -54,7 +54,8 @@ CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 #: subprocess imports the same ``dmad`` as its parent.
 _ROOT = Path(dmad.__file__).resolve().parent.parent
 
-__all__ = ["CALIB_SAMPLE", "VARIANTS", "Int8Recipe", "convert", "failure_reason"]
+__all__ = ["CALIB_SAMPLE", "VARIANTS", "Int8Recipe", "convert", "convert_many",
+           "failure_reason"]
 
 
 @dataclass(frozen=True)
@@ -171,32 +172,8 @@ def convert(
             job["graph"], job["arrays"] = "graph.json", "arrays.npz"
         elif onnx_path is None:
             raise ValueError("convert needs a graph or an ONNX file")
-        (work / "job.json").write_text(json.dumps(job))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [os.fspath(_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["PYTHONUNBUFFERED"] = "1"
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "dmad.export.tflite", "job.json"],
-                cwd=work,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise DmadError(f"TFLite conversion timed out after {timeout:.0f} s") from None
-        result_file = work / "result.json"
-        if proc.returncode != 0 or not result_file.exists():
-            who = "TensorFlow converter" if graph is not None else "onnx2tf"
-            raise DmadError(f"TFLite conversion failed ({who}): {failure_reason(proc.stdout)}")
-        result = json.loads(result_file.read_text())
+        result = _run_worker(work, job, timeout, "TensorFlow converter" if graph is not None
+                             else "onnx2tf")
         produced = result["files"]
         info.update({k: v for k, v in result.items() if k != "files"})
         out: dict[str, Path] = {}
@@ -211,6 +188,81 @@ def convert(
 
 
 # ----------------------------------------------------------------------------- worker side
+
+
+def _run_worker(work: Path, job: dict[str, Any], timeout: float | None, who: str
+                ) -> dict[str, Any]:
+    """Run the converter subprocess on ``job`` in ``work``; its result.json, or a one-line
+    error with the converter's own reason."""
+    (work / "job.json").write_text(json.dumps(job))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.fspath(_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dmad.export.tflite", "job.json"],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise DmadError(f"TFLite conversion timed out after {timeout:.0f} s") from None
+    result_file = work / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        raise DmadError(f"TFLite conversion failed ({who}): {failure_reason(proc.stdout)}")
+    return dict(json.loads(result_file.read_text()))
+
+
+def convert_many(
+    items: Sequence[tuple[str, Graph, np.ndarray | None]],
+    out_dir: Path,
+    variants: Sequence[str],
+    recipe: Int8Recipe | None = None,
+    *,
+    timeout: float | None = None,
+) -> dict[str, dict[str, Path]]:
+    """Convert many small graphs in one converter subprocess (TensorFlow starts once): each
+    ``(stem, graph, calib)`` into ``<stem>_<variant>.tflite`` in ``out_dir``, the same way
+    :func:`convert` converts one (our graph, the same quantisation). No GPU analysis. Used by
+    ``dmad latency-table``, which times hundreds of one-unit models."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise DmadError(f"quant: unknown variant(s) {', '.join(unknown)}")
+    work = Path(out_dir) / ".convert"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        batch = []
+        for i, (stem, graph, calib) in enumerate(items):
+            desc, arrays = graph.to_json()
+            (work / f"g{i}.json").write_text(json.dumps(desc))
+            np.savez(work / f"a{i}.npz", **arrays)
+            entry = {"stem": stem, "graph": f"g{i}.json", "arrays": f"a{i}.npz", "calib": None}
+            if calib is not None:
+                np.save(work / f"c{i}.npy", np.ascontiguousarray(calib, dtype=np.float32))
+                entry["calib"] = f"c{i}.npy"
+            batch.append(entry)
+        job = {"batch": batch, "variants": list(variants),
+               "recipe": asdict(recipe or Int8Recipe())}
+        result = _run_worker(work, job, timeout, "TensorFlow converter")
+        out: dict[str, dict[str, Path]] = {}
+        for stem, files in result["files"].items():
+            out[stem] = {}
+            for v, name in files.items():
+                dst = Path(out_dir) / f"{stem}_{v}.tflite"
+                os.replace(work / name, dst)
+                out[stem][v] = dst
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _sample_data(calib: np.ndarray | None) -> np.ndarray:
@@ -347,11 +399,13 @@ def _worker(job_path: str) -> int:
     variants from it; writes result.json."""
     _tick("start")
     job = json.loads(Path(job_path).read_text())
-    calib = np.load(job["calib"]) if job["calib"] else None
     r = job["recipe"]
     recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
                         tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
                         str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)))
+    if "batch" in job:
+        return _batch_worker(job, recipe)
+    calib = np.load(job["calib"]) if job["calib"] else None
     produced: dict[str, str] = {}
     import tensorflow as tf
 
@@ -405,6 +459,36 @@ def _worker(job_path: str) -> int:
     if Path("ranges.json").exists():
         result["ranges"] = json.loads(Path("ranges.json").read_text())
     Path("result.json").write_text(json.dumps(result))
+    return 0
+
+
+def _batch_worker(job: dict[str, Any], recipe: Int8Recipe) -> int:
+    """:func:`convert_many`'s side: every graph of the batch, then result.json."""
+    import tensorflow as tf
+
+    from dmad.export.tfgraph import build_function
+
+    files: dict[str, dict[str, str]] = {}
+    for e in job["batch"]:
+        fn = build_function(json.loads(Path(e["graph"]).read_text()), dict(np.load(e["arrays"])))
+        cf = fn.get_concrete_function()
+
+        def make(cf: Any = cf, fn: Any = fn) -> Any:
+            return tf.lite.TFLiteConverter.from_concrete_functions([cf], fn)
+
+        calib = np.load(e["calib"]) if e["calib"] else None
+        stem, got = e["stem"], {}
+        rest = list(job["variants"])
+        if "fp32" in rest:
+            got["fp32"] = make().convert()
+            rest.remove("fp32")
+        got.update(_quantise(make, calib, rest, recipe))
+        files[stem] = {}
+        for v, blob in got.items():
+            name = f"{stem}_{v}.tflite"
+            Path(name).write_bytes(blob)
+            files[stem][v] = name
+    Path("result.json").write_text(json.dumps({"files": files}))
     return 0
 
 

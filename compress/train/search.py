@@ -29,6 +29,7 @@ from dmad.compress.data.split import ImageSplit, make_split
 from dmad.compress.errors import DmadError
 from dmad.compress.groups import removed_blocks, residual_group, update_group_coefficients
 from dmad.compress.io import atomic_save, atomic_write_json
+from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import (
     ChannelMask,
     MaskedNorm,
@@ -110,6 +111,21 @@ class SearchConfig(TrainingOverrides):
         0.03,
         "final MACs land in [(1 - tol)·target, target]; a fraction, e.g. 0.03",
     )
+    target_ms: float = opt(
+        0.0,
+        "latency budget in milliseconds as --latency-table predicts it (replaces target_gmacs as "
+        "the budget of the early stop and the final fit; 0 = the MAC budget)",
+    )
+    latency_table: str = opt(
+        "",
+        "a `dmad latency-table` file, the latency model of the target device: needed by "
+        "--target-ms; with a MAC budget its prediction is recorded in architecture.json",
+    )
+    width_multiple: int = opt(
+        -1,
+        "round searched widths to multiples of this many channels inside the budget; -1 = the "
+        "latency table's measured multiple when one is given, else 1 (off)",
+    )
     directions: str = opt("both", "CycleGAN generators to search: both | AtoB | BtoA")
     mask_weight_decay: float = opt(
         -1.0,
@@ -171,8 +187,16 @@ class SearchConfig(TrainingOverrides):
             raise bad("init", f"{self.init!r} is not teacher or scratch")
         if self.macs_convention not in ("paper", "true"):
             raise bad("macs_convention", f"{self.macs_convention!r} is not paper or true")
-        if not self.target_gmacs > 0:
-            raise bad("target_gmacs", f"must be > 0, got {self.target_gmacs}")
+        if self.target_ms < 0:
+            raise bad("target_ms", f"must be >= 0, got {self.target_ms}")
+        if self.target_ms > 0 and not self.latency_table:
+            raise bad("latency_table", "required by target_ms: the latency model that predicts "
+                      "milliseconds (make one with `dmad latency-table`)")
+        if not self.target_gmacs > 0 and not self.target_ms > 0:
+            raise bad("target_gmacs", f"must be > 0, got {self.target_gmacs} (or give "
+                      "target_ms with a latency_table)")
+        if self.width_multiple == 0 or self.width_multiple < -1:
+            raise bad("width_multiple", f"must be >= 1 or -1 (auto), got {self.width_multiple}")
         if self.target_gmacs_BtoA < 0:
             raise bad("target_gmacs_BtoA", f"must be >= 0, got {self.target_gmacs_BtoA}")
         if self.directions not in ("both", "AtoB", "BtoA"):
@@ -367,9 +391,22 @@ class SearchStage(TeacherStage):
             0.01 if unet else 0.001 * max(1.0, 15.0 / room))
         self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
             0.0 if unet else 1.0)
-        self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
-                                              scfg.macs_convention, scfg.macs_size)
-                       for n in self.searched}
+        self.latency = LatencyTable.load(scfg.latency_table) if scfg.latency_table else None
+        self.metric = "ms" if scfg.target_ms > 0 else scfg.macs_convention
+        self.multiple = scfg.width_multiple if scfg.width_multiple > 0 else (
+            self.latency.multiple if self.latency is not None else 1)
+        if self.latency is not None:
+            for n in self.searched:
+                self.latency.check_spec(self.G[n].spec_full)
+        if self.metric == "ms":
+            assert self.latency is not None
+            self.target: dict[str, float] = {
+                n: budget.check_target_ms(self.G[n].spec_full, scfg.target_ms, self.latency)
+                for n in self.searched}
+        else:
+            self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
+                                                  scfg.macs_convention, scfg.macs_size)
+                           for n in self.searched}
         self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
         # Masks get their own learning rate. Adam moves a weight by about lr per step, so in
         # DMAD's 200 epochs (~10^5 steps) 2e-4 lets a mask cross its band many times over, but a
@@ -394,14 +431,15 @@ class SearchStage(TeacherStage):
         self.events: list[dict[str, Any]] = []
         for n in self.searched:
             self.last_cost[n] = self._cost(n)
-            floor = _floor(self.G[n].spec_full, self.masks[n], scfg.macs_convention,
-                           scfg.macs_size)
+            floor = _floor(self.G[n].spec_full, self.masks[n], self.metric, scfg.macs_size,
+                           self.latency)
             if floor > self.target[n]:
-                field = "target_gmacs_BtoA" if n == "BtoA" and scfg.target_gmacs_BtoA else \
-                    "target_gmacs"
-                raise DmadError(f"{field}: {self.target_gmacs(n)} is below the smallest "
-                                f"architecture the search can reach ({floor / 1e9:.4g} GMACs "
-                                f"{scfg.macs_convention}, one channel per layer)")
+                field = "target_ms" if self.metric == "ms" else "target_gmacs_BtoA" \
+                    if n == "BtoA" and scfg.target_gmacs_BtoA else "target_gmacs"
+                want = scfg.target_ms if self.metric == "ms" else self.target_gmacs(n)
+                raise DmadError(f"{field}: {want} is below the smallest architecture the search "
+                                f"can reach ({budget.show(floor, self.metric)}, one channel "
+                                "per layer)")
 
     def target_gmacs(self, direction: str) -> float:
         """The direction's budget: ``target_gmacs_BtoA`` for B→A when set, else ``target_gmacs``."""
@@ -462,7 +500,7 @@ class SearchStage(TeacherStage):
 
     def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
         return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,
-                           self.scfg.macs_size)
+                           self.scfg.macs_size, self.latency)
 
     # -- the teacher-G-only step ------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
@@ -586,17 +624,20 @@ class SearchStage(TeacherStage):
         """
         masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
         conv, size, spec = self.scfg.macs_convention, self.scfg.macs_size, self.G[d].spec_full
-        by_masks = self._cost(d).macs(conv)  # what the masks themselves leave at this point
+        metric = self.metric
+        c_masks = self._cost(d)  # what the masks themselves leave at this point
+        by_masks = c_masks.macs(conv)
         scores = self._scores(d)
         eligible = {n: m.kept() for n, m in masks.items()}
-        tau, keep, c = budget.fit_to_budget(spec, masks, target, conv, size, scores=scores,
-                                            eligible=eligible)
+        fit = {"latency": self.latency, "multiple": self.multiple, "tolerance": tol}
+        tau, keep, c = budget.fit_to_budget(spec, masks, target, metric, size, scores=scores,
+                                            eligible=eligible, **fit)
         revived = 0
-        if c.macs(conv) < (1 - tol) * target:
+        if c.value(metric) < (1 - tol) * target:
             recent = {n: eligible[n] | (m.alive & ~m.frozen) for n, m in masks.items()}
             if any(bool((recent[n] & ~eligible[n]).any()) for n in masks):
-                tau, keep, c = budget.fit_to_budget(spec, masks, target, conv, size,
-                                                    scores=scores, eligible=recent)
+                tau, keep, c = budget.fit_to_budget(spec, masks, target, metric, size,
+                                                    scores=scores, eligible=recent, **fit)
                 revived = sum(int((keep[n] & ~eligible[n]).sum()) for n in masks)
         where: dict[str, int] = {}
         for name, m in masks.items():
@@ -621,8 +662,11 @@ class SearchStage(TeacherStage):
                        "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
                        "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv)),
                        "channels_pruned_by_fit": pruned, "channels_revived": revived,
-                       "within_tolerance": c.macs(conv) >= (1 - tol) * target,
-                       "fit_rank": self.scfg.fit_rank}
+                       "within_tolerance": c.value(metric) >= (1 - tol) * target,
+                       "fit_rank": self.scfg.fit_rank, "metric": metric,
+                       "width_multiple": self.multiple}
+        if c.ms is not None:
+            self.cut[d].update(ms_left_by_masks=c_masks.ms, ms_final=c.ms)
         self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
                             "threshold": tau, "gmacs": c.macs(conv) / 1e9,
                             "gmacs_left_by_masks": by_masks / 1e9, "revived": revived,
@@ -651,11 +695,11 @@ class SearchStage(TeacherStage):
         for d in self.searched:
             if d in self.frozen_at:
                 continue
-            if self.last_cost[d].macs(self.scfg.macs_convention) > 1.25 * self.target[d]:
+            if self.last_cost[d].value(self.metric) > 1.25 * self.target[d]:
                 continue
             c = self._cost(d)
             self.last_cost[d] = c
-            if c.macs(self.scfg.macs_convention) <= self.target[d]:
+            if c.value(self.metric) <= self.target[d]:
                 self._update_importance(self.masks[d])
                 self._freeze_to_budget(d, n, "under budget")
 
@@ -678,7 +722,7 @@ class SearchStage(TeacherStage):
                 update_group_coefficients(masks, residual_group(masks), self.lambda_update)
             c = self._cost(d)
             self.last_cost[d] = c
-            if c.macs(self.scfg.macs_convention) <= self.target[d]:
+            if c.value(self.metric) <= self.target[d]:
                 self._freeze_to_budget(d, n, "under budget")
                 continue
             if b_new == 0.0 and (last_update or n >= 0.75 * total):
@@ -708,6 +752,8 @@ class SearchStage(TeacherStage):
                         m.weight.requires_grad_(False)
                         m.weight.grad = None
             info[f"gmacs_{d}"] = round(c.macs(self.scfg.macs_convention) / 1e9, 4)
+            if c.ms is not None:
+                info[f"ms_{d}"] = round(c.ms, 3)
         return info
 
     def progress_fields(self) -> dict[str, str]:
@@ -718,6 +764,8 @@ class SearchStage(TeacherStage):
             c = self.last_cost[d]
             flag = "*" if d in self.frozen_at else ""
             out[f"GMACs_{d}"] = f"{c.macs(self.scfg.macs_convention) / 1e9:.3f}{flag}"
+            if c.ms is not None:
+                out[f"ms_{d}"] = f"{c.ms:.1f}{flag}"
         return out
 
     def extra_state(self) -> dict[str, Any]:
@@ -744,7 +792,13 @@ class SearchStage(TeacherStage):
         arch: dict[str, Any] = {"target_gmacs": self.scfg.target_gmacs, "convention": conv,
                                 "macs_size": self.scfg.macs_size, "init": self.scfg.init,
                                 "mask_weight_decay": self.mask_wd, "mask_lr": self.mask_lr,
-                                "fit_rank": self.scfg.fit_rank, "directions": {}}
+                                "fit_rank": self.scfg.fit_rank, "metric": self.metric,
+                                "target_ms": self.scfg.target_ms or None,
+                                "width_multiple": self.multiple, "directions": {}}
+        if self.latency is not None:
+            arch["latency_table"] = {"file": str(Path(self.scfg.latency_table).resolve()),
+                                     "key": self.latency.key, "size": self.latency.size,
+                                     "multiple": self.latency.multiple}
         for d in self.searched:
             if d not in self.frozen_at:  # e.g. steps < bound schedule: fit now
                 self._freeze_to_budget(d, self.cfg.steps, "end of search")
@@ -768,11 +822,23 @@ class SearchStage(TeacherStage):
                 "params": c.params,
                 "full_gmacs_paper": full.macs_paper / 1e9, "full_gmacs_true": full.macs_true / 1e9,
                 "full_params": full.params,
-                "target_gmacs": self.target_gmacs(d),
-                "target_ratio": c.macs(conv) / (self.target_gmacs(d) * 1e9),
+                "target_gmacs": self.target_gmacs(d) if self.metric != "ms" else None,
+                "target_ratio": c.value(self.metric) / self.target[d],
                 "frozen_at_step": self.frozen_at.get(d),
                 "cut": self.cut.get(d, {}),
             }
+            if self.latency is not None:
+                assert isinstance(g.spec_full, ResnetSpec)
+                pred = self.latency.predict(g.spec_full, c.widths)  # type: ignore[arg-type]
+                entry["latency"] = {
+                    "backend": self.latency.key.get("backend"),
+                    "threads": self.latency.key.get("threads"), "size": self.latency.size,
+                    "predicted_ms": round(pred.ms, 3),
+                    "full_predicted_ms": round(self.latency.predict(g.spec_full).ms, 3),
+                    "target_ms": self.scfg.target_ms or None,
+                    "units_ms": {k: round(v, 3) for k, v in pred.units.items()},
+                    "measured_ms": None,  # filled in after export (dmad compress)
+                }
             arch["directions"][d] = entry
             atomic_save({"format": SEARCH_FORMAT, "version": 1,
                          "spec": spec_to_dict(g.spec_full),
@@ -797,16 +863,19 @@ class SearchStage(TeacherStage):
 SPLIT = "split.json"
 
 
-def _floor(spec: Any, masks: dict[str, ChannelMask], convention: str, size: int) -> int:
-    """MACs of the smallest architecture the masks can leave (one channel per layer)."""
+def _floor(spec: Any, masks: dict[str, ChannelMask], metric: str, size: int,
+           latency: LatencyTable | None = None) -> float:
+    """The budget metric (MACs, or predicted ms with ``latency``) of the smallest architecture
+    the masks can leave (one channel per layer)."""
     nothing = {k: torch.zeros_like(m.kept()) for k, m in masks.items()}
-    return budget.cost(spec, masks, nothing, size).macs(convention)
+    return budget.cost(spec, masks, nothing, size, latency).value(metric)
 
 
-def reachable_floor(generator: nn.Module, convention: str, size: int) -> int:
+def reachable_floor(generator: nn.Module, metric: str, size: int,
+                    latency: LatencyTable | None = None) -> float:
     """:func:`_floor` of an unmasked generator (on a masked copy), for checks before a run."""
     g = copy.deepcopy(generator)
-    return _floor(g.spec, attach_masks(g), convention, size)
+    return _floor(g.spec, attach_masks(g), metric, size, latency)
 
 
 def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bool,

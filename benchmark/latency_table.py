@@ -1,0 +1,356 @@
+"""``dmad latency-table``: measure a target's latency model (:mod:`dmad.compress.latency`).
+
+Every unit of a ResNet generator (stem, down1, down2, one residual block, up1, up2, head) is
+built at each grid width as the same layers the generator uses (a generator with those widths,
+one channel elsewhere, the unit taken out of it), converted the way the export converts (our
+NHWC graph, sub-pixel upsampling, the export's int8 recipe), and timed with the harness's
+runners in blocked order (warm-up, then all runs of one model, as an app runs it), on this CPU
+or on a phone through ``benchmark_model`` over adb. First a sweep of one block's inner width
+finds the backend's preferred channel multiple (the width step at which latency jumps); the grid
+then sits on multiples of it. The table is validated by predicting and measuring whole
+generators of random widths, and every number lands in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmad.compress.config import opt
+from dmad.compress.errors import DmadError
+from dmad.compress.latency import (
+    RESNET_UNITS,
+    Grid,
+    LatencyTable,
+    axis_points,
+    family_of,
+    max_widths_of,
+    unit_steps,
+)
+from dmad.compress.models import ResnetSpec, ResnetWidths
+
+BACKENDS = ("tflite-xnnpack", "tflite-int8", "ort")
+#: candidate channel multiples of the sweep
+MULTIPLES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclasses.dataclass
+class LatencyTableConfig:
+    """Settings of ``dmad latency-table``."""
+
+    out: Path = opt(help="the table file to write (JSON)")
+    backend: str = opt("tflite-xnnpack", "tflite-xnnpack (the fp32 .tflite on XNNPACK) | "
+                       "tflite-int8 (the export's full-int8 .tflite on XNNPACK) | ort (ONNX "
+                       "Runtime, the fp32 .onnx)")
+    threads: int = opt(1, "threads the target runs with")
+    generator: Path | None = opt(None, "a dmad model file (e.g. the teacher): the table covers "
+                                 "its family and widths up to its own (default: ResNet-9 ngf 64)")
+    ngf: int = opt(64, "without --generator: ngf of the ResNet-9 the table covers")
+    size: int = opt(256, "input side in pixels the units are timed at (phones: 256)")
+    max_points: int = opt(10, "grid widths per axis at most (multiples of the measured multiple, "
+                          "thinned evenly)")
+    multiple: int = opt(0, "channel multiple of the grid; 0 = measure it (a sweep of one block's "
+                        "inner width)")
+    runs: int = opt(15, "timed runs per unit model (the median is kept)")
+    warmup: int = opt(3, "untimed warm-up runs per unit model")
+    validate: int = opt(10, "random architectures predicted and measured whole (0 = none)")
+    seed: int = opt(0, "seed of the random architectures and weights")
+    android: str | None = opt(None, "adb serial of a phone: time the units there with "
+                              "benchmark_model (XNNPACK) instead of on this CPU")
+    benchmark_binary: Path | None = opt(None, "with --android: LiteRT benchmark_model built for "
+                                        "the phone (Android arm64)")
+    adb: str | None = opt(None, "adb executable (default: $ADB, $PATH)")
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise DmadError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.threads < 1 or self.runs < 1 or self.warmup < 0 or self.validate < 0:
+            raise DmadError("--threads/--runs must be >= 1, --warmup/--validate >= 0")
+        if self.size < 16 or self.size % 4:
+            raise DmadError(f"--size: {self.size} must be a multiple of 4 and >= 16")
+        if self.max_points < 2:
+            raise DmadError(f"--max-points: {self.max_points} must be >= 2")
+        if self.multiple < 0:
+            raise DmadError(f"--multiple: {self.multiple} must be >= 0")
+        if self.android is not None:
+            if self.backend == "ort":
+                raise DmadError("--android: times .tflite files; --backend ort runs on this CPU")
+            if self.benchmark_binary is None or not Path(self.benchmark_binary).is_file():
+                raise DmadError(f"--benchmark-binary: {self.benchmark_binary}: no such file "
+                                "(needed with --android)")
+
+
+# -- the unit models ------------------------------------------------------------------------
+def _spec_of(cfg: LatencyTableConfig) -> ResnetSpec:
+    if cfg.generator is None:
+        if cfg.ngf < 1:
+            raise DmadError(f"--ngf: {cfg.ngf} must be >= 1")
+        return ResnetSpec(ngf=cfg.ngf, n_blocks=9)
+    from dmad.compress.checkpoint import load_model
+
+    model, _ = load_model(cfg.generator)
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ResnetSpec):
+        raise DmadError(f"--generator: {cfg.generator}: latency tables cover ResNet "
+                        f"generators; this one is {getattr(spec, 'family', type(model).__name__)}")
+    return spec
+
+
+def _generator(spec: ResnetSpec, widths: ResnetWidths, seed: int) -> nn.Module:
+    from dmad.compress.models import build
+
+    torch.manual_seed(seed)
+    return build(dataclasses.replace(spec, widths=widths, n_blocks=len(widths.blocks))).eval()
+
+
+def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, seed: int = 0
+               ) -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape."""
+    vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
+    w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
+                     (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
+                     vals.get("up2", 1))
+    g = _generator(spec, w, seed)
+    s = size
+    mod, shape = {
+        "stem": (g.stem, (1, spec.input_nc, s, s)),
+        "down1": (g.down1, (1, w.stem, s, s)),
+        "down2": (g.down2, (1, w.down1, s // 2, s // 2)),
+        "block": (g.blocks[0] if unit == "block" else None, (1, w.stream, s // 4, s // 4)),
+        "up1": (g.up1, (1, w.stream, s // 4, s // 4)),
+        "up2": (g.up2, (1, w.up1, s // 2, s // 2)),
+        "head": (g.head, (1, w.up2, s, s)),
+    }[unit]
+    return mod, shape  # type: ignore[return-value]
+
+
+def random_widths(spec: ResnetSpec, rng: np.random.Generator) -> ResnetWidths:
+    """A random architecture inside the spec's widths (about one block in five removed)."""
+    mx = max_widths_of(spec)
+
+    def pick(name: str) -> int:
+        return int(rng.integers(1, int(mx[name]) + 1))
+
+    blocks = tuple(0 if rng.random() < 0.2 else pick("inner") for _ in range(spec.n_blocks))
+    return ResnetWidths(pick("stem"), pick("down1"), pick("stream"), blocks, pick("up1"),
+                        pick("up2"))
+
+
+class _Timer:
+    """Converts unit models the way the export does and times them on the backend."""
+
+    def __init__(self, cfg: LatencyTableConfig, work: Path, say: Callable[[str], None]) -> None:
+        self.cfg, self.work, self.say = cfg, work, say
+        self.n = 0
+
+    def _files(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]]) -> list[Path]:
+        from dmad.export.onnx import export_onnx
+
+        paths: list[Path] = []
+        if self.cfg.backend == "ort":
+            for m, shape in items:
+                p = self.work / f"m{self.n}.onnx"
+                self.n += 1
+                export_onnx(m, p, shape)
+                paths.append(p)
+            return paths
+        from dmad.export.api import DEFAULT_RECIPE
+        from dmad.export.graph import trace
+        from dmad.export.subpixel import to_subpixel
+        from dmad.export.tflite import convert_many
+
+        variant = "int8" if self.cfg.backend == "tflite-int8" else "fp32"
+        # the export's int8 recipe with TensorFlow's own ranges: the ranges change no op and
+        # no kernel, and measuring them would dominate the build
+        recipe = dataclasses.replace(DEFAULT_RECIPE, ranges="minmax")
+        batch, stems = [], []
+        rng = np.random.default_rng(self.cfg.seed)
+        for m, shape in items:
+            sub, _ = to_subpixel(m)
+            stem = f"m{self.n}"
+            self.n += 1
+            _, c, h, w = shape
+            calib = rng.uniform(-1, 1, (2, h, w, c)).astype(np.float32) \
+                if variant == "int8" else None
+            batch.append((stem, trace(sub, shape), calib))
+            stems.append(stem)
+        files = convert_many(batch, self.work, [variant], recipe)
+        return [files[s][variant] for s in stems]
+
+    def time(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]]) -> list[float]:
+        """Median milliseconds of each model."""
+        if not items:
+            return []
+        files = self._files(items)
+        if self.cfg.android is not None:
+            return self._android(files)
+        from dmad.benchmark.host import time_blocked
+
+        runner = "ort" if self.cfg.backend == "ort" else "tflite-xnnpack"
+        out = []
+        for f, (_, shape) in zip(files, items, strict=True):
+            s = time_blocked(f, runner, shape, self.cfg.threads, self.cfg.runs, self.cfg.warmup)
+            out.append(float(np.median(s)))
+            f.unlink()
+        return out
+
+    def _android(self, files: list[Path]) -> list[float]:
+        from dmad.benchmark.adb import AndroidConfig, run_android
+
+        assert self.cfg.benchmark_binary is not None
+        got = run_android(AndroidConfig(
+            models=files, benchmark_binary=Path(self.cfg.benchmark_binary),
+            serial=self.cfg.android, delegates=("xnnpack",), threads=(self.cfg.threads,),
+            runs=self.cfg.runs, warmup=self.cfg.warmup, cooldown_s=0.0, adb=self.cfg.adb))
+        by_path = {r["path"]: r["latency_ms"] for r in got["results"]}
+        self.key_device = got["device"]
+        for f in files:
+            f.unlink()
+        return [float(by_path[str(f)]) for f in files]
+
+
+def choose_multiple(widths: list[int], ms: list[float]) -> int:
+    """The channel multiple that explains a width sweep best.
+
+    Each candidate M is fitted as ``a + b·w + c·ceil(w / M)`` (least squares): the
+    element-wise work grows with every channel, the convolutions' work per tile of M. M = 1 is
+    the plain line. The M with the smallest residual wins if it halves the line's residual
+    (steps that are really there), else 1 (no preferred multiple)."""
+    w = np.asarray(widths, dtype=float)
+    y = np.asarray(ms, dtype=float)
+
+    def rss(cols: list[np.ndarray]) -> float:
+        a = np.stack([np.ones_like(w), *cols], 1)
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        return float(((a @ coef - y) ** 2).sum())
+
+    line = rss([w])
+    fits = {m: rss([w, np.ceil(w / m)]) for m in MULTIPLES if m > 1 and m < w.max()}
+    if not fits:
+        return 1
+    best = min(fits, key=lambda m: fits[m])
+    return best if fits[best] < 0.5 * line else 1
+
+
+def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = None
+                ) -> LatencyTable:
+    """Measure, fit and validate the table; writes ``cfg.out`` atomically and returns it."""
+    from dmad.benchmark.host import machine_info
+    from dmad.compress.io import atomic_write_json
+
+    say = say or (lambda s: None)
+    cfg.check()
+    spec = _spec_of(cfg)
+    mx = max_widths_of(spec)
+    work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
+    try:
+        timer = _Timer(cfg, work, say)
+        empty = (nn.Sequential(nn.ReLU()), (1, 1, 8, 8))
+        sweep: dict[str, Any] = {}
+        multiple = cfg.multiple
+        if multiple == 0:
+            stream = min(int(mx["stream"]), 64)
+            ws = list(range(1, min(int(mx["inner"]), 64) + 1))
+            say(f"sweep: block inner width {ws[0]}..{ws[-1]} at stream {stream}")
+            got = timer.time([empty, *(unit_model(spec, "block", (stream, w), cfg.size,
+                                                  cfg.seed) for w in ws)])
+            overhead, ms = got[0], got[1:]
+            multiple = choose_multiple(ws, ms)
+            sweep = {"unit": "block", "stream": stream, "inner": ws,
+                     "ms": [round(v, 4) for v in ms], "multiple": multiple}
+            say(f"preferred channel multiple: {multiple}")
+        else:
+            overhead = timer.time([empty])[0]
+        # every unit model in one conversion (TensorFlow starts once), then timed one by one
+        plan, items = [], []
+        for unit, axes_names in RESNET_UNITS.items():
+            axes = [axis_points(int(mx[a]), multiple, cfg.max_points) for a in axes_names]
+            points = [tuple(p) for p in np.ndindex(*[len(a) for a in axes])]
+            plan.append((unit, axes, points))
+            items += [unit_model(spec, unit, tuple(axes[k][i] for k, i in enumerate(p)),
+                                 cfg.size, cfg.seed) for p in points]
+        say(f"units: {', '.join(f'{u} {len(p)}' for u, _, p in plan)} models")
+        ms_all = iter(timer.time(items))
+        units: dict[str, Grid] = {}
+        for unit, axes, points in plan:
+            arr = np.zeros([len(a) for a in axes])
+            for p in points:
+                arr[p] = round(next(ms_all), 4)
+            units[unit] = Grid(axes, arr.tolist(), unit_steps(unit, multiple))
+        key = {"backend": cfg.backend, "threads": cfg.threads}
+        if cfg.android is not None:
+            dev = getattr(timer, "key_device", {})
+            props = dev.get("props", {})
+            key.update(device=f"{props.get('ro.product.model', '?')} ({dev.get('serial')})",
+                       props=props, tool="benchmark_model")
+        else:
+            info = machine_info()
+            key.update(machine=info["cpu"], isa=info["isa"], libraries=info["libraries"])
+        table = LatencyTable(
+            key=key, family=family_of(spec), size=cfg.size, max_widths=mx, multiple=multiple,
+            overhead_ms=round(overhead, 4), units=units, sweep=sweep,
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+        if cfg.validate:
+            table.validation = validate(table, spec, timer, cfg.validate, cfg.seed, say)
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg.out, table.to_json())
+        return table
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def validate(table: LatencyTable, spec: ResnetSpec, timer: _Timer, n: int, seed: int,
+             say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Predicted vs measured whole-model milliseconds of ``n`` random architectures."""
+    rng = np.random.default_rng(seed + 1)
+    archs = [random_widths(spec, rng) for _ in range(n)]
+    say(f"validation: {n} random architectures, whole models")
+    items = [(_generator(spec, w, seed), (1, spec.input_nc, table.size, table.size))
+             for w in archs]
+    measured = timer.time(items)
+    rows = []
+    for w, got in zip(archs, measured, strict=True):
+        pred = table.predict(spec, w).ms
+        rows.append({"widths": dataclasses.asdict(w), "predicted_ms": round(pred, 3),
+                     "measured_ms": round(got, 3), "error": round(pred / got - 1.0, 4)})
+    return rows
+
+
+def validation_table(rows: list[dict[str, Any]]) -> str:
+    """The validation as a markdown table, with the worst error."""
+    lines = ["| stem | down1 | stream | blocks | up1 | up2 | predicted ms | measured ms | error |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        w = r["widths"]
+        lines.append(f"| {w['stem']} | {w['down1']} | {w['stream']} | "
+                     f"{','.join(map(str, w['blocks']))} | {w['up1']} | {w['up2']} | "
+                     f"{r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | "
+                     f"{100 * r['error']:+.1f} % |")
+    if rows:
+        worst = max(abs(r["error"]) for r in rows)
+        inside = sum(abs(r["error"]) <= 0.10 for r in rows)
+        lines.append(f"\nworst error {100 * worst:.1f} %; {inside}/{len(rows)} within 10 %")
+    return "\n".join(lines)
+
+
+def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], threads: int,
+                 runs: int = 15, warmup: int = 3) -> float:
+    """Median milliseconds of an exported file on a table's backend, on this CPU (the
+    measured latency ``architecture.json`` records beside the predicted one)."""
+    from dmad.benchmark.host import time_blocked
+
+    runner = "ort" if backend == "ort" else "tflite-xnnpack"
+    return float(np.median(time_blocked(path, runner, shape, threads, runs, warmup)))
+
+
+__all__ = ["BACKENDS", "LatencyTableConfig", "build_table", "choose_multiple", "measure_file",
+           "random_widths", "unit_model", "validate", "validation_table"]

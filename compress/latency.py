@@ -1,0 +1,224 @@
+"""Latency model of a target: a table of measured unit latencies and the prediction it makes.
+
+MACs are not time for the slim generators this tool makes: on XNNPACK a 3×3 convolution costs
+the same for 17 and for 32 output channels (its kernels work on 16-channel tiles on AVX-512),
+and the full-resolution stem and head cost far more per MAC than the 64² blocks. So the search
+can budget in milliseconds instead: ``dmad latency-table`` (:mod:`dmad.benchmark.latency_table`)
+times every *unit* of a generator family (ResNet: stem, the two downsampling convs, a residual
+block, the two upsampling convs, the head) as a small model converted the way the export does,
+at a grid of widths on the backend's preferred multiple, and writes the table this module reads.
+
+A prediction is the sum over the units of a lookup with piecewise-linear interpolation between
+grid points, each width first rounded up to the table's multiple (the kernels' tile: the
+measured cost is flat inside one), minus the invoke overhead every unit model paid once but the
+whole model pays once in total. This module only reads tables and predicts; it imports no
+converter and no runtime, so the search (``compress``) can use it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmad.compress.errors import DmadError
+from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec
+
+FORMAT = "dmad-latency-table/1"
+#: the spec fields a table is valid for (besides the widths, which it covers up to its maxima)
+FAMILY_FIELDS = ("input_nc", "output_nc", "norm", "padding", "separable")
+#: ResNet units and the widths that span each one's grid (``in`` = fixed by the spec)
+RESNET_UNITS: dict[str, tuple[str, ...]] = {
+    "stem": ("stem",),
+    "down1": ("stem", "down1"),
+    "down2": ("down1", "stream"),
+    "block": ("stream", "inner"),
+    "up1": ("stream", "up1"),
+    "up2": ("up1", "up2"),
+    "head": ("up2",),
+}
+
+
+@dataclass
+class Grid:
+    """Measured milliseconds of one unit on a 1-D or 2-D grid of widths."""
+
+    axes: list[list[int]]
+    ms: list[Any]  # nested lists, one level per axis
+    #: per axis, the step a width is rounded up to before the lookup: the tile of the unit's
+    #: kernels where the axis is a convolution's output channels (cost flat inside a tile), 1
+    #: where it is only an input (the reduction is not padded; interpolation is right there)
+    steps: list[int] = field(default_factory=list)
+
+    def at(self, widths: Sequence[int]) -> float:
+        """Piecewise-(bi)linear interpolation at ``widths``, each rounded up to its step."""
+        if len(widths) != len(self.axes):
+            raise ValueError(f"grid has {len(self.axes)} axes, got widths {list(widths)}")
+        steps = self.steps or [1] * len(self.axes)
+        brackets = [_bracket(ax, _round_up(w, st))
+                    for ax, w, st in zip(self.axes, widths, steps, strict=True)]
+        total = 0.0
+        for corner in range(1 << len(brackets)):
+            weight, v = 1.0, self.ms
+            for k, (i0, i1, t) in enumerate(brackets):
+                hi = (corner >> k) & 1
+                weight *= t if hi else 1.0 - t
+                v = v[i1 if hi else i0]
+            if weight:
+                total += weight * float(v)  # type: ignore[arg-type]
+        return total
+
+
+def _round_up(w: int, multiple: int) -> int:
+    return int(math.ceil(w / multiple) * multiple) if multiple > 1 else int(w)
+
+
+def _bracket(axis: list[int], w: float) -> tuple[int, int, float]:
+    """(i0, i1, t): w between axis[i0] and axis[i1] at fraction t; clamped at the ends."""
+    if w <= axis[0] or len(axis) == 1:
+        return 0, 0, 0.0
+    if w >= axis[-1]:
+        return len(axis) - 1, len(axis) - 1, 0.0
+    i1 = bisect.bisect_left(axis, w)
+    i0 = i1 - 1
+    return i0, i1, (w - axis[i0]) / (axis[i1] - axis[i0])
+
+
+@dataclass
+class Prediction:
+    """Predicted whole-model milliseconds and each unit's share."""
+
+    ms: float
+    units: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LatencyTable:
+    """A measured latency model of one backend on one machine (or phone) for one family."""
+
+    key: dict[str, Any]  # machine, backend, threads, ISA, device (phone) — what it is valid for
+    family: dict[str, Any]  # the FAMILY_FIELDS of the generator, plus "family"
+    size: int  # input side in pixels the units were timed at
+    max_widths: dict[str, Any]  # the widths the grid spans (the full model's)
+    multiple: int  # the backend's preferred channel multiple (its tile), measured
+    overhead_ms: float  # one invoke of a near-empty model: paid once per unit model
+    units: dict[str, Grid]
+    sweep: dict[str, Any] = field(default_factory=dict)  # how ``multiple`` was measured
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    created: str = ""
+
+    # -- files -----------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {"format": FORMAT, **d}
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table file; a one-line error naming the file when it is not one."""
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise DmadError(f"latency_table: {p}: no such file (make one with "
+                            "`dmad latency-table`)") from None
+        except (OSError, ValueError) as exc:
+            raise DmadError(f"latency_table: {p}: not a JSON file ({exc})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DmadError(f"latency_table: {p}: not a dmad latency table (format "
+                            f"{d.get('format') if isinstance(d, dict) else None!r}, "
+                            f"want {FORMAT!r})")
+        try:
+            units = {k: Grid([list(map(int, a)) for a in g["axes"]], g["ms"],
+                             [int(v) for v in g.get("steps") or []])
+                     for k, g in d["units"].items()}
+            return cls(key=dict(d["key"]), family=dict(d["family"]), size=int(d["size"]),
+                       max_widths=dict(d["max_widths"]), multiple=int(d["multiple"]),
+                       overhead_ms=float(d["overhead_ms"]), units=units,
+                       sweep=dict(d.get("sweep") or {}), validation=list(d.get("validation")
+                                                                        or []),
+                       created=str(d.get("created", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DmadError(f"latency_table: {p}: malformed table ({exc!r})") from None
+
+    def describe(self) -> str:
+        k = self.key
+        where = k.get("device") or k.get("machine", "?")
+        return (f"{k.get('backend')} {k.get('threads')} thread(s) on {where} at "
+                f"{self.size}², multiple {self.multiple}")
+
+    # -- prediction ------------------------------------------------------------------------
+    def check_spec(self, spec: ResnetSpec | UnetSpec) -> None:
+        """One-line error when ``spec`` is not a generator this table measured."""
+        if not isinstance(spec, ResnetSpec) or self.family.get("family") != "resnet":
+            raise DmadError(f"latency_table: covers {self.family.get('family')} generators; "
+                            f"the generator is a {getattr(spec, 'family', type(spec).__name__)} "
+                            "(latency tables cover ResNet generators)")
+        for f in FAMILY_FIELDS:
+            if self.family.get(f) != getattr(spec, f):
+                raise DmadError(f"latency_table: measured for {f}={self.family.get(f)!r}, the "
+                                f"generator has {f}={getattr(spec, f)!r}; build a table for it "
+                                "with `dmad latency-table --generator FILE`")
+        w, mx = spec.resolved_widths(), self.max_widths
+        over = [n for n, v in (("stem", w.stem), ("down1", w.down1), ("stream", w.stream),
+                                ("inner", max(w.blocks, default=0)), ("up1", w.up1),
+                                ("up2", w.up2)) if v > int(mx[n])]
+        if over:
+            raise DmadError(f"latency_table: widths {', '.join(over)} are above the table's "
+                            f"grid ({mx}); build it from this generator")
+
+    def predict(self, spec: ResnetSpec, widths: ResnetWidths | None = None) -> Prediction:
+        """Predicted milliseconds of ``spec`` (or ``spec`` with ``widths``) at the table's size."""
+        w = widths or spec.resolved_widths()
+        u = self.units
+        parts: dict[str, float] = {
+            "stem": u["stem"].at([w.stem]),
+            "down1": u["down1"].at([w.stem, w.down1]),
+            "down2": u["down2"].at([w.down1, w.stream]),
+            "up1": u["up1"].at([w.stream, w.up1]),
+            "up2": u["up2"].at([w.up1, w.up2]),
+            "head": u["head"].at([w.up2]),
+        }
+        for i, inner in enumerate(w.blocks):
+            if inner > 0:
+                parts[f"block{i}"] = u["block"].at([w.stream, inner])
+        n = len(parts)
+        total = sum(parts.values()) - (n - 1) * self.overhead_ms
+        return Prediction(max(total, 0.0), parts)
+
+
+def unit_steps(unit: str, multiple: int) -> list[int]:
+    """Per-axis rounding steps of a ResNet unit (see :attr:`Grid.steps`): an axis that is some
+    convolution's output channels rounds to the tile; the sub-pixel upsampling conv writes
+    4 channels per output channel, so its tile is a quarter as many output channels."""
+    m = max(1, multiple)
+    return {"stem": [m], "down1": [1, m], "down2": [1, m], "block": [m, m],
+            "up1": [1, max(1, m // 4)], "up2": [1, max(1, m // 4)], "head": [1]}[unit]
+
+
+def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
+    """Grid widths of one axis: the multiples of ``multiple`` up to ``limit`` (and ``limit``
+    itself), thinned evenly to at most ``max_points`` (the first and last always kept)."""
+    m = max(1, multiple)
+    pts = list(range(m, limit + 1, m)) or [limit]
+    if pts[-1] != limit:
+        pts.append(limit)
+    if len(pts) > max_points >= 2:
+        idx = sorted({round(i * (len(pts) - 1) / (max_points - 1)) for i in range(max_points)})
+        pts = [pts[i] for i in idx]
+    return pts
+
+
+def max_widths_of(spec: ResnetSpec) -> dict[str, int]:
+    """The grid maxima for a ResNet spec: its own widths (the full model's for a teacher)."""
+    w = spec.resolved_widths()
+    return {"stem": w.stem, "down1": w.down1, "stream": w.stream,
+            "inner": max(w.blocks, default=0) or w.stream, "up1": w.up1, "up2": w.up2}
+
+
+def family_of(spec: ResnetSpec) -> dict[str, Any]:
+    return {"family": spec.family, **{f: getattr(spec, f) for f in FAMILY_FIELDS}}
