@@ -101,7 +101,8 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     cfg = LatencyTableConfig(
         out=args.out, backend=args.backend, threads=args.threads, generator=args.generator,
         ngf=args.ngf, size=args.size, max_points=args.max_points, multiple=args.multiple,
-        runs=args.runs, warmup=args.warmup, validate=args.validate, seed=args.seed,
+        runs=args.runs, rounds=args.rounds, warmup=args.warmup, validate=args.validate,
+        calibrate=args.calibrate, seed=args.seed,
         android=args.android, benchmark_binary=args.benchmark_binary, adb=args.adb,
     )
     table = build_table(cfg, _progress)
@@ -177,9 +178,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--size", type=int, default=256, help=_h(L, "size", 256))
     t.add_argument("--max-points", type=int, default=10, help=_h(L, "max_points", 10))
     t.add_argument("--multiple", type=int, default=0, help=_h(L, "multiple", 0))
-    t.add_argument("--runs", type=int, default=15, help=_h(L, "runs", 15))
+    t.add_argument("--runs", type=int, default=10, help=_h(L, "runs", 10))
+    t.add_argument("--rounds", type=int, default=3, help=_h(L, "rounds", 3))
     t.add_argument("--warmup", type=int, default=3, help=_h(L, "warmup", 3))
     t.add_argument("--validate", type=int, default=10, help=_h(L, "validate", 10))
+    t.add_argument("--calibrate", type=int, default=6, help=_h(L, "calibrate", 6))
     t.add_argument("--seed", type=int, default=0, help=_h(L, "seed", 0))
     t.add_argument("--android", metavar="SERIAL", help=_h(L, "android"))
     t.add_argument("--benchmark-binary", type=Path,

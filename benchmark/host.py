@@ -528,17 +528,26 @@ def _timed(f: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def time_blocked(path: Path, backend: str, shape: tuple[int, ...], threads: int, runs: int,
-                 warmup: int, seed: int = 0) -> list[float]:
-    """Milliseconds of ``runs`` runs of one file after ``warmup`` (blocked order), with the same
-    runners, input and timer as :func:`run_interleaved`; for many small models (``dmad
-    latency-table``), which need no :class:`ModelInfo`."""
-    t = Target(info=None, backend=backend, run_path=Path(path), label=Path(path).name)  # type: ignore[arg-type]
+def time_blocked(files: list[tuple[Path, tuple[int, ...]]], backend: str, threads: int,
+                 runs: int, warmup: int, rounds: int = 1, seed: int = 0) -> list[list[float]]:
+    """Median milliseconds of each file in each of ``rounds`` passes over all of them; within a
+    pass each file runs blocked (``warmup``, then ``runs`` timed runs), with the runners, input
+    and timer of :func:`run_interleaved`. Passes spread a drift of the machine's speed over
+    every file alike (``dmad latency-table`` times hundreds of small models and compares their
+    sums with whole models). Needs no :class:`ModelInfo`."""
     with torch_threads(threads):
-        f = RUNNERS[backend](t, make_input(shape, seed), threads)
-        for _ in range(warmup):
-            f()
-        return [_timed(f) for _ in range(runs)]
+        fns = []
+        for path, shape in files:
+            t = Target(info=None, backend=backend, run_path=Path(path),  # type: ignore[arg-type]
+                       label=Path(path).name)
+            fns.append(RUNNERS[backend](t, make_input(shape, seed), threads))
+        out: list[list[float]] = [[] for _ in files]
+        for _ in range(rounds):
+            for i, f in enumerate(fns):
+                for _ in range(warmup):
+                    f()
+                out[i].append(float(np.median([_timed(f) for _ in range(runs)])))
+        return out
 
 
 def run_interleaved(

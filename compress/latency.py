@@ -11,8 +11,9 @@ at a grid of widths on the backend's preferred multiple, and writes the table th
 A prediction is the sum over the units of a lookup with piecewise-linear interpolation between
 grid points, each width first rounded up to the table's multiple (the kernels' tile: the
 measured cost is flat inside one), minus the invoke overhead every unit model paid once but the
-whole model pays once in total. This module only reads tables and predicts; it imports no
-converter and no runtime, so the search (``compress``) can use it.
+whole model pays once in total, times one scale fitted on whole models of random widths. This
+module only reads tables and predicts; it imports no converter and no runtime, so the search
+(``compress``) can use it.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class Grid:
 
 
 def _round_up(w: int, multiple: int) -> int:
-    return int(math.ceil(w / multiple) * multiple) if multiple > 1 else int(w)
+    """``w`` rounded up to the tile above one tile; at most one tile, kernels shrink with the
+    width (a 3-channel conv is cheaper than a 16-channel one), so the grid interpolates."""
+    return int(math.ceil(w / multiple) * multiple) if multiple > 1 and w > multiple else int(w)
 
 
 def _bracket(axis: list[int], w: float) -> tuple[int, int, float]:
@@ -109,6 +112,9 @@ class LatencyTable:
     overhead_ms: float  # one invoke of a near-empty model: paid once per unit model
     units: dict[str, Grid]
     sweep: dict[str, Any] = field(default_factory=dict)  # how ``multiple`` was measured
+    #: whole model ÷ (sum of its units − shared overheads), fitted on the calibration models
+    scale: float = 1.0
+    calibration: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
 
@@ -139,8 +145,9 @@ class LatencyTable:
             return cls(key=dict(d["key"]), family=dict(d["family"]), size=int(d["size"]),
                        max_widths=dict(d["max_widths"]), multiple=int(d["multiple"]),
                        overhead_ms=float(d["overhead_ms"]), units=units,
-                       sweep=dict(d.get("sweep") or {}), validation=list(d.get("validation")
-                                                                        or []),
+                       sweep=dict(d.get("sweep") or {}), scale=float(d.get("scale", 1.0)),
+                       calibration=list(d.get("calibration") or []),
+                       validation=list(d.get("validation") or []),
                        created=str(d.get("created", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise DmadError(f"latency_table: {p}: malformed table ({exc!r})") from None
@@ -187,7 +194,7 @@ class LatencyTable:
             if inner > 0:
                 parts[f"block{i}"] = u["block"].at([w.stream, inner])
         n = len(parts)
-        total = sum(parts.values()) - (n - 1) * self.overhead_ms
+        total = self.scale * (sum(parts.values()) - (n - 1) * self.overhead_ms)
         return Prediction(max(total, 0.0), parts)
 
 
@@ -202,7 +209,8 @@ def unit_steps(unit: str, multiple: int) -> list[int]:
 
 def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
     """Grid widths of one axis: the multiples of ``multiple`` up to ``limit`` (and ``limit``
-    itself), thinned evenly to at most ``max_points`` (the first and last always kept)."""
+    itself), thinned evenly to at most ``max_points`` (the first and last always kept), and a
+    quarter tile below them."""
     m = max(1, multiple)
     pts = list(range(m, limit + 1, m)) or [limit]
     if pts[-1] != limit:
@@ -210,6 +218,9 @@ def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
     if len(pts) > max_points >= 2:
         idx = sorted({round(i * (len(pts) - 1) / (max_points - 1)) for i in range(max_points)})
         pts = [pts[i] for i in idx]
+    small = max(1, m // 4)  # below one tile the cost still falls: one point there
+    if m > 1 and small < pts[0]:
+        pts.insert(0, small)
     return pts
 
 
