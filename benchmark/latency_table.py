@@ -160,7 +160,8 @@ class _Timer:
         self.cfg, self.work, self.say = cfg, work, say
         self.n = 0
 
-    def _files(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]]) -> list[Path]:
+    def _files(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int
+               ) -> list[Path]:
         from dmad.export.onnx import export_onnx
 
         paths: list[Path] = []
@@ -176,10 +177,14 @@ class _Timer:
         from dmad.export.subpixel import to_subpixel
         from dmad.export.tflite import convert_many
 
-        variant = "int8" if self.cfg.backend == "tflite-int8" else "fp32"
+        int8 = self.cfg.backend == "tflite-int8"
         # the export's int8 recipe with TensorFlow's own ranges: the ranges change no op and
         # no kernel, and measuring them would dominate the build
         recipe = dataclasses.replace(DEFAULT_RECIPE, ranges="minmax")
+        # an int8 unit model takes and gives int8 (int8_io): inside a whole model its input
+        # and output stay int8, and only the whole model converts from and to float once
+        variants = [("int8_io" if i < len(items) - n_whole else "int8") if int8 else "fp32"
+                    for i in range(len(items))]
         batch, stems = [], []
         rng = np.random.default_rng(self.cfg.seed)
         for m, shape in items:
@@ -187,20 +192,27 @@ class _Timer:
             stem = f"m{self.n}"
             self.n += 1
             _, c, h, w = shape
-            calib = rng.uniform(-1, 1, (2, h, w, c)).astype(np.float32) \
-                if variant == "int8" else None
+            calib = rng.uniform(-1, 1, (2, h, w, c)).astype(np.float32) if int8 else None
             batch.append((stem, trace(sub, shape), calib))
             stems.append(stem)
-        files = convert_many(batch, self.work, [variant], recipe)
-        return [files[s][variant] for s in stems]
+        wanted = sorted(set(variants))
+        files = convert_many(batch, self.work, wanted, recipe)
+        out = []
+        for s, v in zip(stems, variants, strict=True):
+            out.append(files[s][v])
+            for other in wanted:
+                if other != v:
+                    files[s][other].unlink()
+        return out
 
     def time(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]],
-             stat: str = "median") -> list[float]:
+             stat: str = "median", n_whole: int = 0) -> list[float]:
         """Milliseconds of each model: per round the median of its runs, then across the
-        rounds the median (or, for the width sweep, the minimum: interference only adds)."""
+        rounds the median (or, for the width sweep, the minimum: interference only adds). The
+        last ``n_whole`` items are whole generators (float in and out), the others units."""
         if not items:
             return []
-        files = self._files(items)
+        files = self._files(items, n_whole)
         if self.cfg.android is not None:
             per = self._android(files)
         else:
@@ -301,7 +313,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         say(f"units: {', '.join(f'{u} {len(p)}' for u, _, p in plan)} models; "
             f"{len(archs)} whole models of random widths ({n_cal} to calibrate, "
             f"{cfg.validate} to validate); {cfg.rounds} rounds")
-        ms_all = iter(timer.time(items))
+        ms_all = iter(timer.time(items, n_whole=len(archs)))
         overhead = next(ms_all)
         units: dict[str, Grid] = {}
         for unit, axes, points in plan:

@@ -316,3 +316,50 @@ def test_compress_teacher_run_folder_uses_the_full_objective(
     done = json.loads((out / "DONE.json").read_text())
     assert "co-attention" in done["objective"] and "+ D maps" in done["objective"]
     assert not (out / "split.json").exists()  # the dataset's own test split is held out
+
+
+def test_compress_with_a_latency_budget_records_predicted_and_measured(
+        tmp_path: Path, teacher_file: Path, default_data: Path,
+        cli_env: dict[str, str]) -> None:
+    """`--target-ms` with a table: the search budgets in predicted ms, and after the export
+    the compressed fp32 file is timed on this CPU beside the prediction; bad latency inputs
+    are one line and write nothing."""
+    import dataclasses as dc
+
+    from dmad.compress.models import ResnetSpec
+    from tests.test_latency import synthetic_table
+
+    table = dc.replace(synthetic_table(ResnetSpec(ngf=8, n_blocks=3)), size=32)
+    f = tmp_path / "lat.json"
+    f.write_text(json.dumps(table.to_json()))
+    target = round(0.4 * table.predict(ResnetSpec(ngf=8, n_blocks=3)).ms, 3)
+    args = [a for a in TINY]
+    j = args.index("--target-gmacs")
+    del args[j:j + 2]
+    out = tmp_path / "run"
+    res = _compress(out, *args, "--target-ms", str(target), "--latency-table", str(f),
+                    env=cli_env, gen=teacher_file, images=default_data / "unaligned")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"target {target} ms predicted" in res.stdout and "ms measured" in res.stdout
+    arch = json.loads((out / "search" / "architecture.json").read_text())
+    lat = arch["directions"]["AtoB"]["latency"]
+    assert arch["metric"] == "ms" and lat["predicted_ms"] <= target
+    assert lat["measured_ms"] > 0 and lat["measured_file"].endswith("generator_fp32.tflite")
+    assert lat["measured_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1,
+                                                  abs=1e-3)
+    other = tmp_path / "lat_batch.json"
+    other.write_text(json.dumps(dc.replace(
+        table, family={**table.family, "norm": "batch"}).to_json()))
+    for i, (extra, msg) in enumerate([
+            (("--target-ms", "5"), "--latency-table: required by --target-ms"),
+            (("--target-ms", "0.001", "--latency-table", str(f)), "--target-ms: 0.001 is below"),
+            (("--target-ms", "1e6", "--latency-table", str(f)), "not below the full model"),
+            (("--target-ms", "5", "--latency-table", str(other)), "latency_table: measured for "
+                                                                   "norm='batch'"),
+            (("--target-ms", "5", "--latency-table", str(tmp_path / "no.json")), "no such file")]):
+        o = tmp_path / f"bad{i}"
+        res = _compress(o, *args, *extra, env=cli_env, gen=teacher_file,
+                        images=default_data / "unaligned")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and msg in lines[0], (msg, lines)
+        assert not o.exists()

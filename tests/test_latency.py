@@ -150,7 +150,7 @@ def _is_rounded(w: ResnetWidths, full: ResnetWidths, m: int) -> bool:
 @pytest.mark.parametrize("metric", ["paper", "ms"])
 def test_fit_rounds_widths_to_the_multiple_inside_the_budget(metric: str) -> None:
     spec = ResnetSpec(ngf=16, n_blocks=4)
-    g, masks, scores = _masked(spec)
+    _, masks, scores = _masked(spec)
     table = synthetic_table(spec)
     full = budget.cost(spec, masks, None, 256, table)
     target = 0.3 * full.value(metric)
@@ -169,7 +169,7 @@ def test_a_latency_budget_spends_channels_where_they_are_cheap() -> None:
     """In the made-up target the full-resolution stem and head cost 0.2 ms per channel, a
     block's channel far less: at the same MACs the latency fit is faster than the MAC fit."""
     spec = ResnetSpec(ngf=16, n_blocks=4)
-    g, masks, scores = _masked(spec, seed=1)
+    _, masks, scores = _masked(spec, seed=1)
     table = synthetic_table(spec)
     _, _, by_macs = budget.fit_to_budget(spec, masks, 0.3 * budget.cost(spec, masks).macs_paper,
                                          "paper", 256, scores=scores, latency=table)
@@ -255,3 +255,19 @@ def test_latency_table_on_the_emulated_phone(adb_server: EmulatedAdbServer,  # n
         graphs[len(graphs) // 2].split("--graph=")[1].split()[0]
     assert all("--use_xnnpack=true" in c for c in graphs)
     assert t.validation[0]["measured_ms"] > 0
+
+
+@pytest.mark.parametrize("backend", ["tflite-int8", "ort"])
+def test_latency_table_other_backends(tmp_path: Path, backend: str) -> None:
+    """The int8 backend times the export's int8 files, ORT the ONNX export; both predict."""
+    from dmad.benchmark.latency_table import LatencyTableConfig, build_table
+
+    cfg = LatencyTableConfig(out=tmp_path / "t.json", backend=backend, ngf=4, size=32,
+                             multiple=16, runs=2, warmup=1, rounds=1, validate=1, calibrate=1)
+    t = build_table(cfg)
+    assert t.key["backend"] == backend and t.units["block"].axes == [[4, 16], [4, 16]]
+    assert all(v > 0 for row in t.units["block"].ms for v in row)
+    assert t.validation[0]["measured_ms"] > 0 and t.scale > 0
+    back = LatencyTable.load(cfg.out)
+    assert back.predict(ResnetSpec(ngf=4, n_blocks=9)).ms == t.predict(
+        ResnetSpec(ngf=4, n_blocks=9)).ms
