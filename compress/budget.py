@@ -207,10 +207,12 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
     whose removal loses the least importance per unit of budget saved goes (a block's last
     tile removes the block), and while under ``(1 - tolerance)·target`` the tile that gains the
     most importance per unit of budget is added where it still fits. Stream channels score as
-    the sum over their writers, and are added or dropped in every writer."""
+    the sum over their writers, and are added or dropped in every writer. When even one tile
+    per layer is over the budget, the given (unrounded) widths are returned unchanged."""
     m = multiple
     groups = _groups(spec, masks)
     keep = {k: v.clone().cpu() for k, v in keep.items()}
+    given = {k: v.clone() for k, v in keep.items()}
     el = {n: (eligible[n].cpu() if eligible is not None else torch.ones_like(keep[n]))
           for n in masks}
 
@@ -281,6 +283,9 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
         if best is None:
             break
         _, keep, cur = best
+    if cur.value(metric) > target:
+        # one tile per layer is already over the budget: keep the widths the fit gave
+        return given, cost(spec, masks, given, size, latency)
     for _ in range(1000):  # under the band: add the best tile per unit spent that fits
         if cur.value(metric) >= (1 - tolerance) * target:
             break

@@ -271,3 +271,17 @@ def test_latency_table_other_backends(tmp_path: Path, backend: str) -> None:
     back = LatencyTable.load(cfg.out)
     assert back.predict(ResnetSpec(ngf=4, n_blocks=9)).ms == t.predict(
         ResnetSpec(ngf=4, n_blocks=9)).ms
+
+
+def test_rounding_never_breaks_a_budget_one_tile_per_layer_exceeds() -> None:
+    """Below one tile in every layer, rounding cannot fit: the fit keeps its own widths, under
+    the target (it once returned the rounded architecture above the target)."""
+    spec = ResnetSpec(ngf=16, n_blocks=4)
+    _, masks, scores = _masked(spec, seed=2)
+    table = synthetic_table(spec)
+    one_tile = table.predict(spec, ResnetWidths(8, 8, 8, (0, 0, 0, 0), 8, 8)).ms
+    floor = table.predict(spec, ResnetWidths(1, 1, 1, (0, 0, 0, 0), 1, 1)).ms
+    target = floor + 0.5 * (one_tile - floor)
+    _, _, c = budget.fit_to_budget(spec, masks, target, "ms", 256, scores=scores,
+                                   latency=table, multiple=MULT)
+    assert c.value("ms") <= target < one_tile

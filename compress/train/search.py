@@ -662,7 +662,7 @@ class SearchStage(TeacherStage):
                        "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
                        "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv)),
                        "channels_pruned_by_fit": pruned, "channels_revived": revived,
-                       "within_tolerance": c.value(metric) >= (1 - tol) * target,
+                       "within_tolerance": (1 - tol) * target <= c.value(metric) <= target,
                        "fit_rank": self.scfg.fit_rank, "metric": metric,
                        "width_multiple": self.multiple}
         if c.ms is not None:
