@@ -169,7 +169,8 @@ def resnet9(args: argparse.Namespace) -> None:
         quant = ("fp32",) if name == "full" else ("fp32", "int8")
         if not (d / "generator_fp32.tflite").is_file():
             export_model(ExportConfig(model=d / "model.pt", out=d / "x", size=SIZE,
-                                      quant=quant, force=True, num_eval=2))
+                                      quant=quant, force=True, num_eval=2,
+                                      calib=Path(args.calib), num_calib=8))
             for f in (d / "x").iterdir():
                 f.replace(d / f.name)
         files[name] = d / "generator_fp32.tflite"
@@ -216,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--teacher", required=True, help="the teacher run folder or model file")
     d.add_argument("--table", required=True, help="latency table, XNNPACK fp32")
     d.add_argument("--table-int8", help="latency table, XNNPACK int8 (optional)")
-    d.add_argument("--calib", default="runs/ls/calib256",
-                   help="int8 calibration images at 256² (at least)")
     d.add_argument("--data", default="data/default/unaligned",
                    help="the teacher's data: its testA images are the held-out set")
     r = sub.add_parser("resnet9", help="full ResNet-9 ngf 64: MAC vs latency fits, headline")
@@ -227,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="latency target = the MAC fit's predicted ms ÷ this")
     r.add_argument("--best-int8", help="the best compressed int8 .tflite for the headline")
     for s in (d, r):
+        s.add_argument("--calib", default="runs/ls/calib256",
+                       help="int8 calibration images at 256² (at least)")
         s.add_argument("--work", default="runs/latency_search", help="output folder")
         s.add_argument("--rounds", type=int, default=5, help="timing rounds")
         s.add_argument("--runs", type=int, default=5, help="runs per file and round")
