@@ -345,8 +345,9 @@ def test_compress_with_a_latency_budget_records_predicted_and_measured(
     lat = arch["directions"]["AtoB"]["latency"]
     assert arch["metric"] == "ms" and lat["predicted_ms"] <= target
     assert lat["measured_ms"] > 0 and lat["measured_file"].endswith("generator_fp32.tflite")
-    assert lat["measured_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1,
-                                                  abs=1e-3)
+    # (the record keeps ms to 3 decimals; a tiny model's ms are a few hundredths)
+    assert 1 + lat["measured_error"] == pytest.approx(
+        lat["predicted_ms"] / lat["measured_ms"], rel=0.05)
     other = tmp_path / "lat_batch.json"
     other.write_text(json.dumps(dc.replace(
         table, family={**table.family, "norm": "batch"}).to_json()))
