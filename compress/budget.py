@@ -217,7 +217,7 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
           for n in masks}
 
     def chan_scores(g: str) -> torch.Tensor:
-        return torch.stack([scores[n].detach().cpu().float() for n in groups[g]]).sum(0)
+        return torch.stack([scores[n].detach().cpu().double() for n in groups[g]]).sum(0)
 
     def kept(g: str) -> torch.Tensor:
         return torch.stack([keep[n] for n in groups[g]]).any(0)
@@ -234,11 +234,15 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
                 for x in groups[g]:
                     k[x][c] = False
         elif n > have:
-            elig = torch.stack([el[x] for x in groups[g]]).any(0)
-            rank = torch.where(cur, -torch.inf, s + torch.where(elig, 1e6 * s.abs().max() + 1,
-                                                                0.0))
-            for c in torch.argsort(rank, descending=True)[: n - have].tolist():
-                for x in groups[g]:
+            elig = torch.stack([el[x] for x in groups[g]])
+            # eligible channels first (best-scored), switched-off ones only when needed
+            cand = sorted((c for c in range(len(cur)) if not bool(cur[c])),
+                          key=lambda c: (not bool(elig[:, c].any()), -float(s[c])))
+            for c in cand[: n - have]:
+                # a stream channel needs one writer: the eligible writers, else the best one
+                on = [x for i, x in enumerate(groups[g]) if bool(elig[i, c])] or \
+                    [max(groups[g], key=lambda x: float(scores[x][c]))]
+                for x in on:
                     k[x][c] = True
         return k
 

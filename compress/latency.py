@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dmad.compress.errors import DmadError
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec
 
@@ -142,15 +144,29 @@ class LatencyTable:
             units = {k: Grid([list(map(int, a)) for a in g["axes"]], g["ms"],
                              [int(v) for v in g.get("steps") or []])
                      for k, g in d["units"].items()}
-            return cls(key=dict(d["key"]), family=dict(d["family"]), size=int(d["size"]),
+            table = cls(key=dict(d["key"]), family=dict(d["family"]), size=int(d["size"]),
                        max_widths=dict(d["max_widths"]), multiple=int(d["multiple"]),
                        overhead_ms=float(d["overhead_ms"]), units=units,
                        sweep=dict(d.get("sweep") or {}), scale=float(d.get("scale", 1.0)),
                        calibration=list(d.get("calibration") or []),
                        validation=list(d.get("validation") or []),
                        created=str(d.get("created", "")))
+            missing = [u for u in RESNET_UNITS if u not in units] + [
+                w for w in ("stem", "down1", "stream", "inner", "up1", "up2")
+                if w not in d["max_widths"]]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            for name, g in units.items():
+                if g.steps and len(g.steps) != len(g.axes):
+                    raise ValueError(f"unit {name}: {len(g.steps)} steps for {len(g.axes)} axes")
+                shape = list(np.shape(np.asarray(g.ms, dtype=float)))
+                if shape != [len(a) for a in g.axes] or any(list(a) != sorted(set(a))
+                                                            for a in g.axes):
+                    raise ValueError(f"unit {name}: ms of shape {shape} on axes "
+                                     f"{[len(a) for a in g.axes]} (sorted, distinct)")
+            return table
         except (KeyError, TypeError, ValueError) as exc:
-            raise DmadError(f"latency_table: {p}: malformed table ({exc!r})") from None
+            raise DmadError(f"latency_table: {p}: malformed table ({exc})") from None
 
     def describe(self) -> str:
         k = self.key

@@ -234,8 +234,12 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
     name = {"tflite-xnnpack": "generator_fp32.tflite", "tflite-int8": "generator_int8.tflite",
             "ort": "generator.onnx"}[backend]
     f = out / "export" / "compressed" / name
-    if table.key.get("device") or not f.is_file() or export_size != table.size:
+    from dmad.benchmark.host import machine_info
+
+    other = table.key.get("machine") not in (None, machine_info()["cpu"])
+    if table.key.get("device") or other or not f.is_file() or export_size != table.size:
         why = ("the table is of a phone" if table.key.get("device") else
+               f"the table is of another machine ({table.key.get('machine')})" if other else
                f"no {name} in the export" if not f.is_file() else
                f"export size {export_size} is not the table's {table.size}")
         lat["measured_ms"], lat["measured_note"] = None, f"not measured: {why}"

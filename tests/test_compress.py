@@ -326,10 +326,12 @@ def test_compress_with_a_latency_budget_records_predicted_and_measured(
     are one line and write nothing."""
     import dataclasses as dc
 
+    from dmad.benchmark.host import machine_info
     from dmad.compress.models import ResnetSpec
     from tests.test_latency import synthetic_table
 
     table = dc.replace(synthetic_table(ResnetSpec(ngf=8, n_blocks=3)), size=32)
+    table.key["machine"] = machine_info()["cpu"]  # a table of this CPU: measured here
     f = tmp_path / "lat.json"
     f.write_text(json.dumps(table.to_json()))
     target = round(0.4 * table.predict(ResnetSpec(ngf=8, n_blocks=3)).ms, 3)
@@ -348,6 +350,16 @@ def test_compress_with_a_latency_budget_records_predicted_and_measured(
     # (the record keeps ms to 3 decimals; a tiny model's ms are a few hundredths)
     assert 1 + lat["measured_error"] == pytest.approx(
         lat["predicted_ms"] / lat["measured_ms"], rel=0.05)
+    # a table of another machine is not measured against this CPU
+    from dmad.compress_run import _record_measured
+
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(dc.replace(
+        table, key={**table.key, "machine": "another CPU"}).to_json()))
+    _record_measured(out, str(elsewhere), 32)
+    lat = json.loads((out / "search" / "architecture.json").read_text())["directions"]["AtoB"][
+        "latency"]
+    assert lat["measured_ms"] is None and "another machine" in lat["measured_note"]
     other = tmp_path / "lat_batch.json"
     other.write_text(json.dumps(dc.replace(
         table, family={**table.family, "norm": "batch"}).to_json()))

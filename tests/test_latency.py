@@ -111,6 +111,15 @@ def test_table_file_round_trip_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(DmadError, match="not a dmad latency table"):
         LatencyTable.load(tmp_path / "bad.json")
+    bad = t.to_json()
+    bad["units"]["block"]["ms"] = bad["units"]["block"]["ms"][:-1]
+    (tmp_path / "short.json").write_text(json.dumps(bad))
+    with pytest.raises(DmadError, match=r"malformed table .*unit block: ms of shape"):
+        LatencyTable.load(tmp_path / "short.json")
+    del bad["units"]["head"]
+    (tmp_path / "nohead.json").write_text(json.dumps(bad))
+    with pytest.raises(DmadError, match="missing head"):
+        LatencyTable.load(tmp_path / "nohead.json")
     with pytest.raises(DmadError, match="norm="):
         t.check_spec(ResnetSpec(ngf=16, n_blocks=4, norm="batch"))
     with pytest.raises(DmadError, match="above the table's grid"):

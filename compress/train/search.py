@@ -638,7 +638,12 @@ class SearchStage(TeacherStage):
             if any(bool((recent[n] & ~eligible[n]).any()) for n in masks):
                 tau, keep, c = budget.fit_to_budget(spec, masks, target, metric, size,
                                                     scores=scores, eligible=recent, **fit)
-                revived = sum(int((keep[n] & ~eligible[n]).sum()) for n in masks)
+        # the fit works on the CPU; the masks may live on a GPU
+        keep = {n: k.to(masks[n].weight.device) for n, k in keep.items()}
+        eligible = {n: e.to(masks[n].weight.device) for n, e in eligible.items()}
+        # channels the masks had switched off and the fit kept (the band refit, or rounding
+        # that found too few eligible channels to reach a multiple)
+        revived = sum(int((keep[n] & ~eligible[n]).sum()) for n in masks)
         where: dict[str, int] = {}
         for name, m in masks.items():
             if bool(m.frozen):
