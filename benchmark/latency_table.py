@@ -156,8 +156,8 @@ def random_widths(spec: ResnetSpec, rng: np.random.Generator) -> ResnetWidths:
 class _Timer:
     """Converts unit models the way the export does and times them on the backend."""
 
-    def __init__(self, cfg: LatencyTableConfig, work: Path, say: Callable[[str], None]) -> None:
-        self.cfg, self.work, self.say = cfg, work, say
+    def __init__(self, cfg: LatencyTableConfig, work: Path) -> None:
+        self.cfg, self.work = cfg, work
         self.n = 0
 
     def _files(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int
@@ -197,15 +197,11 @@ class _Timer:
             calib = rng.uniform(-1, 1, (2, h, w, c)).astype(np.float32) if int8 else None
             batch.append((stem, trace(sub, shape), calib))
             stems.append(stem)
-        wanted = sorted(set(variants))
-        files = convert_many(batch, self.work, wanted, recipe)
-        out = []
-        for s, v in zip(stems, variants, strict=True):
-            out.append(files[s][v])
-            for other in wanted:
-                if other != v:
-                    files[s][other].unlink()
-        return out
+        out: dict[str, Path] = {}
+        for v in sorted(set(variants)):  # one conversion per variant, each model converted once
+            group = [b for b, bv in zip(batch, variants, strict=True) if bv == v]
+            out.update({s: f[v] for s, f in convert_many(group, self.work, [v], recipe).items()})
+        return [out[s] for s in stems]
 
     def time(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]],
              stat: str = "median", n_whole: int = 0) -> list[float]:
@@ -285,7 +281,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     mx = max_widths_of(spec)
     work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
     try:
-        timer = _Timer(cfg, work, say)
+        timer = _Timer(cfg, work)
         empty = (nn.Sequential(nn.ReLU()), (1, 1, 8, 8))
         sweep: dict[str, Any] = {}
         multiple = cfg.multiple

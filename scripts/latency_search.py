@@ -139,8 +139,8 @@ def resnet9(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     g = ResnetGenerator(spec)
     masks = attach_masks(g)
-    # channel scores of a trained model are not available for random weights: the L1 norm of
-    # each filter stands in (the same scores for both fits, so they differ by the budget only)
+    # a trained model's Taylor scores do not exist for random weights: seeded random scores
+    # stand in (the same for every fit, so the fits differ by their budget only)
     gen = torch.Generator().manual_seed(0)
     scores = {n: torch.rand(m.channels, generator=gen) for n, m in masks.items()}
     target = int(args.gmacs * 1e9)
