@@ -15,6 +15,8 @@ from typing import Any
 from dmad.benchmark import host, report
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
+from dmad.compress.filekind import describe, sniff
+from dmad.compress.runfolder import check_writable, keep_results, refuse_overwrite, run_lock
 
 FORMAT = "dmad-bench"
 VERSION = 1
@@ -36,6 +38,7 @@ class HostRuns:
         "image side in pixels for models with a dynamic input (default: the models' own, else 256)",
     )
     seed: int = opt(0, "seed of the shared random input")
+    force: bool = opt(False, "replace earlier results in --out (kept without it)")
     order: str = opt("interleaved", "interleaved | blocked | both: timing order of the models "
                      "of one setting (A B A B …, or all runs of A then all of B)")
 
@@ -95,6 +98,15 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
     if not cfg.models:
         raise DmadError("no model given")
     models = [Path(m) for m in cfg.models]
+    out = Path(cfg.out)
+    refuse_overwrite([out / n for n in report.BENCH_FILES], cfg.force, "benchmark results")
+    check_writable(out)
+    with run_lock(out):
+        return _bench(cfg, models, progress)
+
+
+def _bench(cfg: BenchConfig, models: list[Path],
+           progress: Callable[[str], None] | None) -> Path:
     data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "created": _now(),
                             "settings": _settings(cfg), "results": []}
     if cfg.host:
@@ -139,8 +151,20 @@ def bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> Pa
         data["results"] += got["results"]
     if not cfg.host and not cfg.android:
         raise DmadError("nothing to do: --no-host without --android")
-    report.write_bench(data, Path(cfg.out))
+    _write(lambda: report.write_bench(data, Path(cfg.out)), data, Path(cfg.out))
     return Path(cfg.out)
+
+
+def _write(write: Callable[[], object], data: dict[str, Any], out: Path) -> None:
+    """Results are never lost at the end: a folder that refuses them (full, read-only, removed
+    during the run) gets one line, and the measurements go to a temporary file it names."""
+    import json
+
+    try:
+        write()
+    except (OSError, DmadError) as exc:
+        raise keep_results(json.dumps(data, indent=2, default=str), str(out / "results.json"),
+                           exc) from None
 
 
 def _settings(cfg: Any) -> dict[str, Any]:
@@ -200,6 +224,9 @@ def _find_grid(cfg: CompareConfig) -> Path | None:
     if cfg.grid is not None:
         if not Path(cfg.grid).is_file():
             raise DmadError(f"--grid {cfg.grid}: no such file")
+        kind = sniff(Path(cfg.grid))
+        if kind != "png":
+            raise DmadError(f"--grid {cfg.grid}: is {describe(kind)}, expected a PNG image")
         return Path(cfg.grid)
     base = Path(cfg.compressed)
     folder = base if base.is_dir() else base.parent
@@ -226,7 +253,16 @@ def _training_record(infos: list[host.ModelInfo]) -> dict[str, Any]:
 
 def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Benchmark both sides interleaved on every backend both can run, then write the report."""
+    out = Path(cfg.out)
+    refuse_overwrite([out / n for n in report.COMPARE_FILES], cfg.force, "comparison results")
+    check_writable(out)
+    with run_lock(out):
+        return _compare(cfg, progress)
+
+
+def _compare(cfg: CompareConfig, progress: Callable[[str], None] | None) -> Path:
     backends = host.expand_backends(list(cfg.backends))
+    grid = _find_grid(cfg)  # before the measurement: a bad --grid must not cost it
     sides = {"full": _side(cfg.full), "compressed": _side(cfg.compressed)}
     infos: dict[str, list[host.ModelInfo]] = {}
     size = host.resolve_size([f for s in sides.values() for f in s["files"]], cfg.size)
@@ -289,5 +325,5 @@ def compare(cfg: CompareConfig, progress: Callable[[str], None] | None = None) -
     data["models_summary"] = {"full": summary("full"), "compressed": summary("compressed"),
                               "input": "x".join(str(s) for s in first)}
     data["models_summary"]["compressed"].update(_training_record(infos["compressed"]))
-    report.write_compare(data, Path(cfg.out), _find_grid(cfg))
+    _write(lambda: report.write_compare(data, Path(cfg.out), grid), data, Path(cfg.out))
     return Path(cfg.out)

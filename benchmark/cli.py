@@ -54,6 +54,7 @@ def _common(p: argparse.ArgumentParser, cls: type) -> None:
     p.add_argument("--warmup", type=int, default=3, help=_h(cls, "warmup", 3))
     p.add_argument("--size", type=int, help=_h(cls, "size"))
     p.add_argument("--seed", type=int, default=0, help=_h(cls, "seed", 0))
+    p.add_argument("--force", action="store_true", help=_h(cls, "force"))
     from dmad.benchmark.stats import ORDER_CHOICES
 
     default = next(f.default for f in dataclasses.fields(cls) if f.name == "order")
@@ -70,7 +71,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         host=not args.no_host, android=args.android, serial=args.serial,
         delegates=args.delegate, benchmark_binary=args.benchmark_binary, taskset=args.taskset,
         cooldown_s=args.cooldown, android_rounds=args.android_rounds,
-        op_profiling=args.op_profiling, tool=args.tool, adb=args.adb,
+        op_profiling=args.op_profiling, tool=args.tool, adb=args.adb, force=args.force,
     )
     out = bench(cfg, _progress)
     print(f"results in {out}/results.md (and results.json, results.csv)")
@@ -84,7 +85,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = CompareConfig(
         full=args.full, compressed=args.compressed, out=args.out, backends=args.backends,
         threads=args.threads, runs=args.runs, warmup=args.warmup, size=args.size,
-        seed=args.seed, grid=args.grid, order=args.order,
+        seed=args.seed, grid=args.grid, order=args.order, force=args.force,
     )
     out = compare(cfg, _progress)
     import json

@@ -72,6 +72,8 @@ REPORTED_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf1
 
 
 def model_kind(path: Path) -> str:
+    """``torch``, ``onnx`` or ``tflite`` by suffix, once the file is shown to be one that loads
+    (:mod:`dmad.benchmark.verify`; a dmad model file is checked by its loader)."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise DmadError(
@@ -82,6 +84,12 @@ def model_kind(path: Path) -> str:
         raise DmadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DmadError(f"{path}: file is empty (0 bytes)")
+    from dmad.benchmark.verify import verify_onnx, verify_tflite
+
+    if kind == "tflite":
+        verify_tflite(path)  # a corrupt flatbuffer crashes the interpreter: checked in a child
+    elif kind == "onnx":
+        verify_onnx(path)
     return kind
 
 
@@ -343,6 +351,10 @@ def inspect_model(path: Path, size: int | None = None) -> ModelInfo:
         model, _ = load_model(path)
         spec = getattr(model, "spec", None)
         cin = getattr(spec, "input_nc", 3)
+        div = getattr(spec, "divisor", 4)
+        if (size or 256) % div:
+            raise DmadError(f"--size: {size} is not a multiple of {div} for the "
+                            f"{getattr(spec, 'family', 'generator')} in {path}")
         shape = (1, cin, size or 256, size or 256)
         prof = profile(model, shape)
         return ModelInfo(path, kind, shape, prof.macs_true / 1e9, prof.macs_paper / 1e9,

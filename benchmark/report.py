@@ -147,6 +147,11 @@ def render_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
+#: The files ``dmad bench`` and ``dmad compare`` write (kept unless ``--force``).
+BENCH_FILES = ("results.json", "results.csv", "results.md")
+COMPARE_FILES = (*BENCH_FILES, "report.md", "report.html", "latency.png")
+
+
 def write_bench(data: dict[str, Any], out_dir: Path) -> list[Path]:
     """results.json (everything, raw samples included), results.csv, results.md."""
     out_dir.mkdir(parents=True, exist_ok=True)

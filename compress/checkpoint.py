@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dmad.compress.errors import DmadError
@@ -44,8 +45,10 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> N
 def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a dmad model file; returns ``(module in eval mode, meta)``.
 
-    Any problem (not a dmad file, unknown spec field, weights that do not fit the spec) is a
-    one-line :class:`DmadError` naming the file.
+    Any problem (not a dmad file, a field of the wrong type, weights that do not fit the spec,
+    NaN/inf weights) is a one-line :class:`DmadError` naming the file. The spec is first built
+    on the meta device and matched against the file's tensors, so a crafted spec (a huge width)
+    can never allocate more than the file itself holds.
     """
     path = Path(path)
     obj = safe_load(path)
@@ -54,17 +57,65 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
             hint = " (a raw state_dict? convert it with `dmad import`)"
         raise DmadError(f"{path}: not a dmad model file{hint}")
+    state, meta = _checked_parts(path, obj)
     try:
-        spec = spec_from_dict(obj["spec"])
-        model = build(spec)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DmadError(f"{path}: invalid model spec ({exc})") from None
+        with torch.device("meta"):
+            shell = build(spec_from_dict(obj["spec"]))
+    except Exception as exc:  # a crafted spec can fail anywhere in a constructor
+        raise DmadError(f"{path}: invalid model spec ({_first_line(exc)})") from None
+    _match_shapes(path, shell, state)
+    model = build(spec_from_dict(obj["spec"]))
     try:
-        model.load_state_dict(obj["state_dict"], strict=True)
-    except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()
-        raise DmadError(f"{path}: weights do not match its spec ({' '.join(first[:2])})") from None
-    return model.eval(), dict(obj.get("meta") or {})
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise DmadError(f"{path}: weights do not match its spec ({_first_line(exc)})") from None
+    return model.eval(), meta
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _checked_parts(path: Path, obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                            dict[str, Any]]:
+    """The file's state dict (names → finite tensors) and meta (a table), or one line."""
+    if not isinstance(obj.get("spec"), dict):
+        raise DmadError(f"{path}: invalid model file: 'spec' is not a table")
+    state, meta = obj.get("state_dict"), obj.get("meta")
+    if not isinstance(state, dict) or not state:
+        raise DmadError(f"{path}: invalid model file: 'state_dict' is not a table of tensors")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise DmadError(f"{path}: invalid model file: state_dict entry {k!r} is not a tensor")
+    if meta is not None and not isinstance(meta, dict):
+        raise DmadError(f"{path}: invalid model file: 'meta' is not a table")
+    refuse_nonfinite(path, state)
+    return state, dict(meta or {})
+
+
+def refuse_nonfinite(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """NaN/inf weights are refused, naming the first such tensor: a broken model must fail at
+    load, not as a black image or a misleading converter error later."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DmadError(f"{path}: tensor {bad[0]}{more} holds NaN/inf values; the model is "
+                        "broken (a diverged training?), refused")
+
+
+def _match_shapes(path: Path, shell: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    want = shell.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise DmadError(f"{path}: weights do not match its spec ({what})")
+    for k, t in want.items():
+        if tuple(t.shape) != tuple(state[k].shape):
+            raise DmadError(f"{path}: weights do not match its spec ({k}: "
+                            f"{tuple(state[k].shape)} in the file, {tuple(t.shape)} in the spec)")
 
 
 def load_generator(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

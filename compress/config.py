@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dmad.compress.errors import DmadError
+from dmad.compress.limits import SIDE_FIELDS, check_side
 
 T = TypeVar("T")
 
@@ -57,14 +59,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise DmadError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise DmadError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise DmadError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise DmadError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -126,6 +133,8 @@ def field_types(cls: type) -> dict[str, Any]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON file into a dict (one-line error naming the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise DmadError(f"{path}: is a folder, expected a TOML or JSON config file")
     if not path.is_file():
         raise DmadError(f"{path}: config file not found")
     try:
@@ -134,9 +143,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise DmadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DmadError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({exc})"
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} "
+            f"({str(exc)[:200]})"
         ) from None
     if not isinstance(data, dict):
         raise DmadError(f"{path}: expected a table of settings at top level")
@@ -180,6 +192,8 @@ def make_config(
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise DmadError(f"{origin}: unknown config key {key!r}{hint}")
             values[norm] = _coerce(value, types_[norm], f"{origin}: field {norm}")
+            if norm in SIDE_FIELDS and isinstance(values[norm], int):
+                check_side(f"{origin}: field {norm}", values[norm])
     try:
         cfg = cls(**values)
     except ValueError as exc:

@@ -129,10 +129,46 @@ def _held_out(path: Path, size: int):  # type: ignore[no-untyped-def]
                             aligned=layout == "aligned")
 
 
-def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
-    """Compute the metrics, write ``out/eval.json`` and ``out/grid.png``; return the summary."""
-    from dmad.compress.config import read_config_file
+#: The SSIM window's side: a smaller image has no SSIM.
+SSIM_WINDOW = 11
 
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf become null: ``eval.json`` stays valid JSON whatever a model produced."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _check_size(size: int, *models: nn.Module) -> None:
+    if size < SSIM_WINDOW:
+        raise DmadError(f"field size: {size} is below the SSIM window ({SSIM_WINDOW} pixels)")
+    for m in models:
+        div = getattr(m.spec, "divisor", 4)
+        if size % div:
+            raise DmadError(f"field size: {size} is not a multiple of {div} for this "
+                            f"{m.spec.family} generator")
+
+
+def evaluate(cfg: EvalConfig, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """Compute the metrics, write ``out/eval.json`` and ``out/grid.png``; return the summary.
+
+    Earlier results in ``out`` are kept unless ``force``; ``out`` is proven writable before the
+    models run, so a refused folder never costs the evaluation."""
+    from dmad.compress.config import read_config_file
+    from dmad.compress.runfolder import check_writable, refuse_overwrite, run_lock
+
+    refuse_overwrite([out / "eval.json", out / "grid.png"], force, "evaluation results")
+    check_writable(out)
+    with run_lock(out):
+        return _evaluate(cfg, out, read_config_file)
+
+
+def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, Any]:
     device = pick_device(cfg.device)
     spath = Path(cfg.student)
     if not spath.exists():
@@ -151,6 +187,10 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     task = cfg.task or smeta.get("task") or run_cfg.get("task") or "cyclegan"
     size = cfg.size or smeta.get("size") or run_cfg.get("size") or 256
     data = cfg.data or run_cfg.get("data", "")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise DmadError(f"{smeta.get('source') or spath}: the recorded size {size!r} is not an "
+                        "integer; give --size")
+    _check_size(size, student, teacher)
     if cfg.images:
         test = _held_out(Path(cfg.images), size)
     else:
@@ -213,5 +253,6 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
         summary["fid"] = None
         summary["fid_note"] = ("FID/KID skipped: pass --inception PATH to pytorch-fid's "
                                "pt_inception-2015-12-05 weights (never downloaded)")
+    summary = _json_safe(summary)
     atomic_write_json(out / "eval.json", summary)
     return summary

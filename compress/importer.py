@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmad.compress.checkpoint import FORMAT, save_model
+from dmad.compress.checkpoint import FORMAT, refuse_nonfinite, save_model
 from dmad.compress.errors import DmadError
 from dmad.compress.io import safe_load
 from dmad.compress.models import ResnetSpec, UnetSpec, build, spec_from_dict, spec_to_dict
@@ -164,6 +164,7 @@ def _load(path: Path) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any] | 
         while key.startswith("module."):
             key = key[len("module."):]
         items.append((key, value))
+    refuse_nonfinite(path, dict(items))
     return items, file_spec, dropped
 
 
@@ -462,9 +463,16 @@ def infer_arch(path: str | os.PathLike[str]) -> str | None:
 
 
 def import_to_file(
-    path: str | os.PathLike[str], arch: str, out: str | os.PathLike[str], **opts: Any
+    path: str | os.PathLike[str], arch: str, out: str | os.PathLike[str], *, force: bool = False,
+    **opts: Any,
 ) -> ImportReport:
-    """:func:`import_checkpoint` and save the result as a dmad model file at ``out``."""
+    """:func:`import_checkpoint` and save the result as a dmad model file at ``out`` (an
+    existing file only with ``force``)."""
+    out = Path(out)
+    if out.is_dir():
+        raise DmadError(f"--out {out}: is a folder, expected the model file to write")
+    if out.exists() and not force:
+        raise DmadError(f"--out {out}: exists; use --force to replace it or give another path")
     model, report = import_checkpoint(path, arch, **opts)
     save_model(model, out, source=str(path), arch=arch)
     return report

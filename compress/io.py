@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +21,16 @@ from typing import Any, BinaryIO
 import torch
 
 from dmad.compress.errors import DmadError
+from dmad.compress.filekind import TORCH_KINDS, describe, sniff
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextlib.contextmanager
@@ -40,6 +49,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bin
     except OSError as exc:
         raise DmadError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the usual mode
         with os.fdopen(fd, mode) as fh:
             yield fh  # type: ignore[misc]
             fh.flush()
@@ -90,6 +100,12 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
     if path.stat().st_size == 0:
         raise DmadError(f"{path}: file is empty (0 bytes)")
     try:
+        kind = sniff(path)
+    except OSError as exc:
+        raise DmadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if kind not in TORCH_KINDS:
+        raise DmadError(f"{path}: is {describe(kind)}, not a PyTorch checkpoint")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
@@ -98,9 +114,11 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
                 f"{path}: refused, the checkpoint holds pickled code or objects other than "
                 "tensors (loaded with weights_only=True)"
             ) from None
-        raise DmadError(f"{path}: not a readable checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DmadError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+    except MemoryError:
+        raise DmadError(f"{path}: too large to load into this machine's memory") from None
+    except Exception as exc:  # any failure of a corrupt file is the file's fault
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DmadError(
-            f"{path}: not a readable checkpoint, truncated or corrupt ({msg})"
+            f"{path}: not a readable checkpoint, truncated or corrupt ({msg[:200]})"
         ) from None

@@ -1,8 +1,11 @@
 """``dmad``: one console script, one subcommand per stage.
 
 The CLI only parses arguments, builds a stage's config dataclass and calls that stage's one
-function. A :class:`DmadError` is printed as a single ``dmad: error: ...`` line with exit code 2;
-anything else is a bug and keeps its traceback.
+function. A :class:`DmadError` (and an operating-system refusal such as a full disk) is printed
+as a single ``dmad: error: ...`` line with exit code 2; anything else is a bug, printed as one
+``dmad: internal error`` line with exit code 70 (the traceback with ``DMAD_TRACEBACK=1``).
+Before any command runs, its numbers are checked, its ``--out`` may not overwrite an input, and
+the ``--out`` is locked for the command's life (:mod:`dmad.compress.runfolder`).
 """
 
 from __future__ import annotations
@@ -62,12 +65,20 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
 
     saved = args.out / loop.CONFIG
     base = None
+    if args.resume and not (args.out / loop.CHECKPOINT).is_file() \
+            and not (args.out / loop.DONE).is_file():
+        raise DmadError(f"{args.out}: nothing to resume (no {section} checkpoint there); drop "
+                        "--resume to start a new run")
     if args.resume and saved.exists():
         base = read_config_file(saved)
         if saved_key is not None:
             base = base.get(saved_key)
-    return make_config(cls, args.config, _config_overrides(args), section=section, base=base,
-                       base_origin=str(saved))
+            if not isinstance(base, dict):
+                raise DmadError(f"{saved}: has no {saved_key!r} table; not a dmad {section} run")
+    cfg = make_config(cls, args.config, _config_overrides(args), section=section, base=base,
+                      base_origin=str(saved))
+    guard_inputs(args, cfg)
+    return cfg
 
 
 def _common_run_flags(p: argparse.ArgumentParser, **helps: str) -> None:
@@ -93,7 +104,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from dmad.compress.data import make_default_dataset
 
     root = make_default_dataset(
-        args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed
+        args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+        force=args.force,
     )
     print(f"default dataset ready in {root} (unaligned/ for CycleGAN, aligned/ for Pix2Pix)")
     return 0
@@ -147,7 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dmad.compress.evaluate import EvalConfig, evaluate
 
     cfg = make_config(EvalConfig, args.config, _config_overrides(args), section="eval")
-    s = evaluate(cfg, args.out)
+    guard_inputs(args, cfg)
+    s = evaluate(cfg, args.out, force=args.force)
 
     def fmt(v: float | None, unit: str = "") -> str:
         return "n/a" if v is None else f"{v:.3f}{unit}"
@@ -187,7 +200,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         if v is not None
     }
     arch = args.arch or _infer_arch(args.checkpoint)
-    report = import_to_file(args.checkpoint, arch, args.out, norm_stats=args.norm_stats, **opts)
+    report = import_to_file(args.checkpoint, arch, args.out, norm_stats=args.norm_stats,
+                            force=args.force, **opts)
     print(report)
     print(f"wrote {args.out}")
     return 0
@@ -293,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=int, default=24, help="held-out images per side (default: 24)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed; the same seed gives byte-identical images (default: 0)")
+    s.add_argument("--force", action="store_true",
+                   help="replace a dataset `dmad data` made in --out with other settings (a "
+                   "folder dmad did not make is never written)")
     s.set_defaults(func=cmd_data)
 
     s = sub.add_parser("teacher", help="train a CycleGAN or Pix2Pix teacher")
@@ -321,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config field, e.g. --set max_images=8 (repeatable)")
     s.add_argument("--out", type=Path, required=True, help="folder for eval.json and grid.png")
+    s.add_argument("--force", action="store_true",
+                   help="replace an earlier eval.json and grid.png in --out")
     _add_config_flags(s, EvalConfig)
     s.set_defaults(func=cmd_eval)
 
@@ -330,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the checkpoint's generator family: resnet (CycleGAN) | unet (Pix2Pix) "
                    "(default: inferred from the first convolution)")
     s.add_argument("--out", type=Path, required=True, help="dmad model file to write")
+    s.add_argument("--force", action="store_true", help="replace an existing --out file")
     s.add_argument("--ngf", type=int, help="generator base width (default: inferred)")
     s.add_argument("--n-blocks", type=int, help="ResNet blocks (default: inferred)")
     s.add_argument("--num-downs", type=int, help="UNet down-samplings (default: inferred)")
@@ -437,14 +457,99 @@ def _join_torchrun(args: argparse.Namespace) -> None:
     distributed.setup(torch.device("cuda" if cuda else "cpu"))
 
 
+#: Commands whose --force replaces the output as a whole: their --out may not hold an input.
+#: The others write only their own named files, so an --out holding their inputs is normal.
+REPLACES_OUT = ("data", "teacher", "search", "finetune", "export", "compress", "demo")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every number given as a flag: finite, and image sides within this machine's memory."""
+    from dmad.compress.limits import SIDE_FIELDS, check_finite, check_side
+
+    for key, value in vars(args).items():
+        flag = "--" + key.removeprefix("cfg_").replace("_", "-")
+        if isinstance(value, float):
+            check_finite(flag, value)
+        elif key in SIDE_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+            check_side(flag, value)
+
+
+def _input_paths(args: argparse.Namespace) -> dict[str, Any]:
+    """The paths a command was given to read (flags and positionals), by option name."""
+    found: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in ("out", "config", "func") or value is None:
+            continue
+        flag = key.removeprefix("cfg_").replace("_", "-")
+        flag = flag if key in ("checkpoint", "generator", "models") and \
+            not key.startswith("cfg_") else f"--{flag}"
+        if isinstance(value, Path):
+            found[flag] = value
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, Path)
+                                                                for v in value):
+            found[flag] = list(value)
+        elif key.startswith("cfg_") and isinstance(value, str) and value and \
+                Path(value).exists():
+            found[flag] = value
+    return found
+
+
+def guard_inputs(args: argparse.Namespace, cfg: Any = None) -> None:
+    """Refuse an --out equal to, inside, or (for commands replacing it) holding an input: the
+    flags' paths, and those a config file or a resumed run's saved config named."""
+    from dmad.compress.runfolder import refuse_out_over_inputs
+
+    out = getattr(args, "out", None)
+    inputs = _input_paths(args)
+    if cfg is not None and dataclasses.is_dataclass(cfg):
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if f.name != "out" and isinstance(v, str | Path) and str(v) and Path(v).exists():
+                inputs.setdefault(f"--{f.name.replace('_', '-')}", v)
+    refuse_out_over_inputs(out, inputs, contains=args.command in REPLACES_OUT)
+    config = getattr(args, "config", None)
+    if isinstance(config, Path):
+        refuse_out_over_inputs(out, {"--config": config}, contains=False)
+
+
+def _output_lock(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The lock of the command's --out (none for commands that write nothing, and only rank 0
+    under torchrun: the other ranks never write)."""
+    import contextlib
+
+    from dmad.compress.runfolder import run_lock
+    from dmad.compress.train import distributed
+
+    out = getattr(args, "out", None)
+    if not isinstance(out, Path) or not distributed.is_main():
+        return contextlib.nullcontext()
+    return run_lock(out)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """An exception dmad did not foresee: one line and exit 70, the traceback only on request
+    (DMAD_TRACEBACK=1), so a user never faces a stack dump but a bug is still a bug."""
+    import os
+
+    if os.environ.get("DMAD_TRACEBACK"):
+        raise exc
+    first = " ".join(str(exc).split())[:300]
+    print(f"dmad: internal error: {type(exc).__name__}: {first} (a bug in dmad; rerun with "
+          "DMAD_TRACEBACK=1 and report the traceback)", file=sys.stderr)
+    return 70
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if isinstance(getattr(args, "config", None), Path):
             args.config = resolve_preset(args.config)
+        _check_numbers(args)
+        guard_inputs(args)
         _join_torchrun(args)
-        return int(args.func(args) or 0)
+        with _output_lock(args):
+            return int(args.func(args) or 0)
     except DmadError as exc:
         print(f"dmad: error: {exc}", file=sys.stderr)
         return 2
@@ -453,6 +558,16 @@ def main(argv: list[str] | None = None) -> int:
             "dmad: interrupted (the last checkpoint is kept; rerun with --resume)", file=sys.stderr
         )
         return 130
+    except MemoryError:
+        print("dmad: error: out of memory (a smaller --size or --batch-size needs less)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dmad: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the last line of defence, see _internal_error
+        return _internal_error(exc)
 
 
 if __name__ == "__main__":

@@ -256,7 +256,13 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
 
 def _saved_args(out: Path) -> dict[str, Any] | None:
     path = out / ARGS
-    return read_config_file(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = read_config_file(path)
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("tables", {}), dict):
+        raise DmadError(f"{path}: not a dmad compress record (no 'config' table); use --force "
+                        "to start the run over")
+    return saved
 
 
 def _check_same(saved: dict[str, Any], given: dict[str, Any], out: Path) -> None:
@@ -278,6 +284,9 @@ def build_config(args_overrides: dict[str, Any], config_file: Path | None, out: 
     """The run's config: saved arguments when resuming (checked against what was given), then
     ``--config``'s ``[compress]`` table, then flags. Returns it and the file's stage tables."""
     saved = _saved_args(out) if resume else None
+    if resume and saved is None:
+        raise DmadError(f"{out}: nothing to resume (no {ARGS} there); drop --resume to start a "
+                        "new run")
     given = dict(args_overrides)
     tables: dict[str, Any] = {}
     if config_file is not None:
@@ -302,8 +311,8 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
     """All checks, then the run folder: compress.json, split.json, the imported teacher."""
     from dmad.compress.data.split import make_split
 
-    saved = _saved_args(out)
-    if saved is not None and not resume and not force:
+    saved = _saved_args(out) if not force else None
+    if (out / ARGS).is_file() and not resume and not force:
         raise DmadError(f"{out}: holds a dmad compress run; use --resume to continue it or "
                         "--force to start over")
     if out.exists() and not out.is_dir():
@@ -321,6 +330,9 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
     split = None
     if not teacher.full_objective:
         if resume and (out / SPLIT).is_file():
+            from dmad.compress.data.split import ImageSplit
+
+            ImageSplit.load(out / SPLIT)  # checked now, not by the stage that first reads it
             split = None  # the saved one is reused by every stage
         else:
             split = make_split(Path(cfg.images), Path(cfg.val) if cfg.val else None, size=size,
@@ -356,6 +368,11 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     from dmad.compress.train.search import SearchConfig, search
 
     tables = tables or {}
+    if resume and (out / loop.DONE).is_file() and distributed.is_main():
+        done = read_config_file(out / loop.DONE)
+        print(f"[compress] {out}: finished already, nothing to resume (results in "
+              f"{out / 'report.md'}); use --force to redo it")
+        return done
 
     def prepare() -> tuple[_Teacher, Path | None]:
         t, sp = _prepare(cfg, out, resume=resume, force=force, tables=tables)
@@ -410,7 +427,7 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
                       images=str(split) if split is not None else "",
                       data="" if split is not None else cfg.images, size=cfg.export_size,
                       inception=cfg.inception, device=cfg.device)
-    ev = evaluate(ecfg, out / "eval")
+    ev = evaluate(ecfg, out / "eval", force=True)  # the run's own folder, redone on resume
     times["eval"] = time.time() - t
     print(f"[compress] eval      {times['eval']:7.1f} s  {ev['images']} whole held-out images "
           f"at {cfg.export_size}²: PSNR vs teacher {ev['psnr_vs_teacher']:.2f} dB, SSIM "
@@ -447,9 +464,9 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     total = sum(times.values())
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     print(f"[compress] total     {total:7.1f} s  ({parts})")
+    where = f"; .tflite files in {out / 'export' / 'compressed'}" if cfg.export else ""
     print(f"[compress] compressed generator: {out / 'finetune' / 'student_G_AtoB.pt'} (best "
-          f"held-out step {summary['best_step']}); .tflite files in "
-          f"{out / 'export' / 'compressed'}")
+          f"held-out step {summary['best_step']}){where}")
     return summary
 
 

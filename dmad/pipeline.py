@@ -67,6 +67,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
             n_train=int(data.get("n_train", 200)),
             n_test=int(data.get("n_test", 24)),
             seed=int(data.get("seed", 0)),
+            force=force,
         )
     times["data"] = time.time() - t
     print(f"[demo] data      {times['data']:7.1f} s")
@@ -120,7 +121,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
         student = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
         overrides = {} if "student" in settings["eval"] else {"student": str(student)}
         ecfg = make_config(EvalConfig, path, overrides, section="eval")
-        ev = evaluate(ecfg, out / "eval")
+        ev = evaluate(ecfg, out / "eval", force=True)  # the demo's own folder
         times["eval"] = time.time() - t
         print(f"[demo] eval      {times['eval']:7.1f} s  PSNR vs teacher "
               f"{ev['psnr_vs_teacher']:.2f} dB, SSIM {ev['ssim_vs_teacher']:.3f}, MACs "
@@ -191,7 +192,7 @@ def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> Non
         print("[demo] compare: skipped (finished)")
         return
     compare(CompareConfig(full=out / "export" / "full", compressed=out / "export" / "compressed",
-                          out=out, **_timing(section),
+                          out=out, **_timing(section), force=True,
                           grid=out / "eval" / "grid.png" if (out / "eval" / "grid.png").exists()
                           else None))
     _compare_at_phone_size(section, out)
@@ -234,7 +235,7 @@ def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
     timing["backends"] = tuple(b for b in timing["backends"] if b in ("torch", "ort")) or (
         "torch", "ort")
     compare(CompareConfig(full=pts[0], compressed=pts[1], out=sub,  # type: ignore[arg-type]
-                          size=PHONE_SIZE, **timing))
+                          size=PHONE_SIZE, force=True, **timing))
     import json
 
     rows = json.loads((sub / "results.json").read_text())["comparison"]

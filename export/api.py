@@ -404,17 +404,22 @@ def _images(cfg: ExportConfig, channels: int, needs_calib: bool
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
+    """The scratch folder beside ``out``. Scratch and old folders of an earlier export of the
+    same ``out`` that was killed are removed first: the caller holds ``out``'s lock, so no
+    live export owns them."""
     if out.exists() and not out.is_dir():
         raise DmadError(f"{out}: exists and is a file, expected an output folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise DmadError(f"{out}: output folder is not empty (use --force to replace it)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        for pattern in (f".{out.name}.export-tmp-*", f".{out.name}.export-old-*"):
+            for stale in out.parent.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
+        tmp.mkdir()
     except OSError as exc:
         raise DmadError(f"{out}: cannot create ({exc.strerror or exc})") from None
-    tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     return tmp
 
 
@@ -446,7 +451,19 @@ def _check_finite(name: str, par: dict[str, Any]) -> None:
 
 
 def export_model(cfg: ExportConfig) -> ExportResult:
-    """Export one generator to ONNX and the requested TFLite variants, verified (module doc)."""
+    """Export one generator to ONNX and the requested TFLite variants, verified (module doc).
+
+    ``out`` may not be, sit inside or hold an input (``--force`` replaces it as a whole), and
+    it is locked against a second export for the whole run."""
+    from dmad.compress.runfolder import refuse_out_over_inputs, run_lock
+
+    refuse_out_over_inputs(cfg.out, {"--run": cfg.run, "--model": cfg.model,
+                                     "--split": cfg.split, "--calib": cfg.calib})
+    with run_lock(cfg.out):
+        return _export_model(cfg)
+
+
+def _export_model(cfg: ExportConfig) -> ExportResult:
     from dmad.compress.arch import profile
     from dmad.compress.models import spec_to_dict
     from dmad.export import tflite
@@ -494,6 +511,10 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     try:
         shape = (1, channels, cfg.size, cfg.size)
         ref = _torch_out(model, evals)
+        if not np.isfinite(ref).all():
+            raise DmadError(f"{source.get('file') or source.get('run') or 'the model'}: its "
+                            "PyTorch output holds NaN/inf on the evaluation images; the model "
+                            "is broken, nothing exported")
         deploy, rw = deploy_rewrite(model, pad=cfg.rewrite, norm=cfg.rewrite)
         rw_err = float(np.abs(_torch_out(deploy, evals) - ref).max())
         if rw_err > REWRITE_TOL:

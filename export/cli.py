@@ -68,8 +68,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(res.table)
     for note in res.report["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
-    print(f"wrote {res.out} (parity.json, generator.onnx, "
-          f"{', '.join(p.name for p in res.files.values())}) in {res.seconds:.0f} s")
+    names = sorted(p.name for p in res.out.iterdir() if p.suffix in (".onnx", ".tflite"))
+    print(f"wrote {res.out} (parity.json, {', '.join(names)}) in {res.seconds:.0f} s")
     if res.android is not None:
         from dmad.export.android import asset_name
 

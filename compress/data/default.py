@@ -36,7 +36,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 
-MARKER = "DONE.json"
+#: The dataset's marker: its parameters, written last. Its name is dmad-data.json (DONE.json in
+#: datasets made before; still recognised) so a dataset never shares a marker with a run folder.
+MARKER = "dmad-data.json"
+OLD_MARKER = "DONE.json"
 _VERSION = "dmad-default-shapes-v1"
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -139,10 +142,10 @@ def _expected(n_train: int, n_test: int) -> dict[str, int]:
     }
 
 
-def _is_complete(root: Path, params: dict) -> bool:
+def _is_complete(root: Path, params: dict, marker: str = MARKER) -> bool:
     """True when the marker holds ``params`` and every folder has its file count."""
     try:
-        if json.loads((root / MARKER).read_text(encoding="utf-8")) != params:
+        if json.loads((root / marker).read_text(encoding="utf-8")) != params:
             return False
         for sub, n in _expected(params["n_train"], params["n_test"]).items():
             if sum(1 for p in (root / sub).iterdir() if p.suffix == ".png") != n:
@@ -172,19 +175,58 @@ def _generate(tmp: Path, size: int, n_train: int, n_test: int, seed: int) -> Non
                 os.fsync(fh.fileno())  # durable before the marker says "complete"
 
 
+def _owned(root: Path) -> dict | None:
+    """The parameters of a dataset ``dmad data`` wrote in ``root`` (None: not one of ours)."""
+    for name in (MARKER, OLD_MARKER):
+        try:
+            got = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(got, dict) and got.get("generator") == _VERSION:
+            return got
+    return None
+
+
+def _claim(root: Path, params: dict, force: bool) -> None:
+    """Refuse to write into a folder dmad did not make, or over another dataset without force.
+
+    Only an empty (or new) folder, or one holding a dataset of ours, is written; ``--force``
+    lets a dataset of ours with other parameters be replaced, never a folder of the user's."""
+    if root.exists() and not root.is_dir():
+        raise DmadError(f"{root}: exists and is a file, expected a dataset folder")
+    if not root.is_dir() or not any(p for p in root.iterdir() if not p.name.startswith(
+            ".default-gen-")):
+        return
+    got = _owned(root)
+    if got is None:
+        raise DmadError(f"{root}: is not empty and holds no dataset made by `dmad data`; give "
+                        "an empty or new --out (nothing there was changed)")
+    if {k: v for k, v in got.items() if k != "complete"} != params and not force:
+        raise DmadError(f"{root}: holds a default dataset made with other settings "
+                        f"({got.get('size')}px, {got.get('n_train')} training images, seed "
+                        f"{got.get('seed')}); "
+                        "use --force to replace it or give another --out")
+
+
 def make_default_dataset(
-    root: Path, *, size: int = 64, n_train: int = 200, n_test: int = 24, seed: int = 0
+    root: Path, *, size: int = 64, n_train: int = 200, n_test: int = 24, seed: int = 0,
+    force: bool = False,
 ) -> Path:
     """Write (or reuse) the default dataset under ``root`` and return ``root``.
 
-    Idempotent: if ``root/DONE.json`` records the same parameters and the files are all there,
-    nothing is written. Otherwise the old ``unaligned/``, ``aligned/`` and marker are removed
-    (other files in ``root`` are left alone) and the set is regenerated.
-    """
+    Idempotent: if the marker records the same parameters and the files are all there, nothing
+    is written. A folder is written only when it is new, empty or a dataset of ours (other
+    parameters: only with ``force``); then ``unaligned/`` and ``aligned/`` are regenerated."""
     root = Path(root)
     for name, value, low in (("size", size, 16), ("n_train", n_train, 1), ("n_test", n_test, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DmadError(f"{name}: must be an integer >= {low}, got {value!r}")
+    if n_train > 100_000 or n_test > 100_000:
+        raise DmadError("n_train/n_test: at most 100000 images per side, got "
+                        f"{max(n_train, n_test)}")
+    from dmad.compress.limits import check_side
+
+    check_side("size", size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DmadError(f"seed: must be an integer >= 0, got {seed!r}")
     params = {
@@ -194,15 +236,22 @@ def make_default_dataset(
         "n_test": n_test,
         "seed": seed,
     }
-    if _is_complete(root, params):
-        return root
+    for name in (MARKER, OLD_MARKER):
+        if _owned(root) == params and _is_complete(root, params, name):
+            return root
+    _claim(root, params, force)
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Marker first, so a kill from here on leaves the folder marked incomplete.
         (root / MARKER).unlink(missing_ok=True)
+        if _owned(root) is not None:
+            (root / OLD_MARKER).unlink(missing_ok=True)
         for stale in root.glob(".default-gen-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".default-gen-", dir=root))
+        # Marked as ours, incomplete, before anything else is written: a kill leaves a folder
+        # the next run may finish, never one it would refuse as the user's.
+        atomic_write_json(root / MARKER, {**params, "complete": False})
     except OSError as exc:
         why = exc.strerror or exc
         raise DmadError(f"{root}: cannot write the default dataset ({why})") from None

@@ -55,6 +55,22 @@ class ImageSplit:
     def from_dict(cls, obj: dict[str, Any], where: str = "split.json") -> ImageSplit:
         if not isinstance(obj, dict) or obj.get("format") != SPLIT_FORMAT:
             raise DmadError(f"{where}: not a dmad image split")
+        want = {"root": str, "layout": str, "train": list, "val": list, "val_source": str}
+        for key, tp in want.items():
+            if not isinstance(obj.get(key), tp):
+                raise DmadError(f"{where}: field {key!r} is missing or not a {tp.__name__}; "
+                                "not a valid image split")
+        for key in ("train", "val"):
+            if not all(isinstance(p, str) and p for p in obj[key]):
+                raise DmadError(f"{where}: field {key!r} must list image paths")
+        if obj["layout"] not in ("folder", "unaligned", "aligned"):
+            raise DmadError(f"{where}: field 'layout' is {obj['layout']!r}, not folder, "
+                            "unaligned or aligned")
+        if not obj["train"] and not obj["val"]:
+            raise DmadError(f"{where}: lists no images")
+        skipped = obj.get("skipped", [])
+        if not isinstance(skipped, list) or not isinstance(obj.get("paired", False), bool):
+            raise DmadError(f"{where}: fields 'skipped'/'paired' have the wrong type")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in names})
 
@@ -62,8 +78,9 @@ class ImageSplit:
     def load(cls, path: Path) -> ImageSplit:
         try:
             obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DmadError(f"{path}: cannot read the image split ({exc})") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+            raise DmadError(f"{path}: cannot read the image split ({why})") from None
         return cls.from_dict(obj, str(path))
 
 

@@ -465,6 +465,9 @@ class FinetuneStage(TeacherStage):
 def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: bool = False,
              max_steps: int | None = None) -> dict[str, Any]:
     """Fine-tune the pruned student(s) into ``out``; the one verb behind ``dmad finetune``."""
+    done = loop.finished_run(out, resume)
+    if done is not None:
+        return done
     students, search_D, teacher_path = _students(cfg)
     if not teacher_path:
         raise DmadError("field teacher: not given and the search run does not name one")

@@ -90,9 +90,35 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     distributed.on_main(lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
 
 
+def finished_run(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """``--resume`` of a finished run: its DONE summary, and nothing on disk changes."""
+    def check() -> dict[str, Any] | None:
+        if not (resume and (run_dir / DONE).is_file()):
+            return None
+        from dmad.compress.config import read_config_file
+
+        print(f"{run_dir}: finished already, nothing to resume (use --force to redo it)",
+              file=sys.stderr)
+        return read_config_file(run_dir / DONE)
+
+    return distributed.on_main(check)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return any((run_dir / n).exists() for n in (CHECKPOINT, DONE, CONFIG, LOG))
+
+
 def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     done = (run_dir / DONE).exists()
     started = (run_dir / CHECKPOINT).exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DmadError(f"{run_dir}: exists and is not a folder")
+    if resume and not started and not done:
+        raise DmadError(f"{run_dir}: nothing to resume (no {CHECKPOINT}); drop --resume to "
+                        "start a new run")
+    if run_dir.is_dir() and not _holds_run(run_dir) and any(run_dir.iterdir()) and not force:
+        raise DmadError(f"{run_dir}: is not empty and holds no dmad run; give a new --out or "
+                        "--force to write into it")
     if force and run_dir.exists():
         for name in (CHECKPOINT, LOG, DONE):
             (run_dir / name).unlink(missing_ok=True)

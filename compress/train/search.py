@@ -915,6 +915,9 @@ def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str
 def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = False,
            max_steps: int | None = None) -> dict[str, Any]:
     """Run the DMAD search into ``out``; the one verb behind ``dmad search``."""
+    done = loop.finished_run(out, resume)
+    if done is not None:
+        return done
     teacher = load_teacher(cfg)
     tcfg = training_config(cfg, teacher)
     split = None

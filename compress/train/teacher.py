@@ -487,6 +487,9 @@ def train_teacher(
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a teacher into ``out``; the one verb behind ``dmad teacher``."""
+    done = loop.finished_run(out, resume)
+    if done is not None:
+        return done
     loop.prepare_run_dir(out, resume=resume, force=force)
     cfg.batch_size = loop.per_rank_batch(out, resume, cfg.batch_size)
     stage = TeacherStage(cfg)

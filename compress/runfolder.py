@@ -1,0 +1,222 @@
+"""Output-folder safety: one writer per output, inputs never under ``--out``, writable checks.
+
+A user's files are sacred. Three rules hold for every command that writes:
+
+* **one writer**: :func:`run_lock` holds an exclusive lock on an output (a folder or a file) for
+  the command's life. The lock is a ``flock`` on ``.NAME.dmad-lock`` beside the output, so the
+  kernel releases it when its process dies however it dies; a second writer gets one line
+  naming the holder (pid, host, command, start time) instead of silently racing the first.
+* **no output over an input**: :func:`refuse_out_over_inputs` refuses an ``--out`` that is, is
+  inside or contains one of the command's inputs, so ``--force`` can never delete what the
+  command reads.
+* **no late surprise**: :func:`check_writable` proves an output folder can take a file before a
+  long measurement starts, and :func:`keep_results` writes results somewhere when the folder
+  refuses them at the end, printing where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dmad.compress.errors import DmadError
+
+LOCK_SUFFIX = ".dmad-lock"
+
+#: Locks this process holds: lock path → [fd, depth]. Re-entrant, because one command's verb
+#: calls others that lock their own outputs (``dmad compress`` runs search, fine-tune, export).
+_HELD: dict[str, list[int]] = {}
+
+
+def lock_path(out: str | os.PathLike[str]) -> Path:
+    """The lock file of ``out``: ``.NAME.dmad-lock`` beside it (works for files and folders,
+    and is never moved or deleted by a command that replaces the output as a whole)."""
+    p = Path(os.path.abspath(out))
+    return p.parent / f".{p.name}{LOCK_SUFFIX}"
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return (f"pid {info['pid']} on {info['host']} since {info['started']}: "
+                f"{info.get('command', '?')}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(path: Path) -> bool:
+    """A lock file left by a dead process of this host (used where flock is unsupported)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return info["host"] == socket.gethostname() and not _pid_alive(int(info["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+def _open_locked(path: Path, out: Path) -> int:
+    """An fd of ``path`` holding its exclusive flock (the file re-checked to be the one on disk,
+    so a holder unlinking it at release never lets two processes hold two inodes)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DmadError(f"{out}: in use by another dmad run ({_holder(path)}); wait for "
+                                "it to finish or give another --out") from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                return _open_exclusive(path, out)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _open_exclusive(path: Path, out: Path) -> int:
+    """Fallback where the file system has no flock: O_EXCL creation, a dead holder's file of
+    this host removed first."""
+    for _ in range(2):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if not _stale(path):
+                raise DmadError(f"{out}: in use by another dmad run ({_holder(path)}); wait for "
+                                "it to finish or give another --out") from None
+            path.unlink(missing_ok=True)
+    raise DmadError(f"{out}: cannot take the run lock {path}")
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike[str], command: str | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock of output ``out`` for the ``with`` block (re-entrant)."""
+    path = lock_path(out)
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path, Path(out))
+    except OSError as exc:
+        raise DmadError(f"{out}: cannot create or lock ({exc.strerror or exc})") from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "command": command or " ".join(["dmad", *sys.argv[1:]])[:300]}
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    _HELD[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _resolved(p: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(p))))
+
+
+def refuse_out_over_inputs(out: str | os.PathLike[str] | None,
+                           inputs: Mapping[str, Any], *, contains: bool = True) -> None:
+    """Refuse an ``--out`` equal to, inside, or (``contains``) holding an input path.
+
+    ``inputs`` maps the option's name to a path (``None``/``""`` and paths that do not exist
+    are ignored). ``contains=False`` suits commands that write only their own named files
+    (``eval.json``, ``results.json``), where an ``--out`` holding the input models is normal
+    and nothing in it is ever deleted."""
+    if out is None or str(out) == "":
+        return
+    o = _resolved(out)
+    for flag, value in inputs.items():
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if item is None or str(item) == "" or not Path(str(item)).exists():
+                continue
+            q = _resolved(item)
+            if o == q:
+                raise DmadError(f"--out {out}: is the input {flag} {item}; writing there would "
+                                "destroy it, give another --out")
+            if q.is_dir() and q in o.parents:
+                raise DmadError(f"--out {out}: is inside the input {flag} {item}; give an "
+                                "--out outside it")
+            if contains and o in q.parents:
+                raise DmadError(f"--out {out}: contains the input {flag} {item}; --force "
+                                "could delete it, give another --out")
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Prove ``folder`` takes a file before a long job fills it: an existing folder is probed
+    with a real file; a missing one needs its nearest existing parent to be a writable folder
+    (nothing is created, so a command refused later leaves no empty folder behind)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DmadError(f"{folder}: exists and is a file, expected an output folder")
+    if not folder.exists():
+        parent = next((p for p in Path(os.path.abspath(folder)).parents if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise DmadError(f"{folder}: cannot be created ({parent} is not a folder)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DmadError(f"{folder}: cannot be created ({parent} is not writable)")
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dmad-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DmadError(f"{folder}: cannot write here ({exc.strerror or exc})") from None
+
+
+def refuse_overwrite(paths: list[Path], force: bool, what: str = "results") -> None:
+    """Files a command would replace: refused unless ``--force``."""
+    if force:
+        return
+    found = [p for p in paths if p.exists()]
+    if found:
+        raise DmadError(f"{found[0]}: earlier {what} are there; use --force to replace them or "
+                        "give another --out")
+
+
+def keep_results(text: str, name: str, exc: BaseException) -> DmadError:
+    """Results the output folder refused: saved in the temporary folder, the error says where."""
+    fd, path = tempfile.mkstemp(prefix=f"dmad-{Path(name).stem}-", suffix=Path(name).suffix)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    why = getattr(exc, "strerror", None) or str(exc)
+    return DmadError(f"{name}: cannot be written ({why}); the results are kept in {path}")
+
+
+__all__ = ["LOCK_SUFFIX", "check_writable", "keep_results", "lock_path",
+           "refuse_out_over_inputs", "refuse_overwrite", "run_lock"]
