@@ -61,6 +61,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bin
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+    except OSError as exc:  # a full disk, a file-size limit: the file named, the old one kept
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DmadError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -128,7 +128,10 @@ def run_lock(out: str | os.PathLike[str], command: str | None = None) -> Iterato
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _open_locked(path, Path(out))
     except OSError as exc:
-        raise DmadError(f"{out}: cannot create or lock ({exc.strerror or exc})") from None
+        blocker = next((p for p in Path(os.path.abspath(out)).parents
+                        if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or exc)
+        raise DmadError(f"{out}: cannot write here ({why})") from None
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "command": command or " ".join(["dmad", *sys.argv[1:]])[:300]}
@@ -210,11 +213,20 @@ def refuse_overwrite(paths: list[Path], force: bool, what: str = "results") -> N
 
 
 def keep_results(text: str, name: str, exc: BaseException) -> DmadError:
-    """Results the output folder refused: saved in the temporary folder, the error says where."""
-    fd, path = tempfile.mkstemp(prefix=f"dmad-{Path(name).stem}-", suffix=Path(name).suffix)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    """Results the output folder refused: saved in the temporary folder, or printed on stdout
+    when no file can take them (a file-size limit, a full disk), and the error says where."""
     why = getattr(exc, "strerror", None) or str(exc)
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"dmad-{Path(name).stem}-", suffix=Path(name).suffix)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        with contextlib.suppress(OSError, NameError):
+            os.unlink(path)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return DmadError(f"{name}: cannot be written ({why}); no file could take the results, "
+                         "they are printed on stdout above")
     return DmadError(f"{name}: cannot be written ({why}); the results are kept in {path}")
 
 

@@ -287,11 +287,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end like every other error: one ``dmad: error:`` line, exit 2 (the usage
+    is one ``--help`` away)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"dmad: error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dmad import __version__
     from dmad.compress.train.teacher import TeacherConfig
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="dmad",
         description="Compress image-to-image GAN generators (DMAD) and ship them to phones.",
     )

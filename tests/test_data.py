@@ -136,7 +136,7 @@ def default_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_layout_and_sizes(default_root: Path) -> None:
-    marker = json.loads((default_root / "DONE.json").read_text())
+    marker = json.loads((default_root / "dmad-data.json").read_text())
     assert {k: marker[k] for k in ("size", "n_train", "n_test", "seed")} == {**SMALL, "seed": 0}
     for sub, n in [("trainA", 6), ("trainB", 6), ("testA", 2), ("testB", 2)]:
         paths = list_images(default_root / "unaligned" / sub)
@@ -192,10 +192,14 @@ def test_default_rerun_does_not_rewrite(tmp_path: Path) -> None:
 def test_default_other_params_regenerate_cleanly(tmp_path: Path) -> None:
     root = make_default_dataset(tmp_path / "d", **SMALL)
     (root / "notes.txt").write_text("user file")
-    make_default_dataset(root, size=32, n_train=3, n_test=1)
+    before = _files(root)
+    with pytest.raises(DmadError, match=r"other settings.*--force"):
+        make_default_dataset(root, size=32, n_train=3, n_test=1)
+    assert _files(root) == before
+    make_default_dataset(root, size=32, n_train=3, n_test=1, force=True)
     assert len(list_images(root / "unaligned" / "trainA")) == 3
     assert len(list_images(root / "aligned" / "val")) == 1
-    assert json.loads((root / "DONE.json").read_text())["n_train"] == 3
+    assert json.loads((root / "dmad-data.json").read_text())["n_train"] == 3
     assert (root / "notes.txt").read_text() == "user file"
     fresh = _files(make_default_dataset(tmp_path / "fresh", size=32, n_train=3, n_test=1))
     assert {k: v for k, v in _files(root).items() if k != "notes.txt"} == fresh
@@ -204,8 +208,10 @@ def test_default_other_params_regenerate_cleanly(tmp_path: Path) -> None:
 def test_default_interrupted_run_is_redone(tmp_path: Path) -> None:
     root = make_default_dataset(tmp_path / "d", **SMALL)
     reference = _files(root)
-    # A kill before the marker: no DONE.json, a missing file, a stale temporary folder.
-    (root / "DONE.json").unlink()
+    # A kill mid-generation: the marker says incomplete, a file is missing, a stale
+    # temporary folder is left.
+    marker = json.loads((root / "dmad-data.json").read_text())
+    (root / "dmad-data.json").write_text(json.dumps({**marker, "complete": False}))
     (root / "unaligned" / "trainB" / "0003.png").unlink()
     (root / ".default-gen-stale").mkdir()
     make_default_dataset(root, **SMALL)
@@ -215,6 +221,26 @@ def test_default_interrupted_run_is_redone(tmp_path: Path) -> None:
     (root / "aligned" / "train" / "0000.png").unlink()
     make_default_dataset(root, **SMALL)
     assert _files(root) == reference
+
+
+def test_default_never_writes_into_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "u" / "unaligned" / "trainA" / "photo.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's photo")
+    for force in (False, True):
+        with pytest.raises(DmadError, match="holds no dataset made by `dmad data`"):
+            make_default_dataset(tmp_path / "u", size=32, n_train=2, n_test=1, force=force)
+    assert mine.read_bytes() == b"the user's photo"
+    assert sorted(p.name for p in (tmp_path / "u").rglob("*")) == ["photo.png", "trainA",
+                                                                  "unaligned"]
+
+
+def test_default_old_marker_is_still_ours(tmp_path: Path) -> None:
+    root = make_default_dataset(tmp_path / "d", **SMALL)
+    (root / "dmad-data.json").rename(root / "DONE.json")  # a dataset made before the rename
+    before = _files(root)
+    assert make_default_dataset(root, **SMALL) == root
+    assert _files(root) == before
 
 
 def test_default_bad_parameters(tmp_path: Path) -> None:

@@ -313,7 +313,7 @@ CASES = [
     Case("teacher-set-unknown-key", set_unknown_key, "unknown config key"),
     Case("teacher-set-wrong-type", set_wrong_type, "expected an integer"),
     # teacher: run folders and checkpoints
-    Case("teacher-out-under-a-file", out_under_file, "cannot create the run folder"),
+    Case("teacher-out-under-a-file", out_under_file, "cannot write here"),
     Case("teacher-finished-without-force", teacher_finished, "finished run; use --force"),
     Case("teacher-unfinished-without-resume", teacher_unfinished, "unfinished run; use --resume"),
     Case("teacher-resume-search-checkpoint", teacher_resume_search_ckpt,
