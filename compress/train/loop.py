@@ -90,6 +90,16 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     distributed.on_main(lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
 
 
+def run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
+    """The run folder's lock for a stage called from Python (the CLI already holds it: the lock
+    is re-entrant); only rank 0 takes it, the other ranks of a torchrun job never write."""
+    import contextlib
+
+    from dmad.compress.runfolder import run_lock as lock
+
+    return lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+
+
 def finished_run(run_dir: Path, resume: bool) -> dict[str, Any] | None:
     """``--resume`` of a finished run: its DONE summary, and nothing on disk changes."""
     def check() -> dict[str, Any] | None:
