@@ -57,13 +57,13 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
             hint = " (a raw state_dict? convert it with `dmad import`)"
         raise DmadError(f"{path}: not a dmad model file{hint}")
-    state, meta = _checked_parts(path, obj)
+    state, meta = checked_parts(path, obj)
     try:
         with torch.device("meta"):
             shell = build(spec_from_dict(obj["spec"]))
     except Exception as exc:  # a crafted spec can fail anywhere in a constructor
         raise DmadError(f"{path}: invalid model spec ({_first_line(exc)})") from None
-    _match_shapes(path, shell, state)
+    match_shapes(path, shell, state)
     model = build(spec_from_dict(obj["spec"]))
     try:
         model.load_state_dict(state, strict=True)
@@ -77,8 +77,8 @@ def _first_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _checked_parts(path: Path, obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
-                                                            dict[str, Any]]:
+def checked_parts(path: Path, obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                           dict[str, Any]]:
     """The file's state dict (names → finite tensors) and meta (a table), or one line."""
     if not isinstance(obj.get("spec"), dict):
         raise DmadError(f"{path}: invalid model file: 'spec' is not a table")
@@ -105,7 +105,7 @@ def refuse_nonfinite(path: str | os.PathLike[str], state: dict[str, Any]) -> Non
                         "broken (a diverged training?), refused")
 
 
-def _match_shapes(path: Path, shell: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def match_shapes(path: Path, shell: nn.Module, state: dict[str, torch.Tensor]) -> None:
     want = shell.state_dict()
     missing = [k for k in want if k not in state]
     extra = [k for k in state if k not in want]

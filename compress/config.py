@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dmad.compress.errors import DmadError
-from dmad.compress.limits import SIDE_FIELDS, check_side
+from dmad.compress.limits import NONNEGATIVE_FIELDS, SIDE_FIELDS, check_batch, check_side
 
 T = TypeVar("T")
 
@@ -194,10 +194,15 @@ def make_config(
             values[norm] = _coerce(value, types_[norm], f"{origin}: field {norm}")
             if norm in SIDE_FIELDS and isinstance(values[norm], int):
                 check_side(f"{origin}: field {norm}", values[norm])
+            if norm in NONNEGATIVE_FIELDS and isinstance(values[norm], int) and values[norm] < 0:
+                raise DmadError(f"{origin}: field {norm}: must be >= 0, got {values[norm]}")
     try:
         cfg = cls(**values)
     except ValueError as exc:
         raise DmadError(str(exc)) from None
+    batch, side = getattr(cfg, "batch_size", 0), getattr(cfg, "size", 0)
+    if isinstance(batch, int) and isinstance(side, int):
+        check_batch("field batch_size", batch, side)
     return cfg
 
 

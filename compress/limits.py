@@ -53,10 +53,33 @@ def check_side(name: str, value: int | None, *, low: int = 1) -> None:
                         "activations per pixel)")
 
 
+def check_batch(name: str, batch: int, side: int) -> None:
+    """A batch of ``batch`` images of ``side``² pixels must fit this machine's memory."""
+    if batch <= 0 or side <= 0:
+        return
+    need = batch * side * side * BYTES_PER_PIXEL
+    have = memory_bytes()
+    if need > have:
+        raise DmadError(f"{name}: {batch} images of {side}² pixels need about {need / 2**30:.0f} "
+                        f"GiB of activations, more than this machine's {have / 2**30:.1f} GiB; "
+                        f"at most {max(1, have // (side * side * BYTES_PER_PIXEL))} at this size")
+
+
+#: Fields that are never negative whatever the command (a NumPy seed must be >= 0).
+NONNEGATIVE_FIELDS = ("seed",)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocator's refusal, which PyTorch raises as a RuntimeError rather than MemoryError."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()))
+
+
 def check_finite(name: str, value: float) -> None:
     if not math.isfinite(value):
         raise DmadError(f"{name}: must be a finite number, got {value}")
 
 
-__all__ = ["BYTES_PER_PIXEL", "SIDE_FIELDS", "check_finite", "check_side", "max_side",
-           "memory_bytes"]
+__all__ = ["BYTES_PER_PIXEL", "NONNEGATIVE_FIELDS", "SIDE_FIELDS", "check_batch", "check_finite",
+           "check_side", "is_out_of_memory", "max_side", "memory_bytes"]

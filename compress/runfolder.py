@@ -37,6 +37,18 @@ LOCK_SUFFIX = ".dmad-lock"
 _HELD: dict[str, list[int]] = {}
 
 
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep its parent's locks alive: after a
+    ``kill -9`` of the parent, a worker still holding the fd would lock out ``--resume``."""
+    for fd, _depth in list(_HELD.values()):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 def lock_path(out: str | os.PathLike[str]) -> Path:
     """The lock file of ``out``: ``.NAME.dmad-lock`` beside it (works for files and folders,
     and is never moved or deleted by a command that replaces the output as a whole)."""
@@ -64,12 +76,20 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _stale(path: Path) -> bool:
-    """A lock file left by a dead process of this host (used where flock is unsupported)."""
+    """A lock file whose recorded holder, a process of this host, is dead. An unreadable or
+    half-written record is not stale: the holder may be writing it now."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         return info["host"] == socket.gethostname() and not _pid_alive(int(info["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return True
+        return False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
 
 
 def _open_locked(path: Path, out: Path) -> int:
@@ -82,18 +102,22 @@ def _open_locked(path: Path, out: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            # its process is dead: what still holds the old file is an orphan (a worker the
+            # kill left behind); a new file is locked instead, if the name is still the old one
+            orphan = busy and _stale(path) and _same_file(fd, path)
+            if orphan:
+                path.unlink(missing_ok=True)
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if orphan:
+                continue
+            if busy:
                 raise DmadError(f"{out}: in use by another dmad run ({_holder(path)}); wait for "
                                 "it to finish or give another --out") from None
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 return _open_exclusive(path, out)
             raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _same_file(fd, path):
             return fd
         os.close(fd)
 

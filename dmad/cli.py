@@ -276,6 +276,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.generator is not None:
         overrides["generator"] = str(args.generator)
     cfg, tables = build_config(overrides, args.config, args.out, args.resume)
+    guard_inputs(args, cfg)
     run_compress(cfg, args.out, resume=args.resume, force=args.force, tables=tables)
     return 0
 
@@ -474,7 +475,7 @@ REPLACES_OUT = ("data", "teacher", "search", "finetune", "export", "compress", "
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Every number given as a flag: finite, and image sides within this machine's memory."""
-    from dmad.compress.limits import SIDE_FIELDS, check_finite, check_side
+    from dmad.compress.limits import NONNEGATIVE_FIELDS, SIDE_FIELDS, check_finite, check_side
 
     for key, value in vars(args).items():
         flag = "--" + key.removeprefix("cfg_").replace("_", "-")
@@ -482,6 +483,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             check_finite(flag, value)
         elif key in SIDE_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             check_side(flag, value)
+        elif key in NONNEGATIVE_FIELDS and isinstance(value, int) and value < 0:
+            raise DmadError(f"{flag}: must be >= 0, got {value}")
 
 
 def _input_paths(args: argparse.Namespace) -> dict[str, Any]:
@@ -577,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmad: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the last line of defence, see _internal_error
+        from dmad.compress.limits import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(f"dmad: error: out of memory ({' '.join(str(exc).split())[:160]}); a smaller "
+                  "model, --size or --batch-size needs less", file=sys.stderr)
+            return 2
         return _internal_error(exc)
 
 

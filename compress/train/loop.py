@@ -132,6 +132,7 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     if force and run_dir.exists():
         for name in (CHECKPOINT, LOG, DONE):
             (run_dir / name).unlink(missing_ok=True)
+        _drop_partial_writes(run_dir)
         return
     if done and not resume:
         raise DmadError(
@@ -148,6 +149,15 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DmadError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
+    _drop_partial_writes(run_dir)
+
+
+def _drop_partial_writes(run_dir: Path) -> None:
+    """Temporary files of atomic writes a ``kill -9`` interrupted (``.NAME.XXXX.tmp``): never
+    read, so removed by the next run of the folder, which holds its lock."""
+    for p in run_dir.glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -897,17 +897,29 @@ def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bo
 
 def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str, Any]]:
     """Rebuild a masked generator from a ``search_G_*.pt`` file: (model, masks, architecture)."""
+    from dmad.compress.checkpoint import checked_parts, match_shapes
     from dmad.compress.io import safe_load
     from dmad.compress.models import build, spec_from_dict
 
     obj = safe_load(path)
     if not isinstance(obj, dict) or obj.get("format") != SEARCH_FORMAT:
         raise DmadError(f"{path}: not a dmad search result")
+    state, _meta = checked_parts(path, obj)
+    if not isinstance(obj.get("architecture"), dict):
+        raise DmadError(f"{path}: invalid search result: 'architecture' is not a table")
+    try:  # the spec built on the meta device first: a crafted width allocates nothing
+        with torch.device("meta"):
+            shell = build(spec_from_dict(obj["spec"]))
+            attach_masks(shell)
+    except Exception as exc:  # a crafted spec can fail anywhere in a constructor
+        raise DmadError(f"{path}: invalid model spec ({' '.join(str(exc).split())[:160]})"
+                        ) from None
+    match_shapes(path, shell, state)
     model = build(spec_from_dict(obj["spec"]))
     masks = attach_masks(model)
     try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError as exc:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise DmadError(f"{path}: weights do not match its spec ({str(exc)[:120]})") from None
     return model.eval(), masks, obj["architecture"]
 

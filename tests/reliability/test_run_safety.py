@@ -156,6 +156,31 @@ def test_3_stale_lock_of_a_dead_process_is_taken_over(stages: Stages, tmp_path: 
     assert (tmp_path / "run" / "DONE.json").is_file() and not lock.exists()
 
 
+def test_3_lock_held_by_an_orphan_of_a_killed_run_is_taken_over(stages: Stages,
+                                                                  tmp_path: Path) -> None:
+    """A DataLoader worker outliving its ``kill -9``ed parent may still hold the lock file;
+    the record names the dead parent, so the next run locks a fresh file instead of waiting."""
+    import sys
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = tmp_path / ".run.dmad-lock"
+    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename,
+                                "started": "2026-01-01T00:00:00+00:00", "command": "killed"}))
+    orphan = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; "
+                               "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(120)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert orphan.stdout is not None and orphan.stdout.readline().strip() == "held"
+        r = run_cli(*_teacher_argv(stages, tmp_path / "run", 2))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert (tmp_path / "run" / "DONE.json").is_file()
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
 # -- 4. --resume with nothing to resume ------------------------------------------------------
 
 
@@ -511,3 +536,14 @@ def test_10_killed_export_leaves_nothing_after_the_next_run(stages: Stages,
     assert r.returncode == 0, r.stderr[-2000:]
     assert not list(tmp_path.glob(".x.export-*"))
     assert (out / "generator_fp32.tflite").is_file()
+
+
+def test_10_partial_writes_of_a_killed_run_are_dropped_on_resume(stages: Stages,
+                                                                 tmp_path: Path) -> None:
+    run = _copy(stages.teacher, tmp_path / "teacher")
+    (run / "DONE.json").unlink()
+    partial = run / ".checkpoint.pt.k1ll3d.tmp"
+    partial.write_bytes(b"half a checkpoint")
+    r = run_cli("teacher", "--out", str(run), "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not partial.exists() and (run / "DONE.json").is_file()
