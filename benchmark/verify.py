@@ -128,13 +128,19 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
-def verify_tflite(path: str | os.PathLike[str]) -> None:
-    """Refuse a ``.tflite`` LiteRT cannot load, allocate or run, without risking this process."""
-    path = Path(path)
+def _seen(path: Path) -> tuple[str, int, int] | None:
+    """The file's cache key, or None when it already passed in this process."""
     if not path.is_file():
         raise DmadError(f"{path}: no such file")
     key = _key(path)
-    if key in _PASSED:
+    return None if key in _PASSED else key
+
+
+def verify_tflite(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``.tflite`` LiteRT cannot load, allocate or run, without risking this process."""
+    path = Path(path)
+    key = _seen(path)
+    if key is None:
         return
     _header(path)
     _structure(path)
@@ -160,10 +166,8 @@ def verify_onnx(path: str | os.PathLike[str]) -> None:
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise DmadError(f"{path}: no such file")
-    key = _key(path)
-    if key in _PASSED:
+    key = _seen(path)
+    if key is None:
         return
     kind = sniff(path)
     if kind not in ("onnx", "unknown"):

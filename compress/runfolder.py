@@ -182,8 +182,9 @@ def refuse_out_over_inputs(out: str | os.PathLike[str] | None,
 
     ``inputs`` maps the option's name to a path (``None``/``""`` and paths that do not exist
     are ignored). ``contains=False`` suits commands that write only their own named files
-    (``eval.json``, ``results.json``), where an ``--out`` holding the input models is normal
-    and nothing in it is ever deleted."""
+    (``eval.json``, ``results.json``): their ``--out`` may sit beside, inside or around the
+    inputs, since nothing there is ever deleted; only an ``--out`` that *is* an input is
+    refused."""
     if out is None or str(out) == "":
         return
     o = _resolved(out)
@@ -196,10 +197,12 @@ def refuse_out_over_inputs(out: str | os.PathLike[str] | None,
             if o == q:
                 raise DmadError(f"--out {out}: is the input {flag} {item}; writing there would "
                                 "destroy it, give another --out")
+            if not contains:
+                continue
             if q.is_dir() and q in o.parents:
                 raise DmadError(f"--out {out}: is inside the input {flag} {item}; give an "
                                 "--out outside it")
-            if contains and o in q.parents:
+            if o in q.parents:
                 raise DmadError(f"--out {out}: contains the input {flag} {item}; --force "
                                 "could delete it, give another --out")
 

@@ -534,7 +534,7 @@ def _output_lock(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dmad.compress.train import distributed
 
     out = getattr(args, "out", None)
-    if not isinstance(out, Path) or not distributed.is_main():
+    if not isinstance(out, Path) or not distributed.is_main() or distributed.env_rank() != 0:
         return contextlib.nullcontext()
     return run_lock(out)
 

@@ -193,11 +193,11 @@ def test_oversubscription_is_flagged() -> None:
 def test_bad_model_files(tmp_path: Path) -> None:
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not onnx")
-    with pytest.raises(DmadError, match="not a readable ONNX model"):
+    with pytest.raises(DmadError, match="not a valid ONNX model"):
         host.inspect_model(bad)
     bad = tmp_path / "x.tflite"
     bad.write_bytes(b"not tflite at all")
-    with pytest.raises(DmadError, match=r"not a loadable \.tflite"):
+    with pytest.raises(DmadError, match=r"is a text file, not a \.tflite model"):
         host.inspect_model(bad)
     empty = tmp_path / "e.pt"
     empty.write_bytes(b"")

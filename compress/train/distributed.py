@@ -37,6 +37,14 @@ def env_world_size() -> int:
         raise DmadError(f"WORLD_SIZE: {os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+def env_rank() -> int:
+    """``RANK`` as torchrun sets it (0 when absent): known before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise DmadError(f"RANK: {os.environ['RANK']!r} is not a number") from None
+
+
 def active() -> bool:
     """True inside a multi-process run (a process group exists)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

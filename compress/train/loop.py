@@ -97,7 +97,8 @@ def run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
 
     from dmad.compress.runfolder import run_lock as lock
 
-    return lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    main = distributed.is_main() and distributed.env_rank() == 0
+    return lock(run_dir) if main else contextlib.nullcontext()
 
 
 def finished_run(run_dir: Path, resume: bool) -> dict[str, Any] | None:
