@@ -164,8 +164,18 @@ class LatencyTable:
                                                             for a in g.axes):
                     raise ValueError(f"unit {name}: ms of shape {shape} on axes "
                                      f"{[len(a) for a in g.axes]} (sorted, distinct)")
+                ms = np.asarray(g.ms, dtype=float)
+                if not (np.isfinite(ms).all() and (ms >= 0).all()) or any(
+                        v < 1 for a in g.axes for v in a):
+                    raise ValueError(f"unit {name}: times must be finite and >= 0 ms, widths "
+                                     ">= 1")
+            numbers = (table.overhead_ms, table.scale)
+            if not all(np.isfinite(numbers)) or table.scale <= 0 or table.overhead_ms < 0 \
+                    or table.size < 1 or table.multiple < 0:
+                raise ValueError("size, multiple, overhead_ms and scale must be finite and in "
+                                 "range")
             return table
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise DmadError(f"latency_table: {p}: malformed table ({exc})") from None
 
     def describe(self) -> str:

@@ -72,6 +72,15 @@ class Corpus:
         return str(self.root / "export" / "generator_fp32.tflite")
 
 
+def _latency_table(model: Path) -> dict:
+    """A synthetic latency table of the teacher's family (the shape ``dmad latency-table``
+    writes, made without timing anything)."""
+    from dmad.compress.checkpoint import load_model
+    from tests.test_latency import synthetic_table
+
+    return synthetic_table(load_model(model)[0].spec).to_json()
+
+
 @pytest.fixture(scope="session")
 def corpus(stages: Stages, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     from dmad.compress.data.split import make_split
@@ -93,6 +102,7 @@ def corpus(stages: Stages, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
         "split": json.dumps(split.to_dict()).encode(),
         "architecture": (stages.search / "architecture.json").read_bytes(),
         "toml": b"[teacher]\nsteps = 1\nngf = 4\n",
+        "latency": json.dumps(_latency_table(stages.teacher / "G_AtoB.pt")).encode(),
         "png": (stages.teacher / "samples.png").read_bytes(),
     }
     return Corpus(root, stages, files)

@@ -133,7 +133,7 @@ def hostile(draw: st.DrawFn, base: bytes, kind: str) -> bytes:
     how = ["random", "truncate", "flip", "flip-head", "prefix", "text", "append"]
     if kind in ("model",):
         how += ["crafted"] * 3
-    if kind in ("split", "architecture"):
+    if kind in ("split", "architecture", "latency"):
         how += ["json"] * 3
     way = draw(st.sampled_from(how))
     if way == "random":
@@ -220,6 +220,9 @@ TARGETS: dict[str, Target] = {
     "search-teacher": Target("model", "G_AtoB.pt", lambda f, o, c: [
         "search", "--teacher", f, "--data", str(c.stages.data), "--target-gmacs", "0.08",
         "--directions", "AtoB", *TRAIN, "--out", o]),
+    "search-latency-table": Target("latency", "latency.json", lambda f, o, c: [
+        "search", "--teacher", c.teacher_g, "--data", str(c.stages.data), "--target-ms",
+        "4.5", "--latency-table", f, "--directions", "AtoB", *TRAIN, "--out", o]),
     "finetune-search": Target("architecture", "architecture.json", lambda f, o, c: [
         "finetune", "--search", str(Path(f).parent), *TRAIN, "--out", o], run="search"),
     "finetune-search-model": Target("model", "search_G_AtoB.pt", lambda f, o, c: [
