@@ -105,6 +105,7 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
         runs=args.runs, rounds=args.rounds, warmup=args.warmup, validate=args.validate,
         calibrate=args.calibrate, seed=args.seed,
         android=args.android, benchmark_binary=args.benchmark_binary, adb=args.adb,
+        force=args.force,
     )
     table = build_table(cfg, _progress)
     if table.validation:
@@ -189,6 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--benchmark-binary", type=Path,
                    help=f"{_h(L, 'benchmark_binary')}. {BINARY_HELP}")
     t.add_argument("--adb", help=_h(L, "adb"))
+    t.add_argument("--force", action="store_true", help=_h(L, "force"))
     t.set_defaults(func=cmd_latency_table)
 
 

@@ -353,7 +353,7 @@ def inspect_model(path: Path, size: int | None = None) -> ModelInfo:
         cin = getattr(spec, "input_nc", 3)
         div = getattr(spec, "divisor", 4)
         if (size or 256) % div:
-            raise DmadError(f"--size: {size} is not a multiple of {div} for the "
+            raise DmadError(f"--size: {size or 256} is not a multiple of {div} for the "
                             f"{getattr(spec, 'family', 'generator')} in {path}")
         shape = (1, cin, size or 256, size or 256)
         prof = profile(model, shape)

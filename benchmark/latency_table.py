@@ -49,6 +49,7 @@ class LatencyTableConfig:
     """Settings of ``dmad latency-table``."""
 
     out: Path = opt(help="the table file to write (JSON)")
+    force: bool = opt(False, "replace an existing table file at --out")
     backend: str = opt("tflite-xnnpack", "tflite-xnnpack (the fp32 .tflite on XNNPACK) | "
                        "tflite-int8 (the export's full-int8 .tflite on XNNPACK) | ort (ONNX "
                        "Runtime, the fp32 .onnx)")
@@ -273,10 +274,15 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     alone, e.g. caches and fused boundaries); the validation models, never seen by the fit,
     say how good the table is."""
     from dmad.benchmark.host import machine_info
-    from dmad.compress.io import atomic_write_json
+    from dmad.compress.runfolder import check_writable, refuse_overwrite
 
     say = say or (lambda s: None)
     cfg.check()
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise DmadError(f"--out {out}: is a folder, expected the table file to write")
+    refuse_overwrite([out], cfg.force, "latency table")
+    check_writable(out.parent)  # before minutes of timing, not after
     spec = _spec_of(cfg)
     mx = max_widths_of(spec)
     work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
@@ -339,11 +345,24 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
                                                 np.asarray(raw))), 4)
             table.calibration = _rows(table, spec, archs[:n_cal], measured[:n_cal])
         table.validation = _rows(table, spec, archs[n_cal:], measured[n_cal:])
-        cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg.out, table.to_json())
+        _write(out, table)
         return table
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _write(out: Path, table: LatencyTable) -> None:
+    """The table written, or kept where the folder refuses it (the error line says where)."""
+    import json
+
+    from dmad.compress.io import atomic_write_json
+    from dmad.compress.runfolder import keep_results
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, table.to_json())
+    except (OSError, DmadError) as exc:
+        raise keep_results(json.dumps(table.to_json(), indent=2), str(out), exc) from None
 
 
 def _rows(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],

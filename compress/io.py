@@ -64,6 +64,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bin
     except OSError as exc:  # a full disk, a file-size limit: the file named, the old one kept
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if exc.filename not in (None, tmp, str(path)):
+            raise  # the caller failed to read another file: not this write's failure
         raise DmadError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(OSError):

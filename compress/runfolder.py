@@ -51,9 +51,21 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 def lock_path(out: str | os.PathLike[str]) -> Path:
     """The lock file of ``out``: ``.NAME.dmad-lock`` beside it (works for files and folders,
-    and is never moved or deleted by a command that replaces the output as a whole)."""
+    and is never moved or deleted by a command that replaces the output as a whole). Named
+    after the real path, so two spellings of one folder (a symlink, ``..``) share one lock."""
     p = Path(os.path.abspath(out))
+    p = Path(os.path.realpath(p)) if p.exists() else Path(os.path.realpath(p.parent)) / p.name
     return p.parent / f".{p.name}{LOCK_SUFFIX}"
+
+
+def _inside_lock_path(out: str | os.PathLike[str]) -> Path:
+    """Where the lock goes when the folder beside ``out`` is read-only: inside ``out``."""
+    return Path(os.path.realpath(out)) / LOCK_SUFFIX
+
+
+def is_lock_file(path: Path) -> bool:
+    """A lock file (a killed run's may stay behind: it is never the user's content)."""
+    return path.name.endswith(LOCK_SUFFIX)
 
 
 def _holder(path: Path) -> str:
@@ -76,8 +88,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _stale(path: Path) -> bool:
-    """A lock file whose recorded holder, a process of this host, is dead. An unreadable or
-    half-written record is not stale: the holder may be writing it now."""
+    """A lock file whose recorded holder, a process of this host, is dead (used only where the
+    file system has no flock). An unreadable or half-written record is not stale: the holder
+    may be writing it now."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         return info["host"] == socket.gethostname() and not _pid_alive(int(info["pid"]))
@@ -92,28 +105,31 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def _open_locked(path: Path, out: Path) -> int:
+def _busy(path: Path, out: Path) -> DmadError:
+    why = _holder(path)
+    try:
+        if not _pid_alive(int(json.loads(path.read_text(encoding="utf-8"))["pid"])):
+            why += "; that process is gone, a child it left still holds the lock"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return DmadError(f"{out}: in use by another dmad run ({why}); wait for it to finish or "
+                     f"give another --out")
+
+
+def _open_locked(path: Path, out: Path, wait: bool = False) -> int:
     """An fd of ``path`` holding its exclusive flock (the file re-checked to be the one on disk,
-    so a holder unlinking it at release never lets two processes hold two inodes)."""
+    so a holder unlinking it at release never lets two processes hold two inodes). The kernel
+    alone says whether the lock is held: a record naming a dead pid is never overridden."""
     import fcntl
 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
-            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-            # its process is dead: what still holds the old file is an orphan (a worker the
-            # kill left behind); a new file is locked instead, if the name is still the old one
-            orphan = busy and _stale(path) and _same_file(fd, path)
-            if orphan:
-                path.unlink(missing_ok=True)
             os.close(fd)
-            if orphan:
-                continue
-            if busy:
-                raise DmadError(f"{out}: in use by another dmad run ({_holder(path)}); wait for "
-                                "it to finish or give another --out") from None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _busy(path, out) from None
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 return _open_exclusive(path, out)
             raise
@@ -130,32 +146,64 @@ def _open_exclusive(path: Path, out: Path) -> int:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             if not _stale(path):
-                raise DmadError(f"{out}: in use by another dmad run ({_holder(path)}); wait for "
-                                "it to finish or give another --out") from None
+                raise _busy(path, out) from None
             path.unlink(missing_ok=True)
     raise DmadError(f"{out}: cannot take the run lock {path}")
 
 
-@contextlib.contextmanager
-def run_lock(out: str | os.PathLike[str], command: str | None = None) -> Iterator[Path]:
-    """Hold the exclusive lock of output ``out`` for the ``with`` block (re-entrant)."""
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first."""
+    made = []
+    p = folder
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    for d in reversed(made):
+        d.mkdir()
+    return made
+
+
+def _acquire(out: Path, wait: bool) -> tuple[Path, int, list[Path]]:
+    """(lock file, its locked fd, folders created for it). Beside ``out``; inside an existing
+    ``out`` folder when the folder beside it takes no file (a read-only parent)."""
     path = lock_path(out)
-    key = str(path)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield path
-        finally:
-            _HELD[key][1] -= 1
-        return
+    made: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = _open_locked(path, Path(out))
-    except OSError as exc:
+        made = _make_parents(path.parent)
+        return path, _open_locked(path, out, wait), made
+    except (PermissionError, OSError) as exc:
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) \
+                and out.is_dir():
+            inside = _inside_lock_path(out)
+            try:
+                return inside, _open_locked(inside, out, wait), []
+            except OSError:
+                pass
         blocker = next((p for p in Path(os.path.abspath(out)).parents
                         if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or exc)
         raise DmadError(f"{out}: cannot write here ({why})") from None
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike[str], command: str | None = None, *,
+             wait: bool = False) -> Iterator[Path]:
+    """Hold the exclusive lock of output ``out`` for the ``with`` block (re-entrant). A held
+    lock is refused in one line, or with ``wait`` waited for (a shared dataset that another
+    run is generating). Folders created only to hold the lock are removed again if they are
+    still empty at the end, so a refused command leaves nothing behind."""
+    key = str(lock_path(out))
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield Path(key)
+        finally:
+            _HELD[key][1] -= 1
+        return
+    path, fd, made = _acquire(Path(out), wait)
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "command": command or " ".join(["dmad", *sys.argv[1:]])[:300]}
@@ -167,9 +215,18 @@ def run_lock(out: str | os.PathLike[str], command: str | None = None) -> Iterato
         yield path
     finally:
         del _HELD[key]
-        with contextlib.suppress(OSError):
-            path.unlink()
+        if _same_file(fd, path):  # never another holder's file
+            with contextlib.suppress(OSError):
+                path.unlink()
         os.close(fd)
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only while empty: a folder the command filled stays
+
+
+def holds_user_files(folder: Path) -> bool:
+    """``folder`` holds something besides lock files of dmad runs (a killed run's lock stays)."""
+    return folder.is_dir() and any(not is_lock_file(p) for p in folder.iterdir())
 
 
 def _resolved(p: str | os.PathLike[str]) -> Path:
@@ -257,5 +314,5 @@ def keep_results(text: str, name: str, exc: BaseException) -> DmadError:
     return DmadError(f"{name}: cannot be written ({why}); the results are kept in {path}")
 
 
-__all__ = ["LOCK_SUFFIX", "check_writable", "keep_results", "lock_path",
-           "refuse_out_over_inputs", "refuse_overwrite", "run_lock"]
+__all__ = ["LOCK_SUFFIX", "check_writable", "holds_user_files", "is_lock_file", "keep_results",
+           "lock_path", "refuse_out_over_inputs", "refuse_overwrite", "run_lock"]

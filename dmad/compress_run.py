@@ -30,6 +30,7 @@ from typing import Any
 from dmad.compress.config import make_config, opt, read_config_file, to_dict
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
+from dmad.compress.runfolder import holds_user_files
 from dmad.compress.train import distributed, loop
 from dmad.pipeline import _compare, _export_both, run_stage
 
@@ -311,15 +312,16 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
     """All checks, then the run folder: compress.json, split.json, the imported teacher."""
     from dmad.compress.data.split import make_split
 
-    saved = _saved_args(out) if not force else None
+    if not force:
+        _saved_args(out)  # a corrupt record is one line before anything runs
     if (out / ARGS).is_file() and not resume and not force:
         raise DmadError(f"{out}: holds a dmad compress run; use --resume to continue it or "
                         "--force to start over")
     if out.exists() and not out.is_dir():
         raise DmadError(f"{out}: exists and is not a folder")
-    if out.is_dir() and saved is None and any(out.iterdir()) and not force:
-        raise DmadError(f"{out}: is not empty and holds no dmad compress run; give a new --out "
-                        "or --force")
+    if holds_user_files(out) and not (out / ARGS).is_file():
+        raise DmadError(f"{out}: is not empty and holds no dmad compress run; give a new or "
+                        "empty --out (--force replaces only a dmad compress run)")
     teacher = _resolve_generator(cfg)
     if teacher.imported is not None and resume and (out / "teacher" / "G_AtoB.pt").is_file():
         teacher.imported = None  # imported when the run started
@@ -368,11 +370,17 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     from dmad.compress.train.search import SearchConfig, search
 
     tables = tables or {}
-    if resume and (out / loop.DONE).is_file() and distributed.is_main():
-        done = read_config_file(out / loop.DONE)
-        print(f"[compress] {out}: finished already, nothing to resume (results in "
-              f"{out / 'report.md'}); use --force to redo it")
-        return done
+    if resume:
+        def finished() -> dict[str, Any] | None:
+            if not (out / loop.DONE).is_file():
+                return None
+            print(f"[compress] {out}: finished already, nothing to resume (results in "
+                  f"{out / 'report.md'}); use --force to redo it")
+            return read_config_file(out / loop.DONE)
+
+        done = distributed.on_main(finished)  # every rank returns, none waits for a peer
+        if done is not None:
+            return done
 
     def prepare() -> tuple[_Teacher, Path | None]:
         t, sp = _prepare(cfg, out, resume=resume, force=force, tables=tables)

@@ -37,6 +37,22 @@ def run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
         print(f"[{tag}] {name:<9} {times[name]:7.1f} s  {status}")
 
 
+#: What a demo run folder holds: a folder with none of these is not one (it is the user's).
+DEMO_PARTS = ("teacher", "search", "finetune", "eval", "export", "report.md")
+
+
+def _check_out(out: Path) -> None:
+    """The demo writes only into a new or empty folder or an earlier demo run, ``--force``
+    included: it would otherwise replace files of the user's that share its names."""
+    from dmad.compress.runfolder import holds_user_files
+
+    if out.exists() and not out.is_dir():
+        raise DmadError(f"{out}: exists and is not a folder")
+    if holds_user_files(out) and not any((out / p).exists() for p in DEMO_PARTS):
+        raise DmadError(f"{out}: is not empty and holds no dmad demo run; give a new or empty "
+                        "--out")
+
+
 def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Run data → teacher → search → finetune → eval → export → compare; returns stage seconds."""
     from dmad.compress.arch import profile
@@ -45,6 +61,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
     path = config or DEFAULT_CONFIG
+    _check_out(out)
     settings = read_config_file(path)
     known = {"data", "teacher", "search", "finetune", "eval", "export", "compare"}
     unknown = set(settings) - known

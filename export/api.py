@@ -406,11 +406,16 @@ def _images(cfg: ExportConfig, channels: int, needs_calib: bool
 def _prepare_out(out: Path, force: bool) -> Path:
     """The scratch folder beside ``out``. Scratch and old folders of an earlier export of the
     same ``out`` that was killed are removed first: the caller holds ``out``'s lock, so no
-    live export owns them."""
+    live export owns them. ``force`` replaces an earlier export, never a folder of the user's."""
+    from dmad.compress.runfolder import holds_user_files
+
     if out.exists() and not out.is_dir():
         raise DmadError(f"{out}: exists and is a file, expected an output folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if holds_user_files(out) and not force:
         raise DmadError(f"{out}: output folder is not empty (use --force to replace it)")
+    if holds_user_files(out) and not (out / "parity.json").is_file():
+        raise DmadError(f"{out}: is not empty and holds no dmad export; --force replaces only an "
+                        "earlier export, give a new or empty --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         for pattern in (f".{out.name}.export-tmp-*", f".{out.name}.export-old-*"):

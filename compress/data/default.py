@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
+from dmad.compress.runfolder import is_lock_file, run_lock
 
 #: The dataset's marker: its parameters, written last. Its name is dmad-data.json (DONE.json in
 #: datasets made before; still recognised) so a dataset never shares a marker with a run folder.
@@ -195,7 +196,7 @@ def _claim(root: Path, params: dict, force: bool) -> None:
     if root.exists() and not root.is_dir():
         raise DmadError(f"{root}: exists and is a file, expected a dataset folder")
     if not root.is_dir() or not any(p for p in root.iterdir() if not p.name.startswith(
-            ".default-gen-")):
+            ".default-gen-") and not is_lock_file(p)):
         return
     got = _owned(root)
     if got is None:
@@ -236,6 +237,14 @@ def make_default_dataset(
         "n_test": n_test,
         "seed": seed,
     }
+    # two runs generating into one folder would remove each other's files: the second waits
+    # for the first, then finds the dataset complete
+    with run_lock(root, wait=True):
+        return _make(root, params, force)
+
+
+def _make(root: Path, params: dict, force: bool) -> Path:
+    size, n_train, n_test, seed = (params[k] for k in ("size", "n_train", "n_test", "seed"))
     for name in (MARKER, OLD_MARKER):
         if _owned(root) == params and _is_complete(root, params, name):
             return root

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
+from dmad.compress.runfolder import holds_user_files
 from dmad.compress.train import distributed
 
 CHECKPOINT = "checkpoint.pt"
@@ -127,7 +128,7 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     if resume and not started and not done:
         raise DmadError(f"{run_dir}: nothing to resume (no {CHECKPOINT}); drop --resume to "
                         "start a new run")
-    if run_dir.is_dir() and not _holds_run(run_dir) and any(run_dir.iterdir()) and not force:
+    if not _holds_run(run_dir) and holds_user_files(run_dir) and not force:
         raise DmadError(f"{run_dir}: is not empty and holds no dmad run; give a new --out or "
                         "--force to write into it")
     if force and run_dir.exists():
@@ -154,10 +155,13 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
 
 
 def _drop_partial_writes(run_dir: Path) -> None:
-    """Temporary files of atomic writes a ``kill -9`` interrupted (``.NAME.XXXX.tmp``): never
-    read, so removed by the next run of the folder, which holds its lock."""
+    """Temporary files of dmad's atomic writes a ``kill -9`` interrupted (``.NAME.XXXX.tmp``
+    of a file a stage writes): never read, so removed by the next run of the folder, which
+    holds its lock. Other hidden files are not ours and stay."""
     for p in run_dir.glob(".*.tmp"):
-        if p.is_file():
+        name = p.name[1:].rsplit(".", 2)[0]
+        if p.is_file() and (name in (CHECKPOINT, LOG, CONFIG, DONE) or name.endswith(
+                (".pt", ".json", ".png"))):
             p.unlink(missing_ok=True)
 
 

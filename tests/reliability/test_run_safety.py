@@ -156,29 +156,48 @@ def test_3_stale_lock_of_a_dead_process_is_taken_over(stages: Stages, tmp_path: 
     assert (tmp_path / "run" / "DONE.json").is_file() and not lock.exists()
 
 
-def test_3_lock_held_by_an_orphan_of_a_killed_run_is_taken_over(stages: Stages,
-                                                                  tmp_path: Path) -> None:
-    """A DataLoader worker outliving its ``kill -9``ed parent may still hold the lock file;
-    the record names the dead parent, so the next run locks a fresh file instead of waiting."""
+def test_3_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path: Path) -> None:
+    """A DataLoader worker is a fork of the run: after a ``kill -9`` of the run it may live on
+    for a while. It must not hold the lock, or ``--resume`` would be refused meanwhile."""
     import sys
 
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    lock = tmp_path / ".run.dmad-lock"
-    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename,
-                                "started": "2026-01-01T00:00:00+00:00", "command": "killed"}))
-    orphan = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; "
-                               "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-                               "print('held', flush=True); time.sleep(120)", str(lock)],
-                              stdout=subprocess.PIPE, text=True)
+    out = tmp_path / "run"
+    script = ("import os, sys, time\n"
+              "from dmad.compress.runfolder import run_lock\n"
+              "with run_lock(sys.argv[1]):\n"
+              "    if os.fork() == 0:\n"
+              "        time.sleep(60); os._exit(0)\n"
+              "    print('locked', flush=True)\n"
+              "    time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-c", script, str(out)], env=cli_environ(),
+                           cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert orphan.stdout is not None and orphan.stdout.readline().strip() == "held"
-        r = run_cli(*_teacher_argv(stages, tmp_path / "run", 2))
+        assert run.stdout is not None and run.stdout.readline().strip() == "locked"
+        # while the run lives, its lock holds
+        assert "in use by another dmad run" in error_line(
+            run_cli("bench", str(tmp_path / "none.tflite"), "--out", str(out)))
+        run.kill()  # kill -9 of the run alone: its forked child lives on
+        run.wait()
+        r = run_cli("data", "--out", str(out), "--size", "16", "--n-train", "1", "--n-test",
+                    "1")
         assert r.returncode == 0, r.stderr[-2000:]
-        assert (tmp_path / "run" / "DONE.json").is_file()
     finally:
-        orphan.kill()
-        orphan.wait()
+        os.killpg(run.pid, signal.SIGKILL)
+
+
+def test_3_two_spellings_of_one_folder_share_one_lock(tmp_path: Path) -> None:
+    from dmad.compress.runfolder import lock_path
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert lock_path(tmp_path / "link") == lock_path(tmp_path / "real")
+    assert lock_path(tmp_path / "real" / ".." / "real") == lock_path(tmp_path / "real")
+
+
+def test_3_a_refused_command_leaves_no_folder_behind(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "bench"
+    error_line(run_cli("bench", str(tmp_path / "missing.tflite"), "--out", str(out)))
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- 4. --resume with nothing to resume ------------------------------------------------------
