@@ -462,18 +462,10 @@ class FinetuneStage(TeacherStage):
         return out
 
 
+@loop.stage_verb
 def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: bool = False,
              max_steps: int | None = None) -> dict[str, Any]:
     """Fine-tune the pruned student(s) into ``out``; the one verb behind ``dmad finetune``."""
-    with loop.run_lock(out):
-        return _finetune_locked(cfg, out, resume=resume, force=force, max_steps=max_steps)
-
-
-def _finetune_locked(cfg: FinetuneConfig, out: Path, *, resume: bool, force: bool,
-                     max_steps: int | None) -> dict[str, Any]:
-    done = loop.finished_run(out, resume)
-    if done is not None:
-        return done
     students, search_D, teacher_path = _students(cfg)
     if not teacher_path:
         raise DmadError("field teacher: not given and the search run does not name one")

@@ -10,11 +10,13 @@ the last good checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,21 @@ def run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
 
     main = distributed.is_main() and distributed.env_rank() == 0
     return lock(run_dir) if main else contextlib.nullcontext()
+
+
+def stage_verb(verb: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """What every training verb (teacher, search, finetune) does around its own work: hold the
+    run folder's lock, and on ``--resume`` of a finished run return its DONE summary untouched."""
+    @functools.wraps(verb)
+    def run_verb(cfg: Any, out: Path, *, resume: bool = False, force: bool = False,
+                 max_steps: int | None = None) -> dict[str, Any]:
+        with run_lock(out):
+            done = finished_run(out, resume)
+            if done is not None:
+                return done
+            return verb(cfg, out, resume=resume, force=force, max_steps=max_steps)
+
+    return run_verb
 
 
 def finished_run(run_dir: Path, resume: bool) -> dict[str, Any] | None:

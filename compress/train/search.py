@@ -924,18 +924,10 @@ def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str
     return model.eval(), masks, obj["architecture"]
 
 
+@loop.stage_verb
 def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = False,
            max_steps: int | None = None) -> dict[str, Any]:
     """Run the DMAD search into ``out``; the one verb behind ``dmad search``."""
-    with loop.run_lock(out):
-        return _search_locked(cfg, out, resume=resume, force=force, max_steps=max_steps)
-
-
-def _search_locked(cfg: SearchConfig, out: Path, *, resume: bool, force: bool,
-                   max_steps: int | None) -> dict[str, Any]:
-    done = loop.finished_run(out, resume)
-    if done is not None:
-        return done
     teacher = load_teacher(cfg)
     tcfg = training_config(cfg, teacher)
     split = None

@@ -478,6 +478,7 @@ class TeacherStage(loop.Stage):
         return out
 
 
+@loop.stage_verb
 def train_teacher(
     cfg: TeacherConfig,
     out: Path,
@@ -487,15 +488,6 @@ def train_teacher(
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a teacher into ``out``; the one verb behind ``dmad teacher``."""
-    with loop.run_lock(out):
-        return _train_teacher_locked(cfg, out, resume=resume, force=force, max_steps=max_steps)
-
-
-def _train_teacher_locked(cfg: TeacherConfig, out: Path, *, resume: bool, force: bool,
-                          max_steps: int | None) -> dict[str, Any]:
-    done = loop.finished_run(out, resume)
-    if done is not None:
-        return done
     loop.prepare_run_dir(out, resume=resume, force=force)
     cfg.batch_size = loop.per_rank_batch(out, resume, cfg.batch_size)
     stage = TeacherStage(cfg)
