@@ -300,13 +300,15 @@ def keep_results(text: str, name: str, exc: BaseException) -> DmadError:
     """Results the output folder refused: saved in the temporary folder, or printed on stdout
     when no file can take them (a file-size limit, a full disk), and the error says where."""
     why = getattr(exc, "strerror", None) or str(exc)
+    path = None
     try:
         fd, path = tempfile.mkstemp(prefix=f"dmad-{Path(name).stem}-", suffix=Path(name).suffix)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
     except OSError:
-        with contextlib.suppress(OSError, NameError):
-            os.unlink(path)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return DmadError(f"{name}: cannot be written ({why}); no file could take the results, "

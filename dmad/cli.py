@@ -571,10 +571,6 @@ def main(argv: list[str] | None = None) -> int:
             "dmad: interrupted (the last checkpoint is kept; rerun with --resume)", file=sys.stderr
         )
         return 130
-    except MemoryError:
-        print("dmad: error: out of memory (a smaller --size or --batch-size needs less)",
-              file=sys.stderr)
-        return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"dmad: error: {where}{exc.strerror or exc}", file=sys.stderr)
