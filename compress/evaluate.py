@@ -63,6 +63,55 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(s.mean())
 
 
+#: A channel whose mean moves by more than this many levels of 255 between teacher and student
+#: is flagged. A uniform shift of 3 sRGB levels in the mid-tones is about ΔE*ab 1.5–2.5, around
+#: the just-noticeable colour difference (ΔE ≈ 2.3, Sharma 2003): a cast above it over a whole
+#: photograph is what a viewer notices first, however high the PSNR.
+COLOUR_SHIFT_FLAG = 3.0
+
+
+def image_fidelity(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, Any]:
+    """One image (1×C×H×W in [-1, 1]) against the teacher's: PSNR, SSIM (NaN under the SSIM
+    window) and the per-channel shift of the mean and of the standard deviation, student minus
+    teacher, in levels of 255."""
+    s, t = student.double(), teacher.double()
+    sm, tm = s.mean((0, 2, 3)), t.mean((0, 2, 3))
+    ss, ts = s.std((0, 2, 3), unbiased=False), t.std((0, 2, 3), unbiased=False)
+    small = min(s.shape[-2:]) < SSIM_WINDOW
+    return {"psnr": psnr(s, t), "ssim": float("nan") if small else ssim(s, t),
+            "colour_mean_shift": [round(float(v) * 127.5, 3) for v in sm - tm],
+            "colour_std_shift": [round(float(v) * 127.5, 3) for v in ss - ts]}
+
+
+def fidelity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and worst image of per-image :func:`image_fidelity` rows (with an optional
+    ``name``), the largest absolute colour shifts and whether one is above the flag."""
+    if not rows:
+        raise ValueError("no images to summarise")
+
+    def worst(key: str) -> tuple[float, int]:
+        vals = [r[key] for r in rows]
+        finite = [(v, i) for i, v in enumerate(vals) if math.isfinite(v)]
+        return min(finite) if finite else (float("nan"), 0)
+
+    def mean(key: str) -> float:
+        vals = [r[key] for r in rows if math.isfinite(r[key])]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    pw, pi = worst("psnr")
+    sw, si = worst("ssim")
+    shifts = [abs(v) for r in rows for v in r["colour_mean_shift"]]
+    spreads = [abs(v) for r in rows for v in r["colour_std_shift"]]
+    return {"psnr_mean": mean("psnr"), "psnr_worst": pw,
+            "psnr_worst_image": rows[pi].get("name", pi),
+            "ssim_mean": mean("ssim"), "ssim_worst": sw,
+            "ssim_worst_image": rows[si].get("name", si),
+            "colour_mean_shift_max": max(shifts), "colour_mean_shift_mean": sum(shifts) /
+            len(shifts), "colour_std_shift_max": max(spreads),
+            "colour_flag": max(shifts) > COLOUR_SHIFT_FLAG,
+            "colour_flag_threshold": COLOUR_SHIFT_FLAG}
+
+
 @dataclass
 class EvalConfig:
     """Settings of ``dmad eval``."""
@@ -86,11 +135,18 @@ class EvalConfig:
         "a folder (every image in it); whole images resized to size",
     )
     max_images: int = opt(0, "evaluate at most this many held-out images; 0 = all")
+    side: str = opt(
+        "val",
+        "with --images SPLIT.json: val (the held-out images) | train (the training images, "
+        "whole: the gap between the two is how far the student generalises)",
+    )
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
         if not self.student:
             raise DmadError("field student: required (a model file or a run folder)")
+        if self.side not in ("val", "train"):
+            raise DmadError(f"field side: {self.side!r} is not val or train")
         if self.direction not in ("AtoB", "BtoA"):
             raise DmadError(f"field direction: {self.direction!r} is not AtoB or BtoA")
 
@@ -115,15 +171,19 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
     return load_generator(path)
 
 
-def _held_out(path: Path, size: int):  # type: ignore[no-untyped-def]
-    """Whole held-out images resized to ``size``: a split's held-out side, or a whole folder."""
+def _held_out(path: Path, size: int, side: str = "val"):  # type: ignore[no-untyped-def]
+    """Whole images resized to ``size``: a split's held-out (or training) side, or a whole
+    folder."""
     from dmad.compress.data.split import ImageListDataset, ImageSplit, detect_layout
     from dmad.compress.data.transforms import TransformConfig
 
     tf = TransformConfig(size, size, False)
     if path.is_file():
         split = ImageSplit.load(path)
-        return ImageListDataset(split.val, tf, aligned=split.layout == "aligned")
+        files = split.val if side == "val" else split.train
+        if not files:
+            raise DmadError(f"{path}: lists no {side} images")
+        return ImageListDataset(files, tf, aligned=split.layout == "aligned")
     layout, train, held, _ = detect_layout(path)
     return ImageListDataset([str(p) for p in train + (held or [])], tf,
                             aligned=layout == "aligned")
@@ -131,6 +191,16 @@ def _held_out(path: Path, size: int):  # type: ignore[no-untyped-def]
 
 #: The SSIM window's side: a smaller image has no SSIM.
 SSIM_WINDOW = 11
+#: Rows of the evaluation grid: the images furthest from the teacher, worst first.
+GRID_ROWS = 8
+
+
+def grid_caption(row: dict[str, Any]) -> str:
+    """The line under a grid row: the image, its PSNR/SSIM and its colour shift."""
+    r, g, b = row["colour_mean_shift"]
+    flag = "  > flag" if max(abs(r), abs(g), abs(b)) > COLOUR_SHIFT_FLAG else ""
+    return (f"{row.get('name', '')}  PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.3f}  "
+            f"colour mean shift R {r:+.1f} G {g:+.1f} B {b:+.1f} /255{flag}")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -192,21 +262,24 @@ def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, An
                         "integer; give --size")
     _check_size(size, student, teacher)
     if cfg.images:
-        test = _held_out(Path(cfg.images), size)
+        test = _held_out(Path(cfg.images), size, cfg.side)
     else:
         _, test = open_train_test(resolve_data(data, size), task, size, size, False, "AtoB",
                                   False)
     student, teacher = student.to(device).eval(), teacher.to(device).eval()
     n = len(test) if cfg.max_images <= 0 else min(cfg.max_images, len(test))
-    rows, vs_t_psnr, vs_t_ssim, vs_gt_psnr, vs_gt_ssim, t_gt_psnr = [], [], [], [], [], []
+    paths = list(getattr(test, "paths", None) or getattr(test, "A_paths", None) or [])
+    per_image, vs_gt_psnr, vs_gt_ssim, t_gt_psnr = [], [], [], []
+    worst_rows: list[tuple[float, int, list[torch.Tensor]]] = []
     fakes, reals, teach = [], [], []
     src_key, dst_key = ("A", "B") if cfg.direction == "AtoB" else ("B", "A")
     with torch.no_grad():
         for i, item in enumerate(eval_loader(test, device, limit=n)):
             x = item[src_key].unsqueeze(0).to(device)
             s, t = student(x), teacher(x)
-            vs_t_psnr.append(psnr(s, t))
-            vs_t_ssim.append(ssim(s, t))
+            row_m = image_fidelity(s, t)
+            row_m["name"] = Path(paths[i]).name if i < len(paths) else str(i)
+            per_image.append(row_m)
             row = [x[0], t[0], s[0]]
             if task == "pix2pix" and dst_key in item:
                 gt = item[dst_key].unsqueeze(0).to(device)
@@ -214,13 +287,15 @@ def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, An
                 vs_gt_ssim.append(ssim(s, gt))
                 t_gt_psnr.append(psnr(t, gt))
                 row.append(gt[0])
-            if i < 8:
-                rows.append(row)
+            worst_rows = sorted([*worst_rows, (row_m["psnr"], i, [r.cpu() for r in row])],
+                                key=lambda r: (r[0], r[1]))[:GRID_ROWS]
             fakes.append(s.cpu())
             teach.append(t.cpu())
             # the user's images have no target side: FID compares with the teacher's outputs
             reals.append(item[dst_key].unsqueeze(0) if dst_key in item else t.cpu())
-    save_grid(rows, out / "grid.png")
+    save_grid([r for _, _, r in worst_rows], out / "grid.png",
+              [grid_caption(per_image[i]) for _, i, _ in worst_rows])
+    fid = fidelity_summary(per_image)
 
     def mean(v: list[float]) -> float | None:
         return sum(v) / len(v) if v else None
@@ -232,7 +307,11 @@ def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, An
         "images": n, "size": size,
         "held_out": cfg.images or f"{data or 'default data'} test split",
         "objective": smeta.get("objective"), "best_step": smeta.get("step"),
-        "psnr_vs_teacher": mean(vs_t_psnr), "ssim_vs_teacher": mean(vs_t_ssim),
+        "side": cfg.side,
+        "psnr_vs_teacher": fid["psnr_mean"], "ssim_vs_teacher": fid["ssim_mean"],
+        **{f"{k}_vs_teacher" if k.startswith(("psnr", "ssim")) else k: v
+           for k, v in fid.items() if k not in ("psnr_mean", "ssim_mean")},
+        "per_image": per_image,
         "psnr_vs_ground_truth": mean(vs_gt_psnr), "ssim_vs_ground_truth": mean(vs_gt_ssim),
         "teacher_psnr_vs_ground_truth": mean(t_gt_psnr),
         "student_cost_256": {"params": sp.params, "gmacs_paper": sp.macs_paper / 1e9,

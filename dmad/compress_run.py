@@ -20,6 +20,7 @@ prune → fine-tune → eval → export → compare:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dmad.compress.config import make_config, opt, read_config_file, to_dict
+from dmad.compress.data.split import ImageSplit
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.runfolder import holds_user_files
@@ -39,6 +41,12 @@ SPLIT = "split.json"
 #: Fields that may change when a run is resumed (where it runs, not what it computes).
 RESUMABLE_CHANGES = {"device"}
 STAGES = ("search", "finetune", "eval", "export", "compare")
+#: what DONE.json keeps of each evaluation
+EVAL_KEYS = ("images", "size", "side", "psnr_vs_teacher", "ssim_vs_teacher",
+             "psnr_worst_vs_teacher", "psnr_worst_image_vs_teacher", "ssim_worst_vs_teacher",
+             "colour_mean_shift_max", "colour_flag", "held_out", "ratios")
+#: the training images the final evaluation also judges (whole, as the held-out ones)
+EVAL_TRAIN_IMAGES = 50
 
 
 @dataclass
@@ -75,8 +83,14 @@ class CompressConfig:
     export_size: int = opt(256, "input side of the exported models, the held-out evaluation size")
     steps: int = opt(2000, "search steps")
     finetune_steps: int = opt(4000, "fine-tune steps")
-    batch_size: int = opt(1, "images per step in each process (global batch = batch_size × "
-                          "processes under torchrun)")
+    batch_size: int = opt(0, "images per step in each process (global batch = batch_size × "
+                          "processes under torchrun); 0 = each stage's (search 1; fine-tune 4 "
+                          "with the fast objective, the generator's with dmad)")
+    objective: str = opt("fast", "fine-tune objective: fast (L1 + SSIM + colour moments to the "
+                         "teacher, weight average, multi-scale crops) | dmad (DMAD's: GAN + "
+                         "co-attention + L1); see `dmad finetune --help` for each weight")
+    extra_images: str = opt("", "a folder of unlabelled photographs the fine-tune adds to its "
+                            "training images (the teacher labels them)")
     precision: str = opt("fp32", "fp32 | bf16 | fp16: autocast precision of the search and "
                          "fine-tune forward passes")
     workers: int = opt(-1, "DataLoader worker processes; -1 = 0 on CPU, up to 4 per GPU")
@@ -125,7 +139,9 @@ class CompressConfig:
             raise DmadError(f"--norm-stats: {self.norm_stats!r} is not instance or running")
         if self.arch not in ("", "resnet", "unet"):
             raise DmadError(f"--arch: {self.arch!r} is not resnet or unet")
-        for name in ("steps", "finetune_steps", "batch_size", "export_size", "num_calib"):
+        if self.batch_size < 0:
+            raise DmadError(f"--batch-size: must be >= 0, got {self.batch_size}")
+        for name in ("steps", "finetune_steps", "export_size", "num_calib"):
             if getattr(self, name) < 1:
                 raise DmadError(f"--{name.replace('_', '-')}: must be >= 1, got "
                                 f"{getattr(self, name)}")
@@ -414,7 +430,9 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     fcfg = make_config(FinetuneConfig, None, {
         **tables.get("finetune", {}), **common, **data, "search": str(out / "search"),
         "teacher": teacher.ref, "steps": cfg.finetune_steps, "eval_every": cfg.eval_every,
-        "inception": cfg.inception,
+        "inception": cfg.inception, "objective": cfg.objective,
+        "eval_size": cfg.export_size if split is not None else 0,
+        **({"extra_images": cfg.extra_images} if cfg.extra_images else {}),
         **({"quant_aware": True} if cfg.quant_aware else {})})
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
               times, tag="compress")
@@ -436,10 +454,13 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
                       data="" if split is not None else cfg.images, size=cfg.export_size,
                       inception=cfg.inception, device=cfg.device)
     ev = evaluate(ecfg, out / "eval", force=True)  # the run's own folder, redone on resume
+    tr = evaluate(dataclasses.replace(ecfg, side="train", max_images=len(ImageSplit.load(
+        split).train[:EVAL_TRAIN_IMAGES])), out / "eval_train", force=True) \
+        if split is not None else None
     times["eval"] = time.time() - t
-    print(f"[compress] eval      {times['eval']:7.1f} s  {ev['images']} whole held-out images "
-          f"at {cfg.export_size}²: PSNR vs teacher {ev['psnr_vs_teacher']:.2f} dB, SSIM "
-          f"{ev['ssim_vs_teacher']:.3f}")
+    print(f"[compress] eval      {times['eval']:7.1f} s  {fidelity_line(ev, 'held-out')}")
+    if tr is not None:
+        print(f"[compress]                     {fidelity_line(tr, 'training')}")
 
     exports: dict[str, Any] = {}
     if cfg.export:
@@ -464,8 +485,8 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     summary = {
         "generator": cfg.generator, "mode": mode, "objective": done.get("objective"),
         "best_step": (done.get("best") or {}).get("step"),
-        "eval": {k: ev.get(k) for k in ("images", "size", "psnr_vs_teacher", "ssim_vs_teacher",
-                                         "held_out", "ratios")},
+        "eval": {k: ev.get(k) for k in EVAL_KEYS},
+        "eval_train": {k: tr.get(k) for k in EVAL_KEYS} if tr is not None else None,
         "exports": exports, "seconds": {k: round(v, 1) for k, v in times.items()},
     }
     atomic_write_json(out / loop.DONE, summary)
@@ -478,4 +499,15 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     return summary
 
 
-__all__ = ["CompressConfig", "build_config", "run_compress"]
+def fidelity_line(ev: dict[str, Any], what: str) -> str:
+    """One line of an eval summary: mean and worst image, colour shift, the flag."""
+    flag = (f"  > colour shift above {ev['colour_flag_threshold']:g}/255"
+            if ev.get("colour_flag") else "")
+    return (f"{ev['images']} whole {what} images at {ev['size']}²: PSNR vs teacher "
+            f"{ev['psnr_vs_teacher']:.2f} dB (worst {ev['psnr_worst_vs_teacher']:.2f}, "
+            f"{ev['psnr_worst_image_vs_teacher']}), SSIM {ev['ssim_vs_teacher']:.3f} (worst "
+            f"{ev['ssim_worst_vs_teacher']:.3f}), colour mean shift ≤ "
+            f"{ev['colour_mean_shift_max']:.1f}/255{flag}")
+
+
+__all__ = ["CompressConfig", "build_config", "fidelity_line", "run_compress"]

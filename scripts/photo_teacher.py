@@ -7,7 +7,7 @@ registries, fetched beforehand with ``pip download --no-deps scikit-image==0.24.
 scikit-learn==1.5.2`` (their wheels ship sample photographs) plus matplotlib's
 ``grace_hopper.jpg`` from this venv:
 
-1. a teacher is trained here: a Pix2Pix-objective ResNet-9 (ngf 32) colouriser, grey photo →
+1. a teacher is trained here: a Pix2Pix-objective ResNet-9 (ngf 64) colouriser, grey photo →
    colour photo, at 128² on tiles of the training photographs;
 2. ``dmad compress`` takes its ``G_AtoB.pt`` alone (G-only) with the grey photos as the images
    it will see, at ~10× fewer MACs, exports both models and compares them;
@@ -94,6 +94,24 @@ def build(photos: dict[str, Path], root: Path, tile: int = 160) -> Path:
     return root
 
 
+def teacher_vs_truth(g, data: Path) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    """The teacher's PSNR against the real colours of the held-out colour photographs at 256²:
+    how strong a colouriser it is (its task's ground truth, not a student's)."""
+    import numpy as np
+    import torch
+
+    from dmad.compress.evaluate import psnr
+
+    out = []
+    for name in HELD:
+        pair = np.asarray(Image.open(data / "val" / f"{Path(name).stem}.png").convert("RGB"))
+        t = torch.from_numpy(pair.copy()).permute(2, 0, 1).float().div(127.5).sub(1)[None]
+        with torch.no_grad():
+            y = g.eval()(t[..., :256])
+        out.append((name, psnr(y, t[..., 256:])))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wheels", type=Path, nargs="+", required=True,
@@ -107,6 +125,10 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true",
                     help="also benchmark full vs compressed on this CPU (report.md)")
     ap.add_argument("--ratio", type=float, default=10.0, help="MAC reduction (default 10)")
+    ap.add_argument("--ngf", type=int, default=64,
+                    help="teacher width (default 64, the released CycleGAN/Pix2Pix ResNet-9)")
+    ap.add_argument("--teacher-only", action="store_true",
+                    help="train (or finish) the teacher, print its PSNR vs the ground truth, stop")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = ap.parse_args()
 
@@ -124,14 +146,21 @@ def main() -> None:
     tdir = args.out / "teacher"
     t0 = time.time()
     if not (tdir / "DONE.json").exists():
-        tcfg = TeacherConfig(task="pix2pix", arch="resnet", ngf=32, n_blocks=9, norm="instance",
-                             ndf=32, size=128, load_size=144, flip=True, data=str(data),
+        tcfg = TeacherConfig(task="pix2pix", arch="resnet", ngf=args.ngf, n_blocks=9,
+                             norm="instance", ndf=64, size=128, load_size=144, flip=True,
+                             data=str(data),
                              steps=args.steps, checkpoint_every=250, log_every=50,
                              device=args.device)
         train_teacher(tcfg, tdir, resume=(tdir / "checkpoint.pt").exists())
     teacher_s = time.time() - t0
     g, _ = load_model(tdir / "G_AtoB.pt")
     full = profile(g, (1, 3, 256, 256)).macs_paper / 1e9
+    truth = teacher_vs_truth(g, data)
+    print(f"teacher ResNet-9 ngf {args.ngf}, {args.steps} steps: PSNR vs the true colours of "
+          "the held-out photographs at 256²: " + ", ".join(f"{n} {p:.2f}" for n, p in truth)
+          + f" dB (mean {sum(p for _, p in truth) / len(truth):.2f})")
+    if args.teacher_only:
+        return
     target = round(full / args.ratio, 3)
 
     run = args.out / "compress"
@@ -143,7 +172,8 @@ def main() -> None:
     cfg, tables = build_config(overrides, None, run, resume)
     done = run_compress(cfg, run, resume=resume, tables=tables)
     ev = done["eval"]
-    print(f"\nteacher: pix2pix-objective ResNet-9 ngf 32 colouriser, {args.steps} steps at 128² "
+    print(f"\nteacher: pix2pix-objective ResNet-9 ngf {args.ngf} colouriser, {args.steps} "
+          "steps at 128² "
           f"({teacher_s:.0f} s this invocation); {full:.3f} GMACs paper at 256²; target "
           f"{target} ({args.ratio:g}x fewer)")
     print(f"student vs teacher on {ev['images']} whole held-out photographs at {ev['size']}²: "

@@ -304,8 +304,9 @@ def test_compress_teacher_run_folder_uses_the_full_objective(
     train_teacher(TeacherConfig(**cfg), tmp_path / "teacher")  # type: ignore[arg-type]
     out = tmp_path / "run"
     args = [a for a in TINY]
-    res = _compress(out, *args, "--export", "false", "--target-gmacs-BtoA", "0.3", env=cli_env,
-                    gen=tmp_path / "teacher", images=default_data)
+    res = _compress(out, *args, "--export", "false", "--target-gmacs-BtoA", "0.3",
+                    "--objective", "dmad", env=cli_env, gen=tmp_path / "teacher",
+                    images=default_data)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "DMAD's full objective" in res.stdout
     log = (out / "search" / "log.jsonl").read_text()

@@ -97,8 +97,8 @@ def test_finetune_improves_student_teacher_psnr(pipeline: dict[str, Path]) -> No
     before = evaluate(EvalConfig(student=str(pipeline["search"]),
                                  teacher=str(pipeline["teacher"]), device="cpu"), root / "e0")
     summary = finetune(FinetuneConfig(search=str(pipeline["search"]), steps=40, device="cpu",
-                                      log_every=1), root / "ft")
-    assert summary["g_only"] is False
+                                      log_every=1, objective="dmad"), root / "ft")
+    assert summary["g_only"] is False and summary["objective"].startswith("dmad: task loss")
     after = evaluate(EvalConfig(student=str(root / "ft"), device="cpu"), root / "e1")
     assert after["psnr_vs_teacher"] > before["psnr_vs_teacher"] + 1.0
     assert after["ratios"]["macs_paper"] > 1.5
@@ -143,7 +143,10 @@ def test_g_only_mode_from_an_imported_generator(pipeline: dict[str, Path], tmp_p
                                 log_every=1), tmp_path / "ft")
     assert s["g_only"] is True
     log = [json.loads(x) for x in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
-    assert "distill_AtoB" in log[0] and "att_AtoB" in log[0] and "dfeat_AtoB" not in log[0]
+    # the fast objective: the teacher's outputs alone, no discriminator, no attention
+    assert {"distill_AtoB", "ssim_AtoB", "colour_AtoB"} <= set(log[0])
+    assert not {"att_AtoB", "dfeat_AtoB", "G_AtoB", "D"} & set(log[0])
+    assert "EMA 0.999" in s["objective"] and s["inputs"]["inputs_seen"] == 20 * 4
     ev = evaluate(EvalConfig(student=str(tmp_path / "ft"), device="cpu", data=str(
         pipeline["data"]), task="pix2pix", size=32), tmp_path / "e")
     assert ev["psnr_vs_teacher"] > 10 and ev["psnr_vs_ground_truth"] is not None

@@ -226,10 +226,12 @@ class ImageListDataset:
     """
 
     def __init__(self, paths: list[str], cfg: TransformConfig, *, aligned: bool = False,
-                 paired: bool = False) -> None:
-        if not paths:
+                 paired: bool = False, extra: list[str] | None = None) -> None:
+        if not paths and not extra:
             raise DmadError("dataset: no images")
-        self.paths = [Path(p) for p in paths]
+        #: ``extra``: unlabelled whole photographs after the split's own (never A|B halves)
+        self.paths = [Path(p) for p in paths] + [Path(p) for p in extra or []]
+        self.n_own = len(paths)
         self.cfg = cfg
         self.aligned = aligned
         self.paired = paired and aligned
@@ -243,7 +245,7 @@ class ImageListDataset:
         path = self.paths[index]
         img = load_rgb(path)
         b = None
-        if self.aligned:
+        if self.aligned and index < self.n_own:
             w, h = img.size
             a, b = img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w, h))
         else:
@@ -257,14 +259,30 @@ class ImageListDataset:
 
 
 def split_datasets(split: ImageSplit, size: int, load_size: int, flip: bool, *,
-                   paired: bool = False) -> tuple[ImageListDataset, ImageListDataset]:
-    """Training set (augmented crops) and held-out set (whole images resized to ``size``)."""
+                   paired: bool = False, scale_max: int = 0,
+                   extra: list[str] | None = None) -> tuple[ImageListDataset, ImageListDataset]:
+    """Training set (augmented crops; ``scale_max``: multi-scale, see :class:`TransformConfig`;
+    ``extra``: unlabelled photographs added) and held-out set (whole images resized to
+    ``size``)."""
     aligned = split.layout == "aligned"
-    train = ImageListDataset(split.train, TransformConfig(load_size, size, flip),
-                             aligned=aligned, paired=paired)
+    train = ImageListDataset(split.train, TransformConfig(load_size, size, flip, scale_max),
+                             aligned=aligned, paired=paired, extra=extra)
     test = ImageListDataset(split.val, TransformConfig(size, size, False), aligned=aligned,
                             paired=paired)
     return train, test
 
 
-__all__ = ["ImageListDataset", "ImageSplit", "detect_layout", "make_split", "split_datasets"]
+def extra_photographs(folder: Path, split: ImageSplit, size: int) -> list[str]:
+    """Every image under ``folder`` (sorted, nested too) as extra unlabelled distillation
+    inputs; a held-out image among them is refused (it would be trained on)."""
+    files = _walk(Path(folder)) if Path(folder).is_dir() else []
+    if not files:
+        why = "no images in the folder" if Path(folder).is_dir() else "folder not found"
+        raise DmadError(f"{folder}: {why} (field extra_images)")
+    good, _ = scan(files, min_size=(size, size), skip_bad=False, folder=Path(folder))
+    _refuse_overlap(good, [Path(p) for p in split.val], Path(folder))
+    return [str(p) for p in good]
+
+
+__all__ = ["ImageListDataset", "ImageSplit", "detect_layout", "extra_photographs", "make_split",
+           "split_datasets"]

@@ -29,12 +29,18 @@ class TransformConfig:
     load_size: int
     crop_size: int
     flip: bool = True
+    #: multi-scale crops: > 0 = the image's short side is drawn in [crop_size, scale_max]
+    #: (aspect kept) before the random crop, instead of the resize to load_size²
+    scale_max: int = 0
 
     def __post_init__(self) -> None:
         for name in ("load_size", "crop_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DmadError(f"{name}: must be a positive integer, got {value!r}")
+        if self.scale_max and self.scale_max < self.crop_size:
+            raise DmadError(f"scale_max: {self.scale_max} is smaller than the crop "
+                            f"({self.crop_size})")
         if self.crop_size > self.load_size:
             raise DmadError(
                 f"crop_size: {self.crop_size} is larger than load_size {self.load_size} "
@@ -51,12 +57,27 @@ class CropFlip:
     flip: bool
 
 
-def draw_params(cfg: TransformConfig, gen: torch.Generator) -> CropFlip:
-    """Draw a crop corner and flip from ``gen`` (and only from it).
+@dataclass(frozen=True)
+class ScaleCropFlip:
+    """One draw of the multi-scale augmentation: short side, crop position as fractions of the
+    room left (so the draw does not depend on the image's size), flip."""
+
+    short: int
+    u: float
+    v: float
+    flip: bool
+
+
+def draw_params(cfg: TransformConfig, gen: torch.Generator) -> CropFlip | ScaleCropFlip:
+    """Draw a crop corner (or a scale and a position) and flip from ``gen`` (and only from it).
 
     The flip coin is drawn even when ``cfg.flip`` is off, so the generator advances by the same
     amount per image whatever the flip setting.
     """
+    if cfg.scale_max:
+        short = int(torch.randint(cfg.crop_size, cfg.scale_max + 1, (1,), generator=gen).item())
+        u, v, coin = (float(t) for t in torch.rand(3, generator=gen, dtype=torch.float64))
+        return ScaleCropFlip(short=short, u=u, v=v, flip=coin < 0.5 and cfg.flip)
     span = cfg.load_size - cfg.crop_size + 1
     x = int(torch.randint(0, span, (1,), generator=gen).item())
     y = int(torch.randint(0, span, (1,), generator=gen).item())
@@ -89,11 +110,27 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def apply(img: Image.Image, cfg: TransformConfig, params: CropFlip | None) -> torch.Tensor:
+def _scale_crop(img: Image.Image, crop: int, p: ScaleCropFlip) -> Image.Image:
+    w, h = img.size
+    s = p.short / min(w, h)
+    size = (max(crop, round(w * s)), max(crop, round(h * s)))
+    out = img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
+    x = int(p.u * (size[0] - crop + 1))
+    y = int(p.v * (size[1] - crop + 1))
+    return out.crop((x, y, x + crop, y + crop))
+
+
+def apply(img: Image.Image, cfg: TransformConfig,
+          params: CropFlip | ScaleCropFlip | None) -> torch.Tensor:
     """Preprocess one image: train-time with ``params``, test-time (resize only) with None."""
     if params is None:
         size = (cfg.crop_size, cfg.crop_size)
         out = img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
+        return to_tensor(out)
+    if isinstance(params, ScaleCropFlip):
+        out = _scale_crop(img, cfg.crop_size, params)
+        if params.flip:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(out)
     if not (0 <= params.x <= cfg.load_size - cfg.crop_size) or not (
         0 <= params.y <= cfg.load_size - cfg.crop_size

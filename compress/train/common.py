@@ -239,17 +239,26 @@ def open_train_test(
     return train, test
 
 
-def save_grid(rows: list[list[torch.Tensor]], path: Path) -> None:
-    """Save rows of C×H×W images in [-1, 1] as one PNG (atomically)."""
+def save_grid(rows: list[list[torch.Tensor]], path: Path,
+              captions: list[str] | None = None) -> None:
+    """Save rows of C×H×W images in [-1, 1] as one PNG (atomically), at full resolution, with
+    a line of text under each row when ``captions`` are given."""
     if not rows:
         return
+    from PIL import ImageDraw, ImageFont
+
     tiles = [[to_image(t.detach().cpu()) for t in row] for row in rows]
     w, h = tiles[0][0].size
     cols = max(len(r) for r in tiles)
-    grid = Image.new("RGB", (cols * w, len(tiles) * h), (255, 255, 255))
+    band = 16 if captions else 0
+    grid = Image.new("RGB", (cols * w, len(tiles) * (h + band)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
     for i, row in enumerate(tiles):
         for j, im in enumerate(row):
-            grid.paste(im, (j * w, i * h))
+            grid.paste(im, (j * w, i * (h + band)))
+        if captions and i < len(captions):
+            draw.text((4, i * (h + band) + h + 2), captions[i], fill=(0, 0, 0), font=font)
     with atomic_write(path) as fh:
         grid.save(fh, format="PNG")
 

@@ -12,6 +12,7 @@ eval mode, no gradients, targets detached.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,20 @@ from dmad.compress.attention import (
 )
 from dmad.compress.checkpoint import load_model, save_model
 from dmad.compress.config import opt, read_config_file, to_dict
-from dmad.compress.data.split import ImageSplit
+from dmad.compress.data.augment import augment_inputs
+from dmad.compress.data.split import ImageSplit, extra_photographs
+from dmad.compress.distill import (
+    WeightAverage,
+    colour_moment_loss,
+    ssim_loss,
+    swapped,
+)
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.models import PatchDiscriminator
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import save_grid, set_requires_grad
+from dmad.compress.train.objective import PRESETS, check_fields, resolve
 from dmad.compress.train.search import (
     SPLIT,
     Teacher,
@@ -61,9 +70,61 @@ class FinetuneConfig(TrainingOverrides):
         None,
         "distil from the teacher G alone; none = automatic (when the teacher has no D)",
     )
+    objective: str = opt(
+        "fast",
+        "fast (L1 + SSIM + colour moments to the teacher's outputs, EMA of the weights, "
+        "multi-scale crops, batch 4, lr 1e-4; no adversarial or attention term) | dmad "
+        "(DMAD's: GAN + co-attention + L1 ×10 at the teacher run's batch and lr); the fields "
+        "below left at -1 take the objective's value",
+    )
     lambda_attention: float = opt(
         -1.0,
-        "weight of the co-attention loss; -1 = 100 CycleGAN, 10 Pix2Pix (DMAD)",
+        "weight of the co-attention loss; -1 = the objective's (fast 0; dmad 100 CycleGAN, "
+        "10 Pix2Pix)",
+    )
+    lambda_gan: float = opt(
+        -1.0,
+        "teacher-G-only: weight of the adversarial term (a fresh D sees teacher outputs as "
+        "real); -1 = the objective's (fast 0, dmad 1)",
+    )
+    gan_from: float = opt(
+        0.0,
+        "fraction of the steps after which the adversarial term is on (0 = from the start)",
+    )
+    lambda_ssim: float = opt(-1.0, "weight of 1 − SSIM to the teacher's outputs; -1 = the "
+                             "objective's (fast 1, dmad 0)")
+    lambda_colour: float = opt(
+        -1.0,
+        "weight of the colour-moment loss (per-image channel mean and std vs the teacher's); "
+        "-1 = the objective's (fast 1, dmad 0)",
+    )
+    lambda_features: float = opt(
+        -1.0,
+        "weight of feature distillation through learnable 1×1 adapters at the co-attention "
+        "taps (MSE to the teacher's features); -1 = the objective's (0)",
+    )
+    ema: float = opt(
+        -1.0,
+        "decay of the exponential moving average of the student's weights, which is evaluated, "
+        "kept and exported (0 = off); -1 = the objective's (fast 0.999, dmad 0)",
+    )
+    lr_schedule: str = opt("", "linear (constant, then linear decay over decay_steps) | cosine; "
+                           "'' = linear")
+    augment: str = opt(
+        "",
+        "teacher-G-only: input augmentation the teacher labels, comma list of colour, exposure, "
+        "zoom, rotate, mix ('' = none)",
+    )
+    crop_scale: float = opt(
+        -1.0,
+        "with --images: multi-scale crops, the image's short side drawn in [size, crop_scale × "
+        "size] before the random crop (0 = off: resize then crop, the original recipe); -1 = "
+        "the objective's (fast 2, dmad 0)",
+    )
+    extra_images: str = opt(
+        "",
+        "teacher-G-only: a folder of unlabelled photographs added to the training images (the "
+        "teacher labels them)",
     )
     lambda_dfeat: float = opt(1e-4, "weight of the teacher-D feature distillation (0 = off)")
     lambda_distill: float = opt(
@@ -76,6 +137,11 @@ class FinetuneConfig(TrainingOverrides):
         "checkpoint; 0 = only with --images, then 10 times per run",
     )
     eval_images: int = opt(16, "held-out images each periodic evaluation uses (0 = all)")
+    eval_size: int = opt(
+        0,
+        "side of the whole held-out images the periodic evaluation judges (with --images); "
+        "0 = the training size (dmad compress passes its export size)",
+    )
     inception: str = opt(
         "",
         "pytorch-fid weights file: the periodic evaluation also reports FID/KID vs teacher",
@@ -111,6 +177,7 @@ class FinetuneConfig(TrainingOverrides):
         if not 50.0 < self.quant_percentile <= 100.0:
             raise DmadError("field quant_percentile: must be in (50, 100], got "
                             f"{self.quant_percentile}")
+        check_fields(self)
 
 
 def zero_filters(path: Path) -> dict[str, Any]:
@@ -152,7 +219,7 @@ class FinetuneStage(TeacherStage):
 
     def __init__(self, fcfg: FinetuneConfig, tcfg: TeacherConfig, teacher: Teacher,
                  students: dict[str, nn.Module], search_D: dict[str, nn.Module],
-                 split: ImageSplit | None = None) -> None:
+                 split: ImageSplit | None = None, extra_images: list[str] | None = None) -> None:
         self.fcfg = fcfg
         self.split = split
         self.paired_gt = fcfg.lambda_gt > 0
@@ -171,12 +238,20 @@ class FinetuneStage(TeacherStage):
         if not self.g_only and not teacher.D:
             raise DmadError(f"{fcfg.teacher or fcfg.search}: full co-attention distillation needs "
                             "the teacher's discriminator; use --g-only true with a generator alone")
+        self.obj = resolve(fcfg, task=tcfg.task, g_only=self.g_only, steps=tcfg.steps,
+                           size=tcfg.size)
+        if not self.g_only and (self.obj.augment or fcfg.extra_images):
+            raise DmadError("field augment/extra_images: only for teacher-G-only distillation "
+                            "(the task loss needs the real image pairs)")
+        if self.obj.augment and fcfg.lambda_gt > 0:
+            raise DmadError("field augment: cannot be combined with lambda_gt (the ground truth "
+                            "is not augmented with the input)")
+        self.scale_max = self.obj.scale_max
+        self.extra_images = extra_images
         super().__init__(tcfg)
-        task = tcfg.task
-        self.lambda_att = fcfg.lambda_attention if fcfg.lambda_attention >= 0 else (
-            100.0 if task == "cyclegan" else 10.0)
+        self.lambda_att = self.obj.attention
         self.lambda_distill = fcfg.lambda_distill
-        if self.g_only and self.lambda_distill <= 0:
+        if self.g_only and self.lambda_distill <= 0 and self.obj.ssim <= 0:
             raise DmadError("field lambda_distill: must be > 0 in teacher-G-only mode (the "
                             "teacher's outputs are the only teaching signal besides attention)")
         self.T = {d: teacher.G[d].to(self.device).eval().requires_grad_(False) for d in self.G
@@ -188,29 +263,49 @@ class FinetuneStage(TeacherStage):
         self.t_rec = {d: Recorder(generator_taps(self.T[d])) for d in self.students}
         self.d_rec = {d: Recorder(dict(zip(("att", "hidden"), discriminator_taps(D), strict=True)))
                       for d, D in self.TD.items()}
+        self.adapters = self._make_adapters()
+        self.ema = {d: WeightAverage(self.G[d], self.obj.ema) for d in self.students} \
+            if self.obj.ema > 0 else {}
+        self.seconds_before, self.started = 0.0, time.perf_counter()
         every = fcfg.eval_every or (max(1, tcfg.steps // 10) if split is not None else 0)
         self.eval_every = every
         self.best: dict[str, Any] = {}  # {"step", "psnr", "ssim", "state": {d: state_dict}}
         self.evals: list[dict[str, Any]] = []
         self._val_cache: tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]] | None = None
-        self.objective = self._objective_name()
+        self.objective = self.obj.describe() + (
+            f", under fake int8 from step {self.qa_start + 1}" if self.qa_start is not None
+            else "") + (" (DMAD's exact objective)" if not self.g_only and
+                        self.lambda_distill == 0 and self.obj.preset == "dmad" else "")
 
-    def _objective_name(self) -> str:
-        """The objective in words, written to DONE.json and every report."""
-        parts = ["GAN"] if self.g_only else [f"{self.cfg.task} task loss"]
-        if self.lambda_att > 0:
-            parts.append(f"co-attention ×{self.lambda_att:g} (teacher G"
-                         + ("" if self.g_only else " + D") + " maps)")
-        if not self.g_only and self.fcfg.lambda_dfeat > 0:
-            parts.append(f"teacher-D features ×{self.fcfg.lambda_dfeat:g}")
-        if self.lambda_distill > 0:
-            parts.append(f"L1 to teacher outputs ×{self.lambda_distill:g}")
-        name = " + ".join(parts)
-        if self.qa_start is not None:
-            name += f", under fake int8 from step {self.qa_start + 1}"
-        exact = not self.g_only and self.lambda_distill == 0
-        return name + (" (DMAD's exact objective)" if exact else "")
+    def _make_adapters(self) -> nn.ModuleDict:
+        """1×1 adapters from the student's to the teacher's width at each tap (feature
+        distillation), trained by the generator optimiser; empty when that term is off."""
+        out = nn.ModuleDict()
+        if self.obj.features <= 0:
+            return out
+        from dmad.compress.distill import FeatureAdapters, tap_widths
 
+        for d in self.students:
+            x = torch.zeros(1, self.G[d].spec.input_nc, self.cfg.size, self.cfg.size,
+                            device=self.device)
+            widths = tap_widths(self.G[d], self.T[d], generator_taps(self.G[d]),
+                                generator_taps(self.T[d]), x)
+            out[d] = FeatureAdapters(widths).to(self.device)
+        self.opt_G.add_param_group({"params": list(out.parameters()), "lr": self.cfg.lr})
+        return out
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), **{f"adapters_{d}": m for d, m in self.adapters.items()}}
+
+    def backward_step(self, loss: torch.Tensor, which: str) -> None:
+        super().backward_step(loss, which)
+        if which == "G":
+            for d, avg in self.ema.items():
+                avg.update(self.G[d])
+
+    def kept_weights(self, d: str) -> dict[str, torch.Tensor] | None:
+        """The weights evaluated, kept and exported: the average when EMA is on."""
+        return self.ema[d].shadow if d in self.ema else None
 
     def directions(self) -> list[str]:
         if self.g_only:
@@ -277,6 +372,12 @@ class FinetuneStage(TeacherStage):
                 losses[f"att_{d}"] = self.lambda_att * co_attention_loss(s_feats, t_feats, d_map)
             if self.lambda_distill > 0:
                 losses[f"distill_{d}"] = self.lambda_distill * self.l1(fake, t_out)
+            if self.obj.ssim > 0:
+                losses[f"ssim_{d}"] = self.obj.ssim * ssim_loss(fake, t_out)
+            if self.obj.colour > 0:
+                losses[f"colour_{d}"] = self.obj.colour * colour_moment_loss(fake, t_out)
+            if d in self.adapters:
+                losses[f"feat_{d}"] = self.obj.features * self.adapters[d](s_feats, t_feats)
             if self.fcfg.lambda_gt > 0 and "B" in self.batch:
                 losses[f"gt_{d}"] = self.fcfg.lambda_gt * self.l1(fake, self.batch["B"])
             self.t_outs[d] = t_out
@@ -296,8 +397,8 @@ class FinetuneStage(TeacherStage):
         try:
             if not self.g_only:
                 return super().train_step(step)
-            self.batch = self.batches.get(step)
-            return self._g_only_step()
+            self.batch = self._augmented(self.batches.get(step), step)
+            return self._g_only_step(step)
         finally:
             for h in hooks:
                 h.remove()
@@ -307,19 +408,35 @@ class FinetuneStage(TeacherStage):
             self.s_out.setdefault(d, out)
         return fn
 
-    def _g_only_step(self) -> dict[str, torch.Tensor | float]:
-        """Paired distillation of the teacher's outputs against a freshly trained D."""
+    def _augmented(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """The students' inputs with the configured augmentation (drawn from seed and step)."""
+        if not self.obj.augment:
+            return batch
+        from dmad.compress.train.common import item_seed
+
+        keys = {"A" if d == "AtoB" else "B" for d in self.students}
+        seed = item_seed(self.cfg.seed + 7919, step * self.world + self.rank)
+        return {k: augment_inputs(v, self.obj.augment, seed) if k in keys else v
+                for k, v in batch.items()}
+
+    def _g_only_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        """Distillation of the teacher's outputs, with a freshly trained D when the adversarial
+        term is on at this step (no D work at all when it is off)."""
         out: dict[str, torch.Tensor] = {}
+        gan = self.obj.gan if step >= self.obj.gan_from else 0.0
         set_requires_grad(list(self.D.values()), False)
         self.opt_G.zero_grad(set_to_none=True)
         with self.amp.autocast():
             fakes = {d: self.ddp(self.G[d])(self._inputs(d)) for d in self.students}
             for d, fake in fakes.items():
-                out[f"G_{d}"] = self.gan(self.D[d](self._d_input(d, fake)), True,
-                                         for_discriminator=False)
+                if gan > 0:
+                    out[f"G_{d}"] = gan * self.gan(self.D[d](self._d_input(d, fake)), True,
+                                                   for_discriminator=False)
             out.update(self.extra_generator_loss())
             loss_G = sum(out.values())
         self.backward_step(loss_G, "G")  # type: ignore[arg-type]
+        if gan <= 0:
+            return {"G": loss_G, **out}  # type: ignore[dict-item]
         set_requires_grad(list(self.D.values()), True)
         self.opt_D.zero_grad(set_to_none=True)
         with self.amp.autocast():
@@ -336,16 +453,28 @@ class FinetuneStage(TeacherStage):
         return {"G": loss_G, **out, "D": loss_D}  # type: ignore[dict-item]
 
     # -- best checkpoint -------------------------------------------------------------------
+    def _eval_set(self):  # type: ignore[no-untyped-def]
+        """The held-out images the periodic evaluation judges: at ``eval_size`` when set."""
+        size = self.fcfg.eval_size
+        if self.split is None or not size or size == self.cfg.size:
+            return self.test_set
+        from dmad.compress.data.split import ImageListDataset
+        from dmad.compress.data.transforms import TransformConfig
+
+        return ImageListDataset(self.split.val, TransformConfig(size, size, False),
+                                aligned=self.split.layout == "aligned")
+
     def _val_set(self) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
-        """Held-out inputs (whole images at the training size) and the teacher's outputs."""
+        """Held-out inputs (whole images) and the teacher's outputs."""
         if self._val_cache is None:
-            n = len(self.test_set) if self.fcfg.eval_images <= 0 else min(
-                self.fcfg.eval_images, len(self.test_set))
+            held = self._eval_set()
+            n = len(held) if self.fcfg.eval_images <= 0 else min(self.fcfg.eval_images,
+                                                                  len(held))
             xs: list[torch.Tensor] = []
             ts: dict[str, list[torch.Tensor]] = {d: [] for d in self.students}
             with torch.no_grad():
                 for i in range(n):
-                    item = self.test_set.get(i, None)
+                    item = held.get(i, None)
                     for d in self.students:
                         key = "A" if d == "AtoB" else "B"
                         x = item[key].unsqueeze(0).to(self.device)
@@ -356,33 +485,33 @@ class FinetuneStage(TeacherStage):
         return self._val_cache
 
     def evaluate_students(self) -> dict[str, float]:
-        """Mean PSNR/SSIM vs the teacher over the held-out images (both directions averaged)."""
-        from dmad.compress.evaluate import psnr, ssim
+        """PSNR/SSIM vs the teacher over the held-out images (both directions pooled): mean and
+        worst image, and the largest per-channel colour shift (0–255), of the kept weights."""
+        from dmad.compress.evaluate import fidelity_summary, image_fidelity
 
         xs, ts = self._val_set()
-        ps, ss = [], []
+        per_image = []
         with torch.no_grad():
             for d, g in self.G.items():
                 if d not in self.students:
                     continue
-                g.eval()
-                for x, t in zip(xs, ts[d], strict=True):
-                    y = g(x)
-                    ps.append(psnr(y, t))
-                    ss.append(ssim(y, t) if min(x.shape[-2:]) >= 11 else float("nan"))
-                g.train()
-        out = {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss)}
+                with swapped(g, self.kept_weights(d)):
+                    g.eval()
+                    per_image += [image_fidelity(g(x), t) for x, t in zip(xs, ts[d], strict=True)]
+                    g.train()
+        f = fidelity_summary(per_image)
+        out = {"psnr": f["psnr_mean"], "ssim": f["ssim_mean"], "psnr_worst": f["psnr_worst"],
+               "ssim_worst": f["ssim_worst"], "colour_shift_max": f["colour_mean_shift_max"]}
         if self.fcfg.inception:
             from dmad.compress.fid import fid_kid, load_inception
 
             if getattr(self, "_inception", None) is None:
                 self._inception = load_inception(Path(self.fcfg.inception)).to(self.device)
-            net = self._inception
             d0 = next(iter(self.students))
-            with torch.no_grad():
-                fakes = [self.G[d0].eval()(x).cpu() for x in xs]
-            self.G[d0].train()
-            fk = fid_kid([t.cpu() for t in ts[d0]], fakes, net)
+            with torch.no_grad(), swapped(self.G[d0], self.kept_weights(d0)) as g:
+                fakes = [g.eval()(x).cpu() for x in xs]
+                g.train()
+            fk = fid_kid([t.cpu() for t in ts[d0]], fakes, self._inception)
             out.update({"fid": fk["fid"], "kid": fk["kid_mean"]})
         return out
 
@@ -394,22 +523,49 @@ class FinetuneStage(TeacherStage):
             return {}
         m = self.evaluate_students()
         quantised = self.qa_start is not None and n > self.qa_start
-        self.evals.append({"step": n, **m, **({"fake_int8": True} if quantised else {})})
+        self.evals.append({"step": n, **m, "seconds": round(self.elapsed(), 1),
+                           **({"fake_int8": True} if quantised else {})})
+        shown = {"val_psnr": round(m["psnr"], 4), "val_ssim": round(m["ssim"], 5),
+                 "val_psnr_worst": round(m["psnr_worst"], 4)}
         if self.qa_start is not None and not quantised:
-            return {"val_psnr": round(m["psnr"], 4), "val_ssim": round(m["ssim"], 5)}
+            return shown
         if not self.best or m["psnr"] > self.best["psnr"]:
-            self.best = {"step": n, **m, "state": {
-                d: {k: v.detach().cpu().clone() for k, v in self.G[d].state_dict().items()}
-                for d in self.students}}
-        return {"val_psnr": round(m["psnr"], 4), "val_ssim": round(m["ssim"], 5)}
+            state = {}
+            for d in self.students:
+                kept = self.kept_weights(d)
+                src = kept if kept is not None else self.G[d].state_dict()
+                state[d] = {k: v.detach().cpu().clone() for k, v in src.items()}
+            self.best = {"step": n, **m, "state": state}
+        return shown
+
+    def elapsed(self) -> float:
+        """Wall seconds this fine-tune has run (over resumes), evaluations included."""
+        return self.seconds_before + time.perf_counter() - self.started
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "best": self.best, "evals": list(self.evals)}
+        return {**super().extra_state(), "best": self.best, "evals": list(self.evals),
+                "ema": {d: a.state_dict() for d, a in self.ema.items()},
+                "seconds": self.elapsed()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.best = state.get("best") or {}
         self.evals = list(state.get("evals") or [])
+        self.seconds_before, self.started = float(state.get("seconds", 0.0)), time.perf_counter()
+        for d, a in self.ema.items():
+            if d not in (state.get("ema") or {}):
+                raise DmadError("checkpoint.pt: has no weight average for the student; it was "
+                                "saved with another --ema (resume with the run's settings)")
+            a.load_state_dict(state["ema"][d])
+
+    def inputs_record(self) -> dict[str, Any]:
+        """How much input the student saw: the source images (and the extra unlabelled ones)
+        and the crops drawn from them, every one a distinct input under random crops."""
+        n_extra = len(self.extra_images or [])
+        return {"source_images": len(self.train_set) - n_extra, "extra_images": n_extra,
+                "inputs_seen": self.cfg.steps * self.global_batch,
+                "multi_scale_max_side": self.obj.scale_max or None,
+                "augment": list(self.obj.augment)}
 
     def _zero_filters(self, d: str) -> dict[str, Any]:
         path = Path(self.fcfg.search) / f"search_G_{d}.pt" if self.fcfg.search else None
@@ -427,6 +583,9 @@ class FinetuneStage(TeacherStage):
                                "objective": self.objective, "students": {}}
         qa = {"quant_aware": self.qa_report} if self.qa_report else {}
         out.update(qa)
+        out["inputs"] = self.inputs_record()
+        for d in self.ema:  # the average is the student from here on
+            self.G[d].load_state_dict(self.ema[d].shadow)
         if self.best:
             out["best"] = {k: v for k, v in self.best.items() if k != "state"}
             out["evals"] = self.evals
@@ -476,6 +635,11 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
         teacher.base.update({k: v for k, v in searched.items() if k not in ("steps",
                                                                             "decay_steps")})
     tcfg = training_config(cfg, teacher)
+    preset = PRESETS[cfg.objective]
+    if not cfg.batch_size and preset["batch_size"]:
+        tcfg.batch_size = preset["batch_size"]
+    if not cfg.lr and preset["lr"]:
+        tcfg.lr = preset["lr"]
     split = None
     images = cfg.images or (str(Path(cfg.search) / SPLIT) if cfg.search and
                             (Path(cfg.search) / SPLIT).is_file() else "")
@@ -486,8 +650,13 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
     if split is not None and not Path(images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
     tcfg.batch_size = loop.per_rank_batch(out, resume, tcfg.batch_size)
-    stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split)
-    return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
+    extra = extra_photographs(Path(cfg.extra_images), split, tcfg.size) \
+        if cfg.extra_images and split is not None else None
+    if cfg.extra_images and split is None:
+        raise DmadError("field extra_images: needs --images (teacher-G-only distillation)")
+    stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split, extra)
+    schedule = loop.Schedule(tcfg.steps, tcfg.decay_steps, stage.obj.schedule)
+    return loop.run(stage, out, schedule,
                     {"finetune": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
                     checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
                     max_steps=max_steps)

@@ -42,9 +42,13 @@ class Schedule:
 
     steps: int
     decay_steps: int
+    #: linear (the originals') | cosine (half a cosine from 1 to 0 over all the steps)
+    shape: str = "linear"
 
     def factor(self, step: int) -> float:
         """LR multiplier at 0-based ``step``: the original `1 - max(0, e - n) / (n_decay + 1)`."""
+        if self.shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * step / max(1, self.steps)))
         constant = self.steps - self.decay_steps
         return 1.0 - max(0, step - constant) / float(self.decay_steps + 1)
 

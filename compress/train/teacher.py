@@ -307,6 +307,10 @@ class TeacherStage(loop.Stage):
     split: Any = None
     #: with a split: also load the B half of aligned images (extra ground truth)
     paired_gt: bool = False
+    #: with a split: multi-scale crops up to this short side (0 = the original resize-and-crop)
+    scale_max: int = 0
+    #: with a split: unlabelled photographs added to the training images
+    extra_images: list[str] | None = None
 
     def open_data(self):  # type: ignore[no-untyped-def]
         """(training set, held-out set): the split's images when a stage has one, else the
@@ -316,7 +320,8 @@ class TeacherStage(loop.Stage):
             from dmad.compress.data.split import split_datasets
 
             return split_datasets(self.split, cfg.size, cfg.load_size, bool(cfg.flip),
-                                  paired=self.paired_gt)
+                                  paired=self.paired_gt, scale_max=self.scale_max,
+                                  extra=self.extra_images)
         return open_train_test(resolve_data(cfg.data, cfg.size), cfg.task, cfg.size,
                                cfg.load_size, bool(cfg.flip), cfg.direction, cfg.skip_bad)
 
