@@ -300,6 +300,29 @@ def chart_png(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def fidelity_blocks(grid: Path) -> list[tuple[Any, ...]]:
+    """The student-vs-teacher table of the ``eval.json`` beside the grid (none when absent or
+    unreadable: the report never fails over it)."""
+    import json
+
+    try:
+        ev = json.loads((grid.parent / "eval.json").read_text(encoding="utf-8"))
+        cells = [f"{ev['images']} × {ev['size']}²",
+                 f"{ev['psnr_vs_teacher']:.2f} / {ev['psnr_worst_vs_teacher']:.2f} dB "
+                 f"({ev['psnr_worst_image_vs_teacher']})",
+                 f"{ev['ssim_vs_teacher']:.3f} / {ev['ssim_worst_vs_teacher']:.3f}",
+                 f"{ev['colour_mean_shift_max']:.1f}/255"
+                 + (" (above the flag)" if ev.get("colour_flag") else "")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [("table", ["held-out images", "PSNR vs teacher mean / worst",
+                       "SSIM mean / worst", "largest channel-mean shift"], [cells]),
+            ("p", "Rows of the grid: the held-out images furthest from the teacher, worst "
+                  "first (input | teacher | student), each with its PSNR, SSIM and colour "
+                  "shift. A channel-mean shift above 3/255 is about the just-noticeable colour "
+                  "difference over a whole photograph.")]
+
+
 def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> list[Path]:
     """report.md, report.html, latency.png (+ grid.png), results.json, results.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +386,8 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
             with atomic_write(gpath) as fh:
                 fh.write(grid.read_bytes())
         written.append(gpath)
-        blocks += [("h2", "Images (from dmad eval)"), ("img", gpath.name, "image grid")]
+        blocks += [("h2", "Fidelity and images (from dmad eval)"), *fidelity_blocks(grid),
+                   ("img", gpath.name, "image grid")]
     blocks += [("h2", "All measurements"), results_table(data["results"]), ("h2", "Machine"),
                *machine_blocks(data)]
     md, htm = out_dir / "report.md", out_dir / "report.html"

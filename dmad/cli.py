@@ -147,9 +147,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = _run_config(FinetuneConfig, args, "finetune", saved_key="finetune")
     summary = finetune(cfg, args.out, resume=args.resume, force=args.force)
-    mode = "teacher-G-only" if summary["g_only"] else "co-attention (teacher G + D)"
+    mode = "teacher-G-only" if summary["g_only"] else "full (teacher G + D)"
+    print(f"objective ({mode}): {summary['objective']}")
     for d, s in summary["students"].items():
-        print(f"student G_{d}: {args.out / s['file']}  {mode}  params {s['params']:,}  "
+        print(f"student G_{d}: {args.out / s['file']}  params {s['params']:,}  "
               f"{s['gmacs_paper_256']:.3f} GMACs paper / {s['gmacs_true_256']:.3f} true at 256²")
     return 0
 
@@ -165,8 +166,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def fmt(v: float | None, unit: str = "") -> str:
         return "n/a" if v is None else f"{v:.3f}{unit}"
 
-    print(f"images {s['images']}  PSNR vs teacher {fmt(s['psnr_vs_teacher'], ' dB')}  "
-          f"SSIM vs teacher {fmt(s['ssim_vs_teacher'])}")
+    print(f"images {s['images']}  PSNR vs teacher {fmt(s['psnr_vs_teacher'], ' dB')} (worst "
+          f"{fmt(s['psnr_worst_vs_teacher'], ' dB')}, {s['psnr_worst_image_vs_teacher']})  SSIM "
+          f"vs teacher {fmt(s['ssim_vs_teacher'])} (worst {fmt(s['ssim_worst_vs_teacher'])})")
+    flag = (f"  > above {s['colour_flag_threshold']:g}/255: a visible colour cast"
+            if s["colour_flag"] else "")
+    print(f"colour: channel means moved by up to {fmt(s['colour_mean_shift_max'])}/255 (mean "
+          f"{fmt(s['colour_mean_shift_mean'])}), spreads by up to "
+          f"{fmt(s['colour_std_shift_max'])}/255{flag}")
     if s["psnr_vs_ground_truth"] is not None:
         print(f"vs ground truth: student PSNR {fmt(s['psnr_vs_ground_truth'], ' dB')} SSIM "
               f"{fmt(s['ssim_vs_ground_truth'])}; teacher PSNR "

@@ -42,12 +42,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L1 + cosine LR": {**PLAIN, "lr_schedule": "cosine"},
     "fast (default: L1 + SSIM + colour + EMA + multi-scale)": {"objective": "fast"},
     "fast + features": {"objective": "fast", "lambda_features": 1.0},
+    "fast, after a search with the same signal (L1 + SSIM + colour, no GAN, no attention)":
+        {"objective": "fast", "_search": "fast"},
 }
+#: the search's G-only objective when a variant asks for it
+SEARCH_FAST = {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,
+               "lambda_colour": 1.0}
 
 
 def run_variant(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace,
                 search: Path, teacher: Path) -> dict[str, Any]:
     from dmad.compress.train.finetune import FinetuneConfig, finetune
+
+    over = dict(over)
+    if over.pop("_search", None):
+        search = shared_search(teacher, search.parent.parent / "photo_student" / "student_images",
+                               search.parent.parent / "photo_student" / "student_heldout",
+                               search.parent / "search_fast", steps=args.search_steps,
+                               ratio=10.0, extra=SEARCH_FAST)
 
     key = f"v{list(VARIANTS).index(name):02d}_s{seed}"
     run = args.work / "ft" / key

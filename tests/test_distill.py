@@ -278,3 +278,21 @@ def test_psnr_worst_in_periodic_evaluation(gonly: dict[str, Path], tmp_path: Pat
         assert e["psnr_worst"] <= e["psnr"] and e["ssim_worst"] <= e["ssim"]
         assert e["colour_shift_max"] >= 0 and e["seconds"] > 0
     assert psnr(torch.zeros(1), torch.zeros(1)) == float("inf")
+
+
+def test_compare_report_carries_the_eval_fidelity_table(tmp_path: Path) -> None:
+    from dmad.benchmark.report import fidelity_blocks
+
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"png")
+    assert fidelity_blocks(grid) == []  # no eval.json: no table, no failure
+    (tmp_path / "eval.json").write_text("{not json")
+    assert fidelity_blocks(grid) == []
+    ev = {"images": 11, "size": 256, "psnr_vs_teacher": 27.5, "psnr_worst_vs_teacher": 24.25,
+          "psnr_worst_image_vs_teacher": "moon.png", "ssim_vs_teacher": 0.9,
+          "ssim_worst_vs_teacher": 0.85, "colour_mean_shift_max": 4.2, "colour_flag": True}
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    (kind, header, rows), _ = fidelity_blocks(grid)
+    assert kind == "table" and len(header) == 4
+    assert rows == [["11 × 256²", "27.50 / 24.25 dB (moon.png)", "0.900 / 0.850",
+                     "4.2/255 (above the flag)"]]

@@ -26,6 +26,7 @@ from dmad.compress.attention import Recorder, co_attention_loss, generator_taps
 from dmad.compress.checkpoint import load_generator, load_model
 from dmad.compress.config import RUN_HELP, opt, read_config_file, to_dict
 from dmad.compress.data.split import ImageSplit, make_split
+from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
 from dmad.compress.groups import removed_blocks, residual_group, update_group_coefficients
 from dmad.compress.io import atomic_save, atomic_write_json
@@ -162,6 +163,11 @@ class SearchConfig(TrainingOverrides):
         1.0,
         "G-only search: weight of the adversarial term (a fresh D sees teacher outputs as real)",
     )
+    lambda_ssim: float = opt(0.0, "G-only search: weight of 1 − SSIM to the teacher's outputs")
+    lambda_colour: float = opt(
+        0.0,
+        "G-only search: weight of the colour-moment loss (channel mean and std vs the teacher's)",
+    )
     lambda_attention: float = opt(
         -1.0,
         "G-only search: weight of the co-attention loss to the teacher G's attention maps; "
@@ -209,6 +215,9 @@ class SearchConfig(TrainingOverrides):
             raise bad("bound_schedule", f"{self.bound_schedule!r} is not cube, linear or square")
         if self.fit_rank not in ("taylor", "weight"):
             raise bad("fit_rank", f"{self.fit_rank!r} is not taylor or weight")
+        for name in ("lambda_recon", "lambda_gan", "lambda_ssim", "lambda_colour", "lambda_feat"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -538,6 +547,10 @@ class SearchStage(TeacherStage):
                 fake, target = fakes[d], targets[d]
                 if c.lambda_recon > 0:
                     losses[f"recon_{d}"] = c.lambda_recon * self.l1(fake, target)
+                if c.lambda_ssim > 0:
+                    losses[f"ssim_{d}"] = c.lambda_ssim * ssim_loss(fake, target)
+                if c.lambda_colour > 0:
+                    losses[f"colour_{d}"] = c.lambda_colour * colour_moment_loss(fake, target)
                 if c.lambda_gan > 0:
                     losses[f"G_{d}"] = c.lambda_gan * self.gan(
                         self.D[d](self._d_input(fake)), True, for_discriminator=False)
@@ -556,6 +569,8 @@ class SearchStage(TeacherStage):
             losses.update(self.extra_generator_loss())
             loss_G = sum(losses.values())
         self.backward_step(loss_G, "G")  # type: ignore[arg-type]
+        if c.lambda_gan <= 0:  # no adversarial term: the discriminator is not trained
+            return {"G": loss_G, **losses}  # type: ignore[dict-item]
         set_requires_grad(list(self.D.values()), True)
         self.opt_D.zero_grad(set_to_none=True)
         with self.amp.autocast():
