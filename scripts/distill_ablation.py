@@ -4,7 +4,8 @@ For a search run, prints the pruned student's PSNR/SSIM against the teacher befo
 then after fine-tuning (same steps and seed) with DMAD's objective: everything (co-attention + D
 features + L1 to the teacher's outputs), without the attention terms, without attention and D
 features, DMAD's exact objective (no L1 to the teacher); and with the default ``fast`` objective.
-The objectives compared on photo-trained teachers are ``distill_objectives.py``'s. A script that prints numbers, not a test.
+The objectives compared on photo-trained teachers are ``distill_objectives.py``'s. A script
+that prints numbers, not a test.
 
     python scripts/distill_ablation.py --search runs/demo/search --steps 200
 """

@@ -56,9 +56,9 @@ def run_variant(name: str, over: dict[str, Any], seed: int, args: argparse.Names
 
     over = dict(over)
     if over.pop("_search", None):
-        search = shared_search(teacher, search.parent.parent / "photo_student" / "student_images",
-                               search.parent.parent / "photo_student" / "student_heldout",
-                               search.parent / "search_fast", steps=args.search_steps,
+        photos = args.work.parent / "photo_student"
+        search = shared_search(teacher, photos / "student_images", photos / "student_heldout",
+                               args.work / "search_fast", steps=args.search_steps,
                                ratio=10.0, extra=SEARCH_FAST)
 
     key = f"v{list(VARIANTS).index(name):02d}_s{seed}"
@@ -94,10 +94,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="fine-tune steps (default 200)")
     ap.add_argument("--seeds", default="0,1", help="fine-tune seeds, comma list (default 0,1)")
     ap.add_argument("--only", default="", help="run only variants whose name contains this")
+    ap.add_argument("--search", type=Path, default=None,
+                    help="a finished search run to reuse (e.g. fidelity_vs_time.py's)")
     args = ap.parse_args()
     train, held = student_folders(args.wheels, args.work.parent / "photo_student")
-    search = shared_search(args.teacher, train, held, args.work / "search",
-                           steps=args.search_steps, ratio=10.0)
+    search = args.search or shared_search(args.teacher, train, held, args.work / "search",
+                                          steps=args.search_steps, ratio=10.0)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"| objective ({args.steps} fine-tune steps after a {args.search_steps}-step search; "
           f"mean (seed {' / '.join(map(str, seeds))})) | held-out PSNR | worst held-out PSNR | "
