@@ -34,7 +34,7 @@ from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.runfolder import holds_user_files
 from dmad.compress.train import distributed, loop
-from dmad.pipeline import _compare, _export_both, run_stage
+from dmad.pipeline import compare_both, export_both, run_stage
 
 ARGS = "compress.json"
 SPLIT = "split.json"
@@ -465,7 +465,7 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     exports: dict[str, Any] = {}
     if cfg.export:
         t = time.time()
-        size_x = _export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib}, out / ARGS,
+        size_x = export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib}, out / ARGS,
                               {"compressed": out / "finetune", "full": Path(teacher.file)},
                               out / "export", cfg.export_size, False, split=split,
                               calib=Path(cfg.calib) if cfg.calib else None, tag="compress")
@@ -477,7 +477,7 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
             _record_measured(out, cfg.latency_table, cfg.export_size)
     if cfg.compare and cfg.export:
         t = time.time()
-        _compare({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,
+        compare_both({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,
                  force)
         times["compare"] = time.time() - t
         print(f"[compress] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")

@@ -146,13 +146,13 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     student_run = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
     if "export" in settings:
         t = time.time()
-        _export_both(settings["export"], path, {"compressed": student_run, "full": tdir},
+        export_both(settings["export"], path, {"compressed": student_run, "full": tdir},
                      out / "export", size, force)
         times["export"] = time.time() - t
         print(f"[demo] export    {times['export']:7.1f} s")
     if "compare" in settings:
         t = time.time()
-        _compare(settings["compare"], path, out, force)
+        compare_both(settings["compare"], path, out, force)
         times["compare"] = time.time() - t
         print(f"[demo] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")
     total = sum(times.values())
@@ -162,7 +162,7 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     return times
 
 
-def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], out: Path,
+def export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], out: Path,
                  size: int, force: bool, *, split: Path | None = None,
                  calib: Path | None = None, tag: str = "demo") -> int:
     """Export the compressed student and the full teacher the same way (ONNX + every TFLite
@@ -198,7 +198,7 @@ def _export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], 
     return size
 
 
-def _compare(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
+def compare_both(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
     """Benchmark full vs compressed on the host backends and write ``out/report.md``."""
     from dmad.benchmark.api import CompareConfig, compare
 

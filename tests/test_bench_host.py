@@ -207,7 +207,7 @@ def test_bad_model_files(tmp_path: Path) -> None:
 
 def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    from dmad.pipeline import _compare
+    from dmad.pipeline import compare_both
 
     out = tmp_path / "demo"
     for side, src in (("full", "full_dir"), ("compressed", "small_dir")):
@@ -215,7 +215,7 @@ def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path]
     shutil.copy(bench_models["wide_tflite"], out / "export" / "full" / "generator_fp32.tflite")
     shutil.copy(bench_models["narrow_tflite"],
                 out / "export" / "compressed" / "generator_fp32.tflite")
-    _compare({"backends": ["torch", "ort", "tflite"], "threads": [1], "runs": 2, "warmup": 0},
+    compare_both({"backends": ["torch", "ort", "tflite"], "threads": [1], "runs": 2, "warmup": 0},
              tmp_path / "demo.toml", out, force=True)
     md = (out / "report.md").read_text()
     assert "Input 1x3x32x32." in md  # the main report, at the export size
