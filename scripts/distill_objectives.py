@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dmad (old default: GAN + attention ×100 + L1 ×10, batch 1, lr 2e-4)": {"objective": "dmad"},
     "L1 only (batch 4, lr 1e-4)": PLAIN,
     "L1 + SSIM": {**PLAIN, "lambda_ssim": 1.0},
-    "L1 + colour moments": {**PLAIN, "lambda_colour": 1.0},
+    "L1 + colour moments ×10": {**PLAIN, "lambda_colour": 10.0},
     "L1 + features (1×1 adapters)": {**PLAIN, "lambda_features": 1.0},
     "L1 + GAN from half-way": {**PLAIN, "lambda_gan": 1.0, "gan_from": 0.5},
     "L1 + EMA 0.999": {**PLAIN, "ema": 0.999},
@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: the search's G-only objective when a variant asks for it
 SEARCH_FAST = {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,
-               "lambda_colour": 1.0}
+               "lambda_colour": 10.0}
 
 
 def run_variant(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace,

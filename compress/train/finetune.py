@@ -96,7 +96,7 @@ class FinetuneConfig(TrainingOverrides):
     lambda_colour: float = opt(
         -1.0,
         "weight of the colour-moment loss (per-image channel mean and std vs the teacher's); "
-        "-1 = the objective's (fast 1, dmad 0)",
+        "-1 = the objective's (fast 10, dmad 0)",
     )
     lambda_features: float = opt(
         -1.0,

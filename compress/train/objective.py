@@ -28,7 +28,7 @@ SCHEDULES = ("linear", "cosine")
 #: What each preset puts in the fields left at -1 (or '').
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,
-             "lambda_colour": 1.0, "lambda_features": 0.0, "ema": 0.999, "crop_scale": 2.0,
+             "lambda_colour": 10.0, "lambda_features": 0.0, "ema": 0.999, "crop_scale": 2.0,
              "lr_schedule": "linear", "batch_size": 4, "lr": 1e-4},
     "dmad": {"lambda_gan": 1.0, "lambda_attention": None, "lambda_ssim": 0.0,
              "lambda_colour": 0.0, "lambda_features": 0.0, "ema": 0.0, "crop_scale": 0.0,
