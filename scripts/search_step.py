@@ -57,7 +57,7 @@ def g_only_mode(args: argparse.Namespace, total: int) -> tuple[Any, Any, str]:
     tcfg = training_config(scfg, teacher)
     masked = SearchStage(scfg, tcfg, teacher, split)
     fcfg = FinetuneConfig(student=str(args.generator), objective="dmad", steps=total,
-                          device="cpu", eval_every=0)
+                          size=args.size, device="cpu", eval_every=0)
     plain = FinetuneStage(fcfg, training_config(fcfg, teacher), teacher,
                           {"AtoB": copy.deepcopy(g)}, {}, split)
     return plain, masked, f"resnet ngf {g.spec.ngf}, teacher-G-only distillation"
