@@ -34,6 +34,7 @@ from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.runfolder import holds_user_files
 from dmad.compress.train import distributed, loop
+from dmad.compress.train.objective import OBJECTIVES
 from dmad.pipeline import compare_both, export_both, run_stage
 
 ARGS = "compress.json"
@@ -141,6 +142,11 @@ class CompressConfig:
             raise DmadError(f"--arch: {self.arch!r} is not resnet or unet")
         if self.batch_size < 0:
             raise DmadError(f"--batch-size: must be >= 0, got {self.batch_size}")
+        if self.objective not in OBJECTIVES:
+            raise DmadError(f"--objective: {self.objective!r} is not one of "
+                            f"{', '.join(OBJECTIVES)}")
+        if self.extra_images and not Path(self.extra_images).is_dir():
+            raise DmadError(f"--extra-images {self.extra_images}: not a folder")
         for name in ("steps", "finetune_steps", "export_size", "num_calib"):
             if getattr(self, name) < 1:
                 raise DmadError(f"--{name.replace('_', '-')}: must be >= 1, got "
