@@ -296,3 +296,13 @@ def test_compare_report_carries_the_eval_fidelity_table(tmp_path: Path) -> None:
     assert kind == "table" and len(header) == 4
     assert rows == [["11 × 256²", "27.50 / 24.25 dB (moon.png)", "0.900 / 0.850",
                      "4.2/255 (above the flag)"]]
+
+
+def test_compress_refuses_a_bad_objective_before_any_work(tmp_path: Path) -> None:
+    from dmad.compress_run import CompressConfig
+
+    with pytest.raises(DmadError, match="--objective: 'slow' is not one of fast, dmad"):
+        CompressConfig(generator="g.pt", images="x", target_gmacs=1.0, objective="slow")
+    with pytest.raises(DmadError, match=r"--extra-images .*: not a folder"):
+        CompressConfig(generator="g.pt", images="x", target_gmacs=1.0,
+                       extra_images=str(tmp_path / "none"))
