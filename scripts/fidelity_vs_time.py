@@ -32,17 +32,19 @@ OBJECTIVES = {"dmad (old default)": {"objective": "dmad"}, "fast (new default)":
 
 
 def step_seconds(search: Path, over: dict[str, Any], work: Path, seed: int) -> float:
-    """Seconds per fine-tune step of this objective (a 12-step probe, the first 4 not timed)."""
+    """Seconds per fine-tune step of this objective (a 100-step probe, the first 50 not timed:
+    the first steps of a run are slower while kernels and buffers are set up, and a shorter
+    probe overstated the step time by a third)."""
     from dmad.compress.train.finetune import FinetuneConfig, finetune
 
     probe = work / "probe"
-    cfg = FinetuneConfig(search=str(search), steps=12, seed=seed, device="cpu", eval_every=0,
-                         log_every=1, checkpoint_every=1000, **over)
+    cfg = FinetuneConfig(search=str(search), steps=100, seed=seed, device="cpu", eval_every=0,
+                         log_every=10, checkpoint_every=1000, **over)
     finetune(cfg, probe, force=True)
     log = [json.loads(x) for x in (probe / "log.jsonl").read_text().splitlines()]
     t = {r["step"]: r["time"] for r in log if "time" in r}
     shutil.rmtree(probe)
-    return (t[12] - t[4]) / 8
+    return (t[100] - t[50]) / 50
 
 
 def run(name: str, over: dict[str, Any], args: argparse.Namespace, search: Path,
