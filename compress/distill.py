@@ -22,25 +22,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmad.compress.errors import DmadError
+
 #: SSIM constants of Wang et al. 2004 on [0, 1] images.
 _C1, _C2 = 0.01**2, 0.03**2
 
 
-def _window(channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.arange(11, device=device, dtype=dtype) - 5
+def _window(channels: int, device: torch.device, dtype: torch.dtype,
+            side: int = 11) -> torch.Tensor:
+    x = torch.arange(side, device=device, dtype=dtype) - side // 2
     g = torch.exp(-(x**2) / (2 * 1.5**2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, 11, 11).contiguous()
+    return (g[:, None] * g[None, :]).expand(channels, 1, side, side).contiguous()
 
 
 def ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1 − SSIM (11×11 Gaussian σ 1.5, valid windows) of images in [-1, 1]; differentiable.
 
     Computed in float32 whatever the autocast precision: the variance terms are differences of
-    squares and lose their digits in bf16."""
+    squares and lose their digits in bf16. Images under 11 pixels (tiny test runs) use the
+    largest odd window that fits, so the term never fails a run."""
     x, y = (a.float() + 1) / 2, (b.float() + 1) / 2
     c = x.shape[1]
-    w = _window(c, x.device, x.dtype)
+    side = min(11, min(x.shape[-2:]))
+    w = _window(c, x.device, x.dtype, side - (1 - side % 2))
     with torch.autocast(x.device.type, enabled=False):
         mx, my = F.conv2d(x, w, groups=c), F.conv2d(y, w, groups=c)
         sxx = F.conv2d(x * x, w, groups=c) - mx**2
@@ -72,6 +77,9 @@ class FeatureAdapters(nn.Module):
 
     def __init__(self, widths: dict[str, tuple[int, int]]) -> None:
         super().__init__()
+        if not widths:
+            raise DmadError("field lambda_features: the student and the teacher share no "
+                            "feature tap (different architectures); set it to 0")
         self.names = sorted(widths)
         self.convs = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in (widths[n] for n in self.names))
 
@@ -84,34 +92,44 @@ class FeatureAdapters(nn.Module):
 
 
 class WeightAverage:
-    """Exponential moving average of a module's floating-point parameters and buffers.
+    """Exponential moving average of a module's parameters; its buffers are copied as they are.
 
     ``decay`` is reached gradually (``min(decay, (1 + n) / (10 + n))`` after n updates, as
     TensorFlow's ExponentialMovingAverage with ``num_updates``), so the average of a short run
-    is not dominated by its starting weights. Integer buffers are copied. The state is plain
-    tensors, saved in checkpoints, so a resumed run averages exactly as an uninterrupted one."""
+    is not dominated by its starting weights. Buffers (BatchNorm statistics, the fake-int8
+    ranges of quantisation-aware training) describe the current weights' activations, so an
+    average of them would lag what the averaged weights need; they follow the live module. The
+    state is plain tensors, saved in checkpoints, so a resumed run averages exactly as an
+    uninterrupted one."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
+        self.params = {k for k, _ in module.named_parameters()}
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        """Fold the module's current weights in (after each optimiser step)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for k, v in module.state_dict().items():
             s = self.shadow[k]
-            if v.is_floating_point():
+            if k in self.params and v.is_floating_point():
                 s.mul_(d).add_(v.detach().to(s.dtype), alpha=1 - d)
             else:
                 s.copy_(v)
 
     def state_dict(self) -> dict[str, object]:
+        """Decay, update count and the averaged tensors (on the CPU), for a checkpoint."""
         return {"decay": self.decay, "updates": self.updates,
                 "shadow": {k: v.detach().cpu().clone() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue a saved average; another decay than the saved one is refused."""
+        if float(state["decay"]) != self.decay:  # type: ignore[arg-type]
+            raise DmadError(f"checkpoint.pt: its weight average has decay {state['decay']}, "
+                            f"not {self.decay}; resume with the run's --ema")
         self.updates = int(state["updates"])  # type: ignore[call-overload]
         shadow = state["shadow"]
         assert isinstance(shadow, dict)

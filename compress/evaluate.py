@@ -178,6 +178,9 @@ def _held_out(path: Path, size: int, side: str = "val"):  # type: ignore[no-unty
     from dmad.compress.data.transforms import TransformConfig
 
     tf = TransformConfig(size, size, False)
+    if side != "val" and not path.is_file():
+        raise DmadError(f"--side {side}: needs --images SPLIT.json (a folder has no training "
+                        "side)")
     if path.is_file():
         split = ImageSplit.load(path)
         files = split.val if side == "val" else split.train
@@ -224,6 +227,40 @@ def _check_size(size: int, *models: nn.Module) -> None:
                             f"{m.spec.family} generator")
 
 
+def _score_images(student: nn.Module, teacher: nn.Module, test: Any, n: int,
+                  device: torch.device, task: str, direction: str, out: Path) -> dict[str, Any]:
+    """Per-image fidelity of the first ``n`` images (and against ground truth where paired),
+    the outputs FID needs, and the grid of the worst images, captioned."""
+    src_key, dst_key = ("A", "B") if direction == "AtoB" else ("B", "A")
+    paths = list(getattr(test, "paths", None) or getattr(test, f"{src_key}_paths", None) or [])
+    r: dict[str, Any] = {k: [] for k in ("per_image", "gt_psnr", "gt_ssim", "t_gt_psnr",
+                                         "fakes", "reals", "teach")}
+    worst: list[tuple[float, int, list[torch.Tensor]]] = []
+    with torch.no_grad():
+        for i, item in enumerate(eval_loader(test, device, limit=n)):
+            x = item[src_key].unsqueeze(0).to(device)
+            s, t = student(x), teacher(x)
+            m = image_fidelity(s, t)
+            m["name"] = Path(paths[i]).name if i < len(paths) else str(i)
+            r["per_image"].append(m)
+            row = [x[0], t[0], s[0]]
+            if task == "pix2pix" and dst_key in item:
+                gt = item[dst_key].unsqueeze(0).to(device)
+                r["gt_psnr"].append(psnr(s, gt))
+                r["gt_ssim"].append(ssim(s, gt))
+                r["t_gt_psnr"].append(psnr(t, gt))
+                row.append(gt[0])
+            worst = sorted([*worst, (m["psnr"], i, [v.cpu() for v in row])],
+                           key=lambda w: (w[0], w[1]))[:GRID_ROWS]
+            r["fakes"].append(s.cpu())
+            r["teach"].append(t.cpu())
+            # the user's images have no target side: FID compares with the teacher's outputs
+            r["reals"].append(item[dst_key].unsqueeze(0) if dst_key in item else t.cpu())
+    save_grid([w for _, _, w in worst], out / "grid.png",
+              [grid_caption(r["per_image"][i]) for _, i, _ in worst])
+    return r
+
+
 def evaluate(cfg: EvalConfig, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Compute the metrics, write ``out/eval.json`` and ``out/grid.png``; return the summary.
 
@@ -268,33 +305,9 @@ def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, An
                                   False)
     student, teacher = student.to(device).eval(), teacher.to(device).eval()
     n = len(test) if cfg.max_images <= 0 else min(cfg.max_images, len(test))
-    paths = list(getattr(test, "paths", None) or getattr(test, "A_paths", None) or [])
-    per_image, vs_gt_psnr, vs_gt_ssim, t_gt_psnr = [], [], [], []
-    worst_rows: list[tuple[float, int, list[torch.Tensor]]] = []
-    fakes, reals, teach = [], [], []
-    src_key, dst_key = ("A", "B") if cfg.direction == "AtoB" else ("B", "A")
-    with torch.no_grad():
-        for i, item in enumerate(eval_loader(test, device, limit=n)):
-            x = item[src_key].unsqueeze(0).to(device)
-            s, t = student(x), teacher(x)
-            row_m = image_fidelity(s, t)
-            row_m["name"] = Path(paths[i]).name if i < len(paths) else str(i)
-            per_image.append(row_m)
-            row = [x[0], t[0], s[0]]
-            if task == "pix2pix" and dst_key in item:
-                gt = item[dst_key].unsqueeze(0).to(device)
-                vs_gt_psnr.append(psnr(s, gt))
-                vs_gt_ssim.append(ssim(s, gt))
-                t_gt_psnr.append(psnr(t, gt))
-                row.append(gt[0])
-            worst_rows = sorted([*worst_rows, (row_m["psnr"], i, [r.cpu() for r in row])],
-                                key=lambda r: (r[0], r[1]))[:GRID_ROWS]
-            fakes.append(s.cpu())
-            teach.append(t.cpu())
-            # the user's images have no target side: FID compares with the teacher's outputs
-            reals.append(item[dst_key].unsqueeze(0) if dst_key in item else t.cpu())
-    save_grid([r for _, _, r in worst_rows], out / "grid.png",
-              [grid_caption(per_image[i]) for _, i, _ in worst_rows])
+    sc = _score_images(student, teacher, test, n, device, task, cfg.direction, out)
+    per_image, fakes, reals, teach = sc["per_image"], sc["fakes"], sc["reals"], sc["teach"]
+    vs_gt_psnr, vs_gt_ssim, t_gt_psnr = sc["gt_psnr"], sc["gt_ssim"], sc["t_gt_psnr"]
     fid = fidelity_summary(per_image)
 
     def mean(v: list[float]) -> float | None:

@@ -75,6 +75,8 @@ def _run_config(cls: type, args: argparse.Namespace, section: str,
             base = base.get(saved_key)
             if not isinstance(base, dict):
                 raise DmadError(f"{saved}: has no {saved_key!r} table; not a dmad {section} run")
+            if saved_key == "finetune" and "objective" not in base:
+                base = {**base, "objective": "dmad"}  # a run from before the objective
     cfg = make_config(cls, args.config, _config_overrides(args), section=section, base=base,
                       base_origin=str(saved))
     guard_inputs(args, cfg)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dmad.compress.config import make_config, opt, read_config_file, to_dict
-from dmad.compress.data.split import ImageSplit
+from dmad.compress.data.split import ImageSplit, extra_photographs
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.runfolder import holds_user_files
@@ -85,8 +85,9 @@ class CompressConfig:
     steps: int = opt(2000, "search steps")
     finetune_steps: int = opt(4000, "fine-tune steps")
     batch_size: int = opt(0, "images per step in each process (global batch = batch_size × "
-                          "processes under torchrun); 0 = each stage's (search 1; fine-tune 4 "
-                          "with the fast objective, the generator's with dmad)")
+                          "processes under torchrun); 0 = each stage's (the search: the "
+                          "generator's, 1 for a checkpoint; the fine-tune: 4 with the fast "
+                          "objective, the search's with dmad)")
     objective: str = opt("fast", "fine-tune objective: fast (L1 + SSIM + colour moments to the "
                          "teacher, weight average, multi-scale crops) | dmad (DMAD's: GAN + "
                          "co-attention + L1); see `dmad finetune --help` for each weight")
@@ -325,6 +326,8 @@ def build_config(args_overrides: dict[str, Any], config_file: Path | None, out: 
         _check_same(saved, given, out)
         tables = tables or saved.get("tables", {})
     base = saved.get("config") if saved else None
+    if isinstance(base, dict) and "objective" not in base:
+        base = {**base, "objective": "dmad"}  # a run from before the objective: DMAD's
     cfg = make_config(CompressConfig, None, given, base=base, base_origin=str(out / ARGS))
     return cfg, tables
 
@@ -388,7 +391,7 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
 def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force: bool = False,
                  tables: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search → prune → fine-tune → eval → export → compare in ``out``; returns DONE.json."""
-    from dmad.compress.train.finetune import FinetuneConfig, finetune
+    from dmad.compress.train.finetune import FinetuneConfig, finetune, refuse_incompatible
     from dmad.compress.train.search import SearchConfig, search
 
     tables = tables or {}
@@ -418,7 +421,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
               "skip_bad": cfg.skip_bad, "checkpoint_every": cfg.checkpoint_every,
               "log_every": cfg.log_every, "precision": cfg.precision, "workers": cfg.workers}
     data = {"images": str(split)} if split is not None else {"data": cfg.images}
-    mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
+    mode = "teacher-G-only distillation" if split is not None else \
+        "full objective (the teacher's G and D)"
     if distributed.is_main():
         want = f"{cfg.target_ms} ms predicted by {cfg.latency_table}" if cfg.target_ms else \
             f"{cfg.target_gmacs} GMACs {cfg.macs_convention} at {cfg.macs_size}²"
@@ -431,8 +435,7 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         "target_ms": cfg.target_ms, "latency_table": cfg.latency_table,
         "width_multiple": cfg.width_multiple,
         "directions": "AtoB" if split is not None else "both"})
-    run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
-              tag="compress")
+    # the fine-tune's settings are checked before the search spends its time
     fcfg = make_config(FinetuneConfig, None, {
         **tables.get("finetune", {}), **common, **data, "search": str(out / "search"),
         "teacher": teacher.ref, "steps": cfg.finetune_steps, "eval_every": cfg.eval_every,
@@ -440,6 +443,11 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         "eval_size": cfg.export_size if split is not None else 0,
         **({"extra_images": cfg.extra_images} if cfg.extra_images else {}),
         **({"quant_aware": True} if cfg.quant_aware else {})})
+    refuse_incompatible(fcfg, split is not None, ImageSplit.load(split) if split else None)
+    if cfg.extra_images and split is not None:
+        extra_photographs(Path(cfg.extra_images), ImageSplit.load(split), size)
+    run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
+              tag="compress")
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
               times, tag="compress")
     if not distributed.is_main():
@@ -452,7 +460,8 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     """Eval → export → compare → DONE.json (rank 0)."""
     from dmad.compress.evaluate import EvalConfig, evaluate
 
-    mode = "teacher-G-only distillation" if split is not None else "DMAD's full objective"
+    mode = "teacher-G-only distillation" if split is not None else \
+        "full objective (the teacher's G and D)"
 
     t = time.time()
     ecfg = EvalConfig(student=str(out / "finetune"), teacher=teacher.file,

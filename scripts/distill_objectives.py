@@ -106,10 +106,17 @@ def main() -> None:
           "held-out SSIM | worst held-out SSIM | max colour shift /255 | training PSNR | "
           "worst training PSNR | fine-tune s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, over in VARIANTS.items():
-        if args.only and args.only not in name:
-            continue
-        rows = [run_variant(name, over, s, args, search, args.teacher) for s in seeds]
+    names = [n for n in VARIANTS if not args.only or args.only in n]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in seeds:  # every variant once before any second seed: a partial run is a table
+        for name in names:
+            done[name, seed] = run_variant(name, VARIANTS[name], seed, args, search,
+                                           args.teacher)
+            v = done[name, seed]["val"]
+            print(f"# seed {seed} {name}: {v['psnr_vs_teacher']:.2f} dB", file=sys.stderr,
+                  flush=True)
+    for name in names:
+        rows = [done[name, s] for s in seeds]
         secs = sum(r["seconds"] for r in rows) / len(rows)
         print(f"| {name} | {cell(rows, 'val', 'psnr_vs_teacher', '.2f')} | "
               f"{cell(rows, 'val', 'psnr_worst_vs_teacher', '.2f')} | "

@@ -306,3 +306,39 @@ def test_compress_refuses_a_bad_objective_before_any_work(tmp_path: Path) -> Non
     with pytest.raises(DmadError, match=r"--extra-images .*: not a folder"):
         CompressConfig(generator="g.pt", images="x", target_gmacs=1.0,
                        extra_images=str(tmp_path / "none"))
+
+
+def test_weight_average_copies_buffers_and_refuses_another_decay() -> None:
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    avg = WeightAverage(m, 0.9)
+    with torch.no_grad():
+        m[1].running_mean.fill_(5.0)  # statistics of the current weights: followed, not averaged
+        m[0].weight.add_(1.0)
+    avg.update(m)
+    assert torch.equal(avg.shadow["1.running_mean"], m[1].running_mean)
+    assert not torch.equal(avg.shadow["0.weight"], m[0].weight)
+    with pytest.raises(DmadError, match=r"decay 0\.9, not 0\.99"):
+        WeightAverage(m, 0.99).load_state_dict(avg.state_dict())
+
+
+def test_ssim_loss_fits_images_under_the_window() -> None:
+    a = torch.rand(1, 3, 8, 8) * 2 - 1
+    assert float(ssim_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ssim_loss(a, -a)) > 0.5
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"augment": "zoom", "images": ""}, "need --images"),
+    ({"extra_images": "x", "lambda_gt": 1.0}, "cannot be combined with lambda_gt"),
+])
+def test_incompatible_options_are_refused_before_the_run_folder(
+        gonly: dict[str, Path], tmp_path: Path, fields: dict[str, object], message: str) -> None:
+    from dmad.compress.data.split import ImageSplit
+    from dmad.compress.train.finetune import refuse_incompatible
+
+    cfg = FinetuneConfig(search=str(gonly["search"]), **fields)  # type: ignore[arg-type]
+    split = None if "images" in fields else ImageSplit.load(gonly["search"] / "split.json")
+    with pytest.raises(DmadError, match=message):
+        refuse_incompatible(cfg, True, split)
+    with pytest.raises(DmadError, match="field eval_size: must be 0"):
+        FinetuneConfig(search="x", eval_size=8)

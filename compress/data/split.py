@@ -246,8 +246,8 @@ class ImageListDataset:
         img = load_rgb(path)
         b = None
         if self.aligned and index < self.n_own:
-            w, h = img.size
-            a, b = img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w, h))
+            w, h = img.size  # halves of one width: an odd width's last column is dropped
+            a, b = img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, 2 * (w // 2), h))
         else:
             a = img
         params = draw_params(self.cfg, gen) if gen is not None else None

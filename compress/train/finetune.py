@@ -177,7 +177,24 @@ class FinetuneConfig(TrainingOverrides):
         if not 50.0 < self.quant_percentile <= 100.0:
             raise DmadError("field quant_percentile: must be in (50, 100], got "
                             f"{self.quant_percentile}")
+        if self.eval_size and self.eval_size < 11:
+            raise DmadError(f"field eval_size: must be 0 (the training size) or >= 11 (the SSIM "
+                            f"window), got {self.eval_size}")
         check_fields(self)
+
+
+def refuse_incompatible(cfg: FinetuneConfig, g_only: bool, split: ImageSplit | None) -> None:
+    """One-line errors for options that cannot work together in this mode."""
+    augment = bool(cfg.augment.strip()) and cfg.augment.strip() != "none"
+    if (augment or cfg.extra_images) and split is None:
+        raise DmadError("field augment/extra_images: need --images (teacher-G-only "
+                        "distillation on your images; a task dataset's pairs stay as they are)")
+    if (augment or cfg.extra_images) and not g_only:
+        raise DmadError("field augment/extra_images: only for teacher-G-only distillation "
+                        "(the task loss needs the real image pairs)")
+    if (augment or cfg.extra_images) and cfg.lambda_gt > 0:
+        raise DmadError("field augment/extra_images: cannot be combined with lambda_gt (the "
+                        "ground truth is neither augmented nor known for extra photographs)")
 
 
 def zero_filters(path: Path) -> dict[str, Any]:
@@ -240,15 +257,18 @@ class FinetuneStage(TeacherStage):
                             "the teacher's discriminator; use --g-only true with a generator alone")
         self.obj = resolve(fcfg, task=tcfg.task, g_only=self.g_only, steps=tcfg.steps,
                            size=tcfg.size)
-        if not self.g_only and (self.obj.augment or fcfg.extra_images):
-            raise DmadError("field augment/extra_images: only for teacher-G-only distillation "
-                            "(the task loss needs the real image pairs)")
-        if self.obj.augment and fcfg.lambda_gt > 0:
-            raise DmadError("field augment: cannot be combined with lambda_gt (the ground truth "
-                            "is not augmented with the input)")
+        refuse_incompatible(fcfg, self.g_only, split)
+        if split is None:  # crops from a task dataset keep the original resize-and-crop
+            self.obj = dataclasses.replace(self.obj, scale_max=0)
         self.scale_max = self.obj.scale_max
         self.extra_images = extra_images
         super().__init__(tcfg)
+        # steps are final now (--epochs resolves them in the base class)
+        self.obj = dataclasses.replace(self.obj, gan_from=int(fcfg.gan_from * self.cfg.steps))
+        if fcfg.eval_size and fcfg.eval_size % getattr(
+                next(iter(students.values())).spec, "divisor", 4):
+            raise DmadError(f"field eval_size: {fcfg.eval_size} is not a multiple of "
+                            f"{next(iter(students.values())).spec.divisor} for this generator")
         self.lambda_att = self.obj.attention
         self.lambda_distill = fcfg.lambda_distill
         if self.g_only and self.lambda_distill <= 0 and self.obj.ssim <= 0:
@@ -283,6 +303,9 @@ class FinetuneStage(TeacherStage):
         out = nn.ModuleDict()
         if self.obj.features <= 0:
             return out
+        if self.world > 1:  # rank-local modules outside DDP would train apart on each rank
+            raise DmadError("field lambda_features: not yet supported under torchrun (more than "
+                            "one process); set it to 0")
         from dmad.compress.distill import FeatureAdapters, tap_widths
 
         for d in self.students:
@@ -290,14 +313,20 @@ class FinetuneStage(TeacherStage):
                             device=self.device)
             widths = tap_widths(self.G[d], self.T[d], generator_taps(self.G[d]),
                                 generator_taps(self.T[d]), x)
-            out[d] = FeatureAdapters(widths).to(self.device)
+            with torch.random.fork_rng(devices=[]):  # the same adapters for any rank or device
+                torch.manual_seed(self.cfg.seed + 15_485_863)
+                out[d] = FeatureAdapters(widths)
+            out[d].to(self.device)
         self.opt_G.add_param_group({"params": list(out.parameters()), "lr": self.cfg.lr})
         return out
 
     def modules(self) -> dict[str, nn.Module]:
+        """The base stage's modules plus the feature adapters (checkpointed with them)."""
         return {**super().modules(), **{f"adapters_{d}": m for d, m in self.adapters.items()}}
 
     def backward_step(self, loss: torch.Tensor, which: str) -> None:
+        """The base step, then the weight average follows every generator update (so what is
+        kept is an average of the weights the optimiser actually produced)."""
         super().backward_step(loss, which)
         if which == "G":
             for d, avg in self.ema.items():
@@ -409,15 +438,26 @@ class FinetuneStage(TeacherStage):
         return fn
 
     def _augmented(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        """The students' inputs with the configured augmentation (drawn from seed and step)."""
+        """The students' inputs with the configured augmentation. Each image's draw comes from
+        its index in the global batch (as its crop does), so the inputs do not depend on the
+        number of processes; ``mix`` pairs images within each process's share of the batch."""
         if not self.obj.augment:
             return batch
         from dmad.compress.train.common import item_seed
 
         keys = {"A" if d == "AtoB" else "B" for d in self.students}
-        seed = item_seed(self.cfg.seed + 7919, step * self.world + self.rank)
-        return {k: augment_inputs(v, self.obj.augment, seed) if k in keys else v
-                for k, v in batch.items()}
+        first = step * self.global_batch + self.rank * self.cfg.batch_size
+        solo = tuple(k for k in self.obj.augment if k != "mix")
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            parts = [augment_inputs(x[j:j + 1], solo, item_seed(self.cfg.seed + 7919, first + j))
+                     for j in range(x.shape[0])]
+            out = torch.cat(parts) if solo else x
+            if "mix" in self.obj.augment:
+                out = augment_inputs(out, ("mix",), item_seed(self.cfg.seed + 7927, first))
+            return out
+
+        return {k: one(v) if k in keys else v for k, v in batch.items()}
 
     def _g_only_step(self, step: int) -> dict[str, torch.Tensor | float]:
         """Distillation of the teacher's outputs, with a freshly trained D when the adversarial
@@ -646,14 +686,14 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
     if images:  # the search's split by default: the same held-out images stay held out
         split = resolve_split(images, cfg.val, out / SPLIT, size=tcfg.size,
                               skip_bad=tcfg.skip_bad, resume=resume)
+    # every refusal before the run folder is touched (--force would empty it first)
+    refuse_incompatible(cfg, cfg.g_only if cfg.g_only is not None else not teacher.D, split)
+    extra = extra_photographs(Path(cfg.extra_images), split, tcfg.size) \
+        if cfg.extra_images and split is not None else None
     loop.prepare_run_dir(out, resume=resume, force=force)
     if split is not None and not Path(images).is_file() and distributed.is_main():
         atomic_write_json(out / SPLIT, split.to_dict())
     tcfg.batch_size = loop.per_rank_batch(out, resume, tcfg.batch_size)
-    extra = extra_photographs(Path(cfg.extra_images), split, tcfg.size) \
-        if cfg.extra_images and split is not None else None
-    if cfg.extra_images and split is None:
-        raise DmadError("field extra_images: needs --images (teacher-G-only distillation)")
     stage = FinetuneStage(cfg, tcfg, teacher, students, search_D, split, extra)
     schedule = loop.Schedule(tcfg.steps, tcfg.decay_steps, stage.obj.schedule)
     return loop.run(stage, out, schedule,

@@ -4,9 +4,11 @@
 photo-trained teachers (``scripts/distill_objectives.py``, ``docs/results.md``): the student
 learns the teacher's outputs directly (L1 + SSIM + colour moments), its weights are averaged
 (EMA) and the average is what is evaluated, kept and exported; crops are drawn at several
-scales so a small training crop sees the statistics of the whole images it is judged on. No
-adversarial term and no attention maps: a freshly trained discriminator and attention maps
-×100 gave the student a noisy signal per step that pulled it away from the teacher.
+scales so a small training crop sees the statistics of the whole images it is judged on. With a
+generator alone there is no adversarial term and no attention map: a freshly trained
+discriminator and attention maps ×100 gave the student a noisy signal per step that pulled it
+away from the teacher. With a full teacher (G and D, a task dataset) the task loss, GAN
+included, stays and these terms are added to it.
 
 ``dmad`` is DMAD's fine-tune: the task or adversarial loss + co-attention (×100 CycleGAN, ×10
 Pix2Pix) + L1 to the teacher ×10, the teacher run's batch and learning rate, no averaging.
