@@ -1,7 +1,7 @@
 """Which fine-tune objective makes a faithful student of a photo-trained generator? An ablation.
 
     python scripts/distill_objectives.py --wheels scikit_image-*.whl scikit_learn-*.whl \
-        [--teacher runs/photo64/teacher/G_AtoB.pt] [--steps 200] [--seeds 0,1]
+        [--teacher runs/photo64/teacher/G_AtoB.pt] [--steps 80] [--seeds 0,1]
 
 One search at ÷10 paper MACs of the photo-trained ResNet-9 (``photo_teacher.py``), then the
 same pruned student fine-tuned with each candidate objective for the same number of steps and
@@ -66,8 +66,8 @@ def run_variant(name: str, over: dict[str, Any], seed: int, args: argparse.Names
     if not (run / "DONE.json").exists():
         t = time.perf_counter()
         finetune(FinetuneConfig(search=str(search), steps=args.steps, seed=seed, device="cpu",
-                                eval_every=args.steps // 4, eval_images=0, eval_size=256,
-                                checkpoint_every=max(50, args.steps // 4), log_every=25,
+                                eval_every=args.steps, eval_images=0, eval_size=256,
+                                checkpoint_every=args.steps, log_every=25,
                                 **over), run, force=True)
         (run / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}")
     res = judge(run / "last_student_G_AtoB.pt", teacher, search / "split.json",
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "objectives",
                     help="work folder (finished runs are reused)")
     ap.add_argument("--search-steps", type=int, default=300, help="search steps (default 300)")
-    ap.add_argument("--steps", type=int, default=200, help="fine-tune steps (default 200)")
+    ap.add_argument("--steps", type=int, default=80, help="fine-tune steps (default 80)")
     ap.add_argument("--seeds", default="0,1", help="fine-tune seeds, comma list (default 0,1)")
     ap.add_argument("--only", default="", help="run only variants whose name contains this")
     ap.add_argument("--search", type=Path, default=None,
