@@ -177,7 +177,8 @@ def test_finetune_keeps_best_and_last_and_reports_the_step(
     # a scripted held-out score: best at step 4 of 8 (evaluated every 2 steps)
     scores = iter([20.0, 25.0, 22.0, 21.0])
     monkeypatch.setattr(ft.FinetuneStage, "evaluate_students",
-                        lambda self: {"psnr": next(scores), "ssim": 0.5})
+                        lambda self: {"psnr": next(scores), "ssim": 0.5, "psnr_worst": 1.0,
+                                      "ssim_worst": 0.1, "colour_shift_max": 0.0})
     done = ft.finetune(ft.FinetuneConfig(search=str(tmp_path / "s"), steps=8, eval_every=2,
                                          checkpoint_every=4, device="cpu"), tmp_path / "f")
     assert done["best"]["step"] == 4 and done["best"]["psnr"] == 25.0

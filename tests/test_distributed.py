@@ -263,8 +263,8 @@ def test_compress_under_torchrun_trains_on_both_ranks_and_rank_0_finishes(
                        "--export-size", "32", "--export", "false", "--compare", "false",
                        "--device", "cpu", "--checkpoint-every", "2"))
     assert r.stdout.count("[compress] search") == 1  # rank 0 alone reports
-    for stage in ("search", "finetune"):
+    for stage, batch in (("search", 1), ("finetune", 4)):  # per process: each stage's default
         done = json.loads((out / stage / "DONE.json").read_text())
-        assert done["world_size"] == 2 and done["global_batch"] == 2
+        assert done["world_size"] == 2 and done["global_batch"] == 2 * batch
     summary = json.loads((out / "DONE.json").read_text())
     assert summary["eval"]["images"] == 4
