@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_setup import ROOT, WHEELS_HELP, judge, shared_search, student_folders
+from photo_setup import judge, photo_arguments, shared_search, student_folders
 
 #: the baseline of the candidates: L1 to the teacher at batch 4, lr 1e-4, nothing else
 PLAIN = {"objective": "fast", "lambda_ssim": 0.0, "lambda_colour": 0.0, "ema": 0.0,
@@ -84,12 +84,7 @@ def cell(rows: list[dict[str, Any]], side: str, key: str, fmt: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wheels", type=Path, nargs="+", required=True, help=WHEELS_HELP)
-    ap.add_argument("--teacher", type=Path, default=ROOT / "runs/photo64/teacher/G_AtoB.pt",
-                    help="the photo-trained teacher (scripts/photo_teacher.py --teacher-only)")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "objectives",
-                    help="work folder (finished runs are reused)")
+    ap = photo_arguments(__doc__.split("\n")[0], "objectives")
     ap.add_argument("--search-steps", type=int, default=300, help="search steps (default 300)")
     ap.add_argument("--steps", type=int, default=80, help="fine-tune steps (default 80)")
     ap.add_argument("--seeds", default="0,1", help="fine-tune seeds, comma list (default 0,1)")

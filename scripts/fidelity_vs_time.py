@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_setup import ROOT, WHEELS_HELP, judge, row, shared_search, student_folders
+from photo_setup import judge, photo_arguments, row, shared_search, student_folders
 
 OBJECTIVES = {"dmad (old default)": {"objective": "dmad"}, "fast (new default)": {}}
 
@@ -70,12 +70,7 @@ def run(name: str, over: dict[str, Any], args: argparse.Namespace, search: Path,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wheels", type=Path, nargs="+", required=True, help=WHEELS_HELP)
-    ap.add_argument("--teacher", type=Path, default=ROOT / "runs/photo64/teacher/G_AtoB.pt",
-                    help="the photo-trained teacher (scripts/photo_teacher.py --teacher-only)")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "fidelity_vs_time",
-                    help="work folder (finished runs are reused)")
+    ap = photo_arguments(__doc__.split("\n")[0], "fidelity_vs_time")
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="wall minutes for search + fine-tune (default 30)")
     ap.add_argument("--search-steps", type=int, default=600, help="search steps (default 600)")

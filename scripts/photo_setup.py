@@ -9,6 +9,7 @@ scikit-image/scikit-learn wheels (see ``photo_teacher.py``).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,14 @@ def row(ev: dict[str, Any]) -> str:
     return (f"{ev['psnr_vs_teacher']:.2f} / {ev['psnr_worst_vs_teacher']:.2f} | "
             f"{ev['ssim_vs_teacher']:.3f} / {ev['ssim_worst_vs_teacher']:.3f} | "
             f"{ev['colour_mean_shift_max']:.1f}")
+
+
+def photo_arguments(description: str, work: str) -> argparse.ArgumentParser:
+    """The options both photo benchmarks take: the wheels, the teacher, the work folder."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--wheels", type=Path, nargs="+", required=True, help=WHEELS_HELP)
+    ap.add_argument("--teacher", type=Path, default=ROOT / "runs/photo64/teacher/G_AtoB.pt",
+                    help="the photo-trained teacher (scripts/photo_teacher.py --teacher-only)")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / work,
+                    help="work folder (finished runs are reused)")
+    return ap
