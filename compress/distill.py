@@ -18,6 +18,9 @@ Pure functions and small modules; the fine-tune stage decides which are on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -137,22 +140,19 @@ class WeightAverage:
             self.shadow[k].copy_(v)
 
 
-class swapped:
-    """Within the block, ``module`` holds ``weights``; its own are restored afterwards."""
-
-    def __init__(self, module: nn.Module, weights: dict[str, torch.Tensor] | None) -> None:
-        self.module, self.weights = module, weights
-        self.saved: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> nn.Module:
-        if self.weights is not None:
-            self.saved = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-            self.module.load_state_dict(self.weights)
-        return self.module
-
-    def __exit__(self, *exc: object) -> None:
-        if self.weights is not None:
-            self.module.load_state_dict(self.saved)
+@contextmanager
+def swapped(module: nn.Module, weights: dict[str, torch.Tensor] | None) -> Iterator[nn.Module]:
+    """Within the block, ``module`` holds ``weights`` (None: its own); its own are restored
+    afterwards, whatever happens inside."""
+    if weights is None:
+        yield module
+        return
+    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(weights)
+    try:
+        yield module
+    finally:
+        module.load_state_dict(saved)
 
 
 def tap_widths(student: nn.Module, teacher: nn.Module, s_taps: dict[str, nn.Module],

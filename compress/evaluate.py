@@ -64,9 +64,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 #: A channel whose mean moves by more than this many levels of 255 between teacher and student
-#: is flagged. A uniform shift of 3 sRGB levels in the mid-tones is about ΔE*ab 1.5–2.5, around
-#: the just-noticeable colour difference (ΔE ≈ 2.3, Sharma 2003): a cast above it over a whole
-#: photograph is what a viewer notices first, however high the PSNR.
+#: is flagged. A uniform shift of 3 sRGB levels in one channel of a grey between 64 and 192 is
+#: ΔE*ab 1.1–2.6, around the just-noticeable colour difference (ΔE ≈ 2.3, Sharma 2003): a cast
+#: above it over a whole photograph is what a viewer notices first, however high the PSNR.
 COLOUR_SHIFT_FLAG = 3.0
 
 
@@ -174,7 +174,7 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
 def _held_out(path: Path, size: int, side: str = "val"):  # type: ignore[no-untyped-def]
     """Whole images resized to ``size``: a split's held-out (or training) side, or a whole
     folder."""
-    from dmad.compress.data.split import ImageListDataset, ImageSplit, detect_layout
+    from dmad.compress.data.split import ImageListDataset, ImageSplit, detect_layout, whole_images
     from dmad.compress.data.transforms import TransformConfig
 
     tf = TransformConfig(size, size, False)
@@ -183,10 +183,9 @@ def _held_out(path: Path, size: int, side: str = "val"):  # type: ignore[no-unty
                         "side)")
     if path.is_file():
         split = ImageSplit.load(path)
-        files = split.val if side == "val" else split.train
-        if not files:
+        if not (split.val if side == "val" else split.train):
             raise DmadError(f"{path}: lists no {side} images")
-        return ImageListDataset(files, tf, aligned=split.layout == "aligned")
+        return whole_images(split, size, side)
     layout, train, held, _ = detect_layout(path)
     return ImageListDataset([str(p) for p in train + (held or [])], tf,
                             aligned=layout == "aligned")

@@ -443,9 +443,10 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         "eval_size": cfg.export_size if split is not None else 0,
         **({"extra_images": cfg.extra_images} if cfg.extra_images else {}),
         **({"quant_aware": True} if cfg.quant_aware else {})})
-    refuse_incompatible(fcfg, split is not None, ImageSplit.load(split) if split else None)
-    if cfg.extra_images and split is not None:
-        extra_photographs(Path(cfg.extra_images), ImageSplit.load(split), size)
+    images = ImageSplit.load(split) if split is not None else None
+    refuse_incompatible(fcfg, images is not None, images)
+    if cfg.extra_images and images is not None:
+        extra_photographs(Path(cfg.extra_images), images, size)
     run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
               tag="compress")
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
@@ -469,9 +470,8 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
                       data="" if split is not None else cfg.images, size=cfg.export_size,
                       inception=cfg.inception, device=cfg.device)
     ev = evaluate(ecfg, out / "eval", force=True)  # the run's own folder, redone on resume
-    tr = evaluate(dataclasses.replace(ecfg, side="train", max_images=len(ImageSplit.load(
-        split).train[:EVAL_TRAIN_IMAGES])), out / "eval_train", force=True) \
-        if split is not None else None
+    tr = evaluate(dataclasses.replace(ecfg, side="train", max_images=EVAL_TRAIN_IMAGES),
+                  out / "eval_train", force=True) if split is not None else None
     times["eval"] = time.time() - t
     print(f"[compress] eval      {times['eval']:7.1f} s  {fidelity_line(ev, 'held-out')}")
     if tr is not None:

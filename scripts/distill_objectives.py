@@ -29,7 +29,7 @@ from photo_setup import judge, photo_arguments, shared_search, student_folders
 PLAIN = {"objective": "fast", "lambda_ssim": 0.0, "lambda_colour": 0.0, "ema": 0.0,
          "crop_scale": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "dmad (old default: GAN + attention ×100 + L1 ×10, batch 1, lr 2e-4)": {"objective": "dmad"},
+    "dmad (old default: GAN + attention + L1 ×10, batch 1, lr 2e-4)": {"objective": "dmad"},
     "L1 only (batch 4, lr 1e-4)": PLAIN,
     "L1 + SSIM": {**PLAIN, "lambda_ssim": 1.0},
     "L1 + colour moments ×10": {**PLAIN, "lambda_colour": 10.0},

@@ -55,7 +55,7 @@ def run(name: str, over: dict[str, Any], args: argparse.Namespace, search: Path,
     if not (out / "DONE.json").exists():
         per_step = step_seconds(search, over, args.work, args.seed)
         left = args.budget_min * 60 - search_s
-        # ten evaluations of the 11 held-out photographs at 256² (~10 s each on 2 cores)
+        # time reserved for the ten evaluations on the held-out photographs at 256²
         steps = max(20, int((left - 10 * args.eval_s) / per_step))
         print(f"[{name}] {per_step:.3f} s/step → {steps} steps in {left:.0f} s", flush=True)
         finetune(FinetuneConfig(search=str(search), steps=steps, seed=args.seed, device="cpu",

@@ -6,7 +6,8 @@
 # Installs the project without dependencies (training needs torch, numpy, Pillow, tqdm only),
 # samples GPU utilisation every second beside scripts/gpu_check.py (search + fine-tune of the
 # new default at 256² in bf16) and prints the utilisation's median and mean at the end.
-# Budget: under 10 minutes on one H100 with the defaults. Output goes to $OUT when set.
+# Sized for a 10-minute device slot (the run is cut at 560 s); not yet run on a GPU. Output goes
+# to $OUT when set.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"

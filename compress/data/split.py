@@ -267,9 +267,15 @@ def split_datasets(split: ImageSplit, size: int, load_size: int, flip: bool, *,
     aligned = split.layout == "aligned"
     train = ImageListDataset(split.train, TransformConfig(load_size, size, flip, scale_max),
                              aligned=aligned, paired=paired, extra=extra)
-    test = ImageListDataset(split.val, TransformConfig(size, size, False), aligned=aligned,
-                            paired=paired)
-    return train, test
+    return train, whole_images(split, size, paired=paired)
+
+
+def whole_images(split: ImageSplit, size: int, side: str = "val", *,
+                 paired: bool = False) -> ImageListDataset:
+    """One side of the split, whole images resized to ``size`` (what evaluation judges)."""
+    files = split.val if side == "val" else split.train
+    return ImageListDataset(files, TransformConfig(size, size, False),
+                            aligned=split.layout == "aligned", paired=paired)
 
 
 def extra_photographs(folder: Path, split: ImageSplit, size: int) -> list[str]:
@@ -285,4 +291,4 @@ def extra_photographs(folder: Path, split: ImageSplit, size: int) -> list[str]:
 
 
 __all__ = ["ImageListDataset", "ImageSplit", "detect_layout", "extra_photographs", "make_split",
-           "split_datasets"]
+           "split_datasets", "whole_images"]

@@ -30,20 +30,22 @@ from dmad.compress.attention import (
 )
 from dmad.compress.checkpoint import load_model, save_model
 from dmad.compress.config import opt, read_config_file, to_dict
-from dmad.compress.data.augment import augment_inputs
-from dmad.compress.data.split import ImageSplit, extra_photographs
+from dmad.compress.data.augment import augment_inputs, parse_kinds
+from dmad.compress.data.split import ImageSplit, extra_photographs, whole_images
 from dmad.compress.distill import (
+    FeatureAdapters,
     WeightAverage,
     colour_moment_loss,
     ssim_loss,
     swapped,
+    tap_widths,
 )
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.models import PatchDiscriminator
 from dmad.compress.train import distributed, loop
-from dmad.compress.train.common import save_grid, set_requires_grad
-from dmad.compress.train.objective import PRESETS, check_fields, resolve
+from dmad.compress.train.common import item_seed, save_grid, set_requires_grad
+from dmad.compress.train.objective import PRESETS, check_fields, crop_side_max, resolve
 from dmad.compress.train.search import (
     SPLIT,
     Teacher,
@@ -185,7 +187,7 @@ class FinetuneConfig(TrainingOverrides):
 
 def refuse_incompatible(cfg: FinetuneConfig, g_only: bool, split: ImageSplit | None) -> None:
     """One-line errors for options that cannot work together in this mode."""
-    augment = bool(cfg.augment.strip()) and cfg.augment.strip() != "none"
+    augment = bool(parse_kinds(cfg.augment))
     if (augment or cfg.extra_images) and split is None:
         raise DmadError("field augment/extra_images: need --images (teacher-G-only "
                         "distillation on your images; a task dataset's pairs stay as they are)")
@@ -255,20 +257,17 @@ class FinetuneStage(TeacherStage):
         if not self.g_only and not teacher.D:
             raise DmadError(f"{fcfg.teacher or fcfg.search}: full co-attention distillation needs "
                             "the teacher's discriminator; use --g-only true with a generator alone")
-        self.obj = resolve(fcfg, task=tcfg.task, g_only=self.g_only, steps=tcfg.steps,
-                           size=tcfg.size)
         refuse_incompatible(fcfg, self.g_only, split)
-        if split is None:  # crops from a task dataset keep the original resize-and-crop
-            self.obj = dataclasses.replace(self.obj, scale_max=0)
-        self.scale_max = self.obj.scale_max
+        self.scale_max = crop_side_max(fcfg, tcfg.size, split is not None)  # read by open_data
         self.extra_images = extra_images
         super().__init__(tcfg)
-        # steps are final now (--epochs resolves them in the base class)
-        self.obj = dataclasses.replace(self.obj, gan_from=int(fcfg.gan_from * self.cfg.steps))
-        if fcfg.eval_size and fcfg.eval_size % getattr(
-                next(iter(students.values())).spec, "divisor", 4):
-            raise DmadError(f"field eval_size: {fcfg.eval_size} is not a multiple of "
-                            f"{next(iter(students.values())).spec.divisor} for this generator")
+        # after the base class: --epochs has made the step count final
+        self.obj = resolve(fcfg, task=tcfg.task, g_only=self.g_only, steps=self.cfg.steps,
+                           size=self.cfg.size, multi_scale=split is not None)
+        divisor = getattr(next(iter(students.values())).spec, "divisor", 4)
+        if fcfg.eval_size % divisor:
+            raise DmadError(f"field eval_size: {fcfg.eval_size} is not a multiple of {divisor} "
+                            "for this generator")
         self.lambda_att = self.obj.attention
         self.lambda_distill = fcfg.lambda_distill
         if self.g_only and self.lambda_distill <= 0 and self.obj.ssim <= 0:
@@ -294,8 +293,7 @@ class FinetuneStage(TeacherStage):
         self._val_cache: tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]] | None = None
         self.objective = self.obj.describe() + (
             f", under fake int8 from step {self.qa_start + 1}" if self.qa_start is not None
-            else "") + (" (DMAD's exact objective)" if not self.g_only and
-                        self.lambda_distill == 0 and self.obj.preset == "dmad" else "")
+            else "")
 
     def _make_adapters(self) -> nn.ModuleDict:
         """1×1 adapters from the student's to the teacher's width at each tap (feature
@@ -306,8 +304,6 @@ class FinetuneStage(TeacherStage):
         if self.world > 1:  # rank-local modules outside DDP would train apart on each rank
             raise DmadError("field lambda_features: not yet supported under torchrun (more than "
                             "one process); set it to 0")
-        from dmad.compress.distill import FeatureAdapters, tap_widths
-
         for d in self.students:
             x = torch.zeros(1, self.G[d].spec.input_nc, self.cfg.size, self.cfg.size,
                             device=self.device)
@@ -443,8 +439,6 @@ class FinetuneStage(TeacherStage):
         number of processes; ``mix`` pairs images within each process's share of the batch."""
         if not self.obj.augment:
             return batch
-        from dmad.compress.train.common import item_seed
-
         keys = {"A" if d == "AtoB" else "B" for d in self.students}
         first = step * self.global_batch + self.rank * self.cfg.batch_size
         solo = tuple(k for k in self.obj.augment if k != "mix")
@@ -498,11 +492,7 @@ class FinetuneStage(TeacherStage):
         size = self.fcfg.eval_size
         if self.split is None or not size or size == self.cfg.size:
             return self.test_set
-        from dmad.compress.data.split import ImageListDataset
-        from dmad.compress.data.transforms import TransformConfig
-
-        return ImageListDataset(self.split.val, TransformConfig(size, size, False),
-                                aligned=self.split.layout == "aligned")
+        return whole_images(self.split, size)
 
     def _val_set(self) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
         """Held-out inputs (whole images) and the teacher's outputs."""

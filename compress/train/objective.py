@@ -83,7 +83,9 @@ class Objective:
         if self.schedule != "linear":
             extras.append(f"{self.schedule} LR")
         name = f"{self.preset}: " + " + ".join(p for p in parts if p)
-        return name + ("; " + ", ".join(extras) if extras else "")
+        name += "; " + ", ".join(extras) if extras else ""
+        exact = not self.g_only and self.preset == "dmad" and self.distill == 0
+        return name + (" (DMAD's exact objective)" if exact else "")
 
 
 def preset_value(cfg: Any, field: str, sentinel: Any = -1.0) -> Any:
@@ -113,17 +115,25 @@ def check_fields(cfg: Any) -> None:
     parse_kinds(cfg.augment)
 
 
-def resolve(cfg: Any, *, task: str, g_only: bool, steps: int, size: int) -> Objective:
-    """The weights a FinetuneConfig ``cfg`` means for this task and mode."""
+def crop_side_max(cfg: Any, size: int, multi_scale: bool) -> int:
+    """Largest short side of the multi-scale crops in pixels (0 = off): only for the user's
+    images, a task dataset keeps the original resize-and-crop."""
+    scale = preset_value(cfg, "crop_scale")
+    return math.floor(scale * size) if scale and multi_scale else 0
+
+
+def resolve(cfg: Any, *, task: str, g_only: bool, steps: int, size: int,
+            multi_scale: bool) -> Objective:
+    """The weights a FinetuneConfig ``cfg`` means for this task and mode (``steps``: the run's
+    final step count, after ``--epochs``)."""
     att = preset_value(cfg, "lambda_attention")
     if att is None or att < 0:
         att = 100.0 if task == "cyclegan" else 10.0
-    scale = preset_value(cfg, "crop_scale")
     return Objective(
         preset=cfg.objective, g_only=g_only, gan=preset_value(cfg, "lambda_gan"),
         gan_from=int(cfg.gan_from * steps), attention=att, dfeat=cfg.lambda_dfeat,
         distill=cfg.lambda_distill, ssim=preset_value(cfg, "lambda_ssim"),
         colour=preset_value(cfg, "lambda_colour"),
         features=preset_value(cfg, "lambda_features"), ema=preset_value(cfg, "ema"),
-        augment=parse_kinds(cfg.augment), scale_max=math.floor(scale * size) if scale else 0,
+        augment=parse_kinds(cfg.augment), scale_max=crop_side_max(cfg, size, multi_scale),
         schedule=cfg.lr_schedule or PRESETS[cfg.objective]["lr_schedule"])
