@@ -133,9 +133,24 @@ def test_per_rank_batches_without_ddp_would_not_match(refs: dict, tmp_path: Path
     assert abs(la[1]["G"] - lb[1]["G"]) > 1e-3
 
 
+def _processes_naming(run: Path) -> list[int]:
+    """Live processes whose command line names ``run`` (the ranks of a job writing there)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(run).encode() in cmd and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
 def _kill_after(cmd: list[str], run: Path, step: int) -> None:
-    """Start ``cmd`` in its own process group and SIGKILL the whole job once ``step`` is
-    logged (torchrun, both ranks and any loader workers)."""
+    """Start ``cmd`` in its own process group and SIGKILL torchrun once ``step`` is logged, as
+    a user's ``kill -9`` would: the ranks must die with it (and their loader workers with them),
+    not finish the run as orphans."""
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
@@ -147,8 +162,12 @@ def _kill_after(cmd: list[str], run: Path, step: int) -> None:
                 break
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's group (each rank has its own session)
         proc.wait()
+    deadline = time.time() + 10
+    while _processes_naming(run) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _processes_naming(run), "the ranks outlived their launcher"
     assert not (run / "DONE.json").exists(), "the job finished before the kill"
     assert (run / "checkpoint.pt").exists()
 

@@ -16,6 +16,7 @@ the wrapper when ``requires_grad`` flips keeps that true without ``find_unused_p
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -67,6 +68,28 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def die_with_launcher() -> None:
+    """Ask Linux to SIGKILL this rank when its launcher (the torchrun agent) dies.
+
+    torchrun starts each rank in a session of its own, so ``kill -9`` of torchrun, or of its
+    process group, leaves the ranks running as orphans: they would go on training, hold the run
+    folder's lock and finish the run behind the user's back. With this, killing the launcher
+    kills the job, and ``--resume`` continues it exactly from the last checkpoint (written
+    atomically, so a SIGKILL at any moment loses at most the steps since it)."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
+
+
 def setup(device: torch.device) -> torch.device:
     """Join the torchrun process group (once) and return this rank's device.
 
@@ -74,6 +97,7 @@ def setup(device: torch.device) -> torch.device:
     returning ``device`` for a single process."""
     if env_world_size() <= 1:
         return device
+    die_with_launcher()
     if device.type == "cuda":
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
