@@ -88,7 +88,8 @@ class CompressConfig:
                           "processes under torchrun); 0 = each stage's (the search: the "
                           "generator's, 1 for a checkpoint; the fine-tune: 4 with the fast "
                           "objective, the search's with dmad)")
-    objective: str = opt("fast", "fine-tune objective: fast (L1 + SSIM + colour moments to the "
+    objective: str = opt("auto", "fine-tune objective: auto (fast with a generator alone, "
+                         "dmad with a full teacher) | fast (L1 + SSIM + colour moments to the "
                          "teacher, weight average, multi-scale crops) | dmad (DMAD's: GAN + "
                          "co-attention + L1); see `dmad finetune --help` for each weight")
     extra_images: str = opt("", "a folder of unlabelled photographs the fine-tune adds to its "

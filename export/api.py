@@ -31,10 +31,12 @@ from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.export.parity import (
     compare,
+    format_per_image,
     format_table,
     io_details,
     precision_report,
     run_tflite,
+    worst_psnr,
     xnnpack_coverage,
 )
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
@@ -233,11 +235,14 @@ def quality_notes(artifacts: dict[str, dict[str, Any]],
         if a is None:
             continue
         bar = floors if isinstance(floors, (int, float)) else floors.get(v, PSNR_BAR)
-        p = a["parity"]["psnr_db"]
+        p = worst_psnr(a["parity"])
         a["floor_db"] = bar
         a["below_bar"] = not p >= bar
         if a["below_bar"]:
-            notes.append(f"{v}: {p:.1f} dB vs PyTorch on the evaluation images, below its "
+            where = (f"its worst image ({a['parity']['worst_image']}) is {p:.1f} dB, pooled "
+                     f"{a['parity']['psnr_db']:.1f} dB" if a["parity"].get("worst_image")
+                     else f"{p:.1f} dB")
+            notes.append(f"{v}: {where} vs PyTorch on the evaluation images, below its "
                          f"{bar:g} dB floor: it visibly differs from the fp32 model; look at its "
                          "output before shipping it")
     return notes
@@ -262,8 +267,12 @@ def _stack(items: list[torch.Tensor]) -> np.ndarray:
     return torch.stack(items).numpy().astype(np.float32)
 
 
-def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
-                   ) -> tuple[np.ndarray, np.ndarray, str]:
+#: calibration images, whole held-out images, a note on where they came from, and the names of
+#: the held-out images (parity is reported per image)
+Images = tuple[np.ndarray | None, np.ndarray, str, list[str]]
+
+
+def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int) -> Images:
     from dmad.compress.data import FolderDataset
 
     if not folder.is_dir():
@@ -289,7 +298,7 @@ def _folder_images(folder: Path, size: int, n_calib: int, n_eval: int
         return _stack([ds.get(i)["image"] for i in idx])  # type: ignore[misc]
     note = (f"{folder} ({len(calib_idx)} calibration, {len(eval_idx)} whole held-out images "
             "for parity)")
-    return get(calib_idx), get(eval_idx), note
+    return get(calib_idx), get(eval_idx), note, [Path(ds.paths[i]).name for i in eval_idx]
 
 
 def _spread(items: list[str], n: int) -> list[str]:
@@ -300,7 +309,7 @@ def _spread(items: list[str], n: int) -> list[str]:
 
 
 def _split_images(split_path: Path, calib: Path | None, size: int, n_calib: int, n_eval: int
-                  ) -> tuple[np.ndarray, np.ndarray, str]:
+                  ) -> Images:
     """Calibration from the split's training images (or ``calib``), evaluation on its held-out
     images: whole images resized to ``size``, never crops, never images the model trained on."""
     from dmad.compress.data.split import ImageListDataset, ImageSplit
@@ -309,15 +318,18 @@ def _split_images(split_path: Path, calib: Path | None, size: int, n_calib: int,
     split = ImageSplit.load(split_path)
     tf = TransformConfig(size, size, False)
     aligned = split.layout == "aligned"
-    held = ImageListDataset(_spread(split.val, n_eval), tf, aligned=aligned)
+    held_paths = _spread(split.val, n_eval)
+    held = ImageListDataset(held_paths, tf, aligned=aligned)
     ev = _stack([held.get(i)["A"] for i in range(len(held))])  # type: ignore[misc]
+    names = [Path(x).name for x in held_paths]
     if calib is not None:
-        cal, _, note = _folder_images(calib, size, n_calib, 0)
-        return cal, ev, f"calibration {note}; {len(held)} whole held-out images of {split_path}"
+        cal, _, note, _ = _folder_images(calib, size, n_calib, 0)
+        return (cal, ev, f"calibration {note}; {len(held)} whole held-out images of "
+                f"{split_path}", names)
     train = ImageListDataset(_spread(split.train, n_calib), tf, aligned=aligned)
     cal = _stack([train.get(i)["A"] for i in range(len(train))])  # type: ignore[misc]
     return cal, ev, (f"{split_path}: {len(train)} training images for calibration, {len(held)} "
-                     f"whole held-out images for parity ({split.val_source})")
+                     f"whole held-out images for parity ({split.val_source})"), names
 
 
 def _run_data(run: Path) -> dict[str, Any] | None:
@@ -336,7 +348,7 @@ def _run_data(run: Path) -> dict[str, Any] | None:
 
 
 def _run_images(run: Path, direction: str, size: int, n_calib: int, n_eval: int
-                ) -> tuple[np.ndarray, np.ndarray, str] | None:
+                ) -> Images | None:
     """Calibration (train split) and held-out (test split) images of the run's dataset, resized
     to ``size`` as at test time. The dataset classes only list the files here: they reject
     images smaller than the *training* crop, but export resizes to whatever ``size`` asks."""
@@ -352,10 +364,13 @@ def _run_images(run: Path, direction: str, size: int, n_calib: int, n_eval: int
     task = d["task"]
     ds_dir = d.get("direction", "AtoB") if task == "pix2pix" else "AtoB"
 
+    names: list[str] = []
+
     def images(split: str, n: int) -> np.ndarray:
         ds = open_dataset(root, task, split, listing, skip_bad=True, direction=ds_dir)
         out = []
         if isinstance(ds, AlignedDataset):
+            names[:] = [Path(p).name for p in ds.paths[:n]]
             for p in ds.paths[:n]:
                 img = load_rgb(p)
                 w, h = img.size
@@ -364,12 +379,13 @@ def _run_images(run: Path, direction: str, size: int, n_calib: int, n_eval: int
                 out.append(apply(half, resize, None))
         else:
             paths = ds.A_paths if direction == "AtoB" else ds.B_paths
+            names[:] = [Path(p).name for p in paths[:n]]
             out = [apply(load_rgb(p), resize, None) for p in paths[:n]]
         return _stack(out)
 
     calib, ev = images("train", n_calib), images("test", n_eval)
     return calib, ev, (f"{root} (run dataset: {len(calib)} train images for calibration, "
-                       f"{len(ev)} held-out test images)")
+                       f"{len(ev)} held-out test images)"), names  # the last listed: test
 
 
 def _synthetic(n: int, size: int, channels: int) -> np.ndarray:
@@ -381,8 +397,7 @@ def _synthetic(n: int, size: int, channels: int) -> np.ndarray:
     return (img.clamp(0, 1) * 2 - 1).numpy().astype(np.float32)
 
 
-def _images(cfg: ExportConfig, channels: int, needs_calib: bool
-            ) -> tuple[np.ndarray | None, np.ndarray, str]:
+def _images(cfg: ExportConfig, channels: int, needs_calib: bool) -> Images:
     if cfg.num_calib < 1 or cfg.num_eval < 1:
         raise DmadError("--num-calib and the number of evaluation images must be >= 1")
     if cfg.split is not None:
@@ -397,7 +412,8 @@ def _images(cfg: ExportConfig, channels: int, needs_calib: bool
     if needs_calib:
         raise DmadError("--calib: int8 variants need calibration images and the source names "
                         "no dataset; give --calib IMAGE_DIR (or drop int8 from --quant)")
-    return None, _synthetic(cfg.num_eval, cfg.size, channels), "synthetic (no dataset known)"
+    return (None, _synthetic(cfg.num_eval, cfg.size, channels), "synthetic (no dataset known)",
+            [f"synthetic_{i}" for i in range(cfg.num_eval)])
 
 
 # ----------------------------------------------------------------------------- main verb
@@ -506,7 +522,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
     spec = getattr(model, "spec", None)
     channels = getattr(spec, "input_nc", 3)
     needs_calib = any(v in ("int8", "int8_io") for v in variants) or onnx_int8
-    calib, evals, image_note = _images(cfg, channels, needs_calib)
+    calib, evals, image_note, names = _images(cfg, channels, needs_calib)
     # fp32 is always converted and checked: it proves the graph right, the other variants are
     # quantised from the same graph. It is kept only when asked for.
     convert_variants = ["fp32", *[v for v in variants if v != "fp32"]]
@@ -528,7 +544,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         phase: dict[str, float] = {}
         t_phase = time.time()
         export_onnx(deploy, onnx_path, shape)
-        onnx_par = compare(ref, run_onnx(onnx_path, evals))
+        onnx_par = compare(ref, run_onnx(onnx_path, evals), names)
         _check_finite("generator.onnx", onnx_par)
         notes: list[str] = []
         if not onnx_par["max_abs"] <= ONNX_HARD_TOL:
@@ -564,7 +580,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
             except (RuntimeError, ValueError) as exc:
                 raise DmadError(f"{f.name}: LiteRT cannot run the converted file: "
                                 f"{str(exc).splitlines()[0][:200]}") from None
-            par = compare(ref_nhwc, out_v)
+            par = compare(ref_nhwc, out_v, names)
             _check_finite(f.name, par)
             artifacts[v] = {"file": f.name, "bytes": f.stat().st_size, "parity": par,
                             "io": io_details(f), "xnnpack": xnnpack_coverage(f),
@@ -587,7 +603,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
             assert calib is not None
             q_path = tmp / "generator_int8.onnx"
             q_info = quantize_onnx(onnx_path, q_path, calib)
-            q_par = compare(ref, run_onnx(q_path, evals))
+            q_par = compare(ref, run_onnx(q_path, evals), names)
             _check_finite(q_path.name, q_par)
             artifacts["onnx-int8"] = {"file": q_path.name, "bytes": q_path.stat().st_size,
                                       "parity": q_par, "quantization": q_info}
@@ -642,13 +658,16 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         report["android"] = {"variant": chosen, "why": why}
         android_json = write_assets(
             files[chosen], Path(assets), label=cfg.android_label,
-            parity={"reference": "pytorch", "images": len(evals), **tfl[chosen]["parity"]},
+            parity={"reference": "pytorch", "images": len(evals),
+                    **{k: v for k, v in tfl[chosen]["parity"].items() if k != "per_image"}},
             macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
             params=int(prof["params"]),
             source_run=str(source.get("run") or source.get("file") or source.get("kind")),
             variant=chosen, why=why, gpu=tfl[chosen].get("gpu"))
         atomic_write_json(out / "parity.json", report)
     table = format_table(artifacts)
+    per_image = format_per_image(artifacts)
+    table += f"\n\n{per_image}" if per_image else ""
     return ExportResult(out=out, onnx=out / "generator.onnx", files=files, report=report,
                         table=table, android=android_json, seconds=time.time() - t0)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "compare",
+    "format_per_image",
     "format_table",
     "io_details",
     "latency_ms",
@@ -29,6 +30,7 @@ __all__ = [
     "precision_report",
     "psnr",
     "run_tflite",
+    "worst_psnr",
     "xnnpack_coverage",
 ]
 
@@ -41,16 +43,38 @@ def psnr(ref: np.ndarray, out: np.ndarray, data_range: float = 2.0) -> float:
     return float(10.0 * np.log10(data_range**2 / mse))
 
 
-def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
-    """max/mean absolute error and PSNR of ``out`` against ``ref`` (same layout); ``finite`` is
-    False when ``out`` holds a NaN or an infinity (then every figure is NaN, never a pass)."""
-    out64 = np.asarray(out, np.float64)
+def compare(ref: np.ndarray, out: np.ndarray, names: list[str] | None = None
+            ) -> dict[str, Any]:
+    """max/mean absolute error and PSNR of ``out`` against ``ref`` (same layout, images along
+    the first axis), pooled and per image; ``finite`` is False when ``out`` holds a NaN or an
+    infinity (then every figure is NaN, never a pass).
+
+    Why per image: a pooled PSNR averages the squared error of all images, so one photograph
+    far from fp32 hides behind several close ones; floors apply to the worst image."""
+    out64, ref64 = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    n = len(ref64) if ref64.ndim == 4 else 0
+    names = list(names) if names is not None and len(names) == n else [str(i) for i in range(n)]
     if not np.isfinite(out64).all():
         nan = float("nan")
-        return {"max_abs": nan, "mean_abs": nan, "psnr_db": nan, "finite": False}
-    d = np.abs(np.asarray(ref, np.float64) - out64)
-    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr(ref, out),
-            "finite": True}
+        return {"max_abs": nan, "mean_abs": nan, "psnr_db": nan, "finite": False,
+                "psnr_worst_db": nan, "worst_image": None,
+                "per_image": [{"image": m, "psnr_db": nan} for m in names]}
+    d = np.abs(ref64 - out64)
+    res: dict[str, Any] = {"max_abs": float(d.max()), "mean_abs": float(d.mean()),
+                           "psnr_db": psnr(ref64, out64), "finite": True}
+    if n:
+        per = [psnr(ref64[i], out64[i]) for i in range(n)]
+        worst = int(np.argmin(per))
+        res.update(psnr_worst_db=per[worst], worst_image=names[worst],
+                   per_image=[{"image": m, "psnr_db": v} for m, v in zip(names, per,
+                                                                          strict=True)])
+    return res
+
+
+def worst_psnr(parity: dict[str, Any]) -> float:
+    """The PSNR a floor is judged on: the worst image's (the pooled figure for a record made
+    before per-image parity)."""
+    return float(parity.get("psnr_worst_db", parity["psnr_db"]))
 
 
 def make_interpreter(path: Path, threads: int = 1, *, delegate: bool = True) -> Any:
@@ -231,7 +255,8 @@ def _fmt(v: Any, spec: str) -> str:
 
 def format_table(artifacts: dict[str, dict[str, Any]]) -> str:
     """The on-screen parity table (one row per artifact)."""
-    head = ("artifact", "max abs", "mean abs", "PSNR dB", "floor", "size KB", "in", "out",
+    head = ("artifact", "max abs", "mean abs", "PSNR dB", "worst dB", "floor", "size KB", "in",
+            "out",
             "XNNPACK nodes", "parts", "int8 MACs", "GPU check")
     rows = [head]
     for name, a in artifacts.items():
@@ -254,6 +279,7 @@ def format_table(artifacts: dict[str, dict[str, Any]]) -> str:
             _fmt(p.get("max_abs"), ".2e"),
             _fmt(p.get("mean_abs"), ".2e"),
             _fmt(p.get("psnr_db"), ".1f"),
+            _fmt(p.get("psnr_worst_db"), ".1f"),
             floor_s,
             _fmt(a.get("bytes", 0) / 1024, ".0f"),
             (io.get("input") or {}).get("dtype", "-"),
@@ -264,6 +290,29 @@ def format_table(artifacts: dict[str, dict[str, Any]]) -> str:
             gpu_s,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+#: the files whose per-image PSNR is shown on screen (the float ones sit at 100+ dB)
+_REDUCED = ("fp16", "dynamic", "int8", "int8_io", "onnx-int8")
+
+
+def format_per_image(artifacts: dict[str, dict[str, Any]]) -> str:
+    """PSNR vs PyTorch of each reduced-precision file on every held-out image, worst row
+    first (empty when no such file carries per-image figures)."""
+    cols = [v for v in _REDUCED if (artifacts.get(v) or {}).get("parity", {}).get("per_image")]
+    if not cols:
+        return ""
+    per = {v: {r["image"]: r["psnr_db"] for r in artifacts[v]["parity"]["per_image"]}
+           for v in cols}
+    names = list(per[cols[0]])
+    names.sort(key=lambda m: min(per[v].get(m, float("inf")) for v in cols))
+    rows = [("held-out image (PSNR dB vs PyTorch)", *cols)]
+    rows += [(m, *(_fmt(per[v].get(m), ".1f") for v in cols)) for m in names]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))

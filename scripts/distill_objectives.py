@@ -44,6 +44,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast + features": {"objective": "fast", "lambda_features": 1.0},
     "fast, after a search with the same signal (L1 + SSIM + colour, no GAN, no attention)":
         {"objective": "fast", "_search": "fast"},
+    "L1 + all augmentation (colour, exposure, zoom, rotate, mix)":
+        {**PLAIN, "augment": "colour,exposure,zoom,rotate,mix"},
+    "fast + augmentation zoom/rotate/mix": {"objective": "fast", "augment": "zoom,rotate,mix"},
+    "fast + all augmentation": {"objective": "fast", "augment": "colour,exposure,zoom,rotate,mix"},
 }
 #: the search's G-only objective when a variant asks for it
 SEARCH_FAST = {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,

@@ -5,7 +5,8 @@
 
 On the photo-trained ResNet-9 ngf 64 colouriser (``photo_teacher.py``) at ÷10 paper MACs: one
 search (shared: same seed, same steps), then a fine-tune with DMAD's objective (the old
-default) and one with the new default (``fast``), each given the same wall-time budget for
+default) and one with the new default (``fast``; ``--only`` adds its variants with augmented
+inputs), each given the same wall-time budget for
 search + fine-tune on this machine alone. The fine-tune's step count is set from a short probe
 of its step time; it evaluates its kept weights on the eleven whole held-out photographs at
 256² every ~tenth of the budget. Prints, per objective and evaluation: wall seconds since the
@@ -28,7 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from photo_setup import judge, photo_arguments, row, shared_search, student_folders
 
-OBJECTIVES = {"dmad (old default)": {"objective": "dmad"}, "fast (new default)": {}}
+#: name → (work sub-folder, fine-tune fields)
+OBJECTIVES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dmad (old default)": ("old", {"objective": "dmad"}),
+    "fast (new default)": ("new", {}),
+    "fast + all augmentation": ("new_aug", {"augment": "colour,exposure,zoom,rotate,mix"}),
+    "fast + zoom/rotate/mix": ("new_geo", {"augment": "zoom,rotate,mix"}),
+}
 
 
 def step_seconds(search: Path, over: dict[str, Any], work: Path, seed: int) -> float:
@@ -47,11 +54,11 @@ def step_seconds(search: Path, over: dict[str, Any], work: Path, seed: int) -> f
     return (t[100] - t[50]) / 50
 
 
-def run(name: str, over: dict[str, Any], args: argparse.Namespace, search: Path,
-        search_s: float) -> dict[str, Any]:
+def run(name: str, args: argparse.Namespace, search: Path, search_s: float) -> dict[str, Any]:
     from dmad.compress.train.finetune import FinetuneConfig, finetune
 
-    out = args.work / ("old" if "dmad" in name else "new")
+    folder, over = OBJECTIVES[name]
+    out = args.work / folder
     if not (out / "DONE.json").exists():
         per_step = step_seconds(search, over, args.work, args.seed)
         left = args.budget_min * 60 - search_s
@@ -77,6 +84,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of search and fine-tune")
     ap.add_argument("--eval-s", type=float, default=10.0,
                     help="seconds one periodic evaluation takes (reserved from the budget)")
+    ap.add_argument("--only", default="dmad (old default);fast (new default)",
+                    help="objectives to run, ';'-separated names (default the old and the new "
+                    f"default; all: {';'.join(OBJECTIVES)})")
     args = ap.parse_args()
     train, held = student_folders(args.wheels, args.work.parent / "photo_student")
     t = time.perf_counter()
@@ -88,8 +98,9 @@ def main() -> None:
     else:
         (args.work / "search_seconds.txt").write_text(f"{search_s:.1f}")
     print(f"search: {args.search_steps} steps in {search_s:.0f} s (shared)")
-    for name, over in OBJECTIVES.items():
-        r = run(name, over, args, search, search_s)
+    names = [n for n in OBJECTIVES if not args.only or n in args.only.split(";")]
+    for name in names:
+        r = run(name, args, search, search_s)
         print(f"\n### {name}: {r['objective']}\n")
         print("| wall s (search + fine-tune) | step | held-out PSNR mean / worst | "
               "SSIM mean / worst | max colour shift /255 |")

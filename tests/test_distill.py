@@ -257,7 +257,7 @@ def test_extra_photographs_are_counted_and_held_out_ones_refused(
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("objective", "best", "field objective: 'best' is not one of fast, dmad"),
+    ("objective", "best", "field objective: 'best' is not one of auto, fast, dmad"),
     ("ema", 1.5, "field ema: must be in [0, 1)"),
     ("augment", "blur", "field augment: blur not one of"),
     ("crop_scale", 0.5, "field crop_scale: must be 0 (off) or >= 1"),
@@ -299,7 +299,7 @@ def test_compare_report_carries_the_eval_fidelity_table(tmp_path: Path) -> None:
 def test_compress_refuses_a_bad_objective_before_any_work(tmp_path: Path) -> None:
     from dmad.compress_run import CompressConfig
 
-    with pytest.raises(DmadError, match="--objective: 'slow' is not one of fast, dmad"):
+    with pytest.raises(DmadError, match="--objective: 'slow' is not one of auto, fast, dmad"):
         CompressConfig(generator="g.pt", images="x", target_gmacs=1.0, objective="slow")
     with pytest.raises(DmadError, match=r"--extra-images .*: not a folder"):
         CompressConfig(generator="g.pt", images="x", target_gmacs=1.0,

@@ -287,3 +287,36 @@ def test_compress_under_torchrun_trains_on_both_ranks_and_rank_0_finishes(
         assert done["world_size"] == 2 and done["global_batch"] == 2 * batch
     summary = json.loads((out / "DONE.json").read_text())
     assert summary["eval"]["images"] == 4
+
+
+FT_PROBE = """
+import sys
+from pathlib import Path
+from dmad.compress.train.finetune import FinetuneConfig, finetune
+from dmad.compress.train.search import SearchConfig, search
+if not Path(sys.argv[2], "DONE.json").exists():
+    search(SearchConfig(teacher=sys.argv[4], target_gmacs=0.08, bound_updates=2, steps=4,
+                        device="cpu", lr=5e-5, batch_size=2), Path(sys.argv[2]))
+finetune(FinetuneConfig(search=sys.argv[2], steps=4, batch_size=int(sys.argv[3]), g_only=True,
+                        lambda_features=1.0, device="cpu", log_every=1, checkpoint_every=2,
+                        eval_every=0), Path(sys.argv[1]))
+"""
+
+
+def test_feature_adapters_under_two_ranks_train_as_one_process(refs: dict,
+                                                                 tmp_path: Path) -> None:
+    """The 1×1 feature adapters sit outside DDP: their gradients must be averaged over the
+    ranks too, or each rank's adapters would drift apart and the losses differ from one
+    process with the global batch (the generator's own weights would still agree)."""
+    ft = tmp_path / "ft.py"
+    ft.write_text(FT_PROBE)
+    search_run, one, two = tmp_path / "search", tmp_path / "f1", tmp_path / "f2"
+    _run([sys.executable, str(ft), str(one), str(search_run), "2", str(refs["one"])])
+    _run(_torchrun(2, str(ft), str(two), str(search_run), "1", str(refs["one"])))
+    assert "feat_AtoB" in _losses(one)[0]
+    _assert_losses_close(one, two)
+    a = torch.load(one / "checkpoint.pt", weights_only=True)["modules"]
+    b = torch.load(two / "checkpoint.pt", weights_only=True)["modules"]
+    assert "adapters_AtoB" in a
+    _assert_weights_close(a["adapters_AtoB"], b["adapters_AtoB"])
+    _assert_weights_close(a["G_AtoB"], b["G_AtoB"])

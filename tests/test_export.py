@@ -125,6 +125,10 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     assert rep["rewrite"]["reflection_pads"] == 4
     for v in ("int8", "int8_io"):
         assert arts[v]["parity"]["psnr_db"] >= 25
+        per = arts[v]["parity"]["per_image"]  # every held-out test image, named
+        assert len(per) == len(arts["onnx"]["parity"]["per_image"]) >= 2
+        assert all(r["image"].endswith((".png", ".jpg")) for r in per)
+        assert arts[v]["parity"]["psnr_worst_db"] == min(r["psnr_db"] for r in per)
         assert arts[v]["xnnpack"]["fully_delegated"], arts[v]["xnnpack"]
     assert arts["fp32"]["xnnpack"]["partitions"] == 1
     io = arts["int8_io"]["io"]
@@ -282,3 +286,30 @@ def test_files_below_the_psnr_bar_are_flagged() -> None:
     assert arts["int8"]["below_bar"] and arts["int8_io"]["below_bar"]
     assert not arts["fp16"]["below_bar"] and not arts["dynamic"]["below_bar"]
     assert "below_bar" not in arts["fp32"]
+
+
+def test_parity_is_per_image_and_the_floor_applies_to_the_worst() -> None:
+    """Three images: two identical to the reference but for an error of 0.01, one with 0.1.
+    Pooled, the squared errors average to (2·1e-4 + 1e-2)/3 = 3.4e-3 (30.7 dB over the range
+    2), above a 30 dB floor; the worst image alone is 10·log10(4/1e-2) = 26.0 dB."""
+    from dmad.export.api import quality_notes
+    from dmad.export.parity import compare
+
+    ref = np.zeros((3, 2, 4, 4))
+    out = ref + np.array([0.01, 0.1, 0.01])[:, None, None, None]
+    par = compare(ref, out, ["a.png", "b.png", "c.png"])
+    assert par["psnr_db"] == pytest.approx(10 * np.log10(4 / ((2e-4 + 1e-2) / 3)))
+    assert par["psnr_db"] > 30
+    assert [r["image"] for r in par["per_image"]] == ["a.png", "b.png", "c.png"]
+    assert [r["psnr_db"] for r in par["per_image"]] == pytest.approx([46.02, 26.02, 46.02],
+                                                                      abs=0.01)
+    assert par["worst_image"] == "b.png" and par["psnr_worst_db"] == pytest.approx(26.02, abs=0.01)
+    arts = {"int8": {"parity": par}}
+    notes = quality_notes(arts, 30.0)
+    assert arts["int8"]["below_bar"] and "worst image (b.png) is 26.0 dB" in notes[0]
+    from dmad.export.parity import format_per_image
+
+    shown = format_per_image(arts).splitlines()  # on screen: worst image first
+    assert shown[2].split() == ["b.png", "26.0"] and len(shown) == 5
+    bad = compare(ref, out * np.nan, ["a.png", "b.png", "c.png"])
+    assert not bad["finite"] and np.isnan(bad["psnr_worst_db"])

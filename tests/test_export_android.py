@@ -202,3 +202,8 @@ def test_choose_variant_keeps_its_rule() -> None:
     assert v == "int8" and "meets its 35 dB floor" in why and "dynamic 39.0 < 40 dB" in why
     v, why = choose_variant(arts(fp32=99, fp16=55, int8=30), floors, explain=True)
     assert v == "fp32" and "int8 30.0 < 35 dB" in why
+    # the floor is judged on the worst image: a pooled 37 dB with one image at 31 dB fails it
+    a = arts(fp32=99, fp16=80, int8=37, dynamic=41)
+    a["int8"]["parity"]["psnr_worst_db"] = 31.0
+    v, why = choose_variant(a, floors, explain=True)
+    assert v == "dynamic" and "int8 31.0 < 35 dB" in why

@@ -97,7 +97,8 @@ def test_finetune_improves_student_teacher_psnr(pipeline: dict[str, Path]) -> No
     before = evaluate(EvalConfig(student=str(pipeline["search"]),
                                  teacher=str(pipeline["teacher"]), device="cpu"), root / "e0")
     summary = finetune(FinetuneConfig(search=str(pipeline["search"]), steps=40, device="cpu",
-                                      log_every=1, objective="dmad"), root / "ft")
+                                      log_every=1), root / "ft")
+    # the automatic objective with a full teacher (G and D): DMAD's
     assert summary["g_only"] is False and summary["objective"].startswith("dmad: task loss")
     after = evaluate(EvalConfig(student=str(root / "ft"), device="cpu"), root / "e1")
     assert after["psnr_vs_teacher"] > before["psnr_vs_teacher"] + 1.0
@@ -143,7 +144,8 @@ def test_g_only_mode_from_an_imported_generator(pipeline: dict[str, Path], tmp_p
                                 log_every=1), tmp_path / "ft")
     assert s["g_only"] is True
     log = [json.loads(x) for x in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
-    # the fast objective: the teacher's outputs alone, no discriminator, no attention
+    # the automatic objective with a generator alone is fast: the teacher's outputs alone, no
+    # discriminator, no attention
     assert {"distill_AtoB", "ssim_AtoB", "colour_AtoB"} <= set(log[0])
     assert not {"att_AtoB", "dfeat_AtoB", "G_AtoB", "D"} & set(log[0])
     assert "EMA 0.999" in s["objective"] and s["inputs"]["inputs_seen"] == 20 * 4

@@ -45,7 +45,13 @@ from dmad.compress.io import atomic_write_json
 from dmad.compress.models import PatchDiscriminator
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import item_seed, save_grid, set_requires_grad
-from dmad.compress.train.objective import PRESETS, check_fields, crop_side_max, resolve
+from dmad.compress.train.objective import (
+    PRESETS,
+    check_fields,
+    choose,
+    crop_side_max,
+    resolve,
+)
 from dmad.compress.train.search import (
     SPLIT,
     Teacher,
@@ -73,9 +79,10 @@ class FinetuneConfig(TrainingOverrides):
         "distil from the teacher G alone; none = automatic (when the teacher has no D)",
     )
     objective: str = opt(
-        "fast",
-        "fast (L1 + SSIM + colour moments to the teacher's outputs, EMA of the weights, "
-        "multi-scale crops, batch 4, lr 1e-4; no adversarial or attention term) | dmad "
+        "auto",
+        "auto (fast with a generator alone, dmad with a full teacher) | fast (L1 + SSIM + "
+        "colour moments to the teacher's outputs, EMA of the weights, multi-scale crops, "
+        "batch 4, lr 1e-4; no adversarial or attention term) | dmad "
         "(DMAD's: GAN + co-attention + L1 ×10 at the teacher run's batch and lr); the fields "
         "below left at -1 take the objective's value",
     )
@@ -301,9 +308,6 @@ class FinetuneStage(TeacherStage):
         out = nn.ModuleDict()
         if self.obj.features <= 0:
             return out
-        if self.world > 1:  # rank-local modules outside DDP would train apart on each rank
-            raise DmadError("field lambda_features: not yet supported under torchrun (more than "
-                            "one process); set it to 0")
         for d in self.students:
             x = torch.zeros(1, self.G[d].spec.input_nc, self.cfg.size, self.cfg.size,
                             device=self.device)
@@ -319,6 +323,15 @@ class FinetuneStage(TeacherStage):
     def modules(self) -> dict[str, nn.Module]:
         """The base stage's modules plus the feature adapters (checkpointed with them)."""
         return {**super().modules(), **{f"adapters_{d}": m for d, m in self.adapters.items()}}
+
+    def reduce_gradients(self, which: str) -> None:
+        """The adapters live outside DDP (they are not part of any generator): under torchrun
+        their gradients are averaged over the ranks here, as DDP does for the generator's, so
+        every rank takes the same step as one process with the global batch would."""
+        if which == "G" and self.world > 1:
+            for p in self.adapters.parameters():
+                if p.grad is not None:
+                    distributed.all_mean_(p.grad)
 
     def backward_step(self, loss: torch.Tensor, which: str) -> None:
         """The base step, then the weight average follows every generator update (so what is
@@ -664,6 +677,8 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
         searched = read_config_file(Path(cfg.search) / loop.CONFIG).get("training", {})
         teacher.base.update({k: v for k, v in searched.items() if k not in ("steps",
                                                                             "decay_steps")})
+    g_only = cfg.g_only if cfg.g_only is not None else not teacher.D
+    cfg = dataclasses.replace(cfg, objective=choose(cfg.objective, g_only))
     tcfg = training_config(cfg, teacher)
     preset = PRESETS[cfg.objective]
     if not cfg.batch_size and preset["batch_size"]:
@@ -677,7 +692,7 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
         split = resolve_split(images, cfg.val, out / SPLIT, size=tcfg.size,
                               skip_bad=tcfg.skip_bad, resume=resume)
     # every refusal before the run folder is touched (--force would empty it first)
-    refuse_incompatible(cfg, cfg.g_only if cfg.g_only is not None else not teacher.D, split)
+    refuse_incompatible(cfg, g_only, split)
     extra = extra_photographs(Path(cfg.extra_images), split, tcfg.size) \
         if cfg.extra_images and split is not None else None
     loop.prepare_run_dir(out, resume=resume, force=force)

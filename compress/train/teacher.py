@@ -290,8 +290,13 @@ class TeacherStage(loop.Stage):
         opt = self.optimizers()[which]
         scaler = self.scalers[which]
         scaler.scale(loss).backward()
+        self.reduce_gradients(which)
         scaler.step(opt)
         scaler.update()
+
+    def reduce_gradients(self, which: str) -> None:
+        """Between backward and step: where a stage averages, over the torchrun ranks, the
+        gradients of trained modules DDP does not wrap (none here)."""
 
     def pool_query(self, name: str, fake: torch.Tensor) -> torch.Tensor:
         """The image pool over the global batch: under torchrun every rank queries the same
