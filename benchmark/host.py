@@ -753,14 +753,6 @@ def flag_oversubscription(results: list[dict[str, Any]]) -> None:
             )
 
 
-def median_of(results: list[dict[str, Any]], **match: Any) -> float | None:
-    """Median latency of the first result whose fields equal ``match`` (None if absent)."""
-    for r in results:
-        if all(r.get(k) == v for k, v in match.items()):
-            return float(r["median_ms"])
-    return None
-
-
 __all__ = [
     "BACKENDS",
     "ModelInfo",
@@ -773,6 +765,5 @@ __all__ = [
     "inspect_model",
     "machine_info",
     "make_input",
-    "median_of",
     "stats_ms",
 ]

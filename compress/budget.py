@@ -32,9 +32,6 @@ from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import ChannelMask
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
 
-#: budget metrics: MACs (paper or true convention) or predicted milliseconds
-METRICS = ("paper", "true", "ms")
-
 
 @dataclass(frozen=True)
 class Cost:

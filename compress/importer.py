@@ -42,8 +42,6 @@ from dmad.compress.models import ResnetSpec, UnetSpec, build, spec_from_dict, sp
 ARCHES = ("resnet", "unet")
 WRAPPER_KEYS = ("state_dict", "model", "netG", "G", "params")
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
-_RESNET_ONLY = ("n_blocks", "padding", "separable")
-_UNET_ONLY = ("num_downs",)
 
 
 @dataclass

@@ -13,7 +13,6 @@ runs on LiteRT's reference kernels (slow, and single-threaded for most ops).
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ __all__ = [
     "format_per_image",
     "format_table",
     "io_details",
-    "latency_ms",
     "make_interpreter",
     "precision_report",
     "psnr",
@@ -226,23 +224,6 @@ def precision_report(path: Path) -> dict[str, Any]:
             "macs": int(total),
             "float_ops": dict(sorted(float_ops.items())),
             "quantize_dequantize": boundaries}
-
-
-def latency_ms(
-    path: Path, images_nhwc: np.ndarray, threads: int, runs: int = 10, warmup: int = 2
-) -> float:
-    """Median wall time (ms) of one ``invoke`` (input already set), XNNPACK on."""
-    it = make_interpreter(path, threads)
-    x = images_nhwc[:1]
-    _invoke(it, x)
-    for _ in range(max(0, warmup - 1)):
-        it.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        it.invoke()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
 
 
 def _fmt(v: Any, spec: str) -> str:
