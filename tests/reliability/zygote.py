@@ -80,8 +80,8 @@ def _run(req: dict) -> dict:
 
 
 def main() -> None:
-    import dmad.cli
-    import dmad.compress.checkpoint
+    import dmad.cli  # noqa: F401  (preloaded: each request forks from a warm interpreter)
+    import dmad.compress.checkpoint  # noqa: F401
     import dmad.compress.train.loop  # noqa: F401
 
     for line in sys.stdin:
