@@ -22,6 +22,7 @@ from dmad.compress.checkpoint import load_generator
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
+from dmad.compress.metrics import psnr
 from dmad.compress.train.common import (
     eval_loader,
     open_train_test,
@@ -29,12 +30,6 @@ from dmad.compress.train.common import (
     resolve_data,
     save_grid,
 )
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), over the whole tensor."""
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

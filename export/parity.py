@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dmad.compress.metrics import psnr
+
 __all__ = [
     "compare",
     "format_per_image",
@@ -31,14 +33,6 @@ __all__ = [
     "worst_psnr",
     "xnnpack_coverage",
 ]
-
-
-def psnr(ref: np.ndarray, out: np.ndarray, data_range: float = 2.0) -> float:
-    """PSNR in dB of ``out`` against ``ref`` (``inf`` when identical)."""
-    mse = float(np.mean((np.asarray(ref, np.float64) - np.asarray(out, np.float64)) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(data_range**2 / mse))
 
 
 def compare(ref: np.ndarray, out: np.ndarray, names: list[str] | None = None

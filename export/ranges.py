@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dmad.compress.metrics import psnr
+
 __all__ = ["AUTO_PERCENTILES", "METHODS", "Samples", "best_range"]
 
 METHODS = ("minmax", "percentile", "mse", "auto")
@@ -145,15 +147,12 @@ class Samples:
         it.allocate_tensors()
         inp = it.get_input_details()[0]["index"]
         out = it.get_output_details()[0]["index"]
-        se, count = 0.0, 0
+        got = []
         for k in range(min(n, len(self.inputs))):
             it.set_tensor(inp, self.inputs[k : k + 1].astype(np.float32))
             it.invoke()
-            d = it.get_tensor(out).astype(np.float64) - self.outputs[k]
-            se += float(np.sum(d * d))
-            count += d.size
-        mse = se / max(count, 1)
-        return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+            got.append(it.get_tensor(out).astype(np.float64))
+        return psnr(np.concatenate(self.outputs[: len(got)]), np.concatenate(got))
 
 
 #: ``ranges="auto"`` tries these percentiles and keeps the best on the calibration images.
