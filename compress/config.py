@@ -114,6 +114,8 @@ RUN_HELP = {
     "epochs": "train for this many passes over the training images instead of --steps "
               "(steps = ceil(epochs · images / global batch)); 0 = use steps",
     "decay_epochs": "with --epochs: epochs of linear LR decay at the end; -1 = half of epochs",
+    "tensorboard": "write TensorBoard event files (tensorboard/ in the run folder) beside "
+                   "log.jsonl: losses, bound, MACs and periodic evaluations per step",
 }
 
 

@@ -40,7 +40,7 @@ from dmad.pipeline import compare_both, export_both, run_stage
 ARGS = "compress.json"
 SPLIT = "split.json"
 #: Fields that may change when a run is resumed (where it runs, not what it computes).
-RESUMABLE_CHANGES = {"device"}
+RESUMABLE_CHANGES = {"device", "tensorboard"}
 STAGES = ("search", "finetune", "eval", "export", "compare")
 #: what DONE.json keeps of each evaluation
 EVAL_KEYS = ("images", "size", "side", "psnr_vs_teacher", "ssim_vs_teacher",
@@ -119,6 +119,8 @@ class CompressConfig:
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
     checkpoint_every: int = opt(100, "steps between atomic checkpoints of the search/fine-tune")
     log_every: int = opt(10, "steps between log.jsonl lines and progress updates")
+    tensorboard: bool = opt(True, "write TensorBoard event files of the search and fine-tune "
+                            "(their tensorboard/ folders; `tensorboard --logdir OUT`)")
 
     def __post_init__(self) -> None:
         if not self.generator:
@@ -420,7 +422,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
     times: dict[str, float] = {}
     common = {"size": size, "batch_size": cfg.batch_size, "seed": cfg.seed, "device": cfg.device,
               "skip_bad": cfg.skip_bad, "checkpoint_every": cfg.checkpoint_every,
-              "log_every": cfg.log_every, "precision": cfg.precision, "workers": cfg.workers}
+              "log_every": cfg.log_every, "precision": cfg.precision, "workers": cfg.workers,
+              "tensorboard": cfg.tensorboard}
     data = {"images": str(split)} if split is not None else {"data": cfg.images}
     mode = "teacher-G-only distillation" if split is not None else \
         "full objective (the teacher's G and D)"

@@ -134,3 +134,47 @@ def test_unet_size_must_fit_depth() -> None:
     with pytest.raises(DmadError, match=r"multiple of 2\*\*num_downs"):
         TeacherConfig(task="pix2pix", size=96, num_downs=6)
     assert TeacherConfig(task="pix2pix", size=64).num_downs == 6
+
+
+def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard itself reads from a run's event files (its own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(folder))
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def test_training_curves_reach_tensorboard_once_per_step_across_a_resume(
+        tmp_path: Path, tiny_teacher: dict) -> None:
+    cfg = TeacherConfig(**{**tiny_teacher, "steps": 6, "log_every": 1, "checkpoint_every": 2})
+    run = tmp_path / "run"
+    train_teacher(cfg, run, max_steps=3)
+    train_teacher(cfg, run, resume=True)
+    curves = _curves(run / "tensorboard")
+    log = _log(run)
+    assert [s for s, _ in curves["teacher/cycle_A"]] == [r["step"] for r in log] == [1, 2, 3, 4,
+                                                                                    5, 6]
+    assert [v for _, v in curves["teacher/cycle_A"]] == pytest.approx([r["cycle_A"] for r in log])
+    assert "teacher/lr_factor" in curves and "teacher/time" not in curves
+    off = tmp_path / "off"
+    train_teacher(TeacherConfig(**{**tiny_teacher, "steps": 2, "tensorboard": False}), off)
+    assert not (off / "tensorboard").exists()
+
+
+def test_a_resume_supersedes_the_steps_logged_after_its_checkpoint(tmp_path: Path) -> None:
+    """A killed run logged steps 1–5 but its checkpoint is at step 3: the resumed run logs 4
+    and 5 again, and TensorBoard must show them once, with the resumed values."""
+    from dmad.compress.train.events import EventWriter, crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    w = EventWriter(tmp_path)
+    for s in range(1, 6):
+        w.scalars(s, {"teacher/G": float(s)})
+    w.close()
+    w = EventWriter(tmp_path, purge_from=4)
+    for s in range(4, 7):
+        w.scalars(s, {"teacher/G": 10.0 * s})
+    w.close()
+    assert _curves(tmp_path)["teacher/G"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0),
+                                              (5, 50.0), (6, 60.0)]

@@ -704,4 +704,4 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
     return loop.run(stage, out, schedule,
                     {"finetune": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
                     checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
-                    max_steps=max_steps)
+                    max_steps=max_steps, tensorboard=tcfg.tensorboard)

@@ -29,9 +29,11 @@ from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from dmad.compress.runfolder import holds_user_files
 from dmad.compress.train import distributed
+from dmad.compress.train.events import EventWriter
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+TENSORBOARD = "tensorboard"
 CONFIG = "config.json"
 DONE = "DONE.json"
 
@@ -303,6 +305,14 @@ def _trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
+def scalars_of(stage: str, rec: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a log line as TensorBoard tags (``stage/name``); step and time are the
+    event's own fields."""
+    return {f"{stage}/{k}": float(v) for k, v in rec.items()
+            if k not in ("step", "time") and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
@@ -317,11 +327,13 @@ def run(
     checkpoint_every: int = 100,
     log_every: int = 10,
     max_steps: int | None = None,
+    tensorboard: bool = True,
 ) -> dict[str, Any]:
     """Train ``stage`` to ``schedule.steps`` in ``run_dir``; returns the DONE summary.
 
     ``max_steps`` stops early after that many steps of *this* invocation (checkpointing first),
-    which tests and time-boxed jobs use to split a run.
+    which tests and time-boxed jobs use to split a run. ``tensorboard``: every log line's
+    numbers also go to TensorBoard event files in ``run_dir/tensorboard``.
     """
     start = 0
     ckpt_path = run_dir / CHECKPOINT
@@ -332,6 +344,8 @@ def run(
             _trim_log(run_dir / LOG, start)
     elif not resume and main:
         (run_dir / LOG).unlink(missing_ok=True)
+        for f in (run_dir / TENSORBOARD).glob("events.out.tfevents.*"):
+            f.unlink()  # a new run's curves start alone
     if main:
         atomic_write_json(run_dir / CONFIG, config)
     for opt in stage.optimizers().values():
@@ -349,6 +363,9 @@ def run(
         disable=not main,
     )
     log_fh = open(run_dir / LOG, "a", encoding="utf-8") if main else None
+    # a resumed run repeats the steps after its checkpoint: TensorBoard drops the first run's
+    events = EventWriter(run_dir / TENSORBOARD, purge_from=start + 1 if start else None) \
+        if main and tensorboard else None
     done_here = 0
     # losses stay on the device until a log line, checkpoint or the end needs them: one host
     # sync (and under torchrun one all-reduce) per interval instead of one per loss per step
@@ -418,6 +435,8 @@ def run(
                         }
                         log_fh.write(json.dumps(rec) + "\n")
                         log_fh.flush()
+                        if events is not None:
+                            events.scalars(n, scalars_of(stage.name, rec))
                     extras.clear()
                     if main:
                         bar.set_postfix_str(
@@ -443,6 +462,8 @@ def run(
         bar.close()
         if log_fh is not None:
             log_fh.close()
+        if events is not None:
+            events.close()
         batches = getattr(stage, "batches", None)
         if batches is not None and hasattr(batches, "close"):
             batches.close()

@@ -957,7 +957,7 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
     return loop.run(stage, out, loop.Schedule(tcfg.steps, tcfg.decay_steps),
                     {"search": to_dict(cfg), "training": to_dict(tcfg)}, resume=resume,
                     checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
-                    max_steps=max_steps)
+                    max_steps=max_steps, tensorboard=tcfg.tensorboard)
 
 
 __all__ = ["SearchConfig", "SearchStage", "load_search", "reachable_floor", "resolve_split",

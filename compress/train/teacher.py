@@ -56,6 +56,7 @@ class ScaleOptions:
     prefetch: int = opt(2, RUN_HELP["prefetch"])
     precision: str = opt("fp32", RUN_HELP["precision"])
     channels_last: str = opt("auto", RUN_HELP["channels_last"])
+    tensorboard: bool = opt(True, RUN_HELP["tensorboard"])
 
 
 @dataclass
@@ -510,5 +511,6 @@ def train_teacher(
         checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every,
         max_steps=max_steps,
+        tensorboard=cfg.tensorboard,
     )
 
