@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dmad-installed
 
-.PHONY: demo test lint layers adb android-check bench-train android-assets clean
+.PHONY: demo test lint layers adb chromium android-check bench-train android-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,18 @@ adb:
 	    adb >/dev/null; } || echo "make: apt-get could not install adb: the adb tests will be" \
 	    "skipped" >&2; }
 
-test: $(STAMP) adb layers android-check
+# `dmad translate`'s page is checked in a real browser: Debian's chromium, installed the same way.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "make: cannot install chromium (not root, no password-less sudo): the page" \
+	    "test will be skipped; install Debian's package 'chromium' and rerun" >&2; exit 0; fi; \
+	  echo "make: installing Debian's chromium (the headless page test)"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium >/dev/null; } || echo "make: apt-get could not install chromium: the page" \
+	    "test will be skipped" >&2; }
+
+test: $(STAMP) adb chromium layers android-check
 	$(PY) -m pytest
 
 # Compile every Kotlin source of the Android app with -Werror against android.jar, R and stubs of

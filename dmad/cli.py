@@ -290,6 +290,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    from dmad.compress.config import make_config
+    from dmad.translate import TranslateConfig, translate
+
+    given = {**_config_overrides(args), "models": tuple(str(m) for m in args.models),
+             "images": str(args.images), "out": str(args.out), "force": args.force}
+    cfg = make_config(TranslateConfig, None, given)
+    s = translate(cfg)
+    ms = ", ".join(f"{k} {v:.1f} ms" for k, v in s["median_ms"].items())
+    print(f"{s['images']} images: {ms} median per image")
+    if "speedup" in s:
+        print(f"compressed {s['speedup']:.1f}x faster; PSNR between the outputs "
+              f"{s['psnr_mean_db']:.1f} dB mean, worst {s['psnr_worst_db']:.1f} dB "
+              f"({s['psnr_worst_image']})")
+    print(f"wrote {args.out / 'index.html'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dmad.pipeline import run_demo
 
@@ -432,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(s, CompressConfig, skip=("generator",))
     s.set_defaults(func=cmd_compress)
 
+    from dmad.translate import TranslateConfig
+
+    s = sub.add_parser(
+        "translate", help="run one or two models (full, compressed) over a folder of images; "
+        "outputs + index.html side by side",
+        description="dmad translate FULL.tflite SMALL.tflite --images photos/ --out runs/look: "
+                    "input | full | compressed per image, the PSNR between the outputs and the "
+                    "time per image")
+    s.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                   help="a dmad model file or run folder, an .onnx or a .tflite; two for full "
+                   "and compressed")
+    s.add_argument("--images", type=Path, required=True, help="folder of input images")
+    s.add_argument("--out", type=Path, required=True,
+                   help="output folder (new or empty; --force replaces an earlier translate)")
+    s.add_argument("--force", action="store_true", help="replace an earlier translate output")
+    _add_config_flags(s, TranslateConfig, skip=("models", "images", "out", "force"))
+    s.set_defaults(func=cmd_translate)
+
     s = sub.add_parser("demo", help="the whole pipeline on the embedded default (or --config)")
     s.add_argument("--config", type=Path,
                    help="TOML file of stage tables (default: the packaged demo.toml, the "
@@ -479,7 +515,8 @@ def _join_torchrun(args: argparse.Namespace) -> None:
 
 #: Commands whose --force replaces the output as a whole: their --out may not hold an input.
 #: The others write only their own named files, so an --out holding their inputs is normal.
-REPLACES_OUT = ("data", "teacher", "search", "finetune", "export", "compress", "demo")
+REPLACES_OUT = ("data", "teacher", "search", "finetune", "export", "compress", "demo",
+                "translate")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "compare",
     "format_per_image",
     "format_table",
+    "invoke_tflite",
     "io_details",
     "make_interpreter",
     "precision_report",
@@ -106,7 +107,7 @@ def io_details(path: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _invoke(it: Any, x: np.ndarray) -> np.ndarray:
+def invoke_tflite(it: Any, x: np.ndarray) -> np.ndarray:
     """One NHWC float image [1,H,W,C] in [-1,1] through ``it``; quantises int8 I/O as a phone
     would (``q = round(x / scale) + zero_point``, clamped) and returns float output."""
     inp, outd = it.get_input_details()[0], it.get_output_details()[0]
@@ -126,7 +127,8 @@ def _invoke(it: Any, x: np.ndarray) -> np.ndarray:
 def run_tflite(path: Path, images_nhwc: np.ndarray, threads: int = 1) -> np.ndarray:
     """Run every image of ``images_nhwc`` (N,H,W,C float in [-1,1]); returns N,H,W,C float."""
     it = make_interpreter(path, threads)
-    return np.concatenate([_invoke(it, images_nhwc[i : i + 1]) for i in range(len(images_nhwc))])
+    return np.concatenate([invoke_tflite(it, images_nhwc[i : i + 1])
+                           for i in range(len(images_nhwc))])
 
 
 def xnnpack_coverage(path: Path) -> dict[str, Any]:
