@@ -7,3 +7,21 @@ only the layers below it. This package itself holds the application on top of al
 """
 
 __version__ = "0.1.0"
+
+#: The Python API (``dmad.compress_generator(...)`` …), imported on first use so that
+#: ``import dmad`` stays light: name -> module that defines it.
+_API = {
+    "compress_generator": "dmad.api", "export_generator": "dmad.api", "bench_files": "dmad.api",
+    "Compressed": "dmad.api", "translate": "dmad.translate", "TranslateConfig": "dmad.translate",
+    "CompressConfig": "dmad.compress_run", "attach_masks": "dmad.compress.masks",
+    "prune": "dmad.compress.prune", "DmadError": "dmad.compress.errors",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'dmad' has no attribute {name!r}")
