@@ -27,7 +27,9 @@ from photo_setup import judge, photo_arguments, shared_search, student_folders
 
 #: the baseline of the candidates: L1 to the teacher at batch 4, lr 1e-4, nothing else
 PLAIN = {"objective": "fast", "lambda_ssim": 0.0, "lambda_colour": 0.0, "ema": 0.0,
-         "crop_scale": 0.0}
+         "crop_scale": 0.0, "augment": "none"}
+#: ``fast`` as it was before augmentation became part of it
+FAST = {"objective": "fast", "augment": "none"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "dmad (old default: GAN + attention + L1 ×10, batch 1, lr 2e-4)": {"objective": "dmad"},
     "L1 only (batch 4, lr 1e-4)": PLAIN,
@@ -40,14 +42,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L1 + colour/exposure jitter": {**PLAIN, "augment": "colour,exposure"},
     "L1 + zoom/rotate/mix": {**PLAIN, "augment": "zoom,rotate,mix"},
     "L1 + cosine LR": {**PLAIN, "lr_schedule": "cosine"},
-    "fast (default: L1 + SSIM + colour + EMA + multi-scale)": {"objective": "fast"},
-    "fast + features": {"objective": "fast", "lambda_features": 1.0},
-    "fast, after a search with the same signal (L1 + SSIM + colour, no GAN, no attention)":
-        {"objective": "fast", "_search": "fast"},
+    "fast without augmentation (L1 + SSIM + colour + EMA + multi-scale)": FAST,
+    "fast without augmentation + features": {**FAST, "lambda_features": 1.0},
+    "fast without augmentation, after a search with the same signal (L1 + SSIM + colour, no "
+    "GAN, no attention)": {**FAST, "_search": "fast"},
     "L1 + all augmentation (colour, exposure, zoom, rotate, mix)":
         {**PLAIN, "augment": "colour,exposure,zoom,rotate,mix"},
-    "fast + augmentation zoom/rotate/mix": {"objective": "fast", "augment": "zoom,rotate,mix"},
-    "fast + all augmentation": {"objective": "fast", "augment": "colour,exposure,zoom,rotate,mix"},
+    "fast without augmentation + zoom/rotate/mix": {**FAST, "augment": "zoom,rotate,mix"},
+    "fast (the default: with all augmentation)": {"objective": "fast"},
 }
 #: the search's G-only objective when a variant asks for it
 SEARCH_FAST = {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,

@@ -270,6 +270,21 @@ def test_objective_fields_are_checked(field: str, value: object, message: str) -
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_default_augments_only_where_the_teacher_labels_the_inputs() -> None:
+    from dmad.compress.train.objective import augment_kinds
+
+    every = ("colour", "exposure", "zoom", "rotate", "mix")
+    fast = FinetuneConfig(search="x", objective="fast")
+    assert augment_kinds(fast, g_only=True, images=True) == every
+    assert augment_kinds(fast, g_only=True, images=False) == ()  # a task dataset's pairs
+    assert augment_kinds(fast, g_only=False, images=True) == ()  # a full teacher's task loss
+    assert augment_kinds(FinetuneConfig(search="x", objective="dmad"), True, True) == ()
+    assert augment_kinds(FinetuneConfig(search="x", objective="fast", augment="none"),
+                         True, True) == ()
+    assert augment_kinds(FinetuneConfig(search="x", objective="fast", augment="zoom"),
+                         True, True) == ("zoom",)
+
+
 def test_psnr_worst_in_periodic_evaluation(gonly: dict[str, Path], tmp_path: Path) -> None:
     s = finetune(FinetuneConfig(search=str(gonly["search"]), steps=4, device="cpu",
                                 eval_every=2, eval_images=0, eval_size=64), tmp_path / "ft")

@@ -120,9 +120,10 @@ class FinetuneConfig(TrainingOverrides):
     lr_schedule: str = opt("", "linear (constant, then linear decay over decay_steps) | cosine; "
                            "'' = linear")
     augment: str = opt(
-        "",
-        "teacher-G-only: input augmentation the teacher labels, comma list of colour, exposure, "
-        "zoom, rotate, mix ('' = none)",
+        "auto",
+        "teacher-G-only on your images: input augmentation the teacher labels, comma list of "
+        "colour, exposure, zoom, rotate, mix (none = off); auto = the objective's (fast: all "
+        "five when distilling from a generator alone on --images; dmad: none)",
     )
     crop_scale: float = opt(
         -1.0,
@@ -194,7 +195,7 @@ class FinetuneConfig(TrainingOverrides):
 
 def refuse_incompatible(cfg: FinetuneConfig, g_only: bool, split: ImageSplit | None) -> None:
     """One-line errors for options that cannot work together in this mode."""
-    augment = bool(parse_kinds(cfg.augment))
+    augment = cfg.augment != "auto" and bool(parse_kinds(cfg.augment))  # auto adapts
     if (augment or cfg.extra_images) and split is None:
         raise DmadError("field augment/extra_images: need --images (teacher-G-only "
                         "distillation on your images; a task dataset's pairs stay as they are)")

@@ -1,10 +1,12 @@
 """The fine-tune's objective: two named presets, every weight overridable, one name in words.
 
-``fast`` (the default) is the teacher-G-only distillation chosen by measurement on
-photo-trained teachers (``scripts/distill_objectives.py``, ``docs/results.md``): the student
-learns the teacher's outputs directly (L1 + SSIM + colour moments), its weights are averaged
-(EMA) and the average is what is evaluated, kept and exported; crops are drawn at several
-scales so a small training crop sees the statistics of the whole images it is judged on. With a
+``fast`` is the teacher-G-only distillation chosen by measurement on photo-trained teachers
+(``scripts/distill_objectives.py``, ``scripts/fidelity_vs_time.py``, ``docs/results.md``): the
+student learns the teacher's outputs directly (L1 + SSIM + colour moments), its weights are
+averaged (EMA) and the average is what is evaluated, kept and exported; crops are drawn at
+several scales so a small training crop sees the statistics of the whole images it is judged
+on; and the inputs are varied (colour, exposure, zoom, rotation, mixing of photographs), which
+the teacher labels: what moved photographs the student never saw was the input it trained on. With a
 generator alone there is no adversarial term and no attention map: a freshly trained
 discriminator and attention maps ×100 gave the student a noisy signal per step that pulled it
 away from the teacher. With a full teacher (G and D, a task dataset) the task loss, GAN
@@ -36,10 +38,11 @@ SCHEDULES = ("linear", "cosine")
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lambda_gan": 0.0, "lambda_attention": 0.0, "lambda_ssim": 1.0,
              "lambda_colour": 10.0, "lambda_features": 0.0, "ema": 0.999, "crop_scale": 2.0,
-             "lr_schedule": "linear", "batch_size": 4, "lr": 1e-4},
+             "lr_schedule": "linear", "batch_size": 4, "lr": 1e-4,
+             "augment": "colour,exposure,zoom,rotate,mix"},
     "dmad": {"lambda_gan": 1.0, "lambda_attention": None, "lambda_ssim": 0.0,
              "lambda_colour": 0.0, "lambda_features": 0.0, "ema": 0.0, "crop_scale": 0.0,
-             "lr_schedule": "linear", "batch_size": 0, "lr": 0.0},
+             "lr_schedule": "linear", "batch_size": 0, "lr": 0.0, "augment": ""},
 }
 
 
@@ -125,7 +128,17 @@ def check_fields(cfg: Any) -> None:
         v = getattr(cfg, name)
         if v < 0 and v != -1.0:
             raise DmadError(f"field {name}: must be >= 0 (or -1 for the objective's), got {v}")
-    parse_kinds(cfg.augment)
+    if cfg.augment != "auto":
+        parse_kinds(cfg.augment)
+
+
+def augment_kinds(cfg: Any, g_only: bool, images: bool) -> tuple[str, ...]:
+    """The augmentation a run uses: the field's, or with ``auto`` the preset's, which applies
+    only where the teacher labels the inputs (a generator alone, the user's images): a task
+    dataset's real pairs are never altered."""
+    if cfg.augment != "auto":
+        return parse_kinds(cfg.augment)
+    return parse_kinds(PRESETS[cfg.objective]["augment"]) if g_only and images else ()
 
 
 def crop_side_max(cfg: Any, size: int, multi_scale: bool) -> int:
@@ -148,5 +161,6 @@ def resolve(cfg: Any, *, task: str, g_only: bool, steps: int, size: int,
         distill=cfg.lambda_distill, ssim=preset_value(cfg, "lambda_ssim"),
         colour=preset_value(cfg, "lambda_colour"),
         features=preset_value(cfg, "lambda_features"), ema=preset_value(cfg, "ema"),
-        augment=parse_kinds(cfg.augment), scale_max=crop_side_max(cfg, size, multi_scale),
+        augment=augment_kinds(cfg, g_only, multi_scale),
+        scale_max=crop_side_max(cfg, size, multi_scale),
         schedule=cfg.lr_schedule or PRESETS[cfg.objective]["lr_schedule"])
