@@ -273,7 +273,6 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     (median of measured ÷ sum of units: what a whole model saves or pays over its units run
     alone, e.g. caches and fused boundaries); the validation models, never seen by the fit,
     say how good the table is."""
-    from dmad.benchmark.host import machine_info
     from dmad.compress.runfolder import check_writable, refuse_overwrite
 
     say = say or (lambda s: None)
@@ -289,18 +288,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     try:
         timer = _Timer(cfg, work)
         empty = (nn.Sequential(nn.ReLU()), (1, 1, 8, 8))
-        sweep: dict[str, Any] = {}
-        multiple = cfg.multiple
-        if multiple == 0:
-            stream = min(int(mx["stream"]), 64)
-            ws = list(range(1, min(int(mx["inner"]), 64) + 1))
-            say(f"sweep: block inner width {ws[0]}..{ws[-1]} at stream {stream}")
-            ms = timer.time([unit_model(spec, "block", (stream, w), cfg.size, cfg.seed)
-                             for w in ws], stat="min")
-            multiple = choose_multiple(ws, ms)
-            sweep = {"unit": "block", "stream": stream, "inner": ws,
-                     "ms": [round(v, 4) for v in ms], "multiple": multiple}
-            say(f"preferred channel multiple: {multiple}")
+        multiple, sweep = _channel_multiple(cfg, spec, mx, timer, say)
         # every model in one conversion (TensorFlow starts once), timed in the same passes
         plan, items = [], [empty]
         for unit, axes_names in RESNET_UNITS.items():
@@ -326,18 +314,9 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
                 arr[p] = round(next(ms_all), 4)
             units[unit] = Grid(axes, arr.tolist(), unit_steps(unit, multiple))
         measured = list(ms_all)
-        key = {"backend": cfg.backend, "threads": cfg.threads}
-        if cfg.android is not None:
-            dev = getattr(timer, "key_device", {})
-            props = dev.get("props", {})
-            key.update(device=f"{props.get('ro.product.model', '?')} ({dev.get('serial')})",
-                       props=props, tool="benchmark_model")
-        else:
-            info = machine_info()
-            key.update(machine=info["cpu"], isa=info["isa"], libraries=info["libraries"])
         table = LatencyTable(
-            key=key, family=family_of(spec), size=cfg.size, max_widths=mx, multiple=multiple,
-            overhead_ms=round(overhead, 4), units=units, sweep=sweep,
+            key=_key(cfg, timer), family=family_of(spec), size=cfg.size, max_widths=mx,
+            multiple=multiple, overhead_ms=round(overhead, 4), units=units, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         if n_cal:
             raw = [table.predict(spec, w).ms for w in archs[:n_cal]]
@@ -349,6 +328,39 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         return table
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], timer: Any,
+                      say: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+    """The channel multiple the target prefers (``cfg.multiple``, or 0: from a sweep of one
+    block's inner width) and that sweep's record."""
+    if cfg.multiple:
+        return cfg.multiple, {}
+    stream = min(int(mx["stream"]), 64)
+    ws = list(range(1, min(int(mx["inner"]), 64) + 1))
+    say(f"sweep: block inner width {ws[0]}..{ws[-1]} at stream {stream}")
+    ms = timer.time([unit_model(spec, "block", (stream, w), cfg.size, cfg.seed) for w in ws],
+                    stat="min")
+    multiple = choose_multiple(ws, ms)
+    say(f"preferred channel multiple: {multiple}")
+    return multiple, {"unit": "block", "stream": stream, "inner": ws,
+                      "ms": [round(v, 4) for v in ms], "multiple": multiple}
+
+
+def _key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
+    """What the table is valid for: backend, threads, and the phone or this machine."""
+    from dmad.benchmark.host import machine_info
+
+    key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads}
+    if cfg.android is not None:
+        dev = getattr(timer, "key_device", {})
+        props = dev.get("props", {})
+        key.update(device=f"{props.get('ro.product.model', '?')} ({dev.get('serial')})",
+                   props=props, tool="benchmark_model")
+    else:
+        info = machine_info()
+        key.update(machine=info["cpu"], isa=info["isa"], libraries=info["libraries"])
+    return key
 
 
 def _write(out: Path, table: LatencyTable) -> None:

@@ -188,6 +188,102 @@ def _groups(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
     return {n: [n] for n in masks}
 
 
+class _Tiles:
+    """Channel groups (a layer, or the residual stream over its writers) moved by whole tiles
+    of ``m`` channels, each choice by importance per unit of budget."""
+
+    def __init__(self, spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
+                 scores: Mapping[str, torch.Tensor], el: dict[str, torch.Tensor], m: int,
+                 metric: str, size: int, latency: LatencyTable | None) -> None:
+        self.spec, self.masks, self.scores, self.el, self.m = spec, masks, scores, el, m
+        self.metric, self.size, self.latency = metric, size, latency
+        self.groups = _groups(spec, masks)
+
+    def chan_scores(self, g: str) -> torch.Tensor:
+        return torch.stack([self.scores[n].detach().cpu().double()
+                            for n in self.groups[g]]).sum(0)
+
+    def kept(self, keep: dict[str, torch.Tensor], g: str) -> torch.Tensor:
+        return torch.stack([keep[n] for n in self.groups[g]]).any(0)
+
+    def full(self, g: str) -> int:
+        return self.masks[self.groups[g][0]].channels
+
+    @staticmethod
+    def block(g: str) -> bool:
+        return g.endswith(".conv1") and g.startswith("block")
+
+    def cost(self, keep: dict[str, torch.Tensor]) -> Cost:
+        return cost(self.spec, self.masks, keep, self.size, self.latency)
+
+    def set_count(self, k: dict[str, torch.Tensor], g: str, n: int) -> dict[str, torch.Tensor]:
+        """A copy of ``k`` with group ``g`` at ``n`` channels (best-scored kept/added)."""
+        k = {a: b.clone() for a, b in k.items()}
+        members = self.groups[g]
+        s = self.chan_scores(g)
+        cur = torch.stack([k[x] for x in members]).any(0)
+        have = int(cur.sum())
+        if n < have:
+            order = torch.argsort(torch.where(cur, s, torch.inf))  # worst kept first
+            for c in order[: have - n].tolist():
+                for x in members:
+                    k[x][c] = False
+        elif n > have:
+            elig = torch.stack([self.el[x] for x in members])
+            # eligible channels first (best-scored), switched-off ones only when needed
+            cand = sorted((c for c in range(len(cur)) if not bool(cur[c])),
+                          key=lambda c: (not bool(elig[:, c].any()), -float(s[c])))
+            for c in cand[: n - have]:
+                # a stream channel needs one writer: the eligible writers, else the best one
+                on = [x for i, x in enumerate(members) if bool(elig[i, c])] or \
+                    [max(members, key=lambda x: float(self.scores[x][c]))]
+                for x in on:
+                    k[x][c] = True
+        return k
+
+    def loss(self, g: str, k0: dict[str, torch.Tensor], k1: dict[str, torch.Tensor]) -> float:
+        s = self.chan_scores(g)
+        a, b = self.kept(k0, g), self.kept(k1, g)
+        return float(s[a & ~b].sum() - s[b & ~a].sum())
+
+    def nearest(self, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every width to its nearest multiple (at least one; removed blocks stay removed)."""
+        m = self.m
+        for g in self.groups:
+            n, f = int(self.kept(keep, g).sum()), self.full(g)
+            if f < m or (self.block(g) and n == 0):
+                continue
+            r = min(f, max(m, math.floor(n / m + 0.5) * m))
+            if r != n:
+                keep = self.set_count(keep, g, r)
+        return keep
+
+    def step(self, keep: dict[str, torch.Tensor], cur: Cost, down: bool, target: float
+             ) -> tuple[dict[str, torch.Tensor], Cost] | None:
+        """The best single tile move: down, the least importance lost per unit saved; up, the
+        most gained per unit spent that still fits ``target``. None when no move is left."""
+        m, best = self.m, None
+        for g in self.groups:
+            n, f = int(self.kept(keep, g).sum()), self.full(g)
+            if f < m:
+                continue
+            if down and n - m < (0 if self.block(g) else m):
+                continue
+            if not down and (n + m > f or (self.block(g) and n == 0)):
+                continue
+            trial = self.set_count(keep, g, n - m if down else n + m)
+            c = self.cost(trial)
+            delta = c.value(self.metric) - cur.value(self.metric)
+            if (down and -delta <= 0) or (not down and c.value(self.metric) > target):
+                continue
+            # importance lost per unit saved (down) or lost per unit spent, negative (up):
+            # the smallest is the best move either way
+            ratio = self.loss(g, keep, trial) / (-delta if down else max(delta, 1e-12))
+            if best is None or ratio < best[0]:
+                best = (ratio, trial, c)
+        return None if best is None else (best[1], best[2])
+
+
 def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
                       keep: dict[str, torch.Tensor], target: float, metric: str, size: int,
                       scores: Mapping[str, torch.Tensor], *, latency: LatencyTable | None,
@@ -206,106 +302,25 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
     most importance per unit of budget is added where it still fits. Stream channels score as
     the sum over their writers, and are added or dropped in every writer. When even one tile
     per layer is over the budget, the given (unrounded) widths are returned unchanged."""
-    m = multiple
-    groups = _groups(spec, masks)
     keep = {k: v.clone().cpu() for k, v in keep.items()}
     given = {k: v.clone() for k, v in keep.items()}
     el = {n: (eligible[n].cpu() if eligible is not None else torch.ones_like(keep[n]))
           for n in masks}
-
-    def chan_scores(g: str) -> torch.Tensor:
-        return torch.stack([scores[n].detach().cpu().double() for n in groups[g]]).sum(0)
-
-    def kept(g: str) -> torch.Tensor:
-        return torch.stack([keep[n] for n in groups[g]]).any(0)
-
-    def set_count(k: dict[str, torch.Tensor], g: str, n: int) -> dict[str, torch.Tensor]:
-        """A copy of ``k`` with group ``g`` at ``n`` channels (best-scored kept/added)."""
-        k = {a: b.clone() for a, b in k.items()}
-        s = chan_scores(g)
-        cur = torch.stack([k[x] for x in groups[g]]).any(0)
-        have = int(cur.sum())
-        if n < have:
-            order = torch.argsort(torch.where(cur, s, torch.inf))  # worst kept first
-            for c in order[: have - n].tolist():
-                for x in groups[g]:
-                    k[x][c] = False
-        elif n > have:
-            elig = torch.stack([el[x] for x in groups[g]])
-            # eligible channels first (best-scored), switched-off ones only when needed
-            cand = sorted((c for c in range(len(cur)) if not bool(cur[c])),
-                          key=lambda c: (not bool(elig[:, c].any()), -float(s[c])))
-            for c in cand[: n - have]:
-                # a stream channel needs one writer: the eligible writers, else the best one
-                on = [x for i, x in enumerate(groups[g]) if bool(elig[i, c])] or \
-                    [max(groups[g], key=lambda x: float(scores[x][c]))]
-                for x in on:
-                    k[x][c] = True
-        return k
-
-    def full(g: str) -> int:
-        return masks[groups[g][0]].channels
-
-    def block(g: str) -> bool:
-        return g.endswith(".conv1") and g.startswith("block")
-
-    for g in groups:
-        n, f = int(kept(g).sum()), full(g)
-        if f < m or (block(g) and n == 0):
-            continue
-        r = min(f, max(m, math.floor(n / m + 0.5) * m))
-        if r != n:
-            keep = set_count(keep, g, r)
-    cur = cost(spec, masks, keep, size, latency)
-
-    def loss(g: str, k0: dict[str, torch.Tensor], k1: dict[str, torch.Tensor]) -> float:
-        s = chan_scores(g)
-        a = torch.stack([k0[x] for x in groups[g]]).any(0)
-        b = torch.stack([k1[x] for x in groups[g]]).any(0)
-        return float(s[a & ~b].sum() - s[b & ~a].sum())
-
+    tiles = _Tiles(spec, masks, scores, el, multiple, metric, size, latency)
+    keep = tiles.nearest(keep)
+    cur = tiles.cost(keep)
     for _ in range(1000):  # over budget: drop the cheapest tile per unit saved
-        if cur.value(metric) <= target:
+        if cur.value(metric) <= target or (moved := tiles.step(keep, cur, True, target)) is None:
             break
-        best: tuple[float, dict[str, torch.Tensor], Cost] | None = None
-        for g in groups:
-            n = int(kept(g).sum())
-            low = 0 if block(g) else m
-            if full(g) < m or n - m < low:
-                continue
-            trial = set_count(keep, g, n - m)
-            c = cost(spec, masks, trial, size, latency)
-            saved = cur.value(metric) - c.value(metric)
-            if saved <= 0:
-                continue
-            ratio = loss(g, keep, trial) / saved
-            if best is None or ratio < best[0]:
-                best = (ratio, trial, c)
-        if best is None:
-            break
-        _, keep, cur = best
+        keep, cur = moved
     if cur.value(metric) > target:
         # one tile per layer is already over the budget: keep the widths the fit gave
-        return given, cost(spec, masks, given, size, latency)
+        return given, tiles.cost(given)
     for _ in range(1000):  # under the band: add the best tile per unit spent that fits
-        if cur.value(metric) >= (1 - tolerance) * target:
+        if cur.value(metric) >= (1 - tolerance) * target or \
+                (moved := tiles.step(keep, cur, False, target)) is None:
             break
-        best = None
-        for g in groups:
-            n, f = int(kept(g).sum()), full(g)
-            if f < m or n + m > f or (block(g) and n == 0):
-                continue
-            trial = set_count(keep, g, n + m)
-            c = cost(spec, masks, trial, size, latency)
-            spent = c.value(metric) - cur.value(metric)
-            if c.value(metric) > target:
-                continue
-            ratio = -loss(g, keep, trial) / max(spent, 1e-12)
-            if best is None or ratio > best[0]:
-                best = (ratio, trial, c)
-        if best is None:
-            break
-        _, keep, cur = best
+        keep, cur = moved
     return keep, cur
 
 

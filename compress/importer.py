@@ -322,6 +322,79 @@ def _check(value: Any, allowed: tuple[Any, ...], what: str, path: Path) -> None:
         raise DmadError(f"{path}: {what} {value!r} is not one of {choices}")
 
 
+def _given_options(path: Path, arch: str, **opts: Any) -> dict[str, Any]:
+    """The spec options the user gave (None = infer), checked against the family."""
+    _check(arch, ARCHES, "arch", path)
+    given = {k: opts[k] for k in ("ngf", "n_blocks", "num_downs", "norm", "dropout",
+                                  "input_nc", "output_nc")}
+    if arch == "resnet":
+        _check(opts["padding"], ("reflect", "zero"), "padding", path)
+        given.update(padding=opts["padding"], separable=bool(opts["separable"]))
+        if opts["num_downs"] is not None:
+            raise DmadError(f"{path}: num_downs is a unet option, not a resnet one")
+    else:
+        if opts["n_blocks"] is not None or opts["padding"] != "reflect" or opts["separable"]:
+            raise DmadError(f"{path}: n_blocks, padding and separable are resnet options, "
+                            "not unet ones")
+        given.pop("n_blocks")
+    if opts["norm"] is not None:
+        _check(opts["norm"], ("instance", "instance_affine", "batch", "none"), "norm", path)
+    return given
+
+
+def _running_stats(groups: list[Any], spec_d: dict[str, Any], norm_stats: str
+                   ) -> tuple[bool, str]:
+    """Whether InstanceNorm running statistics are kept (as eval-mode BatchNorm: ``spec_d``'s
+    norm becomes ``batch``), and the note that says what happened to them."""
+    n_running = sum(1 for g in groups if g.is_norm and "running_mean" in g.items
+                    and "weight" not in g.items)
+    running_in = norm_stats == "running" and n_running > 0 and spec_d.get("norm") == "instance"
+    if running_in:
+        spec_d["norm"] = "batch"  # eval-mode BatchNorm = InstanceNorm on its running statistics
+        return True, (f"kept the InstanceNorm running statistics of {n_running} layers "
+                      "(--norm-stats running): the output matches the checkpoint's eval mode "
+                      "with track_running_stats, not the reference loader's per-image "
+                      "statistics")
+    if n_running and spec_d.get("norm") in ("instance", "instance_affine"):
+        return False, (f"dropped the InstanceNorm running statistics of {n_running} layers, as "
+                       "the reference loader does: the output uses per-image statistics (the "
+                       "reference's test mode); --norm-stats running keeps them, for forks "
+                       "that tested with them")
+    if norm_stats == "running":
+        return False, "--norm-stats running: the checkpoint has no InstanceNorm running statistics"
+    return False, ""
+
+
+def _map_layers(path: Path, groups: list[Any], model: nn.Module, spec: Any, running_in: bool,
+                hint: str) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """The source layers matched in order onto the model's: the state dict to load, the
+    filled-in tensors and how many keys were renamed; a mismatch is one line naming the
+    first layer that does not fit."""
+    target = _group([(k, v) for k, v in model.state_dict().items()])
+    mapped: dict[str, torch.Tensor] = {}
+    filled: list[str] = []
+    problems: list[str] = []
+    renamed = 0
+    for i, (s, t) in enumerate(zip(groups, target, strict=False)):
+        out, fills, problem = _match(s, t, spec.norm, running_in)
+        if problem:
+            problems.append(f"layer {i} {problem}")
+            continue
+        mapped.update(out)
+        filled += fills
+        renamed += sum(1 for leaf, (key, _) in s.items.items()
+                       if key != t.items[leaf][0])
+    if problems or len(groups) != len(target):
+        msg = f"{path}: does not fit {_describe(spec_to_dict(spec))}"
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            msg += f": {problems[0]}{more}"
+        if len(groups) != len(target):
+            msg += f"; source has {len(groups)} layers, target {len(target)}"
+        raise DmadError(msg + hint)
+    return mapped, filled, renamed
+
+
 def import_checkpoint(
     path: str | os.PathLike[str],
     arch: str,
@@ -349,44 +422,16 @@ def import_checkpoint(
     naming the file when it cannot be read or its layers do not fit.
     """
     path = Path(path)
-    _check(arch, ARCHES, "arch", path)
-    given: dict[str, Any] = {"ngf": ngf, "n_blocks": n_blocks, "num_downs": num_downs,
-                             "norm": norm, "dropout": dropout, "input_nc": input_nc,
-                             "output_nc": output_nc}
-    if arch == "resnet":
-        _check(padding, ("reflect", "zero"), "padding", path)
-        given.update(padding=padding, separable=bool(separable))
-        if num_downs is not None:
-            raise DmadError(f"{path}: num_downs is a unet option, not a resnet one")
-    else:
-        if n_blocks is not None or padding != "reflect" or separable:
-            raise DmadError(f"{path}: n_blocks, padding and separable are resnet options, "
-                            "not unet ones")
-        given.pop("n_blocks")
-    if norm is not None:
-        _check(norm, ("instance", "instance_affine", "batch", "none"), "norm", path)
-
+    given = _given_options(path, arch, ngf=ngf, n_blocks=n_blocks, num_downs=num_downs,
+                           norm=norm, padding=padding, separable=separable, dropout=dropout,
+                           input_nc=input_nc, output_nc=output_nc)
     _check(norm_stats, ("instance", "running"), "norm_stats", path)
     items, file_spec, dropped = _load(path)
     if not items:
         raise DmadError(f"{path}: holds no tensors, nothing to import")
     groups = _group(items)
     spec_d, inferred = _resolve(path, arch, groups, given, file_spec)
-    n_running = sum(1 for g in groups if g.is_norm and "running_mean" in g.items
-                    and "weight" not in g.items)
-    running_in = norm_stats == "running" and n_running > 0 and spec_d.get("norm") == "instance"
-    note = ""
-    if running_in:
-        spec_d["norm"] = "batch"  # eval-mode BatchNorm = InstanceNorm on its running statistics
-        note = (f"kept the InstanceNorm running statistics of {n_running} layers "
-                "(--norm-stats running): the output matches the checkpoint's eval mode with "
-                "track_running_stats, not the reference loader's per-image statistics")
-    elif n_running and spec_d.get("norm") in ("instance", "instance_affine"):
-        note = (f"dropped the InstanceNorm running statistics of {n_running} layers, as the "
-                "reference loader does: the output uses per-image statistics (the reference's "
-                "test mode); --norm-stats running keeps them, for forks that tested with them")
-    elif norm_stats == "running":
-        note = "--norm-stats running: the checkpoint has no InstanceNorm running statistics"
+    running_in, note = _running_stats(groups, spec_d, norm_stats)
     hint = _hint(arch, groups, bool(spec_d.get("separable")))
     try:
         spec = spec_from_dict(spec_d)
@@ -409,29 +454,7 @@ def import_checkpoint(
 
     if running_in:
         groups = _fold_conv_bias(groups)
-    target = _group([(k, v) for k, v in model.state_dict().items()])
-    mapped: dict[str, torch.Tensor] = {}
-    filled: list[str] = []
-    problems: list[str] = []
-    renamed = 0
-    for i, (s, t) in enumerate(zip(groups, target, strict=False)):
-        out, fills, problem = _match(s, t, spec.norm, running_in)
-        if problem:
-            problems.append(f"layer {i} {problem}")
-            continue
-        mapped.update(out)
-        filled += fills
-        renamed += sum(1 for leaf, (key, _) in s.items.items()
-                       if key != t.items[leaf][0])
-    if problems or len(groups) != len(target):
-        desc = _describe(spec_to_dict(spec))
-        msg = f"{path}: does not fit {desc}"
-        if problems:
-            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            msg += f": {problems[0]}{more}"
-        if len(groups) != len(target):
-            msg += f"; source has {len(groups)} layers, target {len(target)}"
-        raise DmadError(msg + hint)
+    mapped, filled, renamed = _map_layers(path, groups, model, spec, running_in, hint)
     try:
         model.load_state_dict(mapped, strict=True)
     except (RuntimeError, KeyError) as exc:  # not expected after the checks above

@@ -327,7 +327,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from dmad import __version__
-    from dmad.compress.train.teacher import TeacherConfig
 
     p = OneLineParser(
         prog="dmad",
@@ -335,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dmad {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_training_commands(sub)
+    _add_model_commands(sub)
+    _add_pipeline_commands(sub)
+    return p
+
+
+def _add_training_commands(sub: Any) -> None:
+    """data, teacher, search, finetune, eval."""
+    from dmad.compress.train.teacher import TeacherConfig
 
     s = sub.add_parser("data", help="generate the embedded default dataset")
     s.add_argument("--out", type=Path, default=Path("data/default"),
@@ -381,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(s, EvalConfig)
     s.set_defaults(func=cmd_eval)
 
+
+def _add_model_commands(sub: Any) -> None:
+    """import and macs."""
     s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")
     s.add_argument("--arch", choices=("resnet", "unet"),
@@ -426,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_macs)
 
+
+def _add_pipeline_commands(sub: Any) -> None:
+    """export, bench, compare, latency-table (registered by their stages), compress,
+    translate, demo."""
     from dmad.benchmark.cli import register as register_benchmark
     from dmad.export.cli import register as register_export
 
@@ -476,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder, one subfolder per stage (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="redo finished stages")
     s.set_defaults(func=cmd_demo)
-    return p
 
 
 def presets() -> dict[str, Path]:

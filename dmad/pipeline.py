@@ -53,15 +53,7 @@ def _check_out(out: Path) -> None:
                         "--out")
 
 
-def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
-    """Run data → teacher → search → finetune → eval → export → compare; returns stage seconds."""
-    from dmad.compress.arch import profile
-    from dmad.compress.checkpoint import load_model
-    from dmad.compress.data import make_default_dataset
-    from dmad.compress.train.teacher import TeacherConfig, train_teacher
-
-    path = config or DEFAULT_CONFIG
-    _check_out(out)
+def _read_settings(path: Path) -> dict[str, Any]:
     settings = read_config_file(path)
     known = {"data", "teacher", "search", "finetune", "eval", "export", "compare"}
     unknown = set(settings) - known
@@ -70,7 +62,12 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
             f"{path}: unknown section(s) {', '.join(sorted(unknown))} "
             f"(known: {', '.join(sorted(known))})"
         )
-    times: dict[str, float] = {}
+    return settings
+
+
+def _data_stage(settings: dict[str, Any], path: Path, force: bool,
+                times: dict[str, float]) -> None:
+    from dmad.compress.data import make_default_dataset
 
     t = time.time()
     data = settings.get("data", {"generate": False})
@@ -89,6 +86,15 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     times["data"] = time.time() - t
     print(f"[demo] data      {times['data']:7.1f} s")
 
+
+def _teacher_stage(settings: dict[str, Any], path: Path, out: Path, force: bool,
+                   times: dict[str, float]) -> tuple[Path, int]:
+    """The demo's teacher (trained, or the user's run folder or imported file) and its size;
+    prints each generator's cost at that size and at 256²."""
+    from dmad.compress.arch import profile
+    from dmad.compress.checkpoint import load_model
+    from dmad.compress.train.teacher import TeacherConfig, train_teacher
+
     if "teacher" in settings:
         tcfg = make_config(TeacherConfig, path, section="teacher")
         tdir = out / "teacher"
@@ -101,17 +107,18 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
                             "(a teacher run folder or a `dmad import`ed generator file)")
         tdir = Path(ref)
         size = int(settings.get("search", {}).get("size", 0)) or 256
-    teacher_files = [tdir] if tdir.is_file() else sorted(tdir.glob("G_*.pt"))
-    for g in teacher_files:
+    for g in [tdir] if tdir.is_file() else sorted(tdir.glob("G_*.pt")):
         model, _ = load_model(g)
-        spec = model.spec
         for size_ in (size, 256):
-            prof = profile(model, (1, spec.input_nc, size_, size_))
-            print(
-                f"[demo] {g.name} at {size_}x{size_}: params {prof.params:,}  "
-                f"{prof.macs_paper / 1e9:.3f} GMACs (paper)  "
-                f"{prof.macs_true / 1e9:.3f} GMACs (true)"
-            )
+            prof = profile(model, (1, model.spec.input_nc, size_, size_))
+            print(f"[demo] {g.name} at {size_}x{size_}: params {prof.params:,}  "
+                  f"{prof.macs_paper / 1e9:.3f} GMACs (paper)  "
+                  f"{prof.macs_true / 1e9:.3f} GMACs (true)")
+    return tdir, size
+
+
+def _search_and_finetune(settings: dict[str, Any], path: Path, out: Path, tdir: Path,
+                         force: bool, times: dict[str, float]) -> None:
     if "search" in settings:
         from dmad.compress.train.search import SearchConfig, search
 
@@ -131,23 +138,39 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
         overrides = {} if "search" in settings["finetune"] else {"search": str(out / "search")}
         fcfg = make_config(FinetuneConfig, path, overrides, section="finetune")
         run_stage("finetune", fdir, lambda d, **kw: finetune(fcfg, d, **kw), force, times)
-    if "eval" in settings:
-        from dmad.compress.evaluate import EvalConfig, evaluate
 
-        t = time.time()
-        student = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
-        overrides = {} if "student" in settings["eval"] else {"student": str(student)}
-        ecfg = make_config(EvalConfig, path, overrides, section="eval")
-        ev = evaluate(ecfg, out / "eval", force=True)  # the demo's own folder
-        times["eval"] = time.time() - t
-        print(f"[demo] eval      {times['eval']:7.1f} s  PSNR vs teacher "
-              f"{ev['psnr_vs_teacher']:.2f} dB, SSIM {ev['ssim_vs_teacher']:.3f}, MACs "
-              f"÷{ev['ratios']['macs_paper']:.1f} (paper) ÷{ev['ratios']['macs_true']:.1f} (true)")
+
+def _eval_stage(settings: dict[str, Any], path: Path, out: Path,
+                times: dict[str, float]) -> None:
+    from dmad.compress.evaluate import EvalConfig, evaluate
+
+    t = time.time()
+    student = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
+    overrides = {} if "student" in settings["eval"] else {"student": str(student)}
+    ecfg = make_config(EvalConfig, path, overrides, section="eval")
+    ev = evaluate(ecfg, out / "eval", force=True)  # the demo's own folder
+    times["eval"] = time.time() - t
+    print(f"[demo] eval      {times['eval']:7.1f} s  PSNR vs teacher "
+          f"{ev['psnr_vs_teacher']:.2f} dB, SSIM {ev['ssim_vs_teacher']:.3f}, MACs "
+          f"÷{ev['ratios']['macs_paper']:.1f} (paper) ÷{ev['ratios']['macs_true']:.1f} (true)")
+
+
+def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """Run data → teacher → search → finetune → eval → export → compare; returns stage seconds."""
+    path = config or DEFAULT_CONFIG
+    _check_out(out)
+    settings = _read_settings(path)
+    times: dict[str, float] = {}
+    _data_stage(settings, path, force, times)
+    tdir, size = _teacher_stage(settings, path, out, force, times)
+    _search_and_finetune(settings, path, out, tdir, force, times)
+    if "eval" in settings:
+        _eval_stage(settings, path, out, times)
     student_run = out / "finetune" if (out / "finetune" / loop.DONE).exists() else out / "search"
     if "export" in settings:
         t = time.time()
         export_both(settings["export"], path, {"compressed": student_run, "full": tdir},
-                     out / "export", size, force)
+                    out / "export", size, force)
         times["export"] = time.time() - t
         print(f"[demo] export    {times['export']:7.1f} s")
     if "compare" in settings:

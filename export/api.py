@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -484,14 +484,11 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         return _export_model(cfg)
 
 
-def _export_model(cfg: ExportConfig) -> ExportResult:
-    from dmad.compress.arch import profile
-    from dmad.compress.models import spec_to_dict
-    from dmad.export import tflite
-    from dmad.export.android import LABELS, choose_variant, default_assets, write_assets
-    from dmad.export.onnx import ONNX_TOL, export_onnx, run_onnx
+def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
+    """The TFLite variants to make, whether ONNX int8 is asked for, and the app's assets
+    folder: every option refused before any work."""
+    from dmad.export.android import LABELS, default_assets
 
-    t0 = time.time()
     bad = [q for q in cfg.quant if q not in QUANTS]
     if bad or not cfg.quant:
         raise DmadError(f"--quant: {', '.join(bad) or 'empty'} not among {', '.join(QUANTS)}")
@@ -500,7 +497,6 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     variants = [v for v in VARIANTS if v in cfg.quant or (v == "int8_io" and cfg.int8_io)]
-    onnx_int8 = "onnx-int8" in cfg.quant
     if cfg.android_variant is not None and cfg.android_variant not in variants:
         raise DmadError(f"--android-variant: {cfg.android_variant!r} is not among the exported "
                         f"variants ({', '.join(variants) or 'none'})")
@@ -512,6 +508,10 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
     if cfg.android and assets is None:
         raise DmadError("--android-assets: required here (no android_demo/ app next to this "
                         "install); give the app's src/main/assets folder")
+    return variants, "onnx-int8" in cfg.quant, assets
+
+
+def _load_checked(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
     model, source = _source(cfg)
     bad_layers = unsupported_layers(model)
     if bad_layers:
@@ -519,129 +519,181 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
                         + (f" (and {len(bad_layers) - 1} more)" if len(bad_layers) > 1 else "")
                         + "; export supports Conv/ConvTranspose/norm/activation/pad generators")
     _check_size(model, cfg.size)
+    return model, source
+
+
+@dataclass
+class _Job:
+    """One export's shared state: the model, its images and reference outputs, the scratch
+    folder, and what is measured and noted along the way."""
+
+    cfg: ExportConfig
+    model: nn.Module
+    source: dict[str, Any]
+    shape: tuple[int, int, int, int]
+    calib: np.ndarray | None
+    evals: np.ndarray
+    names: list[str]
+    tmp: Path
+    ref: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    notes: list[str] = field(default_factory=list)
+    phase: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _reference(job: _Job) -> tuple[nn.Module, Any, float]:
+    """PyTorch's fp32 outputs (the reference of every number) and the exact deploy rewrite,
+    checked against them."""
+    job.ref = _torch_out(job.model, job.evals)
+    if not np.isfinite(job.ref).all():
+        raise DmadError(f"{job.source.get('file') or job.source.get('run') or 'the model'}: its "
+                        "PyTorch output holds NaN/inf on the evaluation images; the model "
+                        "is broken, nothing exported")
+    deploy, rw = deploy_rewrite(job.model, pad=job.cfg.rewrite, norm=job.cfg.rewrite)
+    rw_err = float(np.abs(_torch_out(deploy, job.evals) - job.ref).max())
+    if rw_err > REWRITE_TOL:
+        raise DmadError(f"deploy rewrite changed the output by {rw_err:.2e} (> {REWRITE_TOL})")
+    return deploy, rw, rw_err
+
+
+def _onnx_artifact(job: _Job, deploy: nn.Module) -> Path:
+    from dmad.export.onnx import ONNX_TOL, export_onnx, run_onnx
+
+    t = time.time()
+    onnx_path = job.tmp / "generator.onnx"
+    export_onnx(deploy, onnx_path, job.shape)
+    par = compare(job.ref, run_onnx(onnx_path, job.evals), job.names)
+    _check_finite("generator.onnx", par)
+    if not par["max_abs"] <= ONNX_HARD_TOL:
+        raise DmadError(f"ONNX Runtime differs from PyTorch by {par['max_abs']:.2e} "
+                        f"(> {ONNX_HARD_TOL}): the exported graph is wrong")
+    if par["max_abs"] > ONNX_TOL:
+        job.notes.append(f"ONNX Runtime differs from PyTorch by {par['max_abs']:.2e}, above the "
+                         f"{ONNX_TOL} target (fp32 accumulation order in a deep InstanceNorm "
+                         "network; see parity.json)")
+    job.artifacts["onnx"] = {
+        "file": onnx_path.name, "bytes": onnx_path.stat().st_size, "parity": par, "io": {
+            "input": {"name": "input", "shape": list(job.shape), "dtype": "float32"},
+            "output": {"name": "output", "shape": [1, *job.ref.shape[1:]], "dtype": "float32"}}}
+    job.phase["onnx"] = time.time() - t
+    return onnx_path
+
+
+def _tflite_artifacts(job: _Job, files: dict[str, Path], gpu: dict[str, Any],
+                      variants: list[str]) -> None:
+    """Parity, I/O, XNNPACK coverage and precision of every converted file; the fp32 file
+    proves the graph (and is dropped unless asked for)."""
+    t = time.time()
+    ref_nhwc, ev_nhwc = _nhwc(job.ref), _nhwc(job.evals)
+    for v, f in files.items():
+        try:
+            out_v = run_tflite(f, ev_nhwc)
+        except (RuntimeError, ValueError) as exc:
+            raise DmadError(f"{f.name}: LiteRT cannot run the converted file: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+        par = compare(ref_nhwc, out_v, job.names)
+        _check_finite(f.name, par)
+        job.artifacts[v] = {"file": f.name, "bytes": f.stat().st_size, "parity": par,
+                            "io": io_details(f), "xnnpack": xnnpack_coverage(f),
+                            "precision": precision_report(f), "gpu": gpu.get(v)}
+    fp32, cfg = job.artifacts["fp32"], job.cfg
+    if not fp32["parity"]["max_abs"] <= cfg.fp32_tol:
+        raise DmadError(
+            f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
+            f"(> {cfg.fp32_tol}): the {cfg.converter} converter produced a wrong graph"
+            + (" (onnx2tf's NCHW→NHWC layout guess; the default --converter graph makes "
+               "none)" if cfg.converter == "onnx2tf" else ""))
+    if "fp32" not in variants:
+        fp32["kept"] = False
+        files.pop("fp32").unlink()
+    job.phase["tflite_checks"] = time.time() - t
+
+
+def _onnx_int8_artifact(job: _Job, onnx_path: Path) -> None:
+    from dmad.export.onnx import run_onnx
+    from dmad.export.onnx_int8 import quantize_onnx
+
+    assert job.calib is not None
+    t = time.time()
+    q_path = job.tmp / "generator_int8.onnx"
+    q_info = quantize_onnx(onnx_path, q_path, job.calib)
+    q_par = compare(job.ref, run_onnx(q_path, job.evals), job.names)
+    _check_finite(q_path.name, q_par)
+    job.artifacts["onnx-int8"] = {"file": q_path.name, "bytes": q_path.stat().st_size,
+                                  "parity": q_par, "quantization": q_info}
+    job.phase["onnx_int8"] = time.time() - t
+
+
+def _judge_quality(job: _Job, floors: dict[str, float], variants: list[str]) -> None:
+    """Floors (refused under ``--strict``) and the GPU analyzer's flags, as notes."""
+    job.notes += quality_notes(job.artifacts, floors)
+    low = [v for v, a in job.artifacts.items() if a.get("below_bar")]
+    if job.cfg.strict and low:
+        raise DmadError(f"--strict: {', '.join(low)} below the floor "
+                        f"({'; '.join(job.notes[-len(low):])})")
+    for v in variants:
+        g = job.artifacts[v].get("gpu") or {}
+        if g and not g.get("compatible", True):
+            job.notes.append(f"{v}: TensorFlow's analyzer flags ops for the phone GPU delegate: "
+                             + "; ".join(g.get("issues", [])[:3]))
+
+
+def _convert(job: _Job, deploy: nn.Module, variants: list[str]
+             ) -> tuple[Path, dict[str, Path], dict[str, Any], dict[str, Any]]:
+    """ONNX, then every TFLite variant (fp32 always: it proves the graph right, the other
+    variants are quantised from the same graph), each checked."""
+    from dmad.export import tflite
+
+    onnx_path = _onnx_artifact(job, deploy)
+    t = time.time()
+    graph_info: dict[str, Any] = {"converter": job.cfg.converter}
+    graph = None
+    if job.cfg.converter == "graph":
+        graph, graph_info = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref)
+    conv_info: dict[str, Any] = {}
+    files = tflite.convert(onnx_path, job.tmp, ["fp32", *[v for v in variants if v != "fp32"]],
+                           None if job.calib is None else _nhwc(job.calib), job.cfg.recipe,
+                           graph=graph, timeout=job.cfg.timeout, info=conv_info)
+    job.phase["tflite"] = time.time() - t
+    _tflite_artifacts(job, files, conv_info.get("gpu", {}), variants)
+    return onnx_path, files, graph_info, conv_info
+
+
+def _export_model(cfg: ExportConfig) -> ExportResult:
+    from dmad.compress.arch import profile
+    from dmad.compress.models import spec_to_dict
+
+    t0 = time.time()
+    variants, onnx_int8, assets = _check_options(cfg)
+    model, source = _load_checked(cfg)
     spec = getattr(model, "spec", None)
     channels = getattr(spec, "input_nc", 3)
     needs_calib = any(v in ("int8", "int8_io") for v in variants) or onnx_int8
     calib, evals, image_note, names = _images(cfg, channels, needs_calib)
-    # fp32 is always converted and checked: it proves the graph right, the other variants are
-    # quantised from the same graph. It is kept only when asked for.
-    convert_variants = ["fp32", *[v for v in variants if v != "fp32"]]
     floors = floors_of(cfg)
     out = Path(cfg.out)
     tmp = _prepare_out(out, cfg.force)
+    job = _Job(cfg, model, source, (1, channels, cfg.size, cfg.size), calib, evals, names, tmp)
     try:
-        shape = (1, channels, cfg.size, cfg.size)
-        ref = _torch_out(model, evals)
-        if not np.isfinite(ref).all():
-            raise DmadError(f"{source.get('file') or source.get('run') or 'the model'}: its "
-                            "PyTorch output holds NaN/inf on the evaluation images; the model "
-                            "is broken, nothing exported")
-        deploy, rw = deploy_rewrite(model, pad=cfg.rewrite, norm=cfg.rewrite)
-        rw_err = float(np.abs(_torch_out(deploy, evals) - ref).max())
-        if rw_err > REWRITE_TOL:
-            raise DmadError(f"deploy rewrite changed the output by {rw_err:.2e} (> {REWRITE_TOL})")
-        onnx_path = tmp / "generator.onnx"
-        phase: dict[str, float] = {}
-        t_phase = time.time()
-        export_onnx(deploy, onnx_path, shape)
-        onnx_par = compare(ref, run_onnx(onnx_path, evals), names)
-        _check_finite("generator.onnx", onnx_par)
-        notes: list[str] = []
-        if not onnx_par["max_abs"] <= ONNX_HARD_TOL:
-            raise DmadError(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e} "
-                            f"(> {ONNX_HARD_TOL}): the exported graph is wrong")
-        if onnx_par["max_abs"] > ONNX_TOL:
-            notes.append(f"ONNX Runtime differs from PyTorch by {onnx_par['max_abs']:.2e}, "
-                         f"above the {ONNX_TOL} target (fp32 accumulation order in a deep "
-                         "InstanceNorm network; see parity.json)")
-        phase["onnx"] = time.time() - t_phase
-        t_phase = time.time()
-        graph_info: dict[str, Any] = {"converter": cfg.converter}
-        graph = None
-        if cfg.converter == "graph":
-            graph, graph_info = _graph(model, shape, cfg, calib, evals, ref)
-        conv_info: dict[str, Any] = {}
-        files = tflite.convert(onnx_path, tmp, convert_variants,
-                               None if calib is None else _nhwc(calib), cfg.recipe,
-                               graph=graph, timeout=cfg.timeout, info=conv_info)
-        phase["tflite"] = time.time() - t_phase
-        t_phase = time.time()
-        ref_nhwc, ev_nhwc = _nhwc(ref), _nhwc(evals)
-        artifacts: dict[str, dict[str, Any]] = {
-            "onnx": {"file": onnx_path.name, "bytes": onnx_path.stat().st_size,
-                     "parity": onnx_par, "io": {
-                         "input": {"name": "input", "shape": list(shape), "dtype": "float32"},
-                         "output": {"name": "output", "shape": [1, *ref.shape[1:]],
-                                    "dtype": "float32"}}}}
-        gpu = conv_info.get("gpu", {})
-        for v, f in files.items():
-            try:
-                out_v = run_tflite(f, ev_nhwc)
-            except (RuntimeError, ValueError) as exc:
-                raise DmadError(f"{f.name}: LiteRT cannot run the converted file: "
-                                f"{str(exc).splitlines()[0][:200]}") from None
-            par = compare(ref_nhwc, out_v, names)
-            _check_finite(f.name, par)
-            artifacts[v] = {"file": f.name, "bytes": f.stat().st_size, "parity": par,
-                            "io": io_details(f), "xnnpack": xnnpack_coverage(f),
-                            "precision": precision_report(f), "gpu": gpu.get(v)}
-        fp32 = artifacts["fp32"]
-        if not fp32["parity"]["max_abs"] <= cfg.fp32_tol:
-            raise DmadError(
-                f"fp32 TFLite differs from PyTorch by {fp32['parity']['max_abs']:.2e} "
-                f"(> {cfg.fp32_tol}): the {cfg.converter} converter produced a wrong graph"
-                + (" (onnx2tf's NCHW→NHWC layout guess; the default --converter graph makes "
-                   "none)" if cfg.converter == "onnx2tf" else ""))
-        if "fp32" not in variants:
-            fp32["kept"] = False
-            files.pop("fp32").unlink()
-        phase["tflite_checks"] = time.time() - t_phase
-        t_phase = time.time()
+        deploy, rw, rw_err = _reference(job)
+        onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:
-            from dmad.export.onnx_int8 import quantize_onnx
-
-            assert calib is not None
-            q_path = tmp / "generator_int8.onnx"
-            q_info = quantize_onnx(onnx_path, q_path, calib)
-            q_par = compare(ref, run_onnx(q_path, evals), names)
-            _check_finite(q_path.name, q_par)
-            artifacts["onnx-int8"] = {"file": q_path.name, "bytes": q_path.stat().st_size,
-                                      "parity": q_par, "quantization": q_info}
-            phase["onnx_int8"] = time.time() - t_phase
-        notes += quality_notes(artifacts, floors)
-        low = [v for v, a in artifacts.items() if a.get("below_bar")]
-        if cfg.strict and low:
-            raise DmadError(f"--strict: {', '.join(low)} below the floor "
-                            f"({'; '.join(notes[-len(low):])})")
-        for v in variants:
-            g = artifacts[v].get("gpu") or {}
-            if g and not g.get("compatible", True):
-                notes.append(f"{v}: TensorFlow's analyzer flags ops for the phone GPU delegate: "
-                             + "; ".join(g.get("issues", [])[:3]))
-        prof_obj = profile(model, shape)
+            _onnx_int8_artifact(job, onnx_path)
+        _judge_quality(job, floors, variants)
+        prof_obj = profile(model, job.shape)
         prof = prof_obj.summary()
-        summary = {
-            "source": source,
-            "spec": spec_to_dict(spec) if spec is not None else None,
-            "size": cfg.size,
-            "macs": {"gmacs_paper": prof["gmacs_paper"], "gmacs_true": prof["gmacs_true"]},
-            "params": prof["params"],
-        }
         report = {
-            "format": "dmad-export",
-            "version": 2,
-            **summary,
-            "images": image_note,
+            "format": "dmad-export", "version": 2, "source": source,
+            "spec": spec_to_dict(spec) if spec is not None else None, "size": cfg.size,
+            "macs": {"gmacs_paper": prof["gmacs_paper"], "gmacs_true": prof["gmacs_true"]},
+            "params": prof["params"], "images": image_note,
             "rewrite": {"enabled": cfg.rewrite, **rw.as_dict(), "max_abs_vs_original": rw_err},
-            "graph": graph_info,
-            "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
+            "graph": graph_info, "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
             "int8_ranges": conv_info.get("ranges"),
-            "floors_db": {k: v for k, v in floors.items()
-                          if k in artifacts},
-            "warnings": notes,
-            "artifacts": artifacts,
+            "floors_db": {k: v for k, v in floors.items() if k in job.artifacts},
+            "warnings": job.notes, "artifacts": job.artifacts,
             "seconds": round(time.time() - t0, 1),
-            "phase_seconds": {k: round(v, 1) for k, v in phase.items()},
+            "phase_seconds": {k: round(v, 1) for k, v in job.phase.items()},
             "converter_seconds": conv_info.get("worker_seconds"),
         }
         atomic_write_json(tmp / "parity.json", report)
@@ -649,27 +701,38 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {v: out / f.name for v, f in files.items()}
-    android_json = None
-    if cfg.android:
-        tfl = {k: a for k, a in artifacts.items() if k in files}
-        chosen, why = choose_variant(tfl, floors, explain=True)
-        if cfg.android_variant:
-            chosen, why = cfg.android_variant, "chosen with --android-variant"
-        report["android"] = {"variant": chosen, "why": why}
-        android_json = write_assets(
-            files[chosen], Path(assets), label=cfg.android_label,
-            parity={"reference": "pytorch", "images": len(evals),
-                    **{k: v for k, v in tfl[chosen]["parity"].items() if k != "per_image"}},
-            macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
-            params=int(prof["params"]),
-            source_run=str(source.get("run") or source.get("file") or source.get("kind")),
-            variant=chosen, why=why, gpu=tfl[chosen].get("gpu"))
-        atomic_write_json(out / "parity.json", report)
-    table = format_table(artifacts)
-    per_image = format_per_image(artifacts)
+    android_json = _to_android(cfg, job, files, floors, assets, prof_obj, report) \
+        if cfg.android else None
+    table = format_table(job.artifacts)
+    per_image = format_per_image(job.artifacts)
     table += f"\n\n{per_image}" if per_image else ""
     return ExportResult(out=out, onnx=out / "generator.onnx", files=files, report=report,
                         table=table, android=android_json, seconds=time.time() - t0)
+
+
+def _to_android(cfg: ExportConfig, job: _Job, files: dict[str, Path], floors: dict[str, float],
+                assets: Path | None, prof_obj: Any, report: dict[str, Any]) -> Path:
+    """The chosen file into the app's assets with its ``model.json`` entry; the choice and its
+    reason into ``parity.json``."""
+    from dmad.export.android import choose_variant, write_assets
+
+    tfl = {k: a for k, a in job.artifacts.items() if k in files}
+    chosen, why = choose_variant(tfl, floors, explain=True)
+    if cfg.android_variant:
+        chosen, why = cfg.android_variant, "chosen with --android-variant"
+    report["android"] = {"variant": chosen, "why": why}
+    assert assets is not None
+    src = job.source
+    android_json = write_assets(
+        files[chosen], Path(assets), label=cfg.android_label,
+        parity={"reference": "pytorch", "images": len(job.evals),
+                **{k: v for k, v in tfl[chosen]["parity"].items() if k != "per_image"}},
+        macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
+        params=int(prof_obj.summary()["params"]),
+        source_run=str(src.get("run") or src.get("file") or src.get("kind")),
+        variant=chosen, why=why, gpu=tfl[chosen].get("gpu"))
+    atomic_write_json(Path(cfg.out) / "parity.json", report)
+    return android_json
 
 
 #: ``--subpixel auto``: on. It removes the op phone GPU delegates reject, and it is faster on

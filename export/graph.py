@@ -187,6 +187,113 @@ def _out_channels(op: str, attrs: dict[str, Any], weights: dict[str, np.ndarray]
     return cin
 
 
+def _module_op(m: nn.Module, name: str, cin: int
+               ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """The graph op of a one-input layer: (op, attrs, weights); one line when it has none."""
+    if isinstance(m, nn.Conv2d):
+        return _conv(m, cin)
+    if isinstance(m, nn.ConvTranspose2d):
+        return _deconv(m)
+    if isinstance(m, (nn.ReflectionPad2d, nn.ZeroPad2d)):
+        left, right, top, bottom = (int(p) for p in m.padding)
+        mode = "reflect" if isinstance(m, nn.ReflectionPad2d) else "zero"
+        return "pad", {"mode": mode, "pad": [top, bottom, left, right]}, {}
+    if isinstance(m, nn.InstanceNorm2d):
+        if m.track_running_stats:
+            raise DmadError(f"export: {name}: InstanceNorm2d with running statistics "
+                            "is not supported (import drops them: dmad import)")
+        wts = {"eps": np.full(cin, m.eps, np.float32)}
+        if m.affine:
+            wts["gamma"], wts["beta"] = _np(m.weight), _np(m.bias)  # type: ignore[assignment]
+        return "inorm", {}, wts
+    if isinstance(m, nn.BatchNorm2d):
+        if m.running_mean is None or m.running_var is None:
+            raise DmadError(f"export: {name}: BatchNorm2d without running statistics")
+        inv = 1.0 / np.sqrt(_np(m.running_var) + m.eps)  # type: ignore[operator]
+        g = _np(m.weight) if m.affine else np.ones(cin, np.float32)
+        b = _np(m.bias) if m.affine else np.zeros(cin, np.float32)
+        scale = (g * inv).astype(np.float32)  # type: ignore[operator]
+        shift = (b - _np(m.running_mean) * scale).astype(np.float32)  # type: ignore[operator]
+        return "affine", {}, {"scale": scale, "shift": shift}
+    simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+    for cls, op in simple.items():
+        if isinstance(m, cls):
+            return op, {}, {}
+    if isinstance(m, nn.LeakyReLU):
+        return "leaky", {"alpha": float(m.negative_slope)}, {}
+    if isinstance(m, nn.PixelShuffle):
+        return "d2s", {"r": int(m.upscale_factor)}, {}
+    raise DmadError(f"export: layer {name} ({type(m).__name__}) has no mapping")
+
+
+class _Builder:
+    """The NHWC graph being built from fx nodes: node ids by fx name, channels per node."""
+
+    def __init__(self, channels: int) -> None:
+        self.c = channels
+        self.nodes: list[Node] = []
+        self.ids: dict[str, int] = {}
+        self.chans: dict[int, int] = {}
+        self.current = ""  # the fx node being mapped (recorded on every graph node)
+
+    def add(self, op: str, inputs: list[int], attrs: dict[str, Any] | None = None,
+            weights: dict[str, np.ndarray] | None = None, name: str = "") -> int:
+        nid = len(self.nodes)
+        cin = self.chans.get(inputs[0], self.c) if inputs else self.c
+        a, wts = attrs or {}, weights or {}
+        ch = sum(self.chans[i] for i in inputs) if op == "concat" else \
+            _out_channels(op, a, wts, cin)
+        self.nodes.append(Node(nid, op, inputs, a, wts, name, ch, fx_name=self.current))
+        self.chans[nid] = ch
+        return nid
+
+    def arg_id(self, a: Any, where: str) -> int:
+        if not isinstance(a, torch.fx.Node) or a.name not in self.ids:
+            raise DmadError(f"export: {where}: unsupported argument {a!r}")
+        return self.ids[a.name]
+
+    def module(self, node: torch.fx.Node, m: nn.Module) -> None:
+        x = self.arg_id(node.args[0], str(node.target))
+        name = str(node.target)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            self.ids[node.name] = x
+            return
+        if isinstance(m, _subpixel_type()):
+            # zero pad → conv → crop (folded into the padding) → depth-to-space
+            op, attrs, wts = _conv(m.conv, self.chans[x])
+            kh, kw = _pair(m.conv.kernel_size)
+            left, _right, top, _bottom = m.pad
+            oh, ow = m.crop
+            if top < oh or left < ow:
+                raise DmadError(f"export: {name}: sub-pixel crop past the padding")
+            top, left = top - oh, left - ow
+            attrs["pad"] = [top, kh - 1 - top, left, kw - 1 - left]
+            conv_id = self.add(op, [x], attrs, wts, f"{name}.conv")
+            self.ids[node.name] = self.add("d2s", [conv_id], {"r": int(m.stride)}, {},
+                                           f"{name}.shuffle")
+            return
+        op, attrs, wts = _module_op(m, name, self.chans[x])
+        self.ids[node.name] = self.add(op, [x], attrs, wts, name)
+
+    def function(self, node: torch.fx.Node) -> None:
+        f = node.target
+        if f in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
+            self.ids[node.name] = self.add("add", [self.arg_id(a, "add") for a in node.args])
+            return
+        if f is torch.cat:
+            seq = node.args[0]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if dim not in (1, -3):
+                raise DmadError(f"export: torch.cat over dim {dim} (only channels, dim 1)")
+            self.ids[node.name] = self.add("concat", [self.arg_id(a, "cat") for a in seq])
+            return
+        if f in (torch.tanh, torch.relu, nn.functional.relu):
+            self.ids[node.name] = self.add("tanh" if f is torch.tanh else "relu",
+                                           [self.arg_id(node.args[0], str(f))])
+            return
+        raise DmadError(f"export: function {getattr(f, '__name__', f)} has no mapping")
+
+
 def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
     """The NHWC graph of ``model`` (eval) for an NCHW ``input_shape``; one-line error if a layer
     or a function has no mapping."""
@@ -197,121 +304,25 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
         raise DmadError(f"export: cannot trace the generator with torch.fx ({exc})") from None
     mods = dict(model.named_modules())
     n, c, h, w = input_shape
-    nodes: list[Node] = []
-    ids: dict[str, int] = {}
-    chans: dict[int, int] = {}
-
-    def add(op: str, inputs: list[int], attrs: dict[str, Any] | None = None,
-            weights: dict[str, np.ndarray] | None = None, name: str = "") -> int:
-        nid = len(nodes)
-        cin = chans.get(inputs[0], c) if inputs else c
-        a, wts = attrs or {}, weights or {}
-        if op == "concat":
-            ch = sum(chans[i] for i in inputs)
-        else:
-            ch = _out_channels(op, a, wts, cin)
-        nodes.append(Node(nid, op, inputs, a, wts, name, ch, fx_name=current))
-        chans[nid] = ch
-        return nid
-
-    def arg_id(a: Any, where: str) -> int:
-        if not isinstance(a, torch.fx.Node) or a.name not in ids:
-            raise DmadError(f"export: {where}: unsupported argument {a!r}")
-        return ids[a.name]
-
+    b = _Builder(c)
     out_id: int | None = None
-    current = ""
     for node in fx_graph.nodes:
-        current = node.name
+        b.current = node.name
         if node.op == "placeholder":
-            if nodes:
+            if b.nodes:
                 raise DmadError("export: the generator must take exactly one input")
-            ids[node.name] = add("input", [], name="input")
-            continue
-        if node.op == "output":
-            out_id = arg_id(node.args[0], "output")
-            continue
-        if node.op == "call_module":
-            m = mods[node.target]
-            x = arg_id(node.args[0], node.target)
-            cin = chans[x]
-            name = str(node.target)
-            if isinstance(m, (nn.Identity, nn.Dropout)):
-                ids[node.name] = x
-                continue
-            if isinstance(m, _subpixel_type()):
-                # zero pad → conv → crop (folded into the padding) → depth-to-space
-                op, attrs, wts = _conv(m.conv, cin)
-                kh, kw = _pair(m.conv.kernel_size)
-                left, right, top, bottom = m.pad
-                oh, ow = m.crop
-                if top < oh or left < ow:
-                    raise DmadError(f"export: {name}: sub-pixel crop past the padding")
-                top, left = top - oh, left - ow
-                attrs["pad"] = [top, kh - 1 - top, left, kw - 1 - left]
-                conv_id = add(op, [x], attrs, wts, f"{name}.conv")
-                ids[node.name] = add("d2s", [conv_id], {"r": int(m.stride)}, {}, f"{name}.shuffle")
-                continue
-            if isinstance(m, nn.Conv2d):
-                op, attrs, wts = _conv(m, cin)
-            elif isinstance(m, nn.ConvTranspose2d):
-                op, attrs, wts = _deconv(m)
-            elif isinstance(m, (nn.ReflectionPad2d, nn.ZeroPad2d)):
-                left, right, top, bottom = (int(p) for p in m.padding)
-                op, attrs, wts = "pad", {"mode": "reflect" if isinstance(
-                    m, nn.ReflectionPad2d) else "zero", "pad": [top, bottom, left, right]}, {}
-            elif isinstance(m, nn.InstanceNorm2d):
-                if m.track_running_stats:
-                    raise DmadError(f"export: {name}: InstanceNorm2d with running statistics "
-                                    "is not supported (import drops them: dmad import)")
-                wts = {"eps": np.full(cin, m.eps, np.float32)}
-                if m.affine:
-                    wts["gamma"], wts["beta"] = _np(m.weight), _np(m.bias)  # type: ignore[assignment]
-                op, attrs = "inorm", {}
-            elif isinstance(m, nn.BatchNorm2d):
-                if m.running_mean is None or m.running_var is None:
-                    raise DmadError(f"export: {name}: BatchNorm2d without running statistics")
-                inv = 1.0 / np.sqrt(_np(m.running_var) + m.eps)  # type: ignore[operator]
-                g = _np(m.weight) if m.affine else np.ones(cin, np.float32)
-                b = _np(m.bias) if m.affine else np.zeros(cin, np.float32)
-                scale = (g * inv).astype(np.float32)  # type: ignore[operator]
-                shift = (b - _np(m.running_mean) * scale).astype(np.float32)  # type: ignore[operator]
-                op, attrs, wts = "affine", {}, {"scale": scale, "shift": shift}
-            elif isinstance(m, nn.ReLU):
-                op, attrs, wts = "relu", {}, {}
-            elif isinstance(m, nn.LeakyReLU):
-                op, attrs, wts = "leaky", {"alpha": float(m.negative_slope)}, {}
-            elif isinstance(m, nn.Tanh):
-                op, attrs, wts = "tanh", {}, {}
-            elif isinstance(m, nn.Sigmoid):
-                op, attrs, wts = "sigmoid", {}, {}
-            elif isinstance(m, nn.PixelShuffle):
-                op, attrs, wts = "d2s", {"r": int(m.upscale_factor)}, {}
-            else:
-                raise DmadError(f"export: layer {name} ({type(m).__name__}) has no mapping")
-            ids[node.name] = add(op, [x], attrs, wts, name)
-            continue
-        if node.op == "call_function":
-            f = node.target
-            if f in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
-                ids[node.name] = add("add", [arg_id(a, "add") for a in node.args])
-                continue
-            if f is torch.cat:
-                seq = node.args[0]
-                dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-                if dim not in (1, -3):
-                    raise DmadError(f"export: torch.cat over dim {dim} (only channels, dim 1)")
-                ids[node.name] = add("concat", [arg_id(a, "cat") for a in seq])
-                continue
-            if f in (torch.tanh, torch.relu, nn.functional.relu):
-                ids[node.name] = add("tanh" if f is torch.tanh else "relu",
-                                     [arg_id(node.args[0], str(f))])
-                continue
-            raise DmadError(f"export: function {getattr(f, '__name__', f)} has no mapping")
-        raise DmadError(f"export: unsupported graph node {node.op} {node.target}")
+            b.ids[node.name] = b.add("input", [], name="input")
+        elif node.op == "output":
+            out_id = b.arg_id(node.args[0], "output")
+        elif node.op == "call_module":
+            b.module(node, mods[str(node.target)])
+        elif node.op == "call_function":
+            b.function(node)
+        else:
+            raise DmadError(f"export: unsupported graph node {node.op} {node.target}")
     if out_id is None:
         raise DmadError("export: the generator returns nothing")
-    g = Graph(nodes, out_id, (n, h, w, c), torch.fx.GraphModule(model, fx_graph))
+    g = Graph(b.nodes, out_id, (n, h, w, c), torch.fx.GraphModule(model, fx_graph))
     _fold_batchnorm(g)
     _order_pixel_shuffle(g)
     return g

@@ -50,6 +50,97 @@ def _pad_reflect(tf: Any, x: Any, top: int, bottom: int, left: int, right: int) 
     return side(side(x, 2, left, right), 1, top, bottom)
 
 
+def _conv(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
+    a = n["attrs"]
+    w = arrays[f"{n['id']}.w"]
+    kh, kw = w.shape[0], w.shape[1]
+    sh, sw = a["stride"]
+    dh, dw = a["dilation"]
+    top, bottom, left, right = a["pad"]
+    same = (sh == sw == 1 and top == bottom == dh * (kh - 1) // 2 and
+            left == right == dw * (kw - 1) // 2 and kh % 2 == 1 and kw % 2 == 1)
+    padding = "SAME" if same else "VALID"
+    if not same and any(a["pad"]):
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], name=f"{name}/pad")
+    if a["depthwise"]:
+        y = tf.nn.depthwise_conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
+                                   dilations=[dh, dw], name=f"{name}/conv")
+    else:
+        y = tf.nn.conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
+                         dilations=[dh, dw], name=f"{name}/conv")
+    if "b" in n["weights"]:
+        y = tf.nn.bias_add(y, tf.constant(arrays[f"{n['id']}.b"]), name=f"{name}/bias")
+    return y
+
+
+def _deconv(tf: Any, n: dict[str, Any], x: Any, name: str,
+            arrays: dict[str, np.ndarray]) -> Any:
+    a = n["attrs"]
+    w = arrays[f"{n['id']}.w"]  # [kh, kw, cout, cin]
+    kh, kw, cout = w.shape[0], w.shape[1], w.shape[2]
+    sh, sw = a["stride"]
+    ph, pw = a["pad"]
+    oh, ow = a["output_padding"]
+    h, wd = x.shape[1], x.shape[2]
+    full_h, full_w = (h - 1) * sh + kh, (wd - 1) * sw + kw
+    y = tf.nn.conv2d_transpose(x, tf.constant(w), [1, full_h, full_w, cout], [1, sh, sw, 1],
+                               "VALID", name=f"{name}/deconv")
+    out_h, out_w = full_h - 2 * ph + oh, full_w - 2 * pw + ow
+    if out_h > full_h - ph or out_w > full_w - pw:
+        # output_padding past the full output: zero rows/cols (never in these generators)
+        y = tf.pad(y, [[0, 0], [0, max(0, out_h + ph - full_h)],
+                       [0, max(0, out_w + pw - full_w)], [0, 0]])
+    if (ph, pw) != (0, 0) or (out_h, out_w) != (full_h, full_w):
+        y = tf.slice(y, [0, ph, pw, 0], [1, out_h, out_w, cout], name=f"{name}/crop")
+    if "b" in n["weights"]:
+        y = tf.nn.bias_add(y, tf.constant(arrays[f"{n['id']}.b"]), name=f"{name}/bias")
+    return y
+
+
+def _inorm(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
+    def const(key: str) -> Any:
+        return tf.constant(arrays[f"{n['id']}.{key}"])
+
+    mean = tf.reduce_mean(tf.reduce_mean(x, 2, keepdims=True), 1, keepdims=True,
+                          name=f"{name}/mean")
+    d = tf.subtract(x, mean, name=f"{name}/center")
+    var = tf.reduce_mean(tf.reduce_mean(d * d, 2, keepdims=True), 1, keepdims=True,
+                         name=f"{name}/var")
+    y = tf.multiply(d, tf.math.rsqrt(var + const("eps")), name=f"{name}/scale")
+    if "gamma" in n["weights"]:
+        y = tf.add(y * const("gamma"), const("beta"), name=f"{name}/affine")
+    return y
+
+
+def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray]) -> Any:
+    """One graph node as TensorFlow ops, named after its PyTorch layer."""
+    op, nid = n["op"], n["id"]
+    name = (n.get("name") or f"{op}{nid}").replace(".", "_")
+    if op in ("conv", "deconv", "inorm"):
+        return {"conv": _conv, "deconv": _deconv, "inorm": _inorm}[op](tf, n, ins[0], name,
+                                                                       arrays)
+    if op == "pad":
+        top, bottom, left, right = n["attrs"]["pad"]
+        if n["attrs"]["mode"] == "reflect":
+            return _pad_reflect(tf, ins[0], top, bottom, left, right)
+        return tf.pad(ins[0], [[0, 0], [top, bottom], [left, right], [0, 0]], name=f"{name}/pad")
+    if op == "affine":
+        return tf.add(ins[0] * tf.constant(arrays[f"{nid}.scale"]),
+                      tf.constant(arrays[f"{nid}.shift"]), name=f"{name}/bn")
+    unary = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid}
+    if op in unary:
+        return unary[op](ins[0], name=f"{name}/{op}")
+    if op == "leaky":
+        return tf.nn.leaky_relu(ins[0], n["attrs"]["alpha"], name=f"{name}/leaky")
+    if op == "add":
+        return tf.add(ins[0], ins[1], name=f"add{nid}")
+    if op == "concat":
+        return tf.concat(ins, 3, name=f"concat{nid}")
+    if op == "d2s":
+        return tf.nn.depth_to_space(ins[0], n["attrs"]["r"], name=f"{name}/d2s")
+    raise ValueError(f"unknown graph op {op!r}")
+
+
 def build_function(graph: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
     """A ``tf.function`` (signature ``input`` → ``{"output": ...}``) computing ``graph``."""
     import tensorflow as tf
@@ -57,104 +148,11 @@ def build_function(graph: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
     nodes = graph["nodes"]
     shape = [int(s) for s in graph["input_shape"]]
 
-    def const(nid: int, key: str) -> Any:
-        return tf.constant(arrays[f"{nid}.{key}"])
-
-    def conv(n: dict[str, Any], x: Any, name: str) -> Any:
-        a = n["attrs"]
-        w = arrays[f"{n['id']}.w"]
-        kh, kw = w.shape[0], w.shape[1]
-        sh, sw = a["stride"]
-        dh, dw = a["dilation"]
-        top, bottom, left, right = a["pad"]
-        same = (sh == sw == 1 and top == bottom == dh * (kh - 1) // 2 and
-                left == right == dw * (kw - 1) // 2 and kh % 2 == 1 and kw % 2 == 1)
-        padding = "SAME" if same else "VALID"
-        if not same and any(a["pad"]):
-            x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], name=f"{name}/pad")
-        if a["depthwise"]:
-            y = tf.nn.depthwise_conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
-                                       dilations=[dh, dw], name=f"{name}/conv")
-        else:
-            y = tf.nn.conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
-                             dilations=[dh, dw], name=f"{name}/conv")
-        if "b" in n["weights"]:
-            y = tf.nn.bias_add(y, const(n["id"], "b"), name=f"{name}/bias")
-        return y
-
-    def deconv(n: dict[str, Any], x: Any, name: str) -> Any:
-        a = n["attrs"]
-        w = arrays[f"{n['id']}.w"]  # [kh, kw, cout, cin]
-        kh, kw, cout = w.shape[0], w.shape[1], w.shape[2]
-        sh, sw = a["stride"]
-        ph, pw = a["pad"]
-        oh, ow = a["output_padding"]
-        h, wd = x.shape[1], x.shape[2]
-        full_h, full_w = (h - 1) * sh + kh, (wd - 1) * sw + kw
-        y = tf.nn.conv2d_transpose(x, tf.constant(w), [1, full_h, full_w, cout], [1, sh, sw, 1],
-                                   "VALID", name=f"{name}/deconv")
-        out_h, out_w = full_h - 2 * ph + oh, full_w - 2 * pw + ow
-        if out_h > full_h - ph or out_w > full_w - pw:
-            # output_padding past the full output: zero rows/cols (never in these generators)
-            y = tf.pad(y, [[0, 0], [0, max(0, out_h + ph - full_h)],
-                           [0, max(0, out_w + pw - full_w)], [0, 0]])
-        if (ph, pw) != (0, 0) or (out_h, out_w) != (full_h, full_w):
-            y = tf.slice(y, [0, ph, pw, 0], [1, out_h, out_w, cout], name=f"{name}/crop")
-        if "b" in n["weights"]:
-            y = tf.nn.bias_add(y, const(n["id"], "b"), name=f"{name}/bias")
-        return y
-
-    def inorm(n: dict[str, Any], x: Any, name: str) -> Any:
-        mean = tf.reduce_mean(tf.reduce_mean(x, 2, keepdims=True), 1, keepdims=True,
-                              name=f"{name}/mean")
-        d = tf.subtract(x, mean, name=f"{name}/center")
-        var = tf.reduce_mean(tf.reduce_mean(d * d, 2, keepdims=True), 1, keepdims=True,
-                             name=f"{name}/var")
-        y = tf.multiply(d, tf.math.rsqrt(var + const(n["id"], "eps")), name=f"{name}/scale")
-        if "gamma" in n["weights"]:
-            y = tf.add(y * const(n["id"], "gamma"), const(n["id"], "beta"), name=f"{name}/affine")
-        return y
-
     def run(x: Any) -> Any:
         vals: dict[int, Any] = {}
         for n in nodes:
-            op, nid = n["op"], n["id"]
-            name = (n.get("name") or f"{op}{nid}").replace(".", "_")
             ins = [vals[i] for i in n["inputs"]]
-            if op == "input":
-                y = x
-            elif op == "conv":
-                y = conv(n, ins[0], name)
-            elif op == "deconv":
-                y = deconv(n, ins[0], name)
-            elif op == "pad":
-                top, bottom, left, right = n["attrs"]["pad"]
-                if n["attrs"]["mode"] == "reflect":
-                    y = _pad_reflect(tf, ins[0], top, bottom, left, right)
-                else:
-                    y = tf.pad(ins[0], [[0, 0], [top, bottom], [left, right], [0, 0]],
-                               name=f"{name}/pad")
-            elif op == "inorm":
-                y = inorm(n, ins[0], name)
-            elif op == "affine":
-                y = tf.add(ins[0] * const(nid, "scale"), const(nid, "shift"), name=f"{name}/bn")
-            elif op == "relu":
-                y = tf.nn.relu(ins[0], name=f"{name}/relu")
-            elif op == "leaky":
-                y = tf.nn.leaky_relu(ins[0], n["attrs"]["alpha"], name=f"{name}/leaky")
-            elif op == "tanh":
-                y = tf.tanh(ins[0], name=f"{name}/tanh")
-            elif op == "sigmoid":
-                y = tf.sigmoid(ins[0], name=f"{name}/sigmoid")
-            elif op == "add":
-                y = tf.add(ins[0], ins[1], name=f"add{nid}")
-            elif op == "concat":
-                y = tf.concat(ins, 3, name=f"concat{nid}")
-            elif op == "d2s":
-                y = tf.nn.depth_to_space(ins[0], n["attrs"]["r"], name=f"{name}/d2s")
-            else:
-                raise ValueError(f"unknown graph op {op!r}")
-            vals[nid] = y
+            vals[n["id"]] = x if n["op"] == "input" else _op(tf, n, ins, arrays)
         return vals[graph["output"]]
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])

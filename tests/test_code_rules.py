@@ -47,3 +47,22 @@ def test_the_rule_sees_a_private_import() -> None:
     src = "from dmad.export.parity import _fmt, psnr\nfrom dmad.cli import main\n"
     assert private_imports(src, "dmad.pipeline") == ["dmad.export.parity._fmt"]
     assert private_imports("from dmad.cli import _x\n", "dmad.cli") == []
+
+
+def function_lengths() -> list[tuple[int, str]]:
+    """(lines, where) of every function and method of the package, longest first."""
+    rows = []
+    for folder in PACKAGE:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    rows.append((node.end_lineno - node.lineno + 1,  # type: ignore[operator]
+                                 f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"))
+    return sorted(rows, reverse=True)
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    rows = function_lengths()
+    print("longest:", rows[:3])
+    assert rows[0][0] > 40  # the walk found real functions
+    assert [r for r in rows if r[0] > 80] == []

@@ -317,6 +317,139 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+class _Losses:
+    """Losses kept on the device until a log line, a checkpoint or the end needs them: one host
+    sync (and under torchrun one all-reduce) per interval instead of one per loss per step."""
+
+    def __init__(self, stage: str, ckpt_path: Path) -> None:
+        self.stage, self.ckpt_path = stage, ckpt_path
+        self.pending: list[tuple[int, list[str], torch.Tensor]] = []
+
+    def add(self, n: int, out: dict[str, torch.Tensor | float]) -> None:
+        keys = list(out)
+        dev = next((v.device for v in out.values() if isinstance(v, torch.Tensor)), None)
+        vec = torch.stack([
+            v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
+            else torch.tensor(float(v), device=dev) for v in out.values()
+        ]) if keys else torch.zeros(0)
+        self.pending.append((n, keys, vec))
+
+    def flush(self) -> dict[str, float]:
+        """Bring the pending losses to the host (averaged over ranks), stop on NaN/inf, return
+        the last step's values."""
+        if not self.pending:
+            return {}
+        flat = torch.cat([v for _, _, v in self.pending]).float()
+        values = distributed.all_mean_(flat).tolist()
+        last: dict[str, float] = {}
+        i = 0
+        for n_step, keys, v in self.pending:
+            vals = dict(zip(keys, values[i:i + v.numel()], strict=True))
+            i += v.numel()
+            bad = [k for k, x in vals.items() if not math.isfinite(x)]
+            if bad:
+                raise DmadError(
+                    f"{self.stage}: loss {bad[0]} became {vals[bad[0]]} at step "
+                    f"{n_step}; stopped, {_kept_message(self.ckpt_path)}. Lower the learning "
+                    "rate or check the data"
+                )
+            last = vals
+        self.pending.clear()
+        return last
+
+
+class _RunLog:
+    """What rank 0 shows and keeps of a run: the progress bar, ``log.jsonl`` and the
+    TensorBoard events (a resumed run repeats the steps after its checkpoint: TensorBoard drops
+    the interrupted run's)."""
+
+    def __init__(self, stage: Stage, run_dir: Path, total: int, start: int,
+                 tensorboard: bool) -> None:
+        main = distributed.is_main()
+        self.stage, self.t0 = stage, time.time()
+        self.bar = tqdm(total=total, initial=start, desc=stage.name, file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0,
+                        disable=not main)
+        self.fh = open(run_dir / LOG, "a", encoding="utf-8") if main else None
+        self.events = EventWriter(run_dir / TENSORBOARD, purge_from=start + 1 if start else None) \
+            if main and tensorboard else None
+
+    def line(self, n: int, factor: float, losses: dict[str, float],
+             extras: dict[int, dict[str, Any]]) -> None:
+        if self.fh is None:
+            return
+        rec = {"step": n, "lr_factor": round(factor, 6),
+               **{k: round(v, 6) for k, v in losses.items()},
+               **{k: v for e in extras.values() for k, v in e.items()},
+               "time": round(time.time() - self.t0, 3)}
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        if self.events is not None:
+            self.events.scalars(n, scalars_of(self.stage.name, rec))
+        self.bar.set_postfix_str(" ".join(
+            [f"{k}={_fmt(v)}" for k, v in losses.items()]
+            + [f"{k}={v}" for k, v in self.stage.progress_fields().items()]), refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        for h in (self.fh, self.events):
+            if h is not None:
+                h.close()
+
+
+def _begin(stage: Stage, run_dir: Path, config: dict[str, Any], resume: bool) -> int:
+    """Restore a resumed run (its log trimmed to the checkpoint) or clear an earlier one's log
+    and curves; write the config; returns the first step."""
+    start = 0
+    main = distributed.is_main()
+    if resume and (run_dir / CHECKPOINT).exists():
+        start = load_checkpoint(stage, run_dir)
+        if main:
+            _trim_log(run_dir / LOG, start)
+    elif not resume and main:
+        (run_dir / LOG).unlink(missing_ok=True)
+        for f in (run_dir / TENSORBOARD).glob("events.out.tfevents.*"):
+            f.unlink()  # a new run's curves start alone
+    if main:
+        atomic_write_json(run_dir / CONFIG, config)
+    for opt in stage.optimizers().values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return start
+
+
+def _checkpoint(stage: Stage, run_dir: Path, n: int, config: dict[str, Any]) -> None:
+    bad_w = nonfinite_tensors(stage)
+    if bad_w:
+        raise DmadError(
+            f"{stage.name}: weights became NaN/inf by step {n} ({bad_w[0]}, {len(bad_w)} "
+            f"tensor(s)); stopped, {_kept_message(run_dir / CHECKPOINT)}. Lower the learning "
+            "rate or check the data"
+        )
+    save_checkpoint(stage, run_dir, n, config)
+
+
+def _finish(stage: Stage, run_dir: Path, steps: int, t0: float) -> dict[str, Any]:
+    """Rank 0 writes the outputs and DONE.json; the other ranks wait and return its summary."""
+    if not distributed.is_main():
+        return distributed.on_main(dict)
+
+    def finish() -> dict[str, Any]:
+        outputs = stage.finish(run_dir)
+        summary = {
+            "stage": stage.name,
+            "steps": steps,
+            "seconds_this_invocation": round(time.time() - t0, 2),
+            **({"world_size": distributed.world_size(),
+                "global_batch": global_batch_of(stage)} if distributed.active() else {}),
+            **outputs,
+        }
+        atomic_write_json(run_dir / DONE, summary)
+        return summary
+
+    return distributed.on_main(finish)
+
+
 def run(
     stage: Stage,
     run_dir: Path,
@@ -335,151 +468,37 @@ def run(
     which tests and time-boxed jobs use to split a run. ``tensorboard``: every log line's
     numbers also go to TensorBoard event files in ``run_dir/tensorboard``.
     """
-    start = 0
-    ckpt_path = run_dir / CHECKPOINT
-    main = distributed.is_main()
-    if resume and ckpt_path.exists():
-        start = load_checkpoint(stage, run_dir)
-        if main:
-            _trim_log(run_dir / LOG, start)
-    elif not resume and main:
-        (run_dir / LOG).unlink(missing_ok=True)
-        for f in (run_dir / TENSORBOARD).glob("events.out.tfevents.*"):
-            f.unlink()  # a new run's curves start alone
-    if main:
-        atomic_write_json(run_dir / CONFIG, config)
-    for opt in stage.optimizers().values():
-        for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-
-    t0 = time.time()
-    bar = tqdm(
-        total=schedule.steps,
-        initial=start,
-        desc=stage.name,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 5.0,
-        disable=not main,
-    )
-    log_fh = open(run_dir / LOG, "a", encoding="utf-8") if main else None
-    # a resumed run repeats the steps after its checkpoint: TensorBoard drops the first run's
-    events = EventWriter(run_dir / TENSORBOARD, purge_from=start + 1 if start else None) \
-        if main and tensorboard else None
-    done_here = 0
-    # losses stay on the device until a log line, checkpoint or the end needs them: one host
-    # sync (and under torchrun one all-reduce) per interval instead of one per loss per step
-    pending: list[tuple[int, float, list[str], torch.Tensor]] = []
+    start = _begin(stage, run_dir, config, resume)
+    log = _RunLog(stage, run_dir, schedule.steps, start, tensorboard)
+    losses = _Losses(stage.name, run_dir / CHECKPOINT)
     extras: dict[int, dict[str, Any]] = {}
-
-    def flush() -> dict[str, float]:
-        """Bring the pending losses to the host (averaged over ranks), stop on NaN/inf, return
-        the last step's values."""
-        if not pending:
-            return {}
-        flat = torch.cat([v for _, _, _, v in pending]).float()
-        values = distributed.all_mean_(flat).tolist()
-        last: dict[str, float] = {}
-        i = 0
-        for n_step, _f, keys, v in pending:
-            vals = dict(zip(keys, values[i:i + v.numel()], strict=True))
-            i += v.numel()
-            bad = [k for k, x in vals.items() if not math.isfinite(x)]
-            if bad:
-                raise DmadError(
-                    f"{stage.name}: loss {bad[0]} became {vals[bad[0]]} at step "
-                    f"{n_step}; stopped, {_kept_message(ckpt_path)}. Lower the learning "
-                    "rate or check the data"
-                )
-            last = vals
-        pending.clear()
-        return last
-
     try:
-        step = start
         for step in range(start, schedule.steps):
             f = schedule.factor(step)
             for opt in stage.optimizers().values():
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * f
-            out = stage.train_step(step)
-            keys = list(out)
-            dev = next((v.device for v in out.values() if isinstance(v, torch.Tensor)), None)
-            vec = torch.stack([
-                v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
-                else torch.tensor(float(v), device=dev) for v in out.values()
-            ]) if keys else torch.zeros(0)
-            pending.append((step + 1, f, keys, vec))
-            extra = stage.after_step(step)
-            done_here += 1
             n = step + 1
-            log_now = n % log_every == 0 or n == schedule.steps
-            ckpt_now = (
-                n % checkpoint_every == 0
-                or n == schedule.steps
-                or (max_steps is not None and done_here >= max_steps)
-            )
+            losses.add(n, stage.train_step(step))
+            extra = stage.after_step(step)
             if extra:
                 extras[n] = extra
-            bar.update(1)
-            if log_now or ckpt_now:
-                losses = flush()
+            log.bar.update(1)
+            stop = max_steps is not None and n - start >= max_steps
+            log_now = n % log_every == 0 or n == schedule.steps
+            if log_now or n % checkpoint_every == 0 or n == schedule.steps or stop:
+                last = losses.flush()
                 if log_now:
-                    if log_fh is not None:
-                        rec = {
-                            "step": n,
-                            "lr_factor": round(f, 6),
-                            **{k: round(v, 6) for k, v in losses.items()},
-                            **{k: v for e in extras.values() for k, v in e.items()},
-                            "time": round(time.time() - t0, 3),
-                        }
-                        log_fh.write(json.dumps(rec) + "\n")
-                        log_fh.flush()
-                        if events is not None:
-                            events.scalars(n, scalars_of(stage.name, rec))
+                    log.line(n, f, last, extras)
                     extras.clear()
-                    if main:
-                        bar.set_postfix_str(
-                            " ".join(
-                                [f"{k}={_fmt(v)}" for k, v in losses.items()]
-                                + [f"{k}={v}" for k, v in stage.progress_fields().items()]
-                            ),
-                            refresh=False,
-                        )
-            if ckpt_now:
-                bad_w = nonfinite_tensors(stage)
-                if bad_w:
-                    raise DmadError(
-                        f"{stage.name}: weights became NaN/inf by step {n} ({bad_w[0]}, "
-                        f"{len(bad_w)} tensor(s)); stopped, {_kept_message(ckpt_path)}. Lower "
-                        "the learning rate or check the data"
-                    )
-                save_checkpoint(stage, run_dir, n, config)
-            if max_steps is not None and done_here >= max_steps and n < schedule.steps:
+                if n % checkpoint_every == 0 or n == schedule.steps or stop:
+                    _checkpoint(stage, run_dir, n, config)
+            if stop and n < schedule.steps:
                 distributed.barrier()
                 return {"stopped_at": n}
     finally:
-        bar.close()
-        if log_fh is not None:
-            log_fh.close()
-        if events is not None:
-            events.close()
+        log.close()
         batches = getattr(stage, "batches", None)
         if batches is not None and hasattr(batches, "close"):
             batches.close()
-    if not main:  # rank 0 writes the outputs; the others wait for them and return its summary
-        return distributed.on_main(dict)
-    def finish() -> dict[str, Any]:
-        summary = stage.finish(run_dir)
-        summary = {
-            "stage": stage.name,
-            "steps": schedule.steps,
-            "seconds_this_invocation": round(time.time() - t0, 2),
-            **({"world_size": distributed.world_size(),
-                "global_batch": global_batch_of(stage)} if distributed.active() else {}),
-            **summary,
-        }
-        atomic_write_json(run_dir / DONE, summary)
-        return summary
-
-    return distributed.on_main(finish)
+    return _finish(stage, run_dir, schedule.steps, log.t0)

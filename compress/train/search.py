@@ -400,22 +400,7 @@ class SearchStage(TeacherStage):
             0.01 if unet else 0.001 * max(1.0, 15.0 / room))
         self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
             0.0 if unet else 1.0)
-        self.latency = LatencyTable.load(scfg.latency_table) if scfg.latency_table else None
-        self.metric = "ms" if scfg.target_ms > 0 else scfg.macs_convention
-        self.multiple = scfg.width_multiple if scfg.width_multiple > 0 else (
-            self.latency.multiple if self.latency is not None else 1)
-        if self.latency is not None:
-            for n in self.searched:
-                self.latency.check_spec(self.G[n].spec_full)
-        if self.metric == "ms":
-            assert self.latency is not None
-            self.target: dict[str, float] = {
-                n: budget.check_target_ms(self.G[n].spec_full, scfg.target_ms, self.latency)
-                for n in self.searched}
-        else:
-            self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
-                                                  scfg.macs_convention, scfg.macs_size)
-                           for n in self.searched}
+        self._set_budget()
         self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
         # Masks get their own learning rate. Adam moves a weight by about lr per step, so in
         # DMAD's 200 epochs (~10^5 steps) 2e-4 lets a mask cross its band many times over, but a
@@ -438,6 +423,32 @@ class SearchStage(TeacherStage):
         self.cut: dict[str, dict[str, float]] = {}
         self.last_cost: dict[str, budget.Cost] = {}
         self.events: list[dict[str, Any]] = []
+        self._check_reachable()
+
+    def _set_budget(self) -> None:
+        """The budget's metric (MACs or predicted ms), the width multiple, the latency table
+        (checked against the generator) and each searched direction's target."""
+        scfg = self.scfg
+        self.latency = LatencyTable.load(scfg.latency_table) if scfg.latency_table else None
+        self.metric = "ms" if scfg.target_ms > 0 else scfg.macs_convention
+        self.multiple = scfg.width_multiple if scfg.width_multiple > 0 else (
+            self.latency.multiple if self.latency is not None else 1)
+        if self.latency is not None:
+            for n in self.searched:
+                self.latency.check_spec(self.G[n].spec_full)
+        if self.metric == "ms":
+            assert self.latency is not None
+            self.target: dict[str, float] = {
+                n: budget.check_target_ms(self.G[n].spec_full, scfg.target_ms, self.latency)
+                for n in self.searched}
+        else:
+            self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
+                                                  scfg.macs_convention, scfg.macs_size)
+                           for n in self.searched}
+
+    def _check_reachable(self) -> None:
+        """Refuse a target below one channel per layer (the smallest reachable architecture)."""
+        scfg = self.scfg
         for n in self.searched:
             self.last_cost[n] = self._cost(n)
             floor = _floor(self.G[n].spec_full, self.masks[n], self.metric, scfg.macs_size,
