@@ -252,11 +252,10 @@ def count_tflite(path: Path) -> tuple[int, int, int, str, tuple[int, ...], str]:
     Counted from the interpreter's op list and tensor shapes: CONV_2D (weights O·kh·kw·I),
     DEPTHWISE_CONV_2D, TRANSPOSE_CONV (true = input elements · O · k²) and FULLY_CONNECTED.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from dmad.export.parity import MAC_OPS, make_interpreter, op_macs
 
     try:
-        it = Interpreter(str(path), experimental_op_resolver_type=(
-            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        it = make_interpreter(path, delegate=False, allocate=False)
     except ValueError as exc:
         raise DmadError(f"{path}: not a loadable .tflite ({str(exc).splitlines()[0]})") from None
     tens = {d["index"]: d for d in it.get_tensor_details()}
@@ -272,30 +271,14 @@ def count_tflite(path: Path) -> tuple[int, int, int, str, tuple[int, ...], str]:
     for op in it._get_ops_details():
         name = op["op_name"]
         ins_, outs = [int(x) for x in op["inputs"]], [int(x) for x in op["outputs"]]
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"):
-            widx = 1
-            xidx = 2 if name == "TRANSPOSE_CONV" else 0
-            w = [int(v) for v in tens[ins_[widx]]["shape"]]
-            weight_types.add(np.dtype(tens[ins_[widx]]["dtype"]).name)
-            consts.add(ins_[widx])
-            out = int(np.prod(tens[outs[0]]["shape"]))
-            xin = int(np.prod(tens[ins_[xidx]]["shape"]))
-            bias = 1 if len(ins_) > (3 if name == "TRANSPOSE_CONV" else 2) and ins_[-1] >= 0 else 0
+        if name in MAC_OPS:
+            weight_types.add(np.dtype(tens[ins_[1]]["dtype"]).name)
+            consts.add(ins_[1])
+            true, paper, bias = op_macs(name, ins_, outs, lambda i: tens[i]["shape"])
             if bias:
                 consts.add(ins_[-1])
-            if name == "CONV_2D":
-                k = w[1] * w[2] * w[3]
-                t += out * k
-                p += out * (k + bias)
-            elif name == "DEPTHWISE_CONV_2D":
-                t += out * w[1] * w[2]
-                p += out * (w[1] * w[2] + bias)
-            elif name == "TRANSPOSE_CONV":
-                t += xin * w[0] * w[1] * w[2]
-                p += out * (w[3] * w[1] * w[2] + bias)
-            else:
-                t += out * w[1]
-                p += out * w[1]
+            t += true
+            p += paper
     params = sum(int(np.prod(tens[i]["shape"])) for i in consts)
     in_dtype = np.dtype(ins[0]["dtype"]).name
     precision = _precision_from_name(path.name) or (
@@ -497,12 +480,9 @@ def _ort_runner(t: Target, x: np.ndarray, threads: int) -> Callable[[], object]:
 
 
 def _tflite_runner(t: Target, x: np.ndarray, threads: int) -> Callable[[], object]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from dmad.export.parity import make_interpreter
 
-    resolver = (OpResolverType.AUTO if t.backend == "tflite-xnnpack"
-                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it = Interpreter(str(t.run_path), num_threads=threads, experimental_op_resolver_type=resolver)
-    it.allocate_tensors()
+    it = make_interpreter(t.run_path, threads, delegate=t.backend == "tflite-xnnpack")
     d = it.get_input_details()[0]
     xx = x
     if tuple(d["shape"]) != x.shape:

@@ -28,6 +28,7 @@ __all__ = [
     "invoke_tflite",
     "io_details",
     "make_interpreter",
+    "op_macs",
     "precision_report",
     "psnr",
     "run_tflite",
@@ -70,18 +71,48 @@ def worst_psnr(parity: dict[str, Any]) -> float:
     return float(parity.get("psnr_worst_db", parity["psnr_db"]))
 
 
-def make_interpreter(path: Path, threads: int = 1, *, delegate: bool = True) -> Any:
-    """A LiteRT interpreter with the default XNNPACK delegate (or none), tensors allocated."""
+def make_interpreter(model: Path | bytes, threads: int | None = 1, *, delegate: bool = True,
+                     keep_tensors: bool = False, allocate: bool = True) -> Any:
+    """The one LiteRT interpreter factory: a file or flatbuffer bytes, with the default XNNPACK
+    delegate (or LiteRT's reference kernels), optionally keeping every intermediate tensor,
+    tensors allocated unless asked not to (``threads`` None: LiteRT's default)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = (
         OpResolverType.AUTO if delegate else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
-    it = Interpreter(
-        model_path=os.fspath(path), num_threads=threads, experimental_op_resolver_type=resolver
-    )
-    it.allocate_tensors()
+    src = {"model_content": model} if isinstance(model, bytes | bytearray) else \
+        {"model_path": os.fspath(model)}
+    it = Interpreter(**src, num_threads=threads, experimental_op_resolver_type=resolver,
+                     experimental_preserve_all_tensors=keep_tensors)
+    if allocate:
+        it.allocate_tensors()
     return it
+
+
+MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
+
+
+def op_macs(name: str, ins: list[int], outs: list[int], shape: Any) -> tuple[int, int, bool]:
+    """(true, paper) MACs of one of :data:`MAC_OPS` and whether it has a bias, from the
+    tensor shapes (``shape(index)``): the one TFLite MAC count of the code base. True MACs
+    count multiply-adds (a transposed conv: every input pixel meets every filter tap); the
+    paper (thop) convention counts output elements times the taps, plus one for the bias."""
+    def n(i: int) -> int:
+        return int(np.prod(shape(i)))
+
+    w = [int(v) for v in shape(ins[1])]
+    has_bias = len(ins) > (3 if name == "TRANSPOSE_CONV" else 2) and ins[-1] >= 0
+    bias = int(has_bias)
+    out = n(outs[0])
+    if name == "CONV_2D":
+        k = w[1] * w[2] * w[3]
+        return out * k, out * (k + bias), has_bias
+    if name == "DEPTHWISE_CONV_2D":
+        return out * w[1] * w[2], out * (w[1] * w[2] + bias), has_bias
+    if name == "TRANSPOSE_CONV":  # [cout, kh, kw, cin]; the input is operand 2
+        return n(ins[2]) * w[0] * w[1] * w[2], out * (w[3] * w[1] * w[2] + bias), has_bias
+    return out * w[1], out * w[1], has_bias  # FULLY_CONNECTED [out, in]
 
 
 def _tensor_info(d: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +198,6 @@ def xnnpack_coverage(path: Path) -> dict[str, Any]:
     }
 
 
-_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
 _MOVE_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 
@@ -191,26 +221,13 @@ def precision_report(path: Path) -> dict[str, Any]:
             continue
         act = ins[2] if name == "TRANSPOSE_CONV" and len(ins) > 2 else ins[0]
         is_int = np.dtype(act["dtype"]) in (np.dtype(np.int8), np.dtype(np.int16))
-        int_w = (name in _MAC_OPS and len(ins) > 1
+        int_w = (name in MAC_OPS and len(ins) > 1
                  and np.dtype(ins[1]["dtype"]) == np.int8)  # the filter (TRANSPOSE_CONV too)
         if not is_int:
             float_ops[name] += 1
-        if name in _MAC_OPS and outs:
-            w = ins[1]["shape"]
-            out_elems = int(np.prod(outs[0]["shape"]))
-            if name == "DEPTHWISE_CONV_2D":
-                per = int(w[1] * w[2])  # [1, kh, kw, C*mult]
-            elif name == "TRANSPOSE_CONV":
-                # [cout, kh, kw, cin]: every input pixel meets every filter tap
-                in_elems = int(np.prod(ins[2]["shape"]))
-                macs = in_elems * int(w[0] * w[1] * w[2])
-                total += macs
-                int8 += macs if is_int else 0
-                hybrid += macs if int_w and not is_int else 0
-                continue
-            else:
-                per = int(np.prod(w[1:]))  # [cout, kh, kw, cin]
-            macs = out_elems * per
+        if name in MAC_OPS and outs:
+            macs = op_macs(name, list(o["inputs"]), list(o["outputs"]),
+                           lambda i: td[i]["shape"])[0]
             total += macs
             int8 += macs if is_int else 0
             hybrid += macs if int_w and not is_int else 0

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dmad.compress.metrics import psnr
+from dmad.export.parity import make_interpreter
 
 __all__ = ["AUTO_PERCENTILES", "METHODS", "Samples", "best_range"]
 
@@ -80,7 +81,6 @@ class Samples:
     """Activation samples of every float tensor of a calibrated model, and its outputs."""
 
     def __init__(self, calibrated: bytes, calib: np.ndarray) -> None:
-        from ai_edge_litert.interpreter import Interpreter
         from tensorflow.lite.tools import flatbuffer_utils as fb
 
         self.calibrated = calibrated
@@ -91,8 +91,7 @@ class Samples:
                    and len(t.quantization.min) == 1 and t.buffer is not None
                    and not (model.buffers[t.buffer].data is not None
                             and len(model.buffers[t.buffer].data))]
-        it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-        it.allocate_tensors()
+        it = make_interpreter(calibrated, None, keep_tensors=True)
         inp = it.get_input_details()[0]["index"]
         out = it.get_output_details()[0]["index"]
         rng = np.random.default_rng(0)
@@ -141,10 +140,7 @@ class Samples:
     def score(self, quantised: bytes, n: int = 12) -> float:
         """PSNR (dB) of ``quantised`` against the float model on the first ``n`` calibration
         images: how a range choice is judged without touching the held-out images."""
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_content=quantised)
-        it.allocate_tensors()
+        it = make_interpreter(quantised, None)
         inp = it.get_input_details()[0]["index"]
         out = it.get_output_details()[0]["index"]
         got = []

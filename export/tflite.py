@@ -371,11 +371,11 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
     the quantiser names nodes by their output tensor, which the converter fuses (e.g.
     ``head_conv/bias;head_conv/conv;Const``); :mod:`export.tfgraph` names each op
     ``<layer>/conv`` or ``<layer>/deconv``."""
-    from ai_edge_litert.interpreter import Interpreter
+    from dmad.export.parity import make_interpreter
 
     if not layers:
         return []
-    it = Interpreter(model_content=model)
+    it = make_interpreter(model, None, allocate=False)
     tensors = {t["index"]: t["name"] for t in it.get_tensor_details()}
     out, missing = [], []
     for layer in layers:
