@@ -323,22 +323,7 @@ def fidelity_blocks(grid: Path) -> list[tuple[Any, ...]]:
                   "difference over a whole photograph.")]
 
 
-def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> list[Path]:
-    """report.md, report.html, latency.png (+ grid.png), results.json, results.csv."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = compare_rows(data)
-    data["comparison"] = rows
-    head, _ = headline(rows)
-    data["headline"] = head
-    written = write_bench(data, out_dir)
-    png = out_dir / "latency.png"
-    if rows:
-        with atomic_write(png) as fh:
-            fh.write(chart_png(rows))
-        written.append(png)
-    m = data["models_summary"]
-    blocks: list[Block] = [("h1", "Full vs compressed"), ("p", f"**{head}**")]
-    blocks.append(("h2", "Models"))
+def _models_blocks(m: dict[str, Any]) -> list[Block]:
     mrows = []
     for key, label, digits in (("gmacs_true", "GMACs (true: executed multiply-adds)", 3),
                                ("gmacs_paper", "GMACs (paper: thop convention)", 3),
@@ -346,14 +331,30 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
         f, c = m["full"].get(key), m["compressed"].get(key)
         ratio = f"÷{f / c:.2f}" if f and c else "–"
         mrows.append([label, _fmt(f, digits), _fmt(c, digits), ratio])
-    blocks.append(("table", ["", "full", "compressed", "reduction"], mrows))
-    blocks.append(("p", f"Full: {m['full']['files']}. Compressed: {m['compressed']['files']}. "
-                        f"Input {m['input']}."))
+    blocks: list[Block] = [
+        ("h2", "Models"), ("table", ["", "full", "compressed", "reduction"], mrows),
+        ("p", f"Full: {m['full']['files']}. Compressed: {m['compressed']['files']}. "
+              f"Input {m['input']}.")]
     if m["compressed"].get("objective"):
         step = m["compressed"].get("step")
         blocks.append(("p", f"Compressed generator fine-tuned with: {m['compressed']['objective']}"
                             + (f" (checkpoint of step {step})" if step else "") + "."))
-    blocks.append(("h2", "Latency"))
+    return blocks
+
+
+def glance_rows(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> list[list[str]]:
+    """The short table a person reads first: the headline's backend and timing order, every
+    precision and thread count measured there."""
+    if best is None:
+        return []
+    pick = [r for r in rows if r["backend"] == best["backend"] and r["order"] == best["order"]]
+    pick.sort(key=lambda r: (r["precision"] != "fp32", r["precision"], r["threads"]))
+    return [[backend_name(r["backend"]), r["precision"], str(r["threads"]), _fmt(r["full_ms"]),
+             _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×"] for r in pick]
+
+
+def _latency_blocks(rows: list[dict[str, Any]]) -> list[Block]:
+    """Every setting with its interval and MAC efficiency (the appendix)."""
     trows = [[backend_name(r["backend"]), r["precision"], str(r["threads"]), r["order"],
               _fmt(r["full_ms"]), _fmt(r["compressed_ms"]), f"{r['speedup']:.2f}×",
               (f"{r['speedup_ci95'][0]:.2f}–{r['speedup_ci95'][1]:.2f}"
@@ -363,23 +364,50 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
               _fmt(r["compressed_gmacs_per_s"], 1),
               f"{(r['full_efficiency'] or 0) * 100:.0f} % / "
               f"{(r['compressed_efficiency'] or 0) * 100:.0f} %"] for r in rows]
-    blocks.append(("table", ["backend", "precision", "threads", "order", "full ms",
-                             "compressed ms", "speedup", "95 % CI", "ratio of medians",
-                             "MAC ratio", "speedup ÷ MAC ratio", "full GMAC/s",
-                             "compr. GMAC/s", "of peak (full / compr.)"], trows))
-    blocks.append(("p", "Latencies are medians, warm-up runs excluded. *Interleaved*: full and "
-                        "compressed alternate run by run, so drift hits both alike; the speedup "
-                        "is the median of the per-round ratios, its interval a bootstrap over "
-                        "rounds. *Blocked*: all runs of one model, then all of the other, as an "
-                        "app runs one model (a large model cannot evict the small one's weights "
-                        "from the caches between its runs); the speedup is the ratio of medians, "
-                        "its interval a bootstrap of both sides. The headline uses blocked order "
-                        "when it was measured. Speedup ÷ MAC ratio = 1 means the MAC reduction "
-                        "turned fully into time; GMAC/s is true MACs ÷ median time."))
+    return [("h2", "Latency, every setting"),
+            ("table", ["backend", "precision", "threads", "order", "full ms", "compressed ms",
+                       "speedup", "95 % CI", "ratio of medians", "MAC ratio",
+                       "speedup ÷ MAC ratio", "full GMAC/s", "compr. GMAC/s",
+                       "of peak (full / compr.)"], trows),
+            ("p", "Latencies are medians, warm-up runs excluded. *Interleaved*: full and "
+                  "compressed alternate run by run, so drift hits both alike; the speedup is "
+                  "the median of the per-round ratios, its interval a bootstrap over rounds. "
+                  "*Blocked*: all runs of one model, then all of the other, as an app runs one "
+                  "model (a large model cannot evict the small one's weights from the caches "
+                  "between its runs); the speedup is the ratio of medians, its interval a "
+                  "bootstrap of both sides. The headline uses blocked order when it was "
+                  "measured. Speedup ÷ MAC ratio = 1 means the MAC reduction turned fully into "
+                  "time; GMAC/s is true MACs ÷ median time.")]
+
+
+def _write_pages(blocks: list[Block], md: Path, title: str) -> list[Path]:
+    htm = md.with_suffix(".html")
+    atomic_write_text(md, render_md(blocks))
+    atomic_write_text(htm, render_html([b if b[0] != "p" else ("p", b[1].replace("**", ""))
+                                        for b in blocks], title))
+    return [md, htm]
+
+
+def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> list[Path]:
+    """report.md/.html (the answer first: headline, a short table, fidelity and images,
+    models), report_full.md/.html (every setting, every measurement, the machine),
+    latency.png (+ grid.png), results.json, results.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = compare_rows(data)
+    data["comparison"] = rows
+    head, best = headline(rows)
+    data["headline"] = head
+    written = write_bench(data, out_dir)
+    png = out_dir / "latency.png"
     if rows:
-        blocks.append(("img", png.name, "latency and speedup chart"))
-    for note in data.get("notes", []):
-        blocks.append(("p", note))
+        with atomic_write(png) as fh:
+            fh.write(chart_png(rows))
+        written.append(png)
+    blocks: list[Block] = [("h1", "Full vs compressed"), ("p", f"**{head}**")]
+    glance = glance_rows(rows, best)
+    if glance:
+        blocks.append(("table", ["backend", "precision", "threads", "full ms", "compressed ms",
+                                 "speedup"], glance))
     if grid is not None:
         gpath = out_dir / "grid.png"
         if grid.resolve() != gpath.resolve():
@@ -388,10 +416,16 @@ def write_compare(data: dict[str, Any], out_dir: Path, grid: Path | None) -> lis
         written.append(gpath)
         blocks += [("h2", "Fidelity and images (from dmad eval)"), *fidelity_blocks(grid),
                    ("img", gpath.name, "image grid")]
-    blocks += [("h2", "All measurements"), results_table(data["results"]), ("h2", "Machine"),
-               *machine_blocks(data)]
-    md, htm = out_dir / "report.md", out_dir / "report.html"
-    atomic_write_text(md, render_md(blocks))
-    atomic_write_text(htm, render_html([b if b[0] != "p" else ("p", b[1].replace("**", ""))
-                                        for b in blocks], "dmad compare"))
-    return [md, htm, *written]
+    blocks += _models_blocks(data["models_summary"])
+    if rows:
+        blocks.append(("img", png.name, "latency and speedup chart"))
+    blocks += [("p", note) for note in data.get("notes", [])]
+    blocks.append(("p", "Every setting with its 95 % interval, MAC efficiency, every raw "
+                        "measurement and the machine: [report_full.md](report_full.md)."))
+    full: list[Block] = [("h1", "Full vs compressed: every measurement"), ("p", f"**{head}**"),
+                         *_latency_blocks(rows), ("h2", "All measurements"),
+                         results_table(data["results"]), ("h2", "Machine"),
+                         *machine_blocks(data)]
+    return [*_write_pages(blocks, out_dir / "report.md", "dmad compare"),
+            *_write_pages(full, out_dir / "report_full.md", "dmad compare: every measurement"),
+            *written]

@@ -122,6 +122,15 @@ def test_compare_report(bench_models: dict[str, Path], tmp_path: Path) -> None:
     assert (out / "grid.png").is_file()
     html = (out / "report.html").read_text()
     assert "<table>" in html and "compressed is" in html and "latency.png" in html
+    # the answer first: the headline's backend and order, one row per precision × threads;
+    # every setting, interval and raw measurement in the appendix
+    assert md.index("| backend | precision | threads | full ms | compressed ms | speedup |") < \
+        md.index("## Fidelity and images") < md.index("## Models")
+    assert "All measurements" not in md and "[report_full.md](report_full.md)" in md
+    full_md = (out / "report_full.md").read_text()
+    assert "## Latency, every setting" in full_md and "95 % CI" in full_md
+    assert "## All measurements" in full_md and "## Machine" in full_md
+    assert (out / "report_full.html").is_file()
     data = json.loads((out / "results.json").read_text())
     rows = {(r["backend"], r["threads"], r["order"]) for r in data["comparison"]}
     assert rows == {(b, 1, o) for b in ("torch", "ort") for o in ("interleaved", "blocked")}
