@@ -677,6 +677,15 @@ def bench_groups(
             inputs[s] = make_input(s, seed)
         return inputs[s]
 
+    total, done, t0 = len(threads) * len(groups) * len(orders), 0, time.perf_counter()
+
+    def eta() -> str:
+        """``[k/N]`` and the time left, from the mean time of the settings done so far."""
+        if not done:
+            return f"[1/{total}]"
+        left = (time.perf_counter() - t0) / done * (total - done)
+        return f"[{done + 1}/{total}, about {left:.0f} s left]"
+
     with tempfile.TemporaryDirectory(prefix="dmad-bench-") as tmp:
         exported: dict[Path, Path] = {}
         for th in threads:
@@ -694,8 +703,9 @@ def bench_groups(
                         run_path = exported[info.path]
                     targets.append(Target(info, backend, run_path, label))
                 for order in orders:
-                    say(f"{group[0][1]}, {th} thread(s), {order}: "
+                    say(f"{eta()} {group[0][1]}, {th} thread(s), {order}: "
                         + " / ".join(t.label for t in targets))
+                    done += 1
                     for r in run_interleaved(targets, th, runs, warmup, x_for, order):
                         pk = peak[str(th)]["gmacs_per_s"]
                         r["peak_gmacs_per_s"] = pk

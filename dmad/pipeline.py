@@ -221,6 +221,10 @@ def export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], o
     return size
 
 
+def _say_compare(msg: str) -> None:
+    print(f"[compare] {msg}", flush=True)
+
+
 def compare_both(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
     """Benchmark full vs compressed on the host backends and write ``out/report.md``."""
     from dmad.benchmark.api import CompareConfig, compare
@@ -229,17 +233,17 @@ def compare_both(section: dict[str, Any], path: Path, out: Path, force: bool) ->
     if extra:
         raise DmadError(f"{path}: unknown key(s) in [compare]: {', '.join(sorted(extra))}")
     if (out / "report.md").exists() and not force:
-        print("[demo] compare: skipped (finished)")
+        print("[compare] skipped (finished)")
         return
     compare(CompareConfig(full=out / "export" / "full", compressed=out / "export" / "compressed",
                           out=out, **_timing(section), force=True,
                           grid=out / "eval" / "grid.png" if (out / "eval" / "grid.png").exists()
-                          else None))
+                          else None), _say_compare)
     _compare_at_phone_size(section, out)
     md = (out / "report.md").read_text().splitlines()
     head = next((line for line in md if "faster" in line), "")
     if head:
-        print(f"[demo] {head.strip('# ')}")
+        print(f"[compare] {head.strip('# ')}")
 
 
 #: the input side phones run these generators at
@@ -275,7 +279,7 @@ def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
     timing["backends"] = tuple(b for b in timing["backends"] if b in ("torch", "ort")) or (
         "torch", "ort")
     compare(CompareConfig(full=pts[0], compressed=pts[1], out=sub,  # type: ignore[arg-type]
-                          size=PHONE_SIZE, force=True, **timing))
+                          size=PHONE_SIZE, force=True, **timing), _say_compare)
     import json
 
     rows = json.loads((sub / "results.json").read_text())["comparison"]
