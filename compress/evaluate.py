@@ -129,6 +129,12 @@ class EvalConfig:
         "held-out images instead of a dataset's test split: a split.json (its held-out side) or "
         "a folder (every image in it); whole images resized to size",
     )
+    real_stats: str = opt(
+        "",
+        "a .npz of real-image Inception statistics (dmad fid-stats, or pytorch-fid's): FID of "
+        "the student's and the teacher's outputs against it, the papers' protocol; needs "
+        "--inception",
+    )
     max_images: int = opt(0, "evaluate at most this many held-out images; 0 = all")
     side: str = opt(
         "val",
@@ -144,6 +150,36 @@ class EvalConfig:
             raise DmadError(f"field side: {self.side!r} is not val or train")
         if self.direction not in ("AtoB", "BtoA"):
             raise DmadError(f"field direction: {self.direction!r} is not AtoB or BtoA")
+        if self.real_stats and not self.inception:
+            raise DmadError("field real_stats: needs --inception (the weights the statistics "
+                            "were computed with)")
+
+
+def _fid(cfg: EvalConfig, device: torch.device, reals: list[torch.Tensor],
+         fakes: list[torch.Tensor], teach: list[torch.Tensor]) -> dict[str, Any]:
+    """FID/KID of the student's and the teacher's outputs against the held-out real images,
+    and with ``real_stats`` against those statistics, the protocol recorded."""
+    from dmad.compress.fid import (
+        fid_against_stats,
+        fid_kid,
+        load_inception,
+        load_real_stats,
+        stats_protocol,
+    )
+
+    net = load_inception(Path(cfg.inception)).to(device)
+    out: dict[str, Any] = {"fid_kid_student": fid_kid(reals, fakes, net),
+                           "fid_kid_teacher": fid_kid(reals, teach, net)}
+    if cfg.real_stats:
+        mu, sigma = load_real_stats(cfg.real_stats)
+        out["fid_vs_real_stats"] = {
+            "student": fid_against_stats(fakes, net, mu, sigma),
+            "teacher": fid_against_stats(teach, net, mu, sigma),
+            "generated_images": len(fakes), "real_stats": str(cfg.real_stats),
+            "real_protocol": stats_protocol(cfg.real_stats)
+            or "not recorded (a statistics file from another tool)",
+            "inception": str(cfg.inception)}
+    return out
 
 
 def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -330,11 +366,7 @@ def _evaluate(cfg: EvalConfig, out: Path, read_config_file: Any) -> dict[str, An
         "grid": "grid.png",
     }
     if cfg.inception:
-        from dmad.compress.fid import fid_kid, load_inception
-
-        net = load_inception(Path(cfg.inception)).to(device)
-        summary["fid_kid_student"] = fid_kid(reals, fakes, net)
-        summary["fid_kid_teacher"] = fid_kid(reals, teach, net)
+        summary.update(_fid(cfg, device, reals, fakes, teach))
     else:
         summary["fid"] = None
         summary["fid_note"] = ("FID/KID skipped: pass --inception PATH to pytorch-fid's "

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -595,3 +595,70 @@ def load_real_stats(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise DmadError(f"{path}: FID statistics hold NaN or infinite values")
     return mu, sigma
+
+
+# --------------------------------------------------------------------------------------------
+# statistics files (``dmad fid-stats``)
+
+
+def folder_features(folder: str | os.PathLike[str], inception: FIDInception,
+                    batch_size: int = 50) -> tuple[np.ndarray, list[str]]:
+    """Pool3 features of every image in ``folder`` at its own size (the network resizes to
+    299², as pytorch-fid does), and the file names in order."""
+    from dmad.compress.data.images import list_images, load_rgb
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DmadError(f"{folder}: " + ("no such folder" if not folder.exists()
+                                         else "is a file, expected a folder of images"))
+    paths = list_images(folder)
+    if len(paths) < 2:
+        raise DmadError(f"{folder}: FID statistics need at least 2 images, found {len(paths)}")
+
+    def images() -> Iterator[torch.Tensor]:
+        for p in paths:
+            a = np.asarray(load_rgb(p), np.float32) / 127.5 - 1.0
+            yield torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+    return extract_features(images(), inception, batch_size), [p.name for p in paths]
+
+
+def save_real_stats(path: str | os.PathLike[str], feats: np.ndarray,
+                    protocol: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``mu``/``sigma`` of ``feats`` written atomically as a pytorch-fid-compatible ``.npz``,
+    with the protocol (which images, how many, which weights) as a JSON string beside them."""
+    import json
+
+    from dmad.compress.io import atomic_write
+
+    mu, sigma = activation_stats(feats)
+    with atomic_write(path) as fh:
+        np.savez(fh, mu=mu, sigma=sigma, protocol=np.array(json.dumps(protocol)))
+    return mu, sigma
+
+
+def stats_protocol(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The protocol a ``dmad fid-stats`` file records (None for other files, e.g. pytorch-fid's
+    or DMAD's own statistics)."""
+    import json
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            if "protocol" not in data.files:
+                return None
+            return dict(json.loads(str(data["protocol"])))
+    except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+
+
+def fid_against_stats(images: Iterable[torch.Tensor] | torch.Tensor, inception: FIDInception,
+                      mu: np.ndarray, sigma: np.ndarray, batch_size: int = 50) -> float:
+    """FID of generated images against precomputed real statistics (the papers' protocol)."""
+    feats = extract_features(images, inception, batch_size)
+    if feats.shape[0] < 2:
+        raise DmadError(f"FID needs at least 2 generated images, got {feats.shape[0]}")
+    if mu.shape[0] != feats.shape[1]:
+        raise DmadError(f"FID statistics have {mu.shape[0]} features, the network gives "
+                        f"{feats.shape[1]}")
+    m, s = activation_stats(feats)
+    return frechet_distance(mu, sigma, m, s)

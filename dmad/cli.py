@@ -278,6 +278,23 @@ def cmd_macs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fid_stats(args: argparse.Namespace) -> int:
+    from dmad.compress.fid import folder_features, load_inception, save_real_stats
+    from dmad.compress.runfolder import refuse_overwrite
+
+    if args.out.suffix != ".npz":
+        raise DmadError(f"--out {args.out}: expected a .npz file name")
+    refuse_overwrite([args.out], args.force, "FID statistics")
+    net = load_inception(args.inception)
+    feats, names = folder_features(args.folder, net, args.batch_size)
+    protocol = {"images": str(args.folder), "count": len(names), "size": "each image's own, "
+                "resized to 299x299 by the network (pytorch-fid's protocol)",
+                "inception": args.inception.name, "tool": "dmad fid-stats"}
+    save_real_stats(args.out, feats, protocol)
+    print(f"wrote {args.out}: mu and sigma of {len(names)} images of {args.folder}")
+    return 0
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from dmad.compress_run import build_config, run_compress
 
@@ -392,7 +409,17 @@ def _add_training_commands(sub: Any) -> None:
 
 
 def _add_model_commands(sub: Any) -> None:
-    """import and macs."""
+    """import, macs, fid-stats."""
+    s = sub.add_parser("fid-stats", help="Inception statistics of a folder of real images "
+                       "(pytorch-fid-compatible .npz) for `dmad eval --real-stats`")
+    s.add_argument("folder", type=Path, help="folder of real images of the target domain")
+    s.add_argument("--inception", type=Path, required=True,
+                   help="pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth)")
+    s.add_argument("--out", type=Path, required=True, help="the .npz file to write")
+    s.add_argument("--batch-size", type=int, default=50, help="images per forward (default: 50)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out file")
+    s.set_defaults(func=cmd_fid_stats)
+
     s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")
     s.add_argument("--arch", choices=("resnet", "unet"),

@@ -412,3 +412,50 @@ def test_load_real_stats(tmp_path: Path) -> None:
         with pytest.raises(DmadError, match=words) as info:
             load_real_stats(tmp_path / f"{name}.npz")
         assert "\n" not in str(info.value) and f"{name}.npz" in str(info.value)
+
+
+def test_fid_stats_file_and_eval_against_it(weights_file: Path, inception: FIDInception,
+                                            tmp_path: Path) -> None:
+    """``dmad fid-stats`` writes mu/sigma of a folder's features with its protocol; ``dmad eval
+    --real-stats`` scores the student's and the teacher's outputs against them (the same
+    generator as both: the same FID) and records the protocol."""
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    from dmad.compress.checkpoint import save_model
+    from dmad.compress.evaluate import EvalConfig, evaluate
+    from dmad.compress.fid import folder_features, stats_protocol
+    from dmad.compress.models import ResnetSpec, build
+    from tests.conftest import dmad_cmd
+
+    real = tmp_path / "real"
+    real.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(real / f"{i}.png")
+    out = tmp_path / "stats.npz"
+    cmd = dmad_cmd("fid-stats", str(real), "--inception", str(weights_file), "--out", str(out))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    feats, names = folder_features(real, inception)
+    got_mu, got_sigma = load_real_stats(out)
+    mu, sigma = activation_stats(feats)
+    assert np.allclose(got_mu, mu) and np.allclose(got_sigma, sigma) and len(names) == 4
+    assert stats_protocol(out)["count"] == 4  # type: ignore[index]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "--force" in again.stderr  # never replaced silently
+
+    torch.manual_seed(0)
+    g = build(ResnetSpec(ngf=4, n_blocks=1))
+    save_model(g, tmp_path / "g.pt")
+    ev = evaluate(EvalConfig(student=str(tmp_path / "g.pt"), teacher=str(tmp_path / "g.pt"),
+                             images=str(real), size=32, inception=str(weights_file),
+                             real_stats=str(out), device="cpu"), tmp_path / "ev")
+    fr = ev["fid_vs_real_stats"]
+    assert fr["student"] == pytest.approx(fr["teacher"]) and fr["student"] > 0
+    assert fr["generated_images"] == 4 and fr["real_protocol"]["images"] == str(real)
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["fid_vs_real_stats"]
+    with pytest.raises(DmadError, match="needs --inception"):
+        EvalConfig(student="x", real_stats=str(out))
