@@ -57,12 +57,11 @@ REWRITE_TOL = 1e-4
 #: above it the graph is wrong and the export fails.
 ONNX_HARD_TOL = 1e-3
 PSNR_BAR = 35.0
-#: The int8 recipe measured best on this CPU (``python scripts/bench_export.py``): with the
-#: InstanceNorm statistics written out (:class:`export.rewrite.ExplicitInstanceNorm`), the
+#: The int8 recipe measured best (``python scripts/bench_export.py``, ``docs/results.md``): with
+#: the InstanceNorm statistics written out (:class:`export.rewrite.ExplicitInstanceNorm`), the
 #: statistics, the normalising multiply and the adds stay float (XNNPACK runs them in fp32 inside
-#: the same partition), while convolutions, padding and activations are int8. Pruned ResNet-9
-#: ngf 16 at 256²: one XNNPACK partition (was 67), 27.9 dB vs PyTorch (was 21.0), ~1.9x faster
-#: than fp32. The 35 dB bar is met by the dynamic-range variant (35.5 dB, ~1.6x faster).
+#: the same partition, so the file stays one partition), while convolutions, padding and
+#: activations are int8.
 DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"),
                             ranges="auto")
 
@@ -735,9 +734,8 @@ def _to_android(cfg: ExportConfig, job: _Job, files: dict[str, Path], floors: di
     return android_json
 
 
-#: ``--subpixel auto``: on. It removes the op phone GPU delegates reject, and it is faster on
-#: XNNPACK: the photo teacher (ResNet-9 ngf 32) at 256², 1 thread, timed alternately in the same
-#: rounds: fp32 423 vs 505 ms with TRANSPOSE_CONV, int8 384 vs 397 ms.
+#: ``--subpixel auto``: on. It removes the op phone GPU delegates reject, and it was faster on
+#: XNNPACK too (``docs/results.md``, sub-pixel upsampling).
 SUBPIXEL_AUTO = True
 
 

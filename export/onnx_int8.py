@@ -5,9 +5,8 @@ around the chosen ops; ORT's CPU provider then fuses them into int8 kernels. Onl
 convolutions are quantised (``OP_TYPES``): the norm statistics (ReduceMean, Sub, Mul, Sqrt, Div
 of the written-out InstanceNorm) stay float, as in the TFLite recipe — quantising them too was
 measured to cost PSNR for no speed. Ranges: percentile calibration, for the same reason as
-:mod:`export.ranges`. Activations are uint8 and weights int8 (ORT's U8S8 path): on this AVX2 CPU
-the photo teacher at 256² ran 301 ms (U8S8) vs 412 ms fp32, while int8 activations (S8S8) were
-slower than fp32 (526 ms), at the same PSNR (31.3 vs 30.9 dB).
+:mod:`export.ranges`. Activations are uint8 and weights int8 (ORT's U8S8 path): with int8
+activations (S8S8) ORT's CPU kernels were slower than fp32 at the same PSNR (``docs/results.md``).
 """
 
 from __future__ import annotations
