@@ -49,9 +49,11 @@ __all__ = [
     "QuantAwareConfig",
     "QuantAwareReport",
     "is_quant_aware",
+    "observe_ranges",
     "quant_aware_",
     "set_quant_aware",
     "strip_quant_aware_",
+    "switch_layers",
 ]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
@@ -364,3 +366,36 @@ def strip_quant_aware_(model: nn.Module) -> nn.Module:
                 if h in (_input_hook, _output_hook, _tanh_hook):
                     del hooks[k]
     return model
+
+
+def switch_layers(model: nn.Module, names: set[str] | None, *, tanh: bool = True) -> None:
+    """Fake int8 on for the convolutions named (weights, input and output; every one when
+    ``names`` is None) and for the Tanh output, off everywhere else: per-layer sensitivity
+    switches one layer at a time."""
+    for name, m in model.named_modules():
+        on = None
+        if isinstance(m, _CONVS) and hasattr(m, "dmad_qa_in"):
+            on = names is None or name in names
+            m.parametrizations.weight[0].switch(on)
+            m.dmad_qa_in.switch(on)
+            m.dmad_qa_out.switch(on)
+        elif isinstance(m, nn.Tanh) and hasattr(m, "dmad_qa_out"):
+            m.dmad_qa_out.switch(tanh)
+
+
+@torch.no_grad()
+def observe_ranges(model: nn.Module, batches: list[Tensor]) -> None:
+    """Set every range and channel statistic from ``batches`` with all fake int8 on: only the
+    observers run in training mode (norms and dropout stay in eval), so the model is the one
+    the export quantises and nothing else of it changes."""
+    model.eval()
+    switch_layers(model, None)
+    observers = [m for m in model.modules() if isinstance(m, _ActFQ)]
+    for m in observers:
+        m.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m in observers:
+            m.eval()

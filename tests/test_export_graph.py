@@ -329,11 +329,11 @@ def test_calibration_and_parity_images_are_disjoint(tmp_path: Path) -> None:
     from dmad.export.api import _folder_images
 
     photos = _photos(tmp_path, n=5)
-    cal, ev, note = _folder_images(photos, 32, 20, 8)
-    assert len(cal) == 4 and len(ev) == 1 and "held-out" in note
+    cal, ev, note, names = _folder_images(photos, 32, 20, 8)
+    assert len(cal) == 4 and len(ev) == 1 and "held-out" in note and len(names) == 1
     for e in ev:
         assert not any(np.array_equal(e, c) for c in cal)
-    cal, ev, _ = _folder_images(photos, 32, 2, 8)
+    cal, ev, _, _ = _folder_images(photos, 32, 2, 8)
     assert len(cal) == 2 and len(ev) == 3
 
 

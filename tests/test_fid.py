@@ -442,7 +442,9 @@ def test_fid_stats_file_and_eval_against_it(weights_file: Path, inception: FIDIn
     feats, names = folder_features(real, inception)
     got_mu, got_sigma = load_real_stats(out)
     mu, sigma = activation_stats(feats)
-    assert np.allclose(got_mu, mu) and np.allclose(got_sigma, sigma) and len(names) == 4
+    assert np.allclose(got_mu, mu, rtol=1e-4) and len(names) == 4
+    # another process (other thread count) rounds differently: compare at sigma's own scale
+    assert np.abs(got_sigma - sigma).max() <= 1e-3 * np.abs(sigma).max()
     assert stats_protocol(out)["count"] == 4  # type: ignore[index]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--force" in again.stderr  # never replaced silently

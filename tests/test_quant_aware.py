@@ -160,7 +160,7 @@ def test_fake_int8_noise_is_the_int8_files(tmp_path: Path, default_data: Path) -
     size = 48
     export_model(ExportConfig(out=tmp_path / "x", module=g, size=size, quant=("int8",),
                               calib=default_data / "unaligned" / "trainA", num_calib=16))
-    calib, ev, _ = _folder_images(default_data / "unaligned" / "trainA", size, 16, 8)
+    calib, ev, _, _ = _folder_images(default_data / "unaligned" / "trainA", size, 16, 8)
     with torch.no_grad():
         ref = g(torch.from_numpy(ev)).numpy()
     f = run_tflite(next((tmp_path / "x").glob("*int8.tflite")), ev.transpose(0, 2, 3, 1))

@@ -265,6 +265,10 @@ class FinetuneStage(TeacherStage):
         if not self.g_only and not teacher.D:
             raise DmadError(f"{fcfg.teacher or fcfg.search}: full co-attention distillation needs "
                             "the teacher's discriminator; use --g-only true with a generator alone")
+        # the objective ``auto`` means (finetune() has done it already; a stage built directly
+        # from a config has not)
+        fcfg = dataclasses.replace(fcfg, objective=choose(fcfg.objective, self.g_only))
+        self.fcfg = fcfg
         refuse_incompatible(fcfg, self.g_only, split)
         self.scale_max = crop_side_max(fcfg, tcfg.size, split is not None)  # read by open_data
         self.extra_images = extra_images
