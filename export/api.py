@@ -637,6 +637,27 @@ def _judge_quality(job: _Job, floors: dict[str, float], variants: list[str]) -> 
                              + "; ".join(g.get("issues", [])[:3]))
 
 
+def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
+    """Per-layer int8 sensitivity on the calibration images (:mod:`export.sensitivity`) when a
+    full-int8 file is made; when one is below its floor, a note names the layers to keep
+    float first (``--int8-float-layers``)."""
+    from dmad.export.sensitivity import layer_sensitivity
+
+    if job.calib is None or not any(v in ("int8", "int8_io") for v in variants):
+        return None
+    spec = getattr(job.model, "spec", None)
+    sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)))
+    low = [v for v in ("int8", "int8_io") if job.artifacts.get(v, {}).get("below_bar")]
+    top = [r for r in sens["layers"][:3] if r["gain_db"] > 0]
+    if low and top:
+        job.notes.append(
+            f"{', '.join(low)}: the layers that cost int8 most on the calibration images (fake "
+            "int8; keeping one float buys): " + ", ".join(f"{r['layer']} +{r['gain_db']:.1f} dB"
+                                                         for r in top)
+            + "; --int8-float-layers keeps chosen layers float")
+    return sens
+
+
 def _convert(job: _Job, deploy: nn.Module, variants: list[str]
              ) -> tuple[Path, dict[str, Path], dict[str, Any], dict[str, Any]]:
     """ONNX, then every TFLite variant (fp32 always: it proves the graph right, the other
@@ -679,6 +700,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         if onnx_int8:
             _onnx_int8_artifact(job, onnx_path)
         _judge_quality(job, floors, variants)
+        sensitivity = _int8_sensitivity(job, variants)
         prof_obj = profile(model, job.shape)
         prof = prof_obj.summary()
         report = {
@@ -688,7 +710,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
             "params": prof["params"], "images": image_note,
             "rewrite": {"enabled": cfg.rewrite, **rw.as_dict(), "max_abs_vs_original": rw_err},
             "graph": graph_info, "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
-            "int8_ranges": conv_info.get("ranges"),
+            "int8_ranges": conv_info.get("ranges"), "int8_sensitivity": sensitivity,
             "floors_db": {k: v for k, v in floors.items() if k in job.artifacts},
             "warnings": job.notes, "artifacts": job.artifacts,
             "seconds": round(time.time() - t0, 1),

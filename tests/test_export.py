@@ -130,6 +130,11 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
         assert all(r["image"].endswith((".png", ".jpg")) for r in per)
         assert arts[v]["parity"]["psnr_worst_db"] == min(r["psnr_db"] for r in per)
         assert arts[v]["xnnpack"]["fully_delegated"], arts[v]["xnnpack"]
+    sens = rep["int8_sensitivity"]  # every convolution ranked by what keeping it float buys
+    assert len(sens["layers"]) == sum(isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+                                      for m in _resnet().modules())
+    gains = [r["gain_db"] for r in sens["layers"]]
+    assert gains == sorted(gains, reverse=True) and sens["images"] >= 1
     assert arts["fp32"]["xnnpack"]["partitions"] == 1
     io = arts["int8_io"]["io"]
     assert io["input"]["dtype"] == "int8" and io["input"]["shape"] == [1, 48, 48, 3]
@@ -313,3 +318,26 @@ def test_parity_is_per_image_and_the_floor_applies_to_the_worst() -> None:
     assert shown[2].split() == ["b.png", "26.0"] and len(shown) == 5
     bad = compare(ref, out * np.nan, ["a.png", "b.png", "c.png"])
     assert not bad["finite"] and np.isnan(bad["psnr_worst_db"])
+
+
+def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -> None:
+    """A BatchNorm ResNet where one channel entering down2 is 300× the others: per-tensor
+    int8 spends its grid on that channel, so down2's input costs the most and keeping down2
+    float buys the most. Before the outlier the ranking starts elsewhere: the test can fail."""
+    from dmad.compress.models import ResnetSpec, build
+    from dmad.export.sensitivity import layer_sensitivity
+
+    torch.manual_seed(0)
+    g = build(ResnetSpec(ngf=8, n_blocks=2, norm="batch")).eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    before = layer_sensitivity(g, x, max_images=4)
+    assert before["layers"][0]["layer"] != "down2.conv"
+    with torch.no_grad():
+        norm = dict(g.named_modules())["down1.norm"]
+        norm.weight[0], norm.bias[0] = 300.0, 0.0
+    after = layer_sensitivity(g, x, max_images=4)
+    worst = after["layers"][0]
+    assert worst["layer"] == "down2.conv" and worst["gain_db"] > 0.5
+    assert worst["psnr_alone_db"] == min(r["psnr_alone_db"] for r in after["layers"])
+    assert after["psnr_all_int8_db"] < before["psnr_all_int8_db"]
+    assert len(after["layers"]) == 10 and after["images"] == 4 and after["crop"] == [32, 32]
