@@ -646,16 +646,18 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     if job.calib is None or not any(v in ("int8", "int8_io") for v in variants):
         return None
     spec = getattr(job.model, "spec", None)
-    sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)))
+    return layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)))
+
+
+def _sensitivity_note(job: _Job, sens: dict[str, Any] | None) -> None:
     low = [v for v in ("int8", "int8_io") if job.artifacts.get(v, {}).get("below_bar")]
-    top = [r for r in sens["layers"][:3] if r["gain_db"] > 0]
+    top = [r for r in (sens or {}).get("layers", [])[:3] if r["gain_db"] > 0]
     if low and top:
         job.notes.append(
             f"{', '.join(low)}: the layers that cost int8 most on the calibration images (fake "
             "int8; keeping one float buys): " + ", ".join(f"{r['layer']} +{r['gain_db']:.1f} dB"
                                                          for r in top)
             + "; --int8-float-layers keeps chosen layers float")
-    return sens
 
 
 def _convert(job: _Job, deploy: nn.Module, variants: list[str]
@@ -699,8 +701,9 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:
             _onnx_int8_artifact(job, onnx_path)
-        _judge_quality(job, floors, variants)
         sensitivity = _int8_sensitivity(job, variants)
+        _judge_quality(job, floors, variants)
+        _sensitivity_note(job, sensitivity)
         prof_obj = profile(model, job.shape)
         prof = prof_obj.summary()
         report = {

@@ -380,7 +380,8 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
     out, missing = [], []
     for layer in layers:
         base = layer.replace(".", "_")
-        keys = (f"{base}/conv", f"{base}/deconv")
+        # a strided ConvTranspose exported as sub-pixel is the conv of ``<layer>.conv``
+        keys = (f"{base}/conv", f"{base}/deconv", f"{base}_conv/conv")
         found = [tensors[i] for o in it._get_ops_details()
                  if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
                  for i in o["outputs"] if any(k in tensors[i].split(";") for k in keys)]

@@ -262,6 +262,12 @@ def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
     head = 32 * 32 * 49 * 8 * 3
     assert prec["int8_mac_fraction"] == pytest.approx(1 - head / prec["macs"], abs=1e-3)
     assert prec["float_ops"].get("CONV_2D") == 1
+    # a strided ConvTranspose the export turned into sub-pixel form keeps its PyTorch name
+    up = dataclasses.replace(DEFAULT_RECIPE, float_layers=("up1.conv",))
+    rep = export_model(ExportConfig(out=tmp_path / "u", module=m, size=32, quant=("int8",),
+                                    calib=_photos(tmp_path), num_calib=8, num_eval=2,
+                                    recipe=up)).report
+    assert rep["artifacts"]["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
     with pytest.raises(DmadError, match="no convolution named nope"):
         export_model(ExportConfig(out=tmp_path / "p", module=m, size=32, quant=("int8",),
                                   calib=_photos(tmp_path), num_calib=8, num_eval=2,
