@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from dmad.compress.config import read_config_file
-from dmad.compress.train.search import SearchConfig, SearchStage, load_teacher, training_config
+from dmad.compress.train.search import SearchConfig, SearchStage
 from dmad.compress.train.teacher import TeacherConfig, TeacherStage
+from dmad.compress.train.teacher_run import load_teacher, training_config
 
 
 def full_mode(args: argparse.Namespace, total: int) -> tuple[Any, Any, str]:

@@ -112,7 +112,7 @@ def test_finetune_improves_student_teacher_psnr(pipeline: dict[str, Path]) -> No
 
 def test_teachers_are_frozen(pipeline: dict[str, Path]) -> None:
     from dmad.compress.train.finetune import _students
-    from dmad.compress.train.search import load_teacher, training_config
+    from dmad.compress.train.teacher_run import load_teacher, training_config
 
     cfg = FinetuneConfig(search=str(pipeline["search"]), steps=3, device="cpu")
     students, ds, tpath = _students(cfg)

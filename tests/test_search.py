@@ -13,7 +13,8 @@ from dmad.compress.errors import DmadError
 from dmad.compress.groups import residual_group
 from dmad.compress.masks import attach_masks, find_masks
 from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
-from dmad.compress.train.search import SearchConfig, fold_scale, load_search, search
+from dmad.compress.train.fold import fold_scale
+from dmad.compress.train.search import SearchConfig, load_search, search
 from dmad.compress.train.teacher import TeacherConfig, train_teacher
 
 
@@ -236,7 +237,8 @@ def test_removed_block_costs_nothing_and_is_reported() -> None:
 
 
 def _stage(teacher: Path, **kw: object):  # type: ignore[no-untyped-def]
-    from dmad.compress.train.search import SearchStage, load_teacher, training_config
+    from dmad.compress.train.search import SearchStage
+    from dmad.compress.train.teacher_run import load_teacher, training_config
 
     cfg = SearchConfig(teacher=str(teacher), target_gmacs=kw.pop("target", 0.2),
                        steps=kw.pop("steps", 8), bound_updates=kw.pop("bound_updates", 4),
@@ -309,7 +311,7 @@ def test_freezing_mid_band_keeps_the_function_for_every_mask_and_pruning_keeps_i
     norm's γ (stream_affine); elsewhere it is folded into weights."""
     from dmad.compress.masks import soft_step
     from dmad.compress.prune import prune
-    from dmad.compress.train.search import hold_scale
+    from dmad.compress.train.fold import hold_scale
 
     torch.manual_seed(0)
     g = ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3, norm=norm)).eval()

@@ -52,15 +52,14 @@ from dmad.compress.train.objective import (
     crop_side_max,
     resolve,
 )
-from dmad.compress.train.search import (
-    SPLIT,
+from dmad.compress.train.search import SPLIT, resolve_split
+from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+from dmad.compress.train.teacher_run import (
     Teacher,
     TrainingOverrides,
     load_teacher,
-    resolve_split,
     training_config,
 )
-from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 
 
 @dataclass

@@ -23,8 +23,7 @@ from torch import nn
 
 from dmad.compress import budget
 from dmad.compress.attention import Recorder, co_attention_loss, generator_taps
-from dmad.compress.checkpoint import load_generator, load_model
-from dmad.compress.config import RUN_HELP, opt, read_config_file, to_dict
+from dmad.compress.config import opt, to_dict
 from dmad.compress.data.split import ImageSplit, make_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
@@ -33,55 +32,27 @@ from dmad.compress.io import atomic_save, atomic_write_json
 from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import (
     ChannelMask,
-    MaskedNorm,
     attach_masks,
     bound_at,
     bound_loss,
-    find_masks,
     flush_scores,
     group_loss,
     relu_loss,
     soft_step,
 )
-from dmad.compress.models import ResnetGenerator, ResnetSpec, spec_to_dict
+from dmad.compress.models import ResnetSpec, spec_to_dict
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import set_requires_grad
-from dmad.compress.train.teacher import ScaleOptions, TeacherConfig, TeacherStage, init_weights
+from dmad.compress.train.fold import hold_scale
+from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
+from dmad.compress.train.teacher_run import (
+    Teacher,
+    TrainingOverrides,
+    load_teacher,
+    training_config,
+)
 
 SEARCH_FORMAT = "dmad-search"
-
-
-@dataclass
-class TrainingOverrides(ScaleOptions):
-    """Training settings a later stage (search, finetune) takes from the run it builds on;
-    empty/zero values mean "the earlier run's value"."""
-
-    task: str = opt("", "cyclegan | pix2pix; '' = the teacher run's task")
-    data: str = opt("", "dataset root; '' = the teacher run's data")
-    size: int = opt(0, "crop side in pixels; 0 = the teacher run's size")
-    steps: int = opt(1000, "training steps of this stage")
-    decay_steps: int = opt(-1, "steps of linear LR decay at the end; -1 = half of steps")
-    batch_size: int = opt(
-        0,
-        "images per step in each process (global batch = batch_size × processes); 0 = the "
-        "teacher run's",
-    )
-    lr: float = opt(0.0, "learning rate of the generator(s) and D; 0 = the teacher run's")
-    seed: int = opt(0, "seed of the batch order, augmentation and new weights")
-    checkpoint_every: int = opt(100, RUN_HELP["checkpoint_every"])
-    log_every: int = opt(10, RUN_HELP["log_every"])
-    device: str = opt("auto", RUN_HELP["device"])
-    skip_bad: bool = opt(False, RUN_HELP["skip_bad"])
-    images: str = opt(
-        "",
-        "the user's images instead of a task dataset: a split.json (dmad compress) or a folder "
-        "(flat, nested, trainA/ or aligned train/); teacher-G-only distillation on them",
-    )
-    val: str = opt("", "held-out image folder for --images ('' = testA/ or val/, else a 5 % split)")
-    lambda_gt: float = opt(
-        0.0,
-        "aligned --images only: weight of an L1 to the B half as extra ground truth (0 = unused)",
-    )
 
 
 @dataclass
@@ -218,147 +189,6 @@ class SearchConfig(TrainingOverrides):
         for name in ("lambda_recon", "lambda_gan", "lambda_ssim", "lambda_colour", "lambda_feat"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class Teacher:
-    """What the search starts from: generators (and discriminators when a run has them)."""
-
-    base: dict[str, Any]  # TeacherConfig fields
-    G: dict[str, nn.Module]
-    D: dict[str, nn.Module]
-
-
-def load_teacher(cfg: Any) -> Teacher:
-    """Read a teacher run folder or model file(s) into generators, discriminators and config."""
-    path = Path(cfg.teacher)
-    if not path.exists():
-        raise DmadError(f"{path}: teacher not found (give a `dmad teacher` run folder or a model "
-                        "file)")
-    if path.is_dir():
-        if not (path / loop.DONE).exists():
-            raise DmadError(f"{path}: not a finished teacher run (no {loop.DONE}); finish it "
-                            "with `dmad teacher --out ... --resume`")
-        base = read_config_file(path / loop.CONFIG)
-        G = {p.stem[2:]: load_generator(p)[0] for p in sorted(path.glob("G_*.pt"))}
-        D = {p.stem[2:]: load_model(p)[0] for p in sorted(path.glob("D_*.pt"))}
-        if not G:
-            raise DmadError(f"{path}: no G_*.pt generator in the teacher run")
-        return Teacher(base, G, D)
-    g, meta = load_generator(path)
-    G = {"AtoB": g}
-    if cfg.teacher_reverse:
-        G["BtoA"] = load_generator(Path(cfg.teacher_reverse))[0]
-    spec = g.spec
-    base = {"task": meta.get("task") or cfg.task or "cyclegan", "arch": spec.family,
-            "ngf": spec.ngf, "norm": spec.norm}
-    if isinstance(spec, ResnetSpec):
-        base.update(n_blocks=spec.n_blocks, padding=spec.padding, separable=spec.separable)
-    else:
-        base.update(num_downs=spec.num_downs)
-    if meta.get("size"):
-        base["size"] = meta["size"]
-    return Teacher(base, G, {})
-
-
-def training_config(cfg: Any, teacher: Teacher) -> TeacherConfig:
-    """The teacher run's training settings with the search's overrides."""
-    base = dict(teacher.base)
-    for name in ("task", "data", "size", "batch_size", "lr", "device", "skip_bad"):
-        v = getattr(cfg, name)
-        if v not in ("", 0, 0.0, None) or (name == "skip_bad" and v):
-            base[name] = v
-    base.update(steps=cfg.steps, decay_steps=cfg.decay_steps, seed=cfg.seed,
-                checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ScaleOptions)})
-    if cfg.size:  # a new size: the resize-before-crop is derived from it again
-        base.pop("load_size", None)
-    names = {f.name for f in dataclasses.fields(TeacherConfig)}
-    return TeacherConfig(**{k: v for k, v in base.items() if k in names})
-
-
-def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
-    """Where a mask's per-channel scale can be folded exactly, or None.
-
-    Affine norms (BatchNorm, affine InstanceNorm) take it in γ and β. A norm-free site (UNet
-    outermost/innermost down) takes it in its conv's output filters. After an affine-free
-    InstanceNorm followed by ReLU the scale moves into the next conv's input channels (exact:
-    ReLU(s·x) = s·ReLU(x) for s > 0); the residual-stream writers have no such place (their
-    output is added to the stream), so they are not folded (DMAD's own fold is a no-op there,
-    method §7.2). In the separable variant the next conv is a depthwise followed by an
-    InstanceNorm, which cancels any positive scale, so nothing needs folding.
-    """
-    unit = _unit_of(model, name)
-    norm = unit.norm.norm if isinstance(unit.norm, MaskedNorm) else unit.norm
-    if getattr(norm, "weight", None) is not None:
-        return "affine", norm
-    if isinstance(norm, nn.Identity):
-        return "conv_out", unit.conv
-    if not isinstance(model, ResnetGenerator):
-        return None
-    nxt = {"stem": model.down1.conv, "down1": model.down2.conv, "up1": model.up2.conv,
-           "up2": model.head.conv}
-    if name.endswith(".conv1"):
-        i = int(name[len("block"):].split(".")[0])
-        conv = model.blocks[i].conv2.conv
-        return None if model.spec.separable else ("conv_in", conv)
-    if name in nxt:
-        return "conv_in", nxt[name]
-    return None
-
-
-def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tensor) -> str:
-    """Keep a channel's output unchanged while its mask value jumps to 1 (the exact freeze).
-
-    ``scale`` is the mask value the channel had (1 where nothing changes). Folded into the
-    network's weights where that is exact (:func:`fold_scale`); a residual-stream writer after
-    an affine-free InstanceNorm has no such place, so the mask carries it as ``mask.scale`` and
-    pruning turns it into the writer norm's γ (``ResnetSpec.stream_affine``). Other sites
-    without a fold (the separable block's first mask) feed a depthwise conv and InstanceNorm,
-    which cancel a positive per-channel scale, so nothing changes. Returns where it went.
-    """
-    if fold_scale(model, name, scale):
-        return "folded"
-    if isinstance(model, ResnetGenerator) and name in residual_group(find_masks(model)):
-        mask.scale.mul_(scale.to(mask.scale))
-        return "carried"
-    return "cancelled"
-
-
-def _unit_of(model: nn.Module, name: str) -> nn.Module:
-    from dmad.compress.masks import mask_sites
-
-    for n, unit, _ in mask_sites(model):
-        if n == name:
-            return unit
-    raise KeyError(name)
-
-
-@torch.no_grad()
-def fold_scale(model: nn.Module, name: str, scale: torch.Tensor) -> bool:
-    """Multiply mask ``name``'s channel outputs by ``scale`` inside the network's weights, so a
-    mask about to jump to 1 keeps the function it had (method §7.2, fixed). Returns False when
-    the site has no exact place for it."""
-    target = _folding_target(model, name)
-    if target is None:
-        return False
-    kind, mod = target
-    s = scale.to(mod.weight)
-    if kind == "affine":
-        mod.weight.mul_(s)
-        mod.bias.mul_(s)
-    elif kind == "conv_out":
-        if isinstance(mod, nn.ConvTranspose2d):
-            mod.weight.mul_(s[None, :, None, None])
-        else:
-            mod.weight.mul_(s[:, None, None, None])
-        if mod.bias is not None:
-            mod.bias.mul_(s)
-    elif isinstance(mod, nn.ConvTranspose2d):  # conv_in of a ConvTranspose: weight [in, out]
-        mod.weight.mul_(s[:, None, None, None])
-    else:
-        mod.weight.mul_(s[None, :, None, None])
-    return True
 
 
 class SearchStage(TeacherStage):
