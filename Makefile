@@ -19,28 +19,26 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/dmad demo
 
-# The tests drive the real adb client against an emulated phone: install Debian's `adb` when it
-# is missing and we can (root, or password-less sudo); otherwise say why those tests will skip.
-adb:
-	@command -v adb >/dev/null 2>&1 || { \
+# A Debian package the tests need, installed when missing and we can (root, or password-less
+# sudo); otherwise say which tests will skip. $(1): package and command, $(2): its tests.
+define apt_need
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make: cannot install adb (not root, no password-less sudo): the adb tests" \
-	    "will be skipped; install Debian's package 'adb' and rerun" >&2; exit 0; fi; \
-	  echo "make: installing Debian's adb client (needed by the Android tests)"; \
+	  else echo "make: cannot install $(1) (not root, no password-less sudo): $(2) will be" \
+	    "skipped; install Debian's package '$(1)' and rerun" >&2; exit 0; fi; \
+	  echo "make: installing Debian's $(1) (needed by $(2))"; \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    adb >/dev/null; } || echo "make: apt-get could not install adb: the adb tests will be" \
+	    $(1) >/dev/null; } || echo "make: apt-get could not install $(1): $(2) will be" \
 	    "skipped" >&2; }
+endef
 
-# `dmad translate`'s page is checked in a real browser: Debian's chromium, installed the same way.
+# The tests drive the real adb client against an emulated phone.
+adb:
+	$(call apt_need,adb,the adb tests)
+
+# `dmad translate`'s page is checked in a real browser.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make: cannot install chromium (not root, no password-less sudo): the page" \
-	    "test will be skipped; install Debian's package 'chromium' and rerun" >&2; exit 0; fi; \
-	  echo "make: installing Debian's chromium (the headless page test)"; \
-	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    chromium >/dev/null; } || echo "make: apt-get could not install chromium: the page" \
-	    "test will be skipped" >&2; }
+	$(call apt_need,chromium,the page test)
 
 test: $(STAMP) adb chromium layers android-check
 	$(PY) -m pytest
