@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmad.benchmark import host, report
+from dmad.benchmark import host, model_info, report
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
 from dmad.compress.filekind import describe, sniff
@@ -84,7 +84,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _check_inputs(infos: list[host.ModelInfo], size: int | None) -> None:
+def _check_inputs(infos: list[model_info.ModelInfo], size: int | None) -> None:
     """Models compared must see the same image size (the same input, for honesty)."""
     hw = {(i.input_shape[2], i.input_shape[3]) for i in infos}
     if len(hw) > 1:
@@ -111,8 +111,8 @@ def _bench(cfg: BenchConfig, models: list[Path],
                             "settings": _settings(cfg), "results": []}
     if cfg.host:
         backends = host.expand_backends(list(cfg.backends))
-        size = host.resolve_size(models, cfg.size)
-        infos = [host.inspect_model(m, size) for m in models]
+        size = model_info.resolve_size(models, cfg.size)
+        infos = [model_info.inspect_model(m, size) for m in models]
         _label(infos)
         _check_inputs(infos, cfg.size)
         groups = []
@@ -173,7 +173,7 @@ def _settings(cfg: Any) -> dict[str, Any]:
                 else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def _label(infos: list[host.ModelInfo]) -> None:
+def _label(infos: list[model_info.ModelInfo]) -> None:
     """Short unique labels (file names; parent folder added where names collide)."""
     names = [i.path.name for i in infos]
     for i in infos:
@@ -205,14 +205,14 @@ def _side(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise DmadError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in host.KINDS) if path.is_dir() \
-        else [path]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in model_info.KINDS) \
+        if path.is_dir() else [path]
     if path.is_file():
-        host.model_kind(path)
+        model_info.model_kind(path)
     if not files:
         raise DmadError(f"{path}: no .pt, .onnx or .tflite model in this folder")
     side: dict[str, Any] = {"torch": None, "onnx": {}, "tflite": {}, "files": files}
-    pts = [f for f in files if host.KINDS[f.suffix.lower()] == "torch"]
+    pts = [f for f in files if model_info.KINDS[f.suffix.lower()] == "torch"]
     if len(pts) > 1:
         raise DmadError(f"{path}: several dmad model files ({', '.join(p.name for p in pts)}); "
                         "pass the one to compare")
@@ -237,7 +237,7 @@ def _find_grid(cfg: CompareConfig) -> Path | None:
     return None
 
 
-def _training_record(infos: list[host.ModelInfo]) -> dict[str, Any]:
+def _training_record(infos: list[model_info.ModelInfo]) -> dict[str, Any]:
     """The fine-tune objective and best step a dmad student file records (for the report)."""
     from dmad.compress.checkpoint import load_model
 
@@ -264,17 +264,17 @@ def _compare(cfg: CompareConfig, progress: Callable[[str], None] | None) -> Path
     backends = host.expand_backends(list(cfg.backends))
     grid = _find_grid(cfg)  # before the measurement: a bad --grid must not cost it
     sides = {"full": _side(cfg.full), "compressed": _side(cfg.compressed)}
-    infos: dict[str, list[host.ModelInfo]] = {}
-    size = host.resolve_size([f for s in sides.values() for f in s["files"]], cfg.size)
+    infos: dict[str, list[model_info.ModelInfo]] = {}
+    size = model_info.resolve_size([f for s in sides.values() for f in s["files"]], cfg.size)
     for name, s in sides.items():
-        infos[name] = [host.inspect_model(f, size) for f in s["files"]]
+        infos[name] = [model_info.inspect_model(f, size) for f in s["files"]]
         for i in infos[name]:
             i.label = name
     _check_inputs([*infos["full"], *infos["compressed"]], cfg.size)
 
-    def pick(name: str, backend: str) -> dict[str, host.ModelInfo]:
+    def pick(name: str, backend: str) -> dict[str, model_info.ModelInfo]:
         """{precision: model} one side offers for a backend."""
-        out: dict[str, host.ModelInfo] = {}
+        out: dict[str, model_info.ModelInfo] = {}
         kinds = {"torch": ("torch",), "ort": ("onnx",), "tflite-xnnpack": ("tflite",),
                  "tflite-builtin": ("tflite",)}[backend]
         for i in infos[name]:

@@ -215,7 +215,7 @@ class _Timer:
         if self.cfg.android is not None:
             per = self._android(files)
         else:
-            from dmad.benchmark.host import time_blocked
+            from dmad.benchmark.runners import time_blocked
 
             runner = "ort" if self.cfg.backend == "ort" else "tflite-xnnpack"
             per = time_blocked([(f, shape) for f, (_, shape) in zip(files, items, strict=True)],
@@ -349,7 +349,7 @@ def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], ti
 
 def _key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
     """What the table is valid for: backend, threads, and the phone or this machine."""
-    from dmad.benchmark.host import machine_info
+    from dmad.benchmark.machine import machine_info
 
     key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads}
     if cfg.android is not None:
@@ -409,7 +409,7 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
                  runs: int = 15, warmup: int = 3) -> float:
     """Median milliseconds of an exported file on a table's backend, on this CPU (the
     measured latency ``architecture.json`` records beside the predicted one)."""
-    from dmad.benchmark.host import time_blocked
+    from dmad.benchmark.runners import time_blocked
 
     runner = "ort" if backend == "ort" else "tflite-xnnpack"
     return float(np.median(time_blocked([(path, shape)], runner, threads, runs, warmup, 3)[0]))

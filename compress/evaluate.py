@@ -186,7 +186,7 @@ def _model_from(path: Path, direction: str) -> tuple[nn.Module, dict[str, Any]]:
     """A generator from a model file or a search file (pruned first), or from a run folder:
     student, else searched (pruned), else teacher."""
     from dmad.compress.prune import prune_search_file
-    from dmad.compress.train.search import SEARCH_FORMAT
+    from dmad.compress.search_file import SEARCH_FORMAT
 
     if path.is_dir():
         for name in (f"student_G_{direction}.pt", f"search_G_{direction}.pt", f"G_{direction}.pt"):

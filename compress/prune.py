@@ -429,7 +429,7 @@ def prune(model: nn.Module) -> nn.Module:
 
 def prune_search_file(path: str | Path) -> nn.Module:
     """Prune the masked generator saved by ``dmad search`` (``search_G_*.pt``)."""
-    from dmad.compress.train.search import load_search
+    from dmad.compress.search_file import load_search
 
     model, _masks, _arch = load_search(Path(path))
     return prune(model)

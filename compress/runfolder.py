@@ -21,6 +21,7 @@ import datetime as _dt
 import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -318,3 +319,39 @@ def keep_results(text: str, name: str, exc: BaseException) -> DmadError:
 
 __all__ = ["LOCK_SUFFIX", "check_writable", "holds_user_files", "is_lock_file", "keep_results",
            "lock_path", "refuse_out_over_inputs", "refuse_overwrite", "run_lock"]
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, force: bool, marker: str, what: str) -> Iterator[Path]:
+    """A scratch folder beside ``out`` that becomes ``out`` only when the block finishes, so a
+    killed or failed command leaves the old ``out`` (or none) and never half of one.
+
+    ``out`` must be new, empty, or an earlier output of this command (it holds ``marker``),
+    which ``force`` replaces; a folder of the user's is never replaced. Scratch folders of an
+    earlier killed run are removed first: the caller holds ``out``'s lock, so no live command
+    owns them."""
+    if out.exists() and not out.is_dir():
+        raise DmadError(f"{out}: exists and is a file, expected an output folder")
+    if holds_user_files(out):
+        if not (out / marker).is_file():
+            raise DmadError(f"{out}: is not empty and holds no dmad {what}; give a new or empty "
+                            "--out (--force replaces only an earlier one)")
+        if not force:
+            raise DmadError(f"{out}: holds an earlier dmad {what}; use --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.dmad-*-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.parent / f".{out.name}.dmad-tmp-{os.getpid()}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise DmadError(f"{out}: cannot create ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        old = out.parent / f".{out.name}.dmad-old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

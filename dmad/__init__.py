@@ -3,7 +3,8 @@
 The installed namespace maps the repository's stage folders: ``dmad.compress`` (``compress/``,
 the method), ``dmad.export`` (``export/``) and ``dmad.benchmark`` (``benchmark/``), each importing
 only the layers below it. This package itself holds the application on top of all three: the
-``dmad`` command line (:mod:`dmad.cli`) and the end-to-end pipeline (:mod:`dmad.pipeline`).
+``dmad`` command line (:mod:`dmad.cli`), ``dmad compress`` (:mod:`dmad.compress_run`) and the
+demo that runs it on its own data and teacher (:mod:`dmad.pipeline`).
 """
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ _API = {
     "Compressed": "dmad.api", "translate": "dmad.translate", "TranslateConfig": "dmad.translate",
     "CompressConfig": "dmad.compress_run", "attach_masks": "dmad.compress.masks",
     "prune": "dmad.compress.prune", "DmadError": "dmad.compress.errors",
+    "MaskSearch": "dmad.compress.mask_search",
 }
 __all__ = ["__version__", *_API]
 

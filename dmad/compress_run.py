@@ -32,10 +32,10 @@ from dmad.compress.config import make_config, opt, read_config_file, to_dict
 from dmad.compress.data.split import ImageSplit, extra_photographs
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
-from dmad.compress.runfolder import holds_user_files
+from dmad.compress.runfolder import holds_user_files, is_lock_file
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.objective import OBJECTIVES
-from dmad.pipeline import compare_both, export_both, run_stage
+from dmad.stages import compare_both, export_both, run_stage
 
 ARGS = "compress.json"
 SPLIT = "split.json"
@@ -114,6 +114,11 @@ class CompressConfig:
                         "(needs export)")
     compare_runs: int = opt(20, "timed runs per setting of the comparison")
     threads: tuple[int, ...] = opt((1, 2), "thread counts of the comparison, comma list")
+    compare_backends: tuple[str, ...] = opt(("torch", "ort", "tflite"),
+                                            "backends of the comparison, comma list")
+    compare_warmup: int = opt(3, "untimed runs before each setting of the comparison")
+    android: bool = opt(False, "copy the compressed and full .tflite with model.json into "
+                        "android_demo's assets (the variant that meets its floor)")
     seed: int = opt(0, "seed of weights, batch order and the augmentation")
     skip_bad: bool = opt(False, "skip unreadable/too-small images with a count instead of stopping")
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
@@ -210,7 +215,7 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
     """Refuse a target the search would refuse, before anything is written."""
     from dmad.compress import budget
     from dmad.compress.checkpoint import load_generator
-    from dmad.compress.train.search import reachable_floor
+    from dmad.compress.train.mask_schedule import reachable_floor
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
     if cfg.latency_table:
@@ -261,7 +266,7 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
     name = {"tflite-xnnpack": "generator_fp32.tflite", "tflite-int8": "generator_int8.tflite",
             "ort": "generator.onnx"}[backend]
     f = out / "export" / "compressed" / name
-    from dmad.benchmark.host import machine_info
+    from dmad.benchmark.machine import machine_info
 
     other = table.key.get("machine") not in (None, machine_info()["cpu"])
     if table.key.get("device") or other or not f.is_file() or export_size != table.size:
@@ -307,15 +312,17 @@ def _check_same(saved: dict[str, Any], given: dict[str, Any], out: Path) -> None
 
 
 def build_config(args_overrides: dict[str, Any], config_file: Path | None, out: Path,
-                 resume: bool) -> tuple[CompressConfig, dict[str, Any]]:
+                 resume: bool, *, tables: dict[str, Any] | None = None,
+                 ) -> tuple[CompressConfig, dict[str, Any]]:
     """The run's config: saved arguments when resuming (checked against what was given), then
-    ``--config``'s ``[compress]`` table, then flags. Returns it and the file's stage tables."""
+    ``--config``'s ``[compress]`` table, then flags. Returns it and the file's stage tables
+    (or ``tables``, the ones a caller such as ``dmad demo`` made)."""
     saved = _saved_args(out) if resume else None
     if resume and saved is None:
         raise DmadError(f"{out}: nothing to resume (no {ARGS} there); drop --resume to start a "
                         "new run")
     given = dict(args_overrides)
-    tables: dict[str, Any] = {}
+    tables = dict(tables or {})
     if config_file is not None:
         data = read_config_file(config_file)
         tables = {k: v for k, v in data.items() if k in ("search", "finetune")}
@@ -335,6 +342,21 @@ def build_config(args_overrides: dict[str, Any], config_file: Path | None, out: 
     return cfg, tables
 
 
+def _generator_inside(cfg: CompressConfig, out: Path) -> str | None:
+    """The name of the entry of ``out`` that holds the generator, else None: ``dmad demo``
+    trains its teacher into RUN/teacher and compresses it into RUN (the CLI refuses an --out
+    around its input; the Python API is guarded here)."""
+    gen, run = Path(cfg.generator).resolve(), out.resolve()
+    if gen == run or run not in gen.parents:
+        return None
+    return gen.relative_to(run).parts[0]
+
+
+def _only(out: Path, name: str | None) -> bool:
+    """``out`` holds nothing of the user's but ``name``."""
+    return name is not None and all(p.name == name or is_lock_file(p) for p in out.iterdir())
+
+
 def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
              tables: dict[str, Any]) -> tuple[_Teacher, Path | None]:
     """All checks, then the run folder: compress.json, split.json, the imported teacher."""
@@ -347,7 +369,8 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
                         "--force to start over")
     if out.exists() and not out.is_dir():
         raise DmadError(f"{out}: exists and is not a folder")
-    if holds_user_files(out) and not (out / ARGS).is_file():
+    own = _generator_inside(cfg, out)
+    if holds_user_files(out) and not (out / ARGS).is_file() and not _only(out, own):
         raise DmadError(f"{out}: is not empty and holds no dmad compress run; give a new or "
                         "empty --out (--force replaces only a dmad compress run)")
     teacher = _resolve_generator(cfg)
@@ -371,6 +394,8 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
     if force and out.exists():
         for name in ("teacher", *STAGES, ARGS, SPLIT, "report.md", "report.html", "latency.png",
                      "results.json", "results.csv", "results.md", loop.DONE):
+            if name == own:
+                continue  # the generator being compressed is the user's, never deleted
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -402,8 +427,9 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         def finished() -> dict[str, Any] | None:
             if not (out / loop.DONE).is_file():
                 return None
+            where = out / "report.md" if (out / "report.md").is_file() else out / loop.DONE
             print(f"[compress] {out}: finished already, nothing to resume (results in "
-                  f"{out / 'report.md'}); use --force to redo it")
+                  f"{where}); use --force to redo it")
             return read_config_file(out / loop.DONE)
 
         done = distributed.on_main(finished)  # every rank returns, none waits for a peer
@@ -453,6 +479,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         extra_photographs(Path(cfg.extra_images), images, size)
     run_stage("search", out / "search", lambda d, **kw: search(scfg, d, **kw), force, times,
               tag="compress")
+    if distributed.is_main():
+        say_searched(out / "search")
     run_stage("finetune", out / "finetune", lambda d, **kw: finetune(fcfg, d, **kw), force,
               times, tag="compress")
     if not distributed.is_main():
@@ -484,7 +512,8 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     exports: dict[str, Any] = {}
     if cfg.export:
         t = time.time()
-        size_x = export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib}, out / ARGS,
+        size_x = export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib,
+                              "android": cfg.android}, out / ARGS,
                               {"compressed": out / "finetune", "full": Path(teacher.file)},
                               out / "export", cfg.export_size, False, split=split,
                               calib=Path(cfg.calib) if cfg.calib else None, tag="compress")
@@ -496,8 +525,9 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
             _record_measured(out, cfg.latency_table, cfg.export_size)
     if cfg.compare and cfg.export:
         t = time.time()
-        compare_both({"threads": list(cfg.threads), "runs": cfg.compare_runs}, Path(ARGS), out,
-                 force)
+        compare_both({"threads": list(cfg.threads), "runs": cfg.compare_runs,
+                      "backends": list(cfg.compare_backends), "warmup": cfg.compare_warmup},
+                     Path(ARGS), out, force)
         times["compare"] = time.time() - t
         print(f"[compress] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")
     done = json.loads((out / "finetune" / loop.DONE).read_text())
@@ -513,9 +543,19 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     print(f"[compress] total     {total:7.1f} s  ({parts})")
     where = f"; .tflite files in {out / 'export' / 'compressed'}" if cfg.export else ""
-    print(f"[compress] compressed generator: {out / 'finetune' / 'student_G_AtoB.pt'} (best "
-          f"held-out step {summary['best_step']}){where}")
+    best = f" (best held-out step {summary['best_step']})" if summary["best_step"] else ""
+    print(f"[compress] compressed generator: {out / 'finetune' / 'student_G_AtoB.pt'}{best}"
+          f"{where}")
     return summary
+
+
+def say_searched(search_dir: Path) -> None:
+    """Each searched generator's cost against its teacher's, from ``architecture.json``."""
+    arch = read_config_file(search_dir / "architecture.json")
+    for d, e in arch["directions"].items():
+        print(f"[compress] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
+              f"({e['full_gmacs_paper'] / e['gmacs_paper']:.1f}x fewer), "
+              f"{e['gmacs_true']:.3f} true, params {e['params']:,}")
 
 
 def fidelity_line(ev: dict[str, Any], what: str) -> str:

@@ -16,7 +16,6 @@ shape, so the outputs compare pixel for pixel.
 from __future__ import annotations
 
 import html
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,33 +162,6 @@ def _to_image(y: np.ndarray) -> Any:
     return Image.fromarray(a)
 
 
-def _staging(out: Path, force: bool) -> Path:
-    """A scratch folder beside ``out``; ``out`` itself is replaced only when all is written, and
-    only if it is new, empty or an earlier translate output given ``force``."""
-    if out.exists():
-        if not out.is_dir():
-            raise DmadError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()):
-            if not (out / "translate.json").is_file():
-                raise DmadError(f"{out}: is not empty and holds no dmad translate output; give "
-                                "a new --out")
-            if not force:
-                raise DmadError(f"{out}: holds an earlier translate output; --force replaces it")
-    tmp = out.parent / f".{out.name}.translate.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.translate.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _inputs(cfg: TranslateConfig) -> list[Path]:
     from dmad.compress.data.images import list_images
 
@@ -249,7 +221,7 @@ def summarise(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
 def translate(cfg: TranslateConfig) -> dict[str, Any]:
     """Run the model(s) over ``cfg.images`` into ``cfg.out``: the outputs, ``index.html`` and
     ``translate.json``. Returns the summary."""
-    from dmad.compress.runfolder import refuse_out_over_inputs, run_lock
+    from dmad.compress.runfolder import refuse_out_over_inputs, run_lock, staged_output
 
     if not cfg.out:
         raise DmadError("--out: required")
@@ -258,18 +230,15 @@ def translate(cfg: TranslateConfig) -> dict[str, Any]:
     labels = ["full", "compressed"] if len(cfg.models) == 2 else ["output"]
     paths = _inputs(cfg)
     runners = [Runner(Path(m), cfg.threads) for m in cfg.models]
-    with run_lock(out):
-        tmp = _staging(out, cfg.force)
-        try:
-            rows = [_translate_one(p, runners, labels, cfg, tmp, i == 0)
-                    for i, p in enumerate(paths)]
-            summary = {"models": dict(zip(labels, cfg.models, strict=True)), **summarise(
-                rows, labels), "threads": cfg.threads, "per_image": rows}
-            atomic_write_json(tmp / "translate.json", summary)
-            atomic_write_text(tmp / "index.html", page(summary, labels))
-            _commit(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with run_lock(out), staged_output(out, cfg.force, "translate.json", "translate output") \
+            as tmp:
+        (tmp / "images").mkdir()
+        rows = [_translate_one(p, runners, labels, cfg, tmp, i == 0)
+                for i, p in enumerate(paths)]
+        summary = {"models": dict(zip(labels, cfg.models, strict=True)), **summarise(
+            rows, labels), "threads": cfg.threads, "per_image": rows}
+        atomic_write_json(tmp / "translate.json", summary)
+        atomic_write_text(tmp / "index.html", page(summary, labels))
     return summary
 
 

@@ -15,8 +15,6 @@ reference for every number is the *original* PyTorch model in fp32, never the re
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 from dmad.compress.config import opt
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
+from dmad.compress.runfolder import staged_output
 from dmad.export.parity import (
     compare,
     format_per_image,
@@ -418,42 +417,6 @@ def _images(cfg: ExportConfig, channels: int, needs_calib: bool) -> Images:
 # ----------------------------------------------------------------------------- main verb
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
-    """The scratch folder beside ``out``. Scratch and old folders of an earlier export of the
-    same ``out`` that was killed are removed first: the caller holds ``out``'s lock, so no
-    live export owns them. ``force`` replaces an earlier export, never a folder of the user's."""
-    from dmad.compress.runfolder import holds_user_files
-
-    if out.exists() and not out.is_dir():
-        raise DmadError(f"{out}: exists and is a file, expected an output folder")
-    if holds_user_files(out) and not force:
-        raise DmadError(f"{out}: output folder is not empty (use --force to replace it)")
-    if holds_user_files(out) and not (out / "parity.json").is_file():
-        raise DmadError(f"{out}: is not empty and holds no dmad export; --force replaces only an "
-                        "earlier export, give a new or empty --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for pattern in (f".{out.name}.export-tmp-*", f".{out.name}.export-old-*"):
-            for stale in out.parent.glob(pattern):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
-        tmp.mkdir()
-    except OSError as exc:
-        raise DmadError(f"{out}: cannot create ({exc.strerror or exc})") from None
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Put the finished scratch folder at ``out`` (replacing an old export)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.export-old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _torch_out(model: nn.Module, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return np.concatenate([model(torch.from_numpy(images[i : i + 1])).numpy()
@@ -694,9 +657,9 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
     calib, evals, image_note, names = _images(cfg, channels, needs_calib)
     floors = floors_of(cfg)
     out = Path(cfg.out)
-    tmp = _prepare_out(out, cfg.force)
-    job = _Job(cfg, model, source, (1, channels, cfg.size, cfg.size), calib, evals, names, tmp)
-    try:
+    with staged_output(out, cfg.force, "parity.json", "export") as tmp:
+        job = _Job(cfg, model, source, (1, channels, cfg.size, cfg.size), calib, evals, names,
+                   tmp)
         deploy, rw, rw_err = _reference(job)
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:
@@ -721,9 +684,6 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
             "converter_seconds": conv_info.get("worker_seconds"),
         }
         atomic_write_json(tmp / "parity.json", report)
-        _commit(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     files = {v: out / f.name for v, f in files.items()}
     android_json = _to_android(cfg, job, files, floors, assets, prof_obj, report) \
         if cfg.android else None

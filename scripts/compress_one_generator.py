@@ -40,8 +40,7 @@ def main() -> None:
 
     # 1. the demo up to its evaluation, from the packaged demo config
     demo_cfg = read_config_file(DEFAULT_CONFIG)
-    demo_cfg.pop("export")
-    demo_cfg.pop("compare")
+    demo_cfg["compress"].update(export=False, compare=False)
     demo_cfg["data"]["root"] = str(args.out / "data")
     demo_cfg["teacher"]["data"] = str(args.out / "data")
     cfg_path = args.out / "demo.json"
@@ -49,14 +48,14 @@ def main() -> None:
     t0 = time.time()
     times = run_demo(cfg_path, args.out / "demo")
     demo_s = time.time() - t0
-    search_steps = int(demo_cfg["search"]["steps"])
-    ft_steps = int(demo_cfg["finetune"]["steps"])
+    search_steps = int(demo_cfg["compress"]["steps"])
+    ft_steps = int(demo_cfg["compress"]["finetune_steps"])
 
     # 2. the A->B generator alone through dmad compress
     teacher = args.out / "demo" / "teacher" / "G_AtoB.pt"
     images = args.out / "data" / "unaligned"
     overrides = {"generator": str(teacher), "images": str(images),
-                 "target_gmacs": demo_cfg["search"]["target_gmacs"], "steps": search_steps,
+                 "target_gmacs": demo_cfg["compress"]["target_gmacs"], "steps": search_steps,
                  "finetune_steps": ft_steps, "size": int(demo_cfg["teacher"]["size"]),
                  "export": False, "compare": False, "device": args.device,
                  "checkpoint_every": 100}

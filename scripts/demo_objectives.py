@@ -30,15 +30,14 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     demo = read_config_file(DEFAULT_CONFIG)
-    for section in ("finetune", "eval", "export", "compare"):
-        demo.pop(section, None)
+    demo["compress"].update(export=False, compare=False)  # the teacher and its search
     demo["data"]["root"] = str(args.out / "data")
     demo["teacher"]["data"] = str(args.out / "data")
     cfg_path = args.out / "demo.json"
     cfg_path.write_text(json.dumps(demo))
     run_demo(cfg_path, args.out / "demo")
     search = args.out / "demo" / "search"
-    steps = int(read_config_file(DEFAULT_CONFIG)["finetune"]["steps"])
+    steps = int(demo["compress"]["finetune_steps"])
     print(f"| objective ({steps} fine-tune steps) | size | PSNR mean / worst | SSIM mean / worst "
           "| max colour shift /255 | fine-tune s |")
     print("|---|---|---|---|---|---|")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmad.benchmark.host import time_blocked
+from dmad.benchmark.runners import time_blocked
 from dmad.benchmark.stats import speedup_stats
 from dmad.compress.arch import profile_spec
 from dmad.compress.latency import LatencyTable

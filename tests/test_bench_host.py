@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmad.benchmark import host
+from dmad.benchmark import host, model_info, runners
 from dmad.benchmark.api import BenchConfig, CompareConfig, bench, compare
 from dmad.cli import main
 from dmad.compress.arch import profile
@@ -28,12 +28,12 @@ def test_onnx_mac_count_matches_the_spec_profile(bench_models: dict[str, Path]) 
     for name in ("full", "small"):
         model, _ = load_model(bench_models[f"{name}_pt"])
         prof = profile(model, (1, 3, 32, 32))
-        t, p, params, prec = host.count_onnx(bench_models[f"{name}_onnx"], (1, 3, 32, 32))
+        t, p, params, prec = model_info.count_onnx(bench_models[f"{name}_onnx"], (1, 3, 32, 32))
         assert (t, p, params, prec) == (prof.macs_true, prof.macs_paper, prof.params, "fp32")
 
 
 def test_tflite_mac_count(bench_models: dict[str, Path]) -> None:
-    t, p, params, prec, shape, layout = host.count_tflite(bench_models["wide_tflite"])
+    t, p, params, prec, shape, layout = model_info.count_tflite(bench_models["wide_tflite"])
     # conv 3→32 3×3 on 32², then conv 32→3 3×3 on 32² (after a reflect pad)
     assert t == 32 * 32 * 32 * 9 * 3 + 32 * 32 * 3 * 9 * 32
     assert p == 32 * 32 * 32 * (27 + 1) + 32 * 32 * 3 * (288 + 1)
@@ -45,13 +45,13 @@ def test_runs_are_interleaved_and_warmup_excluded(monkeypatch: pytest.MonkeyPatc
                                                   bench_models: dict[str, Path]) -> None:
     calls: list[str] = []
 
-    def fake(t: host.Target, x: object, threads: int):  # type: ignore[no-untyped-def]
+    def fake(t: runners.Target, x: object, threads: int):  # type: ignore[no-untyped-def]
         return lambda: calls.append(t.label)
 
-    monkeypatch.setitem(host.RUNNERS, "torch", fake)
-    infos = [host.inspect_model(bench_models[k], 32) for k in ("full_pt", "small_pt")]
-    out = host.run_interleaved(
-        [host.Target(i, "torch", i.path, lab) for i, lab in zip(infos, "AB", strict=True)],
+    monkeypatch.setitem(runners.RUNNERS, "torch", fake)
+    infos = [model_info.inspect_model(bench_models[k], 32) for k in ("full_pt", "small_pt")]
+    out = runners.run_interleaved(
+        [runners.Target(i, "torch", i.path, lab) for i, lab in zip(infos, "AB", strict=True)],
         threads=1, runs=3, warmup=2, x_for=lambda t: None,  # type: ignore[arg-type,return-value]
     )
     assert calls == list("AB" * 5)
@@ -60,9 +60,9 @@ def test_runs_are_interleaved_and_warmup_excluded(monkeypatch: pytest.MonkeyPatc
 
 
 def test_same_input_for_every_backend(bench_models: dict[str, Path]) -> None:
-    x = host.make_input((1, 3, 32, 32))
+    x = runners.make_input((1, 3, 32, 32))
     assert x.dtype.name == "float32" and -1 <= x.min() < x.max() <= 1
-    assert (host.make_input((1, 3, 32, 32)) == x).all()
+    assert (runners.make_input((1, 3, 32, 32)) == x).all()
 
 
 def test_bench_all_backends_writes_json_csv_md(bench_models: dict[str, Path],
@@ -203,20 +203,20 @@ def test_bad_model_files(tmp_path: Path) -> None:
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(DmadError, match="not a valid ONNX model"):
-        host.inspect_model(bad)
+        model_info.inspect_model(bad)
     bad = tmp_path / "x.tflite"
     bad.write_bytes(b"not tflite at all")
     with pytest.raises(DmadError, match=r"is a text file, not a \.tflite model"):
-        host.inspect_model(bad)
+        model_info.inspect_model(bad)
     empty = tmp_path / "e.pt"
     empty.write_bytes(b"")
     with pytest.raises(DmadError, match="empty"):
-        host.inspect_model(empty)
+        model_info.inspect_model(empty)
 
 
 def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    from dmad.pipeline import compare_both
+    from dmad.stages import compare_both
 
     out = tmp_path / "demo"
     for side, src in (("full", "full_dir"), ("compressed", "small_dir")):

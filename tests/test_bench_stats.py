@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmad.benchmark import host
+from dmad.benchmark import model_info, runners
 from dmad.benchmark.report import compare_rows, headline
 from dmad.benchmark.stats import bootstrap_ci, speedup_stats
 
@@ -61,8 +61,8 @@ def test_compare_rows_and_headline_report_both_orders() -> None:
 
 
 def test_int8_io_files_are_not_int8_files() -> None:
-    assert host._precision_from_name("generator_int8_io.tflite") == "int8-io"
-    assert host._precision_from_name("generator_int8.tflite") == "int8"
+    assert model_info._precision_from_name("generator_int8_io.tflite") == "int8-io"
+    assert model_info._precision_from_name("generator_int8.tflite") == "int8"
     rows = compare_rows({"sizes": {}, "results": [
         _result("full", "interleaved", [50.0, 50.0], precision="int8"),
         _result("compressed", "interleaved", [5.0, 5.0], precision="int8"),
@@ -75,20 +75,20 @@ def test_int8_io_files_are_not_int8_files() -> None:
 def test_run_orders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[str] = []
 
-    def runner(t: host.Target, _x: np.ndarray, _th: int):  # type: ignore[no-untyped-def]
+    def runner(t: runners.Target, _x: np.ndarray, _th: int):  # type: ignore[no-untyped-def]
         return lambda: calls.append(t.label)
 
-    monkeypatch.setitem(host.RUNNERS, "torch", runner)
-    info = host.ModelInfo.__new__(host.ModelInfo)
+    monkeypatch.setitem(runners.RUNNERS, "torch", runner)
+    info = model_info.ModelInfo.__new__(model_info.ModelInfo)
     info.gmacs_true, info.path, info.precision = 1.0, tmp_path / "m.pt", "fp32"
-    ts = [host.Target(info, "torch", tmp_path / "m.pt", n) for n in ("A", "B")]
-    res = host.run_interleaved(ts, 1, 3, 1, lambda t: np.zeros(1), "blocked")
+    ts = [runners.Target(info, "torch", tmp_path / "m.pt", n) for n in ("A", "B")]
+    res = runners.run_interleaved(ts, 1, 3, 1, lambda t: np.zeros(1), "blocked")
     assert "".join(calls) == "AAAABBBB" and {r["order"] for r in res} == {"blocked"}
     calls.clear()
-    host.run_interleaved(ts, 1, 3, 1, lambda t: np.zeros(1), "interleaved")
+    runners.run_interleaved(ts, 1, 3, 1, lambda t: np.zeros(1), "interleaved")
     assert "".join(calls) == "ABABABAB"
     with pytest.raises(Exception, match="--order"):
-        host.run_interleaved(ts, 1, 1, 0, lambda t: np.zeros(1), "random")
+        runners.run_interleaved(ts, 1, 1, 0, lambda t: np.zeros(1), "random")
 
 
 def test_an_old_benchmark_model_average_is_never_filed_as_a_median() -> None:

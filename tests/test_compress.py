@@ -331,7 +331,7 @@ def test_compress_with_a_latency_budget_records_predicted_and_measured(
     are one line and write nothing."""
     import dataclasses as dc
 
-    from dmad.benchmark.host import machine_info
+    from dmad.benchmark.machine import machine_info
     from dmad.compress.models import ResnetSpec
     from tests.test_latency import synthetic_table
 

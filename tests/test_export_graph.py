@@ -324,7 +324,7 @@ def test_onnx_int8(tmp_path: Path) -> None:
     assert 20 <= a["parity"]["psnr_db"] < 100  # quantised: close, not identical
     assert a["quantization"]["format"] == "QDQ"
     # dmad bench/compare count its MACs through the DequantizeLinear weights, as int8
-    from dmad.benchmark.host import count_onnx
+    from dmad.benchmark.model_info import count_onnx
 
     q = count_onnx(tmp_path / "o" / a["file"], (1, 3, 32, 32))
     f = count_onnx(tmp_path / "o" / "generator.onnx", (1, 3, 32, 32))

@@ -466,3 +466,17 @@ def test_bad_options(tmp_path: Path) -> None:
     _refused(path, "unet", n_blocks=9)
     assert "must be >= 5" in _refused(path, "unet", num_downs=3)
     assert isinstance(build(UnetSpec(ngf=4, num_downs=5)), nn.Module)
+
+
+def test_an_original_module_in_memory_maps_to_the_same_function() -> None:
+    """``MaskSearch`` / ``as_generator`` take a pytorch-CycleGAN-and-pix2pix module as it is."""
+    from dmad.compress.mask_search import as_generator
+
+    orig = _randomize(_resnet())
+    g = as_generator(orig)
+    assert isinstance(g, ResnetGenerator) and g is not orig
+    assert _same(orig, g, (1, 3, 32, 32)) < 1e-5
+    mine = ResnetGenerator(ResnetSpec(ngf=4, n_blocks=2))
+    assert as_generator(mine) is mine
+    with pytest.raises(DmadError, match="Linear: not a ResNet or UNet"):
+        as_generator(nn.Linear(3, 3))

@@ -55,10 +55,30 @@ def test_demo_runs_all_stages_then_skips_them(tmp_path: Path,
     assert "searched G_AtoB" in out and "x fewer" in out and "PSNR vs teacher" in out
     assert (tmp_path / "run" / "search" / "architecture.json").is_file()
     before = (tmp_path / "run" / "teacher" / "G_AtoB.pt").stat().st_mtime_ns
+    assert (tmp_path / "run" / "compress.json").is_file()  # the demo is a dmad compress run
     run_demo(cfg, tmp_path / "run")
     out = capsys.readouterr().out
-    assert out.count("skipped (finished)") == 3
+    assert out.count("skipped (finished)") == 1 and "finished already" in out
     assert (tmp_path / "run" / "teacher" / "G_AtoB.pt").stat().st_mtime_ns == before
+
+
+def test_demo_force_redoes_the_run_but_keeps_a_users_generator(tmp_path: Path) -> None:
+    """--force redoes the compress stages; the generator compressed from inside the run folder
+    (the demo's teacher/) is never what --force deletes."""
+    cfg = _config(tmp_path)
+    run_demo(cfg, tmp_path / "run")
+    search = (tmp_path / "run" / "search" / "DONE.json").stat().st_mtime_ns
+    from dmad.compress_run import CompressConfig, run_compress
+
+    teacher = tmp_path / "run" / "teacher"
+    before = (teacher / "G_AtoB.pt").read_bytes()
+    run_compress(CompressConfig(generator=str(teacher), images=str(tmp_path / "data"),
+                                target_gmacs=0.2, steps=2, finetune_steps=2, export=False,
+                                size=32, export_size=32, device="cpu"),
+                 tmp_path / "run", force=True,
+                 tables={"search": {"bound_updates": 1}})
+    assert (teacher / "G_AtoB.pt").read_bytes() == before
+    assert (tmp_path / "run" / "search" / "DONE.json").stat().st_mtime_ns != search
 
 
 def test_demo_config_errors_name_the_file(tmp_path: Path) -> None:

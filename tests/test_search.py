@@ -250,7 +250,7 @@ def _stage(teacher: Path, **kw: object):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("kind", ["cyclegan", "pix2pix"])
 def test_each_mask_gets_dmads_loss_and_group_coefficients_reach_it(
         teachers: dict[str, Path], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dmad.compress.train.search as S
+    import dmad.compress.train.mask_schedule as S
 
     stage = _stage(teachers[kind], target=0.2 if kind == "cyclegan" else 0.03)
     seen: dict[str, str] = {}

@@ -292,3 +292,19 @@ def extra_photographs(folder: Path, split: ImageSplit, size: int) -> list[str]:
 
 __all__ = ["ImageListDataset", "ImageSplit", "detect_layout", "extra_photographs", "make_split",
            "split_datasets", "whole_images"]
+
+
+#: the split a run saved in its folder, reused on resume
+SPLIT = "split.json"
+
+
+def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bool,
+                  resume: bool) -> ImageSplit:
+    """The image split of a run: a ``split.json`` given as ``images``, the one saved in the run
+    folder when resuming (so a resumed run trains on exactly the same files), or a new one."""
+    path = Path(images)
+    if path.is_file():
+        return ImageSplit.load(path)
+    if resume and saved.is_file():
+        return ImageSplit.load(saved)
+    return make_split(path, Path(val) if val else None, size=size, skip_bad=skip_bad)

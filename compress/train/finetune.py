@@ -31,7 +31,13 @@ from dmad.compress.attention import (
 from dmad.compress.checkpoint import load_model, save_model
 from dmad.compress.config import opt, read_config_file, to_dict
 from dmad.compress.data.augment import augment_inputs, parse_kinds
-from dmad.compress.data.split import ImageSplit, extra_photographs, whole_images
+from dmad.compress.data.split import (
+    SPLIT,
+    ImageSplit,
+    extra_photographs,
+    resolve_split,
+    whole_images,
+)
 from dmad.compress.distill import (
     FeatureAdapters,
     WeightAverage,
@@ -52,7 +58,6 @@ from dmad.compress.train.objective import (
     crop_side_max,
     resolve,
 )
-from dmad.compress.train.search import SPLIT, resolve_split
 from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 from dmad.compress.train.teacher_run import (
     Teacher,
@@ -211,7 +216,7 @@ def zero_filters(path: Path) -> dict[str, Any]:
     inside the MAC budget (the search counts the union width) and the fine-tune trains them like
     any other weight, so the student computes no all-zero filter; count them for the record."""
     from dmad.compress.prune import zero_filter_report
-    from dmad.compress.train.search import load_search
+    from dmad.compress.search_file import load_search
 
     model, _, _ = load_search(path)
     r = zero_filter_report(model)

@@ -24,26 +24,21 @@ from torch import nn
 from dmad.compress import budget
 from dmad.compress.attention import Recorder, co_attention_loss, generator_taps
 from dmad.compress.config import opt, to_dict
-from dmad.compress.data.split import ImageSplit, make_split
+from dmad.compress.data.split import SPLIT, ImageSplit, resolve_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
-from dmad.compress.groups import removed_blocks, residual_group, update_group_coefficients
-from dmad.compress.io import atomic_save, atomic_write_json
-from dmad.compress.latency import LatencyTable
+from dmad.compress.groups import removed_blocks, residual_group
+from dmad.compress.io import atomic_write_json
 from dmad.compress.masks import (
     ChannelMask,
     attach_masks,
-    bound_at,
-    bound_loss,
     flush_scores,
-    group_loss,
-    relu_loss,
-    soft_step,
 )
 from dmad.compress.models import ResnetSpec, spec_to_dict
+from dmad.compress.search_file import SEARCH_FORMAT, load_search, save_search
 from dmad.compress.train import distributed, loop
 from dmad.compress.train.common import set_requires_grad
-from dmad.compress.train.fold import hold_scale
+from dmad.compress.train.mask_schedule import MaskSchedule, mask_rates, reachable_floor
 from dmad.compress.train.teacher import TeacherConfig, TeacherStage, init_weights
 from dmad.compress.train.teacher_run import (
     Teacher,
@@ -51,8 +46,6 @@ from dmad.compress.train.teacher_run import (
     load_teacher,
     training_config,
 )
-
-SEARCH_FORMAT = "dmad-search"
 
 
 @dataclass
@@ -191,7 +184,7 @@ class SearchConfig(TrainingOverrides):
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
 
 
-class SearchStage(TeacherStage):
+class SearchStage(MaskSchedule, TeacherStage):
     """Masked generator(s) trained with the teacher objective plus mask sparsity."""
 
     name = "search"
@@ -214,28 +207,10 @@ class SearchStage(TeacherStage):
             self._setup_distillation()
         d = next(iter(self.searched))
         self.family = self.G[d].spec.family
-        unet = self.family == "unet"
-        self.mask_lr = scfg.mask_lr or max(tcfg.lr, 0.5 / (0.75 * tcfg.steps))
-        # DMAD's sparsity weight is balanced against the task gradient over ~10^5 Adam steps at
-        # lr 2e-4: a mask can drift ~15 (lr × steps in the search window) under a small but
-        # steady bias. A short search gives the masks far less room (0.5 by the default mask lr),
-        # so the same weight leaves most of the cut to the final fit (measured on the demo: 60 %
-        # of the cut by the masks at 0.001, 96 % at 0.01, early stop under budget at 0.03). The
-        # ResNet default scales DMAD's weight by the lost room, and is DMAD's own at paper scale.
-        # The UNet keeps DMAD's 0.01: its relu term sits on every mask and its per-layer freeze
-        # decides layers for good, so the scaled weight froze most layers within a few updates
-        # and left the architecture below the budget's tolerance band.
-        room = self.mask_lr * 0.75 * tcfg.steps
-        self.mask_wd = scfg.mask_weight_decay if scfg.mask_weight_decay >= 0 else (
-            0.01 if unet else 0.001 * max(1.0, 15.0 / room))
-        self.lambda_update = scfg.lambda_update if scfg.lambda_update >= 0 else (
-            0.0 if unet else 1.0)
+        self.mask_lr, self.mask_wd, self.lambda_update = mask_rates(scfg, tcfg.lr, tcfg.steps,
+                                                                    self.family)
         self._set_budget()
         self.interval = max(1, round(0.75 * tcfg.steps / scfg.bound_updates))
-        # Masks get their own learning rate. Adam moves a weight by about lr per step, so in
-        # DMAD's 200 epochs (~10^5 steps) 2e-4 lets a mask cross its band many times over, but a
-        # short search would end with masks barely moved from init and the budget met only by
-        # the final pruning. The default keeps the paper's lr at paper scale.
         mask_params = {id(m.weight) for ms in self.masks.values() for m in ms.values()}
         other = [p for g in self.G.values() for p in g.parameters() if id(p) not in mask_params]
         masks_w = [m.weight for ms in self.masks.values() for m in ms.values()]
@@ -254,48 +229,6 @@ class SearchStage(TeacherStage):
         self.last_cost: dict[str, budget.Cost] = {}
         self.events: list[dict[str, Any]] = []
         self._check_reachable()
-
-    def _set_budget(self) -> None:
-        """The budget's metric (MACs or predicted ms), the width multiple, the latency table
-        (checked against the generator) and each searched direction's target."""
-        scfg = self.scfg
-        self.latency = LatencyTable.load(scfg.latency_table) if scfg.latency_table else None
-        self.metric = "ms" if scfg.target_ms > 0 else scfg.macs_convention
-        self.multiple = scfg.width_multiple if scfg.width_multiple > 0 else (
-            self.latency.multiple if self.latency is not None else 1)
-        if self.latency is not None:
-            for n in self.searched:
-                self.latency.check_spec(self.G[n].spec_full)
-        if self.metric == "ms":
-            assert self.latency is not None
-            self.target: dict[str, float] = {
-                n: budget.check_target_ms(self.G[n].spec_full, scfg.target_ms, self.latency)
-                for n in self.searched}
-        else:
-            self.target = {n: budget.check_target(self.G[n].spec_full, self.target_gmacs(n),
-                                                  scfg.macs_convention, scfg.macs_size)
-                           for n in self.searched}
-
-    def _check_reachable(self) -> None:
-        """Refuse a target below one channel per layer (the smallest reachable architecture)."""
-        scfg = self.scfg
-        for n in self.searched:
-            self.last_cost[n] = self._cost(n)
-            floor = _floor(self.G[n].spec_full, self.masks[n], self.metric, scfg.macs_size,
-                           self.latency)
-            if floor > self.target[n]:
-                field = "target_ms" if self.metric == "ms" else "target_gmacs_BtoA" \
-                    if n == "BtoA" and scfg.target_gmacs_BtoA else "target_gmacs"
-                want = scfg.target_ms if self.metric == "ms" else self.target_gmacs(n)
-                raise DmadError(f"{field}: {want} is below the smallest architecture the search "
-                                f"can reach ({budget.show(floor, self.metric)}, one channel "
-                                "per layer)")
-
-    def target_gmacs(self, direction: str) -> float:
-        """The direction's budget: ``target_gmacs_BtoA`` for B→A when set, else ``target_gmacs``."""
-        if direction == "BtoA" and self.scfg.target_gmacs_BtoA > 0:
-            return self.scfg.target_gmacs_BtoA
-        return self.scfg.target_gmacs
 
     # -- data and models -------------------------------------------------------------------
     def directions(self) -> list[str]:
@@ -347,10 +280,6 @@ class SearchStage(TeacherStage):
             d = PatchDiscriminator(self.cfg.discriminator_spec())
             init_weights(d)
         return g, d
-
-    def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
-        return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,
-                           self.scfg.macs_size, self.latency)
 
     # -- the teacher-G-only step ------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
@@ -438,197 +367,6 @@ class SearchStage(TeacherStage):
 
         flush_scores([m for ms in self.masks.values() for m in ms.values()], reduce)
 
-    # -- losses ----------------------------------------------------------------------------
-    def extra_generator_loss(self) -> dict[str, torch.Tensor]:
-        total: torch.Tensor | None = None
-        for d in self.searched:
-            if d in self.frozen_at:
-                continue
-            for name, m in self.masks[d].items():
-                if self.family == "unet":
-                    term = relu_loss(m)
-                elif name in ("stem", "down1", "up1", "up2"):
-                    term = self.scfg.upconv_coeff * bound_loss(m)
-                elif name == "down2" or name.endswith(".conv2"):
-                    term = group_loss(m) if self.lambda_update > 0 else relu_loss(m)
-                else:
-                    term = relu_loss(m)
-                total = term if total is None else total + term
-        if total is None:
-            return {}
-        return {"mask": self.mask_wd * total}
-
-    # -- schedule --------------------------------------------------------------------------
-    def _scores(self, d: str) -> dict[str, torch.Tensor]:
-        """Per-channel ranking of the final fit (``fit_rank``)."""
-        if self.scfg.fit_rank == "weight":
-            return {n: m.weight.detach() for n, m in self.masks[d].items()}
-        # Taylor importance; the mask weight breaks ties (e.g. channels never scored)
-        return {n: m.importance + 1e-12 * torch.sigmoid(m.weight.detach())
-                for n, m in self.masks[d].items()}
-
-    def _freeze_to_budget(self, d: str, step: int, reason: str) -> None:
-        """Fit direction ``d`` just under its target and make its masks hard for good.
-
-        The fit keeps a subset of the channels the masks keep now (w > −b), ranked by
-        ``fit_rank``. One exception, recorded as ``revived`` in the event: when the masks cut
-        so far in the last update interval that even all of their channels are under
-        ``(1 - tolerance)·target``, channels that were alive (non-zero mask) until the last bound
-        update may come back, best-ranked first: the shrinking bound or the last interval's
-        steps switched them off, and their filters trained until then. Channels switched off
-        before that (stale filters) are never revived.
-        """
-        masks, target, tol = self.masks[d], self.target[d], self.scfg.budget_tolerance
-        conv, size, spec = self.scfg.macs_convention, self.scfg.macs_size, self.G[d].spec_full
-        metric = self.metric
-        c_masks = self._cost(d)  # what the masks themselves leave at this point
-        by_masks = c_masks.macs(conv)
-        scores = self._scores(d)
-        eligible = {n: m.kept() for n, m in masks.items()}
-        fit = {"latency": self.latency, "multiple": self.multiple, "tolerance": tol}
-        tau, keep, c = budget.fit_to_budget(spec, masks, target, metric, size, scores=scores,
-                                            eligible=eligible, **fit)
-        revived = 0
-        if c.value(metric) < (1 - tol) * target:
-            recent = {n: eligible[n] | (m.alive & ~m.frozen) for n, m in masks.items()}
-            if any(bool((recent[n] & ~eligible[n]).any()) for n in masks):
-                tau, keep, c = budget.fit_to_budget(spec, masks, target, metric, size,
-                                                    scores=scores, eligible=recent, **fit)
-        # the fit works on the CPU; the masks may live on a GPU
-        keep = {n: k.to(masks[n].weight.device) for n, k in keep.items()}
-        eligible = {n: e.to(masks[n].weight.device) for n, e in eligible.items()}
-        # channels the masks had switched off and the fit kept (the band refit, or rounding
-        # that found too few eligible channels to reach a multiple)
-        revived = sum(int((keep[n] & ~eligible[n]).sum()) for n in masks)
-        where: dict[str, int] = {}
-        for name, m in masks.items():
-            if bool(m.frozen):
-                continue
-            scale = torch.where(keep[name], soft_step(m.weight.detach(), m.bound), 1.0)
-            kind = hold_scale(self.G[d], name, m, torch.where(scale > 0, scale, 1.0))
-            if bool(((scale < 1) & keep[name]).any()):
-                where[kind] = where.get(kind, 0) + 1
-        pruned = sum(int((eligible[n] & ~keep[n]).sum()) for n in masks)
-        budget.apply_keep(masks, keep)
-        for m in masks.values():
-            m.weight.requires_grad_(False)
-            m.weight.grad = None
-        self.frozen_at[d] = step
-        self.last_cost[d] = c
-        full = budget.profile_spec(spec, (1, spec.input_nc, size, size)).macs(conv)
-        self.cut[d] = {"full_gmacs": full / 1e9, "gmacs_left_by_masks": by_masks / 1e9,
-                       "gmacs_final": c.macs(conv) / 1e9,
-                       # shares of the total cut: by the differentiable masks, by the final fit
-                       # (negative when the fit gave channels back to land inside the tolerance)
-                       "cut_by_masks": (full - by_masks) / max(1, full - c.macs(conv)),
-                       "cut_by_fit": (by_masks - c.macs(conv)) / max(1, full - c.macs(conv)),
-                       "channels_pruned_by_fit": pruned, "channels_revived": revived,
-                       "within_tolerance": (1 - tol) * target <= c.value(metric) <= target,
-                       "fit_rank": self.scfg.fit_rank, "metric": metric,
-                       "width_multiple": self.multiple}
-        if c.ms is not None:
-            self.cut[d].update(ms_left_by_masks=c_masks.ms, ms_final=c.ms)
-        self.events.append({"step": step, "direction": d, "event": "frozen", "reason": reason,
-                            "threshold": tau, "gmacs": c.macs(conv) / 1e9,
-                            "gmacs_left_by_masks": by_masks / 1e9, "revived": revived,
-                            "held_scales": where})
-
-    def _update_importance(self, masks: dict[str, ChannelMask]) -> None:
-        """Fold the Taylor scores of the last interval into the running importance (an average
-        per step, decayed by half per update), then start a new interval. Under torchrun the
-        scores are those of the global batch on every rank (:func:`flush_scores` after each
-        backward), so every rank ranks channels identically."""
-        with torch.no_grad():
-            for m in masks.values():
-                rate = m.score / self.interval
-                m.importance.copy_(torch.where(m.importance > 0, 0.5 * m.importance + 0.5 * rate,
-                                               rate))
-                m.score.zero_()
-
-    def _watch_budget(self, n: int) -> None:
-        """Between bound updates, check a direction close to its budget after every step.
-
-        The sparsity default moves masks fast enough that one update interval can carry the
-        architecture from above the target to below its tolerance band; the fit may then only
-        revive channels alive at the last update, and the search would land short. Checking
-        every step once within 25 % of the target (the cost is cached by widths) stops it at
-        the step it crosses."""
-        for d in self.searched:
-            if d in self.frozen_at:
-                continue
-            if self.last_cost[d].value(self.metric) > 1.25 * self.target[d]:
-                continue
-            c = self._cost(d)
-            self.last_cost[d] = c
-            if c.value(self.metric) <= self.target[d]:
-                self._update_importance(self.masks[d])
-                self._freeze_to_budget(d, n, "under budget")
-
-    def after_step(self, step: int) -> dict[str, Any]:
-        n = step + 1
-        total = self.cfg.steps
-        last_update = n >= total  # the schedule ends: anything still searching is fitted now
-        if n % self.interval and not last_update:
-            self._watch_budget(n)
-            return {}
-        self.updates += 1
-        b_new = bound_at(min(n, 0.75 * total), total, self.scfg.bound_schedule)
-        info: dict[str, Any] = {"bound": round(b_new, 5)}
-        for d in self.searched:
-            if d in self.frozen_at:
-                continue
-            masks = self.masks[d]
-            self._update_importance(masks)
-            if self.family == "resnet" and self.lambda_update > 0:
-                update_group_coefficients(masks, residual_group(masks), self.lambda_update)
-            c = self._cost(d)
-            self.last_cost[d] = c
-            if c.value(self.metric) <= self.target[d]:
-                self._freeze_to_budget(d, n, "under budget")
-                continue
-            if b_new == 0.0 and (last_update or n >= 0.75 * total):
-                # hard masks and still above budget: prune the lowest-weight channels
-                self._freeze_to_budget(d, n, "schedule ended above budget")
-                continue
-            with torch.no_grad():
-                for name, m in masks.items():
-                    if bool(m.frozen):
-                        continue
-                    b_old = float(m.bound)
-                    leaving = (m.weight > b_new) & (m.weight <= b_old)
-                    if leaving.any():
-                        scale = torch.where(leaving, soft_step(m.weight.detach(), b_old), 1.0)
-                        hold_scale(self.G[d], name, m, scale)
-                    # alive = kept at the bound of the interval that just ended: a channel the
-                    # shrinking bound switches off now trained until this update (revivable)
-                    m.alive.copy_(m.kept())
-                    m.set_bound(b_new)
-                    if self.family == "unet" and float((~m.kept()).float().mean()) > \
-                            self.scfg.frozen_threshold:
-                        # kept channels jump from m(w) to 1: fold m(w) first (exact freeze)
-                        kept = m.kept()
-                        scale = torch.where(kept, soft_step(m.weight.detach(), m.bound), 1.0)
-                        hold_scale(self.G[d], name, m, torch.where(scale > 0, scale, 1.0))
-                        m.freeze()
-                        m.weight.requires_grad_(False)
-                        m.weight.grad = None
-            info[f"gmacs_{d}"] = round(c.macs(self.scfg.macs_convention) / 1e9, 4)
-            if c.ms is not None:
-                info[f"ms_{d}"] = round(c.ms, 3)
-        return info
-
-    def progress_fields(self) -> dict[str, str]:
-        d0 = self.searched[0]
-        b = float(next(iter(self.masks[d0].values())).bound)
-        out = {"b": f"{b:.3f}"}
-        for d in self.searched:
-            c = self.last_cost[d]
-            flag = "*" if d in self.frozen_at else ""
-            out[f"GMACs_{d}"] = f"{c.macs(self.scfg.macs_convention) / 1e9:.3f}{flag}"
-            if c.ms is not None:
-                out[f"ms_{d}"] = f"{c.ms:.1f}{flag}"
-        return out
-
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "updates": self.updates,
                 "frozen_at": dict(self.frozen_at), "events": list(self.events),
@@ -701,15 +439,9 @@ class SearchStage(TeacherStage):
                     "measured_ms": None,  # filled in after export (dmad compress)
                 }
             arch["directions"][d] = entry
-            atomic_save({"format": SEARCH_FORMAT, "version": 1,
-                         "spec": spec_to_dict(g.spec_full),
-                         "mask_names": list(masks),
-                         "state_dict": {k: v.detach().cpu().clone()
-                                        for k, v in g.state_dict().items()},
-                         "architecture": entry,
-                         "meta": {"direction": d, "task": self.cfg.task, "size": self.cfg.size,
-                                  "teacher": self.scfg.teacher}},
-                        run_dir / entry["file"])
+            save_search(run_dir / entry["file"], g, masks, entry,
+                        {"direction": d, "task": self.cfg.task, "size": self.cfg.size,
+                         "teacher": self.scfg.teacher})
             if d in self.D:
                 from dmad.compress.checkpoint import save_model
 
@@ -719,65 +451,6 @@ class SearchStage(TeacherStage):
         atomic_write_json(run_dir / "architecture.json", arch)
         return {"architecture": "architecture.json",
                 "gmacs": {d: e[f"gmacs_{conv}"] for d, e in arch["directions"].items()}}
-
-
-SPLIT = "split.json"
-
-
-def _floor(spec: Any, masks: dict[str, ChannelMask], metric: str, size: int,
-           latency: LatencyTable | None = None) -> float:
-    """The budget metric (MACs, or predicted ms with ``latency``) of the smallest architecture
-    the masks can leave (one channel per layer)."""
-    nothing = {k: torch.zeros_like(m.kept()) for k, m in masks.items()}
-    return budget.cost(spec, masks, nothing, size, latency).value(metric)
-
-
-def reachable_floor(generator: nn.Module, metric: str, size: int,
-                    latency: LatencyTable | None = None) -> float:
-    """:func:`_floor` of an unmasked generator (on a masked copy), for checks before a run."""
-    g = copy.deepcopy(generator)
-    return _floor(g.spec, attach_masks(g), metric, size, latency)
-
-
-def resolve_split(images: str, val: str, saved: Path, *, size: int, skip_bad: bool,
-                  resume: bool) -> ImageSplit:
-    """The image split of a run: a ``split.json`` given as ``images``, the one saved in the run
-    folder when resuming (so a resumed run trains on exactly the same files), or a new one."""
-    path = Path(images)
-    if path.is_file():
-        return ImageSplit.load(path)
-    if resume and saved.is_file():
-        return ImageSplit.load(saved)
-    return make_split(path, Path(val) if val else None, size=size, skip_bad=skip_bad)
-
-
-def load_search(path: Path) -> tuple[nn.Module, dict[str, ChannelMask], dict[str, Any]]:
-    """Rebuild a masked generator from a ``search_G_*.pt`` file: (model, masks, architecture)."""
-    from dmad.compress.checkpoint import checked_parts, match_shapes
-    from dmad.compress.io import safe_load
-    from dmad.compress.models import build, spec_from_dict
-
-    obj = safe_load(path)
-    if not isinstance(obj, dict) or obj.get("format") != SEARCH_FORMAT:
-        raise DmadError(f"{path}: not a dmad search result")
-    state, _meta = checked_parts(path, obj)
-    if not isinstance(obj.get("architecture"), dict):
-        raise DmadError(f"{path}: invalid search result: 'architecture' is not a table")
-    try:  # the spec built on the meta device first: a crafted width allocates nothing
-        with torch.device("meta"):
-            shell = build(spec_from_dict(obj["spec"]))
-            attach_masks(shell)
-    except Exception as exc:  # a crafted spec can fail anywhere in a constructor
-        raise DmadError(f"{path}: invalid model spec ({' '.join(str(exc).split())[:160]})"
-                        ) from None
-    match_shapes(path, shell, state)
-    model = build(spec_from_dict(obj["spec"]))
-    masks = attach_masks(model)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise DmadError(f"{path}: weights do not match its spec ({str(exc)[:120]})") from None
-    return model.eval(), masks, obj["architecture"]
 
 
 @loop.stage_verb
@@ -801,5 +474,5 @@ def search(cfg: SearchConfig, out: Path, *, resume: bool = False, force: bool = 
                     max_steps=max_steps, tensorboard=tcfg.tensorboard)
 
 
-__all__ = ["SearchConfig", "SearchStage", "load_search", "reachable_floor", "resolve_split",
-           "search"]
+__all__ = ["SEARCH_FORMAT", "SPLIT", "SearchConfig", "SearchStage", "load_search",
+           "reachable_floor", "resolve_split", "search"]

@@ -546,14 +546,14 @@ def test_10_killed_export_leaves_nothing_after_the_next_run(stages: Stages,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".x.export-tmp-*")) and time.time() < deadline:
+    while not list(tmp_path.glob(".x.dmad-tmp-*")) and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert list(tmp_path.glob(".x.export-tmp-*")), "the kill did not land during the export"
+    assert list(tmp_path.glob(".x.dmad-tmp-*")), "the kill did not land during the export"
     r = run_cli(*argv, "--force", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert not list(tmp_path.glob(".x.export-*"))
+    assert not list(tmp_path.glob(".x.dmad-*"))
     assert (out / "generator_fp32.tflite").is_file()
 
 
