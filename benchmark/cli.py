@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from dmad.compress.errors import DmadError
 
@@ -62,17 +63,18 @@ def _common(p: argparse.ArgumentParser, cls: type) -> None:
                    help=_h(cls, "order", default))
 
 
+def _config(cls: type, args: argparse.Namespace, **named: object) -> Any:
+    """``cls`` from the parsed flags of the same names; ``named`` for flags named otherwise."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if hasattr(args, f.name)}
+    return cls(**{**given, **named})
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from dmad.benchmark.api import BenchConfig, bench
 
-    cfg = BenchConfig(
-        models=list(args.models), out=args.out, backends=args.backends, threads=args.threads,
-        runs=args.runs, warmup=args.warmup, size=args.size, seed=args.seed, order=args.order,
-        host=not args.no_host, android=args.android, serial=args.serial,
-        delegates=args.delegate, benchmark_binary=args.benchmark_binary, taskset=args.taskset,
-        cooldown_s=args.cooldown, android_rounds=args.android_rounds,
-        op_profiling=args.op_profiling, tool=args.tool, adb=args.adb, force=args.force,
-    )
+    cfg = _config(BenchConfig, args, models=list(args.models), host=not args.no_host,
+                  delegates=args.delegate, cooldown_s=args.cooldown)
     out = bench(cfg, _progress)
     print(f"results in {out}/results.md (and results.json, results.csv)")
     return 0
@@ -82,11 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from dmad.benchmark.api import CompareConfig, compare
     from dmad.benchmark.report import headline
 
-    cfg = CompareConfig(
-        full=args.full, compressed=args.compressed, out=args.out, backends=args.backends,
-        threads=args.threads, runs=args.runs, warmup=args.warmup, size=args.size,
-        seed=args.seed, grid=args.grid, order=args.order, force=args.force,
-    )
+    cfg = _config(CompareConfig, args)
     out = compare(cfg, _progress)
     import json
 
@@ -99,14 +97,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_latency_table(args: argparse.Namespace) -> int:
     from dmad.benchmark.latency_table import LatencyTableConfig, build_table, validation_table
 
-    cfg = LatencyTableConfig(
-        out=args.out, backend=args.backend, threads=args.threads, generator=args.generator,
-        ngf=args.ngf, size=args.size, max_points=args.max_points, multiple=args.multiple,
-        runs=args.runs, rounds=args.rounds, warmup=args.warmup, validate=args.validate,
-        calibrate=args.calibrate, seed=args.seed,
-        android=args.android, benchmark_binary=args.benchmark_binary, adb=args.adb,
-        force=args.force,
-    )
+    cfg = _config(LatencyTableConfig, args)
     table = build_table(cfg, _progress)
     if table.validation:
         print(validation_table(table.validation))

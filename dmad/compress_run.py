@@ -510,11 +510,14 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
         print(f"[compress]                     {fidelity_line(tr, 'training')}")
 
     exports: dict[str, Any] = {}
+    # a teacher run folder names its dataset, which calibrates the full model's int8 as it
+    # does the student's; a lone file is calibrated on the split's training images
+    full_source = Path(teacher.ref) if Path(teacher.ref).is_dir() else Path(teacher.file)
     if cfg.export:
         t = time.time()
         size_x = export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib,
                               "android": cfg.android}, out / ARGS,
-                              {"compressed": out / "finetune", "full": Path(teacher.file)},
+                              {"compressed": out / "finetune", "full": full_source},
                               out / "export", cfg.export_size, False, split=split,
                               calib=Path(cfg.calib) if cfg.calib else None, tag="compress")
         exports = {"size": size_x, "compressed": str(out / "export" / "compressed"),

@@ -131,3 +131,14 @@ def test_demo_without_any_teacher_is_a_clear_error(tmp_path: Path) -> None:
     cfg.write_text("[search]\ntarget_gmacs = 1.0\n")
     with pytest.raises(DmadError, match=r"user\.toml.*\[teacher\]"):
         run_demo(cfg, tmp_path / "run")
+
+
+def test_demo_exports_both_models_with_int8_calibrated_on_the_teachers_data(
+        tmp_path: Path) -> None:
+    """The full teacher run (two directions, its own dataset) exports through `dmad compress`
+    with its int8 calibrated on that dataset, as the student's is."""
+    cfg = _config(tmp_path, '[export]\nquant = ["int8"]\nnum_calib = 2\n')
+    times = run_demo(cfg, tmp_path / "run")
+    assert "export" in times and "compare" not in times
+    for side in ("full", "compressed"):
+        assert (tmp_path / "run" / "export" / side / "generator_int8.tflite").is_file()

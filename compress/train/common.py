@@ -220,22 +220,10 @@ def open_train_test(
     skip_bad: bool,
 ):  # type: ignore[no-untyped-def]
     """Train split with augmentation settings and the held-out split (test/val) without."""
-    train = open_dataset(
-        data_root,
-        task,
-        "train",
-        TransformConfig(load_size, size, flip),  # type: ignore[arg-type]
-        skip_bad,
-        direction=direction,
-    )  # type: ignore[arg-type]
-    test = open_dataset(
-        data_root,
-        task,
-        "test",
-        TransformConfig(size, size, False),  # type: ignore[arg-type]
-        skip_bad,
-        direction=direction,
-    )  # type: ignore[arg-type]
+    train, test = (open_dataset(data_root, task, split, transform, skip_bad,  # type: ignore[arg-type]
+                                direction=direction)
+                   for split, transform in (("train", TransformConfig(load_size, size, flip)),
+                                            ("test", TransformConfig(size, size, False))))
     return train, test
 
 

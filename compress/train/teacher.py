@@ -444,24 +444,10 @@ class TeacherStage(loop.Stage):
         rows = []
         for name, g in self.G.items():
             g.eval()
-            save_model(
-                g,
-                run_dir / f"G_{name}.pt",
-                task=c.task,
-                direction=name,
-                role="teacher",
-                run=str(run_dir),
-                size=c.size,
-            )
-            save_model(
-                self.D[name],
-                run_dir / f"D_{name}.pt",
-                task=c.task,
-                direction=name,
-                role="teacher-discriminator",
-                run=str(run_dir),
-                size=c.size,
-            )
+            for net, kind, role in ((g, "G", "teacher"),
+                                    (self.D[name], "D", "teacher-discriminator")):
+                save_model(net, run_dir / f"{kind}_{name}.pt", task=c.task, direction=name,
+                           role=role, run=str(run_dir), size=c.size)
             prof = profile(g, (1, g.spec.input_nc, c.size, c.size))
             prof256 = profile(g, (1, g.spec.input_nc, 256, 256))
             out["generators"][name] = {
