@@ -1,0 +1,235 @@
+"""The speed–fidelity frontier of a photo-trained generator and its students.
+
+    python scripts/frontier.py [--ratios 5,10,20,40] [--search-steps 300] \
+        [--finetune-steps 600] [--target-ms 8,20 --latency-table T.json] [--no-bench]
+
+The teacher is ``scripts/photo_teacher.py``'s ResNet-9 ngf 64 colouriser (grey photograph →
+colour), the images its seven training photographs and eleven held-out ones of other subjects
+(``photo_setup.student_folders``). Each student is a ``dmad compress`` run (the defaults: the
+fast objective, augmentation) at ÷R paper MACs or at a ``--target-ms`` budget of a latency
+table, exported to TFLite fp32 and int8 (calibrated on the training photographs, parity on the
+held-out ones); the full model is exported the same way once. Then:
+
+* fidelity: every file (PyTorch student, .tflite fp32 and int8, the full int8 too) against the
+  teacher's PyTorch output on the whole held-out photographs at 256²: PSNR and SSIM mean and
+  worst image, the largest colour shift (levels of 255);
+* speed: every .tflite file timed on this CPU (LiteRT XNNPACK, 1 thread, 256²) in the same
+  interleaved rounds as the full fp32 file; the speedup is the median over rounds of the full
+  file's time ÷ this file's time in that round (paired);
+* the Pareto front: the files no other file beats on both speedup and mean PSNR.
+
+Prints a markdown table and writes ``frontier.json`` and ``frontier.png`` in ``--work`` (and
+the plot to ``--plot``). Each stage is reused when finished, so a killed run continues; run
+nothing else meanwhile when the timing stage runs (``--no-bench`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import dmad
+from dmad.compress.arch import profile
+from dmad.compress.checkpoint import load_generator
+from dmad.compress.data.split import ImageSplit, make_split, whole_images
+from dmad.compress.evaluate import fidelity_summary, image_fidelity
+from dmad.compress.io import atomic_write_json
+from dmad.export.parity import run_tflite
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 256
+
+
+def _held_out(split: Path) -> torch.Tensor:
+    data = whole_images(ImageSplit.load(split), SIZE)
+    return torch.stack([data.get(i)["A"] for i in range(len(data))])
+
+
+def _judge(outputs: np.ndarray | torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
+    """Whole held-out images (N×C×H×W in [-1, 1]) against the teacher's."""
+    out = torch.as_tensor(np.asarray(outputs))
+    rows = [image_fidelity(out[i:i + 1].float(), ref[i:i + 1]) for i in range(len(ref))]
+    s = fidelity_summary(rows)
+    return {k: s[k] for k in ("psnr_mean", "psnr_worst", "ssim_mean", "ssim_worst")} | {
+        "colour_shift_max": max(abs(v) for r in rows for v in r["colour_mean_shift"])}
+
+
+def _tflite_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
+    y = run_tflite(path, np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()))
+    return y.transpose(0, 3, 1, 2)
+
+
+def _export(model: Path, out: Path, split: Path) -> dict[str, Path]:
+    """fp32 and int8 .tflite files of ``model`` (reused when the export finished)."""
+    if not (out / "parity.json").is_file():
+        dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
+                              num_calib=20)
+    return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
+
+
+def _student(args: argparse.Namespace, name: str, split: Path,
+             budget: dict[str, Any]) -> Path:
+    """One ``dmad compress`` run (resumed when killed, reused when finished)."""
+    out = args.work / name
+    if not (out / "DONE.json").is_file():
+        dmad.compress_generator(args.teacher, args.train, out, resume=(out / "compress.json")
+                                .is_file(), val=str(args.held), size=128,
+                                steps=args.search_steps, finetune_steps=args.finetune_steps,
+                                export=False, compare=False, seed=args.seed, device="cpu",
+                                **budget)
+    return out / "finetune" / "student_G_AtoB.pt"
+
+
+def _budgets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    full, _ = load_generator(args.teacher)
+    gmacs = profile(full, (1, 3, SIZE, SIZE)).macs_paper / 1e9
+    budgets = {f"div{r:g}": {"target_gmacs": round(gmacs / r, 3)} for r in args.ratios}
+    for ms in args.target_ms:
+        budgets[f"ms{ms:g}"] = {"target_ms": ms, "latency_table": str(args.latency_table)}
+    return budgets
+
+
+def _speed(files: dict[str, Path], runs: int) -> dict[str, dict[str, float]]:
+    """Median ms and the paired speedup against the full fp32 file, same interleaved rounds."""
+    import tempfile
+
+    paths = list(files.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        res = dmad.bench_files(paths, Path(tmp) / "bench", backends=("tflite-xnnpack",),
+                               threads=(1,), size=SIZE, runs=runs)
+    by_path = {r["path"]: r for r in res["results"]}
+    base = np.array(by_path[str(files["full fp32"])]["samples_ms"])
+    out = {}
+    for label, p in files.items():
+        r = by_path[str(p)]
+        s = np.array(r["samples_ms"])
+        out[label] = {"ms": float(r["median_ms"]), "speedup": float(np.median(base / s))}
+    return out
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Labels no other point beats on both coordinates (higher is better on each)."""
+    front = []
+    for k, (a, b) in points.items():
+        if not any((a2 >= a and b2 >= b) and (a2 > a or b2 > b)
+                   for k2, (a2, b2) in points.items() if k2 != k):
+            front.append(k)
+    return front
+
+
+def _plot(rows: list[dict[str, Any]], front: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for prec, marker in (("fp32", "o"), ("int8", "s")):
+        pts = [r for r in rows if r["precision"] == prec and r.get("speedup")]
+        ax.scatter([r["speedup"] for r in pts], [r["psnr_mean"] for r in pts], marker=marker,
+                   label=f".tflite {prec}")
+        for r in pts:
+            ax.annotate(r["model"], (r["speedup"], r["psnr_mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    on = sorted((r for r in rows if r["label"] in front), key=lambda r: r["speedup"])
+    ax.plot([r["speedup"] for r in on], [r["psnr_mean"] for r in on], "k--", lw=1,
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"speedup vs the full fp32 file (LiteRT XNNPACK, 1 thread, {SIZE}²)")
+    ax.set_ylabel("PSNR vs the teacher, mean of held-out photographs (dB)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _table(rows: list[dict[str, Any]], front: list[str]) -> str:
+    lines = ["| file | GMACs (paper) | ms | speedup vs full fp32 | PSNR mean / worst | "
+             "SSIM mean / worst | colour shift /255 | front |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = f"{r['ms']:.1f}" if r.get("ms") else "–"
+        sp = f"{r['speedup']:.1f}×" if r.get("speedup") else "–"
+        lines.append(f"| {r['label']} | {r['gmacs']:.2f} | {ms} | {sp} | {r['psnr_mean']:.2f} / "
+                     f"{r['psnr_worst']:.2f} | {r['ssim_mean']:.3f} / {r['ssim_worst']:.3f} | "
+                     f"{r['colour_shift_max']:.1f} | {'●' if r['label'] in front else ''} |")
+    return "\n".join(lines)
+
+
+def _arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", type=Path, default=ROOT / "runs/photo64/teacher/G_AtoB.pt",
+                    help="the photo-trained teacher (scripts/photo_teacher.py --teacher-only)")
+    ap.add_argument("--train", type=Path, default=ROOT / "runs/photo_student/student_images",
+                    help="the training photographs (photo_setup.student_folders)")
+    ap.add_argument("--held", type=Path, default=ROOT / "runs/photo_student/student_heldout",
+                    help="the held-out photographs")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "frontier",
+                    help="work folder (finished runs are reused)")
+    ap.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",") if x],
+                    default=[5.0, 10.0, 20.0, 40.0], help="MAC ratios, comma list")
+    ap.add_argument("--target-ms", type=lambda s: [float(x) for x in s.split(",") if x],
+                    default=[], help="latency budgets in ms (needs --latency-table)")
+    ap.add_argument("--latency-table", type=Path, default=None,
+                    help="a `dmad latency-table` file of this CPU for --target-ms")
+    ap.add_argument("--search-steps", type=int, default=300, help="search steps per student")
+    ap.add_argument("--finetune-steps", type=int, default=600,
+                    help="fine-tune steps per student")
+    ap.add_argument("--runs", type=int, default=10, help="timed rounds")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every run")
+    ap.add_argument("--no-bench", action="store_true", help="skip the timing stage")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "frontier.png",
+                    help="where the plot is also written")
+    args = ap.parse_args()
+    if args.target_ms and args.latency_table is None:
+        ap.error("--target-ms needs --latency-table")
+    return args
+
+
+def main() -> None:
+    args = _arguments()
+    args.work.mkdir(parents=True, exist_ok=True)
+    split = args.work / "split.json"
+    if not split.is_file():
+        atomic_write_json(split, make_split(args.train, args.held, size=128).to_dict())
+    x = _held_out(split)
+    teacher, _ = load_generator(args.teacher)
+    with torch.no_grad():
+        ref = torch.cat([teacher.eval()(x[i:i + 1]) for i in range(len(x))])
+    models = {"full": args.teacher}
+    for name, budget in _budgets(args).items():
+        models[name] = _student(args, name, split, budget)
+        print(f"[frontier] {name}: {models[name]}", flush=True)
+    rows, files = [], {}
+    for name, pt in models.items():
+        gmacs = profile(load_generator(pt)[0], (1, 3, SIZE, SIZE)).macs_paper / 1e9
+        exported = _export(pt, args.work / "export" / name, split)
+        if name != "full":
+            with torch.no_grad():
+                y = torch.cat([load_generator(pt)[0].eval()(x[i:i + 1]) for i in range(len(x))])
+            rows.append({"label": f"{name} PyTorch", "model": name, "precision": "torch",
+                         "gmacs": gmacs, **_judge(y, ref)})
+        for prec, f in exported.items():
+            label = f"{name} {prec}"
+            files[label] = f
+            rows.append({"label": label, "model": name, "precision": prec, "gmacs": gmacs,
+                         **_judge(_tflite_outputs(f, x), ref)})
+        print(f"[frontier] {name}: exported and judged", flush=True)
+    if not args.no_bench:
+        speed = _speed(files, args.runs)
+        for r in rows:
+            r.update(speed.get(r["label"], {}))
+    front = pareto({r["label"]: (r["speedup"], r["psnr_mean"]) for r in rows if r.get("speedup")})
+    atomic_write_json(args.work / "frontier.json", {"rows": rows, "front": front,
+                                                    "images": len(x), "size": SIZE})
+    print(_table(rows, front))
+    if not args.no_bench:
+        _plot(rows, front, args.work / "frontier.png")
+        _plot(rows, front, args.plot)
+
+
+if __name__ == "__main__":
+    main()
