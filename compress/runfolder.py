@@ -337,7 +337,7 @@ def staged_output(out: Path, force: bool, marker: str, what: str) -> Iterator[Pa
             raise DmadError(f"{out}: is not empty and holds no dmad {what}; give a new or empty "
                             "--out (--force replaces only an earlier one)")
         if not force:
-            raise DmadError(f"{out}: holds an earlier dmad {what}; use --force to replace it")
+            raise DmadError(f"{out}: holds an earlier dmad {what}; --force replaces it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in out.parent.glob(f".{out.name}.dmad-*-*"):

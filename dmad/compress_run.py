@@ -556,7 +556,7 @@ def say_searched(search_dir: Path) -> None:
     """Each searched generator's cost against its teacher's, from ``architecture.json``."""
     arch = read_config_file(search_dir / "architecture.json")
     for d, e in arch["directions"].items():
-        print(f"[compress] searched G_{d}: {e['gmacs_paper']:.3f} GMACs paper "
+        print(f"[compress] G_{d} searched: {e['gmacs_paper']:.3f} GMACs paper "
               f"({e['full_gmacs_paper'] / e['gmacs_paper']:.1f}x fewer), "
               f"{e['gmacs_true']:.3f} true, params {e['params']:,}")
 

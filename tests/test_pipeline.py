@@ -52,7 +52,7 @@ def test_demo_runs_all_stages_then_skips_them(tmp_path: Path,
     times = run_demo(cfg, tmp_path / "run")
     assert set(times) == {"data", "teacher", "search", "finetune", "eval"}
     out = capsys.readouterr().out
-    assert "searched G_AtoB" in out and "x fewer" in out and "PSNR vs teacher" in out
+    assert "G_AtoB searched" in out and "x fewer" in out and "PSNR vs teacher" in out
     assert (tmp_path / "run" / "search" / "architecture.json").is_file()
     before = (tmp_path / "run" / "teacher" / "G_AtoB.pt").stat().st_mtime_ns
     assert (tmp_path / "run" / "compress.json").is_file()  # the demo is a dmad compress run
