@@ -212,31 +212,21 @@ def _kept_entries(assets: Path, label: str, file: str) -> list[dict[str, Any]]:
     return kept
 
 
-def write_assets(
-    tflite: Path,
-    assets: Path,
-    *,
-    label: str = "compressed",
-    parity: dict[str, Any],
-    macs: dict[str, int],
-    params: int,
-    source_run: str,
-    variant: str | None = None,
-    why: str | None = None,
-    gpu: dict[str, Any] | None = None,
-) -> Path:
+def write_assets(tflite: Path, assets: Path, *, label: str = "compressed",
+                 **facts: Any) -> Path:
     """Copy ``tflite`` into ``assets`` as ``<label>.tflite`` and merge its entry into model.json.
 
-    ``parity`` is the export's parity figures for this file (at least ``max_abs`` and
-    ``psnr_db``), ``macs`` ``{"paper": int, "true": int}``. Returns the model.json path.
+    ``facts`` are :func:`model_entry`'s keywords: ``parity`` (the export's parity figures for
+    this file, at least ``max_abs`` and ``psnr_db``), ``macs`` (``{"paper": int, "true": int}``),
+    ``params``, ``source_run`` and optionally ``variant``, ``why``, ``gpu``. Returns the
+    model.json path.
     """
     assets, tflite = Path(assets), Path(tflite)
     name = asset_name(label)
     _io(tflite)  # refuse what schema 1 cannot describe before touching the assets
     with atomic_write(assets / name) as fh, open(tflite, "rb") as src:
         shutil.copyfileobj(src, fh)
-    entry = model_entry(assets / name, label, parity=parity, macs=macs, params=params,
-                        source_run=source_run, variant=variant, why=why, gpu=gpu)
+    entry = model_entry(assets / name, label, **facts)
     models = [*_kept_entries(assets, label, name), entry]
     models.sort(key=lambda e: LABELS.index(e["label"]))
     atomic_write_json(assets / "model.json", {"schema_version": SCHEMA_VERSION, "models": models})

@@ -39,7 +39,15 @@ class Dataset(Protocol):
     def get(self, index: int, gen: torch.Generator | None = None) -> Item: ...
 
 
-def _check_root(root: Path) -> Path:
+def _one_of(field: str, value: str, allowed: tuple[str, ...], where: str = "") -> None:
+    if value not in allowed:
+        raise DmadError(f"{field}: {value!r} is not one of {', '.join(allowed)}{where}")
+
+
+def _check_root(root: Path, cfg: TransformConfig | bool | None = True) -> Path:
+    """The dataset folder, checked; a dataset class also needs its ``cfg``."""
+    if cfg is None:
+        raise DmadError("cfg: a TransformConfig is required")
     root = Path(root)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "folder not found"
@@ -67,11 +75,8 @@ class UnalignedDataset:
         *,
         skip_bad: bool = False,
     ) -> None:
-        if split not in ("train", "test"):
-            raise DmadError(f"split: {split!r} is not one of train, test (unaligned layout)")
-        if cfg is None:
-            raise DmadError("cfg: a TransformConfig is required")
-        self.root = _check_root(root)
+        _one_of("split", split, ("train", "test"), " (unaligned layout)")
+        self.root = _check_root(root, cfg)
         self.split = split
         self.cfg = cfg
         crop = (cfg.crop_size, cfg.crop_size)
@@ -132,13 +137,9 @@ class AlignedDataset:
         skip_bad: bool = False,
         direction: Literal["AtoB", "BtoA"] = "AtoB",
     ) -> None:
-        if split not in ("train", "val", "test"):
-            raise DmadError(f"split: {split!r} is not one of train, val, test (aligned layout)")
-        if direction not in ("AtoB", "BtoA"):
-            raise DmadError(f"direction: {direction!r} is not one of AtoB, BtoA")
-        if cfg is None:
-            raise DmadError("cfg: a TransformConfig is required")
-        self.root = _check_root(root)
+        _one_of("split", split, ("train", "val", "test"), " (aligned layout)")
+        _one_of("direction", direction, ("AtoB", "BtoA"))
+        self.root = _check_root(root, cfg)
         self.cfg = cfg
         self.direction = direction
         folder = self.root / split
