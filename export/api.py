@@ -14,6 +14,7 @@ reference for every number is the *original* PyTorch model in fp32, never the re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,12 @@ class ExportConfig:
     recipe: Int8Recipe = opt(
         help="the full-int8 recipe (per-channel weights, ops kept in float)",
         factory=lambda: DEFAULT_RECIPE,
+    )
+    int8_auto_float: int = opt(
+        3,
+        "int8: when fake int8 on the calibration images predicts the file under its floor, keep "
+        "up to this many layers float, the fewest that clear it, chosen by measured "
+        "sensitivity (0 = off; ignored when the recipe names float layers)",
     )
     android: bool = opt(
         False,
@@ -609,7 +616,37 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     if job.calib is None or not any(v in ("int8", "int8_io") for v in variants):
         return None
     spec = getattr(job.model, "spec", None)
-    return layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)))
+    auto = job.cfg.int8_auto_float if not job.cfg.recipe.float_layers else 0
+    return layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
+                             want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
+                             else None, max_plan=max(auto, 0))
+
+
+#: fake int8 tracks the exported file to within about 0.75 dB (tests/test_quant_aware.py)
+AUTO_FLOAT_MARGIN_DB = 1.0
+
+
+def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
+                       floors: dict[str, float]) -> dict[str, Any] | None:
+    """Keep float the fewest layers that fake int8 predicts the int8 file needs to meet its
+    floor (:func:`~dmad.export.sensitivity.choose_float_layers`): the recipe of every int8
+    variant then names them. Measured on the calibration images, never the held-out ones that
+    judge the file."""
+    from dmad.export.sensitivity import choose_float_layers
+
+    cfg = job.cfg
+    if sens is None or cfg.recipe.float_layers or cfg.int8_auto_float < 1:
+        return None
+    layers, why = choose_float_layers(sens, floors["int8"], cfg.int8_auto_float,
+                                      AUTO_FLOAT_MARGIN_DB)
+    if not layers:
+        return {"float_layers": [], "why": "fake int8 predicts the floor met (or no layer "
+                                           "helps by 1 dB)"}
+    job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(
+        cfg.recipe, float_layers=tuple(layers)))
+    job.notes.append(f"int8: kept {', '.join(layers)} float ({why}); --int8-auto-float 0 "
+                     "turns this off")
+    return {"float_layers": layers, "why": why}
 
 
 def _sensitivity_note(job: _Job, sens: dict[str, Any] | None) -> None:
@@ -661,10 +698,11 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         job = _Job(cfg, model, source, (1, channels, cfg.size, cfg.size), calib, evals, names,
                    tmp)
         deploy, rw, rw_err = _reference(job)
+        sensitivity = _int8_sensitivity(job, variants)
+        auto = _auto_float_layers(job, sensitivity, floors)
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:
             _onnx_int8_artifact(job, onnx_path)
-        sensitivity = _int8_sensitivity(job, variants)
         _judge_quality(job, floors, variants)
         _sensitivity_note(job, sensitivity)
         prof_obj = profile(model, job.shape)
@@ -675,7 +713,9 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
             "macs": {"gmacs_paper": prof["gmacs_paper"], "gmacs_true": prof["gmacs_true"]},
             "params": prof["params"], "images": image_note,
             "rewrite": {"enabled": cfg.rewrite, **rw.as_dict(), "max_abs_vs_original": rw_err},
-            "graph": graph_info, "int8_recipe": cfg.recipe.as_dict() if needs_calib else None,
+            "graph": graph_info,
+            "int8_recipe": job.cfg.recipe.as_dict() if needs_calib else None,
+            "int8_auto_float": auto,
             "int8_ranges": conv_info.get("ranges"), "int8_sensitivity": sensitivity,
             "floors_db": {k: v for k, v in floors.items() if k in job.artifacts},
             "warnings": job.notes, "artifacts": job.artifacts,

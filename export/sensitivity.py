@@ -24,17 +24,21 @@ from torch import nn
 from dmad.compress.metrics import psnr
 from dmad.compress.quant_aware import observe_ranges, quant_aware_, switch_layers
 
-__all__ = ["layer_sensitivity"]
+__all__ = ["choose_float_layers", "layer_sensitivity"]
 
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 2,
-                      max_side: int = 128, multiple: int = 4) -> dict[str, Any]:
+                      max_side: int = 128, multiple: int = 4, want_db: float | None = None,
+                      max_plan: int = 3) -> dict[str, Any]:
     """Per-convolution int8 sensitivity of ``model`` on up to ``max_images`` calibration
     images (NCHW float in [-1, 1]; centre crops of at most ``max_side``, a multiple of
     ``multiple``, so a large model is judged in seconds): ``psnr_all_int8_db`` (every layer in
     fake int8, against float), and per layer ``psnr_alone_db``, ``psnr_without_db`` and
-    ``gain_db`` (what keeping that layer float buys over all-int8), largest gain first."""
+    ``gain_db`` (what keeping that layer float buys over all-int8), largest gain first. When
+    all-int8 is under ``want_db``, ``plan``: float sets of 1, 2, … ``max_plan`` layers grown
+    greedily (each step the layer whose float copy helps most with the others, re-measured),
+    with their PSNR, until one reaches ``want_db``."""
     m = copy.deepcopy(model).float().eval()
     quant_aware_(m)
     h, w = calib.shape[2], calib.shape[3]
@@ -61,7 +65,50 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 2,
         rows.append({"layer": name, "psnr_alone_db": round(score({name}), 2),
                      "psnr_without_db": round(without, 2), "gain_db": round(without - every, 2)})
     rows.sort(key=lambda r: -r["gain_db"])
+    plan = _greedy_plan(score, convs, every, rows, want_db, max_plan) \
+        if want_db is not None and every < want_db else []
     return {"images": len(xs), "crop": [ch, cw], "psnr_all_int8_db": round(every, 2),
-            "layers": rows,
+            "layers": rows, "plan": plan,
             "method": "fake int8 in PyTorch (the export's recipe, compress.quant_aware) on the "
                       "calibration images"}
+
+
+def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
+                 want_db: float, most: int) -> list[dict[str, Any]]:
+    """Float sets grown one layer at a time, the best re-measured at each step (layers whose
+    float copy alone buys nothing are not tried: they are the cheap half of the ranking)."""
+    tried = [r["layer"] for r in rows if r["gain_db"] > 0]
+    plan: list[dict[str, Any]] = []
+    keep: list[str] = []
+    best = every
+    for _ in range(min(most, len(tried))):
+        gains = {c: score(set(convs) - set(keep) - {c}) for c in tried if c not in keep}
+        c, db = max(gains.items(), key=lambda kv: kv[1])
+        if db <= best:
+            break  # no layer helps any more
+        keep, best = [*keep, c], db
+        plan.append({"float_layers": list(keep), "psnr_db": round(db, 2)})
+        if db >= want_db:
+            break
+    return plan
+
+
+def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
+                        margin_db: float = 1.0) -> tuple[list[str], str]:
+    """The fewest layers to keep float so fake int8 on the calibration images clears
+    ``floor_db`` by ``margin_db`` (fake int8 tracks the exported file to within about 0.75
+    dB), at most ``most``; when none clears it, the most-improving plan if it gains at least
+    1 dB. Returns the layers (none when all-int8 already clears the floor) and why, in words."""
+    every = float(sens["psnr_all_int8_db"])
+    want = floor_db + margin_db
+    if every >= want or most < 1:
+        return [], ""
+    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most]
+    ok = [p for p in plans if p["psnr_db"] >= want]
+    pick = ok[0] if ok else max(plans, key=lambda p: p["psnr_db"], default=None)
+    if pick is None or pick["psnr_db"] < every + 1.0:
+        return [], ""
+    why = (f"fake int8 on the calibration images: {every:.1f} dB all-int8, "
+           f"{pick['psnr_db']:.1f} dB with {', '.join(pick['float_layers'])} float "
+           f"(floor {floor_db:g} dB + {margin_db:g} dB margin)")
+    return list(pick["float_layers"]), why

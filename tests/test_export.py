@@ -133,6 +133,8 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     sens = rep["int8_sensitivity"]  # every convolution ranked by what keeping it float buys
     assert len(sens["layers"]) == sum(isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
                                       for m in _resnet().modules())
+    auto = rep["int8_auto_float"]  # the choice is recorded and is what the recipe used
+    assert auto is not None and rep["int8_recipe"]["float_layers"] == auto["float_layers"]
     gains = [r["gain_db"] for r in sens["layers"]]
     assert gains == sorted(gains, reverse=True) and sens["images"] >= 1
     assert arts["fp32"]["xnnpack"]["partitions"] == 1
@@ -335,9 +337,32 @@ def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -
     with torch.no_grad():
         norm = dict(g.named_modules())["down1.norm"]
         norm.weight[0], norm.bias[0] = 300.0, 0.0
-    after = layer_sensitivity(g, x, max_images=4)
+    after = layer_sensitivity(g, x, max_images=4, want_db=99.0, max_plan=2)
     worst = after["layers"][0]
+    plan = after["plan"]  # grown greedily, each step re-measured, while it helps
+    assert plan[0] == {"float_layers": ["down2.conv"], "psnr_db": worst["psnr_without_db"]}
+    assert all(len(p["float_layers"]) == i + 1 for i, p in enumerate(plan))
+    assert [p["psnr_db"] for p in plan] == sorted(p["psnr_db"] for p in plan)
+    assert "plan" not in before or before["plan"] == []  # no floor asked: no plan
     assert worst["layer"] == "down2.conv" and worst["gain_db"] > 0.5
     assert worst["psnr_alone_db"] == min(r["psnr_alone_db"] for r in after["layers"])
     assert after["psnr_all_int8_db"] < before["psnr_all_int8_db"]
     assert len(after["layers"]) == 10 and after["images"] == 4 and after["crop"] == [32, 32]
+
+
+def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
+    """The export's choice reads the greedy plan: the smallest float set predicted over the
+    floor plus the margin; within a smaller allowance the best it has, if it gains 1 dB;
+    nothing when all-int8 is predicted over the floor or no plan helps enough."""
+    from dmad.export.sensitivity import choose_float_layers
+
+    plan = [{"float_layers": ["a"], "psnr_db": 33.0},
+            {"float_layers": ["a", "b"], "psnr_db": 36.5},
+            {"float_layers": ["a", "b", "c"], "psnr_db": 38.0}]
+    sens = {"psnr_all_int8_db": 30.0, "plan": plan}
+    layers, why = choose_float_layers(sens, 35.0, 3)
+    assert layers == ["a", "b"] and "30.0 dB all-int8" in why and "36.5 dB" in why
+    assert choose_float_layers(sens, 35.0, 1)[0] == ["a"]
+    assert choose_float_layers(sens, 35.0, 0)[0] == []
+    assert choose_float_layers({**sens, "psnr_all_int8_db": 36.2}, 35.0, 3)[0] == []
+    assert choose_float_layers({"psnr_all_int8_db": 32.5, "plan": plan[:1]}, 35.0, 3)[0] == []
