@@ -27,3 +27,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'dmad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

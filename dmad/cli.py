@@ -233,7 +233,19 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
 
     if args.model is not None:
-        return load_model(args.model)[0]
+        from dmad.compress.io import safe_load
+
+        obj = safe_load(Path(args.model))
+        if isinstance(obj, dict) and obj.get("format") == "dmad-model":
+            return load_model(args.model)[0]
+        # a pytorch-CycleGAN-and-pix2pix checkpoint, mapped as `dmad import` / `dmad compress`
+        from dmad.compress.importer import import_checkpoint, infer_arch
+
+        arch = infer_arch(args.model)
+        if arch is None:
+            raise DmadError(f"{args.model}: neither a dmad model file nor a ResNet/UNet "
+                            "generator checkpoint")
+        return import_checkpoint(Path(args.model), arch)[0]
     try:
         if args.arch == "resnet":
             return ResnetGenerator(

@@ -164,9 +164,11 @@ def run_demo(config: Path | None, out: Path, *, force: bool = False) -> dict[str
     tdir, size = _teacher_stage(settings, path, out, force, times)
     args, tables = compress_settings(settings, path, tdir, size)
     resume = (out / ARGS).is_file() and not force
+    finished = resume and (out / "DONE.json").is_file()
     cfg, tables = build_config(args, None, out, resume, tables=tables)
     summary = run_compress(cfg, out, resume=resume, force=force, tables=tables)
-    times.update(summary.get("seconds", {}))
+    if not finished:  # a finished run's seconds are the earlier run's, not this one's
+        times.update(summary.get("seconds", {}))
     total = sum(times.values())
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     print(f"[demo] total     {total:7.1f} s  ({parts})")

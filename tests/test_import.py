@@ -480,3 +480,19 @@ def test_an_original_module_in_memory_maps_to_the_same_function() -> None:
     assert as_generator(mine) is mine
     with pytest.raises(DmadError, match="Linear: not a ResNet or UNet"):
         as_generator(nn.Linear(3, 3))
+
+
+def test_macs_counts_a_raw_checkpoint_as_its_import(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`dmad macs latest_net_G_A.pth` works as `dmad compress` takes the file (users pick
+    --target-gmacs from it), with the same count as the imported model."""
+    import json
+
+    from dmad.cli import main
+
+    path = _save(_resnet().state_dict(), tmp_path)
+    assert main(["macs", str(path), "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    import_to_file(path, "resnet", tmp_path / "g.pt")
+    assert main(["macs", str(tmp_path / "g.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == raw and raw["family"] == "resnet"
