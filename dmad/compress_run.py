@@ -515,12 +515,15 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
     full_source = Path(teacher.ref) if Path(teacher.ref).is_dir() else Path(teacher.file)
     if cfg.export:
         t = time.time()
-        size_x = export_both({"quant": list(cfg.quant), "num_calib": cfg.num_calib,
-                              "android": cfg.android}, out / ARGS,
-                              {"compressed": out / "finetune", "full": full_source},
-                              out / "export", cfg.export_size, False, split=split,
-                              calib=Path(cfg.calib) if cfg.calib else None, tag="compress")
-        exports = {"size": size_x, "compressed": str(out / "export" / "compressed"),
+        from dmad.export.api import ExportConfig
+
+        template = ExportConfig(out=out / "export", size=cfg.export_size, split=split,
+                                calib=Path(cfg.calib) if cfg.calib else None,
+                                quant=tuple(cfg.quant), num_calib=cfg.num_calib,
+                                android=cfg.android)
+        export_both(template, {"compressed": out / "finetune", "full": full_source},
+                    out / "export", force=False)
+        exports = {"size": cfg.export_size, "compressed": str(out / "export" / "compressed"),
                    "full": str(out / "export" / "full")}
         times["export"] = time.time() - t
         print(f"[compress] export    {times['export']:7.1f} s")
@@ -528,9 +531,13 @@ def _finish(cfg: CompressConfig, out: Path, teacher: _Teacher, split: Path | Non
             _record_measured(out, cfg.latency_table, cfg.export_size)
     if cfg.compare and cfg.export:
         t = time.time()
-        compare_both({"threads": list(cfg.threads), "runs": cfg.compare_runs,
-                      "backends": list(cfg.compare_backends), "warmup": cfg.compare_warmup},
-                     Path(ARGS), out, force)
+        from dmad.benchmark.api import CompareConfig
+
+        compare_both(CompareConfig(full=out / "export" / "full",
+                                   compressed=out / "export" / "compressed", out=out,
+                                   backends=tuple(cfg.compare_backends),
+                                   threads=tuple(cfg.threads), runs=cfg.compare_runs,
+                                   warmup=cfg.compare_warmup), force)
         times["compare"] = time.time() - t
         print(f"[compress] compare   {times['compare']:7.1f} s  report: {out / 'report.md'}")
     done = json.loads((out / "finetune" / loop.DONE).read_text())

@@ -5,13 +5,17 @@ comparison and its report.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dmad.compress.errors import DmadError
 from dmad.compress.train import distributed, loop
+
+if TYPE_CHECKING:
+    from dmad.benchmark.api import CompareConfig
+    from dmad.export.api import ExportConfig
 
 
 def run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
@@ -29,31 +33,23 @@ def run_stage(name: str, run_dir: Path, train: Callable[..., Any], force: bool,
         print(f"[{tag}] {name:<9} {times[name]:7.1f} s  {status}")
 
 
-def export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], out: Path,
-                 size: int, force: bool, *, split: Path | None = None,
-                 calib: Path | None = None, tag: str = "demo") -> int:
-    """Export the compressed student and the full teacher the same way (ONNX + every TFLite
-    variant, calibrated on the run's own images, or on ``split``'s training images with parity
-    on its held-out ones), each with its PyTorch file beside it so the comparison covers the
-    torch backend too. Returns the export size."""
+def export_both(template: ExportConfig, sources: dict[str, Path], out: Path, *,
+                force: bool, tag: str = "compress") -> None:
+    """Export the compressed student and the full teacher the same way: ``template``'s
+    settings (variants, size, calibration and parity images, floors), each source into
+    ``out/LABEL`` with its PyTorch file beside it so the comparison covers the torch backend
+    too. A finished export is kept unless ``force``."""
     from dmad.compress.io import atomic_write
-    from dmad.export.api import ExportConfig, export_model
+    from dmad.export.api import export_model
 
-    extra = set(section) - {"quant", "num_calib", "android", "size"}
-    if extra:
-        raise DmadError(f"{path}: unknown key(s) in [export]: {', '.join(sorted(extra))}")
-    quant = tuple(section.get("quant", ["fp32", "fp16", "dynamic", "int8"]))
-    size = int(section.get("size", 0)) or size
     for label, run in sources.items():
         dest = out / label
         if (dest / "parity.json").exists() and not force:
             print(f"[{tag}] export {label}: skipped (finished)")
             continue
-        src_kw = {"model": run} if run.is_file() else {"run": run}
-        res = export_model(ExportConfig(out=dest, size=size, **src_kw, split=split, calib=calib,
-                                        quant=quant, num_calib=int(section.get("num_calib", 20)),
-                                        android=bool(section.get("android", False)),
-                                        android_label=label, force=True))
+        src_kw = {"model": run, "run": None} if run.is_file() else {"run": run, "model": None}
+        res = export_model(dataclasses.replace(template, out=dest, **src_kw,
+                                               android_label=label, force=True))
         src = run if run.is_file() else next(
             run / n for n in ("student_G_AtoB.pt", "G_AtoB.pt") if (run / n).exists())
         with atomic_write(dest / "generator.pt") as fh:
@@ -62,28 +58,26 @@ def export_both(section: dict[str, Any], path: Path, sources: dict[str, Path], o
         print(res.table)
         for note in res.report["warnings"]:
             print(f"warning: {label}: {note}")
-    return size
 
 
 def _say_compare(msg: str) -> None:
     print(f"[compare] {msg}", flush=True)
 
 
-def compare_both(section: dict[str, Any], path: Path, out: Path, force: bool) -> None:
-    """Benchmark full vs compressed on the host backends and write ``out/report.md``."""
-    from dmad.benchmark.api import CompareConfig, compare
+def compare_both(cfg: CompareConfig, force: bool) -> None:
+    """Benchmark full vs compressed on the host backends (``cfg``: the two export folders,
+    backends, threads, runs) and write ``cfg.out/report.md``; when the files are smaller than
+    phones run, both ``.pt`` models are timed at that size too."""
+    from dmad.benchmark.api import compare
 
-    extra = set(section) - {"backends", "threads", "runs", "warmup"}
-    if extra:
-        raise DmadError(f"{path}: unknown key(s) in [compare]: {', '.join(sorted(extra))}")
+    out = Path(cfg.out)
     if (out / "report.md").exists() and not force:
         print("[compare] skipped (finished)")
         return
-    compare(CompareConfig(full=out / "export" / "full", compressed=out / "export" / "compressed",
-                          out=out, **_timing(section), force=True,
-                          grid=out / "eval" / "grid.png" if (out / "eval" / "grid.png").exists()
-                          else None), _say_compare)
-    _compare_at_phone_size(section, out)
+    grid = out / "eval" / "grid.png"
+    compare(dataclasses.replace(cfg, force=True, grid=grid if grid.exists() else cfg.grid),
+            _say_compare)
+    _compare_at_phone_size(cfg)
     md = (out / "report.md").read_text().splitlines()
     head = next((line for line in md if "faster" in line), "")
     if head:
@@ -94,22 +88,16 @@ def compare_both(section: dict[str, Any], path: Path, out: Path, force: bool) ->
 PHONE_SIZE = 256
 
 
-def _timing(section: dict[str, Any]) -> dict[str, Any]:
-    """The [compare] table's timing settings as CompareConfig fields."""
-    return {"backends": tuple(section.get("backends", ["torch", "ort", "tflite"])),
-            "threads": tuple(int(t) for t in section.get("threads", [1, 2])),
-            "runs": int(section.get("runs", 20)), "warmup": int(section.get("warmup", 3))}
-
-
-def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
+def _compare_at_phone_size(cfg: CompareConfig) -> None:
     """The demo trains and exports at a small size; users run 256². Time both ``.pt`` models
     at 256² too (PyTorch and ONNX Runtime: the .tflite files are fixed at the export size) into
     ``out/report_256`` and add its headline to the main report, so the speedup phones would
     see is not left to a guess from the small size."""
-    from dmad.benchmark.api import CompareConfig, compare
+    from dmad.benchmark.api import compare
     from dmad.benchmark.model_info import static_size
     from dmad.benchmark.report import headline
 
+    out = Path(cfg.out)
     pts = [next(iter(sorted((out / "export" / side).glob("*.pt"))), None)
            for side in ("full", "compressed")]
     if None in pts:
@@ -119,11 +107,10 @@ def _compare_at_phone_size(section: dict[str, Any], out: Path) -> None:
     if fixed == {PHONE_SIZE}:
         return  # already measured at the phone's size
     sub = out / f"report_{PHONE_SIZE}"
-    timing = _timing(section)
-    timing["backends"] = tuple(b for b in timing["backends"] if b in ("torch", "ort")) or (
-        "torch", "ort")
-    compare(CompareConfig(full=pts[0], compressed=pts[1], out=sub,  # type: ignore[arg-type]
-                          size=PHONE_SIZE, force=True, **timing), _say_compare)
+    backends = tuple(b for b in cfg.backends if b in ("torch", "ort")) or ("torch", "ort")
+    compare(dataclasses.replace(cfg, full=pts[0], compressed=pts[1], out=sub,  # type: ignore[arg-type]
+                                size=PHONE_SIZE, force=True, backends=backends, grid=None),
+            _say_compare)
     import json
 
     rows = json.loads((sub / "results.json").read_text())["comparison"]

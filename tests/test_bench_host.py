@@ -216,6 +216,7 @@ def test_bad_model_files(tmp_path: Path) -> None:
 
 def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path],
                                                    tmp_path: Path) -> None:
+    from dmad.benchmark.api import CompareConfig
     from dmad.stages import compare_both
 
     out = tmp_path / "demo"
@@ -224,8 +225,10 @@ def test_demo_report_also_times_both_models_at_256(bench_models: dict[str, Path]
     shutil.copy(bench_models["wide_tflite"], out / "export" / "full" / "generator_fp32.tflite")
     shutil.copy(bench_models["narrow_tflite"],
                 out / "export" / "compressed" / "generator_fp32.tflite")
-    compare_both({"backends": ["torch", "ort", "tflite"], "threads": [1], "runs": 2, "warmup": 0},
-             tmp_path / "demo.toml", out, force=True)
+    compare_both(CompareConfig(full=out / "export" / "full",
+                               compressed=out / "export" / "compressed", out=out,
+                               backends=("torch", "ort", "tflite"), threads=(1,), runs=2,
+                               warmup=0), force=True)
     md = (out / "report.md").read_text()
     assert "Input 1x3x32x32." in md  # the main report, at the export size
     assert "## At 256² (the size phones run)" in md and "faster on" in md.split("At 256²")[1]
