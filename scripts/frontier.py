@@ -26,6 +26,7 @@ nothing else meanwhile when the timing stage runs (``--no-bench`` skips it).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _export(model: Path, out: Path, split: Path) -> dict[str, Path]:
     """fp32 and int8 .tflite files of ``model`` (reused when the export finished)."""
     if not (out / "parity.json").is_file():
         dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
-                              num_calib=20)
+                              num_calib=20, num_eval=100)
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
 
 
@@ -147,15 +148,22 @@ def _plot(rows: list[dict[str, Any]], front: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _db(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
 def _table(rows: list[dict[str, Any]], front: list[str]) -> str:
     lines = ["| file | GMACs (paper) | ms | speedup vs full fp32 | PSNR mean / worst | "
-             "SSIM mean / worst | colour shift /255 | front |", "|---|---|---|---|---|---|---|---|"]
+             "SSIM mean / worst | colour shift /255 | vs its fp32, worst dB | int8 layers "
+             "kept float | front |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms = f"{r['ms']:.1f}" if r.get("ms") else "–"
         sp = f"{r['speedup']:.1f}×" if r.get("speedup") else "–"
         lines.append(f"| {r['label']} | {r['gmacs']:.2f} | {ms} | {sp} | {r['psnr_mean']:.2f} / "
                      f"{r['psnr_worst']:.2f} | {r['ssim_mean']:.3f} / {r['ssim_worst']:.3f} | "
-                     f"{r['colour_shift_max']:.1f} | {'●' if r['label'] in front else ''} |")
+                     f"{r['colour_shift_max']:.1f} | {_db(r.get('vs_fp32_worst_db'))} | "
+                     f"{', '.join(r.get('float_layers') or []) or '–'} | "
+                     f"{'●' if r['label'] in front else ''} |")
     return "\n".join(lines)
 
 
@@ -212,10 +220,15 @@ def main() -> None:
                 y = torch.cat([load_generator(pt)[0].eval()(x[i:i + 1]) for i in range(len(x))])
             rows.append({"label": f"{name} PyTorch", "model": name, "precision": "torch",
                          "gmacs": gmacs, **_judge(y, ref)})
+        parity = json.loads((args.work / "export" / name / "parity.json").read_text())
+        kept = (parity.get("int8_auto_float") or {}).get("float_layers") or []
         for prec, f in exported.items():
             label = f"{name} {prec}"
             files[label] = f
             rows.append({"label": label, "model": name, "precision": prec, "gmacs": gmacs,
+                         "float_layers": kept if prec == "int8" else [],
+                         "vs_fp32_worst_db": parity["artifacts"][prec]["parity"]
+                         .get("psnr_worst_db"),
                          **_judge(_tflite_outputs(f, x), ref)})
         print(f"[frontier] {name}: exported and judged", flush=True)
     if not args.no_bench:
