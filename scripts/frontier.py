@@ -72,8 +72,7 @@ def _export(model: Path, out: Path, split: Path) -> dict[str, Path]:
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
 
 
-def _student(args: argparse.Namespace, name: str, split: Path,
-             budget: dict[str, Any]) -> Path:
+def _student(args: argparse.Namespace, name: str, budget: dict[str, Any]) -> Path:
     """One ``dmad compress`` run (resumed when killed, reused when finished)."""
     out = args.work / name
     if not (out / "DONE.json").is_file():
@@ -210,7 +209,7 @@ def main() -> None:
         ref = torch.cat([teacher.eval()(x[i:i + 1]) for i in range(len(x))])
     models = {"full": args.teacher}
     for name, budget in _budgets(args).items():
-        models[name] = _student(args, name, split, budget)
+        models[name] = _student(args, name, budget)
         print(f"[frontier] {name}: {models[name]}", flush=True)
     rows, files = [], {}
     for name, pt in models.items():
