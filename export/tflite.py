@@ -366,6 +366,55 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
     return out
 
 
+#: ops that only move values: a float convolution's output stays float through them
+_LAYOUT_OPS = ("DEPTH_TO_SPACE", "STRIDED_SLICE", "SLICE", "RESHAPE")
+
+
+def _layout_followers(ops: list[dict[str, Any]], tensors: dict[int, str],
+                      start: list[int]) -> list[str]:
+    """Output names of the layout-only ops that alone read the tensors ``start`` (and each
+    other): a float convolution whose output reaches an InstanceNorm through a depth-to-space
+    (sub-pixel upsampling) or a crop would otherwise be re-quantised to int8 right after it,
+    which is where its float precision was needed (the norm amplifies a low-contrast
+    photograph's rounding)."""
+    out: list[str] = []
+    todo = list(start)
+    while todo:
+        t = todo.pop()
+        readers = [o for o in ops if t in o["inputs"]]
+        if len(readers) == 1 and readers[0]["op_name"] in _LAYOUT_OPS:
+            nxt = [i for i in readers[0]["outputs"] if i >= 0]
+            out += [tensors[i] for i in nxt]
+            todo += nxt
+    return out
+
+
+#: ops that build a convolution's padded input from one value (reflection padding is written
+#: as slices and a concatenation)
+_PAD_OPS = ("STRIDED_SLICE", "SLICE", "CONCATENATION", "PAD", "MIRROR_PAD", "DEPTH_TO_SPACE",
+            "RESHAPE")
+
+
+def _layout_producers(ops: list[dict[str, Any]], tensors: dict[int, str],
+                      start: list[int]) -> list[str]:
+    """Output names of the layout-only ops that build the tensors ``start`` (a float
+    convolution's input) from an earlier value: the padding in front of a float convolution
+    stays float too, else its input is rounded to int8 just before it."""
+    producer = {i: o for o in ops for i in o["outputs"]}
+    out: list[str] = []
+    seen: set[int] = set()
+    todo = list(start)
+    while todo:
+        t = todo.pop()
+        o = producer.get(t)
+        if t in seen or o is None or o["op_name"] not in _PAD_OPS:
+            continue
+        seen.add(t)
+        out.append(tensors[t])
+        todo += [i for i in o["inputs"] if i >= 0 and i in producer]
+    return out
+
+
 def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
     """Output tensor names of the convolutions of PyTorch ``layers`` in the calibrated model:
     the quantiser names nodes by their output tensor, which the converter fuses (e.g.
@@ -377,15 +426,18 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
         return []
     it = make_interpreter(model, None, allocate=False)
     tensors = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
     out, missing = [], []
     for layer in layers:
         base = layer.replace(".", "_")
         # a strided ConvTranspose exported as sub-pixel is the conv of ``<layer>.conv``
         keys = (f"{base}/conv", f"{base}/deconv", f"{base}_conv/conv")
-        found = [tensors[i] for o in it._get_ops_details()
+        found = [i for o in ops
                  if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
                  for i in o["outputs"] if any(k in tensors[i].split(";") for k in keys)]
-        out += found
+        conv_ins = [o["inputs"][0] for o in ops if any(i in o["outputs"] for i in found)]
+        out += [tensors[i] for i in found] + _layout_followers(ops, tensors, found) \
+            + _layout_producers(ops, tensors, conv_ins)
         if not found:
             missing.append(layer)
     if missing:

@@ -246,6 +246,27 @@ def _photos(tmp: Path, n: int = 16) -> Path:
     return d
 
 
+def _op_dtypes(path: Path) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(op name, layer prefix of its output tensor) → (the op that made its first input, that
+    input's dtype, its output's dtype)."""
+    from dmad.export.parity import make_interpreter
+
+    it = make_interpreter(path.read_bytes(), None, allocate=False)
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    made_by = {i: o["op_name"] for o in ops for i in o["outputs"]}
+    out = {}
+    for o in ops:
+        name = t[o["outputs"][0]]["name"]
+        layer = next((p.split("/")[0] for p in name.split(";") if "/" in p), name)
+        for key in ("_conv_shuffle", "_conv_conv"):
+            layer = layer.replace(key, "_conv")
+        out[o["op_name"], layer] = (made_by.get(o["inputs"][0], "input"),
+                                    t[o["inputs"][0]]["dtype"].__name__,
+                                    t[o["outputs"][0]]["dtype"].__name__)
+    return out
+
+
 def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
     import dataclasses
 
@@ -262,12 +283,20 @@ def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
     head = 32 * 32 * 49 * 8 * 3
     assert prec["int8_mac_fraction"] == pytest.approx(1 - head / prec["macs"], abs=1e-3)
     assert prec["float_ops"].get("CONV_2D") == 1
+    # float means float in and out: the padding in front of the head (slices + concatenation)
+    # is not rounded to int8 just before the float convolution
+    dtypes = _op_dtypes(tmp_path / "o" / "generator_int8.tflite")
+    assert dtypes["CONV_2D", "head_conv"] == ("CONCATENATION", "float32", "float32")
     # a strided ConvTranspose the export turned into sub-pixel form keeps its PyTorch name
     up = dataclasses.replace(DEFAULT_RECIPE, float_layers=("up1.conv",))
     rep = export_model(ExportConfig(out=tmp_path / "u", module=m, size=32, quant=("int8",),
                                     calib=_photos(tmp_path), num_calib=8, num_eval=2,
                                     recipe=up)).report
     assert rep["artifacts"]["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
+    # and its output reaches the InstanceNorm through the depth-to-space still in float
+    dtypes = _op_dtypes(tmp_path / "u" / "generator_int8.tflite")
+    assert dtypes["DEPTH_TO_SPACE", "up1_conv"] == ("CONV_2D", "float32", "float32")
+    assert dtypes["CONV_2D", "head_conv"] == ("CONCATENATION", "int8", "int8")
     with pytest.raises(DmadError, match="no convolution named nope"):
         export_model(ExportConfig(out=tmp_path / "p", module=m, size=32, quant=("int8",),
                                   calib=_photos(tmp_path), num_calib=8, num_eval=2,
