@@ -69,7 +69,8 @@ class Int8Recipe:
 
     per_channel: bool = True
     float_ops: tuple[str, ...] = field(default=())
-    #: PyTorch layer names (``"head.conv"``) whose convolution stays float32.
+    #: PyTorch layer names (``"head.conv"``) whose convolution stays float32, in and out: the
+    #: padding that builds its input and a depth-to-space or crop after it stay float too.
     float_layers: tuple[str, ...] = field(default=())
     #: TFLite's 16x8 mode: int16 activations, int8 weights. Measurement only (no CLI flag):
     #: XNNPACK does not run it, and on these graphs LiteRT 2.1 refuses the converter's file
