@@ -366,3 +366,51 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     assert choose_float_layers(sens, 35.0, 0)[0] == []
     assert choose_float_layers({**sens, "psnr_all_int8_db": 36.2}, 35.0, 3)[0] == []
     assert choose_float_layers({"psnr_all_int8_db": 32.5, "plan": plan[:1]}, 35.0, 3)[0] == []
+
+
+def _dark_and_bright(tmp: Path) -> Path:
+    """Photographs of two kinds: full-contrast ones, and dark flat ones (a night sky: grey
+    level ~40 ± 6) that the first InstanceNorm stretches back to unit variance."""
+    from PIL import Image
+
+    d = tmp / "mixed"
+    d.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for i in range(16):
+        low = torch.rand(3, 6, 6, generator=g)
+        img = torch.nn.functional.interpolate(low[None], size=(48, 48), mode="bicubic")[0]
+        img = (img + 0.15 * torch.rand(3, 48, 48, generator=g)).clamp(0, 1) * 255
+        if i % 2:
+            img = 40 + (img - img.mean()) * (12 / 255)
+        Image.fromarray(img.round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
+                        ).save(d / f"{i:02d}.png")
+    return d
+
+
+def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path) -> None:
+    """The stem's output is int8 before its InstanceNorm: for a dark flat photograph it spans
+    a few levels of a range set by the bright ones, and the norm stretches that rounding to
+    unit variance. The chooser, judging the worst calibration image, keeps the stem float (in
+    and out), and the real file's worst held-out image rises over the floor it asked for."""
+    torch.manual_seed(0)
+    m = _resnet()
+    photos = _dark_and_bright(tmp_path)
+
+    def export(out: str, auto: int, floor: float) -> dict:
+        export_model(ExportConfig(out=tmp_path / out, module=m, size=48, quant=("int8",),
+                                  calib=photos, num_calib=8, num_eval=8,
+                                  int8_auto_float=auto, psnr_bar=floor))
+        return json.loads((tmp_path / out / "parity.json").read_text())
+
+    plain = export("plain", 0, 35.0)
+    worst0 = plain["artifacts"]["int8"]["parity"]["psnr_worst_db"]
+    floor = worst0 + 4.0
+    chosen = export("chosen", 3, floor)
+    layers = chosen["int8_auto_float"]["float_layers"]
+    assert "stem.conv" in layers
+    got = chosen["artifacts"]["int8"]["parity"]["psnr_worst_db"]
+    assert got >= floor
+    # the fake int8 that chose it predicts the real file (float layers are float in the file)
+    predicted = next(p["psnr_db"] for p in chosen["int8_sensitivity"]["plan"]
+                     if p["float_layers"] == layers)
+    assert abs(predicted - got) < 3.0
