@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dmad.benchmark.device_state import battery, cpu_clocks, kill_remote, thermal, wait_cool
+from dmad.benchmark.model_info import unique_labels
 from dmad.benchmark.parse import (
     parse_benchmark_output,
     parse_devices,
     parse_getprop,
-    parse_thermal,
 )
 from dmad.compress.errors import DmadError
 
@@ -94,6 +96,10 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+class AdbTimeout(DmadError):
+    """An adb command outlived its timeout (the local client was killed)."""
+
+
 @dataclasses.dataclass
 class Adb:
     """A thin wrapper: every call is one ``adb [-s SERIAL] ...`` subprocess with a timeout."""
@@ -110,7 +116,7 @@ class Adb:
                 timeout=timeout or self.timeout_s, check=False,
             )
         except subprocess.TimeoutExpired:
-            raise DmadError(
+            raise AdbTimeout(
                 f"adb {' '.join(args[:2])}: no answer within {timeout or self.timeout_s:.0f} s"
             ) from None
         except OSError as exc:
@@ -185,6 +191,9 @@ class AndroidConfig:
     warmup: int = 5
     taskset: str | None = None
     cooldown_s: float = 10.0
+    #: before each run, wait at most this long for the phone to report a normal thermal status
+    thermal_wait_s: float = 120.0
+    thermal_poll_s: float = 5.0
     #: rounds per setting: the models run A B A B … (each a whole benchmark_model run), so a
     #: phone warming up or throttling hits every model alike and speedups can be paired
     rounds: int = 1
@@ -245,23 +254,41 @@ def delegate_flags(delegate: str, tool: str, nnapi_accelerator: str | None) -> l
     return flags
 
 
-_DELEGATE_KEYS = {"xnnpack": "xnnpack", "gpu": "gpu", "nnapi": "nnapi"}
+_DELEGATE_KEYS = {"xnnpack": "xnnpack", "gpu": "gpu", "nnapi": "nnapi", "npu": "npu"}
+
+
+def _compiled_fallback(delegate: str, parsed: dict[str, Any]) -> list[str]:
+    """The CompiledModel tool prints no delegation count: an accelerator that could not be
+    loaded, or ops left unaccelerated, is a fallback; one the runtime says it registered is
+    taken as used; neither is said as unconfirmed, not as a fallback."""
+    if delegate in ("cpu", "xnnpack"):
+        return []
+    bad = next((w for w in parsed.get("warnings", []) if "could not be loaded" in w.lower()
+                or "not accelerated" in w.lower()), None)
+    if bad:
+        return [f"FELL BACK TO CPU: {bad}"]
+    if delegate.upper() in parsed.get("registered", []) or parsed.get("fully_accelerated"):
+        return []
+    return [f"{delegate} use not confirmed: the CompiledModel tool prints no delegation count "
+            f"and no '{delegate.upper()} accelerator registered' line was seen"]
 
 
 def assess_delegation(delegate: str, parsed: dict[str, Any], sdk: int | None) -> list[str]:
     """Flags for the results table: fallbacks and partial delegation are said, not hidden."""
+    if parsed.get("format") == "compiled":
+        flags = _compiled_fallback(delegate, parsed)
+        if parsed.get("fully_accelerated") is False:
+            flags.append("not fully accelerated (LiteRT reports a partial graph)")
+        return flags
     flags: list[str] = []
     key = _DELEGATE_KEYS.get(delegate)
     cov = [c for c in parsed.get("coverage", []) if key and key in c["delegate"].lower()]
     warnings = parsed.get("warnings", [])
     if key is not None:
         if not cov or all(c["delegated"] == 0 for c in cov):
-            if parsed.get("format") == "compiled" and parsed.get("fully_accelerated"):
-                pass
-            else:
-                why = next((w for w in warnings if key in w.lower() or "delegate" in w.lower()),
-                           "no delegate coverage line in the output")
-                flags.append(f"FELL BACK TO CPU: {why}")
+            why = next((w for w in warnings if key in w.lower() or "delegate" in w.lower()),
+                       "no delegate coverage line in the output")
+            flags.append(f"FELL BACK TO CPU: {why}")
         else:
             c = cov[-1]
             if c["delegated"] < c["total"]:
@@ -269,8 +296,6 @@ def assess_delegation(delegate: str, parsed: dict[str, Any], sdk: int | None) ->
                     f"partially delegated: {c['delegated']} of {c['total']} nodes in "
                     f"{c['partitions']} partition(s); the rest runs on CPU kernels"
                 )
-    if parsed.get("fully_accelerated") is False:
-        flags.append("not fully accelerated (LiteRT reports a partial graph)")
     if delegate == "nnapi":
         note = "NNAPI is deprecated since Android 15"
         if sdk is not None and sdk >= 35:
@@ -281,77 +306,131 @@ def assess_delegation(delegate: str, parsed: dict[str, Any], sdk: int | None) ->
     return flags
 
 
-def _thermal(adb: Adb) -> dict[str, Any]:
-    rc, out = adb.shell(["dumpsys", "thermalservice"], timeout=60)
-    if rc != 0:
-        return {"status": None, "status_name": None, "error": _last_line(out)}
-    return parse_thermal(out)
+class SweepAborted(DmadError):
+    """A failure every later run would share (the binary cannot run, a flag it does not know):
+    the sweep stops, the rows so far are kept (``results``)."""
+
+    def __init__(self, message: str, results: list[dict[str, Any]],
+                 device: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.device = device
+
+
+def _precision(path: Path) -> str | None:
+    from dmad.benchmark.model_info import count_tflite
+
+    try:
+        return count_tflite(path)[3]
+    except Exception:  # a file the phone runs anyway; its precision is just unknown
+        return None
+
+
+def run_precision(delegate: str, file_precision: str | None, extra: tuple[str, ...]) -> str | None:
+    """What the run computes in: the GPU delegate runs fp16 unless precision loss is disallowed
+    (``--gpu_precision_loss_allowed=false``); XNNPACK in fp16 when forced; else the file's."""
+    flags = {a.split("=", 1)[0]: a.split("=", 1)[1] if "=" in a else "true" for a in extra}
+    if delegate == "gpu":
+        lossless = flags.get("--gpu_precision_loss_allowed", "true").lower() == "false" \
+            or flags.get("--allow_fp16", "true").lower() == "false"
+        return "fp32" if lossless else "fp16"
+    if delegate == "xnnpack" and flags.get("--xnnpack_force_fp16", "").lower() == "true":
+        return "fp16"
+    if delegate == "nnapi" and flags.get("--nnapi_allow_fp16", "").lower() == "true":
+        return "fp16"
+    return file_precision
 
 
 def run_android(
     cfg: AndroidConfig,
     log_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every (delegate, threads, model) on one phone; models interleave per setting.
 
-    Returns {"device": {...}, "results": [...]}; raw logs go to ``log_dir`` when given. What
-    was pushed is removed in all cases.
+    A run that fails (a delegate that cannot be applied, a crash, a timeout) becomes a row with
+    ``status: failed`` and its reason, and the sweep goes on; each row is handed to
+    ``on_result`` and appended to ``log_dir/results.jsonl`` as it arrives. A failure every
+    later run would share raises :class:`SweepAborted` with the rows so far. Returns
+    {"device": {...}, "results": [...]}; what was pushed is removed in all cases.
     """
     say = progress or (lambda s: None)
     check_config(cfg)
     adb = Adb(find_adb(cfg.adb), timeout_s=cfg.timeout_s)
-    serial = select_device(adb, cfg.serial)
-    adb.serial = serial
-    rc, out = adb.shell(["getprop"], timeout=60)
-    if rc != 0:
-        raise DmadError(f"{serial}: getprop failed: {_last_line(out)}")
-    allprops = parse_getprop(out)
-    props = {k: allprops[k] for k in PROPS if k in allprops}
-    sdk = int(props["ro.build.version.sdk"]) if props.get("ro.build.version.sdk", "").isdigit() \
-        else None
-    device = {"serial": serial, "props": props, "sdk": sdk}
+    adb.serial = select_device(adb, cfg.serial)
+    device = _device(adb)
     remote_dir = f"{REMOTE_ROOT}/dmad-bench-{uuid.uuid4().hex[:8]}"
     remote_bin = f"{remote_dir}/{cfg.benchmark_binary.name}"
     pushed: list[str] = []
     results: list[dict[str, Any]] = []
     rc, out = adb.shell(["mkdir", "-p", remote_dir])
     if rc != 0:
-        raise DmadError(f"{serial}: cannot create {remote_dir}: {_last_line(out)}")
+        raise DmadError(f"{adb.serial}: cannot create {remote_dir}: {_last_line(out)}")
+
+    def keep(row: dict[str, Any]) -> None:
+        results.append(row)
+        if log_dir is not None:
+            from dmad.compress.io import append_jsonl
+
+            append_jsonl(log_dir / "results.jsonl", row)
+        if on_result is not None:
+            on_result(row)
+
     try:
-        say(f"pushing {cfg.benchmark_binary.name} to {serial}")
-        pushed.append(remote_bin)  # before the push: a failed push may leave a partial file
-        adb.push(cfg.benchmark_binary, remote_bin)
-        rc, out = adb.shell(["chmod", "755", remote_bin])
-        if rc != 0:
-            raise DmadError(f"{serial}: chmod of {remote_bin} failed: {_last_line(out)}")
-        remote_models: list[str] = []
-        for i, m in enumerate(cfg.models):
-            remote = f"{remote_dir}/{i}_{m.name}"
-            say(f"pushing {m.name}")
-            pushed.append(remote)
-            adb.push(m, remote)
-            remote_models.append(remote)
-        first = True
+        remote_models = _push_all(adb, cfg, remote_dir, remote_bin, pushed, say)
+        runs = _Runs(adb, cfg, remote_bin, device.get("sdk"), log_dir)
+        labels = unique_labels(cfg.models)
+        precisions = [_precision(m) for m in cfg.models]
         for delegate in cfg.delegates:
             for threads in cfg.threads:
                 for rnd in range(cfg.rounds):
-                    for m, remote in zip(cfg.models, remote_models, strict=True):
-                        if not first and cfg.cooldown_s > 0:
-                            time.sleep(cfg.cooldown_s)
-                        first = False
-                        say(f"{serial}: {m.name}, {delegate}, {threads} thread(s), round "
+                    for i, (m, remote) in enumerate(zip(cfg.models, remote_models, strict=True)):
+                        say(f"{adb.serial}: {labels[i]}, {delegate}, {threads} thread(s), round "
                             f"{rnd + 1}/{cfg.rounds}")
-                        r = _one_run(adb, cfg, m, remote, remote_bin, delegate, threads, sdk,
-                                     log_dir, rnd)
-                        results.append(r)
+                        job = _Job(i, m, labels[i], remote, delegate, threads, rnd,
+                                   run_precision(delegate, precisions[i], cfg.extra_args))
+                        try:
+                            keep(runs.measure(job, first=not results))
+                        except SweepAborted as exc:
+                            raise SweepAborted(str(exc), results, device) from None
     finally:
         # Remove exactly what we pushed, then the (now empty) folder; never a recursive rm.
         with contextlib.suppress(DmadError):
+            kill_remote(adb, remote_bin)
             if pushed:
                 adb.shell(["rm", "-f", *pushed])
             adb.shell(["rmdir", remote_dir])
     return {"device": device, "results": results}
+
+
+def _device(adb: Adb) -> dict[str, Any]:
+    rc, out = adb.shell(["getprop"], timeout=60)
+    if rc != 0:
+        raise DmadError(f"{adb.serial}: getprop failed: {_last_line(out)}")
+    allprops = parse_getprop(out)
+    props = {k: allprops[k] for k in PROPS if k in allprops}
+    sdk = int(props["ro.build.version.sdk"]) if props.get("ro.build.version.sdk", "").isdigit() \
+        else None
+    return {"serial": adb.serial, "props": props, "sdk": sdk}
+
+
+def _push_all(adb: Adb, cfg: AndroidConfig, remote_dir: str, remote_bin: str,
+              pushed: list[str], say: Callable[[str], None]) -> list[str]:
+    say(f"pushing {cfg.benchmark_binary.name} to {adb.serial}")
+    pushed.append(remote_bin)  # before the push: a failed push may leave a partial file
+    adb.push(cfg.benchmark_binary, remote_bin)
+    rc, out = adb.shell(["chmod", "755", remote_bin])
+    if rc != 0:
+        raise DmadError(f"{adb.serial}: chmod of {remote_bin} failed: {_last_line(out)}")
+    remote_models: list[str] = []
+    for i, m in enumerate(cfg.models):
+        remote = f"{remote_dir}/{i}_{m.name}"  # the index keeps same-named files apart
+        say(f"pushing {m.name}")
+        pushed.append(remote)
+        adb.push(m, remote)
+        remote_models.append(remote)
+    return remote_models
 
 
 def latency_fields(parsed: dict[str, Any]) -> dict[str, Any]:
@@ -363,72 +442,148 @@ def latency_fields(parsed: dict[str, Any]) -> dict[str, Any]:
             "latency_stat": parsed["latency_stat"], "mean_ms": parsed.get("avg_ms")}
 
 
-def _one_run(
-    adb: Adb, cfg: AndroidConfig, model: Path, remote: str, remote_bin: str, delegate: str,
-    threads: int, sdk: int | None, log_dir: Path | None, rnd: int = 0,
-) -> dict[str, Any]:
-    from dmad.compress.io import atomic_write_text
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    index: int
+    model: Path
+    label: str
+    remote: str
+    delegate: str
+    threads: int
+    round: int
+    precision: str | None
 
-    argv = [*(("taskset", cfg.taskset) if cfg.taskset else ()), remote_bin, f"--graph={remote}",
-            f"--num_threads={threads}", f"--num_runs={cfg.runs}", f"--warmup_runs={cfg.warmup}",
-            "--min_secs=0", "--warmup_min_secs=0",
-            *delegate_flags(delegate, cfg.tool, cfg.nnapi_accelerator)]
-    if cfg.op_profiling:
-        argv.append(
-            "--enable_op_profiling=true" if cfg.tool == "classic" else "--use_profiler=true"
-        )
-    argv += list(cfg.extra_args)
-    before = _thermal(adb)
-    rc, out = adb.shell(argv, timeout=cfg.timeout_s)
-    after = _thermal(adb)
-    log_name = f"{model.stem}_{delegate}_{threads}t" + (f"_r{rnd + 1}" if cfg.rounds > 1
-                                                        else "") + ".log"
-    log_path = None
-    if log_dir is not None:
-        log_path = log_dir / log_name
-        atomic_write_text(log_path, f"$ adb -s {adb.serial} shell {shell_join(argv)}\n{out}")
-    where = f" (log: {log_path})" if log_path else ""
-    if rc in (126, 127) and ("not executable" in out or "Permission denied" in out
-                             or "not found" in out):
-        raise DmadError(
-            f"{cfg.benchmark_binary}: not executable on {adb.serial}: {_last_line(out)} (it must "
-            f"be an Android arm64 build; {GET_BINARY}){where}"
-        )
-    if rc != 0:
-        raise DmadError(
-            f"benchmark_model exited with status {rc} on {adb.serial} for {model.name} "
-            f"({delegate}, {threads} threads): {_last_line(out)}{where}"
-        )
-    parsed = parse_benchmark_output(out, source=f"benchmark_model on {adb.serial} for "
-                                    f"{model.name} ({delegate}, {threads} threads){where}")
-    flags = assess_delegation(delegate, parsed, sdk)
-    if (after.get("status") or 0) > 0:
-        flags.append(f"thermal status {after['status_name']} after the run (throttling likely)")
-    return {
-        "platform": "android",
-        "device": adb.serial,
-        "model": model.name,
-        "path": str(model),
-        "backend": f"android-{delegate}",
-        "delegate": delegate,
-        "precision": None,
-        "threads": threads,
-        "round": rnd + 1,
-        "order": "interleaved",
-        "taskset": cfg.taskset,
-        "runs": parsed.get("count", cfg.runs),
-        "warmup": cfg.warmup,
-        **latency_fields(parsed),
-        "p95_ms": parsed.get("p95_ms"),
-        "min_ms": parsed.get("min_ms"),
-        "std_ms": parsed.get("std_ms"),
-        "init_ms": parsed.get("init_ms"),
-        "memory": parsed.get("memory", {}),
-        "coverage": parsed.get("coverage", []),
-        "warnings": parsed.get("warnings", []),
-        "op_profile": parsed.get("op_profile"),
-        "thermal_before": before,
-        "thermal_after": after,
-        "flags": flags,
-        "log": str(log_path) if log_path else None,
-    }
+
+def _failure_reason(out: str) -> str:
+    """The line that says why a run failed (not the tool's generic closing line)."""
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    for ln in lines:
+        low = ln.lower()
+        if ("error" in low or "failed" in low) and "benchmarking failed" not in low:
+            return ln
+    return lines[-1] if lines else "(no output)"
+
+
+_UNCONSUMED = re.compile(r"Unconsumed cmdline flags:\s*(.*)")
+
+
+class _Runs:
+    """One ``benchmark_model`` run at a time: rest, wait for a cool phone, run, make its row."""
+
+    def __init__(self, adb: Adb, cfg: AndroidConfig, remote_bin: str, sdk: int | None,
+                 log_dir: Path | None) -> None:
+        self.adb, self.cfg, self.remote_bin, self.sdk, self.log_dir = (
+            adb, cfg, remote_bin, sdk, log_dir)
+
+    def argv(self, job: _Job, profiling: bool) -> list[str]:
+        cfg = self.cfg
+        runs = min(cfg.runs, 10) if profiling else cfg.runs
+        argv = [*(("taskset", cfg.taskset) if cfg.taskset else ()), self.remote_bin,
+                f"--graph={job.remote}", f"--num_threads={job.threads}", f"--num_runs={runs}",
+                f"--warmup_runs={cfg.warmup}", "--min_secs=0", "--warmup_min_secs=0",
+                *delegate_flags(job.delegate, cfg.tool, cfg.nnapi_accelerator)]
+        if profiling:
+            argv.append("--enable_op_profiling=true" if cfg.tool == "classic"
+                        else "--use_profiler=true")
+        return argv + list(cfg.extra_args)
+
+    def _log(self, job: _Job, argv: list[str], out: str, profiling: bool) -> Path | None:
+        from dmad.compress.io import atomic_write_text
+
+        if self.log_dir is None:
+            return None
+        name = (f"{job.index}_{job.model.stem}_{job.delegate}_{job.threads}t"
+                + (f"_r{job.round + 1}" if self.cfg.rounds > 1 else "")
+                + ("_profile" if profiling else "") + ".log")
+        path = self.log_dir / name
+        atomic_write_text(path, f"$ adb -s {self.adb.serial} shell {shell_join(argv)}\n{out}")
+        return path
+
+    def run(self, job: _Job, profiling: bool = False) -> tuple[str, Path | None]:
+        """The tool's output and its log; a failed run raises :class:`DmadError` (a failure
+        every run would share: :class:`SweepAborted`)."""
+        cfg, adb = self.cfg, self.adb
+        argv = self.argv(job, profiling)
+        what = f"{job.label} ({job.delegate}, {job.threads} threads)"
+        try:
+            rc, out = adb.shell(argv, timeout=cfg.timeout_s)
+        except AdbTimeout:
+            pids = kill_remote(adb, self.remote_bin)
+            log = self._log(job, argv, "(no result: timed out)", profiling)
+            raise DmadError(
+                f"no result within {cfg.timeout_s:g} s for {what}; benchmark_model killed on "
+                f"the phone ({'pid ' + ', '.join(map(str, pids)) if pids else 'no process left'})"
+                + (f" (log: {log})" if log else "")) from None
+        log = self._log(job, argv, out, profiling)
+        where = f" (log: {log})" if log else ""
+        if rc in (126, 127) and ("not executable" in out or "Permission denied" in out
+                                 or "not found" in out):
+            raise SweepAborted(
+                f"{cfg.benchmark_binary}: not executable on {adb.serial}: {_last_line(out)} (it "
+                f"must be an Android arm64 build; {GET_BINARY}){where}", [], {})
+        if m := _UNCONSUMED.search(out):
+            raise SweepAborted(
+                f"benchmark_model on {adb.serial} ignored flags it does not know: "
+                f"{m.group(1).strip()} (an older or other build than --tool {cfg.tool} expects; "
+                f"its numbers would not mean what they say){where}", [], {})
+        if rc != 0:
+            raise DmadError(f"benchmark_model exited with status {rc} for {what}: "
+                            f"{_failure_reason(out)}{where}")
+        return out, log
+
+    def measure(self, job: _Job, first: bool) -> dict[str, Any]:
+        """One row: the run's latency and everything it depends on, or why it failed."""
+        cfg, adb = self.cfg, self.adb
+        if not first and cfg.cooldown_s > 0:
+            time.sleep(cfg.cooldown_s)
+        before, waited = wait_cool(adb, cfg.thermal_wait_s, cfg.thermal_poll_s)
+        row: dict[str, Any] = {
+            "platform": "android", "device": adb.serial, "model": job.label,
+            "path": str(job.model), "backend": f"android-{job.delegate}",
+            "delegate": job.delegate, "precision": job.precision, "threads": job.threads,
+            "round": job.round + 1, "order": "interleaved", "taskset": cfg.taskset,
+            "warmup": cfg.warmup, "thermal_before": before, "thermal_wait_s": waited,
+            "cpu_clocks": cpu_clocks(adb), "battery": battery(adb)}
+        flags: list[str] = []
+        if (before.get("status") or 0) > 0:
+            flags.append(f"thermal status {before['status_name']} before the run (waited "
+                         f"{waited:g} s, the cap)")
+        try:
+            out, log = self.run(job)
+            parsed = parse_benchmark_output(out, source=f"benchmark_model on {adb.serial} for "
+                                            f"{job.label} ({job.delegate}, {job.threads} threads)")
+        except SweepAborted:
+            raise
+        except DmadError as exc:
+            row.update(status="failed", error=str(exc), median_ms=None, latency_ms=None,
+                       latency_stat=None, flags=[*flags, f"FAILED: {exc}"], log=None,
+                       thermal_after=thermal(adb))
+            return row
+        after = thermal(adb)
+        flags += assess_delegation(job.delegate, parsed, self.sdk)
+        if (after.get("status") or 0) > 0:
+            flags.append(f"thermal status {after['status_name']} after the run (throttling "
+                         "likely)")
+        row.update(status="ok", runs=parsed.get("count", cfg.runs), **latency_fields(parsed),
+                   p95_ms=parsed.get("p95_ms"), min_ms=parsed.get("min_ms"),
+                   std_ms=parsed.get("std_ms"), init_ms=parsed.get("init_ms"),
+                   memory=parsed.get("memory", {}), coverage=parsed.get("coverage", []),
+                   warnings=parsed.get("warnings", []), thermal_after=after, flags=flags,
+                   log=str(log) if log else None)
+        if cfg.op_profiling:
+            row.update(self._profile(job, flags))
+        return row
+
+    def _profile(self, job: _Job, flags: list[str]) -> dict[str, Any]:
+        """A separate profiling run (profiling slows every op, so it never shares the timed
+        one): its per-op rows in run order and its per-op-type summary."""
+        try:
+            out, log = self.run(job, profiling=True)
+            parsed = parse_benchmark_output(out, source=f"profiling run for {job.label}")
+        except SweepAborted:
+            raise
+        except DmadError as exc:
+            flags.append(f"profiling run failed: {exc}")
+            return {"op_profile": None, "op_types": None}
+        return {"op_profile": parsed.get("op_runs"), "op_types": parsed.get("op_profile"),
+                "profile_log": str(log) if log else None}

@@ -73,9 +73,13 @@ class BenchConfig(HostRuns):
         "hex CPU mask to pin the phone benchmark to, e.g. f0 (big cores)",
     )
     cooldown_s: float = opt(10.0, "seconds to rest between phone runs")
+    thermal_wait_s: float = opt(120.0, "before each phone run, wait up to this many seconds for "
+                                "the phone to report a normal thermal status (the wait and the "
+                                "status are recorded)")
     android_rounds: int = opt(1, "phone rounds per setting: the models alternate A B A B, one "
                               "benchmark_model run each, so drift and throttling hit all alike")
-    op_profiling: bool = opt(False, "per-op times on the phone (--enable_op_profiling)")
+    op_profiling: bool = opt(False, "per-op times on the phone: one more run per setting with "
+                             "--enable_op_profiling, apart from the timed one")
     tool: str = opt("classic", "classic | compiled: which benchmark_model the binary is")
     adb: str | None = opt(None, "adb executable (default: $ADB, $PATH, adbutils' bundled one)")
 
@@ -128,7 +132,7 @@ def _bench(cfg: BenchConfig, models: list[Path],
                                       progress, cfg.orders()))
         data["models"] = [i.summary() for i in infos]
     if cfg.android:
-        from dmad.benchmark.adb import AndroidConfig, run_android
+        from dmad.benchmark.adb import AndroidConfig, SweepAborted, run_android
 
         if cfg.benchmark_binary is None:
             raise DmadError("--android needs --benchmark-binary PATH (the Android benchmark_model)")
@@ -136,23 +140,39 @@ def _bench(cfg: BenchConfig, models: list[Path],
             models=models, benchmark_binary=Path(cfg.benchmark_binary), serial=cfg.serial,
             delegates=tuple(cfg.delegates), threads=tuple(cfg.threads), runs=cfg.runs,
             warmup=cfg.warmup, taskset=cfg.taskset, cooldown_s=cfg.cooldown_s,
+            thermal_wait_s=cfg.thermal_wait_s,
             rounds=cfg.android_rounds,
             op_profiling=cfg.op_profiling, tool=cfg.tool, adb=cfg.adb,
         )
-        got = run_android(acfg, log_dir=Path(cfg.out) / "android_logs", progress=progress)
+        aborted = None
+        try:
+            got = run_android(acfg, log_dir=Path(cfg.out) / "android_logs", progress=progress)
+        except SweepAborted as exc:  # the host results and the phone rows so far are kept
+            got, aborted = {"device": exc.device, "results": exc.results}, exc
         data["android_device"] = got["device"]
-        macs = {m["path"]: m.get("gmacs_true") for m in data.get("models", [])}
-        for r in got["results"]:
-            gm = macs.get(r["path"])
-            r["gmacs_true"] = gm
-            ms = r.get("latency_ms") or r["median_ms"]
-            r["gmacs_per_s"] = gm / (ms / 1e3) if gm and ms else None
-            r["efficiency"] = None  # no peak probe on the phone
-        data["results"] += got["results"]
+        data["results"] += _phone_rows(got["results"], data.get("models", []))
+        if aborted is not None:
+            data["android_error"] = str(aborted)
+            _write(lambda: report.write_bench(data, Path(cfg.out)), data, Path(cfg.out))
+            raise DmadError(f"the phone sweep stopped: {aborted} (the results so far are in "
+                            f"{cfg.out})")
     if not cfg.host and not cfg.android:
         raise DmadError("nothing to do: --no-host without --android")
     _write(lambda: report.write_bench(data, Path(cfg.out)), data, Path(cfg.out))
     return Path(cfg.out)
+
+
+def _phone_rows(rows: list[dict[str, Any]], models: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """Phone rows with the host's MAC count per file (a failed run keeps its reason)."""
+    macs = {m["path"]: m.get("gmacs_true") for m in models}
+    for r in rows:
+        gm = macs.get(r["path"])
+        r["gmacs_true"] = gm
+        ms = r.get("latency_ms") or r.get("median_ms")
+        r["gmacs_per_s"] = gm / (ms / 1e3) if gm and ms else None
+        r["efficiency"] = None  # no peak probe on the phone
+    return rows
 
 
 def _write(write: Callable[[], object], data: dict[str, Any], out: Path) -> None:
@@ -174,11 +194,9 @@ def _settings(cfg: Any) -> dict[str, Any]:
 
 
 def _label(infos: list[model_info.ModelInfo]) -> None:
-    """Short unique labels (file names; parent folder added where names collide)."""
-    names = [i.path.name for i in infos]
-    for i in infos:
-        i.label = i.path.name if names.count(i.path.name) == 1 else f"{i.path.parent.name}/" \
-            f"{i.path.name}"
+    """Short unique labels (file names; parent folders added where names collide)."""
+    for i, label in zip(infos, model_info.unique_labels([i.path for i in infos]), strict=True):
+        i.label = label
 
 
 # -- compare ---------------------------------------------------------------------------------

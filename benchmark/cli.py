@@ -74,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dmad.benchmark.api import BenchConfig, bench
 
     cfg = _config(BenchConfig, args, models=list(args.models), host=not args.no_host,
-                  delegates=args.delegate, cooldown_s=args.cooldown)
+                  delegates=args.delegate, cooldown_s=args.cooldown,
+                  thermal_wait_s=args.thermal_wait)
     out = bench(cfg, _progress)
     print(f"results in {out}/results.md (and results.json, results.csv)")
     return 0
@@ -134,6 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=_h(BenchConfig, "android_rounds", 1))
     a.add_argument("--cooldown", type=float, default=10.0,
                    help=_h(BenchConfig, "cooldown_s", 10))
+    a.add_argument("--thermal-wait", type=float, default=120.0,
+                   help=_h(BenchConfig, "thermal_wait_s", 120))
     a.add_argument("--op-profiling", action="store_true",
                    help=_h(BenchConfig, "op_profiling"))
     a.add_argument("--adb", help=_h(BenchConfig, "adb"))

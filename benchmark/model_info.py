@@ -322,3 +322,14 @@ def inspect_model(path: Path, size: int | None = None) -> ModelInfo:
     t, p, params, prec, shape, _ = count_tflite(path)
     return ModelInfo(path, kind, shape, t / 1e9 or None, p / 1e9 or None, params, sz, prec,
                      "graph")
+
+
+def unique_labels(paths: list[Path]) -> list[str]:
+    """A name per file for rows and logs: the file name, or as many trailing folders as make
+    two files of the same name (``a/model.tflite``, ``b/model.tflite``) tell apart."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for k in range(1, max((len(x) for x in parts), default=1) + 1):
+        labels = ["/".join(x[-k:]) for x in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}:{lab}" for i, lab in enumerate("/".join(x) for x in parts)]

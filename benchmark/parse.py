@@ -25,7 +25,9 @@ from typing import Any
 from dmad.compress.errors import DmadError
 
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_PREFIX = r"^(?:[A-Z]+:\s*)?"  # "INFO: " on newer builds, nothing on older ones
+#: "INFO: " on newer classic builds, nothing on older ones; the CompiledModel tool's LiteRT
+#: logger adds the source position: "INFO: [benchmark_litert_model.h:94] "
+_PREFIX = r"^(?:[A-Z]+:\s*)?(?:\[[\w./-]+:\d+\]\s*)?"
 _COUNT = re.compile(_PREFIX + r"count=\d+", re.M)
 _KV = re.compile(r"(\w+)=(" + NUM + r")")
 _RUNNING = re.compile(_PREFIX + r"Running benchmark for at least", re.M)
@@ -44,7 +46,7 @@ _MEM_PEAK_OLD = re.compile(
 _MEM_PEAK = re.compile(
     r"Overall peak memory footprint \(MB\) via periodic monitoring: (" + NUM + r")"
 )
-_CM_LINE = re.compile(r"^(?:[A-Z]+:\s*)?([A-Za-z][A-Za-z ]*?(?: \([^)]*\))?):\s*(" + NUM
+_CM_LINE = re.compile(_PREFIX + r"([A-Za-z][A-Za-z ]*?(?: \([^)]*\))?):\s*(" + NUM
                       + r")\s*(ms|MB|us)?", re.M)
 _WARNING_PATTERNS = (
     re.compile(r".*acceleration is unsupported on this platform.*"),
@@ -53,7 +55,13 @@ _WARNING_PATTERNS = (
     re.compile(r".*Following operations are not supported by GPU delegate.*"),
     re.compile(r".*nnapi-reference.*"),
     re.compile(r".*(?:Falling back|fall back) to (?:the )?(?:CPU|TfLite runtime).*", re.I),
+    re.compile(r".*will not be executed by the delegate.*"),
+    re.compile(r".*accelerator could not be loaded.*", re.I),
+    re.compile(r".*Some ops are not accelerated.*"),
+    re.compile(r".*Unconsumed cmdline flags.*"),
 )
+#: the CompiledModel runtime's lines saying an accelerator was registered for the run
+_REGISTERED = re.compile(r"(GPU|NPU) accelerator(?:\([^)]*\))? registered", re.I)
 
 
 def _num(s: str) -> float:
@@ -161,6 +169,43 @@ def parse_op_profile(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+_RUN_ORDER = re.compile(r"=+ Run Order =+[ \t]*\n([^\n]*\[node type\][^\n]*)\n")
+
+
+def parse_op_runs(text: str) -> list[dict[str, Any]]:
+    """The per-op "Run Order" table of the regular runs (``--enable_op_profiling``): one row
+    per op in execution order, with its name (``[output tensor]:node``), first and average ms,
+    share and cumulative share of the run, memory and call count.
+
+    The tool prints one such table for initialisation and one for the regular runs; the last
+    one is the runs'. Fields are tab-separated and right-aligned; older builds have an extra
+    ``[start]`` column (``tsl/util/stats_calculator.cc``)."""
+    heads = list(_RUN_ORDER.finditer(text))
+    if not heads:
+        return []
+    m = heads[-1]
+    cols = [c.strip() for c in m.group(1).split("\t") if c.strip()]
+    cols = [c for c in cols if not re.fullmatch(r"[A-Z]+:", c)]
+    rows: list[dict[str, Any]] = []
+    for line in text[m.end():].splitlines():
+        fields = [f.strip() for f in line.split("\t")]
+        fields = [f for f in fields if f and not re.fullmatch(r"[A-Z]+:", f)]
+        if len(fields) != len(cols) or line.lstrip().startswith("="):
+            break
+        row = dict(zip(cols, fields, strict=True))
+        try:
+            rows.append({"index": len(rows), "node_type": row["[node type]"],
+                         "name": row["[Name]"], "first_ms": float(row["[first]"]),
+                         "avg_ms": float(row["[avg ms]"]),
+                         "percent": float(row["[%]"].rstrip("%")),
+                         "cdf_percent": float(row["[cdf%]"].rstrip("%")),
+                         "mem_kb": float(row["[mem KB]"]),
+                         "times_called": int(float(row["[times called]"]))})
+        except (KeyError, ValueError):
+            break
+    return rows
+
+
 def _memory(text: str) -> dict[str, float]:
     mem: dict[str, float] = {}
     if m := _MEM_DELTA.search(text):
@@ -264,6 +309,11 @@ def parse_benchmark_output(text: str, source: str = "benchmark_model") -> dict[s
     prof = parse_op_profile(text)
     if prof:
         out["op_profile"] = prof
+    runs = parse_op_runs(text)
+    if runs:
+        out["op_runs"] = runs
+    if out["format"] == "compiled":
+        out["registered"] = sorted({m.group(1).upper() for m in _REGISTERED.finditer(text)})
     if "median_ms" in out:
         out["latency_ms"], out["latency_stat"] = out["median_ms"], "median"
     else:
@@ -318,4 +368,23 @@ def parse_thermal(text: str) -> dict[str, Any]:
     for kind, key in ((0, "max_cpu_c"), (3, "max_skin_c")):
         vals = [float(v) for v, t in temps if int(t) == kind]
         out[key] = max(vals) if vals else None
+    return out
+
+
+BATTERY_STATUS = {1: "unknown", 2: "charging", 3: "discharging", 4: "not charging", 5: "full"}
+
+
+def parse_battery(text: str) -> dict[str, Any]:
+    """``dumpsys battery`` → {level_pct, temperature_c, status, powered: [AC, USB, …]}."""
+    vals = dict(re.findall(r"^\s*([A-Za-z][A-Za-z ]*):\s*(\S+)\s*$", text, re.M))
+    out: dict[str, Any] = {}
+    if vals.get("level", "").isdigit():
+        scale = int(vals["scale"]) if vals.get("scale", "").isdigit() else 100
+        out["level_pct"] = round(100 * int(vals["level"]) / max(scale, 1), 1)
+    if re.fullmatch(r"-?\d+", vals.get("temperature", "")):
+        out["temperature_c"] = int(vals["temperature"]) / 10  # tenths of a degree
+    if vals.get("status", "").isdigit():
+        out["status"] = BATTERY_STATUS.get(int(vals["status"]), "unknown")
+    out["powered"] = [k.split()[0] for k, v in vals.items()
+                      if k.endswith(" powered") and v == "true"]
     return out

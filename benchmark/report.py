@@ -164,10 +164,43 @@ def write_bench(data: dict[str, Any], out_dir: Path) -> list[Path]:
         blocks.append(("p", f"{len(flagged)} result(s) carry flags (delegate fallback, partial "
                             "delegation, deprecation or thermal throttling): read them before "
                             "comparing numbers."))
+    failed = [r for r in data["results"] if r.get("status") == "failed"]
+    if failed:
+        blocks.append(("p", f"{len(failed)} run(s) failed; every other result stands. "
+                            + " ".join(f"{r['model']} ({backend_name(r['backend'])}, "
+                                       f"{r['threads']} threads): {r.get('error')}."
+                                       for r in failed)))
+    if data.get("android_error"):
+        blocks.append(("p", f"The phone sweep stopped early: {data['android_error']}"))
     blocks += [("p", n) for n in data.get("notes", [])]
+    blocks += op_profile_blocks(data["results"])
     blocks += [("h2", "Machine"), *machine_blocks(data)]
     atomic_write_text(paths[2], render_md(blocks))
     return paths
+
+
+#: per-op rows shown per profiled run (the slowest first); results.json keeps them all
+OP_ROWS = 25
+
+
+def op_profile_blocks(results: list[dict[str, Any]]) -> list[Block]:
+    """Per layer, where a phone run spends its time: each profiled run's ops (from its separate
+    profiling run), slowest first, with their share of the run."""
+    out: list[Block] = []
+    for r in results:
+        ops = r.get("op_profile")
+        if not ops:
+            continue
+        out.append(("h2", f"Per layer: {r['model']}, {backend_name(r['backend'])}, "
+                          f"{r['threads']} thread(s), round {r.get('round', 1)}"))
+        rows = sorted(ops, key=lambda o: -o["avg_ms"])[:OP_ROWS]
+        out.append(("table", ["#", "op", "layer", "avg ms", "% of run", "cumulative %"],
+                    [[o["index"], o["node_type"], o["name"], _fmt(o["avg_ms"], 3),
+                      _fmt(o["percent"], 1), _fmt(o.get("cdf_percent"), 1)] for o in rows]))
+        if len(ops) > OP_ROWS:
+            out.append(("p", f"{len(ops) - OP_ROWS} faster ops not shown (results.json has "
+                             "every one)."))
+    return out
 
 
 # -- compare report ----------------------------------------------------------------------------
@@ -186,8 +219,8 @@ def compare_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for (backend, prec, th, order), pair in by.items():
         f, c = pair.get("full"), pair.get("compressed")
-        if not f or not c:
-            continue
+        if not f or not c or f.get("median_ms") is None or c.get("median_ms") is None:
+            continue  # a failed run: its reason is in the results table
         mac_ratio = (f["gmacs_true"] / c["gmacs_true"]) if f.get("gmacs_true") and c.get(
             "gmacs_true") else None
         if f.get("samples_ms") and c.get("samples_ms"):

@@ -92,6 +92,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
+    """Append one JSON line and flush it to disk: a log of results as they arrive, which a
+    kill or a later failure cannot take back (each earlier line stays whole)."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(obj, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise DmadError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+
+
 def safe_load(path: str | os.PathLike[str]) -> Any:
     """Load a checkpoint with ``weights_only=True``; every failure becomes a one-line DmadError.
 

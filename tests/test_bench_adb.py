@@ -11,11 +11,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from dmad.benchmark.adb import Adb, AndroidConfig, run_android, shell_join
+from dmad.benchmark.adb import Adb, AndroidConfig, SweepAborted, run_android, shell_join
 from dmad.cli import main
 from dmad.compress.errors import DmadError
 from tests.adbdevice import EmulatedAdbServer
@@ -123,7 +124,7 @@ def test_cli_android_end_to_end(adb_server: EmulatedAdbServer, bench_models: dic
     assert [x["backend"] for x in data["results"]] == ["android-xnnpack"]
     assert "android-xnnpack" in (out / "results.csv").read_text()
     assert "partially delegated" in (out / "results.md").read_text()
-    assert (out / "android_logs" / "narrow_fp32_xnnpack_1t.log").is_file()
+    assert (out / "android_logs" / "0_narrow_fp32_xnnpack_1t.log").is_file()
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -205,18 +206,172 @@ def test_binary_missing_or_not_executable(adb_server: EmulatedAdbServer,
     assert "not executable: 64-bit ELF file" in _err(_cfg(m, elf))
 
 
-def test_nonzero_exit_and_garbage(adb_server: EmulatedAdbServer, bench_models: dict[str, Path],
-                                  standin_binary: Path, tmp_path: Path) -> None:
+def test_nonzero_exit_and_garbage_are_rows_with_their_reason(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
     dev = adb_server.add_device("a", bench_exit=3)
-    with pytest.raises(DmadError) as ei:
-        run_android(_cfg([bench_models["narrow_tflite"]], standin_binary), log_dir=tmp_path)
-    msg = str(ei.value)
-    assert "exited with status 3 on a for narrow_fp32.tflite (cpu, 1 threads)" in msg
-    assert "Benchmarking failed" in msg and "log:" in msg
+    m = [bench_models["narrow_tflite"]]
+    (row,) = run_android(_cfg(m, standin_binary, delegates=("cpu",)),
+                         log_dir=tmp_path)["results"]
+    assert row["status"] == "failed" and row["median_ms"] is None
+    assert "exited with status 3 for narrow_fp32.tflite (cpu, 1 threads)" in row["error"]
+    assert "Failed to allocate tensors" in row["error"] and "log:" in row["error"]
+    assert row["flags"] == [f"FAILED: {row['error']}"]
     dev.bench_exit, dev.bench_garbage = None, True
-    msg = _err(_cfg([bench_models["narrow_tflite"]], standin_binary))
-    assert "unparsable output" in msg and "Hello from a program" in msg
+    (row,) = run_android(_cfg(m, standin_binary, delegates=("cpu",)))["results"]
+    assert row["status"] == "failed" and "unparsable output" in row["error"]
+    assert "Hello from a program" in row["error"]
     assert _device_files(adb_server, "a") == []
+
+
+def test_a_failing_gpu_run_keeps_every_other_result(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
+    """The classic tool exits 1 on "Failed to apply GPU delegate.": that run is a row naming
+    it, the sweep goes on, and the host results of the same command are kept."""
+    adb_server.add_device("emu-g", fail_delegate="gpu")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "dmad", "bench", str(bench_models["wide_tflite"]),
+         str(bench_models["narrow_tflite"]), "--android", "--delegate", "cpu,gpu,xnnpack",
+         "--backends", "tflite", "--threads", "1", "--runs", "2", "--warmup", "1",
+         "--cooldown", "0", "--benchmark-binary", str(standin_binary), "--out", str(out)],
+        env=env_for(adb_server), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    phone = [x for x in data["results"] if x.get("platform") == "android"]
+    assert len(phone) == 6 and any(x.get("platform") != "android" for x in data["results"])
+    failed = [x for x in phone if x["status"] == "failed"]
+    assert {x["delegate"] for x in failed} == {"gpu"} and len(failed) == 2
+    assert all("ERROR: Failed to apply GPU delegate." in x["error"] for x in failed)
+    assert all(x["median_ms"] > 0 for x in phone if x["delegate"] != "gpu")
+    md = (out / "results.md").read_text()
+    assert "2 run(s) failed" in md and "Failed to apply GPU delegate" in md
+    # every row was on disk as it arrived
+    lines = (out / "android_logs" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["status"] for x in lines] == [x["status"] for x in phone]
+
+
+def test_a_hung_run_is_killed_on_the_phone(adb_server: EmulatedAdbServer,
+                                           bench_models: dict[str, Path],
+                                           standin_binary: Path, tmp_path: Path) -> None:
+    dev = adb_server.add_device("emu-h", hang_s=60.0, hang_graph="wide")
+    models = [bench_models["wide_tflite"], bench_models["narrow_tflite"]]
+    got = run_android(_cfg(models, standin_binary, timeout_s=4.0, delegates=("cpu",)),
+                      log_dir=tmp_path / "logs")
+    hung, ok = got["results"]
+    assert hung["status"] == "failed" and "no result within 4 s" in hung["error"]
+    assert "benchmark_model killed on the phone (pid 4242)" in hung["error"]
+    assert dev.killed == [4242] and "kill -9 4242" in dev.commands
+    assert any(c.startswith("pgrep -f ") and "dmad-bench-" in c for c in dev.commands)
+    assert ok["status"] == "ok" and ok["median_ms"] > 0  # the sweep went on
+    deadline = time.monotonic() + 10
+    while dev.procs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dev.procs == {}  # nothing left running on the phone
+    assert _device_files(adb_server, "emu-h") == []
+
+
+def test_same_named_files_stay_apart(adb_server: EmulatedAdbServer,
+                                     bench_models: dict[str, Path], standin_binary: Path,
+                                     tmp_path: Path) -> None:
+    dev = adb_server.add_device("emu-n")
+    paths = []
+    for d, src in (("a", "wide_tflite"), ("b", "narrow_tflite")):
+        (tmp_path / d).mkdir()
+        paths.append(tmp_path / d / "model.tflite")
+        shutil.copy(bench_models[src], paths[-1])
+    res = run_android(_cfg(paths, standin_binary, delegates=("cpu",)),
+                      log_dir=tmp_path / "logs")["results"]
+    assert [r["model"] for r in res] == ["a/model.tflite", "b/model.tflite"]
+    assert [r["path"] for r in res] == [str(p) for p in paths]
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*.log"))
+    assert logs == ["0_model_cpu_1t.log", "1_model_cpu_1t.log"]
+    graphs = [c.split("--graph=")[1].split()[0] for c in dev.commands if "--graph=" in c]
+    assert len(set(graphs)) == 2
+
+
+def test_thermal_wait_and_the_phone_state_per_run(adb_server: EmulatedAdbServer,
+                                                  bench_models: dict[str, Path],
+                                                  standin_binary: Path) -> None:
+    m = [bench_models["narrow_tflite"]]
+    dev = adb_server.add_device("emu-t", thermal_statuses=[2, 2, 0])
+    (row,) = run_android(_cfg(m, standin_binary, thermal_wait_s=30.0, thermal_poll_s=0.2,
+                              delegates=("cpu",)))["results"]
+    assert row["thermal_before"]["status"] == 0 and row["thermal_wait_s"] >= 0.3
+    assert not any("thermal" in f for f in row["flags"])
+    assert row["cpu_clocks"]["policy4"] == {"cpus": "4 5 6", "governor": "schedutil",
+                                            "cur_khz": 2419200, "max_khz": 2419200}
+    assert row["battery"] == {"level_pct": 87.0, "temperature_c": 31.2, "status": "charging",
+                              "powered": ["USB"]}
+    dev.thermal_status = 3  # a phone that never cools: waited on up to the cap, then said
+    (row,) = run_android(_cfg(m, standin_binary, thermal_wait_s=0.5, thermal_poll_s=0.2,
+                              delegates=("cpu",)))["results"]
+    assert row["status"] == "ok" and 0.5 <= row["thermal_wait_s"] < 5
+    assert any(f.startswith("thermal status severe before the run") for f in row["flags"])
+
+
+def test_precision_per_delegate_and_unknown_flags_stop_the_sweep(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
+    adb_server.add_device("emu-p")
+    m = [bench_models["narrow_tflite"]]
+    res = run_android(_cfg(m, standin_binary, delegates=("cpu", "gpu")))["results"]
+    assert [r["precision"] for r in res] == ["fp32", "fp16"]  # the GPU delegate runs fp16
+    res = run_android(_cfg(m, standin_binary, delegates=("gpu",),
+                           extra_args=("--gpu_precision_loss_allowed=false",)))["results"]
+    assert res[0]["precision"] == "fp32"
+    # a flag the binary does not know: the real tool only warns and runs on; here it stops
+    with pytest.raises(SweepAborted, match="ignored flags it does not know: --bogus=1"):
+        run_android(_cfg(m, standin_binary, delegates=("cpu",), extra_args=("--bogus=1",)))
+    assert _device_files(adb_server, "emu-p") == []
+
+
+def test_the_profiling_run_is_separate_and_reaches_the_report(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
+    dev = adb_server.add_device("emu-o")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "dmad", "bench", str(bench_models["narrow_tflite"]),
+         "--android", "--no-host", "--delegate", "cpu", "--threads", "1", "--runs", "3",
+         "--warmup", "1", "--cooldown", "0", "--op-profiling",
+         "--benchmark-binary", str(standin_binary), "--out", str(out)],
+        env=env_for(adb_server), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    runs = [c for c in dev.commands if "--graph=" in c]
+    assert len(runs) == 2 and "--enable_op_profiling" not in runs[0]
+    assert "--enable_op_profiling=true" in runs[1]
+    import json
+
+    (row,) = json.loads((out / "results.json").read_text())["results"]
+    ops = row["op_profile"]
+    # every op of the graph in execution order (the stand-in profiles without the delegate)
+    assert [o["node_type"] for o in ops] == ["CONV_2D", "MIRROR_PAD", "CONV_2D", "TANH"]
+    assert all(o["name"].startswith("[") for o in ops)
+    assert abs(ops[-1]["cdf_percent"] - 100.0) < 0.5
+    md = (out / "results.md").read_text()
+    assert "Per layer: narrow_fp32.tflite, Android cpu, 1 thread(s)" in md
+    assert ops[0]["name"].replace("|", "\\|") in md
+
+
+def test_the_compiled_model_tool_and_its_accelerator_lines(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], tmp_path: Path) -> None:
+    from tests.adbdevice import write_standin_binary
+
+    binary = write_standin_binary(tmp_path / "benchmark_model", tool="compiled")
+    dev = adb_server.add_device("emu-c")
+    m = [bench_models["narrow_tflite"]]
+    cpu, gpu = run_android(_cfg(m, binary, tool="compiled", delegates=("cpu", "gpu")))["results"]
+    assert cpu["status"] == "ok" and cpu["latency_stat"] == "avg" and cpu["latency_ms"] > 0
+    assert cpu["init_ms"] > 0 and cpu["flags"] == []
+    assert gpu["flags"] == ["FELL BACK TO CPU: WARNING: [gpu_registry.cc:91] GPU accelerator "
+                            "could not be loaded and registered."]
+    dev.gpu = True  # the runtime registers a GPU accelerator: no false fallback flag
+    (gpu,) = run_android(_cfg(m, binary, tool="compiled", delegates=("gpu",)))["results"]
+    assert gpu["flags"] == []
 
 
 def test_bad_settings_refused_before_the_phone(bench_models: dict[str, Path],

@@ -10,10 +10,12 @@ import pytest
 
 from dmad.benchmark.adb import assess_delegation, shell_join
 from dmad.benchmark.parse import (
+    parse_battery,
     parse_benchmark_output,
     parse_devices,
     parse_getprop,
     parse_op_profile,
+    parse_op_runs,
     parse_thermal,
 )
 from dmad.compress.errors import DmadError
@@ -111,6 +113,45 @@ def test_compiled_model_format() -> None:
     assert r["init_ms"] == pytest.approx(45.32) and r["first_ms"] == pytest.approx(97.51)
     assert r["warmup_avg_ms"] == pytest.approx(91.20)
     assert r["memory"] == {"init_mb": 12.5, "overall_mb": 38.2, "peak_mb": 41.75}
+
+
+def test_compiled_model_tool_with_its_real_log_prefix() -> None:
+    """``INFO: [benchmark_litert_model.h:100] Inference (avg): ...``: the prefix is read past,
+    and a CPU run is not flagged (the tool prints no delegation count at all)."""
+    r = _p("compiled_model_prefixed.txt")
+    assert r["format"] == "compiled" and r["count"] == 10
+    assert r["avg_ms"] == pytest.approx(7430.20) and r["std_ms"] == pytest.approx(9.92)
+    assert r["init_ms"] == pytest.approx(23744.73) and r["first_ms"] == pytest.approx(7512.40)
+    assert r["memory"] == {"init_mb": 912.44, "overall_mb": 1403.02, "peak_mb": 1530.61}
+    assert assess_delegation("cpu", r, sdk=35) == []
+    assert assess_delegation("gpu", r, sdk=35) == [
+        "gpu use not confirmed: the CompiledModel tool prints no delegation count and no 'GPU "
+        "accelerator registered' line was seen"]
+
+
+def test_per_op_run_order_tables_both_layouts() -> None:
+    """The regular runs' table, not the initialisation one; current and older layouts."""
+    rows = parse_op_runs((DATA / "classic_run_order.txt").read_text())
+    assert [r["node_type"] for r in rows] == ["MIRROR_PAD", "CONV_2D", "MEAN",
+                                             "TfLiteXNNPackDelegate"]
+    assert rows[1] == {"index": 1, "node_type": "CONV_2D", "name": "[stem_conv/conv]:1",
+                       "first_ms": 9.812, "avg_ms": 9.706, "percent": 48.15,
+                       "cdf_percent": 50.16, "mem_kb": 0.0, "times_called": 1}
+    r = _p("classic_run_order.txt")
+    assert r["op_runs"] == rows and r["median_ms"] == pytest.approx(20.12)
+    old = parse_op_runs((DATA / "classic_run_order_old.txt").read_text())
+    assert [(o["node_type"], o["avg_ms"], o["name"]) for o in old] == [
+        ("DEPTHWISE_CONV_2D", 536.83, "[srnetwork/Conv/Relu]"),
+        ("CONV_2D", 410.502, "[srnetwork/Conv_1/BiasAdd]")]
+    assert parse_op_runs((DATA / "classic_ti_xnnpack.txt").read_text()) == []
+
+
+def test_battery() -> None:
+    text = ("Current Battery Service state:\n  AC powered: true\n  USB powered: false\n"
+            "  status: 5\n  level: 45\n  scale: 50\n  temperature: -15\n")
+    assert parse_battery(text) == {"level_pct": 90.0, "temperature_c": -1.5, "status": "full",
+                                   "powered": ["AC"]}
+    assert parse_battery("") == {"powered": []}
 
 
 def test_litert_python_tool_lines() -> None:

@@ -15,7 +15,9 @@ from tests.adbdevice.shell import STANDIN_MARKER
 __all__ = ["EmulatedAdbServer", "EmulatedDevice", "write_standin_binary"]
 
 
-def write_standin_binary(path: Path) -> Path:
-    """A file the emulated device executes as its benchmark_model (a real phone would not)."""
-    path.write_bytes(b"#!/system/bin/sh\n" + STANDIN_MARKER + b"\nexit 1\n")
+def write_standin_binary(path: Path, tool: str = "classic") -> Path:
+    """A file the emulated device executes as its benchmark_model (a real phone would not):
+    the classic tool's stand-in, or with ``tool="compiled"`` the LiteRT CompiledModel one's."""
+    path.write_bytes(b"#!/system/bin/sh\n" + STANDIN_MARKER + f" tool={tool}".encode()
+                     + b"\nexit 1\n")
     return path

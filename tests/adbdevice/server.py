@@ -46,7 +46,13 @@ class EmulatedDevice:
     ``root`` is a host folder standing for ``/data/local/tmp``. Faults: ``push_error`` (SEND is
     answered FAIL with this text), ``noexec`` (chmod does not set the exec bit, as on a noexec
     mount), ``bench_exit`` (the stand-in benchmark exits with this code after an error line),
-    ``bench_garbage`` (it prints text that is not benchmark output), ``thermal_status``.
+    ``bench_garbage`` (it prints text that is not benchmark output), ``thermal_status``,
+    ``thermal_statuses`` (readings ``dumpsys thermalservice`` gives first, one per call, before
+    it settles on ``thermal_status``: a phone cooling down), ``fail_delegate`` (runs with that
+    delegate fail as the real tool does when it cannot apply it), ``hang_s`` (a benchmark run
+    whose --graph contains ``hang_graph`` hangs this long unless killed: ``pgrep``/``kill``
+    see it in :attr:`procs`), ``gpu``
+    (the CompiledModel stand-in finds a GPU accelerator).
     """
 
     serial: str
@@ -58,7 +64,16 @@ class EmulatedDevice:
     bench_exit: int | None = None
     bench_garbage: bool = False
     thermal_status: int = 0
+    thermal_statuses: list[int] = dataclasses.field(default_factory=list)
+    fail_delegate: str | None = None
+    hang_s: float | None = None
+    hang_graph: str = ""
+    gpu: bool = False
     transport_id: int = 1
+    #: running stand-in processes: pid → {"cmdline": str, "killed": threading.Event}
+    procs: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    killed: list[int] = dataclasses.field(default_factory=list)  # pids killed with kill -9
+    next_pid: int = 4242
     commands: list[str] = dataclasses.field(default_factory=list)  # every shell command received
 
     def __post_init__(self) -> None:
@@ -77,6 +92,17 @@ class EmulatedDevice:
 
     def features(self) -> str:
         return FEATURES
+
+    def read_thermal(self) -> int:
+        """The next thermal reading: the scripted ones first, then the steady status."""
+        return self.thermal_statuses.pop(0) if self.thermal_statuses else self.thermal_status
+
+    def spawn(self, cmdline: str) -> tuple[int, threading.Event]:
+        pid = self.next_pid
+        self.next_pid += 1
+        ev = threading.Event()
+        self.procs[pid] = {"cmdline": cmdline, "killed": ev}
+        return pid, ev
 
 
 def _proto(text: str | bytes) -> bytes:

@@ -50,6 +50,28 @@ Current cooling devices from HAL:
 """
 
 
+BATTERY_TEXT = """\
+Current Battery Service state:
+  AC powered: false
+  USB powered: true
+  Wireless powered: false
+  Max charging current: 500000
+  status: 2
+  health: 2
+  present: true
+  level: 87
+  scale: 100
+  voltage: 4213
+  temperature: 312
+  technology: Li-ion
+"""
+CPUFREQ = "/sys/devices/system/cpu/cpufreq"
+#: policy → (related cpus, governor, current kHz, max kHz): a phone's three clusters
+POLICIES = {"policy0": ("0 1 2 3", "schedutil", 1804800, 1804800),
+            "policy4": ("4 5 6", "schedutil", 2419200, 2419200),
+            "policy7": ("7", "schedutil", 2841600, 2841600)}
+
+
 def unquoted_metachar(cmd: str) -> str | None:
     """The first shell metacharacter outside quotes (POSIX sh rules for ' and " and \\)."""
     quote: str | None = None
@@ -124,15 +146,26 @@ class DeviceShell:
         return text.encode(), b"", 0
 
     def cmd_dumpsys(self, args: list[str]) -> tuple[bytes, bytes, int]:
+        if args == ["battery"]:
+            return BATTERY_TEXT.encode(), b"", 0
         if args != ["thermalservice"]:
             return b"", f"Can't find service: {' '.join(args)}\n".encode(), 0
-        s = self.dev.thermal_status
+        s = self.dev.read_thermal()
         text = THERMAL_TEMPLATE.format(status=s, cpu=38.0 + 8 * s, cpu2=39.5 + 8 * s)
         return text.encode(), b"", 0
 
     def cmd_cat(self, args: list[str]) -> tuple[bytes, bytes, int]:
         out = b""
         for a in args:
+            policy, _, leaf = a[len(CPUFREQ) + 1:].partition("/")
+            if a.startswith(CPUFREQ + "/") and policy in POLICIES:
+                cpus, gov, cur, top = POLICIES[policy]
+                files = {"related_cpus": cpus, "scaling_governor": gov,
+                         "scaling_cur_freq": cur, "scaling_max_freq": top}
+                if leaf not in files:
+                    return out, f"cat: {a}: No such file or directory\n".encode(), 1
+                out += f"{files[leaf]}\n".encode()
+                continue
             if a.startswith("/sys/class/thermal/thermal_zone") and a.endswith("/temp"):
                 out += b"%d\n" % (38000 + 8000 * self.dev.thermal_status)
                 continue
@@ -210,7 +243,26 @@ class DeviceShell:
             p.mkdir(parents=True, exist_ok=True)
         return b"", b"", 0
 
+    def cmd_pgrep(self, args: list[str]) -> tuple[bytes, bytes, int]:
+        full = "-f" in args
+        pats = [a for a in args if not a.startswith("-")]
+        if not full or len(pats) != 1:
+            return b"", b"pgrep: this device takes pgrep -f PATTERN\n", 2
+        pids = [pid for pid, p in sorted(self.dev.procs.items()) if pats[0] in p["cmdline"]]
+        return "".join(f"{p}\n" for p in pids).encode(), b"", 0 if pids else 1
+
+    def cmd_kill(self, args: list[str]) -> tuple[bytes, bytes, int]:
+        for a in (a for a in args if not a.startswith("-")):
+            proc = self.dev.procs.get(int(a)) if a.isdigit() else None
+            if proc is None:
+                return b"", f"kill: {a}: No such process\n".encode(), 1
+            proc["killed"].set()
+            self.dev.killed.append(int(a))
+        return b"", b"", 0
+
     def cmd_ls(self, args: list[str]) -> tuple[bytes, bytes, int]:
+        if args == [CPUFREQ]:
+            return "".join(f"{p}\n" for p in POLICIES).encode(), b"", 0
         out = []
         for a in args or [REMOTE_ROOT]:
             p = self.host_path(a)
@@ -249,4 +301,9 @@ class DeviceShell:
             return b"", f"/system/bin/sh: {path}: not executable: {kind}\n".encode(), 126
         from tests.adbdevice.standin import run_benchmark
 
-        return run_benchmark(args, self)
+        pid, killed = self.dev.spawn(" ".join([path, *args]))
+        try:
+            return run_benchmark(args, self, killed,
+                                 tool="compiled" if b"tool=compiled" in head else "classic")
+        finally:
+            self.dev.procs.pop(pid, None)
