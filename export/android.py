@@ -29,8 +29,10 @@ __all__ = [
     "PIXEL_MAPPING",
     "SCHEMA_VERSION",
     "asset_name",
+    "choose_gpu_variant",
     "choose_variant",
     "default_assets",
+    "gpu_asset_name",
     "model_entry",
     "tensor_spec",
     "write_assets",
@@ -98,6 +100,31 @@ def choose_variant(artifacts: dict[str, dict[str, Any]], floors: float | dict[st
     return (v, why) if explain else v
 
 
+def choose_gpu_variant(artifacts: dict[str, dict[str, Any]],
+                       floors: float | dict[str, float]) -> tuple[str | None, str]:
+    """The file for a phone GPU: fp16 when it meets its floor (LiteRT's GPU delegate computes
+    in fp16 anyway, and the file is half the size of fp32), else fp32; ``None`` when neither
+    was exported (the GPU then runs the CPU file). Returns (variant, one-line reason)."""
+    def floor(v: str) -> float:
+        return float(floors) if isinstance(floors, (int, float)) else float(floors.get(v, 35.0))
+
+    def psnr(v: str) -> float:
+        return worst_psnr(artifacts[v]["parity"])
+
+    if "fp16" in artifacts and psnr("fp16") >= floor("fp16"):
+        return "fp16", (f"fp16 for the GPU: {psnr('fp16'):.1f} dB vs PyTorch on its worst "
+                        f"held-out image meets its {floor('fp16'):g} dB floor; the GPU delegate "
+                        "computes in fp16, so the file matches what runs")
+    if "fp32" in artifacts:
+        low = (f"fp16 {psnr('fp16'):.1f} < {floor('fp16'):g} dB" if "fp16" in artifacts
+               else "no fp16 file exported")
+        return "fp32", f"fp32 for the GPU ({low})"
+    if "fp16" in artifacts:
+        return "fp16", (f"fp16 for the GPU although it is {psnr('fp16'):.1f} dB, under its "
+                        f"{floor('fp16'):g} dB floor (no fp32 file exported)")
+    return None, "no fp16 or fp32 file exported: the GPU runs the CPU file"
+
+
 def asset_name(label: str) -> str:
     """File name of the ``label`` model in the assets folder."""
     _check_label(label)
@@ -157,10 +184,12 @@ def model_entry(
     variant: str | None = None,
     why: str | None = None,
     gpu: dict[str, Any] | None = None,
+    below_floor: bool | None = None,
+    size_multiple: int | None = None,
 ) -> dict[str, Any]:
     """The ``models[]`` entry of model.json for the ``.tflite`` at ``path`` (already in assets);
-    ``why`` (the choice of variant) and ``gpu`` (the GPU-delegate analysis) are extra keys the
-    app shows but does not need."""
+    ``why`` (the choice of variant), ``gpu`` (the GPU-delegate analysis), ``below_floor`` and
+    ``size_multiple`` (the input sides a fully convolutional model takes) are extra keys."""
     _check_label(label)
     inp, out = _io(path)
     entry: dict[str, Any] = {
@@ -181,7 +210,36 @@ def model_entry(
         entry["chosen_because"] = why
     if gpu is not None:
         entry["gpu_delegate"] = dict(gpu)
+    if below_floor is not None:
+        entry["below_floor"] = bool(below_floor)
+    if size_multiple is not None:
+        entry["size_multiple"] = int(size_multiple)
     return entry
+
+
+def gpu_asset_name(label: str) -> str:
+    """File name of the ``label`` model's GPU file in the assets folder."""
+    _check_label(label)
+    return f"{label}_gpu.tflite"
+
+
+def _per_delegate(entry: dict[str, Any], assets: Path, label: str,
+                  gpu_file: dict[str, Any] | None) -> None:
+    """``for_delegate`` (which file each accelerator runs) and ``extra_files`` (the GPU file's
+    own tensors, parity and reason) on ``entry``; the GPU file copied atomically."""
+    name = entry["file"]
+    if gpu_file is None:
+        entry["for_delegate"] = {"cpu": name, "nnapi": name, "gpu": name}
+        return
+    gname = gpu_asset_name(label)
+    with atomic_write(assets / gname) as fh, open(gpu_file["tflite"], "rb") as src:
+        shutil.copyfileobj(src, fh)
+    inp, out = _io(assets / gname)
+    entry["for_delegate"] = {"cpu": name, "nnapi": name, "gpu": gname}
+    entry["extra_files"] = [{"file": gname, "variant": gpu_file["variant"], "input": inp,
+                             "output": out, "parity": dict(gpu_file["parity"]),
+                             "chosen_because": gpu_file["why"],
+                             "below_floor": bool(gpu_file["below_floor"])}]
 
 
 def _kept_entries(assets: Path, label: str, file: str) -> list[dict[str, Any]]:
@@ -208,25 +266,35 @@ def _kept_entries(assets: Path, label: str, file: str) -> list[dict[str, Any]]:
             continue
         if any(k["label"] == e["label"] for k in kept):
             continue
+        extra = [x.get("file") for x in e.get("extra_files") or [] if isinstance(x, dict)]
+        if not all(isinstance(x, str) and "/" not in x and (assets / x).is_file()
+                   for x in extra):  # its GPU file is gone: the CPU file serves every delegate
+            e = {k: v for k, v in e.items() if k != "extra_files"}
+            e["for_delegate"] = {"cpu": f, "nnapi": f, "gpu": f}
         kept.append(e)
     return kept
 
 
 def write_assets(tflite: Path, assets: Path, *, label: str = "compressed",
-                 **facts: Any) -> Path:
+                 gpu_file: dict[str, Any] | None = None, **facts: Any) -> Path:
     """Copy ``tflite`` into ``assets`` as ``<label>.tflite`` and merge its entry into model.json.
 
     ``facts`` are :func:`model_entry`'s keywords: ``parity`` (the export's parity figures for
     this file, at least ``max_abs`` and ``psnr_db``), ``macs`` (``{"paper": int, "true": int}``),
-    ``params``, ``source_run`` and optionally ``variant``, ``why``, ``gpu``. Returns the
-    model.json path.
+    ``params``, ``source_run`` and optionally ``variant``, ``why``, ``gpu``, ``below_floor``,
+    ``size_multiple``. ``gpu_file`` (``tflite``, ``variant``, ``parity``, ``why``,
+    ``below_floor``): a separate file for phone GPUs, written as ``<label>_gpu.tflite`` and
+    named in ``for_delegate``. Returns the model.json path.
     """
     assets, tflite = Path(assets), Path(tflite)
     name = asset_name(label)
     _io(tflite)  # refuse what schema 1 cannot describe before touching the assets
+    if gpu_file is not None:
+        _io(Path(gpu_file["tflite"]))
     with atomic_write(assets / name) as fh, open(tflite, "rb") as src:
         shutil.copyfileobj(src, fh)
     entry = model_entry(assets / name, label, **facts)
+    _per_delegate(entry, assets, label, gpu_file)
     models = [*_kept_entries(assets, label, name), entry]
     models.sort(key=lambda e: LABELS.index(e["label"]))
     atomic_write_json(assets / "model.json", {"schema_version": SCHEMA_VERSION, "models": models})

@@ -738,23 +738,34 @@ def _to_android(cfg: ExportConfig, job: _Job, files: dict[str, Path], floors: di
                 assets: Path | None, prof_obj: Any, report: dict[str, Any]) -> Path:
     """The chosen file into the app's assets with its ``model.json`` entry; the choice and its
     reason into ``parity.json``."""
-    from dmad.export.android import choose_variant, write_assets
+    from dmad.export.android import choose_gpu_variant, choose_variant, write_assets
 
     tfl = {k: a for k, a in job.artifacts.items() if k in files}
     chosen, why = choose_variant(tfl, floors, explain=True)
     if cfg.android_variant:
         chosen, why = cfg.android_variant, "chosen with --android-variant"
-    report["android"] = {"variant": chosen, "why": why}
+    gpu, gpu_why = choose_gpu_variant(tfl, floors)
+    report["android"] = {"variant": chosen, "why": why, "gpu_variant": gpu or chosen,
+                         "gpu_why": gpu_why}
     assert assets is not None
     src = job.source
+
+    def parity(v: str) -> dict[str, Any]:
+        return {"reference": "pytorch", "images": len(job.evals),
+                **{k: x for k, x in tfl[v]["parity"].items() if k != "per_image"}}
+
+    gpu_file = None if gpu in (None, chosen) else {
+        "tflite": files[gpu], "variant": gpu, "parity": parity(gpu), "why": gpu_why,
+        "below_floor": bool(tfl[gpu].get("below_bar"))}
     android_json = write_assets(
-        files[chosen], Path(assets), label=cfg.android_label,
-        parity={"reference": "pytorch", "images": len(job.evals),
-                **{k: v for k, v in tfl[chosen]["parity"].items() if k != "per_image"}},
+        files[chosen], Path(assets), label=cfg.android_label, gpu_file=gpu_file,
+        parity=parity(chosen),
         macs={"paper": int(prof_obj.macs_paper), "true": int(prof_obj.macs_true)},
         params=int(prof_obj.summary()["params"]),
         source_run=str(src.get("run") or src.get("file") or src.get("kind")),
-        variant=chosen, why=why, gpu=tfl[chosen].get("gpu"))
+        variant=chosen, why=why, gpu=tfl[chosen].get("gpu"),
+        below_floor=bool(tfl[chosen].get("below_bar")),
+        size_multiple=int(getattr(getattr(job.model, "spec", None), "divisor", 4)))
     atomic_write_json(Path(cfg.out) / "parity.json", report)
     return android_json
 

@@ -151,7 +151,16 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     assert chosen in ("int8", "int8_io", "fp16", "fp32")
     # the choice says why, and carries the GPU-delegate check of that file
     assert meta["chosen_because"].startswith(f"{chosen}:") and "floor" in meta["chosen_because"]
-    assert res.report["android"] == {"variant": chosen, "why": meta["chosen_because"]}
+    android = res.report["android"]
+    assert (android["variant"], android["why"]) == (chosen, meta["chosen_because"])
+    # one file per delegate family: no fp16 exported here, so the GPU gets the fp32 file
+    assert android["gpu_variant"] == "fp32" and "no fp16 file exported" in android["gpu_why"]
+    if chosen != "fp32":
+        assert meta["for_delegate"] == {"cpu": "compressed.tflite",
+                                        "nnapi": "compressed.tflite",
+                                        "gpu": "compressed_gpu.tflite"}
+        assert meta["extra_files"][0]["variant"] == "fp32"
+        assert (assets / "compressed_gpu.tflite").read_bytes() == res.files["fp32"].read_bytes()
     assert meta["gpu_delegate"] == arts[chosen]["gpu"]
     assert (assets / meta["file"]).read_bytes() == res.files[chosen].read_bytes()
     live = io_details(assets / meta["file"])

@@ -207,3 +207,49 @@ def test_choose_variant_keeps_its_rule() -> None:
     a["int8"]["parity"]["psnr_worst_db"] = 31.0
     v, why = choose_variant(a, floors, explain=True)
     assert v == "dynamic" and "int8 31.0 < 35 dB" in why
+
+
+def test_a_gpu_file_beside_the_cpu_file(tiny: dict[str, Path], assets: Path) -> None:
+    """One file per delegate family: ``for_delegate`` says which file each accelerator runs,
+    ``extra_files`` carries the GPU file's own tensors, parity and reason."""
+    gpu = {"tflite": tiny["fp32"], "variant": "fp16", "parity": {**PARITY, "psnr_db": 80.0},
+           "why": "fp16 for the GPU", "below_floor": False}
+    write_assets(tiny["int8_io"], assets, label="compressed", parity=PARITY, variant="int8_io",
+                 gpu_file=gpu, below_floor=True, size_multiple=4, **COST)
+    _, problems = _validate(assets)
+    assert problems == []  # the app's schema-1 checks still pass: the keys are extra
+    (e,) = json.loads((assets / "model.json").read_text())["models"]
+    assert e["for_delegate"] == {"cpu": "compressed.tflite", "nnapi": "compressed.tflite",
+                                 "gpu": "compressed_gpu.tflite"}
+    assert e["below_floor"] is True and e["size_multiple"] == 4
+    (x,) = e["extra_files"]
+    assert (x["file"], x["variant"], x["below_floor"]) == ("compressed_gpu.tflite", "fp16", False)
+    assert x["parity"]["psnr_db"] == 80.0 and x["chosen_because"] == "fp16 for the GPU"
+    assert (assets / x["file"]).read_bytes() == tiny["fp32"].read_bytes()
+    it = make_interpreter(assets / x["file"], delegate=False)
+    d = it.get_input_details()[0]
+    assert x["input"]["name"] == d["name"] and x["input"]["shape"] == [1, 8, 8, 3]
+    assert x["input"]["dtype"] == "float32" and x["input"]["quantization"] is None
+    assert x["output"]["dtype"] == "float32" and e["input"]["dtype"] == "int8"
+    # its GPU file gone, an entry kept beside a new label falls back to its CPU file
+    (assets / "compressed_gpu.tflite").unlink()
+    _write(tiny["fp32"], assets, "full", variant="fp32")
+    models = {m["label"]: m for m in json.loads((assets / "model.json").read_text())["models"]}
+    assert "extra_files" not in models["compressed"]
+    assert set(models["compressed"]["for_delegate"].values()) == {"compressed.tflite"}
+    assert set(models["full"]["for_delegate"].values()) == {"full.tflite"}
+
+
+def test_choose_gpu_variant_prefers_fp16_within_its_floor() -> None:
+    from dmad.export.android import choose_gpu_variant
+
+    def arts(**psnr: float) -> dict[str, dict[str, Any]]:
+        return {v: {"parity": {"psnr_db": p}} for v, p in psnr.items()}
+
+    floors = {"fp16": 60.0, "int8": 35.0}
+    assert choose_gpu_variant(arts(fp32=130, fp16=80, int8=36), floors)[0] == "fp16"
+    v, why = choose_gpu_variant(arts(fp32=130, fp16=50, int8=36), floors)
+    assert v == "fp32" and "fp16 50.0 < 60 dB" in why
+    v, why = choose_gpu_variant(arts(fp16=50, int8=36), floors)
+    assert v == "fp16" and "under its 60 dB floor" in why
+    assert choose_gpu_variant(arts(int8=36), floors)[0] is None
