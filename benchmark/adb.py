@@ -390,10 +390,9 @@ def run_android(
                             f"{rnd + 1}/{cfg.rounds}")
                         job = _Job(i, m, labels[i], remote, delegate, threads, rnd,
                                    run_precision(delegate, precisions[i], cfg.extra_args))
-                        try:
-                            keep(runs.measure(job, first=not results))
-                        except SweepAborted as exc:
-                            raise SweepAborted(str(exc), results, device) from None
+                        keep(runs.measure(job, first=not results))
+    except DmadError as exc:  # the phone gone, a push refused, a shared failure: rows kept
+        raise SweepAborted(str(exc), results, device) from None
     finally:
         # Remove exactly what we pushed, then the (now empty) folder; never a recursive rm.
         with contextlib.suppress(DmadError):
@@ -465,6 +464,9 @@ def _failure_reason(out: str) -> str:
 
 
 _UNCONSUMED = re.compile(r"Unconsumed cmdline flags:\s*(.*)")
+#: what the adb client says when the phone is no longer there to run anything
+_GONE = re.compile(r"device '[^']*' not found|device offline|no devices/emulators found|"
+                   r"device unauthorized")
 
 
 class _Runs:
@@ -514,6 +516,8 @@ class _Runs:
                 f"no result within {cfg.timeout_s:g} s for {what}; benchmark_model killed on "
                 f"the phone ({'pid ' + ', '.join(map(str, pids)) if pids else 'no process left'})"
                 + (f" (log: {log})" if log else "")) from None
+        if rc != 0 and (m := _GONE.search(out)):
+            raise SweepAborted(f"{adb.serial}: the phone went away ({m.group(0)})", [], {})
         log = self._log(job, argv, out, profiling)
         where = f" (log: {log})" if log else ""
         if rc in (126, 127) and ("not executable" in out or "Permission denied" in out

@@ -389,3 +389,37 @@ def test_cli_error_is_one_line(tmp_path: Path, bench_models: dict[str, Path],
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--android needs --benchmark-binary" in err
+
+
+def test_a_phone_that_goes_away_keeps_the_rows_so_far(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
+    adb_server.add_device("emu-x")
+    models = [bench_models["wide_tflite"], bench_models["narrow_tflite"]]
+    with pytest.raises(SweepAborted, match="emu-x") as ei:
+        run_android(_cfg(models, standin_binary, delegates=("cpu",)),
+                    on_result=lambda row: adb_server.devices.clear())  # unplugged after run 1
+    assert [r["status"] for r in ei.value.results] == ["ok"]
+    assert ei.value.device["serial"] == "emu-x"
+
+
+def test_a_stopped_sweep_still_writes_the_host_results(
+        adb_server: EmulatedAdbServer, bench_models: dict[str, Path], standin_binary: Path,
+        tmp_path: Path) -> None:
+    adb_server.add_device("emu-s", noexec=True)
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "dmad", "bench", str(bench_models["narrow_tflite"]),
+         "--android", "--backends", "tflite", "--delegate", "cpu", "--threads", "1",
+         "--runs", "2", "--warmup", "1", "--cooldown", "0",
+         "--benchmark-binary", str(standin_binary), "--out", str(out)],
+        env=env_for(adb_server), capture_output=True, text=True, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]  # progress lines above it, then one error line
+    assert r.returncode == 2 and r.stderr.count("dmad: error") == 1
+    assert last.startswith("dmad: error: the phone sweep stopped") and "not executable" in last
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    assert data["results"] and all(x["platform"] != "android" for x in data["results"])
+    assert "not executable" in data["android_error"]
+    assert "The phone sweep stopped early" in (out / "results.md").read_text()
