@@ -1,0 +1,269 @@
+"""The channel structure of a generator, read off its traced graph instead of its class.
+
+Why: DMAD needs to know where a channel mask goes (each convolution's output, after its norm and
+before its activation; never the layer that writes the image), which channels must be pruned
+together (the writers of a residual stream all add into the same channels; a concatenation joins
+slices of several writers; a depthwise or fixed blur filter keeps its input's channels) and which
+layers it cannot reason about. Hand-written tables per class (``masks.mask_sites``) answer that
+for the two families dmad ships; a user's CUT, pix2pixHD or in-house generator has none. So the
+generator is traced with ``torch.fx`` at module level and every value is followed by *channel
+space*: a convolution creates a new space (its output channels), channel-wise ops (norms,
+activations, padding, dropout, resampling, depthwise and fixed-filter convolutions, scalar
+arithmetic) keep it, an addition of two tensors merges their spaces (they must be pruned alike),
+a concatenation lays spaces side by side. Anything else stops with one line naming the layer and
+the op: a mask placed on a guess would prune the wrong channels silently.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmad.compress.errors import DmadError
+from dmad.compress.masks import MaskedNorm
+
+__all__ = ["Site", "Structure", "derive_structure"]
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+#: norms whose statistics and affine are per channel (a pruned channel leaves the others as
+#: they were); ``Identity`` in a norm's place is where a mask goes when a layer has no norm
+_NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.SyncBatchNorm, MaskedNorm, nn.Identity)
+_CHANNELWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish,
+    nn.Hardtanh, nn.PReLU, nn.Dropout, nn.Dropout2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.UpsamplingBilinear2d,
+    nn.UpsamplingNearest2d, nn.AvgPool2d, nn.MaxPool2d,
+)
+_CHANNELWISE_FN = {
+    F.relu, F.leaky_relu, torch.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu, F.pad,
+    F.interpolate, F.avg_pool2d, F.max_pool2d, F.dropout, torch.nn.functional.hardtanh,
+}
+_SCALAR_OPS = {operator.mul, operator.truediv, operator.add, operator.sub, torch.mul,
+               torch.add, torch.sub, torch.div, operator.neg}
+_METHODS = {"contiguous", "clamp", "clamp_", "relu", "tanh", "sigmoid", "mul", "div", "add",
+            "sub"}
+
+
+@dataclass
+class Site:
+    """Where one channel mask goes: after ``norm`` (the module path of the norm, or of the
+    ``Identity`` in its place; ``None`` when the conv's output meets no norm, and the mask
+    then follows the conv itself), masking the output channels of ``conv``."""
+
+    name: str
+    conv: str
+    channels: int
+    norm: str | None
+
+
+@dataclass
+class Structure:
+    """What :func:`derive_structure` found. ``groups``: site names whose channels are one space
+    (residual-stream writers), two or more each, in graph order. ``concats``: per channel
+    concatenation, the site names (or ``input``/``fixed``) of its slices in order.
+    ``output``: the convolutions that write the image (never masked). ``fixed``: sites whose
+    channels are tied to the input or the output image (kept whole)."""
+
+    sites: list[Site] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)
+    concats: list[list[str]] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    #: depthwise and fixed-filter layers (a blur's buffer): they keep their input's channels
+    channelwise_filters: list[str] = field(default_factory=list)
+    raw_concats: list[list[int]] = field(default_factory=list, repr=False)
+
+    def site(self, name: str) -> Site:
+        return next(s for s in self.sites if s.name == name)
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, MaskedNorm) or super().is_leaf_module(m, qualname)
+
+
+class _Spaces:
+    """Union-find over channel spaces; space 0 is the input image."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [0]
+        self.channels: list[int | None] = [None]
+        self.conv: list[str] = ["input"]
+
+    def new(self, conv: str, channels: int) -> int:
+        self.parent.append(len(self.parent))
+        self.channels.append(channels)
+        self.conv.append(conv)
+        return len(self.parent) - 1
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _unsupported(node: torch.fx.Node, what: str, why: str) -> DmadError:
+    stack = node.meta.get("nn_module_stack") or {}
+    where = node.meta.get("layer") or (next(reversed(stack.values()))[0] if stack
+                                       else "the model's forward")
+    return DmadError(f"{where}: {what} is not supported ({why}); dmad can place channel masks "
+                     "only where every op is a convolution, a per-channel op, an addition or a "
+                     "channel concatenation")
+
+
+def derive_structure(model: nn.Module) -> Structure:
+    """The :class:`Structure` of ``model`` (module doc). Raises :class:`DmadError` naming the
+    first layer and op it cannot follow."""
+    graph = _Tracer().trace(model)
+    mods = dict(model.named_modules())
+    spaces = _Spaces()
+    segs: dict[torch.fx.Node, list[int]] = {}  # value → its channel spaces, in channel order
+    first_user: dict[int, torch.fx.Node] = {}  # producer space → the conv node that made it
+    st = Structure()
+    for node in graph.nodes:
+        segs[node] = _follow(node, mods, segs, spaces, first_user, st)
+    _finish(graph, mods, segs, spaces, first_user, st)
+    return st
+
+
+def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    return [a for a in node.args if isinstance(a, torch.fx.Node)]
+
+
+def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, list[int]],
+            spaces: _Spaces, made: dict[int, torch.fx.Node], st: Structure) -> list[int]:
+    """The channel spaces of ``node``'s value (one per channel slice)."""
+    if node.op == "placeholder":
+        return [0]
+    if node.op in ("get_attr", "output"):
+        return []
+    ins = _tensor_args(node)
+    if node.op == "call_module":
+        m = mods[str(node.target)]
+        node.meta["layer"] = str(node.target)
+        if isinstance(m, _CONVS):
+            depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
+            if depthwise:
+                st.channelwise_filters.append(str(node.target))
+                return segs[ins[0]]
+            if m.groups != 1:
+                raise _unsupported(node, f"grouped convolution ({m.groups} groups)",
+                                   "its channel groups are not followed yet")
+            s = spaces.new(str(node.target), m.out_channels)
+            made[s] = node
+            return [s]
+        if isinstance(m, _NORMS + _CHANNELWISE):
+            return segs[ins[0]]
+        if isinstance(m, nn.PixelShuffle | nn.PixelUnshuffle):
+            raise _unsupported(node, type(m).__name__,
+                               "it mixes blocks of channels into space")
+        raise _unsupported(node, f"layer {type(m).__name__}", "unknown to the channel tracer")
+    return _function(node, ins, segs, spaces, st)
+
+
+def _function(node: torch.fx.Node, ins: list[torch.fx.Node], segs: dict[Any, list[int]],
+              spaces: _Spaces, st: Structure) -> list[int]:
+    """call_function / call_method nodes: adds merge spaces, cat concatenates, channel-wise
+    functions keep them, a fixed depthwise filter (a blur of anti-aliased down/up-sampling,
+    ``F.conv2d`` with a buffer and ``groups`` = channels) keeps them too."""
+    t = node.target
+    if (t is getattr and node.args[1] in ("shape", "dtype", "device")) or t in ("size", "dim"):
+        return []  # a shape query: no channels flow through it
+    if node.op == "call_method":
+        if t in _METHODS and (len(ins) == 1 or t in ("clamp", "clamp_")):
+            return segs[ins[0]]
+        if t in ("add", "sub", "mul") and len(ins) == 2:
+            return _merge(node, ins, segs, spaces)
+        raise _unsupported(node, f"method .{t}()", "not a per-channel op")
+    if t is torch.cat or t is torch.concat:
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if dim not in (1, -3):
+            raise _unsupported(node, f"torch.cat on dim {dim}", "only channel concatenation")
+        joined = [s for a in node.args[0] for s in segs[a]]  # type: ignore[union-attr]
+        st.raw_concats.append(joined)  # spaces; named by site in _finish
+        return joined
+    if t in (operator.add, torch.add, operator.sub, torch.sub, operator.mul, torch.mul) \
+            and len(ins) == 2:
+        return _merge(node, ins, segs, spaces)
+    if t in _SCALAR_OPS and len(ins) == 1:
+        return segs[ins[0]]
+    if t is operator.getitem and ins and not segs[ins[0]]:
+        return []  # an item of a shape
+    if t is operator.getitem and _keeps_channels(node.args[1]):
+        return segs[ins[0]]  # a spatial crop, x[:, :, 1:, 1:]
+    if t in _CHANNELWISE_FN and ins:
+        return segs[ins[0]]
+    if t in (F.conv2d, F.conv_transpose2d) and len(ins) >= 2 and ins[1].op == "get_attr":
+        groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+        if isinstance(groups, int) and groups > 1:
+            st.channelwise_filters.append(str(ins[1].target))
+            return segs[ins[0]]
+    name = getattr(t, "__name__", str(t))
+    raise _unsupported(node, f"function {name}", "not a per-channel op")
+
+
+def _keeps_channels(index: Any) -> bool:
+    """An index that takes every image and every channel (``[:, :, a:b, c:d]``)."""
+    full = slice(None, None, None)
+    return isinstance(index, tuple) and len(index) >= 2 and index[0] == full \
+        and index[1] == full and all(isinstance(i, slice) for i in index[2:])
+
+
+def _merge(node: torch.fx.Node, ins: list[torch.fx.Node], segs: dict[Any, list[int]],
+           spaces: _Spaces) -> list[int]:
+    a, b = segs[ins[0]], segs[ins[1]]
+    if not a or not b:
+        return a or b  # a constant (a buffer, a parameter) applied per channel
+    if len(a) != len(b):
+        raise _unsupported(node, "an addition of differently concatenated tensors",
+                           "its channel slices do not line up")
+    for x, y in zip(a, b, strict=True):
+        spaces.union(x, y)
+    return a
+
+
+def _site_of(conv: torch.fx.Node, mods: dict[str, nn.Module]) -> tuple[str, str | None]:
+    """(mask site name, norm path): the norm (or Identity in its place) that alone reads the
+    conv's output, else the conv itself."""
+    users = list(conv.users)
+    if len(users) == 1 and users[0].op == "call_module" \
+            and isinstance(mods[str(users[0].target)], _NORMS):
+        return str(users[0].target), str(users[0].target)
+    return str(conv.target), None
+
+
+def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, list[int]],
+            spaces: _Spaces, made: dict[int, torch.fx.Node], st: Structure) -> None:
+    """Sites in graph order, groups, fixed spaces (tied to the input or the output image) and
+    the concatenations resolved to site names."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    out_spaces = {spaces.find(s) for a in _tensor_args(out) for s in segs[a]}
+    st.output = [spaces.conv[s] for s in sorted(made) if spaces.find(s) in out_spaces]
+    name_of: dict[int, str] = {}
+    for s, node in sorted(made.items()):
+        name, norm = _site_of(node, mods)
+        name_of[s] = name
+        root = spaces.find(s)
+        if root in out_spaces:
+            continue
+        if root == spaces.find(0):
+            st.fixed.append(name)
+            continue
+        st.sites.append(Site(name, str(node.target), int(spaces.channels[s] or 0), norm))
+    by_root: dict[int, list[str]] = {}
+    for s in sorted(made):
+        by_root.setdefault(spaces.find(s), []).append(name_of[s])
+    st.groups = [v for r, v in by_root.items() if len(v) > 1 and r not in out_spaces
+                 and r != spaces.find(0)]
+    st.concats = [[name_of.get(i, "input") for i in parts] for parts in st.raw_concats]

@@ -1,0 +1,126 @@
+"""``compress/structure.py``: channel structure read off the traced graph. The two families
+dmad ships must come out exactly as their hand-written tables (``masks.mask_sites``,
+``groups.residual_group``); generators rebuilt from other public repositories
+(``tests/reference_generators.py``) must come out as their layers say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dmad.compress.errors import DmadError
+from dmad.compress.groups import residual_group
+from dmad.compress.masks import attach_masks, mask_sites
+from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, build
+from dmad.compress.structure import derive_structure
+from tests.reference_generators import (
+    CutResnet,
+    InHouse,
+    Pix2PixHDGlobal,
+    WithAttention,
+)
+
+SPECS = {
+    "resnet9": ResnetSpec(ngf=8, n_blocks=9),
+    "resnet6 (jz)": ResnetSpec(ngf=8, n_blocks=6),
+    "separable": ResnetSpec(ngf=8, n_blocks=2, separable=True),
+    "pruned, one block removed": ResnetSpec(
+        ngf=8, n_blocks=3, widths=ResnetWidths(4, 6, 12, (5, 0, 3), 6, 4)),
+    "unet128 (jz)": UnetSpec(ngf=4, num_downs=7),
+    "unet256 batch": UnetSpec(ngf=4, num_downs=8, norm="batch"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_the_shipped_families_come_out_as_their_tables(name: str) -> None:
+    m = build(SPECS[name])
+    st = derive_structure(m)
+    path = {id(mod): n for n, mod in m.named_modules()}
+    want = [(f"{path[id(unit)]}.norm", c) for _, unit, c in mask_sites(m)]
+    assert [(s.name, s.channels) for s in st.sites] == want
+    masks = attach_masks(build(SPECS[name]))
+    if isinstance(SPECS[name], ResnetSpec):  # the residual stream is one group, down2 first
+        dmad_names = dict(zip([n for n, _, _ in mask_sites(m)], [w for w, _ in want],
+                              strict=True))
+        assert st.groups == [[dmad_names[n] for n in residual_group(masks)]]
+        assert st.output == ["head.conv"]
+    else:  # UNet: every up block concatenates the skip (down k) with the up output
+        n = SPECS[name].num_downs  # type: ignore[attr-defined]
+        assert st.groups == [] and len(st.concats) == n - 1
+        assert st.concats[0] == [f"downs.{n - 2}.norm", "ups.0.norm"]
+        assert st.output == [f"ups.{n - 1}.conv"]
+    # a masked model (MaskedNorm wrappers) has the same structure
+    assert [s.name for s in derive_structure(attach_masks_model(SPECS[name])).sites] == \
+        [s.name for s in st.sites]
+
+
+def attach_masks_model(spec: object) -> nn.Module:
+    m = build(spec)  # type: ignore[arg-type]
+    attach_masks(m)
+    return m
+
+
+def test_cut_with_antialiasing() -> None:
+    """CUT's blur layers (fixed filters as buffers, one group per channel, then a crop) keep
+    their channels; each stride-1 conv before a blur is a site; the stream is one group."""
+    st = derive_structure(CutResnet(ngf=8, n_blocks=2, antialias=True))
+    assert [(s.name, s.channels) for s in st.sites] == [
+        ("model.2", 8), ("model.5", 16), ("model.9", 32), ("model.12.conv_block.2", 32),
+        ("model.12.conv_block.6", 32), ("model.13.conv_block.2", 32),
+        ("model.13.conv_block.6", 32), ("model.16", 16), ("model.20", 8)]
+    assert st.groups == [["model.9", "model.12.conv_block.6", "model.13.conv_block.6"]]
+    assert st.channelwise_filters == ["model.7.filt", "model.11.filt", "model.14.filt",
+                                      "model.18.filt"]
+    assert st.output == ["model.23"] and st.fixed == [] and st.concats == []
+    plain = derive_structure(CutResnet(ngf=8, n_blocks=2, antialias=False))
+    assert len(plain.sites) == 9 and plain.channelwise_filters == []
+
+
+def test_pix2pixhd_global_generator() -> None:
+    st = derive_structure(Pix2PixHDGlobal(ngf=4, n_down=4, n_blocks=3))
+    chans = [s.channels for s in st.sites]
+    assert chans == [4, 8, 16, 32, 64, 64, 64, 64, 64, 64, 64, 32, 16, 8, 4]
+    assert st.groups == [["model.14", *(f"model.{i}.conv_block.6" for i in (16, 17, 18))]]
+    assert all(s.norm == s.name for s in st.sites)  # BatchNorm after every conv
+
+
+def test_in_house_bilinear_and_long_skip() -> None:
+    st = derive_structure(InHouse(ngf=8))
+    assert [(s.name, s.channels) for s in st.sites] == [("stem.1", 8), ("down.1", 16),
+                                                         ("body.1", 16), ("up.2", 8)]
+    assert st.concats == [["up.2", "stem.1"]] and st.output == ["head"]
+
+
+def test_a_residual_from_the_input_image_is_kept_whole() -> None:
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, 1, 1)
+            self.n = nn.InstanceNorm2d(8)
+            self.b = nn.Conv2d(8, 3, 3, 1, 1)
+            self.c = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(x + self.b(torch.relu(self.n(self.a(x)))))
+
+    st = derive_structure(Residual())
+    assert [s.name for s in st.sites] == ["n"] and st.fixed == ["b"] and st.output == ["c"]
+
+
+def test_an_unsupported_layer_is_one_line_naming_it_and_its_op() -> None:
+    with pytest.raises(DmadError) as ei:
+        derive_structure(WithAttention())
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("attn: method .flatten() is not supported")
+
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.g = nn.Conv2d(8, 8, 3, 1, 1, groups=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.g(x)
+
+    with pytest.raises(DmadError, match=r"^g: grouped convolution \(2 groups\)"):
+        derive_structure(Grouped())
