@@ -27,7 +27,7 @@ from torch import nn
 from dmad.compress.errors import DmadError
 from dmad.compress.masks import MaskedNorm
 
-__all__ = ["Site", "Structure", "derive_structure"]
+__all__ = ["Site", "Structure", "Trace", "derive_structure", "trace_structure"]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: norms whose statistics and affine are per channel (a pruned channel leaves the others as
@@ -122,19 +122,45 @@ def _unsupported(node: torch.fx.Node, what: str, why: str) -> DmadError:
                      "channel concatenation")
 
 
-def derive_structure(model: nn.Module) -> Structure:
-    """The :class:`Structure` of ``model`` (module doc). Raises :class:`DmadError` naming the
-    first layer and op it cannot follow."""
+@dataclass
+class Trace:
+    """The traced graph with every value's channel spaces (what pruning walks)."""
+
+    graph: torch.fx.Graph
+    structure: Structure
+    #: value → its channel spaces in channel order (``[]`` for non-tensors and constants)
+    segs: dict[torch.fx.Node, list[int]]
+    spaces: _Spaces
+    #: producer space → the conv node that made it
+    made: dict[int, torch.fx.Node]
+    #: producer space → its site name (the norm's path, or the conv's)
+    site_of_space: dict[int, str]
+
+    def root(self, space: int) -> int:
+        return self.spaces.find(space)
+
+    def channels(self, space: int) -> int:
+        return int(self.spaces.channels[space] or 0)
+
+
+def trace_structure(model: nn.Module) -> Trace:
+    """:func:`derive_structure` with the graph and the channel spaces behind it."""
     graph = _Tracer().trace(model)
     mods = dict(model.named_modules())
     spaces = _Spaces()
-    segs: dict[torch.fx.Node, list[int]] = {}  # value → its channel spaces, in channel order
-    first_user: dict[int, torch.fx.Node] = {}  # producer space → the conv node that made it
+    segs: dict[torch.fx.Node, list[int]] = {}
+    made: dict[int, torch.fx.Node] = {}
     st = Structure()
     for node in graph.nodes:
-        segs[node] = _follow(node, mods, segs, spaces, first_user, st)
-    _finish(graph, mods, segs, spaces, first_user, st)
-    return st
+        segs[node] = _follow(node, mods, segs, spaces, made, st)
+    names = _finish(graph, mods, segs, spaces, made, st)
+    return Trace(graph, st, segs, spaces, made, names)
+
+
+def derive_structure(model: nn.Module) -> Structure:
+    """The :class:`Structure` of ``model`` (module doc). Raises :class:`DmadError` naming the
+    first layer and op it cannot follow."""
+    return trace_structure(model).structure
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -152,6 +178,8 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
     if node.op == "call_module":
         m = mods[str(node.target)]
         node.meta["layer"] = str(node.target)
+        if isinstance(m, MaskedNorm) and isinstance(m.norm, _CONVS):
+            m = m.norm  # a mask on a conv that no norm follows: still the conv's output
         if isinstance(m, _CONVS):
             depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
             if depthwise:
@@ -160,6 +188,8 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
             if m.groups != 1:
                 raise _unsupported(node, f"grouped convolution ({m.groups} groups)",
                                    "its channel groups are not followed yet")
+            if segs[ins[0]] == [0]:
+                spaces.channels[0] = m.in_channels  # the image's channels, first read here
             s = spaces.new(str(node.target), m.out_channels)
             made[s] = node
             return [s]
@@ -244,7 +274,7 @@ def _site_of(conv: torch.fx.Node, mods: dict[str, nn.Module]) -> tuple[str, str 
 
 
 def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, list[int]],
-            spaces: _Spaces, made: dict[int, torch.fx.Node], st: Structure) -> None:
+            spaces: _Spaces, made: dict[int, torch.fx.Node], st: Structure) -> dict[int, str]:
     """Sites in graph order, groups, fixed spaces (tied to the input or the output image) and
     the concatenations resolved to site names."""
     out = next(n for n in graph.nodes if n.op == "output")
@@ -267,3 +297,4 @@ def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, l
     st.groups = [v for r, v in by_root.items() if len(v) > 1 and r not in out_spaces
                  and r != spaces.find(0)]
     st.concats = [[name_of.get(i, "input") for i in parts] for parts in st.raw_concats]
+    return name_of

@@ -1,0 +1,86 @@
+"""``compress/graph_prune.py``: masks on the traced sites and exact pruning of any generator the
+structure tracer reads. Property test: random masks (a share of channels exactly 0, the rest
+soft values, sometimes a whole space zeroed) on every supported architecture; the pruned
+``GraphModule`` must equal the masked model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dmad.compress.graph_prune import ChannelScale, attach_graph_masks, prune_graph
+from dmad.compress.masks import MaskedNorm
+from dmad.compress.models import ResnetSpec, UnetSpec, build
+from dmad.compress.structure import derive_structure
+from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal
+
+ARCHS = {
+    "resnet": lambda: build(ResnetSpec(ngf=8, n_blocks=3)),
+    "separable": lambda: build(ResnetSpec(ngf=8, n_blocks=2, separable=True)),
+    "unet": lambda: build(UnetSpec(ngf=4, num_downs=5)),
+    "cut-antialias": lambda: CutResnet(ngf=8, n_blocks=2, antialias=True),
+    "cut": lambda: CutResnet(ngf=8, n_blocks=2, antialias=False),
+    "pix2pixhd": lambda: Pix2PixHDGlobal(ngf=4, n_down=3, n_blocks=2),
+    "in-house": lambda: InHouse(ngf=8),
+}
+
+
+def _random_masks(masks: dict, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    # a residual branch's inner width zeroed whole (the branch then adds only constants); a
+    # space on the only path from the input would leave a network of rounding noise alone,
+    # which two summation orders need not agree on
+    inner = [n for n in masks if n.endswith(("conv1.norm", "conv_block.2"))]
+    emptied = inner[int(torch.randint(len(inner), (1,), generator=g))] if inner else None
+    with torch.no_grad():
+        for name, mk in masks.items():
+            off = torch.rand(mk.channels, generator=g) < 0.5
+            if name == emptied:
+                off[:] = True  # a whole space zeroed: the branch that reads it gets nothing
+            mk.weight.copy_(torch.where(off, -5.0, 0.05 + torch.rand(mk.channels, generator=g)))
+            mk.bound.fill_(0.5)  # soft values in (0, 1] where kept, exactly 0 where not
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pruned_equals_masked(arch: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    m = ARCHS[arch]().eval()
+    masks = attach_graph_masks(m)
+    assert list(masks) == [s.name for s in derive_structure(m).sites]
+    _random_masks(masks, seed)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ref, pruned = m(x), prune_graph(m)
+        out = pruned(x)
+    assert (out - ref).abs().max().item() < 1e-5
+    n0 = sum(p.numel() for p in m.parameters())
+    n1 = sum(p.numel() for p in pruned.parameters())
+    assert n1 < 0.8 * n0
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # untouched
+    assert not any(isinstance(mod, MaskedNorm) for mod in pruned.modules())
+
+
+def test_masks_of_one_are_dropped_and_values_are_carried() -> None:
+    m = InHouse(ngf=8).eval()
+    masks = attach_graph_masks(m)
+    assert attach_graph_masks(m) == masks  # idempotent
+    with torch.no_grad():
+        for mk in masks.values():
+            mk.weight.fill_(5.0)
+            mk.bound.fill_(0.0)  # every mask exactly 1
+        masks["up.2"].weight[:3] = -5.0
+    pruned = prune_graph(m)
+    assert not any(isinstance(mod, ChannelScale) for mod in pruned.modules())
+    assert pruned.get_submodule("up.1").out_channels == 5
+    assert pruned.get_submodule("head").in_channels == 5 + 8  # the long skip keeps stem's 8
+    with torch.no_grad():
+        masks["stem.1"].bound.fill_(0.5)
+        masks["stem.1"].weight.fill_(0.1)  # soft: carried as a fixed scale
+    pruned = prune_graph(m)
+    assert isinstance(pruned.get_submodule("stem.1"), nn.Sequential)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (pruned(x) - m(x)).abs().max().item() < 1e-5
