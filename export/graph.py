@@ -10,12 +10,16 @@ operation with its weights re-laid out once (OIHW → HWIO). The same graph is t
 TensorFlow's own converter for every TFLite variant (fp32, fp16, dynamic, int8), so the model is
 converted once.
 
-Graph ops (all NHWC, batch 1): ``conv`` (any stride/padding/dilation, groups 1 or depthwise),
-``deconv`` (ConvTranspose2d), ``pad`` (reflect or zero), ``inorm`` (InstanceNorm, per-channel
-eps so that :mod:`export.equalize` can rescale exactly), ``affine`` (per-channel scale and shift:
-eval BatchNorm that could not be folded), ``relu``, ``leaky``, ``tanh``, ``sigmoid``, ``add``,
-``concat``, ``d2s`` (PixelShuffle as depth-to-space, with the producing conv's channels permuted
-to TensorFlow's order). BatchNorm after a conv is folded into it.
+Graph ops (all NHWC, batch 1): ``conv`` (any stride/padding/dilation, groups 1 or depthwise;
+also a fixed filter a module holds as a buffer, such as CUT's anti-aliasing blur), ``deconv``
+(ConvTranspose2d; a depthwise transposed fixed filter becomes one depthwise conv per output
+phase, depth-to-space and a crop), ``pad`` (reflect, replicate or zero), ``inorm``
+(InstanceNorm, per-channel eps so that :mod:`export.equalize` can rescale exactly), ``affine``
+(per-channel scale and shift: eval BatchNorm that could not be folded, a pruned model's carried
+mask scales), ``relu``, ``leaky``, ``tanh``, ``sigmoid``, ``add``, ``concat``, ``d2s``
+(PixelShuffle as depth-to-space, with the producing conv's channels permuted to TensorFlow's
+order), ``resize`` (integer nearest or bilinear upsampling), ``crop`` (``x[:, :, a:b, c:d]``).
+BatchNorm after a conv is folded into it.
 """
 
 from __future__ import annotations
@@ -27,17 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from dmad.compress.errors import DmadError
+from dmad.compress.graph_prune import ChannelScale
 
 __all__ = ["Graph", "Node", "trace"]
 
 #: Modules kept whole by the tracer (their insides are never traced).
 _LEAVES: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.BatchNorm2d, nn.ReflectionPad2d,
-    nn.ZeroPad2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity,
-    nn.PixelShuffle,
+    nn.ZeroPad2d, nn.ReplicationPad2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout,
+    nn.Identity, nn.PixelShuffle, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
+    ChannelScale,
 )
 
 
@@ -194,10 +201,17 @@ def _module_op(m: nn.Module, name: str, cin: int
         return _conv(m, cin)
     if isinstance(m, nn.ConvTranspose2d):
         return _deconv(m)
-    if isinstance(m, (nn.ReflectionPad2d, nn.ZeroPad2d)):
+    if isinstance(m, (nn.ReflectionPad2d, nn.ZeroPad2d, nn.ReplicationPad2d)):
         left, right, top, bottom = (int(p) for p in m.padding)
-        mode = "reflect" if isinstance(m, nn.ReflectionPad2d) else "zero"
+        mode = {nn.ReflectionPad2d: "reflect", nn.ReplicationPad2d: "replicate"}.get(
+            type(m), "zero")
         return "pad", {"mode": mode, "pad": [top, bottom, left, right]}, {}
+    if isinstance(m, nn.Upsample):
+        return "resize", _resize_attrs(name, m.mode, m.scale_factor, m.align_corners), {}
+    if isinstance(m, ChannelScale):
+        scale = _np(m.scale)
+        assert scale is not None
+        return "affine", {}, {"scale": scale, "shift": np.zeros_like(scale)}
     if isinstance(m, nn.InstanceNorm2d):
         if m.track_running_stats:
             raise DmadError(f"export: {name}: InstanceNorm2d with running statistics "
@@ -226,15 +240,27 @@ def _module_op(m: nn.Module, name: str, cin: int
     raise DmadError(f"export: layer {name} ({type(m).__name__}) has no mapping")
 
 
+def _resize_attrs(name: str, mode: str, scale: Any, align_corners: bool | None
+                  ) -> dict[str, Any]:
+    """An integer upsampling (nearest, or bilinear as PyTorch computes it)."""
+    sh, sw = _pair(scale) if not isinstance(scale, float) else (scale, scale)
+    if mode not in ("nearest", "bilinear") or float(sh) != int(sh) or float(sw) != int(sw):
+        raise DmadError(f"export: {name}: upsampling {mode!r} by {scale} (only nearest or "
+                        "bilinear by an integer factor)")
+    return {"mode": mode, "scale": [int(sh), int(sw)], "align_corners": bool(align_corners)}
+
+
 class _Builder:
     """The NHWC graph being built from fx nodes: node ids by fx name, channels per node."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, model: nn.Module | None = None) -> None:
+        self.model = model
         self.c = channels
         self.nodes: list[Node] = []
         self.ids: dict[str, int] = {}
         self.chans: dict[int, int] = {}
         self.current = ""  # the fx node being mapped (recorded on every graph node)
+        self.shapes: dict[int, tuple[int, int]] = {}  # node id → (height, width)
 
     def add(self, op: str, inputs: list[int], attrs: dict[str, Any] | None = None,
             weights: dict[str, np.ndarray] | None = None, name: str = "") -> int:
@@ -287,11 +313,114 @@ class _Builder:
                 raise DmadError(f"export: torch.cat over dim {dim} (only channels, dim 1)")
             self.ids[node.name] = self.add("concat", [self.arg_id(a, "cat") for a in seq])
             return
-        if f in (torch.tanh, torch.relu, nn.functional.relu):
-            self.ids[node.name] = self.add("tanh" if f is torch.tanh else "relu",
-                                           [self.arg_id(node.args[0], str(f))])
+        unary = {torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
+                 torch.sigmoid: "sigmoid"}
+        if f in unary:
+            self.ids[node.name] = self.add(unary[f], [self.arg_id(node.args[0], str(f))])
+            return
+        if f is F.leaky_relu:
+            slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope",
+                                                                             0.01)
+            self.ids[node.name] = self.add("leaky", [self.arg_id(node.args[0], "leaky_relu")],
+                                           {"alpha": float(slope)})
+            return
+        if f in (F.conv2d, F.conv_transpose2d) and self._fixed_filter(node):
+            return
+        if f is operator.getitem and self._crop(node):
+            return
+        if f is F.interpolate:
+            kw = _call_args(node, ("input", "size", "scale_factor", "mode", "align_corners"))
+            attrs = _resize_attrs(node.name, kw.get("mode", "nearest"), kw.get("scale_factor"),
+                                  kw.get("align_corners"))
+            self.ids[node.name] = self.add("resize", [self.arg_id(node.args[0], "interpolate")],
+                                           attrs)
             return
         raise DmadError(f"export: function {getattr(f, '__name__', f)} has no mapping")
+
+    def _fixed_filter(self, node: torch.fx.Node) -> bool:
+        """``F.conv2d`` / ``F.conv_transpose2d`` with a filter the module holds as a buffer
+        (an anti-aliasing blur): a depthwise conv, or a transposed one in its sub-pixel form."""
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups") \
+            if node.target is F.conv2d else \
+            ("input", "weight", "bias", "stride", "padding", "output_padding", "groups",
+             "dilation")
+        kw = _call_args(node, names)
+        w_node = kw.get("weight")
+        if not (isinstance(w_node, torch.fx.Node) and w_node.op == "get_attr") \
+                or kw.get("bias") is not None or self.model is None:
+            return False
+        w = _np(_get_attr(self.model, str(w_node.target)))
+        assert w is not None
+        x = self.arg_id(kw["input"], str(w_node.target))
+        groups = int(kw.get("groups", 1))
+        cin = self.chans[x]
+        if groups != cin or w.shape[1] != 1:
+            raise DmadError(f"export: {w_node.target}: a fixed filter must be depthwise")
+        name = str(w_node.target).rsplit(".", 1)[0]
+        if node.target is F.conv2d:
+            ph, pw = _pair(kw.get("padding", 0))
+            attrs = {"stride": list(_pair(kw.get("stride", 1))),
+                     "dilation": list(_pair(kw.get("dilation", 1))),
+                     "pad": [ph, ph, pw, pw], "depthwise": True}
+            wts = {"w": w.reshape(cin, 1, *w.shape[2:]).transpose(2, 3, 0, 1)}
+            self.ids[node.name] = self.add("conv", [x], attrs, wts, name)
+        else:
+            self.ids[node.name] = self._dw_deconv(x, w, kw, name)
+        return True
+
+    def _dw_deconv(self, x: int, w: np.ndarray, kw: dict[str, Any], name: str) -> int:
+        """A depthwise transposed conv, exactly, as TensorFlow has none: one depthwise conv per
+        output phase (the filter's taps of that phase, flipped), the phases concatenated in
+        depth-to-space order, depth-to-space, then the crop PyTorch's padding describes."""
+        (sh, sw), (ph, pw) = _pair(kw.get("stride", 1)), _pair(kw.get("padding", 0))
+        oh, ow = _pair(kw.get("output_padding", 0))
+        if sh != sw or oh or ow or _pair(kw.get("dilation", 1)) != (1, 1):
+            raise DmadError(f"export: {name}: transposed fixed filter with unequal strides, "
+                            "output padding or dilation")
+        s, (kh, kwd) = sh, w.shape[2:]
+        th, tw = -(-kh // s), -(-kwd // s)  # taps per phase
+        wp = np.zeros((w.shape[0], 1, th * s, tw * s), np.float32)
+        wp[:, :, :kh, :kwd] = w
+        phases = []
+        for rh in range(s):
+            for rw in range(s):
+                k = wp[:, 0, rh::s, rw::s][:, ::-1, ::-1]  # [C, th, tw], flipped
+                attrs = {"stride": [1, 1], "dilation": [1, 1],
+                         "pad": [th - 1, th - 1, tw - 1, tw - 1], "depthwise": True}
+                phases.append(self.add("conv", [x], attrs,
+                                       {"w": np.ascontiguousarray(k.transpose(1, 2, 0)[:, :, :,
+                                                                                      None])},
+                                       f"{name}.phase{rh}{rw}"))
+        cat = self.add("concat", phases, name=f"{name}.phases")
+        d2s = self.add("d2s", [cat], {"r": s, "tf_order": True}, {}, f"{name}.shuffle")
+        h, wd = self.shapes[x]
+        full_h, full_w = (h - 1) * s + kh, (wd - 1) * s + kwd
+        return self.add("crop", [d2s], {"top": ph, "left": pw, "height": full_h - 2 * ph,
+                                        "width": full_w - 2 * pw}, {}, f"{name}.crop")
+
+    def _crop(self, node: torch.fx.Node) -> bool:
+        """``x[:, :, a:b, c:d]``: a spatial crop (every image and channel kept)."""
+        src, index = node.args[0], node.args[1]
+        if not (isinstance(index, tuple) and len(index) == 4
+                and all(isinstance(i, slice) and i.step in (None, 1) for i in index)
+                and index[0] == slice(None) and index[1] == slice(None)):
+            return False
+        x = self.arg_id(src, "crop")
+        h, w = self.shapes[x]
+        rows, cols = range(h)[index[2]], range(w)[index[3]]
+        self.ids[node.name] = self.add("crop", [x], {"top": rows.start, "left": cols.start,
+                                                     "height": len(rows), "width": len(cols)})
+        return True
+
+
+def _call_args(node: torch.fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
+    """A call's arguments by parameter name (positional ones named in order)."""
+    return {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+
+
+def _get_attr(model: nn.Module, path: str) -> torch.Tensor:
+    owner, _, name = path.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, name)
 
 
 def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
@@ -304,7 +433,15 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
         raise DmadError(f"export: cannot trace the generator with torch.fx ({exc})") from None
     mods = dict(model.named_modules())
     n, c, h, w = input_shape
-    b = _Builder(c)
+    gm = torch.fx.GraphModule(model, fx_graph)
+    with torch.no_grad():
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        p = next(iter(model.parameters()), None)
+        ShapeProp(gm).propagate(torch.zeros(1, c, h, w, dtype=p.dtype if p is not None
+                                            else torch.float32,
+                                            device=p.device if p is not None else "cpu"))
+    b = _Builder(c, model)
     out_id: int | None = None
     for node in fx_graph.nodes:
         b.current = node.name
@@ -318,11 +455,16 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
             b.module(node, mods[str(node.target)])
         elif node.op == "call_function":
             b.function(node)
+        elif node.op == "get_attr":
+            continue  # a fixed filter: read by the call that uses it
         else:
             raise DmadError(f"export: unsupported graph node {node.op} {node.target}")
+        meta = node.meta.get("tensor_meta")
+        if node.name in b.ids and hasattr(meta, "shape") and len(meta.shape) == 4:
+            b.shapes[b.ids[node.name]] = (int(meta.shape[2]), int(meta.shape[3]))
     if out_id is None:
         raise DmadError("export: the generator returns nothing")
-    g = Graph(b.nodes, out_id, (n, h, w, c), torch.fx.GraphModule(model, fx_graph))
+    g = Graph(b.nodes, out_id, (n, h, w, c), gm)
     _fold_batchnorm(g)
     _order_pixel_shuffle(g)
     return g
@@ -363,7 +505,7 @@ def _order_pixel_shuffle(g: Graph) -> None:
     """PyTorch's PixelShuffle reads channel ``c·r² + i·r + j``; TensorFlow's depth_to_space reads
     ``(i·r + j)·C + c``. Permute the producing conv's output channels once so d2s is exact."""
     for n in g.nodes:
-        if n.op != "d2s":
+        if n.op != "d2s" or n.attrs.get("tf_order"):
             continue
         src = g.node(n.inputs[0])
         if src.op != "conv" or src.attrs["depthwise"] or len(g.users(src.id)) != 1:

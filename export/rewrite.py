@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dmad.compress.graph_prune import ChannelScale
+
 __all__ = [
     "ExplicitInstanceNorm",
     "RewriteReport",
@@ -149,8 +151,15 @@ SUPPORTED_LEAVES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.ReflectionPad2d,
     nn.ZeroPad2d,
+    nn.ReplicationPad2d,
+    nn.Sigmoid,
+    nn.Upsample,
+    nn.UpsamplingBilinear2d,
+    nn.UpsamplingNearest2d,
+    nn.PixelShuffle,
     SlicePad2d,
     ExplicitInstanceNorm,
+    ChannelScale,
 )
 
 

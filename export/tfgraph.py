@@ -9,7 +9,10 @@ kernels:
 * a transposed convolution is TRANSPOSE_CONV (``VALID``) followed by the crop PyTorch's
   ``padding``/``output_padding`` describe (TensorFlow's ``SAME`` crops the other side);
 * reflection padding is slices and concatenations (MIRROR_PAD cuts XNNPACK partitions); each
-  side is its own concatenation of at most ``pad + 1`` inputs;
+  side is its own concatenation of at most ``pad + 1`` inputs; edge (replication) padding the
+  same way;
+* integer upsampling is RESIZE_BILINEAR (half-pixel centres, as PyTorch's
+  ``align_corners=False``) or RESIZE_NEAREST_NEIGHBOR; a crop is a STRIDED_SLICE;
 * InstanceNorm is written out (row means, then column means; rsqrt of the variance plus a
   per-channel epsilon) so that its statistics can stay in float in the int8 recipe.
 
@@ -48,6 +51,36 @@ def _pad_reflect(tf: Any, x: Any, top: int, bottom: int, left: int, right: int) 
         return x
 
     return side(side(x, 2, left, right), 1, top, bottom)
+
+
+def _pad_replicate(tf: Any, x: Any, top: int, bottom: int, left: int, right: int) -> Any:
+    """Edge padding as slices and concatenations (TensorFlow's pad has no edge mode)."""
+    def side(x: Any, axis: int, before: int, after: int) -> Any:
+        def edge(i: int) -> Any:
+            begin, end = [0, 0, 0, 0], [0, 0, 0, 0]
+            begin[axis], end[axis] = i, i + 1
+            mask = 0b1111 & ~(1 << axis)
+            return tf.strided_slice(x, begin, end, begin_mask=mask, end_mask=mask)
+
+        n = x.shape[axis]
+        parts = [edge(0)] * before + [x] + [edge(n - 1)] * after
+        return tf.concat(parts, axis) if len(parts) > 1 else x
+
+    return side(side(x, 2, left, right), 1, top, bottom)
+
+
+def _resize(tf: Any, n: dict[str, Any], x: Any, name: str) -> Any:
+    """Integer upsampling as PyTorch computes it: bilinear with half-pixel centres (or corner
+    alignment), nearest from the top-left source pixel."""
+    a = n["attrs"]
+    size = [int(x.shape[1]) * a["scale"][0], int(x.shape[2]) * a["scale"][1]]
+    if a["mode"] == "bilinear":
+        return tf.compat.v1.image.resize_bilinear(
+            x, size, align_corners=a["align_corners"], half_pixel_centers=not a["align_corners"],
+            name=f"{name}/resize")
+    return tf.compat.v1.image.resize_nearest_neighbor(x, size, align_corners=False,
+                                                      half_pixel_centers=False,
+                                                      name=f"{name}/resize")
 
 
 def _conv(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -123,6 +156,8 @@ def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray
         top, bottom, left, right = n["attrs"]["pad"]
         if n["attrs"]["mode"] == "reflect":
             return _pad_reflect(tf, ins[0], top, bottom, left, right)
+        if n["attrs"]["mode"] == "replicate":
+            return _pad_replicate(tf, ins[0], top, bottom, left, right)
         return tf.pad(ins[0], [[0, 0], [top, bottom], [left, right], [0, 0]], name=f"{name}/pad")
     if op == "affine":
         return tf.add(ins[0] * tf.constant(arrays[f"{nid}.scale"]),
@@ -138,6 +173,14 @@ def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray
         return tf.concat(ins, 3, name=f"concat{nid}")
     if op == "d2s":
         return tf.nn.depth_to_space(ins[0], n["attrs"]["r"], name=f"{name}/d2s")
+    if op == "resize":
+        return _resize(tf, n, ins[0], name)
+    if op == "crop":
+        a = n["attrs"]
+        # STRIDED_SLICE: XNNPACK takes it in int8 too (SLICE only in float)
+        return tf.strided_slice(ins[0], [0, a["top"], a["left"], 0],
+                                [1, a["top"] + a["height"], a["left"] + a["width"], 0],
+                                end_mask=0b1000, name=f"{name}/crop")
     raise ValueError(f"unknown graph op {op!r}")
 
 

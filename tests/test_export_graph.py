@@ -397,3 +397,35 @@ def test_untraceable_model_is_one_line() -> None:
 
     with pytest.raises(DmadError, match=r"export: .*flip"):
         trace(Odd(), (1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("arch", ["cut-antialias-pruned", "in-house", "pix2pixhd"])
+def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Path) -> None:
+    """CUT's blur layers (a fixed depthwise filter; its transposed form as one depthwise conv
+    per phase, depth-to-space and a crop), edge padding, bilinear upsampling, BatchNorm, a long
+    skip and a pruned GraphModule (carried mask scales): fp32 within 100 dB of PyTorch; int8
+    made, reported and in one XNNPACK partition."""
+    from dmad.compress.graph_prune import attach_graph_masks, prune_graph
+    from dmad.export.api import ExportConfig, export_model
+    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal
+
+    torch.manual_seed(0)
+    if arch == "cut-antialias-pruned":
+        full = CutResnet(ngf=8, n_blocks=2, antialias=True).eval()
+        masks = attach_graph_masks(full)
+        with torch.no_grad():
+            for mk in masks.values():
+                mk.weight.fill_(1.0)
+                mk.bound.fill_(0.5)  # soft values: carried as scales
+                mk.weight[::2] = -5.0
+        m: torch.nn.Module = prune_graph(full)
+    else:
+        m = (InHouse(ngf=8) if arch == "in-house" else Pix2PixHDGlobal(ngf=4, n_down=3,
+                                                                         n_blocks=2)).eval()
+    quant = ("fp32", "int8") if arch == "cut-antialias-pruned" else ("fp32",)
+    rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=64, quant=quant,
+                                    calib=_photos(tmp_path), num_calib=8, num_eval=2)).report
+    assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
+    if "int8" in quant:
+        int8 = rep["artifacts"]["int8"]
+        assert int8["parity"]["psnr_db"] > 30 and int8["xnnpack"]["fully_delegated"]
