@@ -27,6 +27,7 @@ import torch
 
 from dmad.compress.arch import profile_spec
 from dmad.compress.errors import DmadError
+from dmad.compress.graph_cost import GraphSpec
 from dmad.compress.groups import widths_from_masks
 from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import ChannelMask
@@ -68,6 +69,11 @@ def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
          latency: LatencyTable | None = None) -> Cost:
     """Cost at ``size``² of the architecture the masks (or ``keep``) leave; with ``latency``
     also its predicted milliseconds (at the table's own size)."""
+    if isinstance(spec, GraphSpec):  # a traced generator: counted from its graph
+        kept = spec.kept(masks, keep)
+        paper, true, params = spec.macs(kept, size)
+        widths = {n: kept[r] for n, r in spec.site_root.items() if n in masks}
+        return Cost(widths, (), paper, true, params, None)  # type: ignore[arg-type]
     widths, forced = widths_from_masks(spec, masks, keep)
     prof = profile_spec(dataclasses.replace(spec, widths=widths), (1, spec.input_nc, size, size))
     ms = latency.predict(spec, widths).ms if latency is not None and \
@@ -178,6 +184,11 @@ def _groups(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
             ) -> dict[str, list[str]]:
     """Width groups: the masks whose keep sets make one width (the ResNet stream is the union
     of its writers; every other width is one mask)."""
+    if isinstance(spec, GraphSpec):
+        grouped = {n for g in spec.groups for n in g}
+        out = {n: [n] for n in masks if n not in grouped}
+        out.update({f"group{i}": list(g) for i, g in enumerate(spec.groups)})
+        return out
     if isinstance(spec, ResnetSpec):
         from dmad.compress.groups import residual_group
 
@@ -347,13 +358,20 @@ def check_target_ms(spec: ResnetSpec | UnetSpec, target_ms: float, table: Latenc
     return float(target_ms)
 
 
+def full_macs(spec: ResnetSpec | UnetSpec | GraphSpec, size: int, convention: str) -> int:
+    """MACs of the unpruned model at ``size``² in ``convention``."""
+    if isinstance(spec, GraphSpec):
+        paper, true, _ = spec.macs({}, size)
+        return paper if convention == "paper" else true
+    return profile_spec(spec, (1, spec.input_nc, size, size)).macs(convention)
+
+
 def check_target(spec: ResnetSpec | UnetSpec, target_gmacs: float, convention: str,
                  size: int) -> int:
     """Validate a target against the full model: > 0 and below the full model's MACs."""
     if not target_gmacs > 0:
         raise DmadError(f"target_gmacs: must be > 0, got {target_gmacs}")
-    full = profile_spec(spec, (1, spec.input_nc, size, size)).macs_paper if convention == "paper" \
-        else profile_spec(spec, (1, spec.input_nc, size, size)).macs_true
+    full = full_macs(spec, size, convention)
     target = int(target_gmacs * 1e9)
     if target >= full:
         raise DmadError(f"target_gmacs: {target_gmacs} GMACs is not below the full model's "

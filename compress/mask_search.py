@@ -29,6 +29,8 @@ from torch import nn
 
 from dmad.compress import budget
 from dmad.compress.errors import DmadError
+from dmad.compress.graph_cost import GraphSpec
+from dmad.compress.graph_prune import attach_graph_masks, prune_graph
 from dmad.compress.masks import attach_masks
 from dmad.compress.models import ResnetGenerator, UnetGenerator
 from dmad.compress.train.mask_schedule import MaskSchedule, mask_rates
@@ -43,7 +45,8 @@ SCHEDULE_FIELDS = ("target_gmacs", "target_ms", "latency_table", "macs_conventio
 def as_generator(module: nn.Module) -> nn.Module:
     """A dmad generator for ``module``: itself when it is one, else a pytorch-CycleGAN-and-
     pix2pix ResnetGenerator / UnetGenerator mapped by ``dmad import``'s rules (a new module
-    with the same weights)."""
+    with the same weights). :class:`MaskSearch` takes any other generator through its traced
+    graph (``compress/structure.py``)."""
     if isinstance(module, ResnetGenerator | UnetGenerator):
         return module
     from dmad.compress.importer import import_checkpoint, infer_arch
@@ -76,12 +79,21 @@ class MaskSearch(MaskSchedule):
             raise DmadError(f"MaskSearch: unknown field(s) {', '.join(bad)} (known: "
                             f"{', '.join(SCHEDULE_FIELDS)})")
         self.scfg = SearchConfig(teacher="(in memory)", steps=steps, **settings)
-        self.model = as_generator(generator)
-        self.model.spec_full = self.model.spec  # type: ignore[assignment]
+        try:
+            self.model = as_generator(generator)
+        except DmadError:  # not a class dmad knows: its structure comes from its traced graph
+            self.model = generator
+        if isinstance(self.model, ResnetGenerator | UnetGenerator):
+            self.model.spec_full = self.model.spec  # type: ignore[assignment]
+            self.masks = {"AtoB": attach_masks(self.model)}
+            self.family = self.model.spec.family
+        else:
+            self.model.spec_full = GraphSpec.of(  # type: ignore[assignment]
+                self.model, side=min(self.scfg.macs_size, 64))
+            self.masks = {"AtoB": attach_graph_masks(self.model)}
+            self.family = "graph"
         self.G = {"AtoB": self.model}
         self.searched = ["AtoB"]
-        self.masks = {"AtoB": attach_masks(self.model)}
-        self.family = self.model.spec.family
         self._steps = steps
         self.mask_lr, self.mask_wd, self.lambda_update = mask_rates(self.scfg, lr, steps,
                                                                     self.family)
@@ -139,6 +151,8 @@ class MaskSearch(MaskSchedule):
 
         if not self.done:
             self._freeze_to_budget("AtoB", self.n, "pruned before the end of the schedule")
+        if self.family == "graph":
+            return prune_graph(self.model.eval())
         return prune(self.model.eval())
 
 

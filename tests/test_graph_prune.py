@@ -84,3 +84,21 @@ def test_masks_of_one_are_dropped_and_values_are_carried() -> None:
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert (pruned(x) - m(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "cut-antialias"])
+def test_graph_macs_equal_the_profile_of_the_pruned_model(arch: str) -> None:
+    """The budget's graph count (both conventions) equals ``arch.profile`` of the real model,
+    full and pruned, at a side other than the one traced (MACs scale with the side²)."""
+    from dmad.compress.arch import profile
+    from dmad.compress.graph_cost import GraphSpec
+
+    torch.manual_seed(0)
+    m = ARCHS[arch]().eval()
+    spec = GraphSpec.of(m, side=64)
+    p = profile(m, (1, 3, 128, 128))
+    assert spec.macs({}, 128)[:2] == (p.macs_paper, p.macs_true)
+    masks = attach_graph_masks(m)
+    _random_masks(masks, 3)
+    p = profile(prune_graph(m), (1, 3, 128, 128))
+    assert spec.macs(spec.kept(masks), 128)[:2] == (p.macs_paper, p.macs_true)

@@ -17,7 +17,7 @@ from dmad.compress.masks import (
     MaskedNorm,
     find_masks,
 )
-from dmad.compress.models import ResnetGenerator
+from dmad.compress.models import ResnetGenerator, UnetGenerator
 
 
 def _folding_target(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
@@ -60,6 +60,10 @@ def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tens
     without a fold (the separable block's first mask) feed a depthwise conv and InstanceNorm,
     which cancel a positive per-channel scale, so nothing changes. Returns where it went.
     """
+    if not isinstance(model, ResnetGenerator | UnetGenerator):
+        # a traced generator: the mask carries it, and graph pruning keeps it as a fixed scale
+        mask.scale.mul_(scale.to(mask.scale))
+        return "carried"
     if fold_scale(model, name, scale):
         return "folded"
     if isinstance(model, ResnetGenerator) and name in residual_group(find_masks(model)):

@@ -21,6 +21,7 @@ from torch import nn
 
 from dmad.compress import budget
 from dmad.compress.errors import DmadError
+from dmad.compress.graph_cost import GraphSpec
 from dmad.compress.groups import residual_group, update_group_coefficients
 from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import (
@@ -91,6 +92,9 @@ class MaskSchedule:
             self.latency.multiple if self.latency is not None else 1)
         if self.latency is not None:
             for n in self.searched:
+                if isinstance(self.G[n].spec_full, GraphSpec):
+                    raise DmadError("target_ms: latency tables model dmad's ResNet family; a "
+                                    "traced generator's budget is in MACs (target_gmacs)")
                 self.latency.check_spec(self.G[n].spec_full)
         if self.metric == "ms":
             assert self.latency is not None
@@ -123,6 +127,14 @@ class MaskSchedule:
             return self.scfg.target_gmacs_BtoA
         return self.scfg.target_gmacs
 
+
+    def _coupled(self, direction: str) -> list[list[str]]:
+        """The mask groups DMAD's adaptive group sparsity couples: the ResNet stream's writers,
+        or a traced generator's channel groups (residual additions)."""
+        spec = self.G[direction].spec_full
+        if isinstance(spec, GraphSpec):
+            return [list(g) for g in spec.groups]
+        return [residual_group(self.masks[direction])] if self.family == "resnet" else []
 
     def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
         return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,
@@ -206,7 +218,7 @@ class MaskSchedule:
             m.weight.grad = None
         self.frozen_at[d] = step
         self.last_cost[d] = c
-        full = budget.profile_spec(spec, (1, spec.input_nc, size, size)).macs(conv)
+        full = budget.full_macs(spec, size, conv)
         self.cut[d] = {"full_gmacs": full / 1e9, "gmacs_left_by_masks": by_masks / 1e9,
                        "gmacs_final": c.macs(conv) / 1e9,
                        # shares of the total cut: by the differentiable masks, by the final fit
@@ -270,8 +282,9 @@ class MaskSchedule:
                 continue
             masks = self.masks[d]
             self._update_importance(masks)
-            if self.family == "resnet" and self.lambda_update > 0:
-                update_group_coefficients(masks, residual_group(masks), self.lambda_update)
+            if self.lambda_update > 0:
+                for group in self._coupled(d):
+                    update_group_coefficients(masks, group, self.lambda_update)
             c = self._cost(d)
             self.last_cost[d] = c
             if c.value(self.metric) <= self.target[d]:

@@ -1,0 +1,157 @@
+"""The budget's view of any traced generator: MACs and parameters as a function of the
+channels each mask keeps.
+
+Why: the search compares the architecture its masks leave with a MAC budget at every update,
+and the final fit tries many keep sets; for dmad's own classes a spec with smaller widths is
+profiled. A traced generator has no spec, so :class:`GraphSpec` records, once, every
+convolution of the graph with the channel spaces it reads and writes and its output size at a
+reference side (shapes found by running the model once), and then counts MACs for any keep set
+without running the model: a layer's MACs scale with its kept input and output channels and
+with the square of the image side (the generators are fully convolutional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from dmad.compress.masks import ChannelMask, MaskedNorm
+from dmad.compress.structure import Trace, trace_structure
+
+__all__ = ["ConvCost", "GraphSpec"]
+
+
+@dataclass(frozen=True)
+class ConvCost:
+    """One convolution: the space roots of its input slices (``None``: the image), its
+    output's root, whether it is depthwise (input = output channels), kernel taps, bias, the
+    output pixels and input pixels at the reference side, and whether it is transposed."""
+
+    name: str
+    ins: tuple[tuple[int | None, int], ...]
+    out: tuple[int | None, int]
+    depthwise: bool
+    taps: int
+    bias: bool
+    out_pixels: int
+    in_pixels: int
+    transposed: bool
+
+
+@dataclass
+class GraphSpec:
+    """A traced generator as :mod:`compress.budget` sees it (the fields and methods it reads
+    of a ResNet or UNet spec): ``family`` ``"graph"``, ``input_nc``, and costs by keep set."""
+
+    input_nc: int
+    ref_side: int
+    convs: list[ConvCost]
+    #: mask (site) name → its channel-space root
+    site_root: dict[str, int]
+    #: masks whose channels are one space (pruned alike), two or more each
+    groups: list[list[str]]
+    #: per-element ops the paper convention counts (BatchNorm 2, LeakyReLU 1): the spaces
+    #: of their input, their pixels at the reference side and the count per element
+    elementwise: list[tuple[tuple[tuple[int | None, int], ...], int, int]] = \
+        field(default_factory=list)
+    family: str = field(default="graph", init=False)
+
+    @classmethod
+    def of(cls, model: nn.Module, side: int = 64, input_nc: int = 3) -> GraphSpec:
+        """Trace ``model`` and run it once at ``side``² to learn every conv's pixels."""
+        tr = trace_structure(model)
+        gm = torch.fx.GraphModule(model, tr.graph)
+        p = next(iter(model.parameters()))
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, input_nc, side, side, device=p.device,
+                                                dtype=p.dtype))
+        model.train(was)
+        mods = dict(model.named_modules())
+        convs = [c for n in tr.graph.nodes if (c := _conv_cost(n, mods, tr)) is not None]
+        elementwise = [e for n in tr.graph.nodes if (e := _elementwise(n, mods, tr)) is not None]
+        return cls(input_nc, side, convs,
+                   {name: tr.root(s) for s, name in tr.site_of_space.items()},
+                   tr.structure.groups, elementwise)
+
+    def kept(self, masks: Mapping[str, ChannelMask],
+             keep: Mapping[str, torch.Tensor] | None = None) -> dict[int, int]:
+        """Channels each masked space keeps: the union over its masks (a mask keeps w > −b)."""
+        sets: dict[int, torch.Tensor] = {}
+        for name, m in masks.items():
+            k = (keep[name] if keep is not None else m.kept()).detach().cpu().bool()
+            root = self.site_root[name]
+            sets[root] = k if root not in sets else sets[root] | k
+        return {r: max(int(k.sum()), 1) for r, k in sets.items()}
+
+    def macs(self, kept: Mapping[int, int], side: int) -> tuple[int, int, int]:
+        """(paper MACs, true MACs, conv parameters) at ``side``² for channels ``kept``."""
+        f = (side / self.ref_side) ** 2
+        paper = true = params = 0
+        for c in self.convs:
+            cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
+            cout = cin if c.depthwise else (kept.get(c.out[0], c.out[1]) if c.out[0] is not None
+                                            else c.out[1])
+            per_out = c.taps if c.depthwise else cin * c.taps
+            out_px, in_px = round(c.out_pixels * f), round(c.in_pixels * f)
+            paper += out_px * cout * (per_out + int(c.bias))
+            true += (in_px * cin * c.taps if c.depthwise else in_px * cin * cout * c.taps) \
+                if c.transposed else out_px * cout * per_out
+            params += cout * per_out + (cout if c.bias else 0)
+        for ins, px, per in self.elementwise:
+            paper += round(px * f) * per * sum(kept.get(r, n) if r is not None else n
+                                               for r, n in ins)
+        return paper, true, params
+
+
+def _elementwise(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace
+                 ) -> tuple[tuple[tuple[int | None, int], ...], int, int] | None:
+    if node.op != "call_module":
+        return None
+    m = mods[str(node.target)]
+    m = m.norm if isinstance(m, MaskedNorm) else m
+    per = 2 if isinstance(m, nn.BatchNorm2d) else 1 if isinstance(m, nn.LeakyReLU) else 0
+    if not per:
+        return None
+    src = node.args[0]
+    assert isinstance(src, torch.fx.Node)
+    shape = src.meta["tensor_meta"].shape
+    ins = tuple((tr.root(s) if s else None, tr.channels(s)) for s in tr.segs[src])
+    return ins, int(shape[2] * shape[3]), per
+
+
+def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> ConvCost | None:
+    """The cost record of a conv node (a module, a masked conv, or a fixed filter call)."""
+    if node.op == "call_module":
+        m = mods[str(node.target)]
+        if isinstance(m, MaskedNorm):
+            m = m.norm
+        if not isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            return None
+        taps = int(m.kernel_size[0] * m.kernel_size[1])
+        depthwise = m.groups > 1
+        bias, transposed = m.bias is not None, isinstance(m, nn.ConvTranspose2d)
+    elif node.op == "call_function" and node.target in (F.conv2d, F.conv_transpose2d):
+        w = node.args[1]
+        shape = w.meta["tensor_meta"].shape if isinstance(w, torch.fx.Node) else None
+        if shape is None:
+            return None
+        taps, depthwise, bias = int(shape[2] * shape[3]), True, False
+        transposed = node.target is F.conv_transpose2d
+    else:
+        return None
+    src = node.args[0]
+    assert isinstance(src, torch.fx.Node)
+    ins = tuple((tr.root(s) if s else None, tr.channels(s)) for s in tr.segs[src])
+    outs = tr.segs[node]
+    out = (tr.root(outs[0]) if outs and outs[0] else None,
+           tr.channels(outs[0]) if outs else 0)
+    o_shape, i_shape = node.meta["tensor_meta"].shape, src.meta["tensor_meta"].shape
+    return ConvCost(str(node.target), ins, out, depthwise, taps, bias,
+                    int(o_shape[2] * o_shape[3]), int(i_shape[2] * i_shape[3]), transposed)
