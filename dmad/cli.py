@@ -232,6 +232,10 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dmad.compress.checkpoint import load_model
     from dmad.compress.models import ResnetGenerator, ResnetSpec, UnetGenerator, UnetSpec
 
+    if args.generator_class is not None:
+        from dmad.compress.user_class import load_user_generator
+
+        return load_user_generator(args.generator_class, args.model, args.kwargs)
     if args.model is not None:
         from dmad.compress.io import safe_load
 
@@ -269,21 +273,23 @@ def cmd_macs(args: argparse.Namespace) -> int:
     if args.size < 1:
         raise DmadError(f"--size: must be >= 1, got {args.size}")
     model = _macs_model(args)
-    spec = model.spec
+    spec = getattr(model, "spec", None)
+    family, input_nc = (spec.family, spec.input_nc) if spec is not None else (
+        type(model).__name__, 3)
     div = spec.divisor if hasattr(spec, "divisor") else 4
     if args.size % div:
         raise DmadError(
-            f"--size: {args.size} is not a multiple of {div} for this {spec.family} generator"
+            f"--size: {args.size} is not a multiple of {div} for this {family} generator"
         )
-    prof = profile(model, (1, spec.input_nc, args.size, args.size))
+    prof = profile(model, (1, input_nc, args.size, args.size))
     if args.per_layer:
         print(format_table(prof))
     if args.json:
-        print(json.dumps({"family": spec.family, **prof.summary()}, indent=2))
+        print(json.dumps({"family": family, **prof.summary()}, indent=2))
         return 0
     src = args.model or f"{args.arch} ngf={args.ngf}"
     print(
-        f"{src} at 1x{spec.input_nc}x{args.size}x{args.size}: params {prof.params:,}  "
+        f"{src} at 1x{input_nc}x{args.size}x{args.size}: params {prof.params:,}  "
         f"MACs {prof.macs_paper / 1e9:.3f} G (paper/thop convention)  "
         f"{prof.macs_true / 1e9:.3f} G (true)"
     )
@@ -473,6 +479,11 @@ def _add_model_commands(sub: Any) -> None:
                    help="the mobile ResNet with depthwise-separable block convs")
     s.add_argument("--size", type=int, default=256,
                    help="input side in pixels at which MACs are counted (default: 256)")
+    s.add_argument("--generator-class", metavar="PKG.MODULE:CLASS",
+                   help="your own generator class; MODEL is then its state dict (the current "
+                        "folder is searched first)")
+    s.add_argument("--kwargs", metavar="JSON",
+                   help="keyword arguments of --generator-class, a JSON object")
     s.add_argument("--per-layer", action="store_true", help="print the per-layer table")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_macs)

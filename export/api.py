@@ -77,6 +77,11 @@ class ExportConfig:
         None,
         "an nn.Module to export (programmatic use, e.g. benchmarks; not on the CLI)",
     )
+    generator_class: str | None = opt(
+        None, "your own generator class, package.module:ClassName; --model is then its state "
+        "dict (the current folder is searched first)")
+    generator_kwargs: str | None = opt(None, "a JSON object of keyword arguments for "
+                                       "--generator-class")
     direction: str = opt("AtoB", "AtoB | BtoA: which generator of a CycleGAN run")
     size: int = opt(
         256,
@@ -215,6 +220,14 @@ def _source(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
         raise DmadError(f"--direction: {cfg.direction!r} is not AtoB or BtoA")
     if cfg.module is not None:
         return cfg.module.eval(), {"kind": "module", "file": None}
+    if cfg.generator_class is not None:
+        from dmad.compress.user_class import load_user_generator
+
+        if cfg.model is None:
+            raise DmadError("--generator-class needs --model WEIGHTS (its state dict)")
+        model = load_user_generator(cfg.generator_class, Path(cfg.model), cfg.generator_kwargs)
+        return model, {"kind": "user-class", "file": str(cfg.model),
+                       "class": cfg.generator_class}
     if cfg.run is not None:
         return _load_run(Path(cfg.run), cfg.direction)
     path = Path(cfg.model)  # type: ignore[arg-type]

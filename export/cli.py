@@ -52,6 +52,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         strict=args.strict,
         run=args.run,
         model=args.model,
+        generator_class=args.generator_class,
+        generator_kwargs=args.generator_kwargs,
         direction=args.direction,
         size=args.size,
         quant=_quant_list(args.quant),
@@ -97,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help=h("run"))
     src.add_argument("--model", type=Path, help=h("model"))
+    s.add_argument("--generator-class", help=h("generator_class"))
+    s.add_argument("--kwargs", dest="generator_kwargs", help=h("generator_kwargs"))
     s.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help=h("direction", "AtoB"))
     s.add_argument("--out", type=Path, required=True, help=h("out"))

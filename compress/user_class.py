@@ -1,0 +1,107 @@
+"""A user's own generator class, named on the command line: ``--generator-class pkg.mod:Class``.
+
+Why: most generators are neither dmad's nor pytorch-CycleGAN-and-pix2pix's, and their weights
+are a state dict that means nothing without the class that made them. The class is imported
+from the user's own code (the current folder is searched first, as ``python -m`` would), built
+with ``--kwargs`` (a JSON object), and given the state dict loaded with ``weights_only=True``;
+every failure on the way is one line that says which of the three went wrong. Importing the
+module runs the user's code: that is what naming one's own class asks for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmad.compress.errors import DmadError
+from dmad.compress.io import safe_load
+
+__all__ = ["load_user_generator"]
+
+#: wrappers checkpoints keep a generator's state dict under
+_NESTED = ("state_dict", "model", "G", "netG", "generator", "params_ema", "ema")
+
+
+def _import_class(path: str) -> type[nn.Module]:
+    mod_name, sep, cls_name = path.partition(":")
+    if not sep or not mod_name or not cls_name:
+        raise DmadError(f"--generator-class {path!r}: expected package.module:ClassName")
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:  # the user's module: any error it raises is theirs, said in one line
+        raise DmadError(f"--generator-class {path}: cannot import {mod_name} "
+                        f"({type(exc).__name__}: {exc}); run dmad from the folder that holds "
+                        "it, or install it") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise DmadError(f"--generator-class {path}: {mod_name} has no nn.Module class "
+                        f"{cls_name!r}")
+    return cls
+
+
+def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    obj: Any = safe_load(weights)
+    for _ in range(2):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in _NESTED if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor)
+                                                  for v in obj.values())):
+        raise DmadError(f"{weights}: not a state dict (a mapping of names to tensors, or one "
+                        f"under {', '.join(_NESTED)})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_user_generator(class_path: str, weights: Path | None,
+                        kwargs_json: str | None = None) -> nn.Module:
+    """``Class(**kwargs)`` from ``class_path``, with ``weights`` loaded strictly (module doc);
+    in eval mode."""
+    cls = _import_class(class_path)
+    try:
+        kwargs = json.loads(kwargs_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise DmadError(f"--kwargs: not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(kwargs, dict):
+        raise DmadError(f"--kwargs: expected a JSON object of keyword arguments, got "
+                        f"{type(kwargs).__name__}")
+    try:
+        model = cls(**kwargs)
+    except Exception as exc:  # the user's constructor
+        raise DmadError(f"--generator-class {class_path}: {cls.__name__}(**{kwargs}) failed "
+                        f"({type(exc).__name__}: {exc})") from None
+    if weights is not None:
+        state = _state_dict(Path(weights))
+        missing, unexpected = _compare(model, state)
+        if missing or unexpected:
+            parts = [f"missing {', '.join(missing[:3])}" if missing else "",
+                     f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""]
+            raise DmadError(f"{weights}: does not fit {cls.__name__}(**{kwargs}): "
+                            + "; ".join(p for p in parts if p)
+                            + " (check --kwargs: widths and block counts)")
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _compare(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(missing, unexpected-or-misshapen) keys of ``state`` against ``model``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    bad = [k for k in state if k not in own]
+    bad += [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})" for k in state
+            if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, bad
