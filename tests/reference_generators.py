@@ -10,7 +10,12 @@ originals' ``nn.Sequential`` layout only where that matters for their checkpoint
   a crop) followed by a stride-1 conv, norm, ReLU. Without it, plain stride-2 convs.
 * :class:`Pix2PixHDGlobal`: pix2pixHD's ``GlobalGenerator`` (NVIDIA/pix2pixHD,
   ``models/networks.py``): 7×7 stem, 4 stride-2 downsamplings, 9 residual blocks, 4 transposed
-  convs, 7×7 head, Tanh; BatchNorm by default.
+  convs, 7×7 head, Tanh; affine-free InstanceNorm by default (its ``--norm instance``), and
+  ``label_nc + 1`` input channels when trained on label maps (``in_ch``).
+
+Their state-dict keys and shapes were checked against the public code (CUT b3ac2977, pix2pixHD
+14b3b3c7): a checkpoint of either loads into these classes with ``strict=True`` and gives the
+same outputs.
 * :class:`InHouse`: the kind of generator teams write themselves: bilinear upsampling followed
   by a conv, and an extra long skip concatenating the stem's features before the head.
 * :class:`WithAttention`: a generator with a self-attention layer (not supported: the test
@@ -56,7 +61,7 @@ class BlurUp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv_transpose2d(self.pad(x), self.filt, stride=2, padding=2,
                                groups=self.channels)
-        return y[:, :, 1:, 1:]
+        return y[:, :, 1:-1, 1:-1]  # CUT: [1:, 1:], then [:-1, :-1] for an even filter
 
 
 class _Block(nn.Module):
@@ -100,10 +105,10 @@ class CutResnet(nn.Module):
 
 
 class Pix2PixHDGlobal(nn.Module):
-    def __init__(self, ngf: int = 4, n_down: int = 4, n_blocks: int = 3) -> None:
+    def __init__(self, ngf: int = 4, n_down: int = 4, n_blocks: int = 3, in_ch: int = 3,
+                 norm: type[nn.Module] = nn.InstanceNorm2d) -> None:
         super().__init__()
-        norm = nn.BatchNorm2d
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), norm(ngf),
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), norm(ngf),
                                    nn.ReLU(True)]
         for i in range(n_down):
             m = 2**i

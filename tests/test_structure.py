@@ -82,7 +82,10 @@ def test_pix2pixhd_global_generator() -> None:
     chans = [s.channels for s in st.sites]
     assert chans == [4, 8, 16, 32, 64, 64, 64, 64, 64, 64, 64, 32, 16, 8, 4]
     assert st.groups == [["model.14", *(f"model.{i}.conv_block.6" for i in (16, 17, 18))]]
-    assert all(s.norm == s.name for s in st.sites)  # BatchNorm after every conv
+    assert all(s.norm == s.name for s in st.sites)  # a norm after every conv
+    bn = derive_structure(Pix2PixHDGlobal(ngf=4, n_down=4, n_blocks=3, in_ch=36,
+                                          norm=nn.BatchNorm2d))
+    assert [s.channels for s in bn.sites] == chans
 
 
 def test_in_house_bilinear_and_long_skip() -> None:
