@@ -242,6 +242,11 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         obj = safe_load(Path(args.model))
         if isinstance(obj, dict) and obj.get("format") == "dmad-model":
             return load_model(args.model)[0]
+        from dmad.compress.models.public import public_generator
+
+        public = public_generator(obj) if isinstance(obj, dict) else None
+        if public is not None:  # a CUT or pix2pixHD checkpoint
+            return public
         # a pytorch-CycleGAN-and-pix2pix checkpoint, mapped as `dmad import` / `dmad compress`
         from dmad.compress.importer import import_checkpoint, infer_arch
 
@@ -268,14 +273,17 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_macs(args: argparse.Namespace) -> int:
+    import torch
+
     from dmad.compress.arch import format_table, profile
 
     if args.size < 1:
         raise DmadError(f"--size: must be >= 1, got {args.size}")
     model = _macs_model(args)
     spec = getattr(model, "spec", None)
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     family, input_nc = (spec.family, spec.input_nc) if spec is not None else (
-        type(model).__name__, 3)
+        type(model).__name__, first.in_channels if first is not None else 3)
     div = spec.divisor if hasattr(spec, "divisor") else 4
     if args.size % div:
         raise DmadError(

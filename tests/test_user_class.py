@@ -105,3 +105,27 @@ def test_each_mistake_is_one_line(project: Path, args: tuple[str, ...], says: st
     r = _dmad(project, "macs", "gen.pth", *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("which", ["cut", "pix2pixhd"])
+def test_cut_and_pix2pixhd_checkpoints_are_recognised(which: str, tmp_path: Path) -> None:
+    """A ``latest_net_G.pth`` of CUT (blur buffers) or pix2pixHD (four downsamplings, label-map
+    input) is recognised from its tensors and loaded strictly; ``dmad macs`` reads it."""
+    from dmad.compress.models.public import CutResnet, Pix2PixHDGlobal, public_generator
+
+    torch.manual_seed(0)
+    g = CutResnet(ngf=8, n_blocks=3) if which == "cut" else \
+        Pix2PixHDGlobal(ngf=4, n_down=4, n_blocks=2, in_ch=36)
+    state = g.state_dict()
+    back = public_generator(state)
+    assert type(back) is type(g)
+    x = torch.rand(1, 36 if which == "pix2pixhd" else 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(back(x), g.eval()(x))
+    torch.save(state, tmp_path / "latest_net_G.pth")
+    r = _dmad(tmp_path, "macs", "latest_net_G.pth", "--size", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["family"] == type(g).__name__
+    from dmad.compress.models import ResnetSpec, build
+
+    assert public_generator(build(ResnetSpec(ngf=8, n_blocks=2)).state_dict()) is None
