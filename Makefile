@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dmad-installed
 
-.PHONY: demo test lint layers adb chromium android-check bench-train android-assets clean
+.PHONY: demo test lint layers adb chromium android-check android-unit-tests bench-train android-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,13 +40,18 @@ adb:
 chromium:
 	$(call apt_need,chromium,the page test)
 
-test: $(STAMP) adb chromium layers android-check
+test: $(STAMP) adb chromium layers android-check android-unit-tests
 	$(PY) -m pytest
 
 # Compile every Kotlin source of the Android app with -Werror against android.jar, R and stubs of
 # the LiteRT/androidx APIs (toolchain fetched once into ~/.cache/dmad-android; see the script).
 android-check:
 	bash scripts/android_check.sh
+
+# The app's JVM unit tests (JUnit 4): its pure-Kotlin logic (model.json, A/B runs, medians, input
+# geometry, EXIF) compiled with -Werror on a plain JVM and run here (same kotlinc; see the script).
+android-unit-tests:
+	bash scripts/android_unit_tests.sh
 
 lint: $(STAMP) layers
 	$(PY) -m ruff check .
@@ -57,9 +62,9 @@ layers: $(STAMP)
 
 # Put the demo's compressed and full generators into the Android app (after `make demo`).
 android-assets: $(STAMP)
-	$(VENV)/bin/dmad export --run runs/demo/finetune --out runs/demo/android/compressed --size 64 \
+	$(VENV)/bin/dmad export --run runs/demo/finetune --out runs/demo/android/compressed --size 256 \
 		--android --android-label compressed --force
-	$(VENV)/bin/dmad export --run runs/demo/teacher --out runs/demo/android/full --size 64 \
+	$(VENV)/bin/dmad export --run runs/demo/teacher --out runs/demo/android/full --size 256 \
 		--android --android-label full --force
 
 bench-train: $(STAMP)

@@ -86,7 +86,8 @@ javac -nowarn -Xlint:-options --release 8 -cp "$ANDROID_CP:$W/stubs:$CACHE/kotli
 # 2. resources -> R.java (the manifest gets the package and SDK levels that Gradle would inject)
 PKG="$(sed -n 's/.*namespace *= *"\([^"]*\)".*/\1/p' "$APP/app/build.gradle.kts")"
 MIN_SDK="$(sed -n 's/.*minSdk *= *\([0-9]*\).*/\1/p' "$APP/app/build.gradle.kts")"
-sed "s#<manifest #<manifest package=\"$PKG\" #; s#\(<manifest[^>]*>\)#\1<uses-sdk android:minSdkVersion=\"$MIN_SDK\" android:targetSdkVersion=\"23\" />#" \
+# configChanges "density" is an API 24 flag API 23's aapt refuses: the check drops it from its copy
+sed "s#<manifest #<manifest package=\"$PKG\" #; s#|density##; s#\(<manifest[^>]*>\)#\1<uses-sdk android:minSdkVersion=\"$MIN_SDK\" android:targetSdkVersion=\"23\" />#" \
   "$APP/app/src/main/AndroidManifest.xml" > "$W/AndroidManifest.xml"
 aapt package -f -m -J "$W/gen" -M "$W/AndroidManifest.xml" -S "$APP/app/src/main/res" -S "$STUBS/res" \
   --auto-add-overlay -I "$ANDROID_JAR" >"$W/aapt.log" 2>&1 || { cat "$W/aapt.log" >&2; say "aapt failed on the app's resources"; exit 1; }

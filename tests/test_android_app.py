@@ -9,8 +9,9 @@
   compress/data/transforms.py.
 * The asset contract (android_demo/MODEL_JSON.md): a tiny ResNet generator is exported once per
   session with onnx2tf to float32, full-int8 and int8-with-float-I/O .tflite files; a model.json
-  written per the contract agrees with what the LiteRT interpreter reports, the twin of
-  ModelSpec.kt's validation catches every kind of disagreement, and the twin wrapped around the
+  written per the contract (per-delegate files included: each file against its own tensors)
+  agrees with what the LiteRT interpreter reports, the twin of ModelSpec.kt's validation
+  catches every kind of disagreement, and the twin wrapped around the
   interpreter reproduces PyTorch: float32 max |err| <= 1e-3 in tensor space and <= 1 level in
   pixels; int8 PSNR >= 25 dB (range 2), the floor measured for full-size InstanceNorm ResNets in
   the shared toolchain notes §9 (25.5-26.3 dB; this tiny model gives ~30 dB).
@@ -64,7 +65,11 @@ INTENDED_LIBRARIES = {
     "androidx.activity:activity-ktx": "1.10.1",
     "androidx.lifecycle:lifecycle-runtime-ktx": "2.8.7",
     "org.jetbrains.kotlinx:kotlinx-coroutines-android": "1.10.1",
+    "androidx.exifinterface:exifinterface": "1.4.2",
+    "junit:junit": "4.13.2",
 }
+# Libraries the app's JVM unit tests use (testImplementation), not packed into the APK.
+TEST_LIBRARIES = {"junit"}
 INTENDED_PLUGINS = {"com.android.application": "8.13.0", "org.jetbrains.kotlin.android": "2.2.20"}
 # Minimum Gradle per AGP minor (developer.android.com AGP release notes).
 AGP_MIN_GRADLE = {
@@ -84,7 +89,8 @@ AGP_MIN_GRADLE = {
 
 
 def kts_code(text: str) -> tuple[str, list[str]]:
-    """Code with comments removed and string literals replaced by "", plus the literals.
+    """Code with comments removed, string literals replaced by "" and char literals by '', plus
+    the string literals.
 
     Raises ValueError on an unterminated string/comment or unbalanced (), {}, [].
     """
@@ -112,6 +118,13 @@ def kts_code(text: str) -> tuple[str, list[str]]:
             strings.append(text[i + 3 : j])
             out.append('""')
             i = j + 3
+            continue
+        if c == "'":  # a Kotlin char literal: '"', '{', '\'', '\u0022'
+            m = re.match(r"'(?:\\u[0-9a-fA-F]{4}|\\.|[^'\\\n])'", text[i:])
+            if not m:
+                raise ValueError(f"bad char literal: {text[i:i + 8]!r}")
+            out.append("''")
+            i += m.end()
             continue
         if c == '"':
             j = i + 1
@@ -203,9 +216,15 @@ def test_kts_reader_rejects_broken_files() -> None:
         "dependencies { implementation(libs.a) }}",
         "/* open",
         "f(]",
+        "val c = 'ab'",
     ]:
         with pytest.raises(ValueError):
             kts_code(bad)
+    # Kotlin char literals hold quotes and brackets without opening strings or blocks.
+    code, strings = kts_code(
+        """when (c) { '{' -> f('"') ; '\\'' -> g('\\u0022') ; else -> h("x") }"""
+    )
+    assert code.count("''") == 4 and strings == ["x"]
 
 
 def test_settings_and_root_build() -> None:
@@ -238,9 +257,12 @@ def test_app_build_config() -> None:
     assert plugins == set(resolved_plugins())
     # Every dependency comes from the catalog: no literal "group:name:version" anywhere.
     assert not [s for s in strings if re.fullmatch(r"[\w.-]+:[\w.-]+:[\w.+-]+", s)]
-    used = re.findall(r"implementation\(libs\.([\w.]+)\)", kts_block(code, "dependencies"))
+    deps = kts_block(code, "dependencies")
+    used = re.findall(r"(?<!\w)implementation\(libs\.([\w.]+)\)", deps)
+    tests = re.findall(r"(?<!\w)testImplementation\(libs\.([\w.]+)\)", deps)
     libs = resolved_libraries()
-    assert sorted(used) == sorted(libs), "catalog entries and implementation(...) lines differ"
+    assert sorted(used + tests) == sorted(libs), "catalog and (test)implementation lines differ"
+    assert set(tests) == TEST_LIBRARIES
 
 
 def test_catalog_has_the_intended_coordinates_and_versions() -> None:
@@ -315,6 +337,10 @@ def test_kotlin_sources_parse_and_sit_in_their_package() -> None:
         "ModelSpec.kt",
         "PixelMapping.kt",
         "GeneratorRunner.kt",
+        "Json.kt",
+        "Latency.kt",
+        "AbSchedule.kt",
+        "InputGeometry.kt",
     }
     for path, text in sources.items():
         kts_code(text)  # balanced brackets, closed strings and comments
@@ -650,16 +676,98 @@ def twin_parse_tensor(where: str, value: Any, problems: list[str]) -> dict[str, 
     return {"name": value["name"], "shape": shape, "dtype": dtype, "quantization": quant}
 
 
-def twin_parse_entry(where: str, obj: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+def _is_file_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and "/" not in v and v.endswith(".tflite")
+
+
+def twin_parse_file(
+    where: str, obj: dict[str, Any], problems: list[str], parity_required: bool
+) -> dict[str, Any] | None:
+    """ModelSpecParser.parseFile: the keys of one file (the entry itself or an extra file)."""
     before = len(problems)
     file = obj.get("file")
-    if not isinstance(file, str) or not file or "/" in file or not file.endswith(".tflite"):
+    if not _is_file_name(file):
         problems.append(f"{where}.file: must be a .tflite file name in assets (no folders)")
+    inp = twin_parse_tensor(f"{where}.input", obj.get("input"), problems)
+    out = twin_parse_tensor(f"{where}.output", obj.get("output"), problems)
+    if "variant" in obj and not isinstance(obj["variant"], str):
+        problems.append(f"{where}.variant: must be a string")
+    if (parity_required or "parity" in obj) and not isinstance(obj.get("parity"), dict):
+        problems.append(f"{where}.parity: must be an object")
+    if "chosen_because" in obj and not isinstance(obj["chosen_because"], str):
+        problems.append(f"{where}.chosen_because: must be a string")
+    if "below_floor" in obj and not isinstance(obj["below_floor"], bool):
+        problems.append(f"{where}.below_floor: must be true or false")
+    if len(problems) != before:
+        return None
+    return {**obj, "input": inp, "output": out}
+
+
+def twin_parse_extra_files(
+    where: str, obj: dict[str, Any], main_name: str | None, problems: list[str]
+) -> list[dict[str, Any]]:
+    """ModelSpecParser.parseExtraFiles."""
+    if "extra_files" not in obj:
+        return []
+    items = obj["extra_files"]
+    if not isinstance(items, list) or any(not isinstance(x, dict) for x in items):
+        problems.append(f"{where}.extra_files: must be a list of objects")
+        return []
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        w = f"{where}.extra_files[{i}]"
+        f = twin_parse_file(w, item, problems, parity_required=False)
+        if f is None:
+            continue
+        if f["file"] == main_name or any(x["file"] == f["file"] for x in out):
+            problems.append(f"{w}.file: {f['file']} is listed twice or is the main file")
+            continue
+        out.append(f)
+    return out
+
+
+ACCELERATOR_KEYS = ["cpu", "gpu", "nnapi"]  # Accelerator.entries' keys, in their order
+
+
+def twin_parse_for_delegate(
+    where: str,
+    obj: dict[str, Any],
+    main_name: str | None,
+    extras: list[dict[str, Any]],
+    problems: list[str],
+) -> dict[str, str]:
+    """ModelSpecParser.parseForDelegate: keys of unknown accelerators are ignored."""
+    if "for_delegate" not in obj:
+        return {}
+    mapping = obj["for_delegate"]
+    if not isinstance(mapping, dict):
+        problems.append(
+            f"{where}.for_delegate: must be an object mapping cpu, gpu, nnapi to file names"
+        )
+        return {}
+    out = {}
+    for key in ACCELERATOR_KEYS:
+        if key not in mapping:
+            continue
+        name = mapping[key]
+        if not _is_file_name(name):
+            problems.append(
+                f"{where}.for_delegate.{key}: must be a .tflite file name in assets (no folders)"
+            )
+        elif name != main_name and all(x["file"] != name for x in extras):
+            why = ", which is not the entry's file or one of its extra_files"
+            problems.append(f"{where}.for_delegate.{key}: names {name}{why}")
+        else:
+            out[key] = name
+    return out
+
+
+def twin_parse_entry(where: str, obj: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    before = len(problems)
     label = obj.get("label")
     if not isinstance(label, str) or label not in LABELS:
         problems.append(f"{where}.label: must be one of {', '.join(LABELS)}")
-    inp = twin_parse_tensor(f"{where}.input", obj.get("input"), problems)
-    out = twin_parse_tensor(f"{where}.output", obj.get("output"), problems)
+    main = twin_parse_file(where, obj, problems, parity_required=True)
     rng = obj.get("value_range")
     low, high = TWIN_CONSTANTS["VALUE_LOW"], TWIN_CONSTANTS["VALUE_HIGH"]
     if not (
@@ -689,11 +797,23 @@ def twin_parse_entry(where: str, obj: dict[str, Any], problems: list[str]) -> di
         problems.append(f"{where}.params: must be an integer >= 0")
     if not isinstance(obj.get("source_run"), str):
         problems.append(f"{where}.source_run: must be a string")
-    if not isinstance(obj.get("parity"), dict):
-        problems.append(f"{where}.parity: must be an object")
+    multiple = obj.get("size_multiple")
+    if "size_multiple" in obj and not (_is_int(multiple) and 1 <= multiple <= 2**31 - 1):
+        problems.append(f"{where}.size_multiple: must be an integer >= 1")
+    if "gpu_delegate" in obj and not isinstance(obj["gpu_delegate"], dict):
+        problems.append(f"{where}.gpu_delegate: must be an object")
+    main_name = obj.get("file") if isinstance(obj.get("file"), str) else None
+    extras = twin_parse_extra_files(where, obj, main_name, problems)
+    for_delegate = twin_parse_for_delegate(where, obj, main_name, extras, problems)
     if len(problems) != before:
         return None
-    return {**obj, "input": inp, "output": out}
+    return {**main, "extra_files": extras, "for_delegate": for_delegate}
+
+
+def twin_file_for(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    """ModelEntry.fileFor: the file ``key`` (cpu, gpu, nnapi) runs."""
+    name = entry["for_delegate"].get(key)
+    return next((x for x in entry["extra_files"] if x["file"] == name), entry)
 
 
 def twin_parse_model_json(text: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -804,11 +924,14 @@ def test_every_kotlin_rule_has_its_twin() -> None:
     """Each problem message of ModelSpec.kt (its fixed text) appears in the twin's source."""
     kotlin = (SRC / "ModelSpec.kt").read_text()
     literals = re.findall(r'problems \+= "((?:[^"\\]|\\.)*)"', kotlin)
-    assert len(literals) >= 20
+    assert len(literals) >= 30
     twin = "".join(
         inspect.getsource(f)
         for f in (
             twin_parse_tensor,
+            twin_parse_file,
+            twin_parse_extra_files,
+            twin_parse_for_delegate,
             twin_parse_entry,
             twin_parse_model_json,
             twin_check_tensor,
@@ -963,16 +1086,17 @@ def validate_assets(folder: Path) -> list[str]:
     if spec is None:
         return problems
     for entry in spec["models"]:
-        path = folder / entry["file"]
-        if not path.exists():
-            problems.append(f"model.json names {entry['file']}, but it is not in the app's assets")
-            continue
-        it = interpreter(path)
-        problems += twin_check_against_model(
-            entry,
-            [tensor_info(d) for d in it.get_input_details()],
-            [tensor_info(d) for d in it.get_output_details()],
-        )
+        for f in [entry, *entry["extra_files"]]:  # each file against its own tensor objects
+            path = folder / f["file"]
+            if not path.exists():
+                problems.append(f"model.json names {f['file']}, but it is not in the app's assets")
+                continue
+            it = interpreter(path)
+            problems += twin_check_against_model(
+                f,
+                [tensor_info(d) for d in it.get_input_details()],
+                [tensor_info(d) for d in it.get_output_details()],
+            )
     return problems
 
 
@@ -1194,6 +1318,131 @@ def test_model_json_extras_and_float_range_are_accepted() -> None:
     doc["models"][0]["notes"] = "unknown keys are ignored"
     assert twin_parse_model_json(json.dumps(doc))[1] == []
     assert twin_parse_model_json("{not json")[1][0].startswith("model.json is not valid JSON")
+
+
+def _per_delegate_doc() -> dict[str, Any]:
+    """MODEL_JSON.md's "Per-delegate files" example merged into its main example's entry."""
+    blocks = re.findall(r"```json\n(.*?)```", (APP / "MODEL_JSON.md").read_text(), re.S)
+    assert len(blocks) >= 2, "MODEL_JSON.md: no per-delegate example"
+    doc = json.loads(blocks[0])
+    doc["models"][0].update(json.loads(blocks[1]))
+    return doc
+
+
+def test_per_delegate_example_follows_the_contract() -> None:
+    doc = _per_delegate_doc()
+    spec, problems = twin_parse_model_json(json.dumps(doc))
+    assert problems == [] and spec is not None
+    entry = spec["models"][0]
+    assert twin_file_for(entry, "gpu")["file"] == "compressed_gpu.tflite"
+    assert twin_file_for(entry, "gpu")["input"]["dtype"] == "float32"
+    for key in ("cpu", "nnapi"):
+        assert twin_file_for(entry, key)["file"] == entry["file"]
+    # Without for_delegate every accelerator runs the entry's own file.
+    del doc["models"][0]["for_delegate"]
+    spec, _ = twin_parse_model_json(json.dumps(doc))
+    assert twin_file_for(spec["models"][0], "gpu")["file"] == "compressed.tflite"
+    text = (APP / "MODEL_JSON.md").read_text()
+    assert "## Per-delegate files" in text and "Optional" in text
+    for key in ("for_delegate", "extra_files", "below_floor", "size_multiple"):
+        assert f"`{key}`" in text or f"`models[].{key}`" in text, key
+
+
+def _extra(d: dict[str, Any]) -> dict[str, Any]:
+    return d["models"][0]["extra_files"][0]
+
+
+BAD_PER_DELEGATE = {
+    "gpu file dtype": (
+        lambda d: _extra(d)["input"].update(dtype="uint8"),
+        "models[0].extra_files[0].input.dtype: must be one of float32, int8",
+    ),
+    "gpu file NCHW": (
+        lambda d: _extra(d)["output"].update(shape=[1, 3, 256, 256]),
+        "models[0].extra_files[0].output.shape: must be [1, H, W, 3]",
+    ),
+    "gpu file in a folder": (
+        lambda d: _extra(d).update(file="gpu/c.tflite"),
+        "models[0].extra_files[0].file: must be a .tflite",
+    ),
+    "gpu file below_floor text": (
+        lambda d: _extra(d).update(below_floor="no"),
+        "models[0].extra_files[0].below_floor: must be true or false",
+    ),
+    "extra is the main file": (
+        lambda d: _extra(d).update(file=d["models"][0]["file"]),
+        "is listed twice or is the main file",
+    ),
+    "extra_files not a list": (
+        lambda d: d["models"][0].update(extra_files={}),
+        "models[0].extra_files: must be a list of objects",
+    ),
+    "for_delegate names another file": (
+        lambda d: d["models"][0]["for_delegate"].update(gpu="other.tflite"),
+        "models[0].for_delegate.gpu: names other.tflite, which is not the entry's file",
+    ),
+    "for_delegate not an object": (
+        lambda d: d["models"][0].update(for_delegate=["cpu"]),
+        "models[0].for_delegate: must be an object",
+    ),
+    "size_multiple zero": (
+        lambda d: d["models"][0].update(size_multiple=0),
+        "models[0].size_multiple: must be an integer >= 1",
+    ),
+    "below_floor number": (
+        lambda d: d["models"][0].update(below_floor=1),
+        "models[0].below_floor: must be true or false",
+    ),
+    "gpu_delegate text": (
+        lambda d: d["models"][0].update(gpu_delegate="ok"),
+        "models[0].gpu_delegate: must be an object",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PER_DELEGATE))
+def test_invalid_per_delegate_keys_are_refused_with_a_message(case: str) -> None:
+    doc = _per_delegate_doc()
+    edit, needle = BAD_PER_DELEGATE[case]
+    edit(doc)
+    spec, problems = twin_parse_model_json(json.dumps(doc))
+    assert spec is None and any(needle in p for p in problems), problems
+
+
+def test_unknown_accelerator_keys_are_ignored() -> None:
+    doc = _per_delegate_doc()
+    doc["models"][0]["for_delegate"]["npu"] = "compressed_npu.bin"
+    spec, problems = twin_parse_model_json(json.dumps(doc))
+    assert problems == [] and "npu" not in spec["models"][0]["for_delegate"]
+
+
+def test_per_delegate_files_agree_with_real_exports(
+    exported: dict[str, Any], tmp_path: Path
+) -> None:
+    """An int8 file for the CPU and NNAPI and a float32 file for the GPU, each checked against
+    its own tensor objects; a GPU file whose tensors model.json misstates is caught."""
+    files, model = exported["files"], exported["model"]
+    entry = exporter_entry(files["int8"], "compressed", "int8", model)
+    gpu = exporter_entry(files["float32"], "compressed", "float32", model)
+    extra = {"file": gpu["file"], "variant": "fp32", "input": gpu["input"],
+             "output": gpu["output"], "parity": {}, "below_floor": False}
+    entry.update(size_multiple=4, below_floor=False, extra_files=[extra],
+                 for_delegate={"cpu": entry["file"], "nnapi": entry["file"], "gpu": gpu["file"]})
+    folder = write_assets(tmp_path / "assets", [(files["int8"], entry)])
+    shutil.copyfile(files["float32"], folder / files["float32"].name)
+    assert validate_assets(folder) == []
+    # The GPU file's tensors said int8 (the main file's): refused for that file only.
+    extra["input"] = dict(entry["input"])
+    folder = write_assets(tmp_path / "assets2", [(files["int8"], entry)])
+    shutil.copyfile(files["float32"], folder / files["float32"].name)
+    problems = validate_assets(folder)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{files['float32'].name} input: model.json says dtype int8")
+    # A GPU file missing from the assets is named.
+    (folder / files["float32"].name).unlink()
+    assert validate_assets(folder) == [
+        f"model.json names {files['float32'].name}, but it is not in the app's assets"
+    ]
 
 
 def test_the_apps_own_assets_when_present() -> None:

@@ -423,3 +423,36 @@ def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path
     predicted = next(p["psnr_db"] for p in chosen["int8_sensitivity"]["plan"]
                      if p["float_layers"] == layers)
     assert abs(predicted - got) < 3.0
+
+
+def test_make_android_assets_puts_256_models_in_the_app(tmp_path: Path,
+                                                        default_data: Path) -> None:
+    """The Makefile's ``android-assets`` recipe, run as written on a small run folder (only the
+    paths and the variants changed): both labels at 256², one file per delegate family."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = re.search(r"^android-assets:.*?\n((?:\t.*\n)+)", (root / "Makefile").read_text(),
+                       re.M)
+    assert recipe is not None
+    lines = recipe.group(1).replace("\\\n", " ").splitlines()
+    cmds = [shlex.split(ln.strip()) for ln in lines if "dmad export" in ln]
+    assert len(cmds) == 2
+    run = _teacher_run(tmp_path, default_data, _resnet())
+    assets = tmp_path / "assets"
+    for cmd in cmds:
+        args = [a.replace("runs/demo/finetune", str(run)).replace("runs/demo/teacher", str(run))
+                .replace("runs/demo/android", str(tmp_path / "android")) for a in cmd[2:]]
+        r = subprocess.run([sys.executable, "-m", "dmad", "export", *args, "--android-assets",
+                            str(assets), "--quant", "fp32,fp16", "--num-eval", "2"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((assets / "model.json").read_text())
+    assert sorted(e["label"] for e in doc["models"]) == ["compressed", "full"]
+    for e in doc["models"]:
+        assert e["input"]["shape"] == [1, 256, 256, 3] and e["output"]["shape"] == [1, 256, 256, 3]
+        assert set(e["for_delegate"]) == {"cpu", "nnapi", "gpu"}

@@ -50,4 +50,7 @@ dependencies {
     implementation(libs.litert.gpu)
     implementation(libs.litert.gpu.api)
     implementation(libs.litert.support)
+    implementation(libs.androidx.exifinterface)
+    // The pure-Kotlin logic's JVM tests (app/src/test): ./gradlew testDebugUnitTest
+    testImplementation(libs.junit)
 }

@@ -1,7 +1,7 @@
 // Stub for compile checks only (make android-check), written from the public API of androidx activity 1.10.1:
 // androidx/androidx activity/activity/src/main/java/androidx/activity/result/contract/ActivityResultContract.kt
 // and ActivityResultContracts.kt (PickVisualMedia, its sealed VisualMediaType and the ImageOnly/ImageAndVideo
-// objects nested directly in it). Only what the app uses.
+// objects nested directly in it; OpenDocument, input = the MIME types). Only what the app uses.
 package androidx.activity.result.contract
 
 import android.content.Context
@@ -16,6 +16,14 @@ public abstract class ActivityResultContract<I, O> {
 }
 
 public class ActivityResultContracts private constructor() {
+    public open class OpenDocument : ActivityResultContract<Array<String>, Uri?>() {
+        override fun createIntent(context: Context, input: Array<String>): Intent =
+            throw UnsupportedOperationException("stub")
+
+        final override fun parseResult(resultCode: Int, intent: Intent?): Uri? =
+            throw UnsupportedOperationException("stub")
+    }
+
     public open class PickVisualMedia : ActivityResultContract<PickVisualMediaRequest, Uri?>() {
         public sealed interface VisualMediaType
 

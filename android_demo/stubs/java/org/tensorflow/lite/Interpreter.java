@@ -18,6 +18,11 @@ public final class Interpreter implements InterpreterApi {
     public Options addDelegate(Delegate delegate) {
       return this;
     }
+
+    @Override
+    public Options setCancellable(boolean allow) {
+      return this;
+    }
   }
 
   public Interpreter(ByteBuffer byteBuffer) {}
@@ -26,6 +31,15 @@ public final class Interpreter implements InterpreterApi {
 
   @Override
   public void run(Object input, Object output) {}
+
+  @Override
+  public void allocateTensors() {}
+
+  @Override
+  public void resizeInput(int idx, int[] dims) {}
+
+  /** Interrupts a run between operators; needs Options.setCancellable(true) (else IllegalStateException). */
+  public void setCancelled(boolean cancelled) {}
 
   @Override
   public int getInputTensorCount() {

@@ -13,9 +13,17 @@ public interface InterpreterApi extends AutoCloseable {
     public Options addDelegate(Delegate delegate) {
       return this;
     }
+
+    public Options setCancellable(boolean allow) {
+      return this;
+    }
   }
 
   void run(Object input, Object output);
+
+  void allocateTensors();
+
+  void resizeInput(int idx, int[] dims);
 
   int getInputTensorCount();
 

@@ -5,6 +5,8 @@ package org.tensorflow.lite.gpu;
 import org.tensorflow.lite.Delegate;
 
 public class GpuDelegate implements Delegate {
+  /** Deprecated in LiteRT 1.4.0: use GpuDelegateFactory.Options (CompatibilityList still returns this type). */
+  @Deprecated
   public static class Options extends GpuDelegateFactory.Options {}
 
   public GpuDelegate(GpuDelegateFactory.Options options) {}
