@@ -15,7 +15,7 @@ from typing import Any
 from dmad.compress.errors import DmadError
 
 BINARY_HELP = (
-    "LiteRT/TFLite benchmark_model built for the phone (Android arm64). Prebuilt: "
+    "Prebuilt: "
     "https://storage.googleapis.com/tensorflow-nightly-public/prod/tensorflow/release/lite/tools/"
     "nightly/latest/android_aarch64_benchmark_model (classic) or https://storage.googleapis.com/"
     "litert/binaries/latest/android_arm64/benchmark_model (--tool compiled)"
