@@ -40,7 +40,7 @@ from dmad.compress.io import safe_load
 from dmad.compress.models import ResnetSpec, UnetSpec, build, spec_from_dict, spec_to_dict
 
 ARCHES = ("resnet", "unet")
-WRAPPER_KEYS = ("state_dict", "model", "netG", "G", "params")
+WRAPPER_KEYS = ("state_dict", "model", "netG", "G", "params", "generator", "params_ema")
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -164,6 +164,25 @@ def _load(path: Path) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any] | 
         items.append((key, value))
     refuse_nonfinite(path, dict(items))
     return items, file_spec, dropped
+
+
+def checkpoint_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The generator state dict in a checkpoint file: wrappers (:data:`WRAPPER_KEYS`) and
+    ``module.`` prefixes undone, non-finite weights refused, every failure one line."""
+    items, _spec, _dropped = _load(Path(path))
+    return dict(items)
+
+
+def recognised_public(path: str | os.PathLike[str]) -> nn.Module | None:
+    """The CUT or pix2pixHD generator a checkpoint holds (``models.public``), or None for any
+    other file (a dmad model file, a pytorch-CycleGAN-and-pix2pix layout, not a checkpoint)."""
+    from dmad.compress.models.public import public_generator
+
+    try:
+        items, spec, _dropped = _load(Path(path))
+    except DmadError:
+        return None
+    return None if spec is not None else public_generator(dict(items))
 
 
 # ------------------------------------------------------------------------------------- inference

@@ -14,19 +14,14 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from dmad.compress.errors import DmadError
-from dmad.compress.io import safe_load
+from dmad.compress.importer import checkpoint_state
 
 __all__ = ["load_user_generator"]
-
-#: wrappers checkpoints keep a generator's state dict under
-_NESTED = ("state_dict", "model", "G", "netG", "generator", "params_ema", "ema")
-
 
 def _import_class(path: str) -> type[nn.Module]:
     mod_name, sep, cls_name = path.partition(":")
@@ -52,21 +47,6 @@ def _import_class(path: str) -> type[nn.Module]:
     return cls
 
 
-def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
-    obj: Any = safe_load(weights)
-    for _ in range(2):
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in _NESTED if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor)
-                                                  for v in obj.values())):
-        raise DmadError(f"{weights}: not a state dict (a mapping of names to tensors, or one "
-                        f"under {', '.join(_NESTED)})")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_user_generator(class_path: str, weights: Path | None,
                         kwargs_json: str | None = None) -> nn.Module:
     """``Class(**kwargs)`` from ``class_path``, with ``weights`` loaded strictly (module doc);
@@ -85,7 +65,7 @@ def load_user_generator(class_path: str, weights: Path | None,
         raise DmadError(f"--generator-class {class_path}: {cls.__name__}(**{kwargs}) failed "
                         f"({type(exc).__name__}: {exc})") from None
     if weights is not None:
-        state = _state_dict(Path(weights))
+        state = checkpoint_state(weights)
         missing, unexpected = _compare(model, state)
         if missing or unexpected:
             parts = [f"missing {', '.join(missing[:3])}" if missing else "",

@@ -242,9 +242,9 @@ def _macs_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         obj = safe_load(Path(args.model))
         if isinstance(obj, dict) and obj.get("format") == "dmad-model":
             return load_model(args.model)[0]
-        from dmad.compress.models.public import public_generator
+        from dmad.compress.importer import recognised_public
 
-        public = public_generator(obj) if isinstance(obj, dict) else None
+        public = recognised_public(args.model)
         if public is not None:  # a CUT or pix2pixHD checkpoint
             return public
         # a pytorch-CycleGAN-and-pix2pix checkpoint, mapped as `dmad import` / `dmad compress`

@@ -188,13 +188,13 @@ def _load_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
     obj = safe_load(path)
     fmt = obj.get("format") if isinstance(obj, dict) else None
-    if fmt is None and isinstance(obj, dict):
-        from dmad.compress.models.public import public_generator
+    del obj
+    if fmt is None:
+        from dmad.compress.importer import recognised_public
 
-        public = public_generator({k.removeprefix("module."): v for k, v in obj.items()})
+        public = recognised_public(path)
         if public is not None:  # a CUT or pix2pixHD checkpoint
             return public, {"kind": type(public).__name__, "file": str(path)}
-    del obj
     if fmt == "dmad-search":
         from dmad.compress.prune import prune_search_file
 

@@ -1304,8 +1304,11 @@ BAD_DOCS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_DOCS))
 def test_invalid_model_json_is_refused_with_a_message(case: str) -> None:
-    doc = _valid_doc()
-    edit, needle = BAD_DOCS[case]
+    _assert_refused(_valid_doc(), *BAD_DOCS[case])
+
+
+def _assert_refused(doc: dict[str, Any], edit: Any, needle: str) -> None:
+    """``doc`` after ``edit`` is refused by the app's checks with a problem naming ``needle``."""
     edit(doc)
     spec, problems = twin_parse_model_json(json.dumps(doc))
     assert spec is None and any(needle in p for p in problems), problems
@@ -1402,11 +1405,7 @@ BAD_PER_DELEGATE = {
 
 @pytest.mark.parametrize("case", sorted(BAD_PER_DELEGATE))
 def test_invalid_per_delegate_keys_are_refused_with_a_message(case: str) -> None:
-    doc = _per_delegate_doc()
-    edit, needle = BAD_PER_DELEGATE[case]
-    edit(doc)
-    spec, problems = twin_parse_model_json(json.dumps(doc))
-    assert spec is None and any(needle in p for p in problems), problems
+    _assert_refused(_per_delegate_doc(), *BAD_PER_DELEGATE[case])
 
 
 def test_unknown_accelerator_keys_are_ignored() -> None:

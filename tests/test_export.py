@@ -429,6 +429,7 @@ def test_make_android_assets_puts_256_models_in_the_app(tmp_path: Path,
                                                         default_data: Path) -> None:
     """The Makefile's ``android-assets`` recipe, run as written on a small run folder (only the
     paths and the variants changed): both labels at 256², one file per delegate family."""
+    import os
     import re
     import shlex
     import subprocess
@@ -449,7 +450,7 @@ def test_make_android_assets_puts_256_models_in_the_app(tmp_path: Path,
         r = subprocess.run([sys.executable, "-m", "dmad", "export", *args, "--android-assets",
                             str(assets), "--quant", "fp32,fp16", "--num-eval", "2"],
                            capture_output=True, text=True, timeout=600,
-                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                           env={**os.environ, "PYTHONPATH": str(root)})
         assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((assets / "model.json").read_text())
     assert sorted(e["label"] for e in doc["models"]) == ["compressed", "full"]

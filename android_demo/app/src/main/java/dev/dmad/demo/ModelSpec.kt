@@ -12,8 +12,6 @@ data class TensorSpec(
 ) {
     val height: Int get() = shape[1]
     val width: Int get() = shape[2]
-    val pixelCount: Int get() = shape[1] * shape[2]
-    val byteCount: Int get() = pixelCount * PixelMapping.CHANNELS * PixelMapping.bytesPerValue(quantization)
 }
 
 /** A tensor as the interpreter reports it (kept free of LiteRT types so this file stays pure). */

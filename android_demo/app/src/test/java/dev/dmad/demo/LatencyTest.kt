@@ -1,7 +1,6 @@
 package dev.dmad.demo
 
 import org.junit.Assert.assertEquals
-import org.junit.Assert.assertNotEquals
 import org.junit.Assert.assertThrows
 import org.junit.Test
 
@@ -20,8 +19,7 @@ class LatencyTest {
     @Test
     fun medianIgnoresOneSlowRunWhereTheMeanDoesNot() {
         val times = doubleArrayOf(10.0, 11.0, 10.5, 400.0, 10.2)
-        assertEquals(10.5, Latency.median(times), 0.0)
-        assertNotEquals(10.5, times.average(), 1.0)
+        assertEquals(10.5, Latency.median(times), 0.0)  // the mean would be 88.3
     }
 
     @Test
