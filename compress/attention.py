@@ -47,7 +47,16 @@ def attention_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(normalize_map(student), t)
 
 
-def generator_taps(model: nn.Module) -> dict[str, nn.Module]:
+class InputOf:
+    """A tap on what ``module`` receives (its first input) rather than what it returns: a
+    traced generator's residual stream is an addition, not a module, so it is read where the
+    next layer takes it in."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+
+def generator_taps(model: nn.Module) -> dict[str, nn.Module | InputOf]:
     """Feature taps by position. ResNet: after the downsampling stem, then after the residual
     blocks at 1/3, 2/3 and 3/3 of the depth (removed blocks are identities in place, so the same
     positions exist in teacher and student). UNet: the normed outputs of the second and fourth
@@ -66,6 +75,10 @@ def generator_taps(model: nn.Module) -> dict[str, nn.Module]:
                f"up{min(4, n - 2)}": model.up_block(min(4, n - 2)).norm,
                "up2": model.up_block(2).norm}
         return out
+    if getattr(getattr(model, "spec", None), "family", None) == "graph":
+        from dmad.compress.graph_model import graph_taps
+
+        return dict(graph_taps(model))
     raise TypeError(f"no attention taps for {type(model).__name__}")
 
 
@@ -78,15 +91,23 @@ def discriminator_taps(d: PatchDiscriminator) -> tuple[nn.Module, nn.Module]:
 class Recorder:
     """Forward hooks that record module outputs (in call order) until :meth:`clear`."""
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module] | dict[str, nn.Module | InputOf]) -> None:
         self.out: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
         self.active = True
-        self._handles = [m.register_forward_hook(self._hook(k)) for k, m in modules.items()]
+        self._handles = [m.module.register_forward_pre_hook(self._pre_hook(k))
+                         if isinstance(m, InputOf) else m.register_forward_hook(self._hook(k))
+                         for k, m in modules.items()]
 
     def _hook(self, key: str):  # type: ignore[no-untyped-def]
         def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
             if self.active:
                 self.out[key].append(out)
+        return fn
+
+    def _pre_hook(self, key: str):  # type: ignore[no-untyped-def]
+        def fn(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if self.active:
+                self.out[key].append(args[0])
         return fn
 
     def clear(self) -> None:
@@ -102,7 +123,8 @@ class Recorder:
 
 
 @contextmanager
-def recording(modules: dict[str, nn.Module]) -> Iterator[Recorder]:
+def recording(modules: dict[str, nn.Module] | dict[str, nn.Module | InputOf]
+              ) -> Iterator[Recorder]:
     rec = Recorder(modules)
     try:
         yield rec

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from dmad.compress.arch import profile_spec
 from dmad.compress.errors import DmadError
@@ -56,6 +57,18 @@ class Cost:
                 raise ValueError("a latency budget needs a cost with a latency table")
             return self.ms
         return float(self.macs(metric))
+
+
+def cost_spec(model: nn.Module, size: int = 256) -> ResnetSpec | UnetSpec | GraphSpec:
+    """What costs are counted from: a dmad generator's spec, or for a traced generator (a
+    ``graph`` spec) its graph, traced now (before any mask is attached) at a side near 64 px
+    that its downsamplings divide."""
+    spec = getattr(model, "spec", None)
+    if getattr(spec, "family", None) != "graph":
+        return spec  # type: ignore[return-value]
+    d = int(spec.divisor)  # type: ignore[union-attr]
+    side = d * max(1, -(-min(size, 64) // d))
+    return GraphSpec.of(model, side=side, input_nc=int(spec.input_nc))  # type: ignore[union-attr]
 
 
 def show(value: float, metric: str) -> str:

@@ -11,6 +11,7 @@ being told the architecture again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_save, safe_load
-from dmad.compress.models import Spec, build, spec_from_dict, spec_to_dict
+from dmad.compress.models import GraphModelSpec, Spec, build, spec_from_dict, spec_to_dict
 
 FORMAT = "dmad-model"
 VERSION = 1
@@ -58,18 +59,38 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
             hint = " (a raw state_dict? convert it with `dmad import`)"
         raise DmadError(f"{path}: not a dmad model file{hint}")
     state, meta = checked_parts(path, obj)
-    try:
-        with torch.device("meta"):
-            shell = build(spec_from_dict(obj["spec"]))
-    except Exception as exc:  # a crafted spec can fail anywhere in a constructor
-        raise DmadError(f"{path}: invalid model spec ({_first_line(exc)})") from None
-    match_shapes(path, shell, state)
-    model = build(spec_from_dict(obj["spec"]))
+    model = _built(path, obj["spec"], state)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError) as exc:
         raise DmadError(f"{path}: weights do not match its spec ({_first_line(exc)})") from None
     return model.eval(), meta
+
+
+def _built(path: Path, spec_dict: Any, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The module the file's spec describes, its shapes matched to the file's tensors.
+
+    The spec is built on the meta device first, so a crafted width allocates nothing. A pruned
+    traced generator is replayed on real tensors (its pruning reads mask values), so only its
+    class is built on meta, and refused when it is far larger than the file could explain."""
+    try:
+        spec = spec_from_dict(spec_dict)
+        student = isinstance(spec, GraphModelSpec) and spec.masks is not None
+        with torch.device("meta"):
+            shell = build(dataclasses.replace(spec, masks=None) if student else spec)
+        if not student:
+            match_shapes(path, shell, state)
+            return build(spec)
+        held = sum(t.numel() for t in state.values())
+        if sum(p.numel() for p in shell.parameters()) > max(1000 * held, 5 * 10**7):
+            raise ValueError("its class is far larger than the weights the file holds")
+        model = build(spec)
+    except DmadError as exc:  # the spec's builder: cannot import it, or not a module class
+        raise DmadError(f"{path}: {exc}") from None
+    except Exception as exc:  # a crafted spec can fail anywhere in a constructor
+        raise DmadError(f"{path}: invalid model spec ({_first_line(exc)})") from None
+    match_shapes(path, model, state)
+    return model
 
 
 def _first_line(exc: BaseException) -> str:
@@ -124,8 +145,8 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, A
 
     model, meta = load_model(path)
     spec = getattr(model, "spec", None)
-    if not isinstance(spec, ResnetSpec | UnetSpec):
+    if not isinstance(spec, ResnetSpec | UnetSpec | GraphModelSpec):
         family = getattr(spec, "family", type(model).__name__)
         raise DmadError(f"{path}: is a dmad {family} model file, expected a generator "
-                        "(resnet or unet)")
+                        "(resnet, unet or a traced class)")
     return model, meta

@@ -174,15 +174,21 @@ def checkpoint_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def recognised_public(path: str | os.PathLike[str]) -> nn.Module | None:
-    """The CUT or pix2pixHD generator a checkpoint holds (``models.public``), or None for any
-    other file (a dmad model file, a pytorch-CycleGAN-and-pix2pix layout, not a checkpoint)."""
-    from dmad.compress.models.public import public_generator
+    """The CUT or pix2pixHD generator a checkpoint holds (``models.public``), with the spec
+    that rebuilds it (``graph_model.graph_teacher``), or None for any other file (a dmad model
+    file, a pytorch-CycleGAN-and-pix2pix layout, not a checkpoint)."""
+    from dmad.compress.graph_model import graph_teacher
+    from dmad.compress.models.public import public_builder, public_generator
 
     try:
         items, spec, _dropped = _load(Path(path))
     except DmadError:
         return None
-    return None if spec is not None else public_generator(dict(items))
+    if spec is not None:
+        return None
+    state = dict(items)
+    model, found = public_generator(state), public_builder(state)
+    return None if model is None or found is None else graph_teacher(model, *found)
 
 
 # ------------------------------------------------------------------------------------- inference

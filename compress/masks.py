@@ -426,8 +426,13 @@ def attach_masks(model: nn.Module) -> dict[str, ChannelMask]:
     model's device. Idempotent: sites already wrapped keep their mask (resuming on a model that
     was masked before loading is safe). Note that wrapping renames the norm's state-dict keys
     (``stem.norm.weight`` → ``stem.norm.norm.weight``): load masked checkpoints into a masked
-    model, or :func:`detach_masks` first.
+    model, or :func:`detach_masks` first. A traced generator (a ``graph`` spec) gets its masks
+    where its traced structure says.
     """
+    if getattr(getattr(model, "spec", None), "family", None) == "graph":
+        from dmad.compress.graph_prune import attach_graph_masks
+
+        return attach_graph_masks(model)
     masks: dict[str, ChannelMask] = {}
     for name, unit, channels in mask_sites(model):
         norm = unit.norm

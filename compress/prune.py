@@ -404,7 +404,12 @@ def prune(model: nn.Module) -> nn.Module:
     (bound 0; raises ValueError otherwise). Returns the same class built with
     ``widths_from_masks`` widths, on the model's device and dtype, whose eval output equals
     the masked model's eval output. A model without masks is returned as an eval-mode copy.
+    A traced generator (a ``graph`` spec) is pruned through its graph.
     """
+    if getattr(getattr(model, "spec", None), "family", None) == "graph":
+        from dmad.compress.graph_model import prune_graph_model
+
+        return prune_graph_model(model)
     if not isinstance(model, ResnetGenerator | UnetGenerator):
         raise TypeError(f"prune needs a ResnetGenerator or UnetGenerator, not {type(model)}")
     masks = find_masks(model)
@@ -444,8 +449,10 @@ def zero_filter_report(model: nn.Module, size: int = 256) -> dict[str, Any]:
     Totals under ``zero_filters`` / ``macs_true``. UNets and unmasked models have none.
     """
     report: dict[str, Any] = {"size": size, "writers": {}, "zero_filters": 0, "macs_true": 0}
+    if not isinstance(model, ResnetGenerator):  # UNets and traced generators: no union rule
+        return report
     masks = find_masks(model)
-    if not isinstance(model, ResnetGenerator) or not masks:
+    if not masks:
         return report
     spec: ResnetSpec = _full_spec(model)
     widths, _ = widths_from_masks(spec, masks)

@@ -24,7 +24,9 @@ def save_search(path: Path, g: nn.Module, masks: dict[str, ChannelMask], entry: 
                 meta: dict[str, Any]) -> None:
     """Write a masked generator (its full spec and state) with its architecture entry."""
     atomic_save({"format": SEARCH_FORMAT, "version": 1,
-                 "spec": spec_to_dict(g.spec_full),  # type: ignore[arg-type]
+                 "spec": spec_to_dict(g.spec  # a traced generator: its class, not its cost
+                                      if g.spec_full.family == "graph"  # type: ignore[union-attr]
+                                      else g.spec_full),  # type: ignore[arg-type]
                  "mask_names": list(masks),
                  "state_dict": {k: v.detach().cpu().clone() for k, v in g.state_dict().items()},
                  "architecture": entry, "meta": meta}, path)

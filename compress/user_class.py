@@ -21,12 +21,16 @@ from torch import nn
 from dmad.compress.errors import DmadError
 from dmad.compress.importer import checkpoint_state
 
-__all__ = ["load_user_generator"]
+__all__ = ["import_class", "load_user_generator"]
 
-def _import_class(path: str) -> type[nn.Module]:
+
+def import_class(path: str, what: str = "--generator-class") -> type[nn.Module]:
+    """The ``nn.Module`` subclass ``path`` (``package.module:Class``) names; anything else
+    (a function, a class that is not a module) is refused before it is called. ``what`` is
+    where the name came from, for the one-line errors."""
     mod_name, sep, cls_name = path.partition(":")
     if not sep or not mod_name or not cls_name:
-        raise DmadError(f"--generator-class {path!r}: expected package.module:ClassName")
+        raise DmadError(f"{what} {path!r}: expected package.module:ClassName")
     cwd = str(Path.cwd())
     added = cwd not in sys.path
     if added:
@@ -34,7 +38,7 @@ def _import_class(path: str) -> type[nn.Module]:
     try:
         module = importlib.import_module(mod_name)
     except Exception as exc:  # the user's module: any error it raises is theirs, said in one line
-        raise DmadError(f"--generator-class {path}: cannot import {mod_name} "
+        raise DmadError(f"{what} {path}: cannot import {mod_name} "
                         f"({type(exc).__name__}: {exc}); run dmad from the folder that holds "
                         "it, or install it") from None
     finally:
@@ -42,7 +46,7 @@ def _import_class(path: str) -> type[nn.Module]:
             sys.path.remove(cwd)
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise DmadError(f"--generator-class {path}: {mod_name} has no nn.Module class "
+        raise DmadError(f"{what} {path}: {mod_name} has no nn.Module class "
                         f"{cls_name!r}")
     return cls
 
@@ -51,7 +55,7 @@ def load_user_generator(class_path: str, weights: Path | None,
                         kwargs_json: str | None = None) -> nn.Module:
     """``Class(**kwargs)`` from ``class_path``, with ``weights`` loaded strictly (module doc);
     in eval mode."""
-    cls = _import_class(class_path)
+    cls = import_class(class_path)
     try:
         kwargs = json.loads(kwargs_json or "{}")
     except json.JSONDecodeError as exc:

@@ -18,6 +18,7 @@ wrapper on a generator), :func:`prune` (a masked generator to a dense one, exact
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -55,12 +56,25 @@ def _generator_file(generator: nn.Module | str | Path, scratch: Path) -> str:
     return str(scratch / "latest_net_G.pth")
 
 
+def _mapped(path: Path) -> bool:
+    """A state dict dmad reads without its class: pytorch-CycleGAN-and-pix2pix's layouts, CUT's
+    and pix2pixHD's."""
+    from dmad.compress.importer import infer_arch, recognised_public
+
+    return infer_arch(path) is not None or recognised_public(path) is not None
+
+
 def compress_generator(generator: nn.Module | str | Path, images: str | Path, out: str | Path,
                        *, resume: bool = False, force: bool = False,
                        **fields_: Any) -> Compressed:
     """Compress ``generator`` on ``images`` into the run folder ``out`` (``dmad compress``):
     search, prune, fine-tune, evaluate, export and compare; any :class:`CompressConfig` field
-    as a keyword (``target_gmacs=5.7``, ``steps=300``, ``export=False`` …)."""
+    as a keyword (``target_gmacs=5.7``, ``steps=300``, ``export=False`` …).
+
+    A module of any other class is compressed through its traced graph: its class is rebuilt
+    from ``package.module:Class`` with ``kwargs`` (a dict of its constructor's arguments; the
+    weights must then load strictly), so later stages and files can rebuild it too. A class
+    defined in a notebook or script (``__main__``) rebuilds only in that session."""
     from dmad.compress.checkpoint import load_generator
     from dmad.compress_run import CompressConfig, run_compress
 
@@ -69,9 +83,16 @@ def compress_generator(generator: nn.Module | str | Path, images: str | Path, ou
     if bad:
         raise DmadError(f"compress_generator: unknown field(s) {', '.join(bad)}")
     out = Path(out)
+    if isinstance(fields_.get("kwargs"), dict):
+        fields_["kwargs"] = json.dumps(fields_["kwargs"])
     with tempfile.TemporaryDirectory(prefix="dmad-api-") as scratch:
-        cfg = CompressConfig(generator=_generator_file(generator, Path(scratch)),
-                             images=str(images), **fields_)
+        path = _generator_file(generator, Path(scratch))
+        if isinstance(generator, nn.Module) and not fields_.get("generator_class") \
+                and not hasattr(generator, "spec") \
+                and (fields_.get("kwargs") or not _mapped(Path(path))):
+            cls = type(generator)  # its own class, rebuilt with ``kwargs``, traced
+            fields_["generator_class"] = f"{cls.__module__}:{cls.__qualname__}"
+        cfg = CompressConfig(generator=path, images=str(images), **fields_)
         summary = run_compress(cfg, out, resume=resume, force=force)
     student, _ = load_generator(out / "finetune" / "student_G_AtoB.pt")
     return Compressed(student=student.eval(), out=out, summary=summary)

@@ -284,6 +284,8 @@ def cmd_macs(args: argparse.Namespace) -> int:
     first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     family, input_nc = (spec.family, spec.input_nc) if spec is not None else (
         type(model).__name__, first.in_channels if first is not None else 3)
+    if family == "graph":  # a traced generator: its class is what the user knows it by
+        family = spec.builder.rsplit(":", 1)[-1]
     div = spec.divisor if hasattr(spec, "divisor") else 4
     if args.size % div:
         raise DmadError(
@@ -674,6 +676,7 @@ def _internal_error(exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    finished = False
     try:
         if isinstance(getattr(args, "config", None), Path):
             args.config = resolve_preset(args.config)
@@ -681,7 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         guard_inputs(args)
         _join_torchrun(args)
         with _output_lock(args):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        finished = True
+        return code
     except DmadError as exc:
         print(f"dmad: error: {exc}", file=sys.stderr)
         return 2
@@ -702,6 +707,20 @@ def main(argv: list[str] | None = None) -> int:
                   "model, --size or --batch-size needs less", file=sys.stderr)
             return 2
         return _internal_error(exc)
+    finally:
+        _leave_torchrun(finished)
+
+
+def _leave_torchrun(finished: bool) -> None:
+    """Leave the process group, if this process joined one (see distributed.teardown)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    from dmad.compress.train import distributed
+
+    try:
+        distributed.teardown(finished)
+    except Exception:  # a peer that already died: nothing left to leave cleanly
+        pass
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ class CompressConfig:
         "folder of the images the generator will see: flat or nested, trainA/ (unaligned) or "
         "train/ of A|B pairs (aligned)",
     )
+    generator_class: str = opt("", "package.module:Class of a generator dmad has no mapping "
+                               "for; GENERATOR is then its state dict (the current folder is "
+                               "searched first for the module)")
+    kwargs: str = opt("", "keyword arguments of --generator-class, a JSON object")
     target_gmacs: float = opt(0.0, "MAC budget of the compressed generator, in G at macs_size²")
     target_gmacs_BtoA: float = opt(
         0.0,
@@ -147,6 +151,8 @@ class CompressConfig:
             raise DmadError(f"--macs-convention: {self.macs_convention!r} is not paper or true")
         if self.norm_stats not in ("instance", "running"):
             raise DmadError(f"--norm-stats: {self.norm_stats!r} is not instance or running")
+        if self.kwargs and not self.generator_class:
+            raise DmadError("--kwargs: only with --generator-class")
         if self.arch not in ("", "resnet", "unet"):
             raise DmadError(f"--arch: {self.arch!r} is not resnet or unet")
         if self.batch_size < 0:
@@ -195,6 +201,8 @@ def _resolve_generator(cfg: CompressConfig) -> _Teacher:
         full = len(ds) == len(gs) and (len(gs) == 2 or run_cfg.get("task") == "pix2pix")
         return _Teacher(ref=str(path), full_objective=full, file=str(path / "G_AtoB.pt"),
                         size=int(run_cfg.get("size") or 0))
+    if cfg.generator_class:
+        return _user_class(cfg, path)
     obj = safe_load(path)
     if isinstance(obj, dict) and obj.get("format") == "dmad-model":
         _, meta = load_generator(path)  # refuses a discriminator with a one-line error
@@ -203,12 +211,33 @@ def _resolve_generator(cfg: CompressConfig) -> _Teacher:
     if isinstance(obj, dict) and obj.get("format") == "dmad-search":
         raise DmadError(f"{path}: is a search result; compress the teacher it came from")
     del obj
+    if not cfg.arch:
+        from dmad.compress.importer import recognised_public
+
+        public = recognised_public(path)
+        if public is not None:  # CUT / FastCUT or pix2pixHD: through its traced graph
+            return _Teacher(ref="", full_objective=False, imported=public,
+                            report=f"[compress] {path}: recognised as "
+                                   f"{public.spec.builder.rsplit(':', 1)[1]} "
+                                   f"{public.spec.kwargs}")
     arch = cfg.arch or infer_arch(path)
     if arch is None:
         raise DmadError(f"{path}: cannot tell resnet from unet by its weights (not a generator "
                         "checkpoint?); give --arch")
     model, report = import_checkpoint(path, arch, norm_stats=cfg.norm_stats)
     return _Teacher(ref="", full_objective=False, imported=model, report=str(report))
+
+
+def _user_class(cfg: CompressConfig, path: Path) -> _Teacher:
+    """A user's own generator class with its state dict, as a traced teacher."""
+    from dmad.compress.graph_model import graph_teacher
+    from dmad.compress.user_class import load_user_generator
+
+    model = load_user_generator(cfg.generator_class, path, cfg.kwargs or None)
+    model = graph_teacher(model, cfg.generator_class, json.loads(cfg.kwargs or "{}"))
+    return _Teacher(ref="", full_objective=False, imported=model,
+                    report=f"[compress] {path}: {cfg.generator_class}"
+                           f"(**{cfg.kwargs or '{}'}), structure from its traced graph")
 
 
 def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> None:
@@ -218,6 +247,10 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
     from dmad.compress.train.mask_schedule import reachable_floor
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
+    spec = budget.cost_spec(g, cfg.macs_size)
+    if cfg.latency_table and spec.family == "graph":
+        raise DmadError("--latency-table: latency tables model dmad's ResNet family; give a "
+                        "traced generator's budget as --target-gmacs")
     if cfg.latency_table:
         from dmad.compress.latency import LatencyTable
 
@@ -239,7 +272,7 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
         if not gmacs:
             continue  # B→A defaults to --target-gmacs
         try:
-            target = budget.check_target(g.spec, gmacs, cfg.macs_convention, cfg.macs_size)
+            target = budget.check_target(spec, gmacs, cfg.macs_convention, cfg.macs_size)
         except DmadError as exc:
             raise DmadError(f"{flag}: {str(exc).split(': ', 1)[-1]}") from None
         floor = reachable_floor(g, cfg.macs_convention, cfg.macs_size)

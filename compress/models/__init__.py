@@ -8,13 +8,15 @@ from typing import Any
 from torch import nn
 
 from dmad.compress.models.discriminator import DiscriminatorSpec, PatchDiscriminator
+from dmad.compress.models.graph import GraphModelSpec
 from dmad.compress.models.resnet import ResnetBlock, ResnetGenerator, ResnetSpec, ResnetWidths
 from dmad.compress.models.unet import UnetGenerator, UnetSpec, UnetWidths
 
-Spec = ResnetSpec | UnetSpec | DiscriminatorSpec
+Spec = ResnetSpec | UnetSpec | DiscriminatorSpec | GraphModelSpec
 
 __all__ = [
     "DiscriminatorSpec",
+    "GraphModelSpec",
     "PatchDiscriminator",
     "ResnetBlock",
     "ResnetGenerator",
@@ -46,6 +48,7 @@ def spec_from_dict(d: dict[str, Any]) -> Spec:
         "resnet": (ResnetSpec, ResnetWidths),
         "unet": (UnetSpec, UnetWidths),
         "patchgan": (DiscriminatorSpec, None),
+        "graph": (GraphModelSpec, None),
     }
     if family not in classes:
         raise ValueError(f"family: unknown model family {family!r}")
@@ -66,4 +69,8 @@ def build(spec: Spec) -> nn.Module:
         return ResnetGenerator(spec)
     if isinstance(spec, UnetSpec):
         return UnetGenerator(spec)
+    if isinstance(spec, GraphModelSpec):  # its class and (a student) its replayed pruning
+        from dmad.compress.graph_model import build_graph
+
+        return build_graph(spec)
     return PatchDiscriminator(spec)

@@ -20,13 +20,14 @@ structure from the traced graph (``compress/structure.py``).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BlurDown", "BlurUp", "CutResnet", "Pix2PixHDGlobal", "ResnetBlock",
-           "public_generator"]
+           "public_builder", "public_generator"]
 
 
 def _blur_filter(size: int) -> torch.Tensor:
@@ -113,8 +114,10 @@ class Pix2PixHDGlobal(nn.Module):
     """pix2pixHD's ``GlobalGenerator`` (``--netG global``)."""
 
     def __init__(self, ngf: int = 64, n_down: int = 4, n_blocks: int = 9, in_ch: int = 3,
-                 norm: type[nn.Module] = nn.InstanceNorm2d, out_ch: int = 3) -> None:
+                 norm: type[nn.Module] | str = nn.InstanceNorm2d, out_ch: int = 3) -> None:
         super().__init__()
+        if isinstance(norm, str):  # "batch" | "instance": JSON keyword arguments can say it
+            norm = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}[norm]
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), norm(ngf),
                                    nn.ReLU(True)]
         for i in range(n_down):
@@ -142,6 +145,22 @@ def public_generator(state: dict[str, torch.Tensor]) -> nn.Module | None:
     """The CUT (anti-aliased) or pix2pixHD global generator whose state dict ``state`` is,
     with its weights loaded (strictly); ``None`` when it is neither (a pytorch-CycleGAN-and-
     pix2pix layout, two plain downsamplings, is ``dmad import``'s)."""
+    found = public_builder(state)
+    if found is None:
+        return None
+    cls = {"CutResnet": CutResnet, "Pix2PixHDGlobal": Pix2PixHDGlobal}[found[0].rsplit(":")[1]]
+    model = cls(**found[1])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        return None
+    return model.eval()
+
+
+def public_builder(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """``("module:Class", keyword arguments)`` that rebuild the public generator ``state`` is
+    the state dict of (see :func:`public_generator`), or ``None``; JSON-able, so a model file
+    can name it."""
     stem = state.get("model.1.weight")
     if stem is None or stem.dim() != 4 or tuple(stem.shape[2:]) != (7, 7):
         return None
@@ -150,21 +169,17 @@ def public_generator(state: dict[str, torch.Tensor]) -> nn.Module | None:
                    if (m := re.match(r"model\.(\d+)\.weight$", k)) and state[k].dim() == 4)
     out_ch = int(state[convs[-1][1]].shape[0])
     n_blocks = _blocks(state)
-    model: nn.Module
+    here = "dmad.compress.models.public"
     if any(k.endswith(".filt") for k in state):
-        model = CutResnet(ngf, n_blocks, antialias=True, in_ch=in_ch, out_ch=out_ch)
-    else:
-        first_block = min((int(k.split(".")[1]) for k in state if ".conv_block." in k),
-                          default=10**9)
-        n_down = sum(1 for i, k in convs if 1 < i < first_block
-                     and tuple(state[k].shape[2:]) == (3, 3))
-        if n_down == 2 or n_down == 0:
-            return None
-        bn = any(k.endswith("running_mean") for k in state)
-        model = Pix2PixHDGlobal(ngf, n_down, n_blocks, in_ch,
-                                nn.BatchNorm2d if bn else nn.InstanceNorm2d, out_ch)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
+        return f"{here}:CutResnet", {"ngf": ngf, "n_blocks": n_blocks, "antialias": True,
+                                     "in_ch": in_ch, "out_ch": out_ch}
+    first_block = min((int(k.split(".")[1]) for k in state if ".conv_block." in k),
+                      default=10**9)
+    n_down = sum(1 for i, k in convs if 1 < i < first_block
+                 and tuple(state[k].shape[2:]) == (3, 3))
+    if n_down == 2 or n_down == 0:
         return None
-    return model.eval()
+    bn = any(k.endswith("running_mean") for k in state)
+    return f"{here}:Pix2PixHDGlobal", {"ngf": ngf, "n_down": n_down, "n_blocks": n_blocks,
+                                       "in_ch": in_ch, "norm": "batch" if bn else "instance",
+                                       "out_ch": out_ch}

@@ -116,6 +116,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+def teardown(finished: bool) -> None:
+    """Leave the process group before the interpreter exits.
+
+    A rank that exits with gloo's worker threads still alive can die in C++ with "terminate
+    called without an active exception" (SIGABRT) after all of its work is done, failing a run
+    that succeeded. A finished run first waits for its peers, so no rank tears down a
+    connection another still reads from; a failed one leaves at once (its peers may never
+    arrive)."""
+    if not active():
+        return
+    try:
+        if finished:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only (e.g. writing the default dataset) and give every rank its
     result; a DmadError on rank 0 is raised on every rank, so none waits for a peer that quit."""

@@ -346,7 +346,8 @@ def reachable_floor(generator: nn.Module, metric: str, size: int,
                     latency: LatencyTable | None = None) -> float:
     """:func:`_floor` of an unmasked generator (on a masked copy), for checks before a run."""
     g = copy.deepcopy(generator)
-    return _floor(g.spec, attach_masks(g), metric, size, latency)
+    spec = budget.cost_spec(g, size)
+    return _floor(spec, attach_masks(g), metric, size, latency)
 
 
 __all__ = ["MaskSchedule", "mask_rates", "reachable_floor"]

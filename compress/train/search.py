@@ -27,6 +27,7 @@ from dmad.compress.config import opt, to_dict
 from dmad.compress.data.split import SPLIT, ImageSplit, resolve_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
+from dmad.compress.graph_cost import GraphSpec
 from dmad.compress.groups import removed_blocks, residual_group
 from dmad.compress.io import atomic_write_json
 from dmad.compress.masks import (
@@ -268,7 +269,7 @@ class SearchStage(MaskSchedule, TeacherStage):
         want = {"both": ["AtoB", "BtoA"], "AtoB": ["AtoB"], "BtoA": ["BtoA"]}[cfg.directions]
         if self.cfg.task == "pix2pix":
             want = ["AtoB"]
-        g.spec_full = g.spec  # type: ignore[attr-defined]
+        g.spec_full = budget.cost_spec(g, cfg.macs_size)  # type: ignore[attr-defined]
         if direction in want:
             self.masks[direction] = attach_masks(g)
             self.searched.append(direction)
@@ -403,17 +404,15 @@ class SearchStage(MaskSchedule, TeacherStage):
                 self._freeze_to_budget(d, self.cfg.steps, "end of search")
             g, masks = self.G[d].eval(), self.masks[d]
             c = self._cost(d)
-            full = budget.profile_spec(g.spec_full, (1, g.spec_full.input_nc,
-                                                     self.scfg.macs_size, self.scfg.macs_size))
+            full = _full_cost(g.spec_full, self.scfg.macs_size)
             kept = {n: torch.nonzero(m.kept()).flatten().tolist() for n, m in masks.items()}
             if isinstance(g.spec_full, ResnetSpec):
                 keep_stream = torch.stack([masks[n].kept() for n in residual_group(masks)]).any(0)
                 kept["stream"] = torch.nonzero(keep_stream).flatten().tolist()
-            pruned_spec = dataclasses.replace(g.spec_full, widths=c.widths)
             entry = {
                 "file": f"search_G_{d}.pt",
-                "spec": spec_to_dict(pruned_spec),
-                "widths": c.widths.as_list(),
+                "spec": spec_to_dict(_pruned_spec(g, masks, c)),
+                "widths": c.widths.as_list() if hasattr(c.widths, "as_list") else c.widths,
                 "kept_channels": kept,
                 "removed_blocks": removed_blocks(masks) if self.family == "resnet" else [],
                 "forced_to_one": list(c.forced),
@@ -451,6 +450,23 @@ class SearchStage(MaskSchedule, TeacherStage):
         atomic_write_json(run_dir / "architecture.json", arch)
         return {"architecture": "architecture.json",
                 "gmacs": {d: e[f"gmacs_{conv}"] for d, e in arch["directions"].items()}}
+
+
+def _full_cost(spec: Any, size: int) -> budget.Cost:
+    """The unpruned generator's cost at ``size``² (a traced one counted from its graph)."""
+    if isinstance(spec, GraphSpec):
+        paper, true, params = spec.macs({}, size)
+        return budget.Cost({}, (), paper, true, params)  # type: ignore[arg-type]
+    prof = budget.profile_spec(spec, (1, spec.input_nc, size, size))
+    return budget.Cost(spec.widths, (), prof.macs_paper, prof.macs_true, prof.params)
+
+
+def _pruned_spec(g: nn.Module, masks: dict[str, ChannelMask], c: budget.Cost) -> Any:
+    """The spec of the student the search leaves: widths, or a traced class's mask values."""
+    if isinstance(g.spec_full, GraphSpec):
+        values = {n: [float(v) for v in m.value().detach().cpu()] for n, m in masks.items()}
+        return dataclasses.replace(g.spec, masks=values)  # type: ignore[arg-type]
+    return dataclasses.replace(g.spec_full, widths=c.widths)
 
 
 @loop.stage_verb

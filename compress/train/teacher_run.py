@@ -17,7 +17,7 @@ from torch import nn
 from dmad.compress.checkpoint import load_generator, load_model
 from dmad.compress.config import RUN_HELP, opt, read_config_file
 from dmad.compress.errors import DmadError
-from dmad.compress.models import ResnetSpec
+from dmad.compress.models import ResnetSpec, UnetSpec
 from dmad.compress.train import loop
 from dmad.compress.train.teacher import ScaleOptions, TeacherConfig
 
@@ -85,12 +85,13 @@ def load_teacher(cfg: Any) -> Teacher:
     if cfg.teacher_reverse:
         G["BtoA"] = load_generator(Path(cfg.teacher_reverse))[0]
     spec = g.spec
-    base = {"task": meta.get("task") or cfg.task or "cyclegan", "arch": spec.family,
-            "ngf": spec.ngf, "norm": spec.norm}
+    base: dict[str, Any] = {"task": meta.get("task") or cfg.task or "cyclegan"}
     if isinstance(spec, ResnetSpec):
-        base.update(n_blocks=spec.n_blocks, padding=spec.padding, separable=spec.separable)
-    else:
-        base.update(num_downs=spec.num_downs)
+        base.update(arch="resnet", ngf=spec.ngf, norm=spec.norm, n_blocks=spec.n_blocks,
+                    padding=spec.padding, separable=spec.separable)
+    elif isinstance(spec, UnetSpec):
+        base.update(arch="unet", ngf=spec.ngf, norm=spec.norm, num_downs=spec.num_downs)
+    # a traced generator has no dmad architecture fields: the stages deep-copy its module
     if meta.get("size"):
         base["size"] = meta["size"]
     return Teacher(base, G, {})
