@@ -41,6 +41,8 @@ class ConvCost:
     out_pixels: int
     in_pixels: int
     transposed: bool
+    #: output channels per kept channel of its space (r² when PixelShuffle(r) reads it)
+    block: int = 1
 
 
 @dataclass
@@ -96,8 +98,8 @@ class GraphSpec:
         paper = true = params = 0
         for c in self.convs:
             cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
-            cout = cin if c.depthwise else (kept.get(c.out[0], c.out[1]) if c.out[0] is not None
-                                            else c.out[1])
+            cout = cin if c.depthwise else c.block * (
+                kept.get(c.out[0], c.out[1]) if c.out[0] is not None else c.out[1])
             per_out = c.taps if c.depthwise else cin * c.taps
             out_px, in_px = round(c.out_pixels * f), round(c.in_pixels * f)
             paper += out_px * cout * (per_out + int(c.bias))
@@ -153,5 +155,7 @@ def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> Co
     out = (tr.root(outs[0]) if outs and outs[0] else None,
            tr.channels(outs[0]) if outs else 0)
     o_shape, i_shape = node.meta["tensor_meta"].shape, src.meta["tensor_meta"].shape
+    block = tr.spaces.block.get(outs[0], 1) if outs and not depthwise else 1
     return ConvCost(str(node.target), ins, out, depthwise, taps, bias,
-                    int(o_shape[2] * o_shape[3]), int(i_shape[2] * i_shape[3]), transposed)
+                    int(o_shape[2] * o_shape[3]), int(i_shape[2] * i_shape[3]), transposed,
+                    block)

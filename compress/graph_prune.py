@@ -123,6 +123,14 @@ def prune_graph(model: nn.Module) -> torch.fx.GraphModule:
     return gm
 
 
+def _blocks(tr: Trace, conv: torch.fx.Node, idx: Tensor) -> Tensor:
+    """A conv read through PixelShuffle(r) keeps the r² outputs of each kept channel."""
+    r2 = tr.spaces.block.get(tr.segs[conv][0], 1) if tr.segs[conv] else 1
+    if r2 == 1:
+        return idx
+    return (idx[:, None] * r2 + torch.arange(r2)).flatten()
+
+
 def _prune_module(root: nn.Module, mod: nn.Module, path: str, tr: Trace,
                   keep: dict[int, Tensor], values: dict[str, Tensor], node: torch.fx.Node,
                   ins: list[torch.fx.Node]) -> None:
@@ -131,7 +139,7 @@ def _prune_module(root: nn.Module, mod: nn.Module, path: str, tr: Trace,
         return
     in_idx = _index(tr, keep, ins[0])
     if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d):
-        out_idx = _index(tr, keep, node)
+        out_idx = _blocks(tr, node, _index(tr, keep, node))
         _slice_conv(mod, in_idx, out_idx)
     elif isinstance(mod, MaskedNorm):
         inner = mod.norm

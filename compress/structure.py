@@ -10,8 +10,10 @@ generator is traced with ``torch.fx`` at module level and every value is followe
 space*: a convolution creates a new space (its output channels), channel-wise ops (norms,
 activations, padding, dropout, resampling, depthwise and fixed-filter convolutions, scalar
 arithmetic) keep it, an addition of two tensors merges their spaces (they must be pruned alike),
-a concatenation lays spaces side by side. Anything else stops with one line naming the layer and
-the op: a mask placed on a guess would prune the wrong channels silently.
+a concatenation lays spaces side by side, and PixelShuffle(r) right after a convolution makes
+that convolution's space the shuffled one (each shuffled channel owns a block of r² outputs).
+Anything else stops with one line naming the layer and the op: a mask placed on a guess would
+prune the wrong channels silently.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class _Spaces:
         self.parent: list[int] = [0]
         self.channels: list[int | None] = [None]
         self.conv: list[str] = ["input"]
+        #: a conv's space read through PixelShuffle(r): its r² output channels per kept channel
+        self.block: dict[int, int] = {}
 
     def new(self, conv: str, channels: int) -> int:
         self.parent.append(len(self.parent))
@@ -178,8 +182,8 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
     if node.op == "call_module":
         m = mods[str(node.target)]
         node.meta["layer"] = str(node.target)
-        if isinstance(m, MaskedNorm) and isinstance(m.norm, _CONVS):
-            m = m.norm  # a mask on a conv that no norm follows: still the conv's output
+        if isinstance(m, MaskedNorm) and isinstance(m.norm, (*_CONVS, nn.PixelShuffle)):
+            m = m.norm  # a mask on a conv (or a shuffle) no norm follows: still its output
         if isinstance(m, _CONVS):
             depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
             if depthwise:
@@ -195,11 +199,27 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
             return [s]
         if isinstance(m, _NORMS + _CHANNELWISE):
             return segs[ins[0]]
-        if isinstance(m, nn.PixelShuffle | nn.PixelUnshuffle):
+        if isinstance(m, nn.PixelShuffle):
+            return _shuffled(node, ins[0], m.upscale_factor ** 2, segs, spaces, made)
+        if isinstance(m, nn.PixelUnshuffle):
             raise _unsupported(node, type(m).__name__,
-                               "it mixes blocks of channels into space")
+                               "it mixes blocks of space into channels")
         raise _unsupported(node, f"layer {type(m).__name__}", "unknown to the channel tracer")
     return _function(node, ins, segs, spaces, st)
+
+
+def _shuffled(node: torch.fx.Node, src: torch.fx.Node, r2: int, segs: dict[Any, list[int]],
+              spaces: _Spaces, made: dict[int, torch.fx.Node]) -> list[int]:
+    """PixelShuffle(r) right after a convolution: the conv's space becomes the shuffled one
+    (its channels / r²), each kept channel owning a block of r² conv outputs."""
+    seg = segs[src]
+    if len(seg) != 1 or made.get(seg[0]) is not src or len(src.users) != 1:
+        raise _unsupported(node, "PixelShuffle", "only right after a convolution that feeds "
+                           "nothing else (its channels are pruned in blocks of r²)")
+    s = seg[0]
+    spaces.channels[s] = int(spaces.channels[s] or 0) // r2
+    spaces.block[s] = r2
+    return [s]
 
 
 def _function(node: torch.fx.Node, ins: list[torch.fx.Node], segs: dict[Any, list[int]],
@@ -267,10 +287,18 @@ def _site_of(conv: torch.fx.Node, mods: dict[str, nn.Module]) -> tuple[str, str 
     """(mask site name, norm path): the norm (or Identity in its place) that alone reads the
     conv's output, else the conv itself."""
     users = list(conv.users)
+    shuffle = len(users) == 1 and users[0].op == "call_module" and isinstance(
+        _unmasked(mods[str(users[0].target)]), nn.PixelShuffle)
+    if shuffle:  # the mask goes on the shuffled channels: after the norm, else the shuffle
+        conv, users = users[0], list(users[0].users)
     if len(users) == 1 and users[0].op == "call_module" \
             and isinstance(mods[str(users[0].target)], _NORMS):
         return str(users[0].target), str(users[0].target)
     return str(conv.target), None
+
+
+def _unmasked(m: nn.Module) -> nn.Module:
+    return m.norm if isinstance(m, MaskedNorm) else m
 
 
 def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, list[int]],

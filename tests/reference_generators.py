@@ -4,6 +4,9 @@ public code), and two written here:
 
 * :class:`InHouse`: the kind of generator teams write themselves: bilinear upsampling followed
   by a conv, and an extra long skip concatenating the stem's features before the head.
+* :class:`ShuffleUp`: sub-pixel upsampling as super-resolution and many in-house generators
+  write it: a conv to r²·C channels, PixelShuffle(r), then a norm (or, the second time, only an
+  activation), a residual block with BatchNorm in between.
 * :class:`WithAttention`: a generator with a self-attention layer (not supported: the test
   checks the one-line refusal).
 """
@@ -16,7 +19,7 @@ from torch import nn
 from dmad.compress.models.public import BlurDown, BlurUp, CutResnet, Pix2PixHDGlobal
 
 __all__ = ["BlurDown", "BlurUp", "CutResnet", "InHouse", "Pix2PixHDGlobal", "SelfAttention2d",
-           "WithAttention"]
+           "ShuffleUp", "WithAttention"]
 
 
 class InHouse(nn.Module):
@@ -50,6 +53,27 @@ class SelfAttention2d(nn.Module):
         q = h.flatten(2).transpose(1, 2)
         a, _ = self.mha(q, q, q)
         return a.transpose(1, 2).reshape(b, c, hh, ww)
+
+
+class ShuffleUp(nn.Module):
+    def __init__(self, ngf: int = 8) -> None:
+        super().__init__()
+        c = 2 * ngf
+        self.stem = nn.Sequential(nn.Conv2d(3, ngf, 3, 1, 1), nn.BatchNorm2d(ngf), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(ngf, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU(),
+                                   nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c))
+        self.up1 = nn.Sequential(nn.Conv2d(c, 4 * ngf, 3, 1, 1), nn.PixelShuffle(2),
+                                 nn.BatchNorm2d(ngf), nn.ReLU())
+        self.up2 = nn.Sequential(nn.Conv2d(ngf, 4 * ngf, 3, 1, 1), nn.PixelShuffle(2),
+                                 nn.LeakyReLU(0.2))
+        self.head = nn.Conv2d(ngf, 3, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.down(self.stem(x))
+        h = h + self.block(h)
+        return torch.tanh(self.head(self.up2(self.up1(h))))
 
 
 class WithAttention(nn.Module):

@@ -26,7 +26,7 @@ from dmad.compress.models.public import CutResnet, Pix2PixHDGlobal, public_build
 from dmad.compress.prune import prune, prune_search_file
 from dmad.compress.search_file import load_search
 from tests.conftest import dmad_cmd
-from tests.reference_generators import InHouse
+from tests.reference_generators import InHouse, ShuffleUp
 from tests.test_import import _randomize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,12 +92,14 @@ def test_cut_checkpoint_is_recognised_and_compressed_end_to_end(
 
 @pytest.mark.parametrize("cls,kwargs", [
     ("tests.reference_generators:InHouse", {"ngf": 8}),
+    ("tests.reference_generators:ShuffleUp", {"ngf": 8}),
     ("dmad.compress.models.public:CutResnet", {"ngf": 8, "n_blocks": 2, "antialias": False}),
 ])
 def test_user_class_compresses_end_to_end(cls: str, kwargs: dict[str, object], tmp_path: Path,
                                           default_data: Path, cli_env: dict[str, str]) -> None:
     torch.manual_seed(0)
-    model = _randomize(InHouse(**kwargs) if "InHouse" in cls else CutResnet(**kwargs))
+    model = _randomize({"InHouse": InHouse, "ShuffleUp": ShuffleUp, "CutResnet": CutResnet}[
+        cls.rsplit(":", 1)[1]](**kwargs))
     weights = tmp_path / "weights.pth"
     torch.save(model.state_dict(), weights)
     target = _half_macs(copy.deepcopy(model))
@@ -213,3 +215,57 @@ def test_crafted_graph_specs_are_refused_in_one_line(builder: str, kwargs: dict[
         load_model(tmp_path / "bad.pt")
     assert msg in str(e.value) and str(tmp_path / "bad.pt") in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ["resnet6", "unet128"])
+def test_pytorch_cyclegan_reference_checkpoints_compress_end_to_end(
+        arch: str, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """junyanz's ResNet-6 and UNet-128 (the originals' layouts, random weights) through the same
+    run; UNet-128 has seven downsamplings, so it trains and exports at 128²."""
+    from dmad.compress.data import make_default_dataset
+    from tests.test_import import _resnet, _unet
+
+    side = 128 if arch == "unet128" else 32
+    data = make_default_dataset(tmp_path / "data", size=side, n_train=12, n_test=4, seed=0)
+    model = _unet(num_downs=7, ngf=4) if arch == "unet128" else _resnet(n_blocks=6)
+    ckpt = tmp_path / "latest_net_G.pth"
+    torch.save(model.state_dict(), ckpt)
+    from dmad.compress.importer import import_checkpoint
+
+    full, _ = import_checkpoint(ckpt, "unet" if arch == "unet128" else "resnet")
+    from dmad.compress.arch import profile
+
+    m = 2 * side if side == 32 else side
+    target = round(profile(full, (1, 3, m, m)).macs_paper / 2 / 1e9, 6)
+    out = tmp_path / "run"
+    args = [str(ckpt), "--images", str(data / "unaligned"), "--target-gmacs", str(target),
+            "--size", str(side), "--export-size", str(side), "--macs-size", str(m)]
+    assert RUN[4:10] == ("--size", "32", "--export-size", "32", "--macs-size", "64")
+    res = subprocess.run(dmad_cmd("compress", *args, "--out", str(out), *RUN[:4], *RUN[10:]),
+                         env=cli_env, capture_output=True, text=True, timeout=900, check=False,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    e = json.loads((out / "search" / "architecture.json").read_text())["directions"]["AtoB"]
+    assert 0.97 * target <= e["gmacs_paper"] <= target
+    for which in ("compressed", "full"):
+        art = json.loads((out / "export" / which / "parity.json").read_text())["artifacts"]
+        assert art["fp32"]["parity"]["psnr_worst_db"] >= 100, which
+        assert 15 < art["int8"]["parity"]["psnr_db"] < 100, which
+
+
+def test_graph_search_resume_equals_uninterrupted(tmp_path: Path, default_data: Path) -> None:
+    from dmad.compress.train.search import SearchConfig, search
+
+    torch.manual_seed(0)
+    t = graph_teacher(_randomize(CutResnet(ngf=8, n_blocks=2)),
+                      "dmad.compress.models.public:CutResnet", {"ngf": 8, "n_blocks": 2})
+    save_model(t, tmp_path / "t.pt", size=32)
+    kw = dict(teacher=str(tmp_path / "t.pt"), images=str(default_data / "unaligned"),
+              target_gmacs=_half_macs(CutResnet(ngf=8, n_blocks=2)), macs_size=64, steps=10,
+              bound_updates=5, device="cpu", checkpoint_every=3, size=32)
+    search(SearchConfig(**kw), tmp_path / "a")
+    search(SearchConfig(**kw), tmp_path / "b", max_steps=5)
+    search(SearchConfig(**kw), tmp_path / "b", resume=True)
+    a = torch.load(tmp_path / "a" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

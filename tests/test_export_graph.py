@@ -399,7 +399,8 @@ def test_untraceable_model_is_one_line() -> None:
         trace(Odd(), (1, 3, 8, 8))
 
 
-@pytest.mark.parametrize("arch", ["cut-antialias-pruned", "in-house", "pix2pixhd"])
+@pytest.mark.parametrize("arch", ["cut-antialias-pruned", "in-house", "pix2pixhd",
+                                  "pixel-shuffle-pruned"])
 def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Path) -> None:
     """CUT's blur layers (a fixed depthwise filter; its transposed form as one depthwise conv
     per phase, depth-to-space and a crop), edge padding, bilinear upsampling, BatchNorm, a long
@@ -407,11 +408,12 @@ def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Pa
     made, reported and in one XNNPACK partition."""
     from dmad.compress.graph_prune import attach_graph_masks, prune_graph
     from dmad.export.api import ExportConfig, export_model
-    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal
+    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal, ShuffleUp
 
     torch.manual_seed(0)
-    if arch == "cut-antialias-pruned":
-        full = CutResnet(ngf=8, n_blocks=2, antialias=True).eval()
+    if arch.endswith("-pruned"):
+        full = (CutResnet(ngf=8, n_blocks=2, antialias=True) if arch.startswith("cut")
+                else ShuffleUp(ngf=8)).eval()
         masks = attach_graph_masks(full)
         with torch.no_grad():
             for mk in masks.values():
@@ -422,7 +424,7 @@ def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Pa
     else:
         m = (InHouse(ngf=8) if arch == "in-house" else Pix2PixHDGlobal(ngf=4, n_down=3,
                                                                          n_blocks=2)).eval()
-    quant = ("fp32", "int8") if arch == "cut-antialias-pruned" else ("fp32",)
+    quant = ("fp32", "int8") if arch.endswith("-pruned") else ("fp32",)
     rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=64, quant=quant,
                                     calib=_photos(tmp_path), num_calib=8, num_eval=2)).report
     assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100

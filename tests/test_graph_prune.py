@@ -13,7 +13,7 @@ from dmad.compress.graph_prune import ChannelScale, attach_graph_masks, prune_gr
 from dmad.compress.masks import MaskedNorm
 from dmad.compress.models import ResnetSpec, UnetSpec, build
 from dmad.compress.structure import derive_structure
-from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal
+from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal, ShuffleUp
 
 ARCHS = {
     "resnet": lambda: build(ResnetSpec(ngf=8, n_blocks=3)),
@@ -23,6 +23,7 @@ ARCHS = {
     "cut": lambda: CutResnet(ngf=8, n_blocks=2, antialias=False),
     "pix2pixhd": lambda: Pix2PixHDGlobal(ngf=4, n_down=3, n_blocks=2),
     "in-house": lambda: InHouse(ngf=8),
+    "pixel-shuffle": lambda: ShuffleUp(ngf=8),
 }
 
 

@@ -81,18 +81,19 @@ def test_prune_before_the_end_fits_to_budget_now_and_bad_fields_are_named() -> N
         MaskSearch(ResnetGenerator(ResnetSpec(ngf=8, n_blocks=3)), target_gmacs=1e-6, steps=10)
 
 
-@pytest.mark.parametrize("arch", ["cut-antialias", "in-house", "pix2pixhd"])
+@pytest.mark.parametrize("arch", ["cut-antialias", "in-house", "pix2pixhd", "pixel-shuffle"])
 def test_a_generator_dmad_does_not_know_is_searched_through_its_graph(arch: str) -> None:
     """CUT with its blur layers and an in-house generator (bilinear upsampling, long skip):
     masks on the traced sites, the budget met within its tolerance, the pruned GraphModule
     equal to the masked model, and its MACs what the budget counted."""
     from dmad.compress.graph_cost import GraphSpec
-    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal
+    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal, ShuffleUp
 
     torch.manual_seed(0)
     g = {"cut-antialias": lambda: CutResnet(ngf=8, n_blocks=2, antialias=True),
          "in-house": lambda: InHouse(8),
-         "pix2pixhd": lambda: Pix2PixHDGlobal(ngf=4, n_down=3, n_blocks=2)}[arch]()
+         "pix2pixhd": lambda: Pix2PixHDGlobal(ngf=4, n_down=3, n_blocks=2),
+         "pixel-shuffle": lambda: ShuffleUp(8)}[arch]()
     teacher = copy.deepcopy(g).eval()
     full = GraphSpec.of(g, 64).macs({}, 64)[0] / 1e9
     search = MaskSearch(g, target_gmacs=full / 3, steps=60, macs_size=64)

@@ -127,3 +127,40 @@ def test_an_unsupported_layer_is_one_line_naming_it_and_its_op() -> None:
 
     with pytest.raises(DmadError, match=r"^g: grouped convolution \(2 groups\)"):
         derive_structure(Grouped())
+
+
+def test_pixel_shuffle_after_a_conv_is_pruned_in_blocks_of_r_squared() -> None:
+    """The mask sits on the shuffled channels (after the norm that follows, else on the
+    shuffle itself); PixelUnshuffle, and a shuffle of a conv that feeds anything else, are one
+    line each."""
+    from tests.reference_generators import ShuffleUp
+
+    st = derive_structure(ShuffleUp(8))
+    sites = {s.name: (s.channels, s.norm) for s in st.sites}
+    assert sites["up1.2"] == (8, "up1.2") and sites["up2.1"] == (8, None)
+    assert "up1.0" not in sites and st.groups == [["down.4", "block.4"]]
+
+    class Unshuffle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.u, self.b = nn.Conv2d(3, 4, 3, 1, 1), nn.PixelUnshuffle(2), \
+                nn.Conv2d(16, 3, 3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.u(self.a(x)))
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.s, self.b = nn.Conv2d(3, 16, 3, 1, 1), nn.PixelShuffle(2), \
+                nn.Conv2d(4, 3, 3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            return self.b(self.s(h)) + nn.functional.interpolate(h[:, :3], scale_factor=2.0)
+
+    for m, says in ((Unshuffle(), "u: PixelUnshuffle is not supported"),
+                    (Shared(), "s: PixelShuffle is not supported")):
+        with pytest.raises(DmadError) as e:
+            derive_structure(m)
+        assert says in str(e.value) and "\n" not in str(e.value)
