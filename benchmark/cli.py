@@ -100,7 +100,11 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
 
     cfg = _config(LatencyTableConfig, args)
     table = build_table(cfg, _progress)
-    if table.validation:
+    if table.validation and getattr(table, "kind", "") == "graph":
+        from dmad.benchmark.graph_table import graph_validation_table
+
+        print(graph_validation_table(table.validation))
+    elif table.validation:
         print(validation_table(table.validation))
     print(f"latency table ({table.describe()}) in {args.out}")
     return 0

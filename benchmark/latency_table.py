@@ -55,7 +55,9 @@ class LatencyTableConfig:
                        "Runtime, the fp32 .onnx)")
     threads: int = opt(1, "threads the target runs with")
     generator: Path | None = opt(None, "a dmad model file (e.g. the teacher): the table covers "
-                                 "its family and widths up to its own (default: ResNet-9 ngf 64)")
+                                 "its family and widths up to its own (default: ResNet-9 ngf "
+                                 "64); a traced generator (CUT, pix2pixHD, your class) is timed "
+                                 "whole at random keep sets and per-layer costs are fitted")
     ngf: int = opt(64, "without --generator: ngf of the ResNet-9 the table covers")
     size: int = opt(256, "input side in pixels the units are timed at (phones: 256)")
     max_points: int = opt(10, "grid widths per axis at most (multiples of the measured multiple, "
@@ -99,18 +101,24 @@ class LatencyTableConfig:
 
 
 # -- the unit models ------------------------------------------------------------------------
-def _spec_of(cfg: LatencyTableConfig) -> ResnetSpec:
+def _generator_file(cfg: LatencyTableConfig) -> nn.Module | None:
     if cfg.generator is None:
+        return None
+    from dmad.compress.checkpoint import load_generator
+
+    return load_generator(cfg.generator)[0]
+
+
+def _spec_of(cfg: LatencyTableConfig, model: nn.Module | None) -> ResnetSpec:
+    if model is None:
         if cfg.ngf < 1:
             raise DmadError(f"--ngf: {cfg.ngf} must be >= 1")
         return ResnetSpec(ngf=cfg.ngf, n_blocks=9)
-    from dmad.compress.checkpoint import load_model
-
-    model, _ = load_model(cfg.generator)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ResnetSpec):
         raise DmadError(f"--generator: {cfg.generator}: latency tables cover ResNet "
-                        f"generators; this one is {getattr(spec, 'family', type(model).__name__)}")
+                        "generators and traced ones (CUT, pix2pixHD, your own class); this one "
+                        f"is {getattr(spec, 'family', type(model).__name__)}")
     return spec
 
 
@@ -154,7 +162,7 @@ def random_widths(spec: ResnetSpec, rng: np.random.Generator) -> ResnetWidths:
                         pick("up2"))
 
 
-class _Timer:
+class Timer:
     """Converts unit models the way the export does and times them on the backend."""
 
     def __init__(self, cfg: LatencyTableConfig, work: Path) -> None:
@@ -282,11 +290,16 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         raise DmadError(f"--out {out}: is a folder, expected the table file to write")
     refuse_overwrite([out], cfg.force, "latency table")
     check_writable(out.parent)  # before minutes of timing, not after
-    spec = _spec_of(cfg)
+    model = _generator_file(cfg)
+    if getattr(getattr(model, "spec", None), "family", None) == "graph":
+        from dmad.benchmark.graph_table import build_graph_table
+
+        return build_graph_table(cfg, model, say)  # type: ignore[return-value]
+    spec = _spec_of(cfg, model)
     mx = max_widths_of(spec)
     work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
     try:
-        timer = _Timer(cfg, work)
+        timer = Timer(cfg, work)
         empty = (nn.Sequential(nn.ReLU()), (1, 1, 8, 8))
         multiple, sweep = _channel_multiple(cfg, spec, mx, timer, say)
         # every model in one conversion (TensorFlow starts once), timed in the same passes
@@ -315,7 +328,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
             units[unit] = Grid(axes, arr.tolist(), unit_steps(unit, multiple))
         measured = list(ms_all)
         table = LatencyTable(
-            key=_key(cfg, timer), family=family_of(spec), size=cfg.size, max_widths=mx,
+            key=table_key(cfg, timer), family=family_of(spec), size=cfg.size, max_widths=mx,
             multiple=multiple, overhead_ms=round(overhead, 4), units=units, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         if n_cal:
@@ -324,7 +337,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
                                                 np.asarray(raw))), 4)
             table.calibration = _rows(table, spec, archs[:n_cal], measured[:n_cal])
         table.validation = _rows(table, spec, archs[n_cal:], measured[n_cal:])
-        _write(out, table)
+        write_table(out, table)
         return table
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -347,7 +360,7 @@ def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], ti
                       "ms": [round(v, 4) for v in ms], "multiple": multiple}
 
 
-def _key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
+def table_key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
     """What the table is valid for: backend, threads, and the phone or this machine."""
     from dmad.benchmark.machine import machine_info
 
@@ -363,7 +376,7 @@ def _key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
     return key
 
 
-def _write(out: Path, table: LatencyTable) -> None:
+def write_table(out: Path, table: Any) -> None:
     """The table written, or kept where the folder refuses it (the error line says where)."""
     import json
 

@@ -86,7 +86,8 @@ def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
         kept = spec.kept(masks, keep)
         paper, true, params = spec.macs(kept, size)
         widths = {n: kept[r] for n, r in spec.site_root.items() if n in masks}
-        return Cost(widths, (), paper, true, params, None)  # type: ignore[arg-type]
+        ms = None if latency is None else latency.predict(spec, kept).ms  # type: ignore[arg-type]
+        return Cost(widths, (), paper, true, params, ms)  # type: ignore[arg-type]
     widths, forced = widths_from_masks(spec, masks, keep)
     prof = profile_spec(dataclasses.replace(spec, widths=widths), (1, spec.input_nc, size, size))
     ms = latency.predict(spec, widths).ms if latency is not None and \
@@ -363,8 +364,7 @@ def check_target_ms(spec: ResnetSpec | UnetSpec, target_ms: float, table: Latenc
     if not target_ms > 0:
         raise DmadError(f"target_ms: must be > 0, got {target_ms}")
     table.check_spec(spec)
-    assert isinstance(spec, ResnetSpec)
-    full = table.predict(spec).ms
+    full = table.predict(spec).ms  # type: ignore[arg-type]
     if target_ms >= full:
         raise DmadError(f"target_ms: {target_ms} ms is not below the full model's predicted "
                         f"{full:.4g} ms ({table.describe()})")

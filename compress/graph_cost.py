@@ -62,6 +62,11 @@ class GraphSpec:
     elementwise: list[tuple[tuple[tuple[int | None, int], ...], int, int]] = \
         field(default_factory=list)
     family: str = field(default="graph", init=False)
+    #: site name → its full channels (what a latency table checks it was measured on)
+    site_channels: dict[str, int] = field(default_factory=dict)
+
+    def site_widths(self) -> dict[str, int]:
+        return dict(self.site_channels)
 
     @classmethod
     def of(cls, model: nn.Module, side: int = 64, input_nc: int = 3) -> GraphSpec:
@@ -80,7 +85,8 @@ class GraphSpec:
         elementwise = [e for n in tr.graph.nodes if (e := _elementwise(n, mods, tr)) is not None]
         return cls(input_nc, side, convs,
                    {name: tr.root(s) for s, name in tr.site_of_space.items()},
-                   tr.structure.groups, elementwise)
+                   tr.structure.groups, elementwise,
+                   site_channels={name: tr.channels(s) for s, name in tr.site_of_space.items()})
 
     def kept(self, masks: Mapping[str, ChannelMask],
              keep: Mapping[str, torch.Tensor] | None = None) -> dict[int, int]:

@@ -29,7 +29,7 @@ from dmad.compress.structure import trace_structure
 from dmad.compress.user_class import import_class
 
 __all__ = ["GraphGenerator", "build_graph", "graph_masks", "graph_taps", "graph_teacher",
-           "is_graph", "prune_graph_model"]
+           "is_graph", "prune_graph_model", "set_mask_values"]
 
 
 class GraphGenerator(nn.Module):
@@ -63,12 +63,12 @@ def build_graph(spec: GraphModelSpec) -> nn.Module:
         odd = sorted(set(masks) ^ set(spec.masks))
         raise ValueError(f"masks: the spec's sites differ from the class's ({odd[0]})")
     for name, mask in masks.items():
-        _set_values(mask, torch.tensor(spec.masks[name], dtype=torch.float32))
+        set_mask_values(mask, torch.tensor(spec.masks[name], dtype=torch.float32))
     return GraphGenerator(prune_graph(model), spec)
 
 
 @torch.no_grad()
-def _set_values(mask: ChannelMask, values: torch.Tensor) -> None:
+def set_mask_values(mask: ChannelMask, values: torch.Tensor) -> None:
     """Freeze ``mask`` so that its value is exactly ``values`` (kept where non-zero)."""
     if values.shape != mask.weight.shape or not bool(torch.isfinite(values).all()):
         raise ValueError(f"masks: {mask.channels} finite values expected, got "

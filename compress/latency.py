@@ -139,7 +139,7 @@ class LatencyTable:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise DmadError(f"latency_table: {p}: not a dmad latency table (format "
                             f"{d.get('format') if isinstance(d, dict) else None!r}, "
-                            f"want {FORMAT!r})")
+                            f"want {FORMAT!r} or 'dmad-latency-graph/1')")
         try:
             units = {k: Grid([list(map(int, a)) for a in g["axes"]], g["ms"],
                              [int(v) for v in g.get("steps") or []])
@@ -222,6 +222,22 @@ class LatencyTable:
         n = len(parts)
         total = self.scale * (sum(parts.values()) - (n - 1) * self.overhead_ms)
         return Prediction(max(total, 0.0), parts)
+
+
+def load_table(path: str | Path) -> Any:
+    """The latency table in ``path``: a ResNet family's :class:`LatencyTable`, or a traced
+    generator's :class:`~dmad.compress.graph_latency.GraphLatencyTable` (by its format)."""
+    from dmad.compress.graph_latency import FORMAT as GRAPH_FORMAT
+    from dmad.compress.graph_latency import GraphLatencyTable
+
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        d = None  # LatencyTable.load says what is wrong with it
+    if isinstance(d, dict) and d.get("format") == GRAPH_FORMAT:
+        return GraphLatencyTable.from_json(d, str(p))
+    return LatencyTable.load(p)
 
 
 def unit_steps(unit: str, multiple: int) -> list[int]:

@@ -248,17 +248,14 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
     spec = budget.cost_spec(g, cfg.macs_size)
-    if cfg.latency_table and spec.family == "graph":
-        raise DmadError("--latency-table: latency tables model dmad's ResNet family; give a "
-                        "traced generator's budget as --target-gmacs")
     if cfg.latency_table:
-        from dmad.compress.latency import LatencyTable
+        from dmad.compress.latency import load_table
 
-        table = LatencyTable.load(cfg.latency_table)
-        table.check_spec(g.spec)
+        table = load_table(cfg.latency_table)
+        table.check_spec(spec)
         if cfg.target_ms > 0:
             try:
-                budget.check_target_ms(g.spec, cfg.target_ms, table)
+                budget.check_target_ms(spec, cfg.target_ms, table)
             except DmadError as exc:
                 raise DmadError(f"--target-ms: {str(exc).split(': ', 1)[-1]}") from None
             floor_ms = reachable_floor(g, "ms", cfg.macs_size, table)
@@ -286,9 +283,9 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
     """Time the exported compressed file the latency table describes (its backend and threads,
     on this CPU) and write it beside the prediction in ``search/architecture.json``."""
     from dmad.benchmark.latency_table import measure_file
-    from dmad.compress.latency import LatencyTable
+    from dmad.compress.latency import load_table
 
-    table = LatencyTable.load(table_path)
+    table = load_table(table_path)
     arch_path = out / "search" / "architecture.json"
     arch = json.loads(arch_path.read_text())
     entry = arch["directions"]["AtoB"]

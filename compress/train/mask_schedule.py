@@ -23,7 +23,7 @@ from dmad.compress import budget
 from dmad.compress.errors import DmadError
 from dmad.compress.graph_cost import GraphSpec
 from dmad.compress.groups import residual_group, update_group_coefficients
-from dmad.compress.latency import LatencyTable
+from dmad.compress.latency import LatencyTable, load_table
 from dmad.compress.masks import (
     ChannelMask,
     attach_masks,
@@ -86,15 +86,12 @@ class MaskSchedule:
         """The budget's metric (MACs or predicted ms), the width multiple, the latency table
         (checked against the generator) and each searched direction's target."""
         scfg = self.scfg
-        self.latency = LatencyTable.load(scfg.latency_table) if scfg.latency_table else None
+        self.latency = load_table(scfg.latency_table) if scfg.latency_table else None
         self.metric = "ms" if scfg.target_ms > 0 else scfg.macs_convention
         self.multiple = scfg.width_multiple if scfg.width_multiple > 0 else (
             self.latency.multiple if self.latency is not None else 1)
         if self.latency is not None:
             for n in self.searched:
-                if isinstance(self.G[n].spec_full, GraphSpec):
-                    raise DmadError("target_ms: latency tables model dmad's ResNet family; a "
-                                    "traced generator's budget is in MACs (target_gmacs)")
                 self.latency.check_spec(self.G[n].spec_full)
         if self.metric == "ms":
             assert self.latency is not None

@@ -426,8 +426,9 @@ class SearchStage(MaskSchedule, TeacherStage):
                 "cut": self.cut.get(d, {}),
             }
             if self.latency is not None:
-                assert isinstance(g.spec_full, ResnetSpec)
-                pred = self.latency.predict(g.spec_full, c.widths)  # type: ignore[arg-type]
+                pred = self.latency.predict(  # type: ignore[arg-type]
+                    g.spec_full, g.spec_full.kept(masks) if isinstance(g.spec_full, GraphSpec)
+                    else c.widths)
                 entry["latency"] = {
                     "backend": self.latency.key.get("backend"),
                     "threads": self.latency.key.get("threads"), "size": self.latency.size,
