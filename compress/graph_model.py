@@ -51,7 +51,7 @@ def is_graph(model: nn.Module) -> bool:
 def build_graph(spec: GraphModelSpec) -> nn.Module:
     """The module ``spec`` describes: the class with its arguments (``.spec`` set), or for a
     student the same class pruned exactly as its masks say (module doc)."""
-    cls = import_class(spec.builder, what="model spec builder")
+    cls = import_class(spec.builder, what="model spec builder", from_file=True)
     if not isinstance(spec.kwargs, dict):
         raise ValueError("kwargs: not a table of keyword arguments")
     model = cls(**spec.kwargs)
@@ -135,7 +135,8 @@ def graph_taps(model: nn.Module) -> dict[str, InputOf]:
     spec = model.spec  # type: ignore[union-attr]
     if isinstance(model, GraphGenerator):  # the student: positions from its class, on meta
         with torch.device("meta"):
-            shape = import_class(spec.builder, what="model spec builder")(**spec.kwargs)
+            shape = import_class(spec.builder, what="model spec builder",
+                                 from_file=True)(**spec.kwargs)
         base: nn.Module = model.net
     else:
         shape = base = model

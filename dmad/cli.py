@@ -208,12 +208,33 @@ def cmd_import(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    if not args.arch and not opts and args.checkpoint.is_file():
+        from dmad.compress.importer import recognised_public
+
+        public = recognised_public(args.checkpoint)
+        if public is not None:  # CUT / pix2pixHD: a model file of its traced class
+            _save_public(public, args)
+            return 0
     arch = args.arch or _infer_arch(args.checkpoint)
     report = import_to_file(args.checkpoint, arch, args.out, norm_stats=args.norm_stats,
                             force=args.force, **opts)
     print(report)
     print(f"wrote {args.out}")
     return 0
+
+
+def _save_public(model: Any, args: argparse.Namespace) -> None:
+    from dmad.compress.checkpoint import save_model
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise DmadError(f"--out {out}: is a folder, expected the model file to write")
+    if out.exists() and not args.force:
+        raise DmadError(f"--out {out}: exists; use --force to replace it or give another path")
+    save_model(model, out, source=str(args.checkpoint), arch=model.spec.builder)
+    print(f"recognised {args.checkpoint} as {model.spec.builder.rsplit(':', 1)[-1]} "
+          f"{model.spec.kwargs} (a traced generator)")
+    print(f"wrote {out}")
 
 
 def _infer_arch(path: Path) -> str:
@@ -448,7 +469,8 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=cmd_fid_stats)
 
-    s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix generator checkpoint")
+    s = sub.add_parser("import", help="convert a pytorch-CycleGAN-and-pix2pix, CUT or "
+                       "pix2pixHD generator checkpoint into a dmad model file")
     s.add_argument("checkpoint", type=Path, help="e.g. latest_net_G.pth")
     s.add_argument("--arch", choices=("resnet", "unet"),
                    help="the checkpoint's generator family: resnet (CycleGAN) | unet (Pix2Pix) "

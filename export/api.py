@@ -231,7 +231,16 @@ def _source(cfg: ExportConfig) -> tuple[nn.Module, dict[str, Any]]:
 
         if cfg.model is None:
             raise DmadError("--generator-class needs --model WEIGHTS (its state dict)")
+        import json
+
+        from dmad.compress.graph_model import graph_teacher
+
         model = load_user_generator(cfg.generator_class, Path(cfg.model), cfg.generator_kwargs)
+        try:  # its size multiple and input channels, from its traced structure
+            model = graph_teacher(model, cfg.generator_class,
+                                  json.loads(cfg.generator_kwargs or "{}"))
+        except DmadError:
+            pass  # masks need the structure; an export does not
         return model, {"kind": "user-class", "file": str(cfg.model),
                        "class": cfg.generator_class}
     if cfg.run is not None:
@@ -278,6 +287,9 @@ def _check_size(model: nn.Module, size: int) -> None:
     if family == "unet":
         div = 2 ** spec.num_downs  # type: ignore[union-attr]
         why = f"UNet with num_downs={spec.num_downs} needs a multiple of 2**num_downs = {div}"  # type: ignore[union-attr]
+    elif family == "graph":
+        div = int(spec.divisor)  # type: ignore[union-attr]
+        why = f"{spec.builder.rsplit(':', 1)[-1]} needs a multiple of {div}"  # type: ignore[union-attr]
     else:
         div, why = 4, "ResNet generators need a multiple of 4 (two stride-2 stages)"
     if isinstance(size, bool) or not isinstance(size, int) or size < div or size % div:

@@ -196,7 +196,8 @@ def test_public_builder_names_the_class_and_its_arguments() -> None:
 
 @pytest.mark.parametrize("builder,kwargs,msg", [
     ("os:system", {}, "has no nn.Module class"),
-    ("no_such_module_here:G", {}, "cannot import no_such_module_here"),
+    ("no_such_module_here:G", {}, "neither dmad's, in the current folder, nor already"),
+    ("this:G", {}, "set DMAD_TRUST_MODULES=this"),  # never imported: it prints on import
     ("dmad.compress.models.public:CutResnet", {"ngf": 10**6}, "far larger than the weights"),
     ("dmad.compress.models.public:CutResnet", {"bogus": 1}, "invalid model spec"),
 ])
@@ -211,10 +212,12 @@ def test_crafted_graph_specs_are_refused_in_one_line(builder: str, kwargs: dict[
     obj = torch.load(tmp_path / "s.pt", weights_only=True)
     obj["spec"].update(builder=builder, kwargs=kwargs)
     torch.save(obj, tmp_path / "bad.pt")
+    import sys
+
     with pytest.raises(DmadError) as e:
         load_model(tmp_path / "bad.pt")
     assert msg in str(e.value) and str(tmp_path / "bad.pt") in str(e.value)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "this" not in sys.modules
 
 
 @pytest.mark.parametrize("arch", ["resnet6", "unet128"])
@@ -269,3 +272,25 @@ def test_graph_search_resume_equals_uninterrupted(tmp_path: Path, default_data: 
     a = torch.load(tmp_path / "a" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "search_G_AtoB.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dmad_import_writes_a_traced_model_file_for_a_cut_checkpoint(
+        tmp_path: Path, cli_env: dict[str, str]) -> None:
+    torch.manual_seed(0)
+    g = _randomize(CutResnet(ngf=8, n_blocks=2)).eval()
+    torch.save(g.state_dict(), tmp_path / "latest_net_G.pth")
+    out = tmp_path / "G.pt"
+    res = subprocess.run(dmad_cmd("import", str(tmp_path / "latest_net_G.pth"), "--out",
+                                  str(out)), env=cli_env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "recognised" in res.stdout and "CutResnet" in res.stdout
+    back, _ = load_generator(out)
+    assert back.spec.builder == "dmad.compress.models.public:CutResnet"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), g(x))
+    again = subprocess.run(dmad_cmd("import", str(tmp_path / "latest_net_G.pth"), "--out",
+                                    str(out)), env=cli_env, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 2 and "--force" in again.stderr  # never overwritten silently
