@@ -234,8 +234,11 @@ class _Tiles:
     def full(self, g: str) -> int:
         return self.masks[self.groups[g][0]].channels
 
-    @staticmethod
-    def block(g: str) -> bool:
+    def block(self, g: str) -> bool:
+        """A group that may keep no channel (a ResNet block's inner width; a traced
+        generator's residual branch, folded away when empty)."""
+        if isinstance(self.spec, GraphSpec):
+            return all(self.spec.site_root[n] in self.spec.removable for n in self.groups[g])
         return g.endswith(".conv1") and g.startswith("block")
 
     def cost(self, keep: dict[str, torch.Tensor]) -> Cost:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from dmad.compress.masks import ChannelMask, MaskedNorm
-from dmad.compress.structure import Trace, trace_structure
+from dmad.compress.structure import Trace, dead_region, trace_structure
 
 __all__ = ["ConvCost", "GraphSpec"]
 
@@ -64,6 +64,19 @@ class GraphSpec:
     family: str = field(default="graph", init=False)
     #: site name → its full channels (what a latency table checks it was measured on)
     site_channels: dict[str, int] = field(default_factory=dict)
+    #: space root → the (conv, elementwise) indices that vanish when it keeps no channel (a
+    #: residual branch: pruning folds it into a constant); roots not here keep one channel
+    removable: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+
+    def dead(self, kept: Mapping[int, int]) -> tuple[set[int], set[int]]:
+        """(conv, elementwise) indices that the empty removable spaces of ``kept`` fold away."""
+        convs: set[int] = set()
+        elems: set[int] = set()
+        for r, n in kept.items():
+            if n == 0 and r in self.removable:
+                convs.update(self.removable[r][0])
+                elems.update(self.removable[r][1])
+        return convs, elems
 
     def site_widths(self) -> dict[str, int]:
         return dict(self.site_channels)
@@ -81,28 +94,35 @@ class GraphSpec:
                                                 dtype=p.dtype))
         model.train(was)
         mods = dict(model.named_modules())
-        convs = [c for n in tr.graph.nodes if (c := _conv_cost(n, mods, tr)) is not None]
-        elementwise = [e for n in tr.graph.nodes if (e := _elementwise(n, mods, tr)) is not None]
+        conv_at = [(n, c) for n in tr.graph.nodes if (c := _conv_cost(n, mods, tr)) is not None]
+        elem_at = [(n, e) for n in tr.graph.nodes if (e := _elementwise(n, mods, tr)) is not None]
+        convs, elementwise = [c for _, c in conv_at], [e for _, e in elem_at]
         return cls(input_nc, side, convs,
                    {name: tr.root(s) for s, name in tr.site_of_space.items()},
                    tr.structure.groups, elementwise,
-                   site_channels={name: tr.channels(s) for s, name in tr.site_of_space.items()})
+                   site_channels={name: tr.channels(s) for s, name in tr.site_of_space.items()},
+                   removable=_removable(tr, [n for n, _ in conv_at], [n for n, _ in elem_at]))
 
     def kept(self, masks: Mapping[str, ChannelMask],
              keep: Mapping[str, torch.Tensor] | None = None) -> dict[int, int]:
-        """Channels each masked space keeps: the union over its masks (a mask keeps w > −b)."""
+        """Channels each masked space keeps: the union over its masks (a mask keeps w > −b);
+        an emptied space keeps one, unless it is removable (then 0: folded away)."""
         sets: dict[int, torch.Tensor] = {}
         for name, m in masks.items():
             k = (keep[name] if keep is not None else m.kept()).detach().cpu().bool()
             root = self.site_root[name]
             sets[root] = k if root not in sets else sets[root] | k
-        return {r: max(int(k.sum()), 1) for r, k in sets.items()}
+        return {r: int(k.sum()) if k.any() or r in self.removable else 1
+                for r, k in sets.items()}
 
     def macs(self, kept: Mapping[int, int], side: int) -> tuple[int, int, int]:
         """(paper MACs, true MACs, conv parameters) at ``side``² for channels ``kept``."""
         f = (side / self.ref_side) ** 2
         paper = true = params = 0
-        for c in self.convs:
+        gone, gone_elems = self.dead(kept)
+        for i, c in enumerate(self.convs):
+            if i in gone:
+                continue
             cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
             cout = cin if c.depthwise else c.block * (
                 kept.get(c.out[0], c.out[1]) if c.out[0] is not None else c.out[1])
@@ -112,10 +132,39 @@ class GraphSpec:
             true += (in_px * cin * c.taps if c.depthwise else in_px * cin * cout * c.taps) \
                 if c.transposed else out_px * cout * per_out
             params += cout * per_out + (cout if c.bias else 0)
-        for ins, px, per in self.elementwise:
+        for i, (ins, px, per) in enumerate(self.elementwise):
+            if i in gone_elems:
+                continue
             paper += round(px * f) * per * sum(kept.get(r, n) if r is not None else n
                                                for r, n in ins)
         return paper, true, params
+
+
+def _removable(tr: Trace, conv_nodes: list[torch.fx.Node], elem_nodes: list[torch.fx.Node]
+               ) -> dict[int, tuple[list[int], list[int]]]:
+    """Per masked space root, what folds away when it keeps no channel: its writers' outputs
+    are then zero, and everything computed only from them is a constant that pruning adds
+    to the stream instead (``graph_prune``). Roots whose zeros reach anything but additions
+    are not removable."""
+    by_root: dict[int, set[str]] = {}
+    names = {site.name for site in tr.structure.sites}
+    for space, name in tr.site_of_space.items():
+        if name in names:
+            by_root.setdefault(tr.root(space), set()).add(name)
+    out: dict[int, tuple[list[int], list[int]]] = {}
+    for root, seeds in by_root.items():
+        region = dead_region(tr.graph, seeds)
+        if region is None:
+            continue
+        dead = region[0] | {n for n in conv_nodes if _feeds_only(n, region[0])}
+        out[root] = ([i for i, n in enumerate(conv_nodes) if n in dead],
+                     [i for i, n in enumerate(elem_nodes) if n in dead])
+    return out
+
+
+def _feeds_only(node: torch.fx.Node, dead: set[torch.fx.Node]) -> bool:
+    """A value whose every use is in ``dead`` (the conv writing an emptied space)."""
+    return bool(node.users) and all(u in dead or _feeds_only(u, dead) for u in node.users)
 
 
 def _elementwise(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace

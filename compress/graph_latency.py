@@ -50,7 +50,10 @@ def features(spec: GraphSpec, kept: dict[int, int] | None, size: int, multiple: 
     f = (size / spec.ref_side) ** 2
     m = max(1, multiple)
     macs = elems = 0.0
-    for c in spec.convs:
+    gone, _ = spec.dead(kept)
+    for i, c in enumerate(spec.convs):
+        if i in gone:
+            continue
         cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
         cout = cin if c.depthwise else c.block * (
             kept.get(c.out[0], c.out[1]) if c.out[0] is not None else c.out[1])

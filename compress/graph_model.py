@@ -131,7 +131,8 @@ def graph_taps(model: nn.Module) -> dict[str, InputOf]:
     residual stream where each consumer reads it (the input of each convolution that reads a
     residual stream), at DMAD's ResNet positions: after the downsampling stem, then after 1/3,
     2/3 and 3/3 of the blocks. Without a residual stream: the inputs of the convolutions at a
-    quarter, half and three quarters of the depth."""
+    quarter, half and three quarters of the depth. In a student whose block was folded away,
+    a tap at its reader moves to the next reader that is left (the same stream, one block on)."""
     spec = model.spec  # type: ignore[union-attr]
     if isinstance(model, GraphGenerator):  # the student: positions from its class, on meta
         with torch.device("meta"):
@@ -140,11 +141,18 @@ def graph_taps(model: nn.Module) -> dict[str, InputOf]:
         base: nn.Module = model.net
     else:
         shape = base = model
-    paths = _tap_paths(shape)
-    return {f"tap{i}": InputOf(base.get_submodule(p)) for i, p in enumerate(paths)}
+    picks, readers = _tap_paths(shape)
+    have = {name for name, _ in base.named_modules()}
+    taps: dict[str, InputOf] = {}
+    for i, k in enumerate(picks):
+        path = next((p for p in readers[k:] if p in have), None)
+        if path is not None:
+            taps[f"tap{i}"] = InputOf(base.get_submodule(path))
+    return taps
 
 
-def _tap_paths(model: nn.Module) -> list[str]:
+def _tap_paths(model: nn.Module) -> tuple[list[int], list[str]]:
+    """(the picked positions, the candidate readers' module paths in graph order)."""
     tr = trace_structure(model)
     grouped = {n for g in tr.structure.groups for n in g}
     stream = {tr.root(s) for s, name in tr.site_of_space.items() if name in grouped}
@@ -154,10 +162,10 @@ def _tap_paths(model: nn.Module) -> list[str]:
     readers = [n for n in inner if (segs := tr.segs[n.args[0]])  # type: ignore[index]
                and all(tr.root(s) in stream for s in segs)]
     if len(readers) >= 2:
-        stem, rest = readers[0], readers[1:]
-        picks = [stem] + [rest[math.ceil(f * len(rest) / 3) - 1] for f in (1, 2, 3)]
-    elif inner:
-        picks = [inner[max(0, math.ceil(f * len(inner) / 4) - 1)] for f in (1, 2, 3)]
-    else:
-        return []
-    return list(dict.fromkeys(str(n.target) for n in picks))
+        rest = len(readers) - 1
+        picks = [0] + [math.ceil(f * rest / 3) for f in (1, 2, 3)]
+        return list(dict.fromkeys(picks)), [str(n.target) for n in readers]
+    if inner:
+        picks = [max(0, math.ceil(f * len(inner) / 4) - 1) for f in (1, 2, 3)]
+        return list(dict.fromkeys(picks)), [str(n.target) for n in inner]
+    return [], []

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmad.compress.masks import ChannelMask, MaskedNorm
-from dmad.compress.structure import Trace, derive_structure, trace_structure
+from dmad.compress.structure import Trace, dead_region, derive_structure, trace_structure
 
-__all__ = ["ChannelScale", "attach_graph_masks", "prune_graph"]
+__all__ = ["ChannelScale", "ChannelShift", "attach_graph_masks", "prune_graph"]
 
 
 class ChannelScale(nn.Module):
@@ -38,6 +38,18 @@ class ChannelScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale.view(1, -1, 1, 1).to(x.dtype)
+
+
+class ChannelShift(nn.Module):
+    """A fixed per-channel constant added: a residual branch whose channels were all pruned
+    (what it still added, folded)."""
+
+    def __init__(self, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.shift.view(1, -1, 1, 1).to(x.dtype)
 
 
 def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -77,8 +89,19 @@ def _keeps(model: nn.Module, tr: Trace) -> tuple[dict[int, Tensor], dict[str, Te
         keep[root] = alive if root not in keep else keep[root] | alive
     for k in keep.values():
         if not k.any():
-            k[0] = True  # scaled by 0 below: the space stays, empty in effect
+            k[0] = True  # scaled by 0 below: empty in effect, folded away when it can be
     return keep, values
+
+
+def _emptied(tr: Trace, values: dict[str, Tensor]) -> list[set[str]]:
+    """Per masked space whose every mask is 0 everywhere: its site names (the seeds whose
+    zero output :func:`_fold` follows)."""
+    by_root: dict[int, set[str]] = {}
+    for space, name in tr.site_of_space.items():
+        if name in values:
+            by_root.setdefault(tr.root(space), set()).add(name)
+    return [names for names in by_root.values()
+            if all(not bool(values[n].any()) for n in names)]
 
 
 def _index(tr: Trace, keep: dict[int, Tensor], node: torch.fx.Node) -> Tensor:
@@ -119,8 +142,61 @@ def prune_graph(model: nn.Module) -> torch.fx.GraphModule:
             else:
                 node.update_arg(6, len(idx))
     gm = torch.fx.GraphModule(m, tr.graph)
+    for seeds in _emptied(tr, values):
+        _fold(gm, seeds)
     gm.graph.lint()
     return gm
+
+
+@torch.no_grad()
+def _fold(gm: torch.fx.GraphModule, seeds: set[str]) -> None:
+    """A residual branch whose mask sites are all zero adds a constant to its stream: compute
+    it once (the branch on zeros) and add it as a :class:`ChannelShift`, dropping the branch's
+    layers. Left as it is (exact, one channel scaled by 0) when the zeros reach anything but
+    additions or the constant is not the same at every pixel."""
+    region = dead_region(gm.graph, seeds)
+    if region is None:
+        return
+    dead, folds = region
+    p = next(iter(gm.parameters()), None)
+    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
+    interp = torch.fx.Interpreter(gm)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target) in seeds:
+            interp.env[node] = torch.zeros(1, _channels_of(gm, node), 16, 16, **kw)
+        elif node in dead or node.op == "get_attr":
+            interp.env[node] = interp.run_node(node)
+    shifts = []
+    for add, operand in folds:
+        v = interp.env[operand]
+        flat = v.mean((2, 3), keepdim=True)
+        if v.dim() != 4 or float((v - flat).abs().max()) > 1e-5 * (1 + float(v.abs().max())):
+            return
+        shifts.append((add, operand, flat.flatten()))
+    for i, (add, operand, shift) in enumerate(shifts):
+        live = next(a for a in add.args if isinstance(a, torch.fx.Node) and a is not operand)
+        path = f"folded{i}_{add.name}"
+        gm.add_submodule(path, ChannelShift(shift))
+        with gm.graph.inserting_before(add):
+            new = gm.graph.call_module(path, (live,))
+        add.replace_all_uses_with(new)
+        gm.graph.erase_node(add)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _channels_of(gm: torch.fx.GraphModule, node: torch.fx.Node) -> int:
+    """Output channels of a pruned mask site (its carried scale, else its norm or conv)."""
+    mod = gm.get_submodule(str(node.target))
+    for m in reversed(list(mod.modules())):
+        if isinstance(m, ChannelScale):
+            return int(m.scale.numel())
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            return int(m.out_channels)
+        if hasattr(m, "num_features"):
+            return int(m.num_features)
+    raise ValueError(f"{node.target}: cannot tell its channels")
 
 
 def _blocks(tr: Trace, conv: torch.fx.Node, idx: Tensor) -> Tensor:

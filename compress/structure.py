@@ -29,7 +29,7 @@ from torch import nn
 from dmad.compress.errors import DmadError
 from dmad.compress.masks import MaskedNorm
 
-__all__ = ["Site", "Structure", "Trace", "derive_structure", "trace_structure"]
+__all__ = ["Site", "Structure", "Trace", "dead_region", "derive_structure", "trace_structure"]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: norms whose statistics and affine are per channel (a pruned channel leaves the others as
@@ -326,3 +326,41 @@ def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, l
                  and r != spaces.find(0)]
     st.concats = [[name_of.get(i, "input") for i in parts] for parts in st.raw_concats]
     return name_of
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or \
+        (node.op == "call_method" and node.target == "add")
+
+
+def dead_region(graph: torch.fx.Graph, seeds: set[str]
+                ) -> tuple[set[torch.fx.Node], list[tuple[torch.fx.Node, torch.fx.Node]]] | None:
+    """What a zero output of the layers ``seeds`` (module paths) leaves constant, for folding.
+
+    The region is every node computed only from the seeds and constants; it is foldable when it
+    meets live values only in additions (a residual branch added back to its stream), each of
+    which then adds a constant. Returns (the region, its additions as (addition, dead operand)),
+    or None when it reaches anything else (the output, a concatenation, a product)."""
+    dead: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "call_module" and str(node.target) in seeds:
+            dead.add(node)
+            continue
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        ins = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if ins and all(a in dead for a in ins):
+            dead.add(node)
+    if not dead:
+        return None
+    folds: list[tuple[torch.fx.Node, torch.fx.Node]] = []
+    for node in dead:
+        for user in node.users:
+            if user in dead:
+                continue
+            args = [a for a in user.args if isinstance(a, torch.fx.Node)]
+            if not (_is_add(user) and len(user.args) == 2 and len(args) == 2
+                    and sum(a in dead for a in args) == 1):
+                return None
+            folds.append((user, node))
+    return dead, folds

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_prune import ChannelScale
+from dmad.compress.graph_prune import ChannelScale, ChannelShift
 
 __all__ = ["Graph", "Node", "trace"]
 
@@ -44,7 +44,7 @@ _LEAVES: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.BatchNorm2d, nn.ReflectionPad2d,
     nn.ZeroPad2d, nn.ReplicationPad2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout,
     nn.Identity, nn.PixelShuffle, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
-    ChannelScale,
+    ChannelScale, ChannelShift,
 )
 
 
@@ -212,6 +212,10 @@ def _module_op(m: nn.Module, name: str, cin: int
         scale = _np(m.scale)
         assert scale is not None
         return "affine", {}, {"scale": scale, "shift": np.zeros_like(scale)}
+    if isinstance(m, ChannelShift):  # a folded residual branch: its constant
+        shift = _np(m.shift)
+        assert shift is not None
+        return "affine", {}, {"scale": np.ones_like(shift), "shift": shift}
     if isinstance(m, nn.InstanceNorm2d):
         if m.track_running_stats:
             raise DmadError(f"export: {name}: InstanceNorm2d with running statistics "

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dmad.compress.graph_prune import ChannelScale
+from dmad.compress.graph_prune import ChannelScale, ChannelShift
 
 __all__ = [
     "ExplicitInstanceNorm",
@@ -160,6 +160,7 @@ SUPPORTED_LEAVES: tuple[type[nn.Module], ...] = (
     SlicePad2d,
     ExplicitInstanceNorm,
     ChannelScale,
+    ChannelShift,
 )
 
 

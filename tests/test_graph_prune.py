@@ -103,3 +103,45 @@ def test_graph_macs_equal_the_profile_of_the_pruned_model(arch: str) -> None:
     _random_masks(masks, 3)
     p = profile(prune_graph(m), (1, 3, 128, 128))
     assert spec.macs(spec.kept(masks), 128)[:2] == (p.macs_paper, p.macs_true)
+
+
+def test_a_residual_branch_pruned_to_nothing_is_folded_into_a_constant(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CUT with one block's inner mask all zero: the block's layers are gone, what it still
+    added is one per-channel constant (``ChannelShift``), the output is unchanged, the budget's
+    MACs are the pruned model's, and the export is exact; a branch that feeds a concatenation
+    (the in-house generator's long skip) is never folded."""
+    from dmad.compress.arch import profile
+    from dmad.compress.graph_cost import GraphSpec
+    from dmad.compress.graph_prune import ChannelShift
+    from dmad.export.api import ExportConfig, export_model
+
+    torch.manual_seed(0)
+    m = CutResnet(ngf=8, n_blocks=3, antialias=False).eval()
+    spec = GraphSpec.of(m, side=64)
+    masks = attach_graph_masks(m)
+    _random_masks(masks, 5)
+    with torch.no_grad():
+        masks["model.11.conv_block.2"].weight.fill_(-5.0)
+        masks["model.11.conv_block.2"].bound.fill_(0.5)
+    pruned = prune_graph(m)
+    names = [n for n, _ in pruned.named_modules()]
+    assert not any(n.startswith("model.11.") for n in names)
+    assert sum(isinstance(x, ChannelShift) for x in pruned.modules()) >= 1
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert (pruned(x) - m(x)).abs().max() < 1e-5
+    p = profile(pruned, (1, 3, 128, 128))
+    assert spec.macs(spec.kept(masks), 128)[:2] == (p.macs_paper, p.macs_true)
+    rep = export_model(ExportConfig(out=tmp_path / "o", module=pruned, size=64, quant=("fp32",),
+                                    num_eval=2)).report
+    assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
+    h = InHouse(ngf=8).eval()
+    hm = attach_graph_masks(h)
+    with torch.no_grad():
+        hm["stem.1"].weight.fill_(-5.0)  # the stem feeds the long concatenated skip
+        hm["stem.1"].bound.fill_(0.5)
+    assert GraphSpec.of(InHouse(ngf=8), 64).removable == {}
+    hp = prune_graph(h)
+    assert not any(isinstance(x, ChannelShift) for x in hp.modules())
+    with torch.no_grad():
+        assert (hp(x) - h(x)).abs().max() < 1e-5
