@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from dmad.compress.models.resnet import ResnetBlock, ResnetGenerator
+from dmad.compress.models.resnet import ResnetGenerator
 from dmad.compress.models.unet import UnetGenerator
 
 __all__ = [
@@ -385,33 +385,37 @@ class MaskedNorm(nn.Module):
 def mask_sites(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
     """(name, module whose ``.norm`` carries the mask, channels) in DMAD mask order.
 
-    ResNet: stem, down1, down2, block{i}.conv1/.conv2 (removed blocks — Identity — have none),
-    up1, up2; the head is never masked. In the separable variant the unit's own ``.norm`` (after
-    the pointwise conv) is used, not the depthwise's inner norm. UNet: down0..down{n-1} (outer→
-    inner; the outermost and innermost norms are Identity and get wrapped all the same, so the
-    mask still follows the conv), then up{n-1}..up1 (inner→outer; the outermost up ends in Tanh
-    and is not masked). Channel counts come from the model's spec.
+    The sites are those the model's traced graph gives (``compress/structure.py``: each conv's
+    output after its norm, never the layer that writes the image), the derivation every other
+    generator gets; here they are only named in DMAD's terms. ResNet: stem, down1, down2,
+    block{i}.conv1/.conv2 (removed blocks, Identity, have none), up1, up2; in the separable
+    variant the unit's own ``.norm`` (after the pointwise conv), not the depthwise's inner one.
+    UNet: down0..down{n-1} (outer→inner; the outermost and innermost norms are Identity and get
+    wrapped all the same, so the mask still follows the conv), then up{n-1}..up1 (inner→outer;
+    the outermost up writes the image). Channel counts are the traced ones (the spec's widths).
     """
-    if isinstance(model, ResnetGenerator):
-        w = model.spec.resolved_widths()
-        yield "stem", model.stem, w.stem
-        yield "down1", model.down1, w.down1
-        yield "down2", model.down2, w.stream
-        for i, block in enumerate(model.blocks):
-            if isinstance(block, ResnetBlock):
-                yield f"block{i}.conv1", block.conv1, w.blocks[i]
-                yield f"block{i}.conv2", block.conv2, w.stream
-        yield "up1", model.up1, w.up1
-        yield "up2", model.up2, w.up2
-    elif isinstance(model, UnetGenerator):
-        uw = model.spec.resolved_widths()
-        n = model.spec.num_downs
-        for k in range(n):
-            yield f"down{k}", model.downs[k], uw.down[k]
-        for k in range(n - 1, 0, -1):
-            yield f"up{k}", model.up_block(k), uw.up[k - 1]
-    else:
+    if not isinstance(model, ResnetGenerator | UnetGenerator):
         raise TypeError(f"masks attach to ResnetGenerator or UnetGenerator, not {type(model)}")
+    from dmad.compress.structure import derive_structure
+
+    for site in derive_structure(model).sites:
+        unit = (site.norm or "").removesuffix(".norm")
+        if not unit or unit == site.norm:
+            raise TypeError(f"{type(model).__name__}: site {site.name} is not a unit's norm")
+        yield _dmad_name(model, unit), model.get_submodule(unit), site.channels
+
+
+def _dmad_name(model: nn.Module, unit: str) -> str:
+    """DMAD's name of a unit path: ``blocks.3.conv1`` → ``block3.conv1``, UNet ``downs.k`` →
+    ``down{k}`` and ``ups.j`` → ``up{k}`` (k counted from the outermost, 0)."""
+    parts = unit.split(".")
+    if parts[0] == "blocks":
+        return f"block{parts[1]}.{'.'.join(parts[2:])}"
+    if parts[0] == "downs":
+        return f"down{parts[1]}"
+    if parts[0] == "ups":
+        return f"up{len(model.ups) - 1 - int(parts[1])}"  # type: ignore[arg-type]
+    return unit
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -32,16 +32,40 @@ SPECS = {
 }
 
 
+def _hand_table(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
+    """DMAD's mask table as it was written by hand for the two families (``mask_sites`` now
+    derives it from the traced graph): the expectation it must keep meeting."""
+    from dmad.compress.models import ResnetBlock, ResnetGenerator
+
+    rows: list[tuple[str, nn.Module, int]] = []
+    if isinstance(model, ResnetGenerator):
+        w = model.spec.resolved_widths()
+        rows += [("stem", model.stem, w.stem), ("down1", model.down1, w.down1),
+                 ("down2", model.down2, w.stream)]
+        for i, block in enumerate(model.blocks):
+            if isinstance(block, ResnetBlock):
+                rows += [(f"block{i}.conv1", block.conv1, w.blocks[i]),
+                         (f"block{i}.conv2", block.conv2, w.stream)]
+        return [*rows, ("up1", model.up1, w.up1), ("up2", model.up2, w.up2)]
+    uw, n = model.spec.resolved_widths(), model.spec.num_downs  # type: ignore[union-attr]
+    rows += [(f"down{k}", model.downs[k], uw.down[k]) for k in range(n)]  # type: ignore[index]
+    return rows + [(f"up{k}", model.up_block(k), uw.up[k - 1])  # type: ignore[operator]
+                   for k in range(n - 1, 0, -1)]
+
+
 @pytest.mark.parametrize("name", list(SPECS))
 def test_the_shipped_families_come_out_as_their_tables(name: str) -> None:
     m = build(SPECS[name])
     st = derive_structure(m)
     path = {id(mod): n for n, mod in m.named_modules()}
-    want = [(f"{path[id(unit)]}.norm", c) for _, unit, c in mask_sites(m)]
+    want = [(f"{path[id(unit)]}.norm", c) for _, unit, c in _hand_table(m)]
     assert [(s.name, s.channels) for s in st.sites] == want
+    # mask_sites, derived from the trace, is the hand table: names, units, channels, order
+    assert [(n, id(u), c) for n, u, c in mask_sites(m)] == \
+        [(n, id(u), c) for n, u, c in _hand_table(m)]
     masks = attach_masks(build(SPECS[name]))
     if isinstance(SPECS[name], ResnetSpec):  # the residual stream is one group, down2 first
-        dmad_names = dict(zip([n for n, _, _ in mask_sites(m)], [w for w, _ in want],
+        dmad_names = dict(zip([n for n, _, _ in _hand_table(m)], [w for w, _ in want],
                               strict=True))
         assert st.groups == [[dmad_names[n] for n in residual_group(masks)]]
         assert st.output == ["head.conv"]
