@@ -12,7 +12,7 @@ with the square of the image side (the generators are fully convolutional).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -115,17 +115,24 @@ class GraphSpec:
         return {r: int(k.sum()) if k.any() or r in self.removable else 1
                 for r, k in sets.items()}
 
-    def macs(self, kept: Mapping[int, int], side: int) -> tuple[int, int, int]:
-        """(paper MACs, true MACs, conv parameters) at ``side``² for channels ``kept``."""
-        f = (side / self.ref_side) ** 2
-        paper = true = params = 0
-        gone, gone_elems = self.dead(kept)
+    def conv_channels(self, kept: Mapping[int, int]) -> Iterator[tuple[ConvCost, int, int]]:
+        """(conv, input channels, output channels) of every conv ``kept`` leaves (the ones an
+        emptied removable space folds away are skipped)."""
+        gone, _ = self.dead(kept)
         for i, c in enumerate(self.convs):
             if i in gone:
                 continue
             cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
             cout = cin if c.depthwise else c.block * (
                 kept.get(c.out[0], c.out[1]) if c.out[0] is not None else c.out[1])
+            yield c, cin, cout
+
+    def macs(self, kept: Mapping[int, int], side: int) -> tuple[int, int, int]:
+        """(paper MACs, true MACs, conv parameters) at ``side``² for channels ``kept``."""
+        f = (side / self.ref_side) ** 2
+        paper = true = params = 0
+        _, gone_elems = self.dead(kept)
+        for c, cin, cout in self.conv_channels(kept):
             per_out = c.taps if c.depthwise else cin * c.taps
             out_px, in_px = round(c.out_pixels * f), round(c.in_pixels * f)
             paper += out_px * cout * (per_out + int(c.bias))

@@ -27,6 +27,7 @@ import numpy as np
 
 from dmad.compress.errors import DmadError
 from dmad.compress.graph_cost import GraphSpec
+from dmad.compress.latency import describe_key
 
 FORMAT = "dmad-latency-graph/1"
 TERMS = ("per_gmac", "per_melem", "const_ms")
@@ -50,13 +51,7 @@ def features(spec: GraphSpec, kept: dict[int, int] | None, size: int, multiple: 
     f = (size / spec.ref_side) ** 2
     m = max(1, multiple)
     macs = elems = 0.0
-    gone, _ = spec.dead(kept)
-    for i, c in enumerate(spec.convs):
-        if i in gone:
-            continue
-        cin = sum(kept.get(r, n) if r is not None else n for r, n in c.ins)
-        cout = cin if c.depthwise else c.block * (
-            kept.get(c.out[0], c.out[1]) if c.out[0] is not None else c.out[1])
+    for c, cin, cout in spec.conv_channels(kept):
         cout_r = math.ceil(cout / m) * m
         out_px = c.out_pixels * f
         per = c.taps if c.depthwise else cin * c.taps
@@ -125,10 +120,8 @@ class GraphLatencyTable:
             raise DmadError(f"latency_table: {where}: malformed table ({exc})") from None
 
     def describe(self) -> str:
-        k = self.key
-        where = k.get("device") or k.get("machine", "?")
-        return (f"{k.get('backend')} {k.get('threads')} thread(s) on {where} at "
-                f"{self.size}², multiple {self.multiple}, {self.builder.rsplit(':', 1)[-1]}")
+        return f"{describe_key(self.key, self.size, self.multiple)}, " \
+            f"{self.builder.rsplit(':', 1)[-1]}"
 
     def check_spec(self, spec: Any) -> None:
         """One-line error when ``spec`` is not the traced generator this table measured."""

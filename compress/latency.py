@@ -179,10 +179,7 @@ class LatencyTable:
             raise DmadError(f"latency_table: {p}: malformed table ({exc})") from None
 
     def describe(self) -> str:
-        k = self.key
-        where = k.get("device") or k.get("machine", "?")
-        return (f"{k.get('backend')} {k.get('threads')} thread(s) on {where} at "
-                f"{self.size}², multiple {self.multiple}")
+        return describe_key(self.key, self.size, self.multiple)
 
     # -- prediction ------------------------------------------------------------------------
     def check_spec(self, spec: ResnetSpec | UnetSpec) -> None:
@@ -222,6 +219,13 @@ class LatencyTable:
         n = len(parts)
         total = self.scale * (sum(parts.values()) - (n - 1) * self.overhead_ms)
         return Prediction(max(total, 0.0), parts)
+
+
+def describe_key(key: dict[str, Any], size: int, multiple: int) -> str:
+    """What a table was measured on, in one phrase (backend, threads, machine or phone)."""
+    where = key.get("device") or key.get("machine", "?")
+    return (f"{key.get('backend')} {key.get('threads')} thread(s) on {where} at {size}², "
+            f"multiple {multiple}")
 
 
 def load_table(path: str | Path) -> Any:
