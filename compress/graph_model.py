@@ -29,7 +29,7 @@ from dmad.compress.structure import trace_structure
 from dmad.compress.user_class import import_class
 
 __all__ = ["GraphGenerator", "build_graph", "graph_masks", "graph_taps", "graph_teacher",
-           "is_graph", "prune_graph_model", "set_mask_values"]
+           "prune_graph_model", "set_mask_values"]
 
 
 class GraphGenerator(nn.Module):
@@ -42,10 +42,6 @@ class GraphGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def is_graph(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "spec", None), GraphModelSpec)
 
 
 def build_graph(spec: GraphModelSpec) -> nn.Module:
