@@ -24,28 +24,11 @@ done
 CACHE="${DMAD_ANDROID_CACHE:-$HOME/.cache/dmad-android}"
 mkdir -p "$CACHE"
 say() { echo "android-check: $*" >&2; }
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo -n"
 
-# -- toolchain -------------------------------------------------------------------------------
-KOTLIN_VERSION="$(sed -n 's/^kotlin *= *"\([^"]*\)".*/\1/p' "$APP/gradle/libs.versions.toml")"
-[ -n "$KOTLIN_VERSION" ] || { say "no kotlin version in gradle/libs.versions.toml"; exit 1; }
-KOTLINC="$CACHE/kotlin-$KOTLIN_VERSION/package/bin/kotlinc"
-if [ ! -x "$KOTLINC" ]; then
-  say "fetching the Kotlin compiler $KOTLIN_VERSION from npm (kotlin-compiler@$KOTLIN_VERSION)"
-  rm -rf "$CACHE/kotlin-$KOTLIN_VERSION.tmp" && mkdir -p "$CACHE/kotlin-$KOTLIN_VERSION.tmp"
-  (cd "$CACHE/kotlin-$KOTLIN_VERSION.tmp" && npm pack --silent "kotlin-compiler@$KOTLIN_VERSION" >/dev/null \
-    && tar xzf kotlin-compiler-*.tgz && rm kotlin-compiler-*.tgz)
-  mv "$CACHE/kotlin-$KOTLIN_VERSION.tmp" "$CACHE/kotlin-$KOTLIN_VERSION"
-fi
-BUILD_TXT="$(cat "$CACHE/kotlin-$KOTLIN_VERSION/package/build.txt")"
-case "$BUILD_TXT" in "$KOTLIN_VERSION"*) ;; *) say "kotlinc is $BUILD_TXT, not $KOTLIN_VERSION"; exit 1 ;; esac
-COROUTINES="$CACHE/kotlin-$KOTLIN_VERSION/package/lib/kotlinx-coroutines-core-jvm.jar"
-
-apt_install() {  # Debian packages of this machine's release, when missing
-  say "installing Debian's $*"
-  $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
+# -- toolchain (kotlin_toolchain.sh: KOTLIN_VERSION, KHOME, apt_install) ----------------------
+. "$ROOT/scripts/kotlin_toolchain.sh"
+KOTLINC="$KHOME/bin/kotlinc"
+COROUTINES="$KHOME/lib/kotlinx-coroutines-core-jvm.jar"
 command -v javac >/dev/null 2>&1 || apt_install openjdk-17-jdk-headless
 command -v aapt >/dev/null 2>&1 || apt_install aapt
 

@@ -28,26 +28,9 @@ while [ $# -gt 0 ]; do
 done
 CACHE="${DMAD_ANDROID_CACHE:-$HOME/.cache/dmad-android}"
 say() { echo "android-unit-tests: $*" >&2; }
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo -n"
-apt_install() {
-  say "installing Debian's $*"
-  $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
 
-# -- toolchain (the same kotlinc as make android-check: the version the app's catalog pins) --------------
-KOTLIN_VERSION="$(sed -n 's/^kotlin *= *"\([^"]*\)".*/\1/p' "$APP/gradle/libs.versions.toml")"
-[ -n "$KOTLIN_VERSION" ] || { say "no kotlin version in gradle/libs.versions.toml"; exit 1; }
-KHOME="$CACHE/kotlin-$KOTLIN_VERSION/package"
-if [ ! -x "$KHOME/bin/kotlinc" ]; then
-  say "fetching the Kotlin compiler $KOTLIN_VERSION from npm (kotlin-compiler@$KOTLIN_VERSION)"
-  mkdir -p "$CACHE"
-  rm -rf "$CACHE/kotlin-$KOTLIN_VERSION.tmp" && mkdir -p "$CACHE/kotlin-$KOTLIN_VERSION.tmp"
-  (cd "$CACHE/kotlin-$KOTLIN_VERSION.tmp" && npm pack --silent "kotlin-compiler@$KOTLIN_VERSION" >/dev/null \
-    && tar xzf kotlin-compiler-*.tgz && rm kotlin-compiler-*.tgz)
-  mv "$CACHE/kotlin-$KOTLIN_VERSION.tmp" "$CACHE/kotlin-$KOTLIN_VERSION"
-fi
-case "$(cat "$KHOME/build.txt")" in "$KOTLIN_VERSION"*) ;; *) say "kotlinc is not $KOTLIN_VERSION"; exit 1 ;; esac
+# -- toolchain (the same kotlinc as make android-check: kotlin_toolchain.sh) ------------------
+. "$ROOT/scripts/kotlin_toolchain.sh"
 command -v java >/dev/null 2>&1 || apt_install openjdk-17-jdk-headless
 JUNIT=/usr/share/java/junit4.jar
 HAMCREST=/usr/share/java/hamcrest-core.jar
