@@ -64,7 +64,7 @@ def _sweep(cfg: LatencyTableConfig, spec: GraphSpec, timer: Any,
            say: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
     if cfg.multiple:
         return cfg.multiple, {}
-    cin = min(64, max(spec.site_widths().values()))
+    cin = min(64, max(spec.site_channels.values()))
     ws = list(range(1, 65))
     side = max(4, cfg.size // 4)
     say(f"sweep: a 3x3 convolution {cin} -> 1..64 channels at {side}²")
@@ -106,7 +106,7 @@ def build_graph_table(cfg: LatencyTableConfig, teacher: nn.Module,
         c = fit_nonnegative(x, np.asarray(ms[: cfg.calibrate]))
         table = GraphLatencyTable(
             key=table_key(cfg, timer), builder=gspec.builder, kwargs=dict(gspec.kwargs),
-            sites=spec.site_widths(), size=cfg.size, multiple=multiple,
+            sites=dict(spec.site_channels), size=cfg.size, multiple=multiple,
             coef={"per_gmac": round(float(c[0]), 6), "per_melem": round(float(c[1]), 6),
                   "const_ms": round(float(c[2]), 6)}, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))

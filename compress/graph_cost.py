@@ -78,9 +78,6 @@ class GraphSpec:
                 elems.update(self.removable[r][1])
         return convs, elems
 
-    def site_widths(self) -> dict[str, int]:
-        return dict(self.site_channels)
-
     @classmethod
     def of(cls, model: nn.Module, side: int = 64, input_nc: int = 3) -> GraphSpec:
         """Trace ``model`` and run it once at ``side``² to learn every conv's pixels."""

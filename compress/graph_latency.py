@@ -27,20 +27,12 @@ import numpy as np
 
 from dmad.compress.errors import DmadError
 from dmad.compress.graph_cost import GraphSpec
-from dmad.compress.latency import describe_key
+from dmad.compress.latency import Prediction, describe_key
 
 FORMAT = "dmad-latency-graph/1"
 TERMS = ("per_gmac", "per_melem", "const_ms")
 
 __all__ = ["FORMAT", "GraphLatencyTable", "features", "fit_nonnegative"]
-
-
-@dataclass
-class Prediction:
-    """Predicted whole-model milliseconds and each term's share."""
-
-    ms: float
-    units: dict[str, float] = field(default_factory=dict)
 
 
 def features(spec: GraphSpec, kept: dict[int, int] | None, size: int, multiple: int
@@ -128,7 +120,7 @@ class GraphLatencyTable:
         if not isinstance(spec, GraphSpec):
             raise DmadError(f"latency_table: measured for the traced {self.builder}; the "
                             f"generator is a {getattr(spec, 'family', type(spec).__name__)}")
-        widths = spec.site_widths()
+        widths = dict(spec.site_channels)
         if widths != self.sites:
             odd = sorted(set(widths.items()) ^ set(self.sites.items()))
             raise DmadError(f"latency_table: measured for another structure ({self.builder}; "

@@ -508,17 +508,23 @@ def infer_arch(path: str | os.PathLike[str]) -> str | None:
     return {(7, 7): "resnet", (4, 4): "unet"}.get(k)
 
 
+def check_out(out: str | os.PathLike[str], force: bool) -> Path:
+    """The model file ``dmad import`` writes: not a folder, not replaced without ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise DmadError(f"--out {out}: is a folder, expected the model file to write")
+    if out.exists() and not force:
+        raise DmadError(f"--out {out}: exists; use --force to replace it or give another path")
+    return out
+
+
 def import_to_file(
     path: str | os.PathLike[str], arch: str, out: str | os.PathLike[str], *, force: bool = False,
     **opts: Any,
 ) -> ImportReport:
     """:func:`import_checkpoint` and save the result as a dmad model file at ``out`` (an
     existing file only with ``force``)."""
-    out = Path(out)
-    if out.is_dir():
-        raise DmadError(f"--out {out}: is a folder, expected the model file to write")
-    if out.exists() and not force:
-        raise DmadError(f"--out {out}: exists; use --force to replace it or give another path")
+    out = check_out(out, force)
     model, report = import_checkpoint(path, arch, **opts)
     save_model(model, out, source=str(path), arch=arch)
     return report

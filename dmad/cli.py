@@ -225,12 +225,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _save_public(model: Any, args: argparse.Namespace) -> None:
     from dmad.compress.checkpoint import save_model
+    from dmad.compress.importer import check_out
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise DmadError(f"--out {out}: is a folder, expected the model file to write")
-    if out.exists() and not args.force:
-        raise DmadError(f"--out {out}: exists; use --force to replace it or give another path")
+    out = check_out(args.out, args.force)
     save_model(model, out, source=str(args.checkpoint), arch=model.spec.builder)
     print(f"recognised {args.checkpoint} as {model.spec.builder.rsplit(':', 1)[-1]} "
           f"{model.spec.kwargs} (a traced generator)")
