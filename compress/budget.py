@@ -18,7 +18,6 @@ millisecond (or MAC) first, which is also where a latency budget differs most fr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dmad.compress.arch import profile_spec
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec
+from dmad.compress.graph_cost import GraphSpec, channel_groups, family_graph
 from dmad.compress.groups import widths_from_masks
 from dmad.compress.latency import LatencyTable
 from dmad.compress.masks import ChannelMask
@@ -89,10 +87,11 @@ def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
         ms = None if latency is None else latency.predict(spec, kept).ms  # type: ignore[arg-type]
         return Cost(widths, (), paper, true, params, ms)  # type: ignore[arg-type]
     widths, forced = widths_from_masks(spec, masks, keep)
-    prof = profile_spec(dataclasses.replace(spec, widths=widths), (1, spec.input_nc, size, size))
+    graph = family_graph(spec)  # counted from the traced graph, as any generator is
+    paper, true, params = graph.macs(graph.kept(masks, keep), size)
     ms = latency.predict(spec, widths).ms if latency is not None and \
         isinstance(spec, ResnetSpec) and isinstance(widths, ResnetWidths) else None
-    return Cost(widths, tuple(forced), prof.macs_paper, prof.macs_true, prof.params, ms)
+    return Cost(widths, tuple(forced), paper, true, params, ms)
 
 
 def keep_above(masks: Mapping[str, ChannelMask], tau: float,
@@ -198,19 +197,12 @@ def _groups(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
             ) -> dict[str, list[str]]:
     """Width groups: the masks whose keep sets make one width (the ResNet stream is the union
     of its writers; every other width is one mask)."""
-    if isinstance(spec, GraphSpec):
-        grouped = {n for g in spec.groups for n in g}
-        out = {n: [n] for n in masks if n not in grouped}
-        out.update({f"group{i}": list(g) for i, g in enumerate(spec.groups)})
-        return out
-    if isinstance(spec, ResnetSpec):
-        from dmad.compress.groups import residual_group
-
-        stream = residual_group(masks)
-        out = {n: [n] for n in masks if n not in stream}
-        out["stream"] = stream
-        return out
-    return {n: [n] for n in masks}
+    groups = channel_groups(spec)
+    grouped = {n for g in groups for n in g}
+    out = {n: [n] for n in masks if n not in grouped}
+    resnet = isinstance(spec, ResnetSpec)  # its one group is the stream
+    out.update({"stream" if resnet else f"group{i}": g for i, g in enumerate(groups)})
+    return out
 
 
 class _Tiles:
@@ -376,10 +368,9 @@ def check_target_ms(spec: ResnetSpec | UnetSpec, target_ms: float, table: Latenc
 
 def full_macs(spec: ResnetSpec | UnetSpec | GraphSpec, size: int, convention: str) -> int:
     """MACs of the unpruned model at ``size``² in ``convention``."""
-    if isinstance(spec, GraphSpec):
-        paper, true, _ = spec.macs({}, size)
-        return paper if convention == "paper" else true
-    return profile_spec(spec, (1, spec.input_nc, size, size)).macs(convention)
+    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    paper, true, _ = graph.macs({}, size)
+    return paper if convention == "paper" else true
 
 
 def check_target(spec: ResnetSpec | UnetSpec, target_gmacs: float, convention: str,

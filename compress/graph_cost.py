@@ -12,6 +12,8 @@ with the square of the image side (the generators are fully convolutional).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -20,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from dmad.compress.masks import ChannelMask, MaskedNorm
+from dmad.compress.masks import ChannelMask, MaskedNorm, mask_sites
+from dmad.compress.models import ResnetSpec, UnetSpec, build
 from dmad.compress.structure import Trace, dead_region, trace_structure
 
-__all__ = ["ConvCost", "GraphSpec"]
+__all__ = ["ConvCost", "GraphSpec", "channel_groups", "family_graph", "stream_writers"]
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class GraphSpec:
     site_root: dict[str, int]
     #: masks whose channels are one space (pruned alike), two or more each
     groups: list[list[str]]
-    #: per-element ops the paper convention counts (BatchNorm 2, LeakyReLU 1): the spaces
-    #: of their input, their pixels at the reference side and the count per element
-    elementwise: list[tuple[tuple[tuple[int | None, int], ...], int, int]] = \
+    #: per-channel layers: the spaces of their input, their pixels at the reference side, the
+    #: ops per element the paper convention counts (BatchNorm 2, LeakyReLU 1) and their
+    #: parameters per channel (an affine norm 2, PReLU 1)
+    elementwise: list[tuple[tuple[tuple[int | None, int], ...], int, int, int]] = \
         field(default_factory=list)
     family: str = field(default="graph", init=False)
     #: site name → its full channels (what a latency table checks it was measured on)
@@ -136,11 +140,12 @@ class GraphSpec:
             true += (in_px * cin * c.taps if c.depthwise else in_px * cin * cout * c.taps) \
                 if c.transposed else out_px * cout * per_out
             params += cout * per_out + (cout if c.bias else 0)
-        for i, (ins, px, per) in enumerate(self.elementwise):
+        for i, (ins, px, per, affine) in enumerate(self.elementwise):
             if i in gone_elems:
                 continue
-            paper += round(px * f) * per * sum(kept.get(r, n) if r is not None else n
-                                               for r, n in ins)
+            channels = sum(kept.get(r, n) if r is not None else n for r, n in ins)
+            paper += round(px * f) * per * channels
+            params += affine * channels
         return paper, true, params
 
 
@@ -172,19 +177,27 @@ def _feeds_only(node: torch.fx.Node, dead: set[torch.fx.Node]) -> bool:
 
 
 def _elementwise(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace
-                 ) -> tuple[tuple[tuple[int | None, int], ...], int, int] | None:
+                 ) -> tuple[tuple[tuple[int | None, int], ...], int, int, int] | None:
     if node.op != "call_module":
         return None
     m = mods[str(node.target)]
     m = m.norm if isinstance(m, MaskedNorm) else m
     per = 2 if isinstance(m, nn.BatchNorm2d) else 1 if isinstance(m, nn.LeakyReLU) else 0
-    if not per:
+    width = _width(m)
+    affine = sum(p.numel() for p in m.parameters(recurse=False)) // width if width else 0
+    if not per and not affine:
         return None
     src = node.args[0]
     assert isinstance(src, torch.fx.Node)
     shape = src.meta["tensor_meta"].shape
     ins = tuple((tr.root(s) if s else None, tr.channels(s)) for s in tr.segs[src])
-    return ins, int(shape[2] * shape[3]), per
+    return ins, int(shape[2] * shape[3]), per, affine
+
+
+def _width(m: nn.Module) -> int:
+    """The channels of a per-channel layer (its parameters are that long)."""
+    return int(getattr(m, "num_features", 0) or getattr(m, "num_parameters", 0)
+               or getattr(m, "num_channels", 0))
 
 
 def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> ConvCost | None:
@@ -218,3 +231,40 @@ def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> Co
     return ConvCost(str(node.target), ins, out, depthwise, taps, bias,
                     int(o_shape[2] * o_shape[3]), int(i_shape[2] * i_shape[3]), transposed,
                     block)
+
+
+@functools.lru_cache(maxsize=8)
+def family_graph(spec: ResnetSpec | UnetSpec) -> GraphSpec:
+    """The :class:`GraphSpec` of a dmad ResNet or UNet spec, its sites by DMAD's names
+    (``stem``, ``block3.conv1``, ``down0``).
+
+    Why: dmad's own families are counted, and their residual stream coupled, by the same
+    derivation from the traced graph that any other generator gets; only the names are theirs.
+    Built once per spec (specs are frozen) on the meta device, so no weights are allocated."""
+    with torch.device("meta"):
+        model = build(spec)
+    side = 2 ** spec.num_downs if isinstance(spec, UnetSpec) else 64
+    graph = GraphSpec.of(model, side=max(side, 64), input_nc=spec.input_nc)
+    sites = trace_structure(model).structure.sites
+    dmad = {site.name: name for site, (name, _, _) in zip(sites, mask_sites(model), strict=True)}
+    return dataclasses.replace(
+        graph, site_root={dmad.get(n, n): r for n, r in graph.site_root.items()},
+        groups=[[dmad[n] for n in g] for g in graph.groups],
+        site_channels={dmad.get(n, n): c for n, c in graph.site_channels.items()})
+
+
+def channel_groups(spec: ResnetSpec | UnetSpec | GraphSpec) -> list[list[str]]:
+    """The masks whose channels are one space (pruned alike, coupled by DMAD's adaptive group
+    sparsity), from the traced graph: a ResNet's residual-stream writers ``down2`` and every
+    ``block{i}.conv2`` in block order (``down2`` alone when no block is left: still DMAD's
+    group); none for a UNet; a traced generator's residual additions."""
+    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    groups = [list(g) for g in graph.groups]
+    if isinstance(spec, ResnetSpec) and not groups:
+        groups = [["down2"]]
+    return groups
+
+
+def stream_writers(spec: ResnetSpec) -> list[str]:
+    """The masks writing a ResNet's residual stream (its one channel group)."""
+    return channel_groups(spec)[0]

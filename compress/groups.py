@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from dmad.compress.graph_cost import stream_writers
 from dmad.compress.masks import ChannelMask
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
 
 __all__ = [
     "removed_blocks",
-    "residual_group",
     "residual_keep",
     "update_group_coefficients",
     "widths_from_masks",
@@ -41,13 +41,6 @@ def _block_indices(masks: Mapping[str, ChannelMask], conv: str) -> list[int]:
         if m and m.group(2) == conv:
             out.append(int(m.group(1)))
     return sorted(out)
-
-
-def residual_group(masks: Mapping[str, ChannelMask]) -> list[str]:
-    """The residual-stream writers: "down2" then every "block{i}.conv2" in block order."""
-    if "down2" not in masks:
-        raise ValueError("no 'down2' mask: the residual group exists only for ResNet generators")
-    return ["down2", *(f"block{i}.conv2" for i in _block_indices(masks, "2"))]
 
 
 def _stack(masks: Mapping[str, ChannelMask], members: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -156,8 +149,8 @@ def widths_from_masks(
     """The surviving architecture of a masked generator, and the names forced up to width 1.
 
     ``spec`` is the masked model's spec (its widths are checked against the masks). ResNet: the
-    stream width is |union| over :func:`residual_group`; a block's inner width is its conv1
-    kept count (0 = block removed); stem, down1, up1, up2 are their kept counts. UNet: the 15
+    stream width is |union| over its writers (``channel_groups``); a block's inner width is its
+    conv1 kept count (0 = block removed); stem, down1, up1, up2 are their kept counts. UNet: the 15
     (2·num_downs − 1) kept counts. Every non-block width is at least 1 — a layer cannot have 0
     channels and the image path must stay connected (DMAD does the same for the UNet); such
     layers are listed in the second return value (the stream as ``"stream"``) so the caller can
@@ -184,7 +177,7 @@ def widths_from_masks(
                 continue
             blocks.append(_kept(masks, f"block{i}.conv1", inner, keep))
             _kept(masks, f"block{i}.conv2", full.stream, keep)
-        stream = int(residual_keep(masks, residual_group(masks), keep).sum())
+        stream = int(residual_keep(masks, stream_writers(spec), keep).sum())
         stream = at_least_one("stream", stream)
         up1 = at_least_one("up1", _kept(masks, "up1", full.up1, keep))
         up2 = at_least_one("up2", _kept(masks, "up2", full.up2, keep))

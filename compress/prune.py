@@ -48,7 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from dmad.compress.arch import profile_spec
-from dmad.compress.groups import residual_group, residual_keep, widths_from_masks
+from dmad.compress.graph_cost import stream_writers
+from dmad.compress.groups import residual_keep, widths_from_masks
 from dmad.compress.masks import ChannelMask, MaskedNorm, find_masks
 from dmad.compress.models import ResnetBlock, ResnetGenerator, ResnetSpec, UnetGenerator, build
 from dmad.compress.models.layers import SeparableConv2d
@@ -252,9 +253,9 @@ def _shift_input(unit: nn.Module, k: Tensor) -> None:
 # --------------------------------------------------------------------------- families
 
 
-def _carried(masks: Mapping[str, ChannelMask]) -> bool:
+def _carried(masks: Mapping[str, ChannelMask], spec: ResnetSpec) -> bool:
     """Whether any writer mask carries a scale; refuses a carried scale anywhere else."""
-    writers = set(residual_group(masks))
+    writers = set(stream_writers(spec))
     off = [n for n, m in masks.items() if n not in writers and bool((m.scale != 1).any())]
     if off:
         raise ValueError(f"masks {', '.join(off)} carry a scale; only residual-stream writers "
@@ -293,7 +294,7 @@ def _prune_resnet(
     spec = src.spec
     keep = {n: m.kept().detach().cpu() for n, m in masks.items()}
     stem, d1 = _sel_of(keep["stem"]), _sel_of(keep["down1"])
-    union = residual_keep(masks, residual_group(masks)).detach().cpu()
+    union = residual_keep(masks, stream_writers(spec)).detach().cpu()
     u = _sel_of(union)
 
     def own_off(name: str) -> Tensor:  # rows of the pruned stream this writer has off
@@ -420,7 +421,7 @@ def prune(model: nn.Module) -> nn.Module:
     widths, _forced = widths_from_masks(spec, masks)
     ref = next(model.parameters())
     extra: dict[str, Any] = {}
-    if isinstance(model, ResnetGenerator) and _carried(masks) and spec.norm == "instance":
+    if isinstance(model, ResnetGenerator) and _carried(masks, spec) and spec.norm == "instance":
         extra["stream_affine"] = True
     pruned = build(dataclasses.replace(spec, widths=widths, **extra))
     pruned = pruned.to(device=ref.device, dtype=ref.dtype)
@@ -459,7 +460,7 @@ def zero_filter_report(model: nn.Module, size: int = 256) -> dict[str, Any]:
     pruned_spec = dataclasses.replace(spec, widths=widths)
     prof = profile_spec(pruned_spec, (1, spec.input_nc, size, size))
     by_name = {r.name: r for r in prof.layers}
-    union = residual_keep(masks, residual_group(masks)).detach().cpu()
+    union = residual_keep(masks, stream_writers(spec)).detach().cpu()
     writers = [("down2", "down2.conv")]
     for i, inner in enumerate(widths.blocks):
         if inner > 0:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from dmad.compress.graph_cost import channel_groups
 from dmad.compress.groups import (
     removed_blocks,
-    residual_group,
     residual_keep,
     update_group_coefficients,
     widths_from_masks,
@@ -370,7 +370,6 @@ def test_residual_keep_union_and_removed_blocks() -> None:
             [-0.9, -0.9, -0.9, -0.9],
         ]
     )
-    assert residual_group(masks) == names
     assert residual_keep(masks, names).tolist() == [True, False, True, False]
     for n in names:
         masks[n].freeze()
@@ -378,8 +377,6 @@ def test_residual_keep_union_and_removed_blocks() -> None:
     masks["block0.conv1"] = crafted([-0.9, -0.9], 0.5)
     masks["block1.conv1"] = crafted([-0.9, 0.1], 0.5)
     assert removed_blocks(masks) == [0]
-    with pytest.raises(ValueError):
-        residual_group({"stem": ChannelMask(2)})
 
 
 def test_widths_from_masks_resnet() -> None:
@@ -463,9 +460,11 @@ def test_attach_resnet_order_channels_and_exactness(separable: bool) -> None:
 
 def test_attach_skips_removed_blocks() -> None:
     widths = ResnetWidths(2, 4, 8, (8, 0, 3), 4, 2)
-    masks = attach_masks(ResnetGenerator(ResnetSpec(ngf=2, n_blocks=3, widths=widths)))
+    spec = ResnetSpec(ngf=2, n_blocks=3, widths=widths)
+    masks = attach_masks(ResnetGenerator(spec))
     assert "block1.conv1" not in masks and masks["block2.conv1"].channels == 3
-    assert residual_group(masks) == ["down2", "block0.conv2", "block2.conv2"]
+    # the traced stream: DMAD's writers in block order, the removed block's none
+    assert channel_groups(spec) == [["down2", "block0.conv2", "block2.conv2"]]
 
 
 @pytest.mark.parametrize("num_downs", [6, 8])

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dmad.compress.groups import residual_group, residual_keep, widths_from_masks
+from dmad.compress.graph_cost import channel_groups
+from dmad.compress.groups import residual_keep, widths_from_masks
 from dmad.compress.io import atomic_save
 from dmad.compress.masks import ChannelMask, attach_masks, find_masks, mask_sites
 from dmad.compress.models import (
@@ -199,7 +200,7 @@ def test_resnet_stream_width() -> None:
     spec = ResnetSpec(ngf=4, n_blocks=3)
     _, masks = masked_model(spec)
     set_keep(masks, RESNET_KEEP)
-    assert int(residual_keep(masks, residual_group(masks)).sum()) == 12
+    assert int(residual_keep(masks, channel_groups(spec)[0]).sum()) == 12
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance_affine", "none"])
@@ -273,7 +274,7 @@ def test_resnet_cut_path_output_is_rounding_noise() -> None:
     with torch.no_grad():
         want = model(x)
         set_keep(masks, keep | {"block0.conv2": torch.zeros(4 * spec.ngf, dtype=torch.bool)})
-        assert int(residual_keep(masks, residual_group(masks)).sum()) == 4 * spec.ngf
+        assert int(residual_keep(masks, channel_groups(spec)[0]).sum()) == 4 * spec.ngf
         neutral = model(x)
         set_keep(masks, keep)
         assert (neutral - want).abs().max().item() > TOL  # noise, not a pruning error

@@ -1,16 +1,22 @@
 """``compress/structure.py``: channel structure read off the traced graph. The two families
-dmad ships must come out exactly as their hand-written tables (``masks.mask_sites``,
-``groups.residual_group``); generators rebuilt from other public repositories
+dmad ships must come out exactly as their hand-written tables (DMAD's mask table, its residual
+stream of ``down2`` and every ``block{i}.conv2``), and their MACs counted from the graph must be
+those of the profiled pruned class; generators rebuilt from other public repositories
 (``tests/reference_generators.py``) must come out as their layers say."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
+from dmad.compress import budget
+from dmad.compress.arch import profile_spec
 from dmad.compress.errors import DmadError
-from dmad.compress.groups import residual_group
+from dmad.compress.graph_cost import channel_groups
+from dmad.compress.groups import widths_from_masks
 from dmad.compress.masks import attach_masks, mask_sites
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, build
 from dmad.compress.structure import derive_structure
@@ -30,6 +36,27 @@ SPECS = {
     "unet128 (jz)": UnetSpec(ngf=4, num_downs=7),
     "unet256 batch": UnetSpec(ngf=4, num_downs=8, norm="batch"),
 }
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_family_costs_from_the_graph_equal_the_profiled_pruned_class(name: str) -> None:
+    """The budget counts dmad's own families from their traced graph, as any generator: for
+    random keep sets (some emptying every block) paper MACs, true MACs and parameters equal
+    those of the class rebuilt with the surviving widths and profiled layer by layer."""
+    spec = SPECS[name]
+    masks = attach_masks(build(spec))
+    side = 256 if isinstance(spec, UnetSpec) else 64
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        keep = {n: torch.rand(m.channels, generator=gen) < torch.rand((), generator=gen)
+                for n, m in masks.items()}
+        if trial % 3 == 0:  # every block removed, the stream still kept
+            keep.update({n: torch.zeros_like(k) for n, k in keep.items() if ".conv1" in n})
+        got = budget.cost(spec, masks, keep, side)
+        widths, _ = widths_from_masks(spec, masks, keep)
+        prof = profile_spec(dataclasses.replace(spec, widths=widths), (1, 3, side, side))
+        assert (got.macs_paper, got.macs_true, got.params) == \
+            (prof.macs_paper, prof.macs_true, prof.params), (name, trial)
 
 
 def _hand_table(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
@@ -67,7 +94,9 @@ def test_the_shipped_families_come_out_as_their_tables(name: str) -> None:
     if isinstance(SPECS[name], ResnetSpec):  # the residual stream is one group, down2 first
         dmad_names = dict(zip([n for n, _, _ in _hand_table(m)], [w for w, _ in want],
                               strict=True))
-        assert st.groups == [[dmad_names[n] for n in residual_group(masks)]]
+        hand = [n for n in masks if n == "down2" or n.endswith(".conv2")]  # DMAD's writers
+        assert st.groups == [[dmad_names[n] for n in hand]]
+        assert channel_groups(SPECS[name]) == [hand]  # what the search and pruning use
         assert st.output == ["head.conv"]
     else:  # UNet: every up block concatenates the skip (down k) with the up output
         n = SPECS[name].num_downs  # type: ignore[attr-defined]

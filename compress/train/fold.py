@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dmad.compress.groups import residual_group
+from dmad.compress.graph_cost import channel_groups
 from dmad.compress.masks import (
     ChannelMask,
     MaskedNorm,
-    find_masks,
 )
 from dmad.compress.models import ResnetGenerator, UnetGenerator
 
@@ -66,7 +65,7 @@ def hold_scale(model: nn.Module, name: str, mask: ChannelMask, scale: torch.Tens
         return "carried"
     if fold_scale(model, name, scale):
         return "folded"
-    if isinstance(model, ResnetGenerator) and name in residual_group(find_masks(model)):
+    if any(name in g for g in channel_groups(model.spec)):
         mask.scale.mul_(scale.to(mask.scale))
         return "carried"
     return "cancelled"

@@ -21,8 +21,8 @@ from torch import nn
 
 from dmad.compress import budget
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec
-from dmad.compress.groups import residual_group, update_group_coefficients
+from dmad.compress.graph_cost import channel_groups
+from dmad.compress.groups import update_group_coefficients
 from dmad.compress.latency import LatencyTable, load_table
 from dmad.compress.masks import (
     ChannelMask,
@@ -128,10 +128,7 @@ class MaskSchedule:
     def _coupled(self, direction: str) -> list[list[str]]:
         """The mask groups DMAD's adaptive group sparsity couples: the ResNet stream's writers,
         or a traced generator's channel groups (residual additions)."""
-        spec = self.G[direction].spec_full
-        if isinstance(spec, GraphSpec):
-            return [list(g) for g in spec.groups]
-        return [residual_group(self.masks[direction])] if self.family == "resnet" else []
+        return channel_groups(self.G[direction].spec_full)
 
     def _cost(self, direction: str, keep: dict[str, torch.Tensor] | None = None) -> budget.Cost:
         return budget.cost(self.G[direction].spec_full, self.masks[direction], keep,

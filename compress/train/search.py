@@ -27,8 +27,8 @@ from dmad.compress.config import opt, to_dict
 from dmad.compress.data.split import SPLIT, ImageSplit, resolve_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec
-from dmad.compress.groups import removed_blocks, residual_group
+from dmad.compress.graph_cost import GraphSpec, family_graph, stream_writers
+from dmad.compress.groups import removed_blocks
 from dmad.compress.io import atomic_write_json
 from dmad.compress.masks import (
     ChannelMask,
@@ -407,7 +407,8 @@ class SearchStage(MaskSchedule, TeacherStage):
             full = _full_cost(g.spec_full, self.scfg.macs_size)
             kept = {n: torch.nonzero(m.kept()).flatten().tolist() for n, m in masks.items()}
             if isinstance(g.spec_full, ResnetSpec):
-                keep_stream = torch.stack([masks[n].kept() for n in residual_group(masks)]).any(0)
+                stream = stream_writers(g.spec_full)
+                keep_stream = torch.stack([masks[n].kept() for n in stream]).any(0)
                 kept["stream"] = torch.nonzero(keep_stream).flatten().tolist()
             entry = {
                 "file": f"search_G_{d}.pt",
@@ -454,12 +455,11 @@ class SearchStage(MaskSchedule, TeacherStage):
 
 
 def _full_cost(spec: Any, size: int) -> budget.Cost:
-    """The unpruned generator's cost at ``size``² (a traced one counted from its graph)."""
-    if isinstance(spec, GraphSpec):
-        paper, true, params = spec.macs({}, size)
-        return budget.Cost({}, (), paper, true, params)  # type: ignore[arg-type]
-    prof = budget.profile_spec(spec, (1, spec.input_nc, size, size))
-    return budget.Cost(spec.widths, (), prof.macs_paper, prof.macs_true, prof.params)
+    """The unpruned generator's cost at ``size``², counted from its traced graph."""
+    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    paper, true, params = graph.macs({}, size)
+    widths = {} if isinstance(spec, GraphSpec) else spec.widths
+    return budget.Cost(widths, (), paper, true, params)
 
 
 def _pruned_spec(g: nn.Module, masks: dict[str, ChannelMask], c: budget.Cost) -> Any:
