@@ -1,4 +1,5 @@
-"""``dmad latency-table --generator G.pt`` for a traced generator (CUT, pix2pixHD, a user's).
+"""``dmad latency-table --generator G.pt`` for a traced generator (CUT, pix2pixHD, a user's) or
+a UNet (no repeated unit to time alone: its widths change at every level).
 
 The generator itself is pruned to random keep sets (every coupled group of channels a random
 width, a quarter of them on the channel multiple), each student converted the way the export
@@ -31,10 +32,12 @@ from dmad.benchmark.latency_table import (
 )
 from dmad.compress import budget
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec
+from dmad.compress.graph_cost import GraphSpec, family_graph
 from dmad.compress.graph_latency import GraphLatencyTable, features, fit_nonnegative
-from dmad.compress.graph_model import prune_graph_model, set_mask_values
+from dmad.compress.graph_model import set_mask_values
 from dmad.compress.masks import attach_masks
+from dmad.compress.models import spec_to_dict
+from dmad.compress.prune import prune
 
 __all__ = ["build_graph_table", "graph_validation_table", "random_student"]
 
@@ -48,16 +51,16 @@ def random_student(teacher: nn.Module, spec: GraphSpec, rng: np.random.Generator
     for name in masks:
         root = spec.site_root[name]
         if root not in counts:
-            full = masks[name].channels
+            full, chunk = masks[name].channels, spec.chunk.get(root, 1)  # GroupNorm groups
             n = int(rng.integers(1, full + 1))
             if multiple > 1 and full >= multiple and rng.random() < 0.25:
                 n = max(multiple, n // multiple * multiple)
-            counts[root] = n
+            counts[root] = max(chunk, n // chunk * chunk)
     for name, mask in masks.items():
         v = torch.zeros(mask.channels)
         v[: counts[spec.site_root[name]]] = 1.0
         set_mask_values(mask, v)
-    return prune_graph_model(m.eval()), counts
+    return prune(m.eval()), counts
 
 
 def _sweep(cfg: LatencyTableConfig, spec: GraphSpec, timer: Any,
@@ -85,11 +88,15 @@ def build_graph_table(cfg: LatencyTableConfig, teacher: nn.Module,
         raise DmadError(f"--calibrate: {cfg.calibrate}; a traced generator's table fits three "
                         "costs on whole models: at least 4")
     gspec = teacher.spec  # type: ignore[union-attr]
-    if cfg.size % gspec.divisor:
-        raise DmadError(f"--size: {cfg.size} is not a multiple of {gspec.divisor} for this "
+    divisor = int(getattr(gspec, "divisor", 0) or 2 ** gspec.num_downs)
+    if cfg.size % divisor:
+        raise DmadError(f"--size: {cfg.size} is not a multiple of {divisor} for this "
                         "generator")
     spec = budget.cost_spec(teacher, cfg.size)
-    assert isinstance(spec, GraphSpec)
+    if not isinstance(spec, GraphSpec):  # a UNet: its traced graph, sites by DMAD's names
+        spec = family_graph(spec)
+    builder, kwargs = (gspec.builder, dict(gspec.kwargs)) if gspec.family == "graph" else (
+        f"dmad.compress.models:{type(teacher).__name__}", spec_to_dict(gspec))
     work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
     try:
         timer = Timer(cfg, work)
@@ -105,7 +112,7 @@ def build_graph_table(cfg: LatencyTableConfig, teacher: nn.Module,
         x = np.array([[g, e, 1.0] for g, e in feats[: cfg.calibrate]])
         c = fit_nonnegative(x, np.asarray(ms[: cfg.calibrate]))
         table = GraphLatencyTable(
-            key=table_key(cfg, timer), builder=gspec.builder, kwargs=dict(gspec.kwargs),
+            key=table_key(cfg, timer), builder=builder, kwargs=kwargs,
             sites=dict(spec.site_channels), size=cfg.size, multiple=multiple,
             coef={"per_gmac": round(float(c[0]), 6), "per_melem": round(float(c[1]), 6),
                   "const_ms": round(float(c[2]), 6)}, sweep=sweep,

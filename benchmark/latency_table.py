@@ -56,8 +56,9 @@ class LatencyTableConfig:
     threads: int = opt(1, "threads the target runs with")
     generator: Path | None = opt(None, "a dmad model file (e.g. the teacher): the table covers "
                                  "its family and widths up to its own (default: ResNet-9 ngf "
-                                 "64); a traced generator (CUT, pix2pixHD, your class) is timed "
-                                 "whole at random keep sets and per-layer costs are fitted")
+                                 "64); a UNet or a traced generator (CUT, pix2pixHD, your class) "
+                                 "is timed whole at random keep sets and per-layer costs are "
+                                 "fitted")
     ngf: int = opt(64, "without --generator: ngf of the ResNet-9 the table covers")
     size: int = opt(256, "input side in pixels the units are timed at (phones: 256)")
     max_points: int = opt(10, "grid widths per axis at most (multiples of the measured multiple, "
@@ -116,8 +117,8 @@ def _spec_of(cfg: LatencyTableConfig, model: nn.Module | None) -> ResnetSpec:
         return ResnetSpec(ngf=cfg.ngf, n_blocks=9)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ResnetSpec):
-        raise DmadError(f"--generator: {cfg.generator}: latency tables cover ResNet "
-                        "generators and traced ones (CUT, pix2pixHD, your own class); this one "
+        raise DmadError(f"--generator: {cfg.generator}: latency tables cover ResNet, UNet "
+                        "and traced generators (CUT, pix2pixHD, your own class); this one "
                         f"is {getattr(spec, 'family', type(model).__name__)}")
     return spec
 
@@ -291,8 +292,8 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     refuse_overwrite([out], cfg.force, "latency table")
     check_writable(out.parent)  # before minutes of timing, not after
     model = _generator_file(cfg)
-    if getattr(getattr(model, "spec", None), "family", None) == "graph":
-        from dmad.benchmark.graph_table import build_graph_table
+    if getattr(getattr(model, "spec", None), "family", None) in ("graph", "unet"):
+        from dmad.benchmark.graph_table import build_graph_table  # whole models
 
         return build_graph_table(cfg, model, say)  # type: ignore[return-value]
     spec = _spec_of(cfg, model)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from torch import nn
 from dmad.compress.errors import DmadError
 from dmad.compress.graph_cost import GraphSpec, channel_groups, family_graph
 from dmad.compress.groups import widths_from_masks
-from dmad.compress.latency import LatencyTable
+from dmad.compress.latency import LatencyTable, Prediction
 from dmad.compress.masks import ChannelMask
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
 
@@ -78,20 +79,33 @@ def show(value: float, metric: str) -> str:
 def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
          keep: Mapping[str, torch.Tensor] | None = None, size: int = 256,
          latency: LatencyTable | None = None) -> Cost:
-    """Cost at ``size``² of the architecture the masks (or ``keep``) leave; with ``latency``
-    also its predicted milliseconds (at the table's own size)."""
-    if isinstance(spec, GraphSpec):  # a traced generator: counted from its graph
-        kept = spec.kept(masks, keep)
-        paper, true, params = spec.macs(kept, size)
-        widths = {n: kept[r] for n, r in spec.site_root.items() if n in masks}
-        ms = None if latency is None else latency.predict(spec, kept).ms  # type: ignore[arg-type]
-        return Cost(widths, (), paper, true, params, ms)  # type: ignore[arg-type]
-    widths, forced = widths_from_masks(spec, masks, keep)
-    graph = family_graph(spec)  # counted from the traced graph, as any generator is
-    paper, true, params = graph.macs(graph.kept(masks, keep), size)
-    ms = latency.predict(spec, widths).ms if latency is not None and \
-        isinstance(spec, ResnetSpec) and isinstance(widths, ResnetWidths) else None
+    """Cost at ``size``² of the architecture the masks (or ``keep``) leave, counted from the
+    traced graph (a traced generator's own, a ResNet/UNet's through ``family_graph``); with
+    ``latency`` also its predicted milliseconds (at the table's own size)."""
+    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    kept = graph.kept(masks, keep)
+    paper, true, params = graph.macs(kept, size)
+    if isinstance(spec, GraphSpec):
+        widths: Any = {n: kept[r] for n, r in spec.site_root.items() if n in masks}
+        forced: list[str] = []
+    else:
+        widths, forced = widths_from_masks(spec, masks, keep)
+    ms = None if latency is None else predict(spec, masks, latency, keep, widths).ms
     return Cost(widths, tuple(forced), paper, true, params, ms)
+
+
+def predict(spec: ResnetSpec | UnetSpec | GraphSpec, masks: Mapping[str, ChannelMask],
+            latency: LatencyTable, keep: Mapping[str, torch.Tensor] | None = None,
+            widths: Any = None) -> Prediction:
+    """The table's prediction for the architecture the masks leave. A table of whole models
+    (``kind`` "graph") counts kept channels on the traced graph, for any generator; the ResNet
+    unit table reads the surviving widths."""
+    if getattr(latency, "kind", "") == "graph":
+        graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+        return latency.predict(graph, graph.kept(masks, keep))  # type: ignore[arg-type]
+    if widths is None:
+        widths, _ = widths_from_masks(spec, masks, keep)  # type: ignore[arg-type]
+    return latency.predict(spec, widths)  # type: ignore[arg-type]
 
 
 def keep_above(masks: Mapping[str, ChannelMask], tau: float,
@@ -220,8 +234,18 @@ class _Tiles:
         return torch.stack([self.scores[n].detach().cpu().double()
                             for n in self.groups[g]]).sum(0)
 
+    def chunk(self, g: str) -> int:
+        """The channels group ``g`` is pruned in together (a GroupNorm's group; else 1)."""
+        if not isinstance(self.spec, GraphSpec):
+            return 1
+        return self.spec.chunk.get(self.spec.site_root[self.groups[g][0]], 1)
+
+    def tile(self, g: str) -> int:
+        return math.lcm(self.m, self.chunk(g))
+
     def kept(self, keep: dict[str, torch.Tensor], g: str) -> torch.Tensor:
-        return torch.stack([keep[n] for n in self.groups[g]]).any(0)
+        k, size = torch.stack([keep[n] for n in self.groups[g]]).any(0), self.chunk(g)
+        return k.view(-1, size).any(1).repeat_interleave(size) if size > 1 else k
 
     def full(self, g: str) -> int:
         return self.masks[self.groups[g][0]].channels
@@ -239,26 +263,28 @@ class _Tiles:
     def set_count(self, k: dict[str, torch.Tensor], g: str, n: int) -> dict[str, torch.Tensor]:
         """A copy of ``k`` with group ``g`` at ``n`` channels (best-scored kept/added)."""
         k = {a: b.clone() for a, b in k.items()}
-        members = self.groups[g]
-        s = self.chan_scores(g)
-        cur = torch.stack([k[x] for x in members]).any(0)
-        have = int(cur.sum())
+        members, size = self.groups[g], self.chunk(g)  # moved in whole chunks (GroupNorm)
+        s = self.chan_scores(g).view(-1, size).sum(1)
+        cur = torch.stack([k[x] for x in members]).any(0).view(-1, size).any(1)
+        have, n = int(cur.sum()), n // size
         if n < have:
             order = torch.argsort(torch.where(cur, s, torch.inf))  # worst kept first
             for c in order[: have - n].tolist():
                 for x in members:
-                    k[x][c] = False
+                    k[x][c * size:(c + 1) * size] = False
         elif n > have:
-            elig = torch.stack([self.el[x] for x in members])
+            elig = torch.stack([self.el[x] for x in members]).view(len(members), -1, size) \
+                .any(2)
             # eligible channels first (best-scored), switched-off ones only when needed
             cand = sorted((c for c in range(len(cur)) if not bool(cur[c])),
                           key=lambda c: (not bool(elig[:, c].any()), -float(s[c])))
             for c in cand[: n - have]:
                 # a stream channel needs one writer: the eligible writers, else the best one
                 on = [x for i, x in enumerate(members) if bool(elig[i, c])] or \
-                    [max(members, key=lambda x: float(self.scores[x][c]))]
+                    [max(members, key=lambda x: float(self.scores[x][c * size:(c + 1) * size]
+                                                      .sum()))]
                 for x in on:
-                    k[x][c] = True
+                    k[x][c * size:(c + 1) * size] = True
         return k
 
     def loss(self, g: str, k0: dict[str, torch.Tensor], k1: dict[str, torch.Tensor]) -> float:
@@ -268,9 +294,8 @@ class _Tiles:
 
     def nearest(self, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every width to its nearest multiple (at least one; removed blocks stay removed)."""
-        m = self.m
         for g in self.groups:
-            n, f = int(self.kept(keep, g).sum()), self.full(g)
+            n, f, m = int(self.kept(keep, g).sum()), self.full(g), self.tile(g)
             if f < m or (self.block(g) and n == 0):
                 continue
             r = min(f, max(m, math.floor(n / m + 0.5) * m))
@@ -282,9 +307,9 @@ class _Tiles:
              ) -> tuple[dict[str, torch.Tensor], Cost] | None:
         """The best single tile move: down, the least importance lost per unit saved; up, the
         most gained per unit spent that still fits ``target``. None when no move is left."""
-        m, best = self.m, None
+        best = None
         for g in self.groups:
-            n, f = int(self.kept(keep, g).sum()), self.full(g)
+            n, f, m = int(self.kept(keep, g).sum()), self.full(g), self.tile(g)
             if f < m:
                 continue
             if down and n - m < (0 if self.block(g) else m):

@@ -46,6 +46,8 @@ class ConvCost:
     transposed: bool
     #: output channels per kept channel of its space (r² when PixelShuffle(r) reads it)
     block: int = 1
+    #: a grouped (not depthwise) convolution's groups: each output reads cin / groups inputs
+    groups: int = 1
 
 
 @dataclass
@@ -71,6 +73,8 @@ class GraphSpec:
     #: space root → the (conv, elementwise) indices that vanish when it keeps no channel (a
     #: residual branch: pruning folds it into a constant); roots not here keep one channel
     removable: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+    #: space root → the chunk of channels it is pruned in (a GroupNorm's group size)
+    chunk: dict[int, int] = field(default_factory=dict)
 
     def dead(self, kept: Mapping[int, int]) -> tuple[set[int], set[int]]:
         """(conv, elementwise) indices that the empty removable spaces of ``kept`` fold away."""
@@ -102,19 +106,26 @@ class GraphSpec:
                    {name: tr.root(s) for s, name in tr.site_of_space.items()},
                    tr.structure.groups, elementwise,
                    site_channels={name: tr.channels(s) for s, name in tr.site_of_space.items()},
-                   removable=_removable(tr, [n for n, _ in conv_at], [n for n, _ in elem_at]))
+                   removable=_removable(tr, [n for n, _ in conv_at], [n for n, _ in elem_at]),
+                   chunk={r: c for r in {tr.root(s) for s in tr.made}
+                          if (c := tr.spaces.root_chunk(r)) > 1})
 
     def kept(self, masks: Mapping[str, ChannelMask],
              keep: Mapping[str, torch.Tensor] | None = None) -> dict[int, int]:
-        """Channels each masked space keeps: the union over its masks (a mask keeps w > −b);
-        an emptied space keeps one, unless it is removable (then 0: folded away)."""
+        """Channels each masked space keeps: the union over its masks (a mask keeps w > −b),
+        in whole chunks where it has them (GroupNorm groups); an emptied space keeps one
+        (chunk), unless it is removable (then 0: folded away)."""
         sets: dict[int, torch.Tensor] = {}
         for name, m in masks.items():
             k = (keep[name] if keep is not None else m.kept()).detach().cpu().bool()
             root = self.site_root[name]
             sets[root] = k if root not in sets else sets[root] | k
-        return {r: int(k.sum()) if k.any() or r in self.removable else 1
-                for r, k in sets.items()}
+        out = {}
+        for r, k in sets.items():
+            size = self.chunk.get(r, 1)
+            n = int(k.view(-1, size).any(1).sum()) * size
+            out[r] = n if n or r in self.removable else size
+        return out
 
     def conv_channels(self, kept: Mapping[int, int]) -> Iterator[tuple[ConvCost, int, int]]:
         """(conv, input channels, output channels) of every conv ``kept`` leaves (the ones an
@@ -134,10 +145,11 @@ class GraphSpec:
         paper = true = params = 0
         _, gone_elems = self.dead(kept)
         for c, cin, cout in self.conv_channels(kept):
-            per_out = c.taps if c.depthwise else cin * c.taps
+            per_out = c.taps if c.depthwise else cin // c.groups * c.taps
             out_px, in_px = round(c.out_pixels * f), round(c.in_pixels * f)
             paper += out_px * cout * (per_out + int(c.bias))
-            true += (in_px * cin * c.taps if c.depthwise else in_px * cin * cout * c.taps) \
+            true += (in_px * cin * c.taps if c.depthwise
+                     else in_px * cin * cout // c.groups * c.taps) \
                 if c.transposed else out_px * cout * per_out
             params += cout * per_out + (cout if c.bias else 0)
         for i, (ins, px, per, affine) in enumerate(self.elementwise):
@@ -209,14 +221,15 @@ def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> Co
         if not isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             return None
         taps = int(m.kernel_size[0] * m.kernel_size[1])
-        depthwise = m.groups > 1
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        groups = 1 if depthwise else int(m.groups)
         bias, transposed = m.bias is not None, isinstance(m, nn.ConvTranspose2d)
     elif node.op == "call_function" and node.target in (F.conv2d, F.conv_transpose2d):
         w = node.args[1]
         shape = w.meta["tensor_meta"].shape if isinstance(w, torch.fx.Node) else None
         if shape is None:
             return None
-        taps, depthwise, bias = int(shape[2] * shape[3]), True, False
+        taps, depthwise, bias, groups = int(shape[2] * shape[3]), True, False, 1
         transposed = node.target is F.conv_transpose2d
     else:
         return None
@@ -230,7 +243,7 @@ def _conv_cost(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace) -> Co
     block = tr.spaces.block.get(outs[0], 1) if outs and not depthwise else 1
     return ConvCost(str(node.target), ins, out, depthwise, taps, bias,
                     int(o_shape[2] * o_shape[3]), int(i_shape[2] * i_shape[3]), transposed,
-                    block)
+                    block, groups)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec
+from dmad.compress.graph_cost import GraphSpec, family_graph
 from dmad.compress.latency import Prediction, describe_key
 
 FORMAT = "dmad-latency-graph/1"
@@ -46,7 +46,7 @@ def features(spec: GraphSpec, kept: dict[int, int] | None, size: int, multiple: 
     for c, cin, cout in spec.conv_channels(kept):
         cout_r = math.ceil(cout / m) * m
         out_px = c.out_pixels * f
-        per = c.taps if c.depthwise else cin * c.taps
+        per = c.taps if c.depthwise else cin // c.groups * c.taps
         macs += (c.in_pixels * f * per * cout_r) if c.transposed else out_px * cout_r * per
         elems += out_px * cout_r
     return macs / 1e9, elems / 1e6
@@ -117,19 +117,21 @@ class GraphLatencyTable:
 
     def check_spec(self, spec: Any) -> None:
         """One-line error when ``spec`` is not the traced generator this table measured."""
-        if not isinstance(spec, GraphSpec):
-            raise DmadError(f"latency_table: measured for the traced {self.builder}; the "
-                            f"generator is a {getattr(spec, 'family', type(spec).__name__)}")
-        widths = dict(spec.site_channels)
+        widths = dict(_graph(spec).site_channels)
         if widths != self.sites:
             odd = sorted(set(widths.items()) ^ set(self.sites.items()))
             raise DmadError(f"latency_table: measured for another structure ({self.builder}; "
                             f"first difference at {odd[0][0] if odd else '?'}); build a table "
                             "for this generator with `dmad latency-table --generator FILE`")
 
-    def predict(self, spec: GraphSpec, kept: dict[int, int] | None = None) -> Prediction:
+    def predict(self, spec: Any, kept: dict[int, int] | None = None) -> Prediction:
         """Predicted milliseconds at the table's size for channels ``kept`` (all when None)."""
-        gmacs, melems = features(spec, kept, self.size, self.multiple)
+        gmacs, melems = features(_graph(spec), kept, self.size, self.multiple)
         parts = {"convolutions": self.coef["per_gmac"] * gmacs,
                  "memory": self.coef["per_melem"] * melems, "invoke": self.coef["const_ms"]}
         return Prediction(sum(parts.values()), parts)
+
+
+def _graph(spec: Any) -> GraphSpec:
+    """A traced generator's spec as it is, dmad's ResNet/UNet spec by its traced graph."""
+    return spec if isinstance(spec, GraphSpec) else family_graph(spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from dmad.compress.structure import trace_structure
 from dmad.compress.user_class import import_class
 
 __all__ = ["GraphGenerator", "build_graph", "graph_masks", "graph_taps", "graph_teacher",
-           "prune_graph_model", "set_mask_values"]
+           "prune_graph_model", "set_mask_values", "student_spec"]
 
 
 class GraphGenerator(nn.Module):
@@ -85,7 +86,7 @@ def graph_teacher(model: nn.Module, builder: str, kwargs: dict[str, Any]) -> nn.
         m := model.get_submodule(str(n.target)), nn.Conv2d | nn.ConvTranspose2d)]
     if not convs:
         raise DmadError(f"{builder}: has no convolution; not an image-to-image generator")
-    input_nc = int(convs[0].in_channels)
+    input_nc = tr.channels(0) or int(convs[0].in_channels)  # the image's, as first read
     divisor, output_nc = _divisor(model, input_nc)
     model.spec = GraphModelSpec(builder, dict(kwargs), None, input_nc,  # type: ignore[assignment]
                                 output_nc, divisor)
@@ -116,10 +117,14 @@ def graph_masks(model: nn.Module) -> dict[str, ChannelMask]:
 def prune_graph_model(model: nn.Module) -> GraphGenerator:
     """The masked ``model`` pruned exactly (:func:`prune_graph`), with the spec that rebuilds
     it: the teacher's, plus every mask's values."""
-    values = {name: [float(v) for v in m.value().detach().cpu()]
-              for name, m in graph_masks(model).items()}
-    spec = dataclasses.replace(model.spec, masks=values)  # type: ignore[arg-type]
+    spec = student_spec(model.spec, graph_masks(model))  # type: ignore[arg-type]
     return GraphGenerator(prune_graph(model.eval()), spec)
+
+
+def student_spec(spec: GraphModelSpec, masks: Mapping[str, ChannelMask]) -> GraphModelSpec:
+    """The teacher's spec plus every mask's final values: what rebuilds the pruned student."""
+    values = {name: [float(v) for v in m.value().detach().cpu()] for name, m in masks.items()}
+    return dataclasses.replace(spec, masks=values)
 
 
 def graph_taps(model: nn.Module) -> dict[str, InputOf]:

@@ -87,9 +87,12 @@ def _keeps(model: nn.Module, tr: Trace) -> tuple[dict[int, Tensor], dict[str, Te
         v = values.get(tr.site_of_space[space])
         alive = torch.ones(n, dtype=torch.bool) if v is None else (v != 0).cpu()
         keep[root] = alive if root not in keep else keep[root] | alive
-    for k in keep.values():
+    for root, k in keep.items():
+        size = tr.spaces.root_chunk(root)  # a GroupNorm's groups go whole or not at all
+        if size > 1:
+            k.copy_(k.view(-1, size).any(1).repeat_interleave(size))
         if not k.any():
-            k[0] = True  # scaled by 0 below: empty in effect, folded away when it can be
+            k[:size] = True  # scaled by 0 below: empty in effect, folded away when it can be
     return keep, values
 
 
@@ -228,13 +231,17 @@ def _prune_module(root: nn.Module, mod: nn.Module, path: str, tr: Trace,
         scale = values[path][out_idx.to(values[path].device)]
         _set_module(root, path, inner if bool((scale == 1).all())
                     else nn.Sequential(inner, ChannelScale(scale)))
-    elif isinstance(mod, nn.BatchNorm2d | nn.InstanceNorm2d | nn.SyncBatchNorm | nn.PReLU):
+    elif isinstance(mod, nn.BatchNorm2d | nn.InstanceNorm2d | nn.SyncBatchNorm | nn.PReLU
+                    | nn.GroupNorm):
         _slice_channels(mod, in_idx)
 
 
 def _slice_conv(conv: nn.Conv2d | nn.ConvTranspose2d, in_idx: Tensor, out_idx: Tensor) -> None:
     depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
     w = conv.weight.data
+    if conv.groups > 1 and not depthwise:  # grouped: the trace keeps its channels whole
+        assert len(in_idx) == conv.in_channels and len(out_idx) == conv.out_channels
+        return
     if depthwise:
         w = w[in_idx]
         conv.groups = conv.in_channels = conv.out_channels = len(in_idx)
@@ -257,6 +264,9 @@ def _slice_channels(mod: nn.Module, idx: Tensor) -> None:
     for name, b in list(mod.named_buffers(recurse=False)):
         if b is not None and b.dim() >= 1:
             setattr(mod, name, b[idx].clone())
+    if isinstance(mod, nn.GroupNorm):  # whole groups kept (the trace's chunks)
+        mod.num_groups = len(idx) // (mod.num_channels // mod.num_groups)
+        mod.num_channels = len(idx)
     for attr in ("num_features", "num_parameters"):
         if hasattr(mod, attr) and getattr(mod, attr) > 1:
             setattr(mod, attr, len(idx))

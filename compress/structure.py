@@ -12,12 +12,17 @@ activations, padding, dropout, resampling, depthwise and fixed-filter convolutio
 arithmetic) keep it, an addition of two tensors merges their spaces (they must be pruned alike),
 a concatenation lays spaces side by side, and PixelShuffle(r) right after a convolution makes
 that convolution's space the shuffled one (each shuffled channel owns a block of r² outputs).
+Three layers tie channels together: GroupNorm normalises its channels in groups, so its space
+is pruned in whole groups (a group's channels share statistics); a grouped convolution mixes
+the channels of each group, so its input and output spaces are kept whole; PixelUnshuffle
+(space-to-depth) is followed on the input image, whose channels are never pruned anyway.
 Anything else stops with one line naming the layer and the op: a mask placed on a guess would
 prune the wrong channels silently.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +39,8 @@ __all__ = ["Site", "Structure", "Trace", "dead_region", "derive_structure", "tra
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: norms whose statistics and affine are per channel (a pruned channel leaves the others as
 #: they were); ``Identity`` in a norm's place is where a mask goes when a layer has no norm
-_NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.SyncBatchNorm, MaskedNorm, nn.Identity)
+_NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.SyncBatchNorm, nn.GroupNorm, MaskedNorm,
+          nn.Identity)
 _CHANNELWISE = (
     nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish,
     nn.Hardtanh, nn.PReLU, nn.Dropout, nn.Dropout2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
@@ -76,6 +82,8 @@ class Structure:
     concats: list[list[str]] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    #: sites pruned in whole chunks of channels (a GroupNorm's groups): site → chunk size
+    chunks: dict[str, int] = field(default_factory=dict)
     #: depthwise and fixed-filter layers (a blur's buffer): they keep their input's channels
     channelwise_filters: list[str] = field(default_factory=list)
     raw_concats: list[list[int]] = field(default_factory=list, repr=False)
@@ -98,8 +106,14 @@ class _Spaces:
         self.conv: list[str] = ["input"]
         #: a conv's space read through PixelShuffle(r): its r² output channels per kept channel
         self.block: dict[int, int] = {}
+        #: spaces pruned only in whole chunks (GroupNorm groups) → the chunk size
+        self.chunk: dict[int, int] = {}
+        #: spaces kept whole (a grouped convolution reads or writes them)
+        self.frozen: set[int] = set()
+        #: the input image read through PixelUnshuffle(r): that space → r²
+        self.unshuffled: dict[int, int] = {}
 
-    def new(self, conv: str, channels: int) -> int:
+    def new(self, conv: str, channels: int | None) -> int:
         self.parent.append(len(self.parent))
         self.channels.append(channels)
         self.conv.append(conv)
@@ -115,6 +129,21 @@ class _Spaces:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+    def tie(self, space: int, size: int) -> None:
+        """Space ``space`` is pruned only in whole chunks of ``size`` channels."""
+        self.chunk[space] = math.lcm(self.chunk.get(space, 1), size)
+
+    def root_chunk(self, root: int) -> int:
+        """The chunk every space of ``root`` allows (1: any channel alone); a root that is
+        frozen, or whose chunk is all its channels, gives its channel count."""
+        size = 1
+        for s, c in self.chunk.items():
+            if self.find(s) == root:
+                size = math.lcm(size, c)
+        if any(self.find(s) == root for s in self.frozen):
+            size = max(size, int(self.channels[root] or 0))
+        return size
 
 
 def _unsupported(node: torch.fx.Node, what: str, why: str) -> DmadError:
@@ -182,28 +211,31 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
     if node.op == "call_module":
         m = mods[str(node.target)]
         node.meta["layer"] = str(node.target)
-        if isinstance(m, MaskedNorm) and isinstance(m.norm, (*_CONVS, nn.PixelShuffle)):
-            m = m.norm  # a mask on a conv (or a shuffle) no norm follows: still its output
+        if isinstance(m, MaskedNorm):
+            m = m.norm  # the masked layer (a norm; a conv or a shuffle no norm follows)
         if isinstance(m, _CONVS):
             depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
             if depthwise:
                 st.channelwise_filters.append(str(node.target))
                 return segs[ins[0]]
-            if m.groups != 1:
-                raise _unsupported(node, f"grouped convolution ({m.groups} groups)",
-                                   "its channel groups are not followed yet")
-            if segs[ins[0]] == [0]:
-                spaces.channels[0] = m.in_channels  # the image's channels, first read here
+            src = segs[ins[0]]
+            if len(src) == 1 and (src == [0] or spaces.channels[src[0]] is None):
+                spaces.channels[src[0]] = m.in_channels  # the image's channels, first read here
+                if src[0] in spaces.unshuffled and spaces.channels[0] is None:
+                    spaces.channels[0] = m.in_channels // spaces.unshuffled[src[0]]
             s = spaces.new(str(node.target), m.out_channels)
             made[s] = node
+            if m.groups != 1:  # grouped: each output group mixes its input group, kept whole
+                spaces.frozen.update([*src, s])
             return [s]
+        if isinstance(m, nn.GroupNorm):
+            return _grouped_norm(node, m, segs[ins[0]], spaces)
         if isinstance(m, _NORMS + _CHANNELWISE):
             return segs[ins[0]]
         if isinstance(m, nn.PixelShuffle):
             return _shuffled(node, ins[0], m.upscale_factor ** 2, segs, spaces, made)
         if isinstance(m, nn.PixelUnshuffle):
-            raise _unsupported(node, type(m).__name__,
-                               "it mixes blocks of space into channels")
+            return _unshuffled(node, m.downscale_factor ** 2, segs[ins[0]], spaces)
         raise _unsupported(node, f"layer {type(m).__name__}", "unknown to the channel tracer")
     return _function(node, ins, segs, spaces, st)
 
@@ -219,6 +251,29 @@ def _shuffled(node: torch.fx.Node, src: torch.fx.Node, r2: int, segs: dict[Any, 
     s = seg[0]
     spaces.channels[s] = int(spaces.channels[s] or 0) // r2
     spaces.block[s] = r2
+    return [s]
+
+
+def _grouped_norm(node: torch.fx.Node, m: nn.GroupNorm, seg: list[int], spaces: _Spaces
+                  ) -> list[int]:
+    """GroupNorm: its space may lose only whole groups (the others' statistics unchanged)."""
+    if len(seg) != 1:
+        raise _unsupported(node, "GroupNorm over concatenated channels",
+                           "its groups would straddle the concatenated slices")
+    spaces.tie(seg[0], m.num_channels // m.num_groups)
+    return seg
+
+
+def _unshuffled(node: torch.fx.Node, r2: int, seg: list[int], spaces: _Spaces) -> list[int]:
+    """PixelUnshuffle(r) on the input image: a new fixed space of r² channels per channel."""
+    if any(spaces.find(s) != spaces.find(0) for s in seg):
+        raise _unsupported(node, "PixelUnshuffle on pruned channels", "it moves blocks of "
+                           "space into channels; it is followed on the input image only")
+    known = [spaces.channels[s] for s in seg]
+    s = spaces.new(str(node.target), sum(known) * r2 if None not in known else None)  # type: ignore[arg-type]
+    spaces.union(s, 0)
+    if seg == [0]:
+        spaces.unshuffled[s] = r2
     return [s]
 
 
@@ -307,6 +362,8 @@ def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, l
     the concatenations resolved to site names."""
     out = next(n for n in graph.nodes if n.op == "output")
     out_spaces = {spaces.find(s) for a in _tensor_args(out) for s in segs[a]}
+    whole = {spaces.find(0)} | {r for r in {spaces.find(s) for s in made}
+                                if spaces.root_chunk(r) >= int(spaces.channels[r] or 0)}
     st.output = [spaces.conv[s] for s in sorted(made) if spaces.find(s) in out_spaces]
     name_of: dict[int, str] = {}
     for s, node in sorted(made.items()):
@@ -315,15 +372,17 @@ def _finish(graph: torch.fx.Graph, mods: dict[str, nn.Module], segs: dict[Any, l
         root = spaces.find(s)
         if root in out_spaces:
             continue
-        if root == spaces.find(0):
+        if root in whole:  # tied to the image, or kept whole (a grouped conv, GroupNorm(1))
             st.fixed.append(name)
             continue
         st.sites.append(Site(name, str(node.target), int(spaces.channels[s] or 0), norm))
+        if spaces.root_chunk(root) > 1:
+            st.chunks[name] = spaces.root_chunk(root)
     by_root: dict[int, list[str]] = {}
     for s in sorted(made):
         by_root.setdefault(spaces.find(s), []).append(name_of[s])
     st.groups = [v for r, v in by_root.items() if len(v) > 1 and r not in out_spaces
-                 and r != spaces.find(0)]
+                 and r not in whole]
     st.concats = [[name_of.get(i, "input") for i in parts] for parts in st.raw_concats]
     return name_of
 

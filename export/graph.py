@@ -10,15 +10,17 @@ operation with its weights re-laid out once (OIHW → HWIO). The same graph is t
 TensorFlow's own converter for every TFLite variant (fp32, fp16, dynamic, int8), so the model is
 converted once.
 
-Graph ops (all NHWC, batch 1): ``conv`` (any stride/padding/dilation, groups 1 or depthwise;
-also a fixed filter a module holds as a buffer, such as CUT's anti-aliasing blur), ``deconv``
-(ConvTranspose2d; a depthwise transposed fixed filter becomes one depthwise conv per output
-phase, depth-to-space and a crop), ``pad`` (reflect, replicate or zero), ``inorm``
-(InstanceNorm, per-channel eps so that :mod:`export.equalize` can rescale exactly), ``affine``
-(per-channel scale and shift: eval BatchNorm that could not be folded, a pruned model's carried
-mask scales), ``relu``, ``leaky``, ``tanh``, ``sigmoid``, ``add``, ``concat``, ``d2s``
-(PixelShuffle as depth-to-space, with the producing conv's channels permuted to TensorFlow's
-order), ``resize`` (integer nearest or bilinear upsampling), ``crop`` (``x[:, :, a:b, c:d]``).
+Graph ops (all NHWC, batch 1): ``conv`` (any stride/padding/dilation; groups 1, depthwise or
+grouped; also a fixed filter a module holds as a buffer, such as CUT's anti-aliasing blur),
+``deconv`` (ConvTranspose2d; a depthwise transposed fixed filter becomes one depthwise conv per
+output phase, depth-to-space and a crop), ``pad`` (reflect, replicate or zero), ``inorm``
+(InstanceNorm, per-channel eps so that :mod:`export.equalize` can rescale exactly), ``gnorm``
+(GroupNorm: statistics per group of channels), ``affine`` (per-channel scale and shift: eval
+BatchNorm that could not be folded, a pruned model's carried mask scales), ``relu``, ``leaky``,
+``tanh``, ``sigmoid``, ``silu``, ``add``, ``concat``, ``d2s`` (PixelShuffle as depth-to-space,
+with the producing conv's channels permuted to TensorFlow's order), ``s2d`` (PixelUnshuffle as
+space-to-depth, the reading convs' input channels permuted the same way), ``resize`` (integer
+nearest or bilinear upsampling), ``crop`` (``x[:, :, a:b, c:d]``).
 BatchNorm after a conv is folded into it.
 """
 
@@ -43,8 +45,8 @@ __all__ = ["Graph", "Node", "trace"]
 _LEAVES: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.BatchNorm2d, nn.ReflectionPad2d,
     nn.ZeroPad2d, nn.ReplicationPad2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout,
-    nn.Identity, nn.PixelShuffle, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
-    ChannelScale, ChannelShift,
+    nn.Identity, nn.PixelShuffle, nn.PixelUnshuffle, nn.GroupNorm, nn.SiLU, nn.Upsample,
+    nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, ChannelScale, ChannelShift,
 )
 
 
@@ -151,9 +153,8 @@ def _conv(m: nn.Conv2d, cin: int) -> tuple[str, dict[str, Any], dict[str, np.nda
     ph, pw = _pair(m.padding)
     w = _np(m.weight)
     assert w is not None
-    depthwise = m.groups > 1
-    if depthwise and not (m.groups == cin == m.in_channels and m.out_channels % cin == 0):
-        raise DmadError(f"Conv2d with groups={m.groups} (not depthwise) is not supported")
+    depthwise = m.groups > 1 and m.groups == cin == m.in_channels and \
+        m.out_channels % cin == 0
     if depthwise:
         mult = m.out_channels // cin
         # torch [cin*mult, 1, kh, kw] → TF depthwise [kh, kw, cin, mult]
@@ -166,6 +167,8 @@ def _conv(m: nn.Conv2d, cin: int) -> tuple[str, dict[str, Any], dict[str, np.nda
         weights["b"] = b
     attrs = {"stride": list(_pair(m.stride)), "dilation": list(_pair(m.dilation)),
              "pad": [ph, ph, pw, pw], "depthwise": depthwise}
+    if m.groups > 1 and not depthwise:  # HWIO [kh, kw, cin / groups, cout]
+        attrs["groups"] = int(m.groups)
     return "conv", attrs, weights
 
 
@@ -191,6 +194,8 @@ def _out_channels(op: str, attrs: dict[str, Any], weights: dict[str, np.ndarray]
         return int(weights["w"].shape[2])
     if op == "d2s":
         return cin // (attrs["r"] ** 2)
+    if op == "s2d":
+        return cin * attrs["r"] ** 2
     return cin
 
 
@@ -233,7 +238,14 @@ def _module_op(m: nn.Module, name: str, cin: int
         scale = (g * inv).astype(np.float32)  # type: ignore[operator]
         shift = (b - _np(m.running_mean) * scale).astype(np.float32)  # type: ignore[operator]
         return "affine", {}, {"scale": scale, "shift": shift}
-    simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+    if isinstance(m, nn.GroupNorm):
+        wts = {"eps": np.full(cin, m.eps, np.float32)}
+        if m.affine:
+            wts["gamma"], wts["beta"] = _np(m.weight), _np(m.bias)  # type: ignore[assignment]
+        return "gnorm", {"groups": int(m.num_groups)}, wts
+    if isinstance(m, nn.PixelUnshuffle):
+        return "s2d", {"r": int(m.downscale_factor)}, {}
+    simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
     for cls, op in simple.items():
         if isinstance(m, cls):
             return op, {}, {}
@@ -318,7 +330,7 @@ class _Builder:
             self.ids[node.name] = self.add("concat", [self.arg_id(a, "cat") for a in seq])
             return
         unary = {torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
-                 torch.sigmoid: "sigmoid"}
+                 torch.sigmoid: "sigmoid", F.silu: "silu"}
         if f in unary:
             self.ids[node.name] = self.add(unary[f], [self.arg_id(node.args[0], str(f))])
             return
@@ -471,6 +483,7 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Graph:
     g = Graph(b.nodes, out_id, (n, h, w, c), gm)
     _fold_batchnorm(g)
     _order_pixel_shuffle(g)
+    _order_space_to_depth(g)
     return g
 
 
@@ -521,3 +534,21 @@ def _order_pixel_shuffle(g: Graph) -> None:
         src.weights["w"] = src.weights["w"][..., perm]
         if "b" in src.weights:
             src.weights["b"] = src.weights["b"][perm]
+
+
+def _order_space_to_depth(g: Graph) -> None:
+    """PyTorch's PixelUnshuffle writes channel ``c·r² + i·r + j``; TensorFlow's space_to_depth
+    writes ``(i·r + j)·C + c``. When plain convolutions alone read it, their input channels are
+    permuted once (free at run time); otherwise the graph gathers the channels back."""
+    for n in g.nodes:
+        users = g.users(n.id)
+        if n.op != "s2d" or not users or not all(
+                u.op == "conv" and not u.attrs["depthwise"] and "groups" not in u.attrs
+                for u in users):
+            continue
+        r2 = n.attrs["r"] ** 2
+        cin = users[0].weights["w"].shape[2]
+        perm = np.arange(cin).reshape(cin // r2, r2).T.reshape(-1)  # TF k=(ij)*C+c ← c*r²+ij
+        for u in users:
+            u.weights["w"] = u.weights["w"][:, :, perm, :]
+        n.attrs["tf_order"] = True

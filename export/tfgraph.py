@@ -98,6 +98,12 @@ def _conv(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.nd
     if a["depthwise"]:
         y = tf.nn.depthwise_conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
                                    dilations=[dh, dw], name=f"{name}/conv")
+    elif a.get("groups", 1) > 1:  # grouped: one conv per group, side by side
+        parts = zip(tf.split(x, a["groups"], axis=3),
+                    np.split(w, a["groups"], axis=3), strict=True)
+        y = tf.concat([tf.nn.conv2d(xi, tf.constant(wi), [1, sh, sw, 1], padding,
+                                    dilations=[dh, dw], name=f"{name}/conv{i}")
+                       for i, (xi, wi) in enumerate(parts)], 3, name=f"{name}/groups")
     else:
         y = tf.nn.conv2d(x, tf.constant(w), [1, sh, sw, 1], padding,
                          dilations=[dh, dw], name=f"{name}/conv")
@@ -145,13 +151,41 @@ def _inorm(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.n
     return y
 
 
+def _gnorm(tf: Any, n: dict[str, Any], x: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
+    """GroupNorm as 4-D ops: [1, H·W, G, C/G], statistics over pixels and a group's channels."""
+    groups = n["attrs"]["groups"]
+    _, h, w, c = x.shape
+    xr = tf.reshape(x, [1, h * w, groups, c // groups], name=f"{name}/groups")
+    mean = tf.reduce_mean(xr, [1, 3], keepdims=True, name=f"{name}/mean")
+    d = tf.subtract(xr, mean, name=f"{name}/center")
+    var = tf.reduce_mean(d * d, [1, 3], keepdims=True, name=f"{name}/var")
+    eps = float(arrays[f"{n['id']}.eps"][0])
+    y = tf.reshape(d * tf.math.rsqrt(var + eps), [1, h, w, c], name=f"{name}/scale")
+    if "gamma" in n["weights"]:
+        y = tf.add(y * tf.constant(arrays[f"{n['id']}.gamma"]),
+                   tf.constant(arrays[f"{n['id']}.beta"]), name=f"{name}/affine")
+    return y
+
+
+def _s2d(tf: Any, n: dict[str, Any], x: Any, name: str) -> Any:
+    """space_to_depth, its channels gathered back to PyTorch's order unless the readers'
+    weights were permuted instead (``tf_order``)."""
+    r = n["attrs"]["r"]
+    y = tf.nn.space_to_depth(x, r, name=f"{name}/s2d")
+    if n["attrs"].get("tf_order"):
+        return y
+    c = int(x.shape[3])
+    perm = np.arange(c * r * r).reshape(r * r, c).T.reshape(-1)  # torch c*r²+ij ← TF (ij)*C+c
+    return tf.gather(y, perm, axis=3, name=f"{name}/order")
+
+
 def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray]) -> Any:
     """One graph node as TensorFlow ops, named after its PyTorch layer."""
     op, nid = n["op"], n["id"]
     name = (n.get("name") or f"{op}{nid}").replace(".", "_")
-    if op in ("conv", "deconv", "inorm"):
-        return {"conv": _conv, "deconv": _deconv, "inorm": _inorm}[op](tf, n, ins[0], name,
-                                                                       arrays)
+    if op in ("conv", "deconv", "inorm", "gnorm"):
+        return {"conv": _conv, "deconv": _deconv, "inorm": _inorm, "gnorm": _gnorm}[op](
+            tf, n, ins[0], name, arrays)
     if op == "pad":
         top, bottom, left, right = n["attrs"]["pad"]
         if n["attrs"]["mode"] == "reflect":
@@ -162,6 +196,8 @@ def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray
     if op == "affine":
         return tf.add(ins[0] * tf.constant(arrays[f"{nid}.scale"]),
                       tf.constant(arrays[f"{nid}.shift"]), name=f"{name}/bn")
+    if op == "silu":  # x·σ(x): LOGISTIC and MUL, both delegated
+        return tf.multiply(ins[0], tf.sigmoid(ins[0]), name=f"{name}/silu")
     unary = {"relu": tf.nn.relu, "tanh": tf.tanh, "sigmoid": tf.sigmoid}
     if op in unary:
         return unary[op](ins[0], name=f"{name}/{op}")
@@ -173,6 +209,8 @@ def _op(tf: Any, n: dict[str, Any], ins: list[Any], arrays: dict[str, np.ndarray
         return tf.concat(ins, 3, name=f"concat{nid}")
     if op == "d2s":
         return tf.nn.depth_to_space(ins[0], n["attrs"]["r"], name=f"{name}/d2s")
+    if op == "s2d":
+        return _s2d(tf, n, ins[0], name)
     if op == "resize":
         return _resize(tf, n, ins[0], name)
     if op == "crop":

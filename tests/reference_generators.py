@@ -18,8 +18,8 @@ from torch import nn
 
 from dmad.compress.models.public import BlurDown, BlurUp, CutResnet, Pix2PixHDGlobal
 
-__all__ = ["BlurDown", "BlurUp", "CutResnet", "InHouse", "Pix2PixHDGlobal", "SelfAttention2d",
-           "ShuffleUp", "WithAttention"]
+__all__ = ["BlurDown", "BlurUp", "CutResnet", "GroupNormNet", "InHouse", "Pix2PixHDGlobal",
+           "SelfAttention2d", "ShuffleUp", "WithAttention"]
 
 
 class InHouse(nn.Module):
@@ -74,6 +74,35 @@ class ShuffleUp(nn.Module):
         h = self.down(self.stem(x))
         h = h + self.block(h)
         return torch.tanh(self.head(self.up2(self.up1(h))))
+
+
+class GroupNormNet(nn.Module):
+    """Newer in-house habits: a space-to-depth stem (PixelUnshuffle), GroupNorm and SiLU
+    throughout (groups of 2, 4 and 8 channels on one residual stream), a grouped convolution
+    with a GroupNorm(1) after it (both kept whole), a pixel-shuffle head."""
+
+    def __init__(self, ngf: int = 8, n_blocks: int = 2) -> None:
+        super().__init__()
+        c = 2 * ngf
+        self.stem = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, ngf, 3, 1, 1),
+                                  nn.GroupNorm(4, ngf), nn.SiLU())
+        self.down = nn.Sequential(nn.Conv2d(ngf, c, 3, 2, 1), nn.GroupNorm(4, c), nn.SiLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.GroupNorm(2, c), nn.SiLU(),
+                          nn.Conv2d(c, c, 3, 1, 1), nn.GroupNorm(c // 2, c))
+            for _ in range(n_blocks))
+        self.mix = nn.Sequential(nn.Conv2d(c, c, 1), nn.GroupNorm(4, c), nn.SiLU(),
+                                 nn.Conv2d(c, c, 3, 1, 1, groups=4), nn.GroupNorm(1, c),
+                                 nn.SiLU())
+        self.up = nn.Sequential(nn.Conv2d(c, 4 * ngf, 3, 1, 1), nn.PixelShuffle(2),
+                                nn.GroupNorm(2, ngf), nn.SiLU())
+        self.head = nn.Sequential(nn.Conv2d(ngf, 12, 3, 1, 1), nn.PixelShuffle(2), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.down(self.stem(x))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(self.up(self.mix(h)))
 
 
 class WithAttention(nn.Module):

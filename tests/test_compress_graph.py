@@ -1,7 +1,8 @@
 """``dmad compress`` on generators dmad knows only through their traced graph.
 
-CUT (with and without anti-aliasing), pix2pixHD's global generator and an in-house generator
-(bilinear upsampling, a long concatenated skip, BatchNorm) go through the same run folder as
+CUT (with and without anti-aliasing), pix2pixHD's global generator and in-house generators
+(bilinear upsampling, a long concatenated skip, BatchNorm; pixel shuffle; GroupNorm, SiLU, a
+grouped convolution and a space-to-depth stem) go through the same run folder as
 dmad's own families: masks found from the graph, the search within 3 % of its budget, the
 student pruned exactly and saved as a model file that rebuilds it, export parity fp32 ≥ 100 dB
 with int8 reported. The model file replays the pruning from its spec; a spec that names no
@@ -26,7 +27,7 @@ from dmad.compress.models.public import CutResnet, Pix2PixHDGlobal, public_build
 from dmad.compress.prune import prune, prune_search_file
 from dmad.compress.search_file import load_search
 from tests.conftest import dmad_cmd
-from tests.reference_generators import InHouse, ShuffleUp
+from tests.reference_generators import GroupNormNet, InHouse, ShuffleUp
 from tests.test_import import _randomize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,13 +94,14 @@ def test_cut_checkpoint_is_recognised_and_compressed_end_to_end(
 @pytest.mark.parametrize("cls,kwargs", [
     ("tests.reference_generators:InHouse", {"ngf": 8}),
     ("tests.reference_generators:ShuffleUp", {"ngf": 8}),
+    ("tests.reference_generators:GroupNormNet", {"ngf": 8}),
     ("dmad.compress.models.public:CutResnet", {"ngf": 8, "n_blocks": 2, "antialias": False}),
 ])
 def test_user_class_compresses_end_to_end(cls: str, kwargs: dict[str, object], tmp_path: Path,
                                           default_data: Path, cli_env: dict[str, str]) -> None:
     torch.manual_seed(0)
-    model = _randomize({"InHouse": InHouse, "ShuffleUp": ShuffleUp, "CutResnet": CutResnet}[
-        cls.rsplit(":", 1)[1]](**kwargs))
+    model = _randomize({"InHouse": InHouse, "ShuffleUp": ShuffleUp, "CutResnet": CutResnet,
+                        "GroupNormNet": GroupNormNet}[cls.rsplit(":", 1)[1]](**kwargs))
     weights = tmp_path / "weights.pth"
     torch.save(model.state_dict(), weights)
     target = _half_macs(copy.deepcopy(model))

@@ -400,20 +400,28 @@ def test_untraceable_model_is_one_line() -> None:
 
 
 @pytest.mark.parametrize("arch", ["cut-antialias-pruned", "in-house", "pix2pixhd",
-                                  "pixel-shuffle-pruned"])
+                                  "pixel-shuffle-pruned", "groupnorm-pruned"])
 def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Path) -> None:
     """CUT's blur layers (a fixed depthwise filter; its transposed form as one depthwise conv
     per phase, depth-to-space and a crop), edge padding, bilinear upsampling, BatchNorm, a long
-    skip and a pruned GraphModule (carried mask scales): fp32 within 100 dB of PyTorch; int8
-    made, reported and in one XNNPACK partition."""
+    skip, GroupNorm, SiLU, a grouped convolution, a space-to-depth stem and a pruned
+    GraphModule (carried mask scales): fp32 within 100 dB of PyTorch; int8 made, reported and
+    in one XNNPACK partition."""
     from dmad.compress.graph_prune import attach_graph_masks, prune_graph
     from dmad.export.api import ExportConfig, export_model
-    from tests.reference_generators import CutResnet, InHouse, Pix2PixHDGlobal, ShuffleUp
+    from tests.reference_generators import (
+        CutResnet,
+        GroupNormNet,
+        InHouse,
+        Pix2PixHDGlobal,
+        ShuffleUp,
+    )
 
     torch.manual_seed(0)
     if arch.endswith("-pruned"):
-        full = (CutResnet(ngf=8, n_blocks=2, antialias=True) if arch.startswith("cut")
-                else ShuffleUp(ngf=8)).eval()
+        makers = {"cut": lambda: CutResnet(ngf=8, n_blocks=2, antialias=True),
+                  "pixel": lambda: ShuffleUp(ngf=8), "groupnorm": lambda: GroupNormNet(ngf=8)}
+        full = makers[arch.split("-")[0]]().eval()
         masks = attach_graph_masks(full)
         with torch.no_grad():
             for mk in masks.values():
@@ -424,10 +432,17 @@ def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Pa
     else:
         m = (InHouse(ngf=8) if arch == "in-house" else Pix2PixHDGlobal(ngf=4, n_down=3,
                                                                          n_blocks=2)).eval()
-    quant = ("fp32", "int8") if arch.endswith("-pruned") else ("fp32",)
+    pruned = arch.endswith("-pruned")
+    quant = ("fp32", "int8") if pruned else ("fp32",)
+    assets = tmp_path / "assets"
     rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=64, quant=quant,
-                                    calib=_photos(tmp_path), num_calib=8, num_eval=2)).report
+                                    calib=_photos(tmp_path), num_calib=8, num_eval=2,
+                                    android=pruned, android_assets=assets)).report
     assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
-    if "int8" in quant:
+    if pruned:
         int8 = rep["artifacts"]["int8"]
         assert int8["parity"]["psnr_db"] > 30 and int8["xnnpack"]["fully_delegated"]
+        from tests.test_export_android import _validate
+
+        spec, problems = _validate(assets)  # what the app checks when it starts
+        assert problems == [] and [e["label"] for e in spec["models"]] == ["compressed"]

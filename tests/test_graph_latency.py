@@ -104,3 +104,35 @@ def test_search_with_a_latency_budget_on_a_traced_generator(
     assert 0.97 * target <= lat["predicted_ms"] <= target + 1e-3
     assert lat["full_predicted_ms"] == pytest.approx(full, abs=1e-3)
     assert arch["width_multiple"] == 4
+
+
+def test_unet_gets_a_table_of_whole_models_and_a_latency_budget(
+        tmp_path: Path, default_data: Path) -> None:
+    """A UNet has no repeated unit to time alone, so it is timed whole like a traced
+    generator: students of its own class at random widths, costs counted on its traced graph
+    under DMAD's mask names; a search with ``target_ms`` then lands within its tolerance."""
+    from dmad.benchmark.latency_table import LatencyTableConfig, build_table
+    from dmad.compress.models import UnetSpec, build
+    from dmad.compress.train.search import SearchConfig, search
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "unet.pt"
+    save_model(build(UnetSpec(ngf=4, num_downs=5)), teacher, size=32)
+    out = tmp_path / "lat.json"
+    t = build_table(LatencyTableConfig(out=out, generator=teacher, size=32, multiple=4, runs=3,
+                                       rounds=1, warmup=1, calibrate=4, validate=1))
+    assert t.kind == "graph" and t.builder == "dmad.compress.models:UnetGenerator"
+    assert t.sites["down1"] == 8 and len(t.calibration) == 4 and len(t.validation) == 1
+    d = json.loads(out.read_text())
+    d["coef"] = {"per_gmac": 50.0, "per_melem": 1.0, "const_ms": 0.0}  # see the CUT test
+    out.write_text(json.dumps(d))
+    spec = UnetSpec(ngf=4, num_downs=5)
+    full = load_table(out).predict(spec).ms
+    target = round(0.6 * full, 4)
+    search(SearchConfig(teacher=str(teacher), images=str(default_data / "unaligned"),
+                        target_ms=target, latency_table=str(out), macs_size=64, steps=10,
+                        bound_updates=5, device="cpu", size=32), tmp_path / "s")
+    lat = json.loads((tmp_path / "s" / "architecture.json").read_text())[
+        "directions"]["AtoB"]["latency"]
+    assert 0.97 * target <= lat["predicted_ms"] <= target + 1e-3
+    assert lat["full_predicted_ms"] == pytest.approx(full, abs=1e-3)

@@ -170,22 +170,40 @@ def test_an_unsupported_layer_is_one_line_naming_it_and_its_op() -> None:
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("attn: method .flatten() is not supported")
 
-    class Grouped(nn.Module):
+    class NormOverCat(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.g = nn.Conv2d(8, 8, 3, 1, 1, groups=2)
+            self.a, self.b = nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(3, 4, 3, 1, 1)
+            self.n, self.h = nn.GroupNorm(2, 8), nn.Conv2d(8, 3, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.g(x)
+            return self.h(self.n(torch.cat([self.a(x), self.b(x)], 1)))
 
-    with pytest.raises(DmadError, match=r"^g: grouped convolution \(2 groups\)"):
-        derive_structure(Grouped())
+    with pytest.raises(DmadError, match=r"^n: GroupNorm over concatenated channels is not "):
+        derive_structure(NormOverCat())
+
+
+def test_groupnorm_grouped_conv_and_space_to_depth_stem() -> None:
+    """GroupNorm spaces are pruned in whole groups (the lcm of the group sizes on one space),
+    a grouped convolution's input and output spaces and a GroupNorm(1)'s are kept whole, and a
+    PixelUnshuffle of the input image is followed (its channels are the image's: fixed)."""
+    from tests.reference_generators import GroupNormNet
+
+    st = derive_structure(GroupNormNet(ngf=8))
+    assert [(s.name, s.channels) for s in st.sites] == [
+        ("stem.2", 8), ("down.1", 16), ("blocks.0.1", 16), ("blocks.0.4", 16),
+        ("blocks.1.1", 16), ("blocks.1.4", 16), ("up.2", 8)]
+    # stream groups of 4 (down) and 2 (blocks' GroupNorm(8, 16)) → lcm 4; inner GroupNorm(2)
+    assert st.chunks == {"stem.2": 2, "down.1": 4, "blocks.0.1": 8, "blocks.0.4": 4,
+                         "blocks.1.1": 8, "blocks.1.4": 4, "up.2": 4}
+    assert st.groups == [["down.1", "blocks.0.4", "blocks.1.4"]]
+    assert st.fixed == ["mix.1", "mix.4"] and st.output == ["head.0"]
 
 
 def test_pixel_shuffle_after_a_conv_is_pruned_in_blocks_of_r_squared() -> None:
     """The mask sits on the shuffled channels (after the norm that follows, else on the
-    shuffle itself); PixelUnshuffle, and a shuffle of a conv that feeds anything else, are one
-    line each."""
+    shuffle itself); PixelUnshuffle of a conv's channels, and a shuffle of a conv that feeds
+    anything else, are one line each."""
     from tests.reference_generators import ShuffleUp
 
     st = derive_structure(ShuffleUp(8))
@@ -212,7 +230,7 @@ def test_pixel_shuffle_after_a_conv_is_pruned_in_blocks_of_r_squared() -> None:
             h = self.a(x)
             return self.b(self.s(h)) + nn.functional.interpolate(h[:, :3], scale_factor=2.0)
 
-    for m, says in ((Unshuffle(), "u: PixelUnshuffle is not supported"),
+    for m, says in ((Unshuffle(), "u: PixelUnshuffle on pruned channels is not supported"),
                     (Shared(), "s: PixelShuffle is not supported")):
         with pytest.raises(DmadError) as e:
             derive_structure(m)

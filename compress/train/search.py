@@ -28,6 +28,7 @@ from dmad.compress.data.split import SPLIT, ImageSplit, resolve_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
 from dmad.compress.graph_cost import GraphSpec, family_graph, stream_writers
+from dmad.compress.graph_model import student_spec
 from dmad.compress.groups import removed_blocks
 from dmad.compress.io import atomic_write_json
 from dmad.compress.masks import (
@@ -427,9 +428,7 @@ class SearchStage(MaskSchedule, TeacherStage):
                 "cut": self.cut.get(d, {}),
             }
             if self.latency is not None:
-                pred = self.latency.predict(  # type: ignore[arg-type]
-                    g.spec_full, g.spec_full.kept(masks) if isinstance(g.spec_full, GraphSpec)
-                    else c.widths)
+                pred = budget.predict(g.spec_full, masks, self.latency, widths=c.widths)
                 entry["latency"] = {
                     "backend": self.latency.key.get("backend"),
                     "threads": self.latency.key.get("threads"), "size": self.latency.size,
@@ -465,8 +464,7 @@ def _full_cost(spec: Any, size: int) -> budget.Cost:
 def _pruned_spec(g: nn.Module, masks: dict[str, ChannelMask], c: budget.Cost) -> Any:
     """The spec of the student the search leaves: widths, or a traced class's mask values."""
     if isinstance(g.spec_full, GraphSpec):
-        values = {n: [float(v) for v in m.value().detach().cpu()] for n, m in masks.items()}
-        return dataclasses.replace(g.spec, masks=values)  # type: ignore[arg-type]
+        return student_spec(g.spec, masks)  # type: ignore[arg-type]
     return dataclasses.replace(g.spec_full, widths=c.widths)
 
 
