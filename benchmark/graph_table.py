@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -52,9 +53,10 @@ def random_student(teacher: nn.Module, spec: GraphSpec, rng: np.random.Generator
         root = spec.site_root[name]
         if root not in counts:
             full, chunk = masks[name].channels, spec.chunk.get(root, 1)  # GroupNorm groups
+            tile = math.lcm(multiple, chunk)
             n = int(rng.integers(1, full + 1))
-            if multiple > 1 and full >= multiple and rng.random() < 0.25:
-                n = max(multiple, n // multiple * multiple)
+            if tile > 1 and full >= tile and rng.random() < 0.25:
+                n = max(tile, n // tile * tile)
             counts[root] = max(chunk, n // chunk * chunk)
     for name, mask in masks.items():
         v = torch.zeros(mask.channels)
@@ -88,9 +90,8 @@ def build_graph_table(cfg: LatencyTableConfig, teacher: nn.Module,
         raise DmadError(f"--calibrate: {cfg.calibrate}; a traced generator's table fits three "
                         "costs on whole models: at least 4")
     gspec = teacher.spec  # type: ignore[union-attr]
-    divisor = int(getattr(gspec, "divisor", 0) or 2 ** gspec.num_downs)
-    if cfg.size % divisor:
-        raise DmadError(f"--size: {cfg.size} is not a multiple of {divisor} for this "
+    if cfg.size % gspec.divisor:
+        raise DmadError(f"--size: {cfg.size} is not a multiple of {gspec.divisor} for this "
                         "generator")
     spec = budget.cost_spec(teacher, cfg.size)
     if not isinstance(spec, GraphSpec):  # a UNet: its traced graph, sites by DMAD's names

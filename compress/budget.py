@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec, channel_groups, family_graph
+from dmad.compress.graph_cost import GraphSpec, as_graph, channel_groups
 from dmad.compress.groups import widths_from_masks
 from dmad.compress.latency import LatencyTable, Prediction
 from dmad.compress.masks import ChannelMask
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, UnetWidths
+from dmad.compress.structure import close_chunks
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,12 @@ def cost_spec(model: nn.Module, size: int = 256) -> ResnetSpec | UnetSpec | Grap
     ``graph`` spec) its graph, traced now (before any mask is attached) at a side near 64 px
     that its downsamplings divide."""
     spec = getattr(model, "spec", None)
+    d = int(getattr(spec, "divisor", 1))
+    if size % d:  # counts scale with the side squared only at sides the downsamplings divide
+        raise DmadError(f"macs_size: {size} is not a multiple of {d}, the generator's "
+                        "downsampling factor")
     if getattr(spec, "family", None) != "graph":
         return spec  # type: ignore[return-value]
-    d = int(spec.divisor)  # type: ignore[union-attr]
     side = d * max(1, -(-min(size, 64) // d))
     return GraphSpec.of(model, side=side, input_nc=int(spec.input_nc))  # type: ignore[union-attr]
 
@@ -82,7 +86,7 @@ def cost(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
     """Cost at ``size``² of the architecture the masks (or ``keep``) leave, counted from the
     traced graph (a traced generator's own, a ResNet/UNet's through ``family_graph``); with
     ``latency`` also its predicted milliseconds (at the table's own size)."""
-    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    graph = as_graph(spec)
     kept = graph.kept(masks, keep)
     paper, true, params = graph.macs(kept, size)
     if isinstance(spec, GraphSpec):
@@ -101,7 +105,7 @@ def predict(spec: ResnetSpec | UnetSpec | GraphSpec, masks: Mapping[str, Channel
     (``kind`` "graph") counts kept channels on the traced graph, for any generator; the ResNet
     unit table reads the surviving widths."""
     if getattr(latency, "kind", "") == "graph":
-        graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+        graph = as_graph(spec)
         return latency.predict(graph, graph.kept(masks, keep))  # type: ignore[arg-type]
     if widths is None:
         widths, _ = widths_from_masks(spec, masks, keep)  # type: ignore[arg-type]
@@ -221,7 +225,8 @@ def _groups(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask]
 
 class _Tiles:
     """Channel groups (a layer, or the residual stream over its writers) moved by whole tiles
-    of ``m`` channels, each choice by importance per unit of budget."""
+    of ``m`` channels (of lcm(m, group size) on a GroupNorm space, pruned in whole groups),
+    each choice by importance per unit of budget."""
 
     def __init__(self, spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMask],
                  scores: Mapping[str, torch.Tensor], el: dict[str, torch.Tensor], m: int,
@@ -244,8 +249,7 @@ class _Tiles:
         return math.lcm(self.m, self.chunk(g))
 
     def kept(self, keep: dict[str, torch.Tensor], g: str) -> torch.Tensor:
-        k, size = torch.stack([keep[n] for n in self.groups[g]]).any(0), self.chunk(g)
-        return k.view(-1, size).any(1).repeat_interleave(size) if size > 1 else k
+        return close_chunks(torch.stack([keep[n] for n in self.groups[g]]).any(0), self.chunk(g))
 
     def full(self, g: str) -> int:
         return self.masks[self.groups[g][0]].channels
@@ -345,8 +349,9 @@ def round_to_multiple(spec: ResnetSpec | UnetSpec, masks: Mapping[str, ChannelMa
     whose removal loses the least importance per unit of budget saved goes (a block's last
     tile removes the block), and while under ``(1 - tolerance)·target`` the tile that gains the
     most importance per unit of budget is added where it still fits. Stream channels score as
-    the sum over their writers, and are added or dropped in every writer. When even one tile
-    per layer is over the budget, the given (unrounded) widths are returned unchanged."""
+    the sum over their writers, and are added or dropped in every writer. A GroupNorm space
+    moves by tiles of lcm(``multiple``, its group size). When even one tile per layer is over
+    the budget, the given (unrounded) widths are returned unchanged."""
     keep = {k: v.clone().cpu() for k, v in keep.items()}
     given = {k: v.clone() for k, v in keep.items()}
     el = {n: (eligible[n].cpu() if eligible is not None else torch.ones_like(keep[n]))
@@ -393,7 +398,7 @@ def check_target_ms(spec: ResnetSpec | UnetSpec, target_ms: float, table: Latenc
 
 def full_macs(spec: ResnetSpec | UnetSpec | GraphSpec, size: int, convention: str) -> int:
     """MACs of the unpruned model at ``size``² in ``convention``."""
-    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    graph = as_graph(spec)
     paper, true, _ = graph.macs({}, size)
     return paper if convention == "paper" else true
 

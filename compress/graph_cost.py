@@ -2,12 +2,13 @@
 channels each mask keeps.
 
 Why: the search compares the architecture its masks leave with a MAC budget at every update,
-and the final fit tries many keep sets; for dmad's own classes a spec with smaller widths is
-profiled. A traced generator has no spec, so :class:`GraphSpec` records, once, every
+and the final fit tries many keep sets. :class:`GraphSpec` records, once, every
 convolution of the graph with the channel spaces it reads and writes and its output size at a
 reference side (shapes found by running the model once), and then counts MACs for any keep set
 without running the model: a layer's MACs scale with its kept input and output channels and
-with the square of the image side (the generators are fully convolutional).
+with the square of the image side (the generators are fully convolutional). dmad's own
+ResNet and UNet specs are traced the same way (:func:`family_graph`); counting at a side their
+downsamplings divide, this equals profiling the class rebuilt with the surviving widths.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from dmad.compress.masks import ChannelMask, MaskedNorm, mask_sites
 from dmad.compress.models import ResnetSpec, UnetSpec, build
-from dmad.compress.structure import Trace, dead_region, trace_structure
+from dmad.compress.structure import Trace, close_chunks, dead_region, trace_structure
 
-__all__ = ["ConvCost", "GraphSpec", "channel_groups", "family_graph", "stream_writers"]
+__all__ = ["ConvCost", "GraphSpec", "as_graph", "channel_groups", "family_graph",
+           "stream_writers"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class GraphSpec:
                    site_channels={name: tr.channels(s) for s, name in tr.site_of_space.items()},
                    removable=_removable(tr, [n for n, _ in conv_at], [n for n, _ in elem_at]),
                    chunk={r: c for r in {tr.root(s) for s in tr.made}
-                          if (c := tr.spaces.root_chunk(r)) > 1})
+                          if (c := tr.chunk(r)) > 1})
 
     def kept(self, masks: Mapping[str, ChannelMask],
              keep: Mapping[str, torch.Tensor] | None = None) -> dict[int, int]:
@@ -123,7 +125,7 @@ class GraphSpec:
         out = {}
         for r, k in sets.items():
             size = self.chunk.get(r, 1)
-            n = int(k.view(-1, size).any(1).sum()) * size
+            n = int(close_chunks(k, size).sum())
             out[r] = n if n or r in self.removable else size
         return out
 
@@ -195,8 +197,8 @@ def _elementwise(node: torch.fx.Node, mods: dict[str, nn.Module], tr: Trace
     m = mods[str(node.target)]
     m = m.norm if isinstance(m, MaskedNorm) else m
     per = 2 if isinstance(m, nn.BatchNorm2d) else 1 if isinstance(m, nn.LeakyReLU) else 0
-    width = _width(m)
-    affine = sum(p.numel() for p in m.parameters(recurse=False)) // width if width else 0
+    width, numel = _width(m), sum(p.numel() for p in m.parameters(recurse=False))
+    affine = numel // width if width > 1 else 0  # per channel; a shared PReLU slope is not
     if not per and not affine:
         return None
     src = node.args[0]
@@ -266,13 +268,17 @@ def family_graph(spec: ResnetSpec | UnetSpec) -> GraphSpec:
         site_channels={dmad.get(n, n): c for n, c in graph.site_channels.items()})
 
 
+def as_graph(spec: ResnetSpec | UnetSpec | GraphSpec) -> GraphSpec:
+    """The traced view of any spec: a traced generator's as it is, dmad's by its graph."""
+    return spec if isinstance(spec, GraphSpec) else family_graph(spec)
+
+
 def channel_groups(spec: ResnetSpec | UnetSpec | GraphSpec) -> list[list[str]]:
     """The masks whose channels are one space (pruned alike, coupled by DMAD's adaptive group
     sparsity), from the traced graph: a ResNet's residual-stream writers ``down2`` and every
     ``block{i}.conv2`` in block order (``down2`` alone when no block is left: still DMAD's
     group); none for a UNet; a traced generator's residual additions."""
-    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
-    groups = [list(g) for g in graph.groups]
+    groups = [list(g) for g in as_graph(spec).groups]
     if isinstance(spec, ResnetSpec) and not groups:
         groups = [["down2"]]
     return groups

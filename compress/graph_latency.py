@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec, family_graph
+from dmad.compress.graph_cost import GraphSpec, as_graph
 from dmad.compress.latency import Prediction, describe_key
 
 FORMAT = "dmad-latency-graph/1"
@@ -117,7 +117,7 @@ class GraphLatencyTable:
 
     def check_spec(self, spec: Any) -> None:
         """One-line error when ``spec`` is not the traced generator this table measured."""
-        widths = dict(_graph(spec).site_channels)
+        widths = dict(as_graph(spec).site_channels)
         if widths != self.sites:
             odd = sorted(set(widths.items()) ^ set(self.sites.items()))
             raise DmadError(f"latency_table: measured for another structure ({self.builder}; "
@@ -126,12 +126,8 @@ class GraphLatencyTable:
 
     def predict(self, spec: Any, kept: dict[int, int] | None = None) -> Prediction:
         """Predicted milliseconds at the table's size for channels ``kept`` (all when None)."""
-        gmacs, melems = features(_graph(spec), kept, self.size, self.multiple)
+        gmacs, melems = features(as_graph(spec), kept, self.size, self.multiple)
         parts = {"convolutions": self.coef["per_gmac"] * gmacs,
                  "memory": self.coef["per_melem"] * melems, "invoke": self.coef["const_ms"]}
         return Prediction(sum(parts.values()), parts)
 
-
-def _graph(spec: Any) -> GraphSpec:
-    """A traced generator's spec as it is, dmad's ResNet/UNet spec by its traced graph."""
-    return spec if isinstance(spec, GraphSpec) else family_graph(spec)

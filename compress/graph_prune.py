@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmad.compress.masks import ChannelMask, MaskedNorm
-from dmad.compress.structure import Trace, dead_region, derive_structure, trace_structure
+from dmad.compress.structure import (
+    Trace,
+    close_chunks,
+    dead_region,
+    derive_structure,
+    trace_structure,
+)
 
 __all__ = ["ChannelScale", "ChannelShift", "attach_graph_masks", "prune_graph"]
 
@@ -88,9 +94,8 @@ def _keeps(model: nn.Module, tr: Trace) -> tuple[dict[int, Tensor], dict[str, Te
         alive = torch.ones(n, dtype=torch.bool) if v is None else (v != 0).cpu()
         keep[root] = alive if root not in keep else keep[root] | alive
     for root, k in keep.items():
-        size = tr.spaces.root_chunk(root)  # a GroupNorm's groups go whole or not at all
-        if size > 1:
-            k.copy_(k.view(-1, size).any(1).repeat_interleave(size))
+        size = tr.chunk(root)  # a GroupNorm's groups go whole or not at all
+        k.copy_(close_chunks(k, size))
         if not k.any():
             k[:size] = True  # scaled by 0 below: empty in effect, folded away when it can be
     return keep, values

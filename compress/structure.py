@@ -12,9 +12,12 @@ activations, padding, dropout, resampling, depthwise and fixed-filter convolutio
 arithmetic) keep it, an addition of two tensors merges their spaces (they must be pruned alike),
 a concatenation lays spaces side by side, and PixelShuffle(r) right after a convolution makes
 that convolution's space the shuffled one (each shuffled channel owns a block of r² outputs).
-Three layers tie channels together: GroupNorm normalises its channels in groups, so its space
+Some layers tie channels together: GroupNorm normalises its channels in groups, so its space
 is pruned in whole groups (a group's channels share statistics); a grouped convolution mixes
-the channels of each group, so its input and output spaces are kept whole; PixelUnshuffle
+the channels of each group, so its input and output spaces are kept whole, and so are the
+spaces a shifting norm (BatchNorm, an affine Instance/GroupNorm) reads when it is not the mask
+site of the convolution in front of it (a pre-norm block's norm on the residual stream: a
+pruned channel would come out of it as β, not 0); PixelUnshuffle
 (space-to-depth) is followed on the input image, whose channels are never pruned anyway.
 Anything else stops with one line naming the layer and the op: a mask placed on a guess would
 prune the wrong channels silently.
@@ -34,7 +37,8 @@ from torch import nn
 from dmad.compress.errors import DmadError
 from dmad.compress.masks import MaskedNorm
 
-__all__ = ["Site", "Structure", "Trace", "dead_region", "derive_structure", "trace_structure"]
+__all__ = ["Site", "Structure", "Trace", "close_chunks", "dead_region", "derive_structure",
+           "trace_structure"]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: norms whose statistics and affine are per channel (a pruned channel leaves the others as
@@ -146,6 +150,12 @@ class _Spaces:
         return size
 
 
+def close_chunks(keep: torch.Tensor, size: int) -> torch.Tensor:
+    """A keep set (bool per channel) widened to whole chunks of ``size`` channels: a chunk
+    with any channel kept is kept whole (a GroupNorm group's channels share statistics)."""
+    return keep.view(-1, size).any(1).repeat_interleave(size) if size > 1 else keep
+
+
 def _unsupported(node: torch.fx.Node, what: str, why: str) -> DmadError:
     stack = node.meta.get("nn_module_stack") or {}
     where = node.meta.get("layer") or (next(reversed(stack.values()))[0] if stack
@@ -174,6 +184,10 @@ class Trace:
 
     def channels(self, space: int) -> int:
         return int(self.spaces.channels[space] or 0)
+
+    def chunk(self, root: int) -> int:
+        """The channels ``root`` is pruned in together (a GroupNorm's groups; 1: any)."""
+        return self.spaces.root_chunk(root)
 
 
 def trace_structure(model: nn.Module) -> Trace:
@@ -228,6 +242,8 @@ def _follow(node: torch.fx.Node, mods: dict[str, nn.Module], segs: dict[Any, lis
             if m.groups != 1:  # grouped: each output group mixes its input group, kept whole
                 spaces.frozen.update([*src, s])
             return [s]
+        if isinstance(m, _NORMS) and _shifts_zero(m) and not _after_conv(ins[0], mods):
+            spaces.frozen.update(segs[ins[0]])  # its β would reach a pruned channel's readers
         if isinstance(m, nn.GroupNorm):
             return _grouped_norm(node, m, segs[ins[0]], spaces)
         if isinstance(m, _NORMS + _CHANNELWISE):
@@ -252,6 +268,24 @@ def _shuffled(node: torch.fx.Node, src: torch.fx.Node, r2: int, segs: dict[Any, 
     spaces.channels[s] = int(spaces.channels[s] or 0) // r2
     spaces.block[s] = r2
     return [s]
+
+
+def _shifts_zero(m: nn.Module) -> bool:
+    """A norm whose output for an all-zero channel is not zero (a shift β, BatchNorm's running
+    mean): pruned channels must not reach it, unless a mask after it zeroes them again."""
+    return isinstance(m, nn.BatchNorm2d | nn.SyncBatchNorm) or (
+        isinstance(m, nn.InstanceNorm2d | nn.GroupNorm) and bool(m.affine))
+
+
+def _after_conv(src: torch.fx.Node, mods: dict[str, nn.Module]) -> bool:
+    """``src`` is a convolution's output (or its PixelShuffle) that feeds nothing else: the
+    norm reading it is that convolution's mask site."""
+    if src.op != "call_module" or len(src.users) != 1:
+        return False
+    m = _unmasked(mods[str(src.target)])
+    if isinstance(m, nn.PixelShuffle):
+        return _after_conv(src.args[0], mods)  # type: ignore[arg-type]
+    return isinstance(m, _CONVS)
 
 
 def _grouped_norm(node: torch.fx.Node, m: nn.GroupNorm, seg: list[int], spaces: _Spaces

@@ -152,7 +152,8 @@ def _stream(g: Graph) -> tuple[list[int], list[Node], list[Node]] | None:
                 chain = g.users(chain.id)[0]
             if chain.op == "add" and chain.id in add_ids:
                 continue
-            if chain.op in ("conv", "deconv") and (chain is u or chain.inputs[0] != v):
+            if chain.op in ("conv", "deconv") and "groups" not in chain.attrs \
+                    and (chain is u or chain.inputs[0] != v):
                 readers.append(chain)
                 continue
             return None

@@ -241,7 +241,8 @@ def _module_op(m: nn.Module, name: str, cin: int
     if isinstance(m, nn.GroupNorm):
         wts = {"eps": np.full(cin, m.eps, np.float32)}
         if m.affine:
-            wts["gamma"], wts["beta"] = _np(m.weight), _np(m.bias)  # type: ignore[assignment]
+            wts["gamma"] = _np(m.weight)  # type: ignore[assignment]
+            wts["beta"] = _np(m.bias) if m.bias is not None else np.zeros(cin, np.float32)  # type: ignore[assignment]
         return "gnorm", {"groups": int(m.num_groups)}, wts
     if isinstance(m, nn.PixelUnshuffle):
         return "s2d", {"r": int(m.downscale_factor)}, {}

@@ -38,7 +38,7 @@ from dmad.compress import budget
 from dmad.compress.arch import profile_spec
 from dmad.compress.checkpoint import load_generator, save_model
 from dmad.compress.evaluate import EvalConfig, evaluate
-from dmad.compress.groups import residual_group
+from dmad.compress.graph_cost import stream_writers
 from dmad.compress.masks import attach_masks
 from dmad.compress.prune import prune, prune_search_file
 from dmad.compress.train.finetune import FinetuneConfig, finetune
@@ -74,7 +74,7 @@ def uniform_student(teacher: torch.nn.Module, target: int) -> torch.nn.Module:
         g = load_copy(teacher)
         masks = attach_masks(g)
         units = {n: u for n, u, _ in mask_sites(g)}
-        group = residual_group(masks)
+        group = stream_writers(g.spec)
         stream = sum(_l1_rows(units[n].conv) for n in group)
         keep = {}
         for n, m in masks.items():

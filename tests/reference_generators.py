@@ -19,7 +19,7 @@ from torch import nn
 from dmad.compress.models.public import BlurDown, BlurUp, CutResnet, Pix2PixHDGlobal
 
 __all__ = ["BlurDown", "BlurUp", "CutResnet", "GroupNormNet", "InHouse", "Pix2PixHDGlobal",
-           "SelfAttention2d", "ShuffleUp", "WithAttention"]
+           "PreNorm", "SelfAttention2d", "ShuffleUp", "WithAttention"]
 
 
 class InHouse(nn.Module):
@@ -103,6 +103,28 @@ class GroupNormNet(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         return self.head(self.up(self.mix(h)))
+
+
+class PreNorm(nn.Module):
+    """Pre-norm residual blocks (``h + conv(silu(GroupNorm(h)))``, the diffusion-era layout):
+    the norms on the stream are no conv's mask site, so the stream is kept whole and only the
+    blocks' inner widths are pruned."""
+
+    def __init__(self, c: int = 16, n_blocks: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1), nn.GroupNorm(4, c), nn.SiLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GroupNorm(4, c), nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1),
+                          nn.GroupNorm(4, c), nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1))
+            for _ in range(n_blocks))
+        self.head = nn.Sequential(nn.GroupNorm(4, c), nn.SiLU(), nn.Conv2d(c, 3, 3, 1, 1),
+                                  nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
 
 
 class WithAttention(nn.Module):

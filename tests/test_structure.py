@@ -198,6 +198,13 @@ def test_groupnorm_grouped_conv_and_space_to_depth_stem() -> None:
                          "blocks.1.1": 8, "blocks.1.4": 4, "up.2": 4}
     assert st.groups == [["down.1", "blocks.0.4", "blocks.1.4"]]
     assert st.fixed == ["mix.1", "mix.4"] and st.output == ["head.0"]
+    # pre-norm blocks: the GroupNorms reading the stream are no conv's site, and their β would
+    # reach a pruned stream channel's readers, so the stream is kept whole
+    from tests.reference_generators import PreNorm
+
+    st = derive_structure(PreNorm())
+    assert [s.name for s in st.sites] == ["blocks.0.3", "blocks.1.3"] and st.groups == []
+    assert st.fixed == ["stem.1", "blocks.0.5", "blocks.1.5"]
 
 
 def test_pixel_shuffle_after_a_conv_is_pruned_in_blocks_of_r_squared() -> None:

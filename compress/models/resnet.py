@@ -96,6 +96,11 @@ class ResnetSpec:
         """Norm of the residual-stream writers (see ``stream_affine``)."""
         return "instance_affine" if self.stream_affine else self.norm
 
+    @property
+    def divisor(self) -> int:
+        """Input sides must be a multiple of this (two stride-2 downsamplings)."""
+        return 4
+
     def resolved_widths(self) -> ResnetWidths:
         return (
             self.widths if self.widths is not None else ResnetWidths.full(self.ngf, self.n_blocks)

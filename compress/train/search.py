@@ -27,7 +27,7 @@ from dmad.compress.config import opt, to_dict
 from dmad.compress.data.split import SPLIT, ImageSplit, resolve_split
 from dmad.compress.distill import colour_moment_loss, ssim_loss
 from dmad.compress.errors import DmadError
-from dmad.compress.graph_cost import GraphSpec, family_graph, stream_writers
+from dmad.compress.graph_cost import GraphSpec, as_graph, stream_writers
 from dmad.compress.graph_model import student_spec
 from dmad.compress.groups import removed_blocks
 from dmad.compress.io import atomic_write_json
@@ -455,7 +455,7 @@ class SearchStage(MaskSchedule, TeacherStage):
 
 def _full_cost(spec: Any, size: int) -> budget.Cost:
     """The unpruned generator's cost at ``size``², counted from its traced graph."""
-    graph = spec if isinstance(spec, GraphSpec) else family_graph(spec)
+    graph = as_graph(spec)
     paper, true, params = graph.macs({}, size)
     widths = {} if isinstance(spec, GraphSpec) else spec.widths
     return budget.Cost(widths, (), paper, true, params)
