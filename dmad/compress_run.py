@@ -104,7 +104,7 @@ class CompressConfig:
     quant: tuple[str, ...] = opt(("fp32", "fp16", "dynamic", "int8"),
                                  "TFLite variants, comma list of fp32, fp16, dynamic, int8")
     calib: str = opt("", "int8 calibration folder ('' = the training images of the split)")
-    num_calib: int = opt(20, "int8 calibration images")
+    num_calib: int = opt(60, "int8 calibration images")
     val: str = opt("", "held-out folder ('' = testA/ or val/ of --images, else a 5 % split)")
     arch: str = opt("", "resnet | unet for a raw checkpoint ('' = inferred from its weights)")
     norm_stats: str = opt("instance", "raw checkpoints: instance (drop InstanceNorm running "

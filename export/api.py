@@ -114,7 +114,8 @@ class ExportConfig:
         "a split.json (dmad compress): int8 calibration on its training images, parity on its "
         "whole held-out images",
     )
-    num_calib: int = opt(20, "number of calibration images")
+    num_calib: int = opt(60, "number of calibration images (more make int8 depend less on "
+                         "which are drawn)")
     num_eval: int = opt(8, "number of images the parity check runs")
     rewrite: bool = opt(
         True,

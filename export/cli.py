@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--int8-io", action="store_true",
                    help=h("int8_io"))
     s.add_argument("--calib", type=Path, help=h("calib"))
-    s.add_argument("--num-calib", type=int, default=20, help=h("num_calib", 20))
+    s.add_argument("--num-calib", type=int, default=60, help=h("num_calib", 60))
     s.add_argument("--no-rewrite", action="store_true",
                    help="export the graph as is; without it: " + h("rewrite"))
     s.add_argument("--android", action="store_true",

@@ -446,3 +446,31 @@ def test_generators_of_other_repositories_export_exactly(arch: str, tmp_path: Pa
 
         spec, problems = _validate(assets)  # what the app checks when it starts
         assert problems == [] and [e["label"] for e in spec["models"]] == ["compressed"]
+
+
+def test_space_to_depth_read_by_more_than_convolutions_is_gathered(tmp_path: Path) -> None:
+    """PixelUnshuffle whose output also feeds a concatenation cannot have its readers'
+    weights permuted: TensorFlow's channel order is gathered back to PyTorch's in the graph,
+    and the file is still exact (fp32 ≥ 100 dB)."""
+    from dmad.export.api import ExportConfig, export_model
+    from dmad.export.graph import trace
+
+    class Gathered(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unshuffle = torch.nn.PixelUnshuffle(2)
+            self.a = torch.nn.Conv2d(12, 8, 3, 1, 1)
+            self.b = torch.nn.Conv2d(20, 12, 3, 1, 1)
+            self.shuffle = torch.nn.PixelShuffle(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            u = self.unshuffle(x)
+            return torch.tanh(self.shuffle(self.b(torch.cat([torch.relu(self.a(u)), u], 1))))
+
+    torch.manual_seed(0)
+    m = Gathered().eval()
+    s2d = [n for n in trace(m, (1, 3, 16, 16)).nodes if n.op == "s2d"]
+    assert len(s2d) == 1 and not s2d[0].attrs.get("tf_order")  # gathered, not permuted
+    rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32, quant=("fp32",),
+                                    calib=_photos(tmp_path), num_calib=2, num_eval=2)).report
+    assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
