@@ -38,6 +38,7 @@ from dmad.compress.latency import (
     unit_steps,
 )
 from dmad.compress.models import ResnetSpec, ResnetWidths
+from dmad.export.s2d import PHASE_FRONT_BELOW, PhaseStem, phase_down, phase_front
 
 BACKENDS = ("tflite-xnnpack", "tflite-int8", "ort")
 #: candidate channel multiples of the sweep
@@ -132,13 +133,20 @@ def _generator(spec: ResnetSpec, widths: ResnetWidths, seed: int) -> nn.Module:
 
 def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, seed: int = 0
                ) -> tuple[nn.Module, tuple[int, int, int, int]]:
-    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape."""
+    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape; a
+    stem under ``PHASE_FRONT_BELOW`` channels and its down1 in the phase form the export
+    writes (``export/s2d.py``)."""
     vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
     w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
                      (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
                      vals.get("up2", 1))
     g = _generator(spec, w, seed)
     s = size
+    if unit in ("stem", "down1") and w.stem < PHASE_FRONT_BELOW:  # as the export writes it
+        if unit == "stem":
+            return PhaseStem(g.stem), (1, spec.input_nc, s, s)
+        phase_down(g.down1)
+        return g.down1, (1, 4 * w.stem, s // 2, s // 2)
     mod, shape = {
         "stem": (g.stem, (1, spec.input_nc, s, s)),
         "down1": (g.down1, (1, w.stem, s, s)),
@@ -200,7 +208,7 @@ class Timer:
         batch, stems = [], []
         rng = np.random.default_rng(self.cfg.seed)
         for m, shape in items:
-            sub, _ = to_subpixel(m)
+            sub, _ = phase_front(to_subpixel(m)[0])  # a whole model: as the export writes it
             stem = f"m{self.n}"
             self.n += 1
             _, c, h, w = shape

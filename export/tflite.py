@@ -391,9 +391,9 @@ def _layout_followers(ops: list[dict[str, Any]], tensors: dict[int, str],
 
 
 #: ops that build a convolution's padded input from one value (reflection padding is written
-#: as slices and a concatenation)
+#: as slices and a concatenation; a phase stem reads it through space-to-depth)
 _PAD_OPS = ("STRIDED_SLICE", "SLICE", "CONCATENATION", "PAD", "MIRROR_PAD", "DEPTH_TO_SPACE",
-            "RESHAPE")
+            "SPACE_TO_DEPTH", "RESHAPE")
 
 
 def _layout_producers(ops: list[dict[str, Any]], tensors: dict[int, str],

@@ -1,0 +1,152 @@
+"""Exact space-to-depth form of a ResNet generator's full-resolution front.
+
+Why: the stem (reflect pad, k×k convolution, InstanceNorm, ReLU) and the first stride-2
+convolution run at full resolution with few channels, and a narrow student's few channels fill
+a fraction of each SIMD vector there: channel pruning cannot shrink that cost below a floor.
+Computed on the image's 2×2 phases instead, the same layers run at half resolution with four
+times the channels, exactly:
+
+* PixelUnshuffle(2) of the padded image puts pixel (2u + i, 2v + j) of channel c in channel
+  ``4c + 2i + j`` at (u, v);
+* the stem becomes one convolution of kernel (k + 1) / 2 whose output channel ``4o + 2i + j``
+  is the stem's output pixel (2u + i, 2v + j) of channel o (every tap a + i lands in phase
+  (a + i) mod 2 at offset ⌊(a + i) / 2⌋);
+* the InstanceNorm of a full-resolution channel is the GroupNorm of its four phase channels;
+* the stride-2 3×3 convolution (padding 1) reads phases (1), (0, 1) at offsets (−1), (0): a
+  2×2 convolution after one zero row and column on the top and left.
+
+:func:`to_s2d_front` rewrites a copy; a model it does not fit is returned unchanged with the
+reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["PHASE_FRONT_BELOW", "PhaseStem", "phase_down", "phase_front", "to_s2d_front"]
+
+#: ``--phase-front auto``: on when the stem keeps fewer channels than this (one AVX-512 vector
+#: of fp32): a narrow stem fills a fraction of each vector at full resolution, four times its
+#: channels at half resolution fill it (``docs/results.md``, the phase front).
+PHASE_FRONT_BELOW = 16
+
+
+def _phase_stem(conv: nn.Conv2d) -> nn.Conv2d:
+    """The k×k stride-1 convolution as a convolution over the 2×2 phases of its input."""
+    cout, cin, k, _ = conv.weight.shape
+    kk = (k + 1) // 2
+    out = nn.Conv2d(4 * cin, 4 * cout, kk, bias=conv.bias is not None)
+    w = torch.zeros(4 * cout, 4 * cin, kk, kk, dtype=conv.weight.dtype)
+    src = conv.weight.detach()
+    for i in range(2):
+        for j in range(2):
+            for a in range(k):
+                for b in range(k):
+                    t, s = i + a, j + b
+                    w[i * 2 + j::4, (t % 2) * 2 + s % 2::4, t // 2, s // 2] = src[:, :, a, b]
+    out.weight = nn.Parameter(w)
+    if conv.bias is not None:
+        out.bias = nn.Parameter(conv.bias.detach().repeat_interleave(4))
+    return out
+
+
+def _phase_down(conv: nn.Conv2d) -> nn.Conv2d:
+    """The 3×3 stride-2 padding-1 convolution over the phases of its input: a 2×2 kernel
+    (tap 0 reads phase 1 one pixel up or left, taps 1 and 2 phases 0 and 1 in place)."""
+    cout, cin = conv.weight.shape[:2]
+    out = nn.Conv2d(4 * cin, cout, 2, bias=conv.bias is not None)
+    w = torch.zeros(cout, 4 * cin, 2, 2, dtype=conv.weight.dtype)
+    place = {0: (0, 1), 1: (1, 0), 2: (1, 1)}  # tap → (offset after the pad, phase)
+    src = conv.weight.detach()
+    for a, (m, i) in place.items():
+        for b, (n, j) in place.items():
+            w[:, i * 2 + j::4, m, n] = src[:, :, a, b]
+    out.weight = nn.Parameter(w)
+    if conv.bias is not None:
+        out.bias = nn.Parameter(conv.bias.detach().clone())
+    return out
+
+
+def _phase_norm(norm: nn.InstanceNorm2d, channels: int) -> nn.GroupNorm:
+    """InstanceNorm of each full-resolution channel = GroupNorm over its four phases."""
+    g = nn.GroupNorm(channels, 4 * channels, eps=norm.eps, affine=norm.affine)
+    if norm.affine:
+        g.weight = nn.Parameter(norm.weight.detach().repeat_interleave(4))
+        g.bias = nn.Parameter(norm.bias.detach().repeat_interleave(4))
+    return g
+
+
+class PhaseStem(nn.Module):
+    """A ResNet generator's stem on the image's phases: its padding, space-to-depth, then its
+    convolution, norm and ReLU at half resolution (the layer names stay the stem's, so float
+    layers and sensitivities chosen by name still find them)."""
+
+    def __init__(self, stem: nn.Module) -> None:
+        super().__init__()
+        self.pad = copy.deepcopy(stem.pad)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.conv = _phase_stem(stem.conv)
+        self.norm = _phase_norm(stem.norm, stem.conv.out_channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(self.unshuffle(self.pad(x)))))
+
+
+def phase_down(down: nn.Module) -> None:
+    """``down`` (the ConvUnit after the stem) made to read the stem's phases, in place: one
+    zero row and column on the top and left, then the 2×2 form of its convolution."""
+    down.pad = nn.ZeroPad2d((1, 0, 1, 0))
+    down.conv = _phase_down(down.conv)  # type: ignore[arg-type]
+
+
+def _fits(model: nn.Module) -> str | None:
+    """Why ``model``'s front has no exact phase form here (None when it has one)."""
+    stem, down1 = getattr(model, "stem", None), getattr(model, "down1", None)
+    if stem is None or down1 is None or not hasattr(stem, "conv"):
+        return "not a ResNet generator (stem, down1)"
+    c, d = stem.conv, down1.conv
+    if not isinstance(c, nn.Conv2d) or c.stride != (1, 1) or c.padding != (0, 0) \
+            or c.groups != 1 or c.dilation != (1, 1) or c.kernel_size[0] % 2 == 0 \
+            or c.kernel_size[0] != c.kernel_size[1]:
+        return "the stem is not an odd square stride-1 convolution after its own padding"
+    if not isinstance(stem.norm, nn.InstanceNorm2d) or stem.norm.track_running_stats:
+        return "the stem's norm is not an InstanceNorm without running statistics"
+    if not isinstance(stem.act, nn.ReLU) or not isinstance(down1.pad, nn.Identity):
+        return "the stem's activation is not ReLU, or down1 has its own padding"
+    if not isinstance(d, nn.Conv2d) or d.kernel_size != (3, 3) or d.stride != (2, 2) \
+            or d.padding != (1, 1) or d.groups != 1 or d.dilation != (1, 1) \
+            or d.padding_mode != "zeros":
+        return "down1 is not a 3×3 stride-2 convolution with zero padding 1"
+    return None
+
+
+def to_s2d_front(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """(a copy of ``model`` whose stem and first downsampling run on the image's 2×2 phases,
+    None), or (``model`` itself, why not). Inputs need even sides."""
+    why = _fits(model)
+    if why is not None:
+        return model, why
+    out = copy.deepcopy(model)
+    ref = next(model.parameters())
+    out.stem = PhaseStem(out.stem).to(device=ref.device, dtype=ref.dtype)  # type: ignore[arg-type]
+    phase_down(out.down1)  # type: ignore[arg-type]
+    out.down1.to(device=ref.device, dtype=ref.dtype)  # type: ignore[union-attr]
+    return out, None
+
+
+def phase_front(model: nn.Module, mode: str = "auto") -> tuple[nn.Module, dict[str, object]]:
+    """``model`` with its front on the image's phases when ``mode`` asks for it ("on", or
+    "auto" with a stem under :data:`PHASE_FRONT_BELOW` channels) and it fits, and what was
+    done: the rule the export and the latency table's timings share."""
+    width = getattr(getattr(getattr(model, "stem", None), "conv", None), "out_channels", None)
+    if mode == "off" or (mode == "auto" and not (width and width < PHASE_FRONT_BELOW)):
+        return model, {"applied": False, "why": "--phase-front off" if mode == "off" else
+                       f"stem of {width} channels (auto: below {PHASE_FRONT_BELOW})"}
+    out, why = to_s2d_front(model)
+    if why is not None:
+        return model, {"applied": False, "why": why}
+    return out, {"applied": True, "stem_channels": width}
