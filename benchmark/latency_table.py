@@ -38,7 +38,7 @@ from dmad.compress.latency import (
     unit_steps,
 )
 from dmad.compress.models import ResnetSpec, ResnetWidths
-from dmad.export.s2d import PHASE_FRONT_BELOW, PhaseStem, phase_down, phase_front
+from dmad.export.s2d import PHASE_FRONT_BELOW, PhaseHead, PhaseStem, phase_down, to_phases
 
 BACKENDS = ("tflite-xnnpack", "tflite-int8", "ort")
 #: candidate channel multiples of the sweep
@@ -133,9 +133,9 @@ def _generator(spec: ResnetSpec, widths: ResnetWidths, seed: int) -> nn.Module:
 
 def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, seed: int = 0
                ) -> tuple[nn.Module, tuple[int, int, int, int]]:
-    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape; a
-    stem under ``PHASE_FRONT_BELOW`` channels and its down1 in the phase form the export
-    writes (``export/s2d.py``)."""
+    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape; the
+    head, and a stem under ``PHASE_FRONT_BELOW`` channels with its down1, in the phase form the
+    export writes (``export/s2d.py``)."""
     vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
     w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
                      (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
@@ -147,6 +147,8 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
             return PhaseStem(g.stem), (1, spec.input_nc, s, s)
         phase_down(g.down1)
         return g.down1, (1, 4 * w.stem, s // 2, s // 2)
+    if unit == "head":
+        return PhaseHead(g.head), (1, w.up2, s, s)
     mod, shape = {
         "stem": (g.stem, (1, spec.input_nc, s, s)),
         "down1": (g.down1, (1, w.stem, s, s)),
@@ -208,7 +210,7 @@ class Timer:
         batch, stems = [], []
         rng = np.random.default_rng(self.cfg.seed)
         for m, shape in items:
-            sub, _ = phase_front(to_subpixel(m)[0])  # a whole model: as the export writes it
+            sub, _ = to_phases(to_subpixel(m)[0])  # a whole model: as the export writes it
             stem = f"m{self.n}"
             self.n += 1
             _, c, h, w = shape

@@ -100,11 +100,12 @@ class ExportConfig:
         "auto | on | off: strided ConvTranspose as conv + depth-to-space (exact; no "
         "TRANSPOSE_CONV for phone GPU delegates); auto = on",
     )
-    phase_front: str = opt(
+    phases: str = opt(
         "auto",
-        "auto | on | off: a ResNet's stem and first downsampling computed on the image's 2×2 "
-        "phases in the TFLite files (exact; four times the channels at half the resolution, "
-        "faster when the stem is narrow); auto = on below 16 stem channels",
+        "auto | on | off: a ResNet's full-resolution layers computed on the image's 2×2 phases "
+        "in the TFLite files (exact; four times the channels at half the resolution): the "
+        "head's convolution, and the stem and first downsampling; auto = the head always, the "
+        "stem below 16 channels",
     )
     equalize: bool = opt(
         True,
@@ -503,9 +504,8 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--converter: {cfg.converter!r} is not one of {', '.join(CONVERTERS)}")
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
-    if cfg.phase_front not in SUBPIXEL:
-        raise DmadError(f"--phase-front: {cfg.phase_front!r} is not one of "
-                        f"{', '.join(SUBPIXEL)}")
+    if cfg.phases not in SUBPIXEL:
+        raise DmadError(f"--phases: {cfg.phases!r} is not one of {', '.join(SUBPIXEL)}")
     variants = [v for v in VARIANTS if v in cfg.quant or (v == "int8_io" and cfg.int8_io)]
     if cfg.android_variant is not None and cfg.android_variant not in variants:
         raise DmadError(f"--android-variant: {cfg.android_variant!r} is not among the exported "
@@ -837,7 +837,7 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
         info["subpixel"] = {"layers": n, "max_abs_vs_original": err}
     else:
         info["subpixel"] = {"layers": 0}
-    src, info["phase_front"] = _phase_front(src, cfg.phase_front, evals, ref)
+    src, info["phases"] = _phases(src, cfg.phases, evals, ref)
     graph = trace(src, shape)
     info["ops"] = graph.ops()
     if cfg.equalize and calib is not None:
@@ -845,16 +845,16 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
     return graph, info
 
 
-def _phase_front(model: nn.Module, mode: str, evals: np.ndarray, ref: np.ndarray
-                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``model`` with its front on the image's phases (:func:`export.s2d.phase_front`),
-    checked against PyTorch's outputs, and what was done."""
-    from dmad.export.s2d import phase_front
+def _phases(model: nn.Module, mode: str, evals: np.ndarray, ref: np.ndarray
+            ) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with its full-resolution layers on the image's phases
+    (:func:`export.s2d.to_phases`), checked against PyTorch's outputs, and what was done."""
+    from dmad.export.s2d import to_phases
 
-    out, info = phase_front(model, mode)
-    if not info["applied"]:
+    out, info = to_phases(model, mode)
+    if not (info["head"] or info["front"]):
         return model, info
     err = float(np.abs(_torch_out(out, evals) - ref).max())
     if err > REWRITE_TOL:
-        raise DmadError(f"phase-front rewrite changed the output by {err:.2e} (> {REWRITE_TOL})")
+        raise DmadError(f"phase rewrite changed the output by {err:.2e} (> {REWRITE_TOL})")
     return out, {**info, "max_abs_vs_original": err}

@@ -43,7 +43,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         num_eval=args.num_eval,
         converter=args.converter,
         subpixel=args.subpixel,
-        phase_front=args.phase_front,
+        phases=args.phases,
         equalize=not args.no_equalize,
         recipe=recipe,
         int8_auto_float=args.int8_auto_float,
@@ -126,8 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--converter", choices=CONVERTERS, default="graph",
                    help=h("converter", "graph"))
     s.add_argument("--subpixel", choices=SUBPIXEL, default="auto", help=h("subpixel", "auto"))
-    s.add_argument("--phase-front", choices=SUBPIXEL, default="auto",
-                   help=h("phase_front", "auto"))
+    s.add_argument("--phases", choices=SUBPIXEL, default="auto", help=h("phases", "auto"))
     s.add_argument("--no-equalize", action="store_true",
                    help="skip it; without this flag: " + h("equalize"))
     s.add_argument("--int8-ranges", default=DEFAULT_RECIPE.ranges,

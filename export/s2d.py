@@ -26,12 +26,15 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["PHASE_FRONT_BELOW", "PhaseStem", "phase_down", "phase_front", "to_s2d_front"]
+__all__ = ["PHASE_FRONT_BELOW", "PhaseHead", "PhaseStem", "phase_down", "to_phase_head",
+           "to_phases", "to_s2d_front"]
 
-#: ``--phase-front auto``: on when the stem keeps fewer channels than this (one AVX-512 vector
-#: of fp32): a narrow stem fills a fraction of each vector at full resolution, four times its
-#: channels at half resolution fill it (``docs/results.md``, the phase front).
+#: ``--phases auto``: the front too when the stem keeps fewer channels than this (one AVX-512
+#: vector of fp32): a narrow stem fills a fraction of each vector at full resolution, four
+#: times its channels at half resolution fill it; a wide one only pays the phase form's extra
+#: MACs (``docs/results.md``, full-resolution layers on phases).
 PHASE_FRONT_BELOW = 16
+
 
 
 def _phase_stem(conv: nn.Conv2d) -> nn.Conv2d:
@@ -96,6 +99,40 @@ class PhaseStem(nn.Module):
         return self.act(self.norm(self.conv(self.unshuffle(self.pad(x)))))
 
 
+class PhaseHead(nn.Module):
+    """A ResNet generator's head (its padding, a k×k convolution to the image, the activation)
+    with the convolution on the padded map's 2×2 phases: space-to-depth, a (k + 1) / 2
+    convolution writing four times the image's few channels at half resolution, then
+    depth-to-space back to the image."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.pad = copy.deepcopy(head.pad)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.conv = _phase_stem(head.conv)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = copy.deepcopy(head.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shuffle(self.conv(self.unshuffle(self.pad(x)))))
+
+
+def to_phase_head(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """(a copy of ``model`` whose head convolution runs on the phases, None), or (``model``
+    itself, why not)."""
+    head = getattr(model, "head", None)
+    c = getattr(head, "conv", None)
+    if not isinstance(c, nn.Conv2d) or not isinstance(getattr(head, "norm", None), nn.Identity) \
+            or c.stride != (1, 1) or c.padding != (0, 0) or c.groups != 1 \
+            or c.dilation != (1, 1) or c.kernel_size[0] % 2 == 0 \
+            or c.kernel_size[0] != c.kernel_size[1]:
+        return model, "the head is not an odd square stride-1 convolution after its own padding"
+    out = copy.deepcopy(model)
+    ref = next(model.parameters())
+    out.head = PhaseHead(out.head).to(device=ref.device, dtype=ref.dtype)  # type: ignore[arg-type]
+    return out, None
+
+
 def phase_down(down: nn.Module) -> None:
     """``down`` (the ConvUnit after the stem) made to read the stem's phases, in place: one
     zero row and column on the top and left, then the 2×2 form of its convolution."""
@@ -138,15 +175,20 @@ def to_s2d_front(model: nn.Module) -> tuple[nn.Module, str | None]:
     return out, None
 
 
-def phase_front(model: nn.Module, mode: str = "auto") -> tuple[nn.Module, dict[str, object]]:
-    """``model`` with its front on the image's phases when ``mode`` asks for it ("on", or
-    "auto" with a stem under :data:`PHASE_FRONT_BELOW` channels) and it fits, and what was
-    done: the rule the export and the latency table's timings share."""
-    width = getattr(getattr(getattr(model, "stem", None), "conv", None), "out_channels", None)
-    if mode == "off" or (mode == "auto" and not (width and width < PHASE_FRONT_BELOW)):
-        return model, {"applied": False, "why": "--phase-front off" if mode == "off" else
-                       f"stem of {width} channels (auto: below {PHASE_FRONT_BELOW})"}
-    out, why = to_s2d_front(model)
-    if why is not None:
-        return model, {"applied": False, "why": why}
-    return out, {"applied": True, "stem_channels": width}
+def to_phases(model: nn.Module, mode: str = "auto") -> tuple[nn.Module, dict[str, object]]:
+    """``model`` with its full-resolution layers on the image's 2×2 phases as ``mode`` asks
+    ("on": the head and the front; "auto": the head, whose convolution writes only the image's
+    few channels, and the front when the stem keeps under :data:`PHASE_FRONT_BELOW`
+    channels), where they fit, and what was done: the rule the export and the latency table's
+    timings share."""
+    if mode == "off":
+        return model, {"head": False, "front": False, "why": "--phases off"}
+    out, head_why = to_phase_head(model)
+    width = getattr(getattr(getattr(out, "stem", None), "conv", None), "out_channels", None)
+    front_why: str | None = f"stem of {width} channels (auto: front below {PHASE_FRONT_BELOW})"
+    if mode == "on" or not width or width < PHASE_FRONT_BELOW:
+        out, front_why = to_s2d_front(out)
+    info: dict[str, object] = {"head": head_why is None, "front": front_why is None,
+                               "stem_channels": width}
+    why = "; ".join(dict.fromkeys(w for w in (head_why, front_why) if w))
+    return out, {**info, "why": why} if why else info

@@ -1,4 +1,4 @@
-"""Does the space-to-depth front (``export/s2d.py``) make a student faster on this CPU?
+"""Do full-resolution layers on the image's phases (``export/s2d.py``) make a student faster?
 
     python scripts/s2d_front_probe.py --models runs/frontier/div10/finetune/student_G_AtoB.pt \
         runs/frontier/div40/finetune/student_G_AtoB.pt --split runs/frontier/split.json \
@@ -22,15 +22,16 @@ import torch
 
 import dmad
 from dmad.compress.checkpoint import load_generator
-from dmad.export.s2d import to_s2d_front
+from dmad.export.s2d import to_phase_head, to_s2d_front
 
 SIZE = 256
 
 
-def _export(module: torch.nn.Module, out: Path, split: Path, quant: tuple[str, ...]
-            ) -> dict[str, Any]:
+def _export(module: torch.nn.Module, out: Path, split: Path, quant: tuple[str, ...],
+            phase: str = "off") -> dict[str, Any]:
     if not (out / "parity.json").is_file():
-        dmad.export_generator(module, out, quant=quant, split=split, size=SIZE, num_eval=11)
+        dmad.export_generator(module, out, quant=quant, split=split, size=SIZE, num_eval=11,
+                              phases=phase)
     return json.loads((out / "parity.json").read_text())["artifacts"]
 
 
@@ -53,12 +54,17 @@ def main() -> None:
         with torch.no_grad():
             print(f"{path.parent.parent.name}: s2d vs original, max |diff| "
                   f"{(s2d(x) - model(x)).abs().max().item():.2e}")
-        for tag, m in (("orig", model), ("s2d", s2d)):
-            art = _export(m, args.work / f"{path.parent.parent.name}_{tag}", args.split, quant)
+        both, _ = to_phase_head(s2d)
+        with torch.no_grad():
+            print(f"  with the head too: max |diff| {(both(x) - model(x)).abs().max().item():.2e}")
+        tag_dir = {t: args.work / f"{path.parent.parent.name}_{t}" for t in ("orig", "s2d", "s2dh")}
+        arts = {"orig": _export(model, tag_dir["orig"], args.split, quant),
+                "s2d": _export(s2d, tag_dir["s2d"], args.split, quant),
+                "s2dh": _export(model, tag_dir["s2dh"], args.split, quant, "on")}
+        for tag, art in arts.items():
             for q in quant:
                 name = f"{path.parent.parent.name} {tag} {q}"
-                files[name] = args.work / f"{path.parent.parent.name}_{tag}" / \
-                    f"generator_{q}.tflite"
+                files[name] = tag_dir[tag] / f"generator_{q}.tflite"
                 print(f"{name}: worst image {art[q]['parity']['psnr_worst_db']:.2f} dB vs "
                       "PyTorch fp32")
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +76,11 @@ def main() -> None:
         if name.split()[1] != "orig":
             continue
         a = np.array(by_path[str(p)]["samples_ms"])
-        q = files[name.replace(" orig ", " s2d ")]
-        b = np.array(by_path[str(q)]["samples_ms"])
-        print(f"{name.replace(' orig', '')}: {np.median(a):.2f} → {np.median(b):.2f} ms, "
-              f"paired speedup {np.median(a / b):.3f}×")
+        for tag in ("s2d", "s2dh"):
+            q = files[name.replace(" orig ", f" {tag} ")]
+            b = np.array(by_path[str(q)]["samples_ms"])
+            print(f"{name.replace(' orig', '')} {tag}: {np.median(a):.2f} → {np.median(b):.2f} "
+                  f"ms, paired speedup {np.median(a / b):.3f}×")
 
 
 if __name__ == "__main__":

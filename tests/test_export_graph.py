@@ -275,9 +275,11 @@ def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = build(ResnetSpec(ngf=8, n_blocks=2))
     recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("head.conv",))
+    # the plain graph (--phases off): the MAC and dtype arithmetic below is that of the
+    # full-resolution head; on phases the same layer is named and kept float (test_s2d)
     rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32, quant=("int8",),
                                     calib=_photos(tmp_path), num_calib=8, num_eval=2,
-                                    recipe=recipe)).report
+                                    recipe=recipe, phases="off")).report
     prec = rep["artifacts"]["int8"]["precision"]
     # the head alone stays float: a 7x7 conv, 8 → 3 channels, at every one of the 32² pixels
     head = 32 * 32 * 49 * 8 * 3
@@ -291,7 +293,7 @@ def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
     up = dataclasses.replace(DEFAULT_RECIPE, float_layers=("up1.conv",))
     rep = export_model(ExportConfig(out=tmp_path / "u", module=m, size=32, quant=("int8",),
                                     calib=_photos(tmp_path), num_calib=8, num_eval=2,
-                                    recipe=up)).report
+                                    recipe=up, phases="off")).report
     assert rep["artifacts"]["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
     # and its output reaches the InstanceNorm through the depth-to-space still in float
     dtypes = _op_dtypes(tmp_path / "u" / "generator_int8.tflite")

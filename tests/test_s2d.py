@@ -1,7 +1,8 @@
-"""``export/s2d.py``: a ResNet generator's stem and first downsampling on the image's 2×2 phases.
+"""``export/s2d.py``: a ResNet generator's full-resolution layers on the image's 2×2 phases
+(the stem and first downsampling, the head's convolution).
 
-The rewrite must be exact (float64, any widths, affine or plain InstanceNorm, odd stem kernels),
-refuse what it does not fit with a reason, and survive the converter bit for bit (fp32 file
+The rewrites must be exact (float64, any widths, affine or plain InstanceNorm), refuse what they
+do not fit with a reason, follow the ``--phases`` rule, and survive the converter (fp32 file
 within 100 dB of PyTorch)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, build
-from dmad.export.s2d import PhaseStem, to_s2d_front
+from dmad.export.s2d import PhaseHead, PhaseStem, to_phase_head, to_phases, to_s2d_front
 
 F64 = torch.float64
 
@@ -35,9 +36,12 @@ def test_front_on_phases_is_exact(spec: ResnetSpec, side: int) -> None:
     s2d, why = to_s2d_front(m)
     assert why is None and isinstance(s2d.stem, PhaseStem)
     assert s2d.stem.conv.kernel_size == (4, 4) and s2d.down1.conv.kernel_size == (2, 2)
+    both, why = to_phase_head(s2d)
+    assert why is None and isinstance(both.head, PhaseHead) and isinstance(both.stem, PhaseStem)
     x = torch.rand(2, 3, side, side, dtype=F64) * 2 - 1
     with torch.no_grad():
         assert (s2d(x) - m(x)).abs().max().item() < 1e-12
+        assert (both(x) - m(x)).abs().max().item() < 1e-12
     assert isinstance(m.stem.conv, nn.Conv2d) and m.stem.conv.kernel_size == (7, 7)  # untouched
 
 
@@ -50,19 +54,28 @@ def test_what_it_does_not_fit_is_returned_with_the_reason() -> None:
     assert same is batch and why is not None and "InstanceNorm" in why
 
 
-def test_export_puts_a_narrow_stem_on_phases_and_the_file_is_exact(tmp_path: Path) -> None:
-    """``--phase-front auto`` rewrites the TFLite graph of a stem under 16 channels (fp32 file
-    within 100 dB of the original PyTorch model), and leaves a wide one as it is."""
-    from dmad.export.api import ExportConfig, export_model
+def test_the_rule_and_the_export(tmp_path: Path) -> None:
+    """``--phases auto`` puts the head on phases always and the front below 16 stem channels;
+    the exported file is exact (fp32 ≥ 100 dB against the original PyTorch model)."""
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
     from tests.test_export_graph import _photos
 
     torch.manual_seed(0)
-    for ngf, applied in ((8, True), (16, False)):
-        cfg = ExportConfig(out=tmp_path / f"o{ngf}", module=build(ResnetSpec(ngf=ngf, n_blocks=1)),
-                           size=32, quant=("fp32",), calib=_photos(tmp_path), num_calib=2,
-                           num_eval=2)
-        rep = export_model(cfg).report
-        front = rep["graph"]["phase_front"]
-        assert front["applied"] is applied, front
-        assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
-        assert (rep["graph"]["ops"].get("s2d", 0) == 1) is applied
+    wide, info = to_phases(build(ResnetSpec(ngf=16, n_blocks=1)))
+    assert info["head"] and not info["front"] and isinstance(wide.head, PhaseHead)
+    assert isinstance(wide.stem.conv, nn.Conv2d) and wide.stem.conv.kernel_size == (7, 7)
+    assert to_phases(build(ResnetSpec(ngf=16, n_blocks=1)), "on")[1]["front"]
+    _, info = to_phases(build(UnetSpec(ngf=4, num_downs=5)))
+    assert not (info["head"] or info["front"]) and "ResNet" in str(info["why"])
+    recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("head.conv",))
+    cfg = ExportConfig(out=tmp_path / "o", module=build(ResnetSpec(ngf=8, n_blocks=1)),
+                       size=32, quant=("fp32", "int8"), calib=_photos(tmp_path), num_calib=4,
+                       num_eval=2, recipe=recipe)
+    rep = export_model(cfg).report
+    ph = rep["graph"]["phases"]
+    assert ph["head"] and ph["front"] and rep["graph"]["ops"]["s2d"] == 2
+    assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
+    # the head on phases keeps its PyTorch name: a float layer chosen by name is found
+    assert rep["artifacts"]["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
