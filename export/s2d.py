@@ -1,22 +1,23 @@
-"""Exact space-to-depth form of a ResNet generator's full-resolution front.
+"""Exact space-to-depth form of a ResNet generator's full-resolution layers.
 
-Why: the stem (reflect pad, k×k convolution, InstanceNorm, ReLU) and the first stride-2
-convolution run at full resolution with few channels, and a narrow student's few channels fill
-a fraction of each SIMD vector there: channel pruning cannot shrink that cost below a floor.
-Computed on the image's 2×2 phases instead, the same layers run at half resolution with four
-times the channels, exactly:
+Why: the head (a k×k convolution writing the image's three channels), the stem (reflect pad,
+k×k convolution, InstanceNorm, ReLU) and the first stride-2 convolution run at full resolution
+with few channels, which fill a fraction of each SIMD vector there: channel pruning cannot
+shrink that cost below a floor. Computed on the image's 2×2 phases instead, the same layers run
+at half resolution with four times the channels, exactly:
 
 * PixelUnshuffle(2) of the padded image puts pixel (2u + i, 2v + j) of channel c in channel
   ``4c + 2i + j`` at (u, v);
-* the stem becomes one convolution of kernel (k + 1) / 2 whose output channel ``4o + 2i + j``
-  is the stem's output pixel (2u + i, 2v + j) of channel o (every tap a + i lands in phase
-  (a + i) mod 2 at offset ⌊(a + i) / 2⌋);
+* a padded stride-1 k×k convolution (the stem's, the head's) becomes one convolution of kernel
+  (k + 1) / 2 whose output channel ``4o + 2i + j`` is its output pixel (2u + i, 2v + j) of
+  channel o (every tap a + i lands in phase (a + i) mod 2 at offset ⌊(a + i) / 2⌋); the head's
+  is then put back on the full-resolution grid by depth-to-space;
 * the InstanceNorm of a full-resolution channel is the GroupNorm of its four phase channels;
 * the stride-2 3×3 convolution (padding 1) reads phases (1), (0, 1) at offsets (−1), (0): a
   2×2 convolution after one zero row and column on the top and left.
 
-:func:`to_s2d_front` rewrites a copy; a model it does not fit is returned unchanged with the
-reason.
+:func:`to_s2d_front` and :func:`to_phase_head` rewrite a copy; a model they do not fit is
+returned unchanged with the reason. :func:`to_phases` is the ``--phases`` rule.
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ __all__ = ["PHASE_FRONT_BELOW", "PhaseHead", "PhaseStem", "phase_down", "to_phas
 PHASE_FRONT_BELOW = 16
 
 
+def _odd_stride1(c: object) -> bool:
+    """A plain odd square stride-1 convolution with no padding of its own (it follows a pad)."""
+    return isinstance(c, nn.Conv2d) and c.stride == (1, 1) and c.padding == (0, 0) \
+        and c.groups == 1 and c.dilation == (1, 1) and c.kernel_size[0] % 2 == 1 \
+        and c.kernel_size[0] == c.kernel_size[1]
 
-def _phase_stem(conv: nn.Conv2d) -> nn.Conv2d:
+
+def _phase_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """The k×k stride-1 convolution as a convolution over the 2×2 phases of its input."""
     cout, cin, k, _ = conv.weight.shape
     kk = (k + 1) // 2
@@ -91,7 +98,7 @@ class PhaseStem(nn.Module):
         super().__init__()
         self.pad = copy.deepcopy(stem.pad)
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.conv = _phase_stem(stem.conv)
+        self.conv = _phase_conv(stem.conv)
         self.norm = _phase_norm(stem.norm, stem.conv.out_channels)
         self.act = nn.ReLU()
 
@@ -109,7 +116,7 @@ class PhaseHead(nn.Module):
         super().__init__()
         self.pad = copy.deepcopy(head.pad)
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.conv = _phase_stem(head.conv)
+        self.conv = _phase_conv(head.conv)
         self.shuffle = nn.PixelShuffle(2)
         self.act = copy.deepcopy(head.act)
 
@@ -121,11 +128,8 @@ def to_phase_head(model: nn.Module) -> tuple[nn.Module, str | None]:
     """(a copy of ``model`` whose head convolution runs on the phases, None), or (``model``
     itself, why not)."""
     head = getattr(model, "head", None)
-    c = getattr(head, "conv", None)
-    if not isinstance(c, nn.Conv2d) or not isinstance(getattr(head, "norm", None), nn.Identity) \
-            or c.stride != (1, 1) or c.padding != (0, 0) or c.groups != 1 \
-            or c.dilation != (1, 1) or c.kernel_size[0] % 2 == 0 \
-            or c.kernel_size[0] != c.kernel_size[1]:
+    if not _odd_stride1(getattr(head, "conv", None)) \
+            or not isinstance(getattr(head, "norm", None), nn.Identity):
         return model, "the head is not an odd square stride-1 convolution after its own padding"
     out = copy.deepcopy(model)
     ref = next(model.parameters())
@@ -145,10 +149,8 @@ def _fits(model: nn.Module) -> str | None:
     stem, down1 = getattr(model, "stem", None), getattr(model, "down1", None)
     if stem is None or down1 is None or not hasattr(stem, "conv"):
         return "not a ResNet generator (stem, down1)"
-    c, d = stem.conv, down1.conv
-    if not isinstance(c, nn.Conv2d) or c.stride != (1, 1) or c.padding != (0, 0) \
-            or c.groups != 1 or c.dilation != (1, 1) or c.kernel_size[0] % 2 == 0 \
-            or c.kernel_size[0] != c.kernel_size[1]:
+    d = down1.conv
+    if not _odd_stride1(stem.conv):
         return "the stem is not an odd square stride-1 convolution after its own padding"
     if not isinstance(stem.norm, nn.InstanceNorm2d) or stem.norm.track_running_stats:
         return "the stem's norm is not an InstanceNorm without running statistics"

@@ -4,8 +4,9 @@
         runs/frontier/div40/finetune/student_G_AtoB.pt --split runs/frontier/split.json \
         [--quant fp32,int8] [--runs 30]
 
-Each model is exported as it is and with its stem and first downsampling rewritten onto the
-image's 2×2 phases (exact); every file is timed on LiteRT XNNPACK, 1 thread, 256², in the same
+Each model is exported as it is (``--phases off``), with its stem and first downsampling on the
+image's 2×2 phases, and with its head on them too (``--phases on``), all exact; every file is
+timed on LiteRT XNNPACK, 1 thread, 256², in the same
 interleaved rounds, and its int8 parity against PyTorch is printed. Run nothing else meanwhile.
 """
 
