@@ -71,7 +71,8 @@ class LatencyTableConfig:
                       "machine's speed then hits every model alike)")
     warmup: int = opt(3, "untimed warm-up runs per unit model")
     validate: int = opt(10, "random architectures predicted and measured whole, not used by "
-                        "the fit (0 = none)")
+                        "the fit (0 = none); half of them narrow (every width at most two "
+                        "tiles), where a tight --target-ms search ends")
     calibrate: int = opt(6, "random architectures measured whole to fit the table's one scale "
                          "(whole model ÷ sum of its units; 0 = scale 1)")
     seed: int = opt(0, "seed of the random architectures and weights")
@@ -133,20 +134,23 @@ def _generator(spec: ResnetSpec, widths: ResnetWidths, seed: int) -> nn.Module:
 
 def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, seed: int = 0
                ) -> tuple[nn.Module, tuple[int, int, int, int]]:
-    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape; the
-    head, and a stem under ``PHASE_FRONT_BELOW`` channels with its down1, in the phase form the
-    export writes (``export/s2d.py``)."""
+    """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape, in
+    the form the export writes (``export/s2d.py``): the head on the image's phases, and a stem
+    under ``PHASE_FRONT_BELOW`` channels fused with its down1 into one "front" (there the
+    stem's point is an empty model, so it adds only the invoke overhead the prediction takes
+    back out): the file runs that front as one stretch of phase-form layers, and timing its
+    two halves apart missed the narrow students by 11 %."""
     vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
     w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
                      (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
                      vals.get("up2", 1))
     g = _generator(spec, w, seed)
     s = size
-    if unit in ("stem", "down1") and w.stem < PHASE_FRONT_BELOW:  # as the export writes it
+    if unit in ("stem", "down1") and w.stem < PHASE_FRONT_BELOW:
         if unit == "stem":
-            return PhaseStem(g.stem), (1, spec.input_nc, s, s)
+            return nn.Sequential(nn.ReLU()), (1, 1, 8, 8)
         phase_down(g.down1)
-        return g.down1, (1, 4 * w.stem, s // 2, s // 2)
+        return nn.Sequential(PhaseStem(g.stem), g.down1), (1, spec.input_nc, s, s)
     if unit == "head":
         return PhaseHead(g.head), (1, w.up2, s, s)
     mod, shape = {
@@ -161,14 +165,25 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     return mod, shape  # type: ignore[return-value]
 
 
-def random_widths(spec: ResnetSpec, rng: np.random.Generator) -> ResnetWidths:
-    """A random architecture inside the spec's widths (about one block in five removed)."""
+def stem_axis(points: list[int], limit: int) -> list[int]:
+    """A stem axis with grid points on both sides of the phase-front boundary: interpolating
+    between a fused phase front and a plain stem would mix two different files."""
+    edge = [PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
+    return sorted(set(points) | {p for p in edge if points[0] < p <= limit})
+
+
+def random_widths(spec: ResnetSpec, rng: np.random.Generator, narrow: int = 0
+                  ) -> ResnetWidths:
+    """A random architecture inside the spec's widths (about one block in five removed);
+    ``narrow``: every width at most that and half the blocks removed, the architectures a
+    tight ``--target-ms`` search ends at."""
     mx = max_widths_of(spec)
 
     def pick(name: str) -> int:
-        return int(rng.integers(1, int(mx[name]) + 1))
+        return int(rng.integers(1, min(int(mx[name]), narrow or int(mx[name])) + 1))
 
-    blocks = tuple(0 if rng.random() < 0.2 else pick("inner") for _ in range(spec.n_blocks))
+    drop = 0.5 if narrow else 0.2
+    blocks = tuple(0 if rng.random() < drop else pick("inner") for _ in range(spec.n_blocks))
     return ResnetWidths(pick("stem"), pick("down1"), pick("stream"), blocks, pick("up1"),
                         pick("up2"))
 
@@ -317,13 +332,17 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         plan, items = [], [empty]
         for unit, axes_names in RESNET_UNITS.items():
             axes = [axis_points(int(mx[a]), multiple, cfg.max_points) for a in axes_names]
+            axes = [stem_axis(ax, int(mx["stem"])) if a == "stem" else ax
+                    for a, ax in zip(axes_names, axes, strict=True)]
             points = [tuple(p) for p in np.ndindex(*[len(a) for a in axes])]
             plan.append((unit, axes, points))
             items += [unit_model(spec, unit, tuple(axes[k][i] for k, i in enumerate(p)),
                                  cfg.size, cfg.seed) for p in points]
         rng = np.random.default_rng(cfg.seed + 1)
         n_cal = cfg.calibrate if cfg.validate or cfg.calibrate else 0
-        archs = [random_widths(spec, rng) for _ in range(n_cal + cfg.validate)]
+        n_narrow = cfg.validate // 2  # judged where a tight --target-ms search ends, too
+        archs = [random_widths(spec, rng) for _ in range(n_cal + cfg.validate - n_narrow)]
+        archs += [random_widths(spec, rng, narrow=max(2 * multiple, 4)) for _ in range(n_narrow)]
         whole = (1, spec.input_nc, cfg.size, cfg.size)
         items += [(_generator(spec, w, cfg.seed), whole) for w in archs]
         say(f"units: {', '.join(f'{u} {len(p)}' for u, _, p in plan)} models; "
@@ -440,4 +459,4 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
 
 
 __all__ = ["BACKENDS", "LatencyTableConfig", "build_table", "choose_multiple", "measure_file",
-           "random_widths", "unit_model", "validation_table"]
+           "random_widths", "stem_axis", "unit_model", "validation_table"]

@@ -294,3 +294,33 @@ def test_rounding_never_breaks_a_budget_one_tile_per_layer_exceeds() -> None:
     _, _, c = budget.fit_to_budget(spec, masks, target, "ms", 256, scores=scores,
                                    latency=table, multiple=MULT)
     assert c.value("ms") <= target < one_tile
+
+
+def test_narrow_stems_are_timed_as_the_fused_phase_front() -> None:
+    """Under PHASE_FRONT_BELOW stem channels the export runs stem and down1 as one phase-form
+    front: the down1 unit is that front (exactly the generator's two layers), the stem unit
+    is empty (only the invoke overhead), and the stem axis has points on both sides of the
+    boundary so no lookup interpolates between a fused front and a plain stem."""
+    from dmad.benchmark.latency_table import random_widths, stem_axis, unit_model
+    from dmad.compress.models import build
+    from dmad.export.s2d import PHASE_FRONT_BELOW
+
+    b = PHASE_FRONT_BELOW
+    assert stem_axis([4, 16, 32, 48, 64], 64) == [4, b - 1, b, 32, 48, 64]
+    assert stem_axis([1, 4], 4) == [1, 4] and stem_axis([16, 32], 32) == [16, 32]
+    spec = ResnetSpec(ngf=16, n_blocks=2)
+    front, shape = unit_model(spec, "down1", (6, 8), 32, seed=3)
+    stem, _ = unit_model(spec, "stem", (6,), 32, seed=3)
+    assert shape == (1, 3, 32, 32) and not list(stem.parameters())
+    torch.manual_seed(3)
+    ref = build(dataclasses.replace(spec, widths=ResnetWidths(6, 8, 1, (1,), 1, 1),
+                                    n_blocks=1)).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.allclose(front.eval()(x), ref.down1(ref.stem(x)), atol=1e-5)
+    plain, pshape = unit_model(spec, "down1", (16, 8), 32, seed=3)
+    assert pshape == (1, 16, 32, 32) and not isinstance(plain, torch.nn.Sequential)  # its own
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        w = random_widths(spec, rng, narrow=4)
+        assert max(w.stem, w.down1, w.stream, w.up1, w.up2, *w.blocks) <= 4
