@@ -359,6 +359,25 @@ def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -
     assert len(after["layers"]) == 10 and after["images"] == 4 and after["crop"] == [32, 32]
 
 
+def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first() -> None:
+    """Four bright photographs drawn first, four dark flat ones after: judging the first four
+    (as before) never saw the dark ones, where the first InstanceNorm stretches a few int8
+    levels back to unit variance; screening every calibration image judges the dark ones and
+    reports a lower all-int8 PSNR."""
+    from dmad.export.sensitivity import layer_sensitivity
+
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(8, 3, 6, 6, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(low, size=(32, 32), mode="bicubic").clamp(-1, 1)
+    x[4:] = -0.7 + 0.05 * x[4:]  # dark and flat
+    x = x.numpy()
+    first = layer_sensitivity(_resnet(), x, max_images=4, screen=4)
+    every = layer_sensitivity(_resnet(), x, max_images=4, screen=8)
+    assert first["judged"] == [0, 1, 2, 3] and first["screened"] == 4
+    assert every["judged"] == [4, 5, 6, 7] and every["screened"] == 8
+    assert every["psnr_all_int8_db"] < first["psnr_all_int8_db"] - 3.0
+
+
 def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     """The export's choice reads the greedy plan: the smallest float set predicted over the
     floor plus the margin; within a smaller allowance the best it has, if it gains 1 dB;
