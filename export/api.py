@@ -138,6 +138,11 @@ class ExportConfig:
         "up to this many layers float, the fewest that clear it, chosen by measured "
         "sensitivity (0 = off; ignored when the recipe names float layers)",
     )
+    int8_screen: int = opt(
+        32,
+        "int8: calibration images screened with every layer in fake int8; the worst are judged "
+        "for the float-layer choice and first for the `auto` ranges (0 = the first drawn)",
+    )
     android: bool = opt(
         False,
         "copy the chosen .tflite and model.json into the Android app's assets",
@@ -502,6 +507,8 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--quant: {', '.join(bad) or 'empty'} not among {', '.join(QUANTS)}")
     if cfg.converter not in CONVERTERS:
         raise DmadError(f"--converter: {cfg.converter!r} is not one of {', '.join(CONVERTERS)}")
+    if cfg.int8_screen < 0:
+        raise DmadError(f"--int8-screen: {cfg.int8_screen} must be >= 0")
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     if cfg.phases not in SUBPIXEL:
@@ -659,6 +666,7 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     spec = getattr(job.model, "spec", None)
     auto = job.cfg.int8_auto_float if not job.cfg.recipe.float_layers else 0
     return layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
+                             screen=job.cfg.int8_screen,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
                              else None, max_plan=max(auto, 0))
 
@@ -740,6 +748,10 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
                    tmp)
         deploy, rw, rw_err = _reference(job)
         sensitivity = _int8_sensitivity(job, variants)
+        if sensitivity and job.calib is not None and cfg.int8_screen:  # `auto` ranges are
+            first = list(sensitivity["judged"])  # judged on the first calibration images:
+            rest = [i for i in range(len(job.calib)) if i not in first]  # the hardest first
+            job.calib = job.calib[first + rest]
         auto = _auto_float_layers(job, sensitivity, floors)
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:

@@ -65,10 +65,11 @@ def _tflite_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
 
 
 def _export(model: Path, out: Path, split: Path) -> dict[str, Path]:
-    """fp32 and int8 .tflite files of ``model`` (reused when the export finished)."""
+    """fp32 and int8 .tflite files of ``model`` with the export's defaults (reused when the
+    export finished)."""
     if not (out / "parity.json").is_file():
         dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
-                              num_calib=20, num_eval=100)
+                              num_eval=100)
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
 
 

@@ -359,7 +359,8 @@ def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -
     assert len(after["layers"]) == 10 and after["images"] == 4 and after["crop"] == [32, 32]
 
 
-def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first() -> None:
+def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first(tmp_path: Path
+                                                                           ) -> None:
     """Four bright photographs drawn first, four dark flat ones after: judging the first four
     (as before) never saw the dark ones, where the first InstanceNorm stretches a few int8
     levels back to unit variance; screening every calibration image judges the dark ones and
@@ -376,6 +377,9 @@ def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first() ->
     assert first["judged"] == [0, 1, 2, 3] and first["screened"] == 4
     assert every["judged"] == [4, 5, 6, 7] and every["screened"] == 8
     assert every["psnr_all_int8_db"] < first["psnr_all_int8_db"] - 3.0
+    with pytest.raises(DmadError, match="--int8-screen"):
+        export_model(ExportConfig(out=tmp_path / "x", module=_resnet(), int8_screen=-1))
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
