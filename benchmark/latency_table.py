@@ -165,11 +165,14 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     return mod, shape  # type: ignore[return-value]
 
 
-def stem_axis(points: list[int], limit: int) -> list[int]:
-    """A stem axis with grid points on both sides of the phase-front boundary: interpolating
-    between a fused phase front and a plain stem would mix two different files."""
-    edge = [PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
-    return sorted(set(points) | {p for p in edge if points[0] < p <= limit})
+def stem_axis(points: list[int], limit: int, multiple: int) -> list[int]:
+    """A stem axis with grid points on both sides of the phase-front boundary (interpolating
+    between a fused phase front and a plain stem would mix two different files), and below it
+    every quarter tile: the front writes four channels per stem channel, so its cost steps
+    four times as often (a point every quarter tile, every 4 channels at least)."""
+    q = max(4, multiple // 4)
+    below = [*range(q, PHASE_FRONT_BELOW - 1, q), PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
+    return sorted(set(points) | {p for p in below if p <= limit})
 
 
 def random_widths(spec: ResnetSpec, rng: np.random.Generator, narrow: int = 0
@@ -332,7 +335,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         plan, items = [], [empty]
         for unit, axes_names in RESNET_UNITS.items():
             axes = [axis_points(int(mx[a]), multiple, cfg.max_points) for a in axes_names]
-            axes = [stem_axis(ax, int(mx["stem"])) if a == "stem" else ax
+            axes = [stem_axis(ax, int(mx["stem"]), multiple) if a == "stem" else ax
                     for a, ax in zip(axes_names, axes, strict=True)]
             points = [tuple(p) for p in np.ndindex(*[len(a) for a in axes])]
             plan.append((unit, axes, points))

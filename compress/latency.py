@@ -63,7 +63,7 @@ class Grid:
         if len(widths) != len(self.axes):
             raise ValueError(f"grid has {len(self.axes)} axes, got widths {list(widths)}")
         steps = self.steps or [1] * len(self.axes)
-        brackets = [_bracket(ax, _round_up(w, st))
+        brackets = [_bracket(ax, _snap(ax, w, st))
                     for ax, w, st in zip(self.axes, widths, steps, strict=True)]
         total = 0.0
         for corner in range(1 << len(brackets)):
@@ -81,6 +81,15 @@ def _round_up(w: int, multiple: int) -> int:
     """``w`` rounded up to the tile above one tile; at most one tile, kernels shrink with the
     width (a 3-channel conv is cheaper than a 16-channel one), so the grid interpolates."""
     return int(math.ceil(w / multiple) * multiple) if multiple > 1 and w > multiple else int(w)
+
+
+def _snap(axis: list[int], w: int, step: int) -> int:
+    """``w`` rounded up to its tile, but never past the next grid point: a point inside a tile
+    marks where the layer changes form (a stem under 16 channels runs fused with down1 on the
+    image's phases), and rounding across it would look up the other form."""
+    up = _round_up(w, step)
+    i = bisect.bisect_left(axis, w)
+    return min(up, axis[i]) if i < len(axis) else up
 
 
 def _bracket(axis: list[int], w: float) -> tuple[int, int, float]:

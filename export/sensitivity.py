@@ -57,7 +57,8 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     switch_layers(m, set(), tanh=False)
     pool_refs = [m(x) for x in pool]
     observe_ranges(m, pool)
-    screened = [psnr(r, m(x)) for r, x in zip(pool_refs, pool, strict=True)]
+    screened = np.nan_to_num([psnr(r, m(x)) for r, x in zip(pool_refs, pool, strict=True)],
+                             nan=-np.inf)  # a non-finite image is the worst, not skipped
     judged = sorted(np.argsort(screened, kind="stable")[:max_images].tolist())
     xs, refs = [pool[i] for i in judged], [pool_refs[i] for i in judged]
     convs = [n for n, mod in m.named_modules()

@@ -306,8 +306,13 @@ def test_narrow_stems_are_timed_as_the_fused_phase_front() -> None:
     from dmad.export.s2d import PHASE_FRONT_BELOW
 
     b = PHASE_FRONT_BELOW
-    assert stem_axis([4, 16, 32, 48, 64], 64) == [4, b - 1, b, 32, 48, 64]
-    assert stem_axis([1, 4], 4) == [1, 4] and stem_axis([16, 32], 32) == [16, 32]
+    assert stem_axis([4, 16, 32, 48, 64], 64, 16) == [4, 8, 12, b - 1, b, 32, 48, 64]
+    assert stem_axis([1, 4], 4, 4) == [1, 4] and stem_axis([16, 32], 32, 64) == [b - 1, b, 32]
+    # a stem under the boundary never rounds up into the plain form, whatever the tile
+    ax = stem_axis([2, 8, 16, 24], 24, 8)
+    assert ax == [2, 4, 8, 12, b - 1, b, 24]
+    g = Grid([ax], [0.1, 0.1, 0.1, 0.1, 0.1, 9.0, 9.5], [8])
+    assert g.at([13]) == pytest.approx(0.1) and g.at([b]) == 9.0 and g.at([17]) == 9.5
     spec = ResnetSpec(ngf=16, n_blocks=2)
     front, shape = unit_model(spec, "down1", (6, 8), 32, seed=3)
     stem, _ = unit_model(spec, "stem", (6,), 32, seed=3)
