@@ -89,6 +89,10 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
                       "calibration images, worst image"}
 
 
+#: a float layer must buy this much (dB, fake int8 on the worst judged image) to be kept
+STEP_DB = 0.25
+
+
 def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
                  want_db: float, most: int) -> list[dict[str, Any]]:
     """Float sets grown one layer at a time, the best re-measured at each step (layers whose
@@ -100,8 +104,8 @@ def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str
     for _ in range(min(most, len(tried))):
         gains = {c: score(set(convs) - set(keep) - {c}) for c in tried if c not in keep}
         c, db = max(gains.items(), key=lambda kv: kv[1])
-        if db <= best:
-            break  # no layer helps any more
+        if db < best + STEP_DB:
+            break  # no layer helps enough any more
         keep, best = [*keep, c], db
         plan.append({"float_layers": list(keep), "psnr_db": round(db, 2)})
         if db >= want_db:
@@ -115,15 +119,18 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
     ``floor_db`` by ``margin_db``, at most ``most`` (a float layer is float in and out in the
     file too, so the prediction holds for images like the calibration ones; a held-out
     photograph unlike them can still fall below); when none clears it, the most-improving
-    plan if it gains at least 1 dB. Returns the layers (none when all-int8 already clears the
-    floor) and why, in words."""
+    plan if it gains at least 1 dB (its shortest prefix within ``STEP_DB`` of it). Returns the
+    layers (none when all-int8 already clears the floor) and why, in words."""
     every = float(sens["psnr_all_int8_db"])
     want = floor_db + margin_db
     if every >= want or most < 1:
         return [], ""
     plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most]
     ok = [p for p in plans if p["psnr_db"] >= want]
-    pick = ok[0] if ok else max(plans, key=lambda p: p["psnr_db"], default=None)
+    # short of the floor, the shortest plan within STEP_DB of the best: a float layer that
+    # buys a few hundredths of a dB costs its full float latency
+    best = max((p["psnr_db"] for p in plans), default=None)
+    pick = ok[0] if ok else next((p for p in plans if p["psnr_db"] >= best - STEP_DB), None)
     if pick is None or pick["psnr_db"] < every + 1.0:
         return [], ""
     why = (f"fake int8 on the worst calibration image: {every:.1f} dB all-int8, "

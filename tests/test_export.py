@@ -398,6 +398,11 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     assert choose_float_layers(sens, 35.0, 0)[0] == []
     assert choose_float_layers({**sens, "psnr_all_int8_db": 36.2}, 35.0, 3)[0] == []
     assert choose_float_layers({"psnr_all_int8_db": 32.5, "plan": plan[:1]}, 35.0, 3)[0] == []
+    # short of the floor: the shortest plan within 0.25 dB of the best, not the longest
+    flat = [{"float_layers": ["a"], "psnr_db": 33.0},
+            {"float_layers": ["a", "b"], "psnr_db": 33.04},
+            {"float_layers": ["a", "b", "c"], "psnr_db": 33.06}]
+    assert choose_float_layers({"psnr_all_int8_db": 16.8, "plan": flat}, 35.0, 3)[0] == ["a"]
 
 
 def _dark_and_bright(tmp: Path) -> Path:
