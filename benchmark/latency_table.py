@@ -148,7 +148,7 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     s = size
     if unit in ("stem", "down1") and w.stem < PHASE_FRONT_BELOW:
         if unit == "stem":
-            return nn.Sequential(nn.ReLU()), (1, 1, 8, 8)
+            return overhead_model()
         phase_down(g.down1)
         return nn.Sequential(PhaseStem(g.stem), g.down1), (1, spec.input_nc, s, s)
     if unit == "head":
@@ -165,11 +165,16 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     return mod, shape  # type: ignore[return-value]
 
 
+def overhead_model() -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """A near-empty model and its input shape: what one invoke costs with nothing to do."""
+    return nn.Sequential(nn.ReLU()), (1, 1, 8, 8)
+
+
 def stem_axis(points: list[int], limit: int, multiple: int) -> list[int]:
     """A stem axis with grid points on both sides of the phase-front boundary (interpolating
     between a fused phase front and a plain stem would mix two different files), and below it
-    every quarter tile: the front writes four channels per stem channel, so its cost steps
-    four times as often (a point every quarter tile, every 4 channels at least)."""
+    one every quarter tile, 4 channels at least: the front writes four channels per stem
+    channel, so its cost steps four times as often."""
     q = max(4, multiple // 4)
     below = [*range(q, PHASE_FRONT_BELOW - 1, q), PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
     return sorted(set(points) | {p for p in below if p <= limit})
@@ -329,7 +334,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     work = Path(tempfile.mkdtemp(prefix="dmad-lat-"))
     try:
         timer = Timer(cfg, work)
-        empty = (nn.Sequential(nn.ReLU()), (1, 1, 8, 8))
+        empty = overhead_model()
         multiple, sweep = _channel_multiple(cfg, spec, mx, timer, say)
         # every model in one conversion (TensorFlow starts once), timed in the same passes
         plan, items = [], [empty]
@@ -462,4 +467,4 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
 
 
 __all__ = ["BACKENDS", "LatencyTableConfig", "build_table", "choose_multiple", "measure_file",
-           "random_widths", "stem_axis", "unit_model", "validation_table"]
+           "overhead_model", "random_widths", "stem_axis", "unit_model", "validation_table"]

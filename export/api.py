@@ -657,18 +657,23 @@ def _judge_quality(job: _Job, floors: dict[str, float], variants: list[str]) -> 
 
 def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     """Per-layer int8 sensitivity on the calibration images (:mod:`export.sensitivity`) when a
-    full-int8 file is made; when one is below its floor, a note names the layers to keep
-    float first (``--int8-float-layers``)."""
+    full-int8 file is made, with the images it judged moved to the front of ``job.calib``;
+    when a file is below its floor, a note names the layers to keep float first
+    (``--int8-float-layers``)."""
     from dmad.export.sensitivity import layer_sensitivity
 
     if job.calib is None or not any(v in ("int8", "int8_io") for v in variants):
         return None
     spec = getattr(job.model, "spec", None)
     auto = job.cfg.int8_auto_float if not job.cfg.recipe.float_layers else 0
-    return layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
+    sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
                              screen=job.cfg.int8_screen,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
                              else None, max_plan=max(auto, 0))
+    # the `auto` ranges are judged on the first calibration images: the judged ones go first
+    first = list(sens["judged"])
+    job.calib = job.calib[first + [i for i in range(len(job.calib)) if i not in first]]
+    return sens
 
 
 #: fake int8 tracks the exported file to within about 0.75 dB (tests/test_quant_aware.py)
@@ -748,10 +753,6 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
                    tmp)
         deploy, rw, rw_err = _reference(job)
         sensitivity = _int8_sensitivity(job, variants)
-        if sensitivity and job.calib is not None and cfg.int8_screen:  # `auto` ranges are
-            first = list(sensitivity["judged"])  # judged on the first calibration images:
-            rest = [i for i in range(len(job.calib)) if i not in first]  # the hardest first
-            job.calib = job.calib[first + rest]
         auto = _auto_float_layers(job, sensitivity, floors)
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
         if onnx_int8:

@@ -57,9 +57,9 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     switch_layers(m, set(), tanh=False)
     pool_refs = [m(x) for x in pool]
     observe_ranges(m, pool)
-    screened = np.nan_to_num([psnr(r, m(x)) for r, x in zip(pool_refs, pool, strict=True)],
-                             nan=-np.inf)  # a non-finite image is the worst, not skipped
-    judged = sorted(np.argsort(screened, kind="stable")[:max_images].tolist())
+    screened = [psnr(r, m(x)) for r, x in zip(pool_refs, pool, strict=True)]
+    worst_first = np.argsort(np.nan_to_num(screened, nan=-np.inf), kind="stable")  # a
+    judged = sorted(worst_first[:max_images].tolist())  # non-finite image is the worst
     xs, refs = [pool[i] for i in judged], [pool_refs[i] for i in judged]
     convs = [n for n, mod in m.named_modules()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
@@ -71,7 +71,7 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     def score(names: set[str] | None) -> float:
         return min(each(names))
 
-    per_image = each(None)
+    per_image = [screened[i] for i in judged]  # every layer in int8: the screen measured it
     every = min(per_image)
     rows = []
     for name in convs:
