@@ -63,7 +63,7 @@ class LatencyTableConfig:
     ngf: int = opt(64, "without --generator: ngf of the ResNet-9 the table covers")
     size: int = opt(256, "input side in pixels the units are timed at (phones: 256)")
     max_points: int = opt(10, "grid widths per axis at most (multiples of the measured multiple, "
-                          "thinned evenly)")
+                          "denser at narrow widths)")
     multiple: int = opt(0, "channel multiple of the grid; 0 = measure it (a sweep of one block's "
                         "inner width)")
     runs: int = opt(10, "timed runs per model and round (their median is kept)")

@@ -264,14 +264,18 @@ def unit_steps(unit: str, multiple: int) -> list[int]:
 
 def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
     """Grid widths of one axis: the multiples of ``multiple`` up to ``limit`` (and ``limit``
-    itself), thinned evenly to at most ``max_points`` (the first and last always kept), and a
-    quarter tile below them."""
+    itself), thinned to at most ``max_points`` (the first and last always kept) evenly in the
+    square root of the width, so denser where the widths are narrow: there a tile is a large
+    share of a layer's cost, and there a tight ``--target-ms`` search ends; and a quarter tile
+    below them."""
     m = max(1, multiple)
     pts = list(range(m, limit + 1, m)) or [limit]
     if pts[-1] != limit:
         pts.append(limit)
     if len(pts) > max_points >= 2:
-        idx = sorted({round(i * (len(pts) - 1) / (max_points - 1)) for i in range(max_points)})
+        lo, hi = math.sqrt(pts[0]), math.sqrt(pts[-1])
+        want = [(lo + (hi - lo) * i / (max_points - 1)) ** 2 for i in range(max_points)]
+        idx = sorted({min(range(len(pts)), key=lambda j, v=v: abs(pts[j] - v)) for v in want})
         pts = [pts[i] for i in idx]
     small = max(1, m // 4)  # below one tile the cost still falls: one point there
     if m > 1 and small < pts[0]:

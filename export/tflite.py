@@ -5,6 +5,8 @@ stdout with colour codes, imports TensorFlow (~1 GB, slow) and changes global TF
 Running it as ``python -m dmad.export.tflite JOB.json`` in a scratch folder keeps the caller's
 process clean, lets us capture everything it prints and turn a failure into one line
 (:func:`failure_reason`), and makes a crash or a timeout impossible to confuse with success.
+Conversions of our own graph run one after another in a converter process kept for the caller's
+life (:mod:`export.kept_worker`: TensorFlow starts once); onnx2tf's get a fresh one.
 
 Quirks handled here (see ``/work/shared/docs/toolchain.md`` §1, §9):
 
@@ -31,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ import numpy as np
 import dmad
 from dmad.compress.errors import DmadError
 from dmad.export.graph import Graph
+from dmad.export.kept_worker import run_job, serve
 
 #: Every variant this module can build, in the order they are reported.
 VARIANTS = ("fp32", "fp16", "dynamic", "int8", "int8_io")
@@ -203,22 +205,16 @@ def _run_worker(work: Path, job: dict[str, Any], timeout: float | None, who: str
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["CUDA_VISIBLE_DEVICES"] = ""
     env["PYTHONUNBUFFERED"] = "1"
+    # our graph converts in the kept converter process; onnx2tf changes TensorFlow's global
+    # state, so a conversion through it gets a fresh process
+    reuse = bool(job.get("graph")) or "batch" in job
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "dmad.export.tflite", "job.json"],
-            cwd=work,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
+        rc, printed = run_job("dmad.export.tflite", work, env, timeout, reuse=reuse)
+    except TimeoutError:
         raise DmadError(f"TFLite conversion timed out after {timeout:.0f} s") from None
     result_file = work / "result.json"
-    if proc.returncode != 0 or not result_file.exists():
-        raise DmadError(f"TFLite conversion failed ({who}): {failure_reason(proc.stdout)}")
+    if rc != 0 or not result_file.exists():
+        raise DmadError(f"TFLite conversion failed ({who}): {failure_reason(printed)}")
     return dict(json.loads(result_file.read_text()))
 
 
@@ -451,6 +447,8 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
 def _worker(job_path: str) -> int:
     """Runs in the scratch folder: the float model (our graph or onnx2tf), then the requested
     variants from it; writes result.json."""
+    _TIMES.clear()  # a kept converter process runs many jobs
+    _LAST[0] = 0.0
     _tick("start")
     job = json.loads(Path(job_path).read_text())
     r = job["recipe"]
@@ -566,4 +564,7 @@ def gpu_analysis(path: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))
+    if sys.argv[1] == "--serve":
+        serve(_worker)
+    else:
+        sys.exit(_worker(sys.argv[1]))

@@ -7,8 +7,10 @@ Each draw takes ``--num-calib`` random crops (side 128–512 px, seeded by the d
 split's training photographs as the calibration folder and exports the model's full-int8 file
 with the default recipe; parity is judged on the split's whole held-out photographs at
 ``--size``. Prints, per draw, the pooled and the worst-image PSNR against the PyTorch fp32 model
-and the per-image figures, then the spread (min / median / max of the worst image). A script
-that prints numbers, not a test; ``docs/results.md`` keeps its output.
+and the per-image figures, then the spread (min / median / max of the worst image).
+``--int8-screen 0,32`` exports every draw once per screen size (the same crops), an A/B of the
+sensitivity's screen of the hardest calibration images. A script that prints numbers, not a
+test; ``docs/results.md`` keeps its output.
 """
 
 from __future__ import annotations
@@ -47,27 +49,36 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5, help="calibration draws (default 5)")
     ap.add_argument("--num-calib", type=int, default=20, help="crops per draw (default 20)")
     ap.add_argument("--size", type=int, default=256, help="export size (default 256)")
+    ap.add_argument("--int8-screen", default="32",
+                    help="comma-separated --int8-screen values, each run on every draw (an A/B "
+                         "on the same crops; default 32, the export's default)")
     args = ap.parse_args()
+    screens = [int(v) for v in args.int8_screen.split(",")]
     sys.path.insert(0, str(ROOT))
     from dmad.export.api import ExportConfig, export_model
 
     split = json.loads(args.split.read_text())
-    worst = []
+    worst: dict[int, list[float]] = {s: [] for s in screens}
     with tempfile.TemporaryDirectory(prefix="dmad-calib-") as tmp:
         for d in range(args.draws):
             calib = Path(tmp) / f"calib{d}"
             draw_crops(split["train"], args.num_calib, d, calib)
-            res = export_model(ExportConfig(
-                out=Path(tmp) / f"x{d}", model=args.model, split=args.split, calib=calib,
-                quant=("int8",), size=args.size, num_calib=args.num_calib, num_eval=100))
-            par = res.report["artifacts"]["int8"]["parity"]
-            worst.append(par["psnr_worst_db"])
-            per = ", ".join(f"{Path(r['image']).stem} {r['psnr_db']:.1f}"
-                            for r in par["per_image"])
-            print(f"draw {d}: pooled {par['psnr_db']:.2f} dB, worst {par['psnr_worst_db']:.2f} "
-                  f"({par['worst_image']}); {per}", flush=True)
-    print(f"worst-image PSNR over {args.draws} draws: min {min(worst):.2f}, median "
-          f"{statistics.median(worst):.2f}, max {max(worst):.2f} dB")
+            for screen in screens:
+                res = export_model(ExportConfig(
+                    out=Path(tmp) / f"x{d}_{screen}", model=args.model, split=args.split,
+                    calib=calib, quant=("int8",), size=args.size, num_calib=args.num_calib,
+                    num_eval=100, int8_screen=screen))
+                par = res.report["artifacts"]["int8"]["parity"]
+                kept = (res.report.get("int8_auto_float") or {}).get("float_layers", [])
+                worst[screen].append(par["psnr_worst_db"])
+                per = ", ".join(f"{Path(r['image']).stem} {r['psnr_db']:.1f}"
+                                for r in par["per_image"])
+                print(f"draw {d} screen {screen}: pooled {par['psnr_db']:.2f} dB, worst "
+                      f"{par['psnr_worst_db']:.2f} ({par['worst_image']}); float "
+                      f"{', '.join(kept) or 'none'}; {per}", flush=True)
+    for screen, w in worst.items():
+        print(f"screen {screen}: worst-image PSNR over {args.draws} draws: min {min(w):.2f}, "
+              f"median {statistics.median(w):.2f}, max {max(w):.2f} dB")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ search budgeted in milliseconds, and `dmad latency-table` end to end (host and p
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import subprocess
@@ -86,6 +87,14 @@ def test_grid_interpolates_and_rounds_outputs_up_to_the_tile() -> None:
     g2 = Grid([[8, 16], [8, 16]], [[1.0, 2.0], [3.0, 5.0]], [1, 8])
     assert g2.at([12, 16]) == pytest.approx(3.5)  # input axis interpolates, no rounding
     assert g2.at([12, 9]) == pytest.approx(3.5)  # output axis rounds 9 up to 16
+
+
+def test_axis_points_are_denser_where_widths_are_narrow() -> None:
+    axis = axis_points(256, 16, 10)  # 16 multiples, 10 kept: 32 and 80 stay, wide ones thin
+    assert axis[:6] == [4, 16, 32, 48, 64, 80] and axis[-1] == 256 and len(axis) == 11
+    gaps = np.diff(axis[1:])
+    assert all(a <= b for a, b in itertools.pairwise(gaps)) and gaps[0] < gaps[-1]
+    assert axis_points(64, 16, 10) == [4, 16, 32, 48, 64]  # nothing thinned when it fits
 
 
 def test_prediction_equals_the_sum_of_units_on_and_off_the_grid() -> None:

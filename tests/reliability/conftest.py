@@ -3,6 +3,7 @@ helpers that run the real ``dmad`` CLI in a subprocess and check its one-line er
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import dmad_cmd
+from tests.reliability.zygote import Zygote
 
 #: The tiny model every CLI case trains (seconds on one CPU thread).
 TINY = ["--ngf", "4", "--n-blocks", "2", "--ndf", "4", "--size", "32", "--device", "cpu"]
@@ -131,10 +133,27 @@ def cli_environ() -> dict[str, str]:
     return env
 
 
+_ZYGOTE: list[Zygote] = []
+
+
+def shared_zygote() -> Zygote:
+    """The session's zygote (``zygote.py``): ``dmad`` imported once, a forked child per command
+    line, so a case costs its work and not two seconds of starting Python and torch."""
+    if not _ZYGOTE or _ZYGOTE[0].proc.poll() is not None:
+        _ZYGOTE[:] = [Zygote(cli_environ(), str(ROOT))]
+        atexit.register(_ZYGOTE[0].close)
+    return _ZYGOTE[0]
+
+
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``dmad ARGS`` as a user would; never raises on a non-zero exit."""
-    return subprocess.run(dmad_cmd(*args), env=cli_environ(), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    """Run ``dmad ARGS`` as a user would (the real entry point in its own process, forked from
+    the session's zygote); never raises on a non-zero exit."""
+    argv = list(args)
+    r = shared_zygote().run(argv, str(ROOT), timeout)
+    if r["timed_out"]:
+        raise subprocess.TimeoutExpired(dmad_cmd(*argv), timeout, r["stdout"], r["stderr"])
+    rc = r["rc"] if r["rc"] is not None else -int(r["signal"])
+    return subprocess.CompletedProcess(dmad_cmd(*argv), rc, r["stdout"], r["stderr"])
 
 
 def error_line(r: subprocess.CompletedProcess[str], *, only_line: bool = True) -> str:

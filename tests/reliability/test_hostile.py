@@ -21,8 +21,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +31,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.conftest import ROOT, Corpus, cli_environ
+from tests.reliability.conftest import Corpus, shared_zygote
+from tests.reliability.zygote import Zygote
 
 PER_TARGET = int(os.environ.get("DMAD_HOSTILE_EXAMPLES", "6"))
 #: Totals over the session, printed by conftest's terminal summary.
@@ -51,31 +50,9 @@ TEXTS = (
 )
 
 
-class Zygote:
-    """The forking runner (``zygote.py``): one long-lived process, a child per command."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.zygote"], cwd=ROOT, env=cli_environ(),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, argv: list[str], cwd: Path, timeout: float = 180) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd),
-                                          "timeout": timeout}) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
-def zygote():  # type: ignore[no-untyped-def]
-    z = Zygote()
-    yield z
-    z.close()
+def zygote() -> Zygote:
+    return shared_zygote()
 
 
 # -- hostile bytes -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A zygote for the hostile-input suite: thousands of real ``dmad`` command lines, fast.
+"""A zygote for the CLI suites (hostile and bad inputs, run safety): real ``dmad`` command lines,
+fast.
 
 Starting Python and importing torch costs about two seconds, which would make a suite of
 thousands of command lines take hours. This process imports ``dmad.cli`` (and what its commands
@@ -77,6 +78,31 @@ def _run(req: dict) -> dict:
             "stderr": err.read().decode("utf-8", "replace"),
             "timed_out": timed_out,
         }
+
+
+class Zygote:
+    """The client: one long-lived zygote process, a forked child per command line."""
+
+    def __init__(self, env: dict[str, str], cwd: str) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.zygote"], cwd=cwd, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, argv: list[str], cwd: str, timeout: float = 180) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd),
+                                          "timeout": timeout}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the zygote died (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main() -> None:
