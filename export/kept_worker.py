@@ -67,6 +67,7 @@ def kept_process(module: str) -> int | None:
 
 def _kept_job(module: str, work: Path, env: dict[str, str], timeout: float | None
               ) -> tuple[int | None, str]:
+    work = work.resolve()  # the kept process has a working folder of its own
     log = work / LOG
     request = json.dumps({"work": os.fspath(work), "log": os.fspath(log)}) + "\n"
     kept = _kept(module, env)
@@ -91,7 +92,8 @@ def _kept_job(module: str, work: Path, env: dict[str, str], timeout: float | Non
     if not line:
         _drop(module)
         return None, text
-    return int(json.loads(line)["rc"]), text
+    reply = json.loads(line)
+    return int(reply["rc"]), text or str(reply.get("error", ""))
 
 
 def _kept(module: str, env: dict[str, str]) -> _Kept:
@@ -130,8 +132,11 @@ def serve(job: Callable[[str], int]) -> None:
         if not line:
             return  # the caller is gone, or it has not needed us for IDLE_S
         req = json.loads(line)
-        rc = _one(job, req["work"], req["log"], null)
-        reply.write(json.dumps({"rc": rc}) + "\n")
+        try:
+            answer: dict[str, object] = {"rc": _one(job, req["work"], req["log"], null)}
+        except OSError as exc:  # the job's folder or log could not be opened
+            answer = {"rc": 1, "error": f"ERROR: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
         reply.flush()
         gc.collect()
 

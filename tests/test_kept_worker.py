@@ -46,13 +46,18 @@ def test_conversions_share_one_process_and_write_what_a_fresh_one_writes(
     assert sorted(os.listdir(tmp_path / "a")) == ["generator_fp32.tflite", "generator_int8.tflite"]
 
 
-def test_a_failed_job_is_one_line_and_the_next_one_converts(tmp_path: Path) -> None:
+def test_a_failed_job_is_one_line_and_the_next_one_converts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     g = _graph()
     with pytest.raises(DmadError, match="no convolution named nothere"):
         convert(None, tmp_path / "bad", ["int8"], _calib(), graph=g,
                 recipe=Int8Recipe(float_layers=("nothere",)))
     ok = convert(None, tmp_path / "ok", ["fp32"], None, graph=g)
     assert ok["fp32"].stat().st_size > 1000
+    monkeypatch.chdir(tmp_path)  # a relative --out: the kept process, started
+    # in another folder, still finds it
+    rel = convert(None, Path("rel"), ["fp32"], None, graph=g)
+    assert rel["fp32"] == Path("rel/generator_fp32.tflite") and rel["fp32"].is_file()
     with pytest.raises(DmadError, match="timed out"):
         convert(None, tmp_path / "slow", ["fp32"], None, graph=g, timeout=0.01)
     assert _kept_pid() is None  # the stuck process was killed
