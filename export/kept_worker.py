@@ -61,8 +61,9 @@ def run_job(module: str, work: Path, env: dict[str, str], timeout: float | None,
 def kept_process(module: str) -> int | None:
     """The pid of this process's kept converter of ``module``; None when none runs."""
     kept = _KEPT.get(module)
-    alive = kept is not None and kept.owner == os.getpid() and kept.proc.poll() is None
-    return kept.proc.pid if alive and kept is not None else None
+    if kept is None or kept.owner != os.getpid() or kept.proc.poll() is not None:
+        return None
+    return kept.proc.pid
 
 
 def _kept_job(module: str, work: Path, env: dict[str, str], timeout: float | None
@@ -70,17 +71,17 @@ def _kept_job(module: str, work: Path, env: dict[str, str], timeout: float | Non
     work = work.resolve()  # the kept process has a working folder of its own
     log = work / LOG
     request = json.dumps({"work": os.fspath(work), "log": os.fspath(log)}) + "\n"
-    kept = _kept(module, env)
-    try:
-        assert kept.proc.stdin is not None
-        kept.proc.stdin.write(request)
-        kept.proc.stdin.flush()
-    except OSError:  # it exited between the check and the write: once more, fresh
-        _drop(module)
+    for attempt in (0, 1):
         kept = _kept(module, env)
-        assert kept.proc.stdin is not None
-        kept.proc.stdin.write(request)
-        kept.proc.stdin.flush()
+        try:
+            assert kept.proc.stdin is not None
+            kept.proc.stdin.write(request)
+            kept.proc.stdin.flush()
+            break
+        except OSError:  # it exited between the check and the write: once more, fresh
+            _drop(module)
+            if attempt:
+                raise
     assert kept.proc.stdout is not None
     ready, _, _ = select.select([kept.proc.stdout], [], [], timeout)
     if not ready:
@@ -131,11 +132,13 @@ def serve(job: Callable[[str], int]) -> None:
         line = sys.stdin.readline() if ready else ""
         if not line:
             return  # the caller is gone, or it has not needed us for IDLE_S
-        req = json.loads(line)
         try:
+            req = json.loads(line)
             answer: dict[str, object] = {"rc": _one(job, req["work"], req["log"], null)}
         except OSError as exc:  # the job's folder or log could not be opened
             answer = {"rc": 1, "error": f"ERROR: {exc}"}
+        except Exception as exc:  # anything else before the job ran: answered, not silent
+            answer = {"rc": 1, "error": f"ERROR: converter process: {type(exc).__name__}: {exc}"}
         reply.write(json.dumps(answer) + "\n")
         reply.flush()
         gc.collect()

@@ -61,5 +61,10 @@ def test_a_failed_job_is_one_line_and_the_next_one_converts(
     with pytest.raises(DmadError, match="timed out"):
         convert(None, tmp_path / "slow", ["fp32"], None, graph=g, timeout=0.01)
     assert _kept_pid() is None  # the stuck process was killed
+    monkeypatch.setenv("DMAD_CONVERTER_REUSE", "0")
+    fresh = convert(None, tmp_path / "fresh", ["fp32"], None, graph=g)
+    assert _kept_pid() is None  # reuse off: a process per job, none kept
+    assert fresh["fp32"].read_bytes() == ok["fp32"].read_bytes()
+    monkeypatch.delenv("DMAD_CONVERTER_REUSE")
     again = convert(None, tmp_path / "again", ["fp32"], None, graph=g)
     assert again["fp32"].read_bytes() == ok["fp32"].read_bytes()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,8 +85,6 @@ class Zygote:
     """The client: one long-lived zygote process, a forked child per command line."""
 
     def __init__(self, env: dict[str, str], cwd: str) -> None:
-        import subprocess
-
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.reliability.zygote"], cwd=cwd, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
