@@ -40,8 +40,11 @@ adb:
 chromium:
 	$(call apt_need,chromium,the page test)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; auto = one per core): most of the suite is
+# single-threaded conversion, subprocess start-up and waiting, which a second worker overlaps.
+TEST_WORKERS ?= auto
 test: $(STAMP) adb chromium layers android-check android-unit-tests
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Compile every Kotlin source of the Android app with -Werror against android.jar, R and stubs of
 # the LiteRT/androidx APIs (toolchain fetched once into ~/.cache/dmad-android; see the script).

@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(c, CompareConfig)
     c.set_defaults(func=cmd_compare)
 
-    from dmad.benchmark.latency_table import BACKENDS, LatencyTableConfig
+    from dmad.benchmark.latency_table import BACKENDS, TIMINGS, LatencyTableConfig
 
     L = LatencyTableConfig
     t = sub.add_parser(
@@ -181,6 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--runs", type=int, default=10, help=_h(L, "runs", 10))
     t.add_argument("--rounds", type=int, default=3, help=_h(L, "rounds", 3))
     t.add_argument("--warmup", type=int, default=3, help=_h(L, "warmup", 3))
+    t.add_argument("--timing", choices=TIMINGS, default="fastest",
+                   help=_h(L, "timing", "fastest"))
     t.add_argument("--validate", type=int, default=10, help=_h(L, "validate", 10))
     t.add_argument("--calibrate", type=int, default=6, help=_h(L, "calibrate", 6))
     t.add_argument("--seed", type=int, default=0, help=_h(L, "seed", 0))

@@ -124,8 +124,10 @@ def _timed(f: Callable[[], object]) -> float:
 
 
 def time_blocked(files: list[tuple[Path, tuple[int, ...]]], backend: str, threads: int,
-                 runs: int, warmup: int, rounds: int = 1, seed: int = 0) -> list[list[float]]:
-    """Median milliseconds of each file in each of ``rounds`` passes over all of them; within a
+                 runs: int, warmup: int, rounds: int = 1, seed: int = 0, stat: str = "median"
+                 ) -> list[list[float]]:
+    """Median (``stat="min"``: fastest) milliseconds of each file's runs in each of ``rounds``
+    passes over all of them; within a
     pass each file runs blocked (``warmup``, then ``runs`` timed runs), with the runners, input
     and timer of :func:`run_interleaved`. Passes spread a drift of the machine's speed over
     every file alike (``dmad latency-table`` times hundreds of small models and compares their
@@ -141,7 +143,8 @@ def time_blocked(files: list[tuple[Path, tuple[int, ...]]], backend: str, thread
             for i, f in enumerate(fns):
                 for _ in range(warmup):
                     f()
-                out[i].append(float(np.median([_timed(f) for _ in range(runs)])))
+                ms = [_timed(f) for _ in range(runs)]
+                out[i].append(float(np.min(ms) if stat == "min" else np.median(ms)))
         return out
 
 

@@ -10,8 +10,9 @@ at a grid of widths on the backend's preferred multiple, and writes the table th
 
 A prediction is the sum over the units of a lookup with piecewise-linear interpolation between
 grid points, each width first rounded up to the table's multiple (the kernels' tile: the
-measured cost is flat inside one), minus the invoke overhead every unit model paid once but the
-whole model pays once in total, times one scale fitted on whole models of random widths. This
+measured cost is flat inside one), minus the overhead every unit model paid alone but the
+whole model pays once in total, times a scale; scale and overhead are fitted on whole models of
+random widths, wide and narrow. This
 module only reads tables and predicts; it imports no converter and no runtime, so the search
 (``compress``) can use it.
 """
@@ -109,6 +110,8 @@ class Prediction:
 
     ms: float
     units: dict[str, float] = field(default_factory=dict)
+    #: how many of ``units`` were unit models of their own (each paid the overhead alone)
+    alone: int = 0
 
 
 @dataclass
@@ -120,7 +123,9 @@ class LatencyTable:
     size: int  # input side in pixels the units were timed at
     max_widths: dict[str, Any]  # the widths the grid spans (the full model's)
     multiple: int  # the backend's preferred channel multiple (its tile), measured
-    overhead_ms: float  # one invoke of a near-empty model: paid once per unit model
+    #: what each unit model pays alone that the whole model pays once: fitted with ``scale`` on
+    #: the calibration models, or (none) one invoke of a near-empty model, ``invoke_ms``
+    overhead_ms: float
     units: dict[str, Grid]
     sweep: dict[str, Any] = field(default_factory=dict)  # how ``multiple`` was measured
     #: whole model ÷ (sum of its units − shared overheads), fitted on the calibration models
@@ -128,6 +133,7 @@ class LatencyTable:
     calibration: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
+    invoke_ms: float = 0.0  # one invoke of a near-empty model, measured
 
     # -- files -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -159,7 +165,8 @@ class LatencyTable:
                        sweep=dict(d.get("sweep") or {}), scale=float(d.get("scale", 1.0)),
                        calibration=list(d.get("calibration") or []),
                        validation=list(d.get("validation") or []),
-                       created=str(d.get("created", "")))
+                       created=str(d.get("created", "")),
+                       invoke_ms=float(d.get("invoke_ms", d["overhead_ms"])))
             missing = [u for u in RESNET_UNITS if u not in units] + [
                 w for w in ("stem", "down1", "stream", "inner", "up1", "up2")
                 if w not in d["max_widths"]]
@@ -225,9 +232,11 @@ class LatencyTable:
         for i, inner in enumerate(w.blocks):
             if inner > 0:
                 parts[f"block{i}"] = u["block"].at([w.stream, inner])
-        n = len(parts)
-        total = self.scale * (sum(parts.values()) - (n - 1) * self.overhead_ms)
-        return Prediction(max(total, 0.0), parts)
+        # a stem fused into the phase front is an empty model in the grid (one invoke): it
+        # paid no unit model's overhead
+        n = sum(v > 2 * self.invoke_ms for v in parts.values()) if self.invoke_ms else len(parts)
+        total = self.scale * (sum(parts.values()) - (max(n, 1) - 1) * self.overhead_ms)
+        return Prediction(max(total, 0.0), parts, n)
 
 
 def describe_key(key: dict[str, Any], size: int, multiple: int) -> str:

@@ -308,7 +308,8 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
     else:
         spec = entry["spec"]
         shape = (1, int(spec.get("input_nc", 3)), export_size, export_size)
-        ms = measure_file(f, backend, shape, int(table.key.get("threads") or 1))
+        ms = measure_file(f, backend, shape, int(table.key.get("threads") or 1),
+                          timing=str(table.key.get("timing", "median")))
         lat.update(measured_ms=round(ms, 3), measured_file=str(f),
                    measured_error=round(lat["predicted_ms"] / ms - 1.0, 4))
         print(f"[compress] latency   {lat['predicted_ms']:.2f} ms predicted, {ms:.2f} ms measured "

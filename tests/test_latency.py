@@ -107,6 +107,28 @@ def test_prediction_equals_the_sum_of_units_on_and_off_the_grid() -> None:
     assert "block1" not in p.units and len(p.units) == 6 + 3  # a removed block costs nothing
 
 
+def test_scale_and_per_unit_overhead_are_fitted_on_wide_and_narrow_models() -> None:
+    """Whole models that pay 1.1 × (their units' sum − 0.3 ms per extra unit): the fit finds
+    both, where one scale (the old fit) cannot serve narrow and wide models at once."""
+    from dmad.benchmark.latency_table import fit_scale, random_widths
+
+    spec = ResnetSpec(ngf=16, n_blocks=4)
+    table = synthetic_table(spec)
+    rng = np.random.default_rng(0)
+    archs = [random_widths(spec, rng) for _ in range(3)] + [
+        random_widths(spec, rng, narrow=4) for _ in range(3)]
+    units = [table.predict(spec, w).units for w in archs]
+    measured = [1.1 * (sum(u.values()) - 0.3 * (len(u) - 1)) for u in units]
+    scale, overhead = fit_scale(table, spec, archs, measured)
+    assert scale == pytest.approx(1.1, abs=1e-3) and overhead == pytest.approx(0.3, abs=1e-3)
+    table.scale, table.overhead_ms = scale, overhead
+    for w in (ResnetWidths(2, 2, 3, (2, 0, 2, 0), 2, 2), ResnetWidths(16, 32, 64, (64,) * 4, 32,
+                                                                     16)):
+        assert table.predict(spec, w).ms == pytest.approx(1.1 * _direct(spec, w, 0.3), rel=2e-3)
+    one, _ = fit_scale(table, spec, archs[:3], measured[:3])  # under four models: scale alone
+    assert overhead != table.invoke_ms and one > 0
+
+
 def test_table_file_round_trip_and_refusals(tmp_path: Path) -> None:
     spec = ResnetSpec(ngf=16, n_blocks=4)
     t = synthetic_table(spec)
@@ -240,13 +262,14 @@ def test_latency_table_cli_end_to_end_and_errors(tmp_path: Path, cli_env: dict) 
     assert "predicted ms" in r.stdout and "within 10 %" in r.stdout
     t = LatencyTable.load(out)
     assert t.multiple == 4 and t.key["backend"] == "tflite-xnnpack" and t.key["isa"] is not None
+    assert t.key["timing"] == "fastest"  # compress measures its student the same way
     assert set(t.units) == set(RESNET_UNITS) and len(t.validation) == 2
     for row in t.validation:
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
     assert t.units["block"].axes == [[1, 4, 16], [1, 4, 16]]  # a quarter tile, the ends
     for args, msg in ((["--backend", "gpu"], "invalid choice"),
                       (["--android", "emu"], "--benchmark-binary"),
-                      (["--size", "30"], "--size")):
+                      (["--size", "30"], "--size"), (["--timing", "mean"], "invalid choice")):
         r = subprocess.run(dmad_cmd("latency-table", "--out", str(tmp_path / "x.json"), *args),
                            capture_output=True, text=True, env=cli_env, timeout=120)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -273,6 +296,15 @@ def test_latency_table_on_the_emulated_phone(adb_server: EmulatedAdbServer,  # n
         graphs[len(graphs) // 2].split("--graph=")[1].split()[0]
     assert all("--use_xnnpack=true" in c for c in graphs)
     assert t.validation[0]["measured_ms"] > 0
+
+
+def test_rounds_reduce_to_the_fastest_or_the_median() -> None:
+    from dmad.benchmark.latency_table import LatencyTableConfig, reduce_rounds
+
+    assert reduce_rounds([12.0, 9.0, 30.0], "fastest") == 9.0  # interference only adds time
+    assert reduce_rounds([12.0, 9.0, 30.0], "median") == 12.0
+    with pytest.raises(DmadError, match="--timing: 'mean'"):
+        LatencyTableConfig(out=Path("t.json"), timing="mean").check()
 
 
 @pytest.mark.parametrize("backend", ["tflite-int8", "ort"])
