@@ -68,9 +68,10 @@ class LatencyTableConfig:
                           "denser at narrow widths)")
     multiple: int = opt(0, "channel multiple of the grid; 0 = measure it (a sweep of one block's "
                         "inner width)")
-    runs: int = opt(10, "timed runs per model and round (their median is kept)")
-    rounds: int = opt(3, "passes over all models, the median across them (a drift of the "
-                      "machine's speed then hits every model alike)")
+    runs: int = opt(10, "timed runs per model and round (the fastest or the median is kept: "
+                    "--timing)")
+    rounds: int = opt(3, "passes over all models; across them the fastest or the median is kept "
+                      "(--timing)")
     warmup: int = opt(3, "untimed warm-up runs per unit model")
     timing: str = opt("fastest", "fastest (each model's fastest run over all rounds: other work "
                       "on the machine only adds time, so this figure repeats where medians "
@@ -146,9 +147,9 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     """The unit at grid ``point`` as the generator's own layers, and its NCHW input shape, in
     the form the export writes (``export/s2d.py``): the head on the image's phases, and a stem
     under ``PHASE_FRONT_BELOW`` channels fused with its down1 into one "front" (there the
-    stem's point is an empty model, so it adds only the invoke overhead the prediction takes
-    back out): the file runs that front as one stretch of phase-form layers, and timing its
-    two halves apart missed the narrow students by 11 %."""
+    stem's point is an empty model, which the prediction does not count as a unit): the file
+    runs that front as one stretch of phase-form layers, and its two halves timed apart do not
+    add up to it."""
     vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
     w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
                      (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
@@ -287,8 +288,10 @@ class Timer:
             runs=self.cfg.runs, warmup=self.cfg.warmup, cooldown_s=0.0, adb=self.cfg.adb,
             rounds=self.cfg.rounds))
         by_path: dict[str, list[float]] = {}
-        for r in got["results"]:
-            by_path.setdefault(r["path"], []).append(float(r["latency_ms"]))
+        fastest = self.cfg.timing == "fastest"
+        for r in got["results"]:  # per round: benchmark_model's fastest run, or its latency
+            ms = r.get("min_ms") if fastest and r.get("min_ms") is not None else r["latency_ms"]
+            by_path.setdefault(r["path"], []).append(float(ms))
         self.key_device = got["device"]
         return [by_path[str(f)] for f in files]
 
@@ -301,11 +304,11 @@ def reduce_rounds(per_round: list[float], timing: str) -> float:
     """One figure from a model's per-round figures: ``fastest``, the minimum (each round gave
     its fastest run); ``median``, the median (each round gave its median run).
 
-    On a shared machine other work steals time in bursts of a few hundred milliseconds, so a
-    round's median of ten runs moves by a fifth from one pass to the next, and differently for
-    each model: pairing with a reference model timed in the same seconds does not cancel it.
-    The fastest run is the model's cost with nothing else running, and repeats within a few
-    per cent (``scripts/latency_drift.py``)."""
+    On a shared machine other work steals time in bursts shorter than one model's runs, so a
+    round's median moves from one pass to the next, and differently for each model: pairing
+    with a reference model timed in the same seconds does not cancel it. Other work only adds
+    time, so the fastest run, the model's cost with nothing else running, is the figure that
+    repeats (``scripts/latency_drift.py`` measures both; ``docs/results.md`` keeps it)."""
     return float(np.min(per_round) if timing == "fastest" else np.median(per_round))
 
 
@@ -390,7 +393,7 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         table = LatencyTable(
             key=table_key(cfg, timer), family=family_of(spec), size=cfg.size, max_widths=mx,
             multiple=multiple, overhead_ms=round(overhead, 4), invoke_ms=round(overhead, 4),
-            units=units, sweep=sweep,
+            fused_stem_below=PHASE_FRONT_BELOW, units=units, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         if n_cal:
             table.scale, table.overhead_ms = fit_scale(table, spec, archs[:n_cal],
@@ -418,20 +421,22 @@ def _architectures(spec: ResnetSpec, n_cal: int, n_val: int, multiple: int, seed
 def fit_scale(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],
               measured: list[float]) -> tuple[float, float]:
     """(scale, per-unit overhead ms) with measured ≈ scale × (Σ units − (n − 1) × overhead),
-    in relative least squares, both >= 0, on the calibration models.
+    in relative least squares, both >= 0, on the calibration models (``n``: the units timed as
+    models of their own).
 
     A unit model timed alone pays more than one invoke's fixed cost (its whole input and output
-    cross the interpreter's boundary, and with nothing before or after it no layer shares its
-    caches): a few tenths of a millisecond that the empty model does not show. Twelve to
-    sixteen units make that a tenth of a narrow student's time and a percent of a wide one's, so
-    one scale fitted on wide models overpredicted every narrow one; the calibration now holds
-    both, and the overhead is fitted with the scale (one scale alone, the median ratio, under
-    four calibration models)."""
+    cross the interpreter's boundary, and no layer before or after it shares its caches), and
+    the empty model does not show it. That cost is the same for a narrow unit as for a wide one,
+    so it weighs on narrow students and hardly on wide ones, and a scale fitted on wide models
+    cannot see it: the calibration holds both, and the two are fitted together. Under four
+    calibration models: the scale alone (the median ratio) with the measured invoke."""
     sums, parts = [], []
     for w in archs:
         pred = table.predict(spec, w)  # at scale 1
         sums.append(sum(pred.units.values()))
         parts.append(max(pred.alone, 1) - 1)
+    if not archs:
+        return 1.0, table.invoke_ms
     m = np.asarray(measured, dtype=float)
     ssum, npart = np.asarray(sums), np.asarray(parts, dtype=float)
     if len(m) >= 4:
@@ -440,8 +445,8 @@ def fit_scale(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],
         s, q = fit_nonnegative(np.stack([ssum / m, -npart / m], axis=1), np.ones(len(m)))
         if s > 0:
             return round(float(s), 4), round(float(q / s), 4)
-    raw = ssum - npart * table.overhead_ms
-    return round(float(np.median(m / raw)), 4), table.overhead_ms
+    raw = ssum - npart * table.invoke_ms
+    return round(float(np.median(m / raw)), 4), table.invoke_ms
 
 
 def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], timer: Any,
@@ -521,7 +526,7 @@ def validation_table(rows: list[dict[str, Any]]) -> str:
 
 
 def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], threads: int,
-                 runs: int = 15, warmup: int = 3, timing: str = "median") -> float:
+                 runs: int = 15, warmup: int = 3, timing: str = "fastest") -> float:
     """Milliseconds of an exported file on a table's backend, on this CPU, taken the way the
     table took its own (``timing``): the measured latency ``architecture.json`` records beside
     the predicted one."""

@@ -134,6 +134,9 @@ class LatencyTable:
     validation: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
     invoke_ms: float = 0.0  # one invoke of a near-empty model, measured
+    #: stems narrower than this run fused with down1 (the export's phase front): their grid
+    #: points are empty models, and they pay no overhead of their own (0: none, older tables)
+    fused_stem_below: int = 0
 
     # -- files -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -166,7 +169,8 @@ class LatencyTable:
                        calibration=list(d.get("calibration") or []),
                        validation=list(d.get("validation") or []),
                        created=str(d.get("created", "")),
-                       invoke_ms=float(d.get("invoke_ms", d["overhead_ms"])))
+                       invoke_ms=float(d.get("invoke_ms", 0.0)),
+                       fused_stem_below=int(d.get("fused_stem_below", 0)))
             missing = [u for u in RESNET_UNITS if u not in units] + [
                 w for w in ("stem", "down1", "stream", "inner", "up1", "up2")
                 if w not in d["max_widths"]]
@@ -185,11 +189,12 @@ class LatencyTable:
                         v < 1 for a in g.axes for v in a):
                     raise ValueError(f"unit {name}: times must be finite and >= 0 ms, widths "
                                      ">= 1")
-            numbers = (table.overhead_ms, table.scale)
+            numbers = (table.overhead_ms, table.scale, table.invoke_ms)
             if not all(np.isfinite(numbers)) or table.scale <= 0 or table.overhead_ms < 0 \
-                    or table.size < 1 or table.multiple < 0:
-                raise ValueError("size, multiple, overhead_ms and scale must be finite and in "
-                                 "range")
+                    or table.invoke_ms < 0 or table.size < 1 or table.multiple < 0 \
+                    or table.fused_stem_below < 0:
+                raise ValueError("size, multiple, overhead_ms, invoke_ms, fused_stem_below and "
+                                 "scale must be finite and in range")
             return table
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise DmadError(f"latency_table: {p}: malformed table ({exc})") from None
@@ -232,11 +237,15 @@ class LatencyTable:
         for i, inner in enumerate(w.blocks):
             if inner > 0:
                 parts[f"block{i}"] = u["block"].at([w.stream, inner])
-        # a stem fused into the phase front is an empty model in the grid (one invoke): it
-        # paid no unit model's overhead
-        n = sum(v > 2 * self.invoke_ms for v in parts.values()) if self.invoke_ms else len(parts)
-        total = self.scale * (sum(parts.values()) - (max(n, 1) - 1) * self.overhead_ms)
-        return Prediction(max(total, 0.0), parts, n)
+        # a stem fused into the phase front is an empty model in the grid: it paid no unit
+        # model's overhead. Each other unit pays it alone; the whole model pays it once. A unit
+        # counts at least nothing, so keeping a channel never makes a prediction cheaper.
+        alone = {k: v for k, v in parts.items()
+                 if not (k == "stem" and w.stem < self.fused_stem_below)}
+        o = self.overhead_ms
+        total = sum(parts.values()) - sum(alone.values()) + o * bool(alone) + sum(
+            max(v - o, 0.0) for v in alone.values())
+        return Prediction(max(self.scale * total, 0.0), parts, len(alone))
 
 
 def describe_key(key: dict[str, Any], size: int, multiple: int) -> str:

@@ -81,7 +81,7 @@ def _kept_job(module: str, work: Path, env: dict[str, str], timeout: float | Non
         except OSError:  # it exited between the check and the write: once more, fresh
             _drop(module)
             if attempt:
-                raise
+                return None, "the converter process exited before it took the job"
     assert kept.proc.stdout is not None
     ready, _, _ = select.select([kept.proc.stdout], [], [], timeout)
     if not ready:

@@ -5,9 +5,10 @@ A latency table times hundreds of unit models one after another and compares the
 whole models timed minutes later; on a shared VM the machine's speed changes in between. This
 script converts a few models the way ``dmad latency-table`` does (fp32, XNNPACK, 1 thread, 256²
 by default), then for ``--seconds`` passes over them in blocked order (warm-up, then ``--runs``
-timed runs each, the table's timing) and prints, per model, the spread of its per-pass medians
-raw and divided by the reference model's median in the same pass. If the ratio spreads much
-less than the raw time, the drift is the machine's and pairing removes it.
+timed runs each, the table's timing) and prints, per model, how far apart a table's estimate
+(``--rounds`` passes) lands when taken at different moments: the median of the per-pass medians,
+the minimum of them, the fastest run, and the median divided by a reference model's median in
+the same pass (if that ratio spread much less, pairing would remove the drift).
 
     python scripts/latency_drift.py --seconds 180
 """
@@ -77,11 +78,11 @@ def main() -> None:
 
 def _report(models: list, a: np.ndarray, fast: np.ndarray, rounds: int) -> None:
     """Per model: how far apart the table's estimate lands when the table is built at different
-    moments (groups of ``rounds`` consecutive passes), for four estimators."""
+    moments (groups of ``rounds`` consecutive passes), for five estimators."""
     n = len(a) // rounds
     g = a[: n * rounds].reshape(n, rounds, -1)
     f = fast[: n * rounds].reshape(n, rounds, -1)
-    est = {"median of medians (the table today)": np.median(g, axis=1),
+    est = {"median of medians (--timing median)": np.median(g, axis=1),
            "min of medians": g.min(axis=1),
            "median of fastest runs": np.median(f, axis=1),
            "min of fastest runs": f.min(axis=1),
@@ -98,6 +99,7 @@ def _report(models: list, a: np.ndarray, fast: np.ndarray, rounds: int) -> None:
             cells.append(f"{np.median(col):.3g} ms: {100 * np.ptp(col) / np.median(col):.0f} % "
                          f"/ CV {100 * col.std() / col.mean():.1f} %")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

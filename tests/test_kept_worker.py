@@ -68,3 +68,19 @@ def test_a_failed_job_is_one_line_and_the_next_one_converts(
     monkeypatch.delenv("DMAD_CONVERTER_REUSE")
     again = convert(None, tmp_path / "again", ["fp32"], None, graph=g)
     assert again["fp32"].read_bytes() == ok["fp32"].read_bytes()
+
+
+def test_a_request_the_kept_process_cannot_read_is_answered_not_dropped() -> None:
+    """A malformed request line gets an error reply and the process takes the next one (the
+    caller would otherwise wait for its timeout)."""
+    import json
+    import subprocess
+    import sys
+
+    code = "from dmad.export.kept_worker import serve; serve(lambda path: 0)"
+    r = subprocess.run([sys.executable, "-c", code], input="not json\n{}\n", text=True,
+                       capture_output=True, timeout=120)
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and len(replies) == 2, r.stderr[-2000:]
+    assert replies[0]["rc"] == 1 and "JSONDecodeError" in replies[0]["error"]
+    assert replies[1]["rc"] == 1 and "KeyError" in replies[1]["error"]

@@ -122,11 +122,29 @@ def test_scale_and_per_unit_overhead_are_fitted_on_wide_and_narrow_models() -> N
     scale, overhead = fit_scale(table, spec, archs, measured)
     assert scale == pytest.approx(1.1, abs=1e-3) and overhead == pytest.approx(0.3, abs=1e-3)
     table.scale, table.overhead_ms = scale, overhead
-    for w in (ResnetWidths(2, 2, 3, (2, 0, 2, 0), 2, 2), ResnetWidths(16, 32, 64, (64,) * 4, 32,
-                                                                     16)):
+    for w in (ResnetWidths(8, 16, 16, (16, 0, 16, 0), 16, 8),
+              ResnetWidths(16, 32, 64, (64,) * 4, 32, 16)):
         assert table.predict(spec, w).ms == pytest.approx(1.1 * _direct(spec, w, 0.3), rel=2e-3)
-    one, _ = fit_scale(table, spec, archs[:3], measured[:3])  # under four models: scale alone
-    assert overhead != table.invoke_ms and one > 0
+    table.invoke_ms = 0.02  # under four models: the scale alone, with the measured invoke
+    one, kept = fit_scale(table, spec, archs[:3], measured[:3])
+    raw = [sum(u.values()) - 0.02 * (len(u) - 1) for u in units[:3]]
+    assert kept == 0.02 and one == pytest.approx(np.median(np.divide(measured[:3], raw)),
+                                                 abs=1e-4)
+
+
+def test_a_fused_stem_pays_no_overhead_and_a_kept_channel_never_lowers_the_prediction() -> None:
+    spec = ResnetSpec(ngf=16, n_blocks=4)
+    table = synthetic_table(spec)
+    w = ResnetWidths(8, 32, 64, (64, 0, 8, 24), 32, 16)
+    assert table.predict(spec, w).ms == pytest.approx(_direct(spec, w), rel=1e-9)  # old tables
+    table.fused_stem_below = 16  # the stem of 8 runs inside the phase front: not a unit model
+    p = table.predict(spec, w)
+    assert p.alone == len(p.units) - 1
+    assert p.ms == pytest.approx(_direct(spec, w) + table.overhead_ms, rel=1e-9)
+    table.overhead_ms = 5.0  # dearer than a narrow block: the block still adds, never subtracts
+    narrow = ResnetWidths(16, 32, 64, (1, 0, 0, 0), 32, 16)
+    none = ResnetWidths(16, 32, 64, (0, 0, 0, 0), 32, 16)
+    assert table.predict(spec, narrow).ms >= table.predict(spec, none).ms
 
 
 def test_table_file_round_trip_and_refusals(tmp_path: Path) -> None:
