@@ -159,6 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(c, CompareConfig)
     c.set_defaults(func=cmd_compare)
 
+    _register_latency_table(sub)
+
+
+def _register_latency_table(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from dmad.benchmark.latency_table import BACKENDS, TIMINGS, LatencyTableConfig
 
     L = LatencyTableConfig
