@@ -213,8 +213,10 @@ class Timer:
         self.cfg, self.work = cfg, work
         self.n = 0
 
-    def _files(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int
-               ) -> list[Path]:
+    def convert(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int = 0
+                ) -> list[Path]:
+        """Each model as the file the export writes, in ``work`` (the last ``n_whole`` are whole
+        generators: float in and out where the backend is int8)."""
         from dmad.export.onnx import export_onnx
 
         paths: list[Path] = []
@@ -263,7 +265,7 @@ class Timer:
         are whole generators (float in and out), the others units."""
         if not items:
             return []
-        files = self._files(items, n_whole)
+        files = self.convert(items, n_whole)
         if self.cfg.android is not None:
             per = self._android(files)
         else:
@@ -430,13 +432,13 @@ def fit_scale(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],
     so it weighs on narrow students and hardly on wide ones, and a scale fitted on wide models
     cannot see it: the calibration holds both, and the two are fitted together. Under four
     calibration models: the scale alone (the median ratio) with the measured invoke."""
+    if not archs:
+        return 1.0, table.invoke_ms
     sums, parts = [], []
     for w in archs:
         pred = table.predict(spec, w)  # at scale 1
         sums.append(sum(pred.units.values()))
         parts.append(max(pred.alone, 1) - 1)
-    if not archs:
-        return 1.0, table.invoke_ms
     m = np.asarray(measured, dtype=float)
     ssum, npart = np.asarray(sums), np.asarray(parts, dtype=float)
     if len(m) >= 4:
@@ -538,6 +540,6 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
     return reduce_rounds(per, timing)
 
 
-__all__ = ["BACKENDS", "TIMINGS", "LatencyTableConfig", "build_table", "choose_multiple",
-           "fit_scale", "measure_file", "overhead_model", "random_widths", "reduce_rounds",
-           "stem_axis", "unit_model", "validation_table"]
+__all__ = ["BACKENDS", "TIMINGS", "LatencyTableConfig", "Timer", "build_table",
+           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "random_widths",
+           "reduce_rounds", "stem_axis", "unit_model", "validation_table"]

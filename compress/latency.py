@@ -240,11 +240,10 @@ class LatencyTable:
         # a stem fused into the phase front is an empty model in the grid: it paid no unit
         # model's overhead. Each other unit pays it alone; the whole model pays it once. A unit
         # counts at least nothing, so keeping a channel never makes a prediction cheaper.
-        alone = {k: v for k, v in parts.items()
-                 if not (k == "stem" and w.stem < self.fused_stem_below)}
+        fused = parts["stem"] if w.stem < self.fused_stem_below else None
+        alone = [v for k, v in parts.items() if not (k == "stem" and fused is not None)]
         o = self.overhead_ms
-        total = sum(parts.values()) - sum(alone.values()) + o * bool(alone) + sum(
-            max(v - o, 0.0) for v in alone.values())
+        total = (fused or 0.0) + o + sum(max(v - o, 0.0) for v in alone)
         return Prediction(max(self.scale * total, 0.0), parts, len(alone))
 
 

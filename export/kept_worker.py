@@ -135,10 +135,10 @@ def serve(job: Callable[[str], int]) -> None:
         try:
             req = json.loads(line)
             answer: dict[str, object] = {"rc": _one(job, req["work"], req["log"], null)}
-        except OSError as exc:  # the job's folder or log could not be opened
-            answer = {"rc": 1, "error": f"ERROR: {exc}"}
-        except Exception as exc:  # anything else before the job ran: answered, not silent
-            answer = {"rc": 1, "error": f"ERROR: converter process: {type(exc).__name__}: {exc}"}
+        except Exception as exc:  # before the job ran (its folder or log, a bad request):
+            # answered, never a silent exit the caller would wait out
+            what = "" if isinstance(exc, OSError) else f"converter process: {type(exc).__name__}: "
+            answer = {"rc": 1, "error": f"ERROR: {what}{exc}"}
         reply.write(json.dumps(answer) + "\n")
         reply.flush()
         gc.collect()

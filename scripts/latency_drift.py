@@ -23,13 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmad.benchmark.latency_table import unit_model
+from dmad.benchmark.latency_table import LatencyTableConfig, Timer, unit_model
 from dmad.benchmark.runners import time_blocked
 from dmad.compress.models import ResnetSpec, ResnetWidths, build
-from dmad.export.graph import trace
-from dmad.export.s2d import to_phases
-from dmad.export.subpixel import to_subpixel
-from dmad.export.tflite import convert_many
 
 
 def _models(size: int) -> list[tuple[str, object, tuple[int, int, int, int]]]:
@@ -58,11 +54,10 @@ def main() -> None:
     args = ap.parse_args()
     models = _models(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        batch = []
-        for i, (_, m, shape) in enumerate(models):
-            batch.append((f"m{i}", trace(to_phases(to_subpixel(m)[0])[0], shape), None))
-        files = convert_many(batch, Path(tmp), ["fp32"])
-        jobs = [(files[f"m{i}"]["fp32"], shape) for i, (_, _, shape) in enumerate(models)]
+        timer = Timer(LatencyTableConfig(out=Path(tmp) / "unused.json", size=args.size),
+                      Path(tmp))  # converted as the table converts them
+        files = timer.convert([(m, shape) for _, m, shape in models], n_whole=2)
+        jobs = [(f, shape) for f, (_, _, shape) in zip(files, models, strict=True)]
         passes: list[list[float]] = []
         fast: list[list[float]] = []  # the fastest run of each pass (interference only adds)
         t0 = time.monotonic()
