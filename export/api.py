@@ -143,6 +143,11 @@ class ExportConfig:
         "int8: calibration images screened with every layer in fake int8; the worst are judged "
         "for the float-layer choice and first for the `auto` ranges (0 = the first drawn)",
     )
+    int8_contrast: float = opt(
+        0.25,
+        "int8: beside each screened calibration image a copy with its contrast scaled by this "
+        "is screened too (a flat photograph is where int8 breaks first; 0 = none)",
+    )
     android: bool = opt(
         False,
         "copy the chosen .tflite and model.json into the Android app's assets",
@@ -509,6 +514,8 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--converter: {cfg.converter!r} is not one of {', '.join(CONVERTERS)}")
     if cfg.int8_screen < 0:
         raise DmadError(f"--int8-screen: {cfg.int8_screen} must be >= 0")
+    if not 0.0 <= cfg.int8_contrast < 1.0:
+        raise DmadError(f"--int8-contrast: {cfg.int8_contrast} must be in [0, 1)")
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     if cfg.phases not in SUBPIXEL:
@@ -667,7 +674,7 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     spec = getattr(job.model, "spec", None)
     auto = job.cfg.int8_auto_float if not job.cfg.recipe.float_layers else 0
     sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
-                             screen=job.cfg.int8_screen,
+                             screen=job.cfg.int8_screen, contrast=job.cfg.int8_contrast,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
                              else None, max_plan=max(auto, 0))
     # the `auto` ranges are judged on the first calibration images: the judged ones go first

@@ -24,20 +24,38 @@ from torch import nn
 from dmad.compress.metrics import psnr
 from dmad.compress.quant_aware import observe_ranges, quant_aware_, switch_layers
 
-__all__ = ["choose_float_layers", "layer_sensitivity"]
+__all__ = ["LOW_CONTRAST", "choose_float_layers", "layer_sensitivity", "low_contrast"]
+
+
+#: the contrast of the flat copies the screen adds (a quarter: a photograph's pixel spread is
+#: typically 0.2 of the range, a foggy or moonlit one 0.05)
+LOW_CONTRAST = 0.25
+
+
+def low_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` (NCHW in [-1, 1]) with every channel's spread around its mean scaled by
+    ``factor``: the same scene, as flat as a photograph taken in fog or at night."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (mean + (x - mean) * factor).clamp(-1.0, 1.0)
 
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
                       max_side: int = 128, multiple: int = 4, want_db: float | None = None,
-                      max_plan: int = 3, screen: int = 32) -> dict[str, Any]:
+                      max_plan: int = 3, screen: int = 32, contrast: float = LOW_CONTRAST
+                      ) -> dict[str, Any]:
     """Per-convolution int8 sensitivity of ``model`` on the ``max_images`` calibration images
     where all-int8 does worst (NCHW float in [-1, 1]; centre crops of at most ``max_side``, a
     multiple of ``multiple``, so a large model is judged in seconds). The first ``screen``
     images set the fake ranges (as all calibration images set the file's) and are screened
     with every layer in int8: the worst ``max_images`` of them are judged, since the floor
     applies to every photograph and one dark or flat photograph is where int8 breaks first
-    (judging the first few drawn made the choice hinge on the draw). Each PSNR is that of the
+    (judging the first few drawn made the choice hinge on the draw). Beside each screened image
+    a copy with its contrast scaled by ``contrast`` (:func:`low_contrast`; 0: none) is
+    screened too, under the same ranges: a flat photograph (fog, the moon, a wall) is the one
+    int8 loses first, and whether a random draw of crops holds one is luck. ``judged`` names
+    the calibration images judged (a flat copy by its original), ``judged_low_contrast`` the
+    flat copies among them. Each PSNR is that of the
     **worst** judged image: ``psnr_all_int8_db`` (every layer in fake int8, against float; the
     mean over the judged images as ``psnr_all_int8_mean_db``), and per layer
     ``psnr_alone_db``, ``psnr_without_db`` and ``gain_db`` (what keeping that layer float buys
@@ -54,13 +72,15 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     pool = [torch.from_numpy(np.ascontiguousarray(calib[i:i + 1, :, top:top + ch,
                                                         left:left + cw], np.float32))
             for i in range(min(len(calib), max(screen, max_images)))]
+    flat = [low_contrast(x, contrast) for x in pool] if contrast > 0 else []
     switch_layers(m, set(), tanh=False)
-    pool_refs = [m(x) for x in pool]
-    observe_ranges(m, pool)
-    screened = [psnr(r, m(x)) for r, x in zip(pool_refs, pool, strict=True)]
+    cands = pool + flat
+    cand_refs = [m(x) for x in cands]
+    observe_ranges(m, pool)  # the file's ranges come from the calibration images alone
+    screened = [psnr(r, m(x)) for r, x in zip(cand_refs, cands, strict=True)]
     worst_first = np.argsort(np.nan_to_num(screened, nan=-np.inf), kind="stable")  # a
     judged = sorted(worst_first[:max_images].tolist())  # non-finite image is the worst
-    xs, refs = [pool[i] for i in judged], [pool_refs[i] for i in judged]
+    xs, refs = [cands[i] for i in judged], [cand_refs[i] for i in judged]
     convs = [n for n, mod in m.named_modules()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
 
@@ -81,7 +101,11 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     rows.sort(key=lambda r: -r["gain_db"])
     plan = _greedy_plan(score, convs, every, rows, want_db, max_plan) \
         if want_db is not None and every < want_db else []
-    return {"images": len(xs), "screened": len(pool), "judged": judged, "crop": [ch, cw],
+    n = len(pool)
+    return {"images": len(xs), "screened": n,
+            "judged": list(dict.fromkeys(i % n for i in judged)),
+            "judged_low_contrast": [i - n for i in judged if i >= n], "contrast": contrast,
+            "crop": [ch, cw],
             "psnr_all_int8_db": round(every, 2),
             "psnr_all_int8_mean_db": round(float(np.mean(per_image)), 2),
             "layers": rows, "plan": plan,

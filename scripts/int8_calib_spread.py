@@ -9,8 +9,9 @@ with the default recipe; parity is judged on the split's whole held-out photogra
 ``--size``. Prints, per draw, the pooled and the worst-image PSNR against the PyTorch fp32 model
 and the per-image figures, then the spread (min / median / max of the worst image).
 ``--int8-screen 0,32`` exports every draw once per screen size (the same crops), an A/B of the
-sensitivity's screen of the hardest calibration images. A script that prints numbers, not a
-test; ``docs/results.md`` keeps its output.
+sensitivity's screen of the hardest calibration images; ``--int8-contrast 0,0.25`` likewise
+for the flat copies the screen adds (every screen × contrast pair runs on every draw). A
+script that prints numbers, not a test; ``docs/results.md`` keeps its output.
 """
 
 from __future__ import annotations
@@ -52,33 +53,39 @@ def main() -> None:
     ap.add_argument("--int8-screen", default="32",
                     help="comma-separated --int8-screen values, each run on every draw (an A/B "
                          "on the same crops; default 32, the export's default)")
+    ap.add_argument("--int8-contrast", default="0.25",
+                    help="comma-separated --int8-contrast values, each run on every draw "
+                         "(default 0.25, the export's default)")
     args = ap.parse_args()
-    screens = [int(v) for v in args.int8_screen.split(",")]
+    pairs = [(int(s), float(c)) for s in args.int8_screen.split(",")
+             for c in args.int8_contrast.split(",")]
     sys.path.insert(0, str(ROOT))
     from dmad.export.api import ExportConfig, export_model
 
     split = json.loads(args.split.read_text())
-    worst: dict[int, list[float]] = {s: [] for s in screens}
+    worst: dict[tuple[int, float], list[float]] = {sc: [] for sc in pairs}
     with tempfile.TemporaryDirectory(prefix="dmad-calib-") as tmp:
         for d in range(args.draws):
             calib = Path(tmp) / f"calib{d}"
             draw_crops(split["train"], args.num_calib, d, calib)
-            for screen in screens:
+            for screen, contrast in pairs:
                 res = export_model(ExportConfig(
-                    out=Path(tmp) / f"x{d}_{screen}", model=args.model, split=args.split,
-                    calib=calib, quant=("int8",), size=args.size, num_calib=args.num_calib,
-                    num_eval=100, int8_screen=screen))
+                    out=Path(tmp) / f"x{d}_{screen}_{contrast}", model=args.model,
+                    split=args.split, calib=calib, quant=("int8",), size=args.size,
+                    num_calib=args.num_calib, num_eval=100, int8_screen=screen,
+                    int8_contrast=contrast))
                 par = res.report["artifacts"]["int8"]["parity"]
                 kept = (res.report.get("int8_auto_float") or {}).get("float_layers", [])
-                worst[screen].append(par["psnr_worst_db"])
+                worst[(screen, contrast)].append(par["psnr_worst_db"])
                 per = ", ".join(f"{Path(r['image']).stem} {r['psnr_db']:.1f}"
                                 for r in par["per_image"])
-                print(f"draw {d} screen {screen}: pooled {par['psnr_db']:.2f} dB, worst "
-                      f"{par['psnr_worst_db']:.2f} ({par['worst_image']}); float "
-                      f"{', '.join(kept) or 'none'}; {per}", flush=True)
-    for screen, w in worst.items():
-        print(f"screen {screen}: worst-image PSNR over {args.draws} draws: min {min(w):.2f}, "
-              f"median {statistics.median(w):.2f}, max {max(w):.2f} dB")
+                print(f"draw {d} screen {screen} contrast {contrast:g}: pooled "
+                      f"{par['psnr_db']:.2f} dB, worst {par['psnr_worst_db']:.2f} "
+                      f"({par['worst_image']}); float {', '.join(kept) or 'none'}; {per}",
+                      flush=True)
+    for (screen, contrast), w in worst.items():
+        print(f"screen {screen} contrast {contrast:g}: worst-image PSNR over {args.draws} "
+              f"draws: min {min(w):.2f}, median {statistics.median(w):.2f}, max {max(w):.2f} dB")
 
 
 if __name__ == "__main__":

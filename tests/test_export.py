@@ -372,14 +372,35 @@ def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first(tmp_
     x = torch.nn.functional.interpolate(low, size=(32, 32), mode="bicubic").clamp(-1, 1)
     x[4:] = -0.7 + 0.05 * x[4:]  # dark and flat
     x = x.numpy()
-    first = layer_sensitivity(_resnet(), x, max_images=4, screen=4)
-    every = layer_sensitivity(_resnet(), x, max_images=4, screen=8)
+    first = layer_sensitivity(_resnet(), x, max_images=4, screen=4, contrast=0.0)
+    every = layer_sensitivity(_resnet(), x, max_images=4, screen=8, contrast=0.0)
     assert first["judged"] == [0, 1, 2, 3] and first["screened"] == 4
     assert every["judged"] == [4, 5, 6, 7] and every["screened"] == 8
     assert every["psnr_all_int8_db"] < first["psnr_all_int8_db"] - 3.0
     with pytest.raises(DmadError, match="--int8-screen"):
         export_model(ExportConfig(out=tmp_path / "x", module=_resnet(), int8_screen=-1))
     assert not (tmp_path / "x").exists()
+
+
+def test_int8_sensitivity_screens_flat_copies_of_the_calibration_images() -> None:
+    """Calibration images of ordinary contrast only: without flat copies the screen never
+    sees a flat photograph, the kind int8 loses first (the first InstanceNorm stretches the
+    few int8 levels it uses); with them it judges the flat copies (named by their originals,
+    so the reordering of the calibration images still holds) and reports the lower PSNR."""
+    from dmad.export.sensitivity import layer_sensitivity, low_contrast
+
+    g = torch.Generator().manual_seed(2)
+    low = torch.rand(6, 3, 6, 6, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(low, size=(32, 32), mode="bicubic").clamp(-1, 1)
+    flat = low_contrast(x, 0.25)
+    assert torch.allclose(flat.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-5)
+    assert torch.allclose(flat.std(dim=(2, 3)), 0.25 * x.std(dim=(2, 3)), atol=1e-5)
+    plain = layer_sensitivity(_resnet(), x.numpy(), max_images=2, screen=6, contrast=0.0)
+    both = layer_sensitivity(_resnet(), x.numpy(), max_images=2, screen=6, contrast=0.1)
+    assert plain["judged_low_contrast"] == [] and plain["screened"] == 6
+    assert both["judged_low_contrast"] and both["screened"] == 6
+    assert all(0 <= i < 6 for i in both["judged"]) and len(both["judged"]) <= 2
+    assert both["psnr_all_int8_db"] < plain["psnr_all_int8_db"] - 1.0
 
 
 def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
