@@ -76,7 +76,7 @@ def _sweep(cfg: LatencyTableConfig, spec: GraphSpec, timer: Any,
     torch.manual_seed(cfg.seed)
     items = [(nn.Sequential(nn.Conv2d(cin, w, 3, 1, 1), nn.ReLU()).eval(), (1, cin, side, side))
              for w in ws]
-    ms = timer.time(items, stat="min")
+    ms = timer.time(items, timing="fastest")
     multiple = choose_multiple(ws, ms)
     say(f"preferred channel multiple: {multiple}")
     return multiple, {"unit": "conv3x3", "in": cin, "out": ws, "ms": [round(v, 4) for v in ms],

@@ -259,28 +259,28 @@ class Timer:
         return [out[s] for s in stems]
 
     def time(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]],
-             stat: str = "median", n_whole: int = 0) -> list[float]:
-        """Milliseconds of each model (:func:`reduce_rounds` of ``cfg.timing``; ``stat="min"``:
-        the minimum across rounds, as the width sweep takes it). The last ``n_whole`` items
-        are whole generators (float in and out), the others units."""
+             timing: str | None = None, n_whole: int = 0) -> list[float]:
+        """Milliseconds of each model, taken as ``timing`` says (default ``cfg.timing``;
+        :func:`reduce_rounds`). The last ``n_whole`` items are whole generators (float in and
+        out), the others units."""
         if not items:
             return []
+        timing = timing or self.cfg.timing
         files = self.convert(items, n_whole)
         if self.cfg.android is not None:
-            per = self._android(files)
+            per = self._android(files, timing)
         else:
             from dmad.benchmark.runners import time_blocked
 
             runner = "ort" if self.cfg.backend == "ort" else "tflite-xnnpack"
             per = time_blocked([(f, shape) for f, (_, shape) in zip(files, items, strict=True)],
                                runner, self.cfg.threads, self.cfg.runs, self.cfg.warmup,
-                               self.cfg.rounds, stat=_per_round(self.cfg.timing))
+                               self.cfg.rounds, timing=timing)
         for f in files:
             f.unlink()
-        timing = "fastest" if stat == "min" else self.cfg.timing
         return [reduce_rounds(v, timing) for v in per]
 
-    def _android(self, files: list[Path]) -> list[list[float]]:
+    def _android(self, files: list[Path], timing: str) -> list[list[float]]:
         from dmad.benchmark.adb import AndroidConfig, run_android
 
         assert self.cfg.benchmark_binary is not None
@@ -290,16 +290,12 @@ class Timer:
             runs=self.cfg.runs, warmup=self.cfg.warmup, cooldown_s=0.0, adb=self.cfg.adb,
             rounds=self.cfg.rounds))
         by_path: dict[str, list[float]] = {}
-        fastest = self.cfg.timing == "fastest"
+        fastest = timing == "fastest"
         for r in got["results"]:  # per round: benchmark_model's fastest run, or its latency
             ms = r.get("min_ms") if fastest and r.get("min_ms") is not None else r["latency_ms"]
             by_path.setdefault(r["path"], []).append(float(ms))
         self.key_device = got["device"]
         return [by_path[str(f)] for f in files]
-
-
-def _per_round(timing: str) -> str:
-    return "min" if timing == "fastest" else "median"
 
 
 def reduce_rounds(per_round: list[float], timing: str) -> float:
@@ -461,7 +457,7 @@ def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], ti
     ws = list(range(1, min(int(mx["inner"]), 64) + 1))
     say(f"sweep: block inner width {ws[0]}..{ws[-1]} at stream {stream}")
     ms = timer.time([unit_model(spec, "block", (stream, w), cfg.size, cfg.seed) for w in ws],
-                    stat="min")
+                    timing="fastest")  # a jump between widths, whatever the table's timing
     multiple = choose_multiple(ws, ms)
     say(f"preferred channel multiple: {multiple}")
     return multiple, {"unit": "block", "stream": stream, "inner": ws,
@@ -535,8 +531,7 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
     from dmad.benchmark.runners import time_blocked
 
     runner = "ort" if backend == "ort" else "tflite-xnnpack"
-    per = time_blocked([(path, shape)], runner, threads, runs, warmup, 3,
-                       stat=_per_round(timing))[0]
+    per = time_blocked([(path, shape)], runner, threads, runs, warmup, 3, timing=timing)[0]
     return reduce_rounds(per, timing)
 
 

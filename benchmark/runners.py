@@ -124,10 +124,10 @@ def _timed(f: Callable[[], object]) -> float:
 
 
 def time_blocked(files: list[tuple[Path, tuple[int, ...]]], backend: str, threads: int,
-                 runs: int, warmup: int, rounds: int = 1, seed: int = 0, stat: str = "median"
+                 runs: int, warmup: int, rounds: int = 1, seed: int = 0, timing: str = "median"
                  ) -> list[list[float]]:
-    """Median (``stat="min"``: fastest) milliseconds of each file's runs in each of ``rounds``
-    passes over all of them; within a
+    """The median (``timing="fastest"``: the fastest) of each file's runs in each of
+    ``rounds`` passes over all of them, in milliseconds; within a
     pass each file runs blocked (``warmup``, then ``runs`` timed runs), with the runners, input
     and timer of :func:`run_interleaved`. Passes spread a drift of the machine's speed over
     every file alike (``dmad latency-table`` times hundreds of small models and compares their
@@ -144,7 +144,7 @@ def time_blocked(files: list[tuple[Path, tuple[int, ...]]], backend: str, thread
                 for _ in range(warmup):
                     f()
                 ms = [_timed(f) for _ in range(runs)]
-                out[i].append(float(np.min(ms) if stat == "min" else np.median(ms)))
+                out[i].append(float(np.min(ms) if timing == "fastest" else np.median(ms)))
         return out
 
 

@@ -62,7 +62,8 @@ def main() -> None:
         fast: list[list[float]] = []  # the fastest run of each pass (interference only adds)
         t0 = time.monotonic()
         while time.monotonic() - t0 < args.seconds:
-            got = time_blocked(jobs, "tflite-xnnpack", 1, args.runs, args.warmup, stat="min")
+            got = time_blocked(jobs, "tflite-xnnpack", 1, args.runs, args.warmup,
+                               timing="fastest")
             fast.append([v[0] for v in got])
             got = time_blocked(jobs, "tflite-xnnpack", 1, args.runs, args.warmup)
             passes.append([v[0] for v in got])

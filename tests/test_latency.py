@@ -294,18 +294,20 @@ def test_latency_table_cli_end_to_end_and_errors(tmp_path: Path, cli_env: dict) 
         assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize("timing", ["fastest", "median"])
 def test_latency_table_on_the_emulated_phone(adb_server: EmulatedAdbServer,  # noqa: F811
                                              standin_binary: Path,  # noqa: F811
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path, timing: str) -> None:
     from dmad.benchmark.latency_table import LatencyTableConfig, build_table
 
     dev = adb_server.add_device("emu-lat")
     cfg = LatencyTableConfig(out=tmp_path / "phone.json", ngf=2, size=16, max_points=2,
                              multiple=2, runs=2, warmup=1, validate=1, calibrate=1,
-                             rounds=2, android="emu-lat",
+                             rounds=2, android="emu-lat", timing=timing,
                              benchmark_binary=standin_binary)
     t = build_table(cfg)
     assert t.key["device"].endswith("(emu-lat)") and "machine" not in t.key
+    assert t.key["timing"] == timing
     graphs = [c for c in dev.commands if "--graph=" in c]
     n_units = sum(int(np.prod([len(a) for a in g.axes])) for g in t.units.values())
     # the overhead model, every unit, one calibration and one validation model, in two rounds
