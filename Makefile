@@ -42,10 +42,10 @@ chromium:
 
 # TEST_WORKERS=auto spreads the tests over the cores (pytest-xdist): a quarter faster on two
 # cores, but there the two-rank torchrun kill/resume test once aborted under the load of the
-# other worker, so the default is one process (0).
+# other worker, so the default is one process (0). The 25 slowest tests are listed at the end.
 TEST_WORKERS ?= 0
 test: $(STAMP) adb chromium layers android-check android-unit-tests
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=25
 
 # Compile every Kotlin source of the Android app with -Werror against android.jar, R and stubs of
 # the LiteRT/androidx APIs (toolchain fetched once into ~/.cache/dmad-android; see the script).
