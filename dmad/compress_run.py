@@ -30,6 +30,7 @@ from typing import Any
 
 from dmad.compress.config import make_config, opt, read_config_file, to_dict
 from dmad.compress.data.split import ImageSplit, extra_photographs
+from dmad.compress.deploy_transforms import check_deploy, parse_deploy
 from dmad.compress.errors import DmadError
 from dmad.compress.io import atomic_write_json
 from dmad.compress.runfolder import holds_user_files, is_lock_file
@@ -98,6 +99,11 @@ class CompressConfig:
                          "co-attention + L1); see `dmad finetune --help` for each weight")
     extra_images: str = opt("", "a folder of unlabelled photographs the fine-tune adds to its "
                             "training images (the teacher labels them)")
+    deploy: str = opt("", "distilled deploy transforms applied to the pruned student before "
+                      "its fine-tune, comma list: fold-norms (InstanceNorm statistics averaged "
+                      "over training images folded into the convolutions: no norm at run "
+                      "time), zero-pad (residual blocks pad with zeros inside the "
+                      "convolution); ResNet students")
     precision: str = opt("fp32", "fp32 | bf16 | fp16: autocast precision of the search and "
                          "fine-tune forward passes")
     workers: int = opt(-1, "DataLoader worker processes; -1 = 0 on CPU, up to 4 per GPU")
@@ -160,6 +166,9 @@ class CompressConfig:
         if self.objective not in OBJECTIVES:
             raise DmadError(f"--objective: {self.objective!r} is not one of "
                             f"{', '.join(OBJECTIVES)}")
+        if parse_deploy(self.deploy) and self.target_ms:
+            raise DmadError("--deploy: not with --target-ms (a latency table predicts the "
+                            "searched form, not the rebuilt one); give --target-gmacs")
         if self.extra_images and not Path(self.extra_images).is_dir():
             raise DmadError(f"--extra-images {self.extra_images}: not a folder")
         for name in ("steps", "finetune_steps", "export_size", "num_calib"):
@@ -247,6 +256,7 @@ def _check_budget(teacher_file: str | None, model: Any, cfg: CompressConfig) -> 
     from dmad.compress.train.mask_schedule import reachable_floor
 
     g = model if model is not None else load_generator(Path(str(teacher_file)))[0]
+    check_deploy(g, parse_deploy(cfg.deploy))
     spec = budget.cost_spec(g, cfg.macs_size)
     if cfg.latency_table:
         from dmad.compress.latency import load_table
@@ -410,6 +420,9 @@ def _prepare(cfg: CompressConfig, out: Path, *, resume: bool, force: bool,
     if teacher.imported is not None or not teacher.ref:
         teacher.ref = teacher.file = str(out / "teacher" / "G_AtoB.pt")
     _check_budget(None if teacher.imported is not None else teacher.file, teacher.imported, cfg)
+    if teacher.full_objective and "fold-norms" in parse_deploy(cfg.deploy):
+        raise DmadError("--deploy fold-norms: needs a folder of images (the norm statistics "
+                        "come from its training images), not a dataset run")
     size = cfg.size or teacher.size or 256
     split = None
     if not teacher.full_objective:
@@ -503,7 +516,8 @@ def run_compress(cfg: CompressConfig, out: Path, *, resume: bool = False, force:
         "inception": cfg.inception, "objective": cfg.objective,
         "eval_size": cfg.export_size if split is not None else 0,
         **({"extra_images": cfg.extra_images} if cfg.extra_images else {}),
-        **({"quant_aware": True} if cfg.quant_aware else {})})
+        **({"quant_aware": True} if cfg.quant_aware else {}),
+        **({"deploy": cfg.deploy} if cfg.deploy else {})})
     images = ImageSplit.load(split) if split is not None else None
     refuse_incompatible(fcfg, images is not None, images)
     if cfg.extra_images and images is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,7 @@ from dmad.compress.data.split import (
     resolve_split,
     whole_images,
 )
+from dmad.compress.deploy_transforms import apply_deploy_transforms, parse_deploy
 from dmad.compress.distill import (
     FeatureAdapters,
     WeightAverage,
@@ -172,6 +174,13 @@ class FinetuneConfig(TrainingOverrides):
         "fraction of the fine-tune's steps after which the fake int8 is on (the float student "
         "trains first; the best checkpoint is picked among the fake-int8 evaluations)",
     )
+    deploy: str = opt(
+        "",
+        "distilled deploy transforms applied to the pruned student before its fine-tune, "
+        "comma list: fold-norms (InstanceNorm statistics averaged over training images folded "
+        "into the convolutions: no norm at run time), zero-pad (the residual blocks pad with "
+        "zeros inside the convolution); ResNet students; measure the fidelity they cost",
+    )
     quant_percentile: float = opt(
         99.999,
         "fake int8 activation ranges: this percentile of each batch (100 = its extremes), "
@@ -191,6 +200,7 @@ class FinetuneConfig(TrainingOverrides):
         if not 50.0 < self.quant_percentile <= 100.0:
             raise DmadError("field quant_percentile: must be in (50, 100], got "
                             f"{self.quant_percentile}")
+        parse_deploy(self.deploy)
         if self.eval_size and self.eval_size < 11:
             raise DmadError(f"field eval_size: must be 0 (the training size) or >= 11 (the SSIM "
                             f"window), got {self.eval_size}")
@@ -241,6 +251,26 @@ def _students(cfg: FinetuneConfig) -> tuple[dict[str, nn.Module], dict[str, nn.M
     searched = read_config_file(run / loop.CONFIG).get("search", {})
     teacher = cfg.teacher or searched.get("teacher", "")
     return students, ds, teacher
+
+
+def _deployed(students: dict[str, nn.Module], cfg: FinetuneConfig, split: ImageSplit | None,
+              size: int) -> dict[str, nn.Module]:
+    """The students with ``cfg.deploy``'s transforms (norm statistics from up to 32 whole
+    training images at ``size``, the side the student is judged at)."""
+    names = parse_deploy(cfg.deploy)
+    if not names:
+        return students
+    out = {}
+    for d, g in students.items():
+        images = None
+        if split is not None:
+            data = whole_images(split, size, side="train")
+            key = "A" if d == "AtoB" else "B"
+            picks = np.linspace(0, len(data) - 1, min(len(data), 32)).round().astype(int)
+            rows = [data.get(int(i)) for i in dict.fromkeys(picks.tolist())]
+            images = torch.stack([r.get(key, r["A"]) for r in rows])
+        out[d] = apply_deploy_transforms(g, names, images)
+    return out
 
 
 class FinetuneStage(TeacherStage):
@@ -702,6 +732,7 @@ def finetune(cfg: FinetuneConfig, out: Path, *, resume: bool = False, force: boo
                               skip_bad=tcfg.skip_bad, resume=resume)
     # every refusal before the run folder is touched (--force would empty it first)
     refuse_incompatible(cfg, g_only, split)
+    students = _deployed(students, cfg, split, cfg.eval_size or tcfg.size)
     extra = extra_photographs(Path(cfg.extra_images), split, tcfg.size) \
         if cfg.extra_images and split is not None else None
     loop.prepare_run_dir(out, resume=resume, force=force)
