@@ -58,9 +58,10 @@ def check_deploy(model: nn.Module, names: tuple[str, ...]) -> None:
     for name in names:
         g = _resnet(model, name)
         if name == "fold-norms" and not g.spec.norm.startswith("instance"):
+            why = "it has no norms left to fold" if g.spec.norm == "none" else \
+                "BatchNorm folds exactly at export already"
             raise DmadError(f"field deploy: fold-norms folds InstanceNorm statistics; this "
-                            f"generator's norm is {g.spec.norm!r} (BatchNorm folds exactly at "
-                            "export already)")
+                            f"generator's norm is {g.spec.norm!r} ({why})")
 
 
 def _rebuilt(model: ResnetGenerator, **change: object) -> ResnetGenerator:
@@ -99,9 +100,10 @@ def _norm_statistics(model: ResnetGenerator, images: torch.Tensor
     handles = [u.norm.register_forward_hook(hook) for u in _units(model)]
     was = model.training
     model.eval()
+    p = next(model.parameters())
     try:
         for i in range(len(images)):
-            model(images[i:i + 1])
+            model(images[i:i + 1].to(p.device, p.dtype))
     finally:
         model.train(was)
         for h in handles:

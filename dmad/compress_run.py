@@ -166,9 +166,9 @@ class CompressConfig:
         if self.objective not in OBJECTIVES:
             raise DmadError(f"--objective: {self.objective!r} is not one of "
                             f"{', '.join(OBJECTIVES)}")
-        if parse_deploy(self.deploy) and self.target_ms:
-            raise DmadError("--deploy: not with --target-ms (a latency table predicts the "
-                            "searched form, not the rebuilt one); give --target-gmacs")
+        if parse_deploy(self.deploy) and (self.target_ms or self.latency_table):
+            raise DmadError("--deploy: not with a latency table (it predicts the searched "
+                            "form, not the rebuilt one); give --target-gmacs alone")
         if self.extra_images and not Path(self.extra_images).is_dir():
             raise DmadError(f"--extra-images {self.extra_images}: not a folder")
         for name in ("steps", "finetune_steps", "export_size", "num_calib"):

@@ -40,6 +40,7 @@ from dmad.export.parity import (
     xnnpack_coverage,
 )
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
+from dmad.export.sensitivity import LOW_CONTRAST
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes"]
@@ -144,7 +145,7 @@ class ExportConfig:
         "for the float-layer choice and first for the `auto` ranges (0 = the first drawn)",
     )
     int8_contrast: float = opt(
-        0.25,
+        LOW_CONTRAST,
         "int8: beside each screened calibration image a copy with its contrast scaled by this "
         "is screened too (a flat photograph is where int8 breaks first; 0 = none)",
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dmad.compress.errors import DmadError
 from dmad.export.ranges import METHODS as RANGES
+from dmad.export.sensitivity import LOW_CONTRAST
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
@@ -143,8 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "stays float32 in the int8 files")
     s.add_argument("--int8-auto-float", type=int, default=3, help=h("int8_auto_float", 3))
     s.add_argument("--int8-screen", type=int, default=32, help=h("int8_screen", 32))
-    s.add_argument("--int8-contrast", type=float, default=0.25,
-                   help=h("int8_contrast", 0.25))
+    s.add_argument("--int8-contrast", type=float, default=LOW_CONTRAST,
+                   help=h("int8_contrast", LOW_CONTRAST))
     s.add_argument("--floor-int8", type=float, default=35.0, help=h("psnr_bar", 35.0))
     s.add_argument("--floor-fp16", type=float, default=60.0, help=h("floor_fp16", 60.0))
     s.add_argument("--floor-dynamic", type=float, default=40.0, help=h("floor_dynamic", 40.0))

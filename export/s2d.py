@@ -99,7 +99,8 @@ class PhaseStem(nn.Module):
         self.pad = copy.deepcopy(stem.pad)
         self.unshuffle = nn.PixelUnshuffle(2)
         self.conv = _phase_conv(stem.conv)
-        self.norm = _phase_norm(stem.norm, stem.conv.out_channels)
+        self.norm = nn.Identity() if isinstance(stem.norm, nn.Identity) else \
+            _phase_norm(stem.norm, stem.conv.out_channels)
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,8 +153,9 @@ def _fits(model: nn.Module) -> str | None:
     d = down1.conv
     if not _odd_stride1(stem.conv):
         return "the stem is not an odd square stride-1 convolution after its own padding"
-    if not isinstance(stem.norm, nn.InstanceNorm2d) or stem.norm.track_running_stats:
-        return "the stem's norm is not an InstanceNorm without running statistics"
+    if not isinstance(stem.norm, nn.Identity) and (not isinstance(stem.norm, nn.InstanceNorm2d)
+                                                   or stem.norm.track_running_stats):
+        return "the stem's norm is not an InstanceNorm without running statistics (or none)"
     if not isinstance(stem.act, nn.ReLU) or not isinstance(down1.pad, nn.Identity):
         return "the stem's activation is not ReLU, or down1 has its own padding"
     if not isinstance(d, nn.Conv2d) or d.kernel_size != (3, 3) or d.stride != (2, 2) \

@@ -1,14 +1,16 @@
 """The speed–fidelity frontier of a photo-trained generator and its students.
 
     python scripts/frontier.py [--ratios 5,10,20,40] [--search-steps 300] \
-        [--finetune-steps 600] [--target-ms 8,20 --latency-table T.json] [--no-bench]
+        [--finetune-steps 600] [--target-ms 8,20 --latency-table T.json] \
+        [--deploy fold-norms,zero-pad] [--no-bench]
 
 The teacher is ``scripts/photo_teacher.py``'s ResNet-9 ngf 64 colouriser (grey photograph →
 colour), the images its seven training photographs and eleven held-out ones of other subjects
 (``photo_setup.student_folders``). Each student is a ``dmad compress`` run (the defaults: the
 fast objective, augmentation) at ÷R paper MACs or at a ``--target-ms`` budget of a latency
-table, exported to TFLite fp32 and int8 (calibrated on the training photographs, parity on the
-held-out ones); the full model is exported the same way once. Then:
+table (with ``--deploy``, each MAC budget also with the distilled deploy transforms), exported
+to TFLite fp32 and int8 (calibrated on the training photographs, parity on the held-out ones);
+the full model is exported the same way once. Then:
 
 * fidelity: every file (PyTorch student, .tflite fp32 and int8, the full int8 too) against the
   teacher's PyTorch output on the whole held-out photographs at 256²: PSNR and SSIM mean and
@@ -89,6 +91,9 @@ def _budgets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     full, _ = load_generator(args.teacher)
     gmacs = profile(full, (1, 3, SIZE, SIZE)).macs_paper / 1e9
     budgets = {f"div{r:g}": {"target_gmacs": round(gmacs / r, 3)} for r in args.ratios}
+    if args.deploy:
+        budgets |= {f"div{r:g}+{args.deploy.replace(',', '+')}": {
+            "target_gmacs": round(gmacs / r, 3), "deploy": args.deploy} for r in args.ratios}
     for ms in args.target_ms:
         budgets[f"ms{ms:g}"] = {"target_ms": ms, "latency_table": str(args.latency_table)}
     return budgets
@@ -187,6 +192,9 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--search-steps", type=int, default=300, help="search steps per student")
     ap.add_argument("--finetune-steps", type=int, default=600,
                     help="fine-tune steps per student")
+    ap.add_argument("--deploy", default="",
+                    help="distilled deploy transforms (dmad compress --deploy): each MAC "
+                         "budget also gets a student trained with them (named div20+…)")
     ap.add_argument("--runs", type=int, default=10, help="timed rounds")
     ap.add_argument("--seed", type=int, default=0, help="seed of every run")
     ap.add_argument("--no-bench", action="store_true", help="skip the timing stage")
@@ -195,6 +203,13 @@ def _arguments() -> argparse.Namespace:
     args = ap.parse_args()
     if args.target_ms and args.latency_table is None:
         ap.error("--target-ms needs --latency-table")
+    from dmad.compress.deploy_transforms import parse_deploy
+    from dmad.compress.errors import DmadError
+
+    try:
+        args.deploy = ",".join(parse_deploy(args.deploy))
+    except DmadError as exc:
+        ap.error(str(exc))
     return args
 
 

@@ -133,5 +133,41 @@ def test_compress_deploy_ships_a_student_without_norms_or_mirrored_borders(
                                   "3", "--latency-table", str(tmp_path / "no.json"), "--out",
                                   str(tmp_path / "r2")),
                          env=cli_env, capture_output=True, text=True, timeout=300, check=False)
-    assert bad.returncode == 2 and "--deploy: not with --target-ms" in bad.stderr
+    assert bad.returncode == 2 and "--deploy: not with a latency table" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "r2").exists()
+    _resume_is_exact_and_keeps_the_transforms(out, teacher, tmp_path)
+
+
+def _resume_is_exact_and_keeps_the_transforms(run: Path, teacher: Path, tmp_path: Path) -> None:
+    """A fine-tune with the transforms killed and resumed equals one run through (the
+    statistics are taken from the same images again); resuming with other transforms is
+    refused (the checkpoint's weights would load into another network without complaint)."""
+    from dmad.compress.train.finetune import FinetuneConfig, finetune
+
+    kw = dict(search=str(run / "search"), images=str(run / "split.json"), teacher=str(teacher),
+              steps=4, size=32, eval_size=32, device="cpu", checkpoint_every=2,
+              deploy="fold-norms,zero-pad", tensorboard=False)
+    finetune(FinetuneConfig(**kw), tmp_path / "a")
+    finetune(FinetuneConfig(**kw), tmp_path / "b", max_steps=2)
+    finetune(FinetuneConfig(**kw), tmp_path / "b", resume=True)
+    # zero padding changes no weight's name or shape: only the recorded transforms tell
+    finetune(FinetuneConfig(**{**kw, "deploy": "zero-pad"}), tmp_path / "c", max_steps=2)
+    with pytest.raises(DmadError, match="started with --deploy 'zero-pad'; resume with the"):
+        finetune(FinetuneConfig(**{**kw, "deploy": ""}), tmp_path / "c", resume=True)
+    a = torch.load(tmp_path / "a" / "student_G_AtoB.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "student_G_AtoB.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_folded_narrow_stem_still_runs_on_the_phases_exactly() -> None:
+    """The export puts a stem under 16 channels on the image's 2×2 phases; a stem without
+    its norm (folded) takes the same exact form."""
+    from dmad.compress.deploy_transforms import fold_norms
+    from dmad.export.s2d import to_phases
+
+    x = _images(2)
+    f = fold_norms(_resnet(), x[:1])
+    phased, info = to_phases(f, "auto")
+    assert info["front"] is True and info["head"] is True
+    with torch.no_grad():
+        assert (phased(x) - f(x)).abs().max() < 1e-5

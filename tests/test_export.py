@@ -379,6 +379,9 @@ def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first(tmp_
     assert every["psnr_all_int8_db"] < first["psnr_all_int8_db"] - 3.0
     with pytest.raises(DmadError, match="--int8-screen"):
         export_model(ExportConfig(out=tmp_path / "x", module=_resnet(), int8_screen=-1))
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(DmadError, match=r"--int8-contrast: .* must be in \[0, 1\)"):
+            export_model(ExportConfig(out=tmp_path / "x", module=_resnet(), int8_contrast=bad))
     assert not (tmp_path / "x").exists()
 
 

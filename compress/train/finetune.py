@@ -263,12 +263,15 @@ def _deployed(students: dict[str, nn.Module], cfg: FinetuneConfig, split: ImageS
     out = {}
     for d, g in students.items():
         images = None
-        if split is not None:
-            data = whole_images(split, size, side="train")
+        if split is not None and "fold-norms" in names:
+            data = whole_images(split, size, side="train", paired=d != "AtoB")
             key = "A" if d == "AtoB" else "B"
             picks = np.linspace(0, len(data) - 1, min(len(data), 32)).round().astype(int)
             rows = [data.get(int(i)) for i in dict.fromkeys(picks.tolist())]
-            images = torch.stack([r.get(key, r["A"]) for r in rows])
+            if any(key not in r for r in rows):
+                raise DmadError(f"field deploy: fold-norms needs the {d} student's input "
+                                f"images ({key} side) in the split")
+            images = torch.stack([r[key] for r in rows])
         out[d] = apply_deploy_transforms(g, names, images)
     return out
 
@@ -627,10 +630,13 @@ class FinetuneStage(TeacherStage):
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "best": self.best, "evals": list(self.evals),
                 "ema": {d: a.state_dict() for d, a in self.ema.items()},
-                "seconds": self.elapsed()}
+                "seconds": self.elapsed(), "deploy": self.fcfg.deploy}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
+        if parse_deploy(state.get("deploy", "")) != parse_deploy(self.fcfg.deploy):
+            raise DmadError(f"checkpoint.pt: the run was started with --deploy "
+                            f"{state.get('deploy') or '(none)'!r}; resume with the same")
         self.best = state.get("best") or {}
         self.evals = list(state.get("evals") or [])
         self.seconds_before, self.started = float(state.get("seconds", 0.0)), time.perf_counter()
