@@ -11,7 +11,8 @@ How much to clip differs by model (measured at 256² on whole held-out photograp
 photo-trained student is best at the 99.99th percentile, 35.4 dB, and loses 10 dB at 99.9; its
 teacher is best at 99.98, 33.6 dB, and loses 3 dB at 99.99), so ``auto`` (the default) tries
 :data:`AUTO_PERCENTILES` and keeps the one whose int8 model is closest to the float model on
-the calibration images; the held-out images stay untouched for the parity check.
+the worst of the first calibration images (the hardest ones, which the sensitivity puts
+first); the held-out images stay untouched for the parity check.
 
 This runs in the converter subprocess: the calibrated model (TensorFlow's ``calibrate_only``
 output, a float model whose tensors carry min/max) is run on the calibration images with every
