@@ -77,10 +77,10 @@ def zero_padding(model: nn.Module) -> ResnetGenerator:
     return out
 
 
-def _units(model: ResnetGenerator) -> list[nn.Module]:
-    """Every conv → norm unit, in forward order."""
-    return [m for m in model.modules() if hasattr(m, "conv") and hasattr(m, "norm")
-            and isinstance(m.norm, nn.InstanceNorm2d)]
+def _named_units(model: ResnetGenerator) -> list[tuple[str, nn.Module]]:
+    """Every conv → InstanceNorm unit with its name, in forward order."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "conv")
+            and isinstance(getattr(m, "norm", None), nn.InstanceNorm2d)]
 
 
 @torch.no_grad()
@@ -97,7 +97,7 @@ def _norm_statistics(model: ResnetGenerator, images: torch.Tensor
         got[0] += mean
         got[1] += var
 
-    handles = [u.norm.register_forward_hook(hook) for u in _units(model)]
+    handles = [u.norm.register_forward_hook(hook) for _, u in _named_units(model)]
     was = model.training
     model.eval()
     p = next(model.parameters())
@@ -124,7 +124,7 @@ def fold_norms(model: nn.Module, images: torch.Tensor) -> ResnetGenerator:
     out = _rebuilt(g, norm="none", stream_affine=False)
     state = {k: v for k, v in g.state_dict().items() if ".norm." not in k}
     out.load_state_dict(state)
-    new_units = _units_by_name(out)
+    new_units = dict(out.named_modules())
     for name, unit in _named_units(g):
         norm = unit.norm
         mean, var = stats[id(norm)]
@@ -140,15 +140,6 @@ def fold_norms(model: nn.Module, images: torch.Tensor) -> ResnetGenerator:
         bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(s)
         conv.bias.copy_(((bias - mean) * s + beta).to(conv.bias.dtype))
     return out
-
-
-def _named_units(model: ResnetGenerator) -> list[tuple[str, nn.Module]]:
-    ids = {id(u) for u in _units(model)}
-    return [(n, m) for n, m in model.named_modules() if id(m) in ids]
-
-
-def _units_by_name(model: ResnetGenerator) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if hasattr(m, "conv")}
 
 
 def apply_deploy_transforms(model: nn.Module, names: tuple[str, ...],

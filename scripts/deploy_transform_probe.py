@@ -4,8 +4,8 @@ InstanceNorm statistics, with zero padding in the residual blocks, and both.
     python scripts/deploy_transform_probe.py \
         --model runs/frontier_long/div20/finetune/student_G_AtoB.pt
 
-The variants keep every width; their weights are the student's (a norm-free variant is not the
-same function: the transform would be distilled, so only the latency is measured here). Every
+The variants are the ones ``dmad compress --deploy`` builds (compress/deploy_transforms.py),
+before any fine-tune: only their latency is measured here. Every
 file is converted as the export converts it and timed on this CPU (LiteRT XNNPACK, 1 thread,
 256²) in the same passes (``--rounds`` of ``--runs``, the fastest run of each, then the fastest
 over passes: ``dmad latency-table``'s default timing); prints each file's ms and its ratio to the
@@ -15,29 +15,16 @@ student as it is. A script that prints numbers, not a test; ``docs/results.md`` 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dmad.benchmark.latency_table import LatencyTableConfig, Timer, reduce_rounds
 from dmad.benchmark.runners import time_blocked
 from dmad.compress.checkpoint import load_generator
+from dmad.compress.deploy_transforms import fold_norms, zero_padding
 from dmad.compress.models import ResnetGenerator
-
-
-def variant(model: ResnetGenerator, **change: str) -> nn.Module:
-    """The same widths with ``change`` in the spec; weights copied where the shapes agree."""
-    extra = {"stream_affine": False} if change.get("norm") == "none" else {}
-    spec = dataclasses.replace(model.spec, **change, **extra)
-    out = ResnetGenerator(spec).eval()
-    own = out.state_dict()
-    out.load_state_dict({k: v for k, v in model.state_dict().items()
-                         if k in own and own[k].shape == v.shape}, strict=False)
-    return out
 
 
 def main() -> None:
@@ -50,11 +37,12 @@ def main() -> None:
     g, _ = load_generator(args.model)
     if not isinstance(g, ResnetGenerator):
         raise SystemExit(f"{args.model}: not a ResNet generator")
-    g = copy.deepcopy(g).eval()
-    models = {"as trained": g, "zero padding in blocks": variant(g, padding="zero"),
-              "no norm statistics": variant(g, norm="none"),
-              "both": variant(g, norm="none", padding="zero")}
+    g = g.eval()
     shape = (1, g.spec.input_nc, args.size, args.size)
+    x = torch.rand(shape) * 2 - 1  # the statistics do not change the time
+    folded = fold_norms(g, x)
+    models = {"as trained": g, "zero padding in blocks": zero_padding(g),
+              "no norm statistics": folded, "both": zero_padding(folded)}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         timer = Timer(LatencyTableConfig(out=Path(tmp) / "unused.json", size=args.size),
                       Path(tmp))
