@@ -290,12 +290,18 @@ class Timer:
             runs=self.cfg.runs, warmup=self.cfg.warmup, cooldown_s=0.0, adb=self.cfg.adb,
             rounds=self.cfg.rounds))
         by_path: dict[str, list[float]] = {}
-        fastest = timing == "fastest"
-        for r in got["results"]:  # per round: benchmark_model's fastest run, or its latency
-            ms = r.get("min_ms") if fastest and r.get("min_ms") is not None else r["latency_ms"]
-            by_path.setdefault(r["path"], []).append(float(ms))
+        for r in got["results"]:
+            by_path.setdefault(r["path"], []).append(phone_round_ms(r, timing))
         self.key_device = got["device"]
         return [by_path[str(f)] for f in files]
+
+
+def phone_round_ms(result: dict[str, Any], timing: str) -> float:
+    """One round of one model on a phone: ``benchmark_model``'s fastest run (``fastest``, when
+    it printed one) or its latency (``median``: the median the run printed, else its mean)."""
+    fastest = result.get("min_ms")
+    return float(fastest if timing == "fastest" and fastest is not None
+                 else result["latency_ms"])
 
 
 def reduce_rounds(per_round: list[float], timing: str) -> float:
@@ -536,5 +542,5 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
 
 
 __all__ = ["BACKENDS", "TIMINGS", "LatencyTableConfig", "Timer", "build_table",
-           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "random_widths",
-           "reduce_rounds", "stem_axis", "unit_model", "validation_table"]
+           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "phone_round_ms",
+           "random_widths", "reduce_rounds", "stem_axis", "unit_model", "validation_table"]

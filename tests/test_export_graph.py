@@ -393,6 +393,50 @@ def test_best_range() -> None:
     assert best_range(relu, "percentile")[0] == relu.min()
 
 
+_ONE_CONV = textwrap.dedent("""
+    import sys
+    import tensorflow as tf
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((8, 8, 3), batch_size=1)
+    out = tf.keras.layers.Conv2D(3, 3, padding="same", activation="tanh")(inp)
+    blob = tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, out)).convert()
+    open(sys.argv[1], "wb").write(blob)
+""")
+
+
+def test_auto_ranges_are_judged_on_the_worst_image(tmp_path: Path) -> None:
+    """``Samples.score`` (how ``auto`` ranges are chosen) is the PSNR of the worst of the first
+    ``n`` calibration images: one image ruined by a range choice outweighs many easy ones."""
+    from dmad.compress.metrics import psnr
+    from dmad.export.parity import make_interpreter
+    from dmad.export.ranges import Samples
+
+    path = tmp_path / "one.tflite"
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", _ONE_CONV, str(path)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    blob = path.read_bytes()
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 8, 8, 3)).astype(np.float32)
+    it = make_interpreter(blob, None)
+    exact = []
+    for k in range(len(x)):
+        it.set_tensor(it.get_input_details()[0]["index"], x[k:k + 1])
+        it.invoke()
+        exact.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float64))
+    # the references the score compares with: image 1 far off, image 4 further but not judged
+    off = [0.001, 0.2, 0.01, 0.002, 0.9]
+    wave = np.sin(np.arange(exact[0].size)).reshape(exact[0].shape)
+    s = object.__new__(Samples)
+    s.inputs, s.outputs = x, [e + o * wave for e, o in zip(exact, off, strict=True)]
+    each = [psnr(o, e) for o, e in zip(s.outputs, exact, strict=True)]
+    pooled = psnr(np.concatenate(s.outputs[:4]), np.concatenate(exact[:4]))
+    assert s.score(blob, n=4) == pytest.approx(each[1], abs=1e-6)
+    assert s.score(blob, n=4) < pooled - 3.0  # not the pooled figure
+    assert s.score(blob, n=5) == pytest.approx(each[4], abs=1e-6)
+    assert s.score(blob, n=1) == pytest.approx(each[0], abs=1e-6)
+
+
 def test_untraceable_model_is_one_line() -> None:
     class Odd(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

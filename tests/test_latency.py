@@ -319,10 +319,14 @@ def test_latency_table_on_the_emulated_phone(adb_server: EmulatedAdbServer,  # n
 
 
 def test_rounds_reduce_to_the_fastest_or_the_median() -> None:
-    from dmad.benchmark.latency_table import LatencyTableConfig, reduce_rounds
+    from dmad.benchmark.latency_table import LatencyTableConfig, phone_round_ms, reduce_rounds
 
     assert reduce_rounds([12.0, 9.0, 30.0], "fastest") == 9.0  # interference only adds time
     assert reduce_rounds([12.0, 9.0, 30.0], "median") == 12.0
+    # a phone's round: benchmark_model's fastest run, or the latency it printed
+    row = {"min_ms": 7.5, "latency_ms": 9.0}
+    assert phone_round_ms(row, "fastest") == 7.5 and phone_round_ms(row, "median") == 9.0
+    assert phone_round_ms({"min_ms": None, "latency_ms": 9.0}, "fastest") == 9.0
     with pytest.raises(DmadError, match="--timing: 'mean'"):
         LatencyTableConfig(out=Path("t.json"), timing="mean").check()
 
