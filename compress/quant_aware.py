@@ -156,6 +156,8 @@ class _ActFQ(_Switch):
     def __init__(self, channels: int, mode: str, cfg: QuantAwareConfig) -> None:
         super().__init__()
         self.mode = mode
+        #: round with each image's own range instead (a hybrid layer's input; not saved)
+        self.dynamic = False
         self.q = cfg.percentile / 100.0
         self.m = cfg.momentum
         self.decay = cfg.range_decay
@@ -195,6 +197,8 @@ class _ActFQ(_Switch):
         if not self.on:
             return x
         xf = x.float()
+        if self.dynamic:
+            return _per_image(xf).to(x.dtype)
         if self.mode == "tanh":
             scale = xf.new_tensor(1.0 / 128.0)
             zp = torch.zeros((), dtype=torch.int32, device=x.device)
@@ -222,6 +226,17 @@ class _ActFQ(_Switch):
         if self.mode in ("spread", "peak"):
             zq = zq * chan
         return (zq + b).to(x.dtype)
+
+
+def _per_image(x: Tensor) -> Tensor:
+    """Asymmetric int8 with each image's own extremes (the range contains 0): how XNNPACK
+    rounds a hybrid convolution's float input at run time (its 1×1 convolutions round each
+    pixel apart, finer than this)."""
+    lo = x.detach().amin(dim=(1, 2, 3)).clamp(max=0.0)
+    hi = x.detach().amax(dim=(1, 2, 3)).clamp(min=0.0)
+    scale = ((hi - lo) / 255.0).clamp_min(1e-12)
+    zp = (-128 - torch.round(lo / scale)).clamp(-128, 127).to(torch.int32)
+    return torch.fake_quantize_per_channel_affine(x, scale, zp, 0, -128, 127)
 
 
 def _input_hook(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -368,16 +383,23 @@ def strip_quant_aware_(model: nn.Module) -> nn.Module:
     return model
 
 
-def switch_layers(model: nn.Module, names: set[str] | None, *, tanh: bool = True) -> None:
+def switch_layers(model: nn.Module, names: set[str] | None, *, tanh: bool = True,
+                  rest: str = "float") -> None:
     """Fake int8 on for the convolutions named (weights, input and output; every one when
-    ``names`` is None) and for the Tanh output, off everywhere else: per-layer sensitivity
+    ``names`` is None) and for the Tanh output; the other convolutions run as ``rest`` says:
+    ``float`` (no rounding) or ``hybrid`` (int8 weights, the input rounded with each image's
+    own range, the output float: the export's hybrid float layers). Per-layer sensitivity
     switches one layer at a time."""
+    if rest not in ("float", "hybrid"):
+        raise ValueError(f"rest: {rest!r} is not float or hybrid")
     for name, m in model.named_modules():
         on = None
         if isinstance(m, _CONVS) and hasattr(m, "dmad_qa_in"):
             on = names is None or name in names
-            m.parametrizations.weight[0].switch(on)
-            m.dmad_qa_in.switch(on)
+            hybrid = not on and rest == "hybrid"
+            m.parametrizations.weight[0].switch(on or hybrid)
+            m.dmad_qa_in.switch(on or hybrid)
+            m.dmad_qa_in.dynamic = hybrid
             m.dmad_qa_out.switch(on)
         elif isinstance(m, nn.Tanh) and hasattr(m, "dmad_qa_out"):
             m.dmad_qa_out.switch(tanh)

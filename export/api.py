@@ -65,6 +65,8 @@ PSNR_BAR = 35.0
 #: activations are int8.
 DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"),
                             ranges="auto")
+#: how the int8 files' float layers run (``Int8Recipe.float_kind``)
+FLOAT_KINDS = ("float", "hybrid")
 
 
 @dataclass
@@ -517,6 +519,9 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--int8-screen: {cfg.int8_screen} must be >= 0")
     if not 0.0 <= cfg.int8_contrast < 1.0:
         raise DmadError(f"--int8-contrast: {cfg.int8_contrast} must be in [0, 1)")
+    if cfg.recipe.float_kind not in FLOAT_KINDS:
+        raise DmadError(f"--int8-float-kind: {cfg.recipe.float_kind!r} is not one of "
+                        f"{', '.join(FLOAT_KINDS)}")
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     if cfg.phases not in SUBPIXEL:
@@ -677,7 +682,8 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
                              screen=job.cfg.int8_screen, contrast=job.cfg.int8_contrast,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
-                             else None, max_plan=max(auto, 0))
+                             else None, max_plan=max(auto, 0),
+                             kind=job.cfg.recipe.float_kind)
     # the `auto` ranges are judged on the first calibration images: the judged ones go first
     first = list(sens["judged"])
     job.calib = job.calib[first + [i for i in range(len(job.calib)) if i not in first]]
@@ -706,7 +712,9 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
                                            "helps by 1 dB)"}
     job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(
         cfg.recipe, float_layers=tuple(layers)))
-    job.notes.append(f"int8: kept {', '.join(layers)} float ({why}); --int8-auto-float 0 "
+    kind = "float" if cfg.recipe.float_kind == "float" else "hybrid (int8 weights, float " \
+        "activations)"
+    job.notes.append(f"int8: kept {', '.join(layers)} {kind} ({why}); --int8-auto-float 0 "
                      "turns this off")
     return {"float_layers": layers, "why": why}
 

@@ -42,8 +42,8 @@ def low_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
                       max_side: int = 128, multiple: int = 4, want_db: float | None = None,
-                      max_plan: int = 3, screen: int = 32, contrast: float = LOW_CONTRAST
-                      ) -> dict[str, Any]:
+                      max_plan: int = 3, screen: int = 32, contrast: float = LOW_CONTRAST,
+                      kind: str = "float") -> dict[str, Any]:
     """Per-convolution int8 sensitivity of ``model`` on the ``max_images`` calibration images
     where all-int8 does worst (NCHW float in [-1, 1]; centre crops of at most ``max_side``, a
     multiple of ``multiple``, so a large model is judged in seconds). The first ``screen``
@@ -62,7 +62,9 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     over all-int8), largest gain first. When all-int8 is under ``want_db``, ``plan``: float
     sets of 1, 2, … ``max_plan`` layers grown greedily (each step the layer whose float copy
     helps most with the others, re-measured), with their PSNR, until one reaches
-    ``want_db``."""
+    ``want_db``. ``kind`` is how a layer kept out of int8 runs in the file: ``float``, or
+    ``hybrid`` (int8 weights, its input rounded with each image's range, float output;
+    :mod:`export.hybrid`); ``psnr_alone_db`` always has the other layers float."""
     m = copy.deepcopy(model).float().eval()
     quant_aware_(m)
     h, w = calib.shape[2], calib.shape[3]
@@ -84,19 +86,19 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     convs = [n for n, mod in m.named_modules()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
 
-    def each(names: set[str] | None) -> list[float]:
-        switch_layers(m, names)
+    def each(names: set[str] | None, rest: str = kind) -> list[float]:
+        switch_layers(m, names, rest=rest)
         return [psnr(r, m(x)) for r, x in zip(refs, xs, strict=True)]
 
-    def score(names: set[str] | None) -> float:
-        return min(each(names))
+    def score(names: set[str] | None, rest: str = kind) -> float:
+        return min(each(names, rest))
 
     per_image = [screened[i] for i in judged]  # every layer in int8: the screen measured it
     every = min(per_image)
     rows = []
     for name in convs:
         without = score(set(convs) - {name})
-        rows.append({"layer": name, "psnr_alone_db": round(score({name}), 2),
+        rows.append({"layer": name, "psnr_alone_db": round(score({name}, "float"), 2),
                      "psnr_without_db": round(without, 2), "gain_db": round(without - every, 2)})
     rows.sort(key=lambda r: -r["gain_db"])
     plan = _greedy_plan(score, convs, every, rows, want_db, max_plan) \
@@ -105,6 +107,7 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     return {"images": len(xs), "screened": n,
             "judged": list(dict.fromkeys(i % n for i in judged)),
             "judged_low_contrast": [i - n for i in judged if i >= n], "contrast": contrast,
+            "kind": kind,
             "crop": [ch, cw],
             "psnr_all_int8_db": round(every, 2),
             "psnr_all_int8_mean_db": round(float(np.mean(per_image)), 2),

@@ -82,11 +82,16 @@ class Int8Recipe:
     #: ``auto`` (the best of a few percentiles on the calibration images; :mod:`export.ranges`)
     ranges: str = "minmax"
     percentile: float = 99.99
+    #: how ``float_layers`` run: ``float`` (fp32 weights and arithmetic) or ``hybrid`` (int8
+    #: weights, float input and output: XNNPACK's dynamically quantised convolution, at the
+    #: int8 rate; :mod:`export.hybrid`)
+    float_kind: str = "float"
 
     def as_dict(self) -> dict[str, object]:
         return {"per_channel": self.per_channel, "float_ops": list(self.float_ops),
                 "float_layers": list(self.float_layers), "activations16": self.activations16,
-                "ranges": self.ranges, "percentile": self.percentile}
+                "ranges": self.ranges, "percentile": self.percentile,
+                "float_kind": self.float_kind}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -336,6 +341,8 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
             denylisted_ops=list(recipe.float_ops) or None,
             denylisted_nodes=_denylist(calibrated, recipe.float_layers) or None,
         )
+        hybrid = (_layer_convs(calibrated, recipe.float_layers)
+                  if recipe.float_kind == "hybrid" else [])
         if recipe.ranges != "minmax":
             from dmad.export.ranges import AUTO_PERCENTILES, Samples
 
@@ -359,6 +366,14 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
             if recipe.activations16 and v == "int8_io":
                 io = tf.int16
             out[v] = quantise(calibrated, input_data_type=io, output_data_type=io)
+            if hybrid:
+                from dmad.export.hybrid import hybridize
+
+                out[v], done = hybridize(out[v], hybrid)
+                if len(done) != len(hybrid):
+                    print(f"ERROR: float_kind hybrid: {len(done)} of {len(hybrid)} float "
+                          "convolutions rewritten", flush=True)
+                    raise SystemExit(1)
             _tick(f"{v}_quantise")
     return out
 
@@ -412,7 +427,13 @@ def _layout_producers(ops: list[dict[str, Any]], tensors: dict[int, str],
     return out
 
 
-def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
+def _layer_convs(model: bytes, layers: Sequence[str]) -> list[str]:
+    """Output tensor names of the CONV_2D ops of PyTorch ``layers`` alone (no layout ops, no
+    depthwise or transposed convolutions: those have no hybrid form here and stay float)."""
+    return _denylist(model, layers, convs_only=True)
+
+
+def _denylist(model: bytes, layers: Sequence[str], convs_only: bool = False) -> list[str]:
     """Output tensor names of the convolutions of PyTorch ``layers`` in the calibrated model:
     the quantiser names nodes by their output tensor, which the converter fuses (e.g.
     ``head_conv/bias;head_conv/conv;Const``); :mod:`export.tfgraph` names each op
@@ -429,13 +450,16 @@ def _denylist(model: bytes, layers: Sequence[str]) -> list[str]:
         base = layer.replace(".", "_")
         # a strided ConvTranspose exported as sub-pixel is the conv of ``<layer>.conv``
         keys = (f"{base}/conv", f"{base}/deconv", f"{base}_conv/conv")
-        found = [i for o in ops
-                 if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+        kinds = ("CONV_2D",) if convs_only else ("CONV_2D", "DEPTHWISE_CONV_2D",
+                                                   "TRANSPOSE_CONV")
+        found = [i for o in ops if o["op_name"] in kinds
                  for i in o["outputs"] if any(k in tensors[i].split(";") for k in keys)]
         conv_ins = [o["inputs"][0] for o in ops if any(i in o["outputs"] for i in found)]
-        out += [tensors[i] for i in found] + _layout_followers(ops, tensors, found) \
-            + _layout_producers(ops, tensors, conv_ins)
-        if not found:
+        out += [tensors[i] for i in found]
+        if not convs_only:
+            out += _layout_followers(ops, tensors, found) \
+                + _layout_producers(ops, tensors, conv_ins)
+        if not found and not convs_only:
             missing.append(layer)
     if missing:
         print(f"ERROR: float_layers: no convolution named {', '.join(missing)} in the graph",
@@ -454,7 +478,8 @@ def _worker(job_path: str) -> int:
     r = job["recipe"]
     recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
                         tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
-                        str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)))
+                        str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)),
+                        str(r.get("float_kind", "float")))
     if "batch" in job:
         return _batch_worker(job, recipe)
     calib = np.load(job["calib"]) if job["calib"] else None
