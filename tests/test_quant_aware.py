@@ -105,6 +105,42 @@ def test_off_is_float_and_on_rounds_to_int8_grids() -> None:
         assert (g(x) - ref(x)).abs().max() > 1e-3  # and it does change the output
 
 
+def test_hybrid_layers_round_each_images_input_and_keep_the_output_float() -> None:
+    """``rest="hybrid"``: what the export's hybrid layers do at run time (LiteRT quantises a
+    hybrid convolution's input per image, asymmetric, with that image's extremes)."""
+    from dmad.compress.quant_aware import switch_layers
+
+    g = _resnet()
+    quant_aware_(g)
+    set_quant_aware(g, True)
+    _observe(g)
+    switch_layers(g, set(), tanh=False, rest="hybrid")
+    seen: dict[str, torch.Tensor] = {}
+    g.stem.conv.register_forward_pre_hook(lambda _m, a: seen.__setitem__("in", a[0]))
+    g.stem.conv.register_forward_hook(lambda _m, _a, out: seen.__setitem__("out", out))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        g(torch.cat([x, 0.1 * x]))  # the second image 10× flatter than the first
+    steps = []
+    for v in seen["in"]:
+        lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+        step = (hi - lo) / 255
+        k = (v - lo) / step
+        assert (k - k.round()).abs().max() < 1e-2  # this image's own 256-level grid
+        steps.append(step)
+    assert steps[1] == pytest.approx(0.1 * steps[0], rel=0.05)  # not one range for both
+    assert len(torch.unique(seen["out"][0])) > 256  # the output is not rounded
+    w = g.stem.conv.weight.detach().flatten(1)
+    k = w / (w.abs().amax(1, keepdim=True) / 127)
+    assert (k - k.round()).abs().max() < 1e-3  # int8 weights
+    switch_layers(g, set(), tanh=False)  # float: nothing rounded
+    with torch.no_grad():
+        g(x)
+    assert len(torch.unique(seen["in"])) > 256
+    with pytest.raises(ValueError, match="rest"):
+        switch_layers(g, set(), rest="half")
+
+
 def test_gradients_reach_the_float_weights_and_strip_restores_the_model(tmp_path: Path) -> None:
     g = _resnet()
     plain_keys = set(g.state_dict())
