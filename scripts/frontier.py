@@ -66,13 +66,33 @@ def _tflite_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
     return y.transpose(0, 3, 1, 2)
 
 
-def _export(model: Path, out: Path, split: Path) -> dict[str, Path]:
-    """fp32 and int8 .tflite files of ``model`` with the export's defaults (reused when the
-    export finished)."""
+def _export(model: Path, out: Path, split: Path, kind: str = "float") -> dict[str, Path]:
+    """fp32 and int8 .tflite files of ``model`` with the export's defaults, the int8 file's
+    float layers of ``kind`` (reused when the export finished)."""
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE
+
     if not (out / "parity.json").is_file():
         dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
-                              num_eval=100)
+                              num_eval=100,
+                              recipe=dataclasses.replace(DEFAULT_RECIPE, float_kind=kind))
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
+
+
+def _exports(model: Path, work: Path, name: str, split: Path, kinds: list[str]
+             ) -> list[tuple[str, Path, dict[str, Path]]]:
+    """(precision label, export folder, files) of every kind asked for: the fp32 file once,
+    an int8 file per kind (``int8`` for float layers in fp32, ``int8 hybrid``)."""
+    out = []
+    for i, kind in enumerate(kinds):
+        folder = work / "export" / (name if kind == "float" else f"{name}-{kind}")
+        files = _export(model, folder, split, kind)
+        if i == 0:
+            out.append(("fp32", folder, {"fp32": files["fp32"]}))
+        out.append(("int8" if kind == "float" else f"int8 {kind}", folder,
+                    {"int8": files["int8"]}))
+    return out
 
 
 def _student(args: argparse.Namespace, name: str, budget: dict[str, Any]) -> Path:
@@ -134,7 +154,7 @@ def _plot(rows: list[dict[str, Any]], front: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prec, marker in (("fp32", "o"), ("int8", "s")):
+    for prec, marker in (("fp32", "o"), ("int8", "s"), ("int8 hybrid", "^")):
         pts = [r for r in rows if r["precision"] == prec and r.get("speedup")]
         ax.scatter([r["speedup"] for r in pts], [min(r["psnr_mean"], 44.0) for r in pts],
                    marker=marker, label=f".tflite {prec}")
@@ -195,6 +215,9 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--deploy", default="",
                     help="distilled deploy transforms (dmad compress --deploy): each MAC "
                          "budget also gets a student trained with them (named div20+…)")
+    ap.add_argument("--int8-kinds", type=lambda s: [x for x in s.split(",") if x],
+                    default=["float"], help="int8 files per model, by how their float layers "
+                    "run (dmad export --int8-float-kind): float, hybrid or both, comma list")
     ap.add_argument("--runs", type=int, default=10, help="timed rounds")
     ap.add_argument("--seed", type=int, default=0, help="seed of every run")
     ap.add_argument("--no-bench", action="store_true", help="skip the timing stage")
@@ -203,6 +226,8 @@ def _arguments() -> argparse.Namespace:
     args = ap.parse_args()
     if args.target_ms and args.latency_table is None:
         ap.error("--target-ms needs --latency-table")
+    if not args.int8_kinds or set(args.int8_kinds) - {"float", "hybrid"}:
+        ap.error("--int8-kinds: a comma list of float, hybrid")
     from dmad.compress.deploy_transforms import parse_deploy
     from dmad.compress.errors import DmadError
 
@@ -230,22 +255,22 @@ def main() -> None:
     rows, files = [], {}
     for name, pt in models.items():
         gmacs = profile(load_generator(pt)[0], (1, 3, SIZE, SIZE)).macs_paper / 1e9
-        exported = _export(pt, args.work / "export" / name, split)
         if name != "full":
             with torch.no_grad():
                 y = torch.cat([load_generator(pt)[0].eval()(x[i:i + 1]) for i in range(len(x))])
             rows.append({"label": f"{name} PyTorch", "model": name, "precision": "torch",
                          "gmacs": gmacs, **_judge(y, ref)})
-        parity = json.loads((args.work / "export" / name / "parity.json").read_text())
-        kept = (parity.get("int8_auto_float") or {}).get("float_layers") or []
-        for prec, f in exported.items():
-            label = f"{name} {prec}"
-            files[label] = f
-            rows.append({"label": label, "model": name, "precision": prec, "gmacs": gmacs,
-                         "float_layers": kept if prec == "int8" else [],
-                         "vs_fp32_worst_db": parity["artifacts"][prec]["parity"]
-                         .get("psnr_worst_db"),
-                         **_judge(_tflite_outputs(f, x), ref)})
+        for prec, folder, exported in _exports(pt, args.work, name, split, args.int8_kinds):
+            parity = json.loads((folder / "parity.json").read_text())
+            kept = (parity.get("int8_auto_float") or {}).get("float_layers") or []
+            for variant, f in exported.items():
+                label = f"{name} {prec}"
+                files[label] = f
+                rows.append({"label": label, "model": name, "precision": prec,
+                             "gmacs": gmacs, "float_layers": kept if variant == "int8" else [],
+                             "vs_fp32_worst_db": parity["artifacts"][variant]["parity"]
+                             .get("psnr_worst_db"),
+                             **_judge(_tflite_outputs(f, x), ref)})
         print(f"[frontier] {name}: exported and judged", flush=True)
     if not args.no_bench:
         speed = _speed(files, args.runs)
