@@ -384,22 +384,20 @@ def strip_quant_aware_(model: nn.Module) -> nn.Module:
 
 
 def switch_layers(model: nn.Module, names: set[str] | None, *, tanh: bool = True,
-                  rest: str = "float") -> None:
+                  hybrid: set[str] | frozenset[str] = frozenset()) -> None:
     """Fake int8 on for the convolutions named (weights, input and output; every one when
-    ``names`` is None) and for the Tanh output; the other convolutions run as ``rest`` says:
-    ``float`` (no rounding) or ``hybrid`` (int8 weights, the input rounded with each image's
-    own range, the output float: the export's hybrid float layers). Per-layer sensitivity
-    switches one layer at a time."""
-    if rest not in ("float", "hybrid"):
-        raise ValueError(f"rest: {rest!r} is not float or hybrid")
+    ``names`` is None) and for the Tanh output; of the other convolutions those in ``hybrid``
+    run as the export's hybrid layers (int8 weights, the input rounded with each image's own
+    range, the output float), the rest in float. Per-layer sensitivity switches one layer at
+    a time."""
     for name, m in model.named_modules():
         on = None
         if isinstance(m, _CONVS) and hasattr(m, "dmad_qa_in"):
             on = names is None or name in names
-            hybrid = not on and rest == "hybrid"
-            m.parametrizations.weight[0].switch(on or hybrid)
-            m.dmad_qa_in.switch(on or hybrid)
-            m.dmad_qa_in.dynamic = hybrid
+            hyb = not on and name in hybrid
+            m.parametrizations.weight[0].switch(on or hyb)
+            m.dmad_qa_in.switch(on or hyb)
+            m.dmad_qa_in.dynamic = hyb
             m.dmad_qa_out.switch(on)
         elif isinstance(m, nn.Tanh) and hasattr(m, "dmad_qa_out"):
             m.dmad_qa_out.switch(tanh)

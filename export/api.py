@@ -65,7 +65,7 @@ PSNR_BAR = 35.0
 #: activations are int8.
 DEFAULT_RECIPE = Int8Recipe(per_channel=True, float_ops=("MEAN", "SUB", "MUL", "ADD", "RSQRT"),
                             ranges="auto")
-#: how the int8 files' float layers run (``Int8Recipe.float_kind``)
+#: how a layer kept out of int8 may run: fp32, or hybrid (``Int8Recipe.hybrid_layers``)
 FLOAT_KINDS = ("float", "hybrid")
 
 
@@ -140,6 +140,13 @@ class ExportConfig:
         "int8: when fake int8 on the calibration images predicts the file under its floor, keep "
         "up to this many layers float, the fewest that clear it, chosen by measured "
         "sensitivity (0 = off; ignored when the recipe names float layers)",
+    )
+    int8_kinds: tuple[str, ...] = opt(
+        ("float", "hybrid"),
+        "int8: how the layers --int8-auto-float keeps out of int8 may run: float (fp32 "
+        "convolutions) and hybrid (int8 weights, float input and output: XNNPACK's dynamically "
+        "quantised convolution, at the int8 rate on CPUs with int8 dot products); a hybrid "
+        "layer is taken where it is within 0.5 dB of float",
     )
     int8_screen: int = opt(
         32,
@@ -519,9 +526,9 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--int8-screen: {cfg.int8_screen} must be >= 0")
     if not 0.0 <= cfg.int8_contrast < 1.0:
         raise DmadError(f"--int8-contrast: {cfg.int8_contrast} must be in [0, 1)")
-    if cfg.recipe.float_kind not in FLOAT_KINDS:
-        raise DmadError(f"--int8-float-kind: {cfg.recipe.float_kind!r} is not one of "
-                        f"{', '.join(FLOAT_KINDS)}")
+    if not cfg.int8_kinds or set(cfg.int8_kinds) - set(FLOAT_KINDS):
+        raise DmadError(f"--int8-kinds: {','.join(cfg.int8_kinds) or 'empty'}: a comma list "
+                        f"of {', '.join(FLOAT_KINDS)}")
     if cfg.subpixel not in SUBPIXEL:
         raise DmadError(f"--subpixel: {cfg.subpixel!r} is not one of {', '.join(SUBPIXEL)}")
     if cfg.phases not in SUBPIXEL:
@@ -678,12 +685,12 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
     if job.calib is None or not any(v in ("int8", "int8_io") for v in variants):
         return None
     spec = getattr(job.model, "spec", None)
-    auto = job.cfg.int8_auto_float if not job.cfg.recipe.float_layers else 0
+    auto = job.cfg.int8_auto_float if not _names_layers(job.cfg.recipe) else 0
     sens = layer_sensitivity(job.model, job.calib, multiple=int(getattr(spec, "divisor", 4)),
                              screen=job.cfg.int8_screen, contrast=job.cfg.int8_contrast,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
                              else None, max_plan=max(auto, 0),
-                             kind=job.cfg.recipe.float_kind)
+                             kinds=job.cfg.int8_kinds)
     # the `auto` ranges are judged on the first calibration images: the judged ones go first
     first = list(sens["judged"])
     job.calib = job.calib[first + [i for i in range(len(job.calib)) if i not in first]]
@@ -703,20 +710,22 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
     from dmad.export.sensitivity import choose_float_layers
 
     cfg = job.cfg
-    if sens is None or cfg.recipe.float_layers or cfg.int8_auto_float < 1:
+    if sens is None or _names_layers(cfg.recipe) or cfg.int8_auto_float < 1:
         return None
-    layers, why = choose_float_layers(sens, floors["int8"], cfg.int8_auto_float,
+    fl, hy, why = choose_float_layers(sens, floors["int8"], cfg.int8_auto_float,
                                       AUTO_FLOAT_MARGIN_DB)
-    if not layers:
-        return {"float_layers": [], "why": "fake int8 predicts the floor met (or no layer "
-                                           "helps by 1 dB)"}
+    if not fl and not hy:
+        return {"float_layers": [], "hybrid_layers": [],
+                "why": "fake int8 predicts the floor met (or no layer helps by 1 dB)"}
     job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(
-        cfg.recipe, float_layers=tuple(layers)))
-    kind = "float" if cfg.recipe.float_kind == "float" else "hybrid (int8 weights, float " \
-        "activations)"
-    job.notes.append(f"int8: kept {', '.join(layers)} {kind} ({why}); --int8-auto-float 0 "
-                     "turns this off")
-    return {"float_layers": layers, "why": why}
+        cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy)))
+    job.notes.append(f"int8: kept out of int8 ({why}); --int8-auto-float 0 turns this off")
+    return {"float_layers": fl, "hybrid_layers": hy, "why": why}
+
+
+def _names_layers(recipe: Int8Recipe) -> bool:
+    """Whether the user named the layers kept out of int8 (then nothing is chosen for them)."""
+    return bool(recipe.float_layers or recipe.hybrid_layers)
 
 
 def _sensitivity_note(job: _Job, sens: dict[str, Any] | None) -> None:

@@ -37,7 +37,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     recipe = dataclasses.replace(
         DEFAULT_RECIPE, ranges=args.int8_ranges, percentile=args.int8_percentile,
         float_layers=tuple(x.strip() for x in (args.int8_float_layers or "").split(",")
-                           if x.strip()), float_kind=args.int8_float_kind)
+                           if x.strip()),
+        hybrid_layers=tuple(x.strip() for x in (args.int8_hybrid_layers or "").split(",")
+                            if x.strip()))
     cfg = ExportConfig(
         out=args.out,
         split=args.split,
@@ -48,6 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         equalize=not args.no_equalize,
         recipe=recipe,
         int8_auto_float=args.int8_auto_float,
+        int8_kinds=tuple(x.strip() for x in args.int8_kinds.split(",") if x.strip()),
         int8_screen=args.int8_screen,
         int8_contrast=args.int8_contrast,
         psnr_bar=args.floor_int8,
@@ -142,11 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--int8-float-layers", default="",
                    help="comma list of PyTorch layer names (e.g. head.conv) whose convolution "
                         "stays float32 in the int8 files")
-    s.add_argument("--int8-float-kind", default=DEFAULT_RECIPE.float_kind,
-                   help="how the int8 files' float layers run: float (fp32 convolutions) or "
-                        "hybrid (int8 weights, float input and output: XNNPACK runs them as "
-                        "dynamically quantised int8 convolutions, at the int8 rate on CPUs with "
-                        f"int8 dot products) (default: {DEFAULT_RECIPE.float_kind})")
+    s.add_argument("--int8-hybrid-layers", default="",
+                   help="comma list of PyTorch layer names (e.g. up2.conv) whose convolution "
+                        "is hybrid in the int8 files: int8 weights, float input and output")
+    s.add_argument("--int8-kinds", default="float,hybrid", help=h("int8_kinds", "float,hybrid"))
     s.add_argument("--int8-auto-float", type=int, default=3, help=h("int8_auto_float", 3))
     s.add_argument("--int8-screen", type=int, default=32, help=h("int8_screen", 32))
     s.add_argument("--int8-contrast", type=float, default=LOW_CONTRAST,

@@ -155,4 +155,4 @@ class Samples:
 
 
 #: ``ranges="auto"`` tries these percentiles and keeps the best on the calibration images.
-AUTO_PERCENTILES = (99.95, 99.98, 99.99, 99.995)
+AUTO_PERCENTILES = (99.95, 99.98, 99.99, 99.995, 99.999, 100.0)

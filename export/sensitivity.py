@@ -43,7 +43,7 @@ def low_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
 def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
                       max_side: int = 128, multiple: int = 4, want_db: float | None = None,
                       max_plan: int = 3, screen: int = 32, contrast: float = LOW_CONTRAST,
-                      kind: str = "float") -> dict[str, Any]:
+                      kinds: tuple[str, ...] = ("float",)) -> dict[str, Any]:
     """Per-convolution int8 sensitivity of ``model`` on the ``max_images`` calibration images
     where all-int8 does worst (NCHW float in [-1, 1]; centre crops of at most ``max_side``, a
     multiple of ``multiple``, so a large model is judged in seconds). The first ``screen``
@@ -62,9 +62,10 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     over all-int8), largest gain first. When all-int8 is under ``want_db``, ``plan``: float
     sets of 1, 2, … ``max_plan`` layers grown greedily (each step the layer whose float copy
     helps most with the others, re-measured), with their PSNR, until one reaches
-    ``want_db``. ``kind`` is how a layer kept out of int8 runs in the file: ``float``, or
+    ``want_db``. ``kinds``: how a layer kept out of int8 may run in the file, ``float`` and
     ``hybrid`` (int8 weights, its input rounded with each image's range, float output;
-    :mod:`export.hybrid`); ``psnr_alone_db`` always has the other layers float."""
+    :mod:`export.hybrid`): with ``hybrid``, each row also has ``hybrid_gain_db`` and the plan
+    tries both kinds of every layer."""
     m = copy.deepcopy(model).float().eval()
     quant_aware_(m)
     h, w = calib.shape[2], calib.shape[3]
@@ -86,29 +87,30 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     convs = [n for n, mod in m.named_modules()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
 
-    def each(names: set[str] | None, rest: str = kind) -> list[float]:
-        switch_layers(m, names, rest=rest)
-        return [psnr(r, m(x)) for r, x in zip(refs, xs, strict=True)]
-
-    def score(names: set[str] | None, rest: str = kind) -> float:
-        return min(each(names, rest))
+    def score(names: set[str] | None, hybrid: set[str] | frozenset[str] = frozenset()
+              ) -> float:
+        switch_layers(m, names, hybrid=hybrid)
+        return min(psnr(r, m(x)) for r, x in zip(refs, xs, strict=True))
 
     per_image = [screened[i] for i in judged]  # every layer in int8: the screen measured it
     every = min(per_image)
     rows = []
     for name in convs:
-        without = score(set(convs) - {name})
-        rows.append({"layer": name, "psnr_alone_db": round(score({name}, "float"), 2),
-                     "psnr_without_db": round(without, 2), "gain_db": round(without - every, 2)})
-    rows.sort(key=lambda r: -r["gain_db"])
-    plan = _greedy_plan(score, convs, every, rows, want_db, max_plan) \
+        rest = set(convs) - {name}
+        row = {"layer": name, "psnr_alone_db": round(score({name}), 2),
+               "psnr_without_db": round(score(rest), 2)}
+        row["gain_db"] = round(row["psnr_without_db"] - every, 2)
+        if "hybrid" in kinds:
+            row["hybrid_gain_db"] = round(score(rest, {name}) - every, 2)
+        rows.append(row)
+    rows.sort(key=lambda r: -max(r["gain_db"], r.get("hybrid_gain_db", 0.0)))
+    plan = _greedy_plan(score, convs, every, rows, want_db, max_plan, kinds) \
         if want_db is not None and every < want_db else []
     n = len(pool)
     return {"images": len(xs), "screened": n,
             "judged": list(dict.fromkeys(i % n for i in judged)),
             "judged_low_contrast": [i - n for i in judged if i >= n], "contrast": contrast,
-            "kind": kind,
-            "crop": [ch, cw],
+            "kinds": list(kinds), "crop": [ch, cw],
             "psnr_all_int8_db": round(every, 2),
             "psnr_all_int8_mean_db": round(float(np.mean(per_image)), 2),
             "layers": rows, "plan": plan,
@@ -120,47 +122,66 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
 STEP_DB = 0.25
 
 
+#: a hybrid layer is taken over a float one that buys at most this much more (dB): it runs at
+#: the int8 rate, a float one at the fp32 rate
+HYBRID_SLACK_DB = 0.5
+
+
 def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
-                 want_db: float, most: int) -> list[dict[str, Any]]:
-    """Float sets grown one layer at a time, the best re-measured at each step (layers whose
-    float copy alone buys nothing are not tried: they are the cheap half of the ranking)."""
-    tried = [r["layer"] for r in rows if r["gain_db"] > 0]
+                 want_db: float, most: int, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Sets of layers kept out of int8, grown one layer at a time, the best re-measured at each
+    step (layers that alone buy nothing are not tried: they are the cheap half of the
+    ranking); a layer goes hybrid where that is within ``HYBRID_SLACK_DB`` of float."""
+    tried = [r["layer"] for r in rows if max(r["gain_db"], r.get("hybrid_gain_db", 0.0)) > 0]
     plan: list[dict[str, Any]] = []
-    keep: list[str] = []
+    fl: list[str] = []
+    hy: list[str] = []
     best = every
     for _ in range(min(most, len(tried))):
-        gains = {c: score(set(convs) - set(keep) - {c}) for c in tried if c not in keep}
-        c, db = max(gains.items(), key=lambda kv: kv[1])
+        left = [c for c in tried if c not in fl and c not in hy]
+        out = set(convs) - set(fl) - set(hy)
+        got = {("float", c): score(out - {c}, set(hy)) for c in left if "float" in kinds}
+        got |= {("hybrid", c): score(out - {c}, {*hy, c}) for c in left if "hybrid" in kinds}
+        (kind, c), db = max(got.items(), key=lambda kv: kv[1])
+        hyb = {k: v for k, v in got.items() if k[0] == "hybrid" and v >= db - HYBRID_SLACK_DB}
+        if hyb:
+            (kind, c), db = max(hyb.items(), key=lambda kv: kv[1])
         if db < best + STEP_DB:
             break  # no layer helps enough any more
-        keep, best = [*keep, c], db
-        plan.append({"float_layers": list(keep), "psnr_db": round(db, 2)})
+        (fl if kind == "float" else hy).append(c)
+        best = db
+        plan.append({"float_layers": list(fl), "hybrid_layers": list(hy),
+                     "psnr_db": round(db, 2)})
         if db >= want_db:
             break
     return plan
 
 
 def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
-                        margin_db: float = 1.0) -> tuple[list[str], str]:
-    """The fewest layers to keep float so fake int8 on the worst calibration image clears
-    ``floor_db`` by ``margin_db``, at most ``most`` (a float layer is float in and out in the
-    file too, so the prediction holds for images like the calibration ones; a held-out
-    photograph unlike them can still fall below); when none clears it, the most-improving
-    plan if it gains at least 1 dB (its shortest prefix within ``STEP_DB`` of it). Returns the
-    layers (none when all-int8 already clears the floor) and why, in words."""
+                        margin_db: float = 1.0) -> tuple[list[str], list[str], str]:
+    """The fewest layers to keep out of int8 (float, or hybrid where the plan made them so) so
+    fake int8 on the worst calibration image clears ``floor_db`` by ``margin_db``, at most
+    ``most`` (such a layer is float in and out in the file too, so the prediction holds for
+    images like the calibration ones; a held-out photograph unlike them can still fall
+    below); when none clears it, the most-improving plan if it gains at least 1 dB (its
+    shortest prefix within ``STEP_DB`` of it). Returns the float layers, the hybrid layers
+    (none when all-int8 already clears the floor) and why, in words."""
     every = float(sens["psnr_all_int8_db"])
     want = floor_db + margin_db
     if every >= want or most < 1:
-        return [], ""
-    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most]
+        return [], [], ""
+    plans = [p for p in sens.get("plan") or []
+             if len(p["float_layers"]) + len(p.get("hybrid_layers", [])) <= most]
     ok = [p for p in plans if p["psnr_db"] >= want]
     # short of the floor, the shortest plan within STEP_DB of the best: a float layer that
     # buys a few hundredths of a dB costs its full float latency
     best = max((p["psnr_db"] for p in plans), default=None)
     pick = ok[0] if ok else next((p for p in plans if p["psnr_db"] >= best - STEP_DB), None)
     if pick is None or pick["psnr_db"] < every + 1.0:
-        return [], ""
+        return [], [], ""
+    fl, hy = list(pick["float_layers"]), list(pick.get("hybrid_layers", []))
+    kept = [f"{', '.join(fl)} float"] * bool(fl) + [f"{', '.join(hy)} hybrid"] * bool(hy)
     why = (f"fake int8 on the worst calibration image: {every:.1f} dB all-int8, "
-           f"{pick['psnr_db']:.1f} dB with {', '.join(pick['float_layers'])} float "
+           f"{pick['psnr_db']:.1f} dB with {' and '.join(kept)} "
            f"(floor {floor_db:g} dB + {margin_db:g} dB margin)")
-    return list(pick["float_layers"]), why
+    return fl, hy, why

@@ -66,32 +66,29 @@ def _tflite_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
     return y.transpose(0, 3, 1, 2)
 
 
-def _export(model: Path, out: Path, split: Path, kind: str = "float") -> dict[str, Path]:
-    """fp32 and int8 .tflite files of ``model`` with the export's defaults, the int8 file's
-    float layers of ``kind`` (reused when the export finished)."""
-    import dataclasses
-
-    from dmad.export.api import DEFAULT_RECIPE
-
+def _export(model: Path, out: Path, split: Path, kinds: tuple[str, ...] | None = None
+            ) -> dict[str, Path]:
+    """fp32 and int8 .tflite files of ``model`` with the export's defaults (``kinds``: what
+    the int8 file's layers kept out of int8 may be) (reused when the export finished)."""
     if not (out / "parity.json").is_file():
+        extra = {} if kinds is None else {"int8_kinds": kinds}
         dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
-                              num_eval=100,
-                              recipe=dataclasses.replace(DEFAULT_RECIPE, float_kind=kind))
+                              num_eval=100, **extra)
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
 
 
-def _exports(model: Path, work: Path, name: str, split: Path, kinds: list[str]
+def _exports(model: Path, work: Path, name: str, split: Path, variants: list[str]
              ) -> list[tuple[str, Path, dict[str, Path]]]:
-    """(precision label, export folder, files) of every kind asked for: the fp32 file once,
-    an int8 file per kind (``int8`` for float layers in fp32, ``int8 hybrid``)."""
+    """(precision label, export folder, files): the fp32 file once, an int8 file per variant
+    (``default``: the export's defaults; else ``float`` or ``float+hybrid``, the kinds the
+    chooser may keep layers out of int8 as, labelled ``int8 <variant>``)."""
     out = []
-    for i, kind in enumerate(kinds):
-        folder = work / "export" / (name if kind == "float" else f"{name}-{kind}")
-        files = _export(model, folder, split, kind)
+    for i, v in enumerate(variants):
+        folder = work / "export" / (name if v == "default" else f"{name}-{v}")
+        files = _export(model, folder, split, None if v == "default" else tuple(v.split("+")))
         if i == 0:
             out.append(("fp32", folder, {"fp32": files["fp32"]}))
-        out.append(("int8" if kind == "float" else f"int8 {kind}", folder,
-                    {"int8": files["int8"]}))
+        out.append(("int8" if v == "default" else f"int8 {v}", folder, {"int8": files["int8"]}))
     return out
 
 
@@ -154,7 +151,8 @@ def _plot(rows: list[dict[str, Any]], front: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prec, marker in (("fp32", "o"), ("int8", "s"), ("int8 hybrid", "^")):
+    precs = dict.fromkeys(r["precision"] for r in rows if r["precision"] != "torch")
+    for prec, marker in zip(precs, "os^vD", strict=False):
         pts = [r for r in rows if r["precision"] == prec and r.get("speedup")]
         ax.scatter([r["speedup"] for r in pts], [min(r["psnr_mean"], 44.0) for r in pts],
                    marker=marker, label=f".tflite {prec}")
@@ -216,8 +214,9 @@ def _arguments() -> argparse.Namespace:
                     help="distilled deploy transforms (dmad compress --deploy): each MAC "
                          "budget also gets a student trained with them (named div20+…)")
     ap.add_argument("--int8-kinds", type=lambda s: [x for x in s.split(",") if x],
-                    default=["float"], help="int8 files per model, by how their float layers "
-                    "run (dmad export --int8-float-kind): float, hybrid or both, comma list")
+                    default=["default"], help="int8 files per model, comma list: default (the "
+                    "export's defaults), or the kinds its chooser may keep layers out of int8 "
+                    "as (dmad export --int8-kinds), + joined: float, hybrid, float+hybrid")
     ap.add_argument("--runs", type=int, default=10, help="timed rounds")
     ap.add_argument("--seed", type=int, default=0, help="seed of every run")
     ap.add_argument("--no-bench", action="store_true", help="skip the timing stage")
@@ -226,8 +225,9 @@ def _arguments() -> argparse.Namespace:
     args = ap.parse_args()
     if args.target_ms and args.latency_table is None:
         ap.error("--target-ms needs --latency-table")
-    if not args.int8_kinds or set(args.int8_kinds) - {"float", "hybrid"}:
-        ap.error("--int8-kinds: a comma list of float, hybrid")
+    ok = {"default", "float", "hybrid", "float+hybrid", "hybrid+float"}
+    if not args.int8_kinds or set(args.int8_kinds) - ok:
+        ap.error(f"--int8-kinds: a comma list of {', '.join(sorted(ok))}")
     from dmad.compress.deploy_transforms import parse_deploy
     from dmad.compress.errors import DmadError
 
@@ -262,7 +262,9 @@ def main() -> None:
                          "gmacs": gmacs, **_judge(y, ref)})
         for prec, folder, exported in _exports(pt, args.work, name, split, args.int8_kinds):
             parity = json.loads((folder / "parity.json").read_text())
-            kept = (parity.get("int8_auto_float") or {}).get("float_layers") or []
+            auto = parity.get("int8_auto_float") or {}
+            kept = (auto.get("float_layers") or []) + [
+                f"{n} (hybrid)" for n in auto.get("hybrid_layers") or []]
             for variant, f in exported.items():
                 label = f"{name} {prec}"
                 files[label] = f

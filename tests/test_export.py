@@ -349,7 +349,8 @@ def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -
     after = layer_sensitivity(g, x, max_images=4, want_db=99.0, max_plan=2)
     worst = after["layers"][0]
     plan = after["plan"]  # grown greedily, each step re-measured, while it helps
-    assert plan[0] == {"float_layers": ["down2.conv"], "psnr_db": worst["psnr_without_db"]}
+    assert plan[0] == {"float_layers": ["down2.conv"], "hybrid_layers": [],
+                       "psnr_db": worst["psnr_without_db"]}
     assert all(len(p["float_layers"]) == i + 1 for i, p in enumerate(plan))
     assert [p["psnr_db"] for p in plan] == sorted(p["psnr_db"] for p in plan)
     assert "plan" not in before or before["plan"] == []  # no floor asked: no plan
@@ -416,8 +417,16 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
             {"float_layers": ["a", "b"], "psnr_db": 36.5},
             {"float_layers": ["a", "b", "c"], "psnr_db": 38.0}]
     sens = {"psnr_all_int8_db": 30.0, "plan": plan}
-    layers, why = choose_float_layers(sens, 35.0, 3)
+    layers, hybrid, why = choose_float_layers(sens, 35.0, 3)
     assert layers == ["a", "b"] and "30.0 dB all-int8" in why and "36.5 dB" in why
+    assert hybrid == [] and "a, b float" in why
+    # hybrid layers count toward the allowance and are named as hybrid
+    mixed = [{"float_layers": [], "hybrid_layers": ["h"], "psnr_db": 33.0},
+             {"float_layers": ["a"], "hybrid_layers": ["h"], "psnr_db": 36.5}]
+    got = choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 2)
+    assert got[:2] == (["a"], ["h"]) and "a float and h hybrid" in got[2]
+    assert choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 1)[:2] == \
+        ([], ["h"])
     assert choose_float_layers(sens, 35.0, 1)[0] == ["a"]
     assert choose_float_layers(sens, 35.0, 0)[0] == []
     assert choose_float_layers({**sens, "psnr_all_int8_db": 36.2}, 35.0, 3)[0] == []

@@ -307,7 +307,7 @@ def test_float_layers_and_the_precision_report(tmp_path: Path) -> None:
 
 
 def test_hybrid_float_layers_keep_float_activations_with_int8_weights(tmp_path: Path) -> None:
-    """``float_kind="hybrid"``: the layer kept out of int8 reads and writes float but its
+    """``hybrid_layers``: the layer kept out of int8 reads and writes float but its
     filter is int8 per channel, XNNPACK takes the whole file, and the picture is as close to
     fp32 as with the fp32 layer (its input rounding per image is the only difference)."""
     import dataclasses
@@ -318,15 +318,14 @@ def test_hybrid_float_layers_keep_float_activations_with_int8_weights(tmp_path: 
     m = build(ResnetSpec(ngf=8, n_blocks=2))
     reps = {}
     for kind in ("float", "hybrid"):
-        recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("up1.conv",),
-                                     float_kind=kind)
+        recipe = dataclasses.replace(DEFAULT_RECIPE, **{f"{kind}_layers": ("up1.conv",)})
         reps[kind] = export_model(ExportConfig(
             out=tmp_path / kind, module=m, size=32, quant=("int8",), calib=_photos(tmp_path),
             num_calib=8, num_eval=2, recipe=recipe, phases="off")).report
     art = reps["hybrid"]["artifacts"]["int8"]
     prec = art["precision"]
     assert prec["float_ops"].get("CONV_2D") == 1 and reps["hybrid"]["int8_recipe"][
-        "float_kind"] == "hybrid"
+        "hybrid_layers"] == ["up1.conv"]
     frac = reps["float"]["artifacts"]["int8"]["precision"]["int8_mac_fraction"]
     assert prec["int8_mac_fraction"] == pytest.approx(frac)
     assert prec["int8_weight_float_activation_mac_fraction"] == pytest.approx(1 - frac, abs=1e-3)
@@ -337,10 +336,9 @@ def test_hybrid_float_layers_keep_float_activations_with_int8_weights(tmp_path: 
     assert art["parity"]["psnr_db"] > fl - 2.0, (art["parity"]["psnr_db"], fl)
     assert (tmp_path / "hybrid" / "generator_int8.tflite").stat().st_size < \
         (tmp_path / "float" / "generator_int8.tflite").stat().st_size
-    with pytest.raises(DmadError, match="--int8-float-kind: 'half'"):
+    with pytest.raises(DmadError, match="--int8-kinds: float,half"):
         export_model(ExportConfig(out=tmp_path / "h", module=m, size=32, quant=("int8",),
-                                  calib=_photos(tmp_path), recipe=dataclasses.replace(
-                                      DEFAULT_RECIPE, float_kind="half")))
+                                  calib=_photos(tmp_path), int8_kinds=("float", "half")))
 
 
 def test_nan_output_fails_and_writes_nothing(tmp_path: Path) -> None:
