@@ -358,6 +358,14 @@ def test_int8_sensitivity_finds_the_layer_whose_input_has_an_outlier_channel() -
     assert worst["psnr_alone_db"] == min(r["psnr_alone_db"] for r in after["layers"])
     assert after["psnr_all_int8_db"] < before["psnr_all_int8_db"]
     assert len(after["layers"]) == 10 and after["images"] == 4 and after["crop"] == [32, 32]
+    # a hybrid layer rounds its input with the image's own range, where the outlier channel
+    # still takes the grid: the plan keeps down2 float, not hybrid
+    both = layer_sensitivity(g, x, max_images=4, want_db=99.0, max_plan=1,
+                             kinds=("float", "hybrid"))
+    row = next(r for r in both["layers"] if r["layer"] == "down2.conv")
+    assert row["hybrid_gain_db"] < row["gain_db"] - 0.5
+    assert both["plan"][0]["float_layers"] == ["down2.conv"] and both["kinds"] == [
+        "float", "hybrid"]
 
 
 def test_int8_sensitivity_judges_the_worst_calibration_images_not_the_first(tmp_path: Path
@@ -427,6 +435,10 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     assert got[:2] == (["a"], ["h"]) and "a float and h hybrid" in got[2]
     assert choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 1)[:2] == \
         ([], ["h"])
+    # past the floor the plan adds hybrid layers only, and the choice keeps them
+    more = [*mixed, {"float_layers": ["a"], "hybrid_layers": ["h", "i"], "psnr_db": 38.0}]
+    got = choose_float_layers({"psnr_all_int8_db": 30.0, "plan": more}, 35.0, 3)
+    assert got[:2] == (["a"], ["h", "i"]) and "38.0 dB" in got[2]
     assert choose_float_layers(sens, 35.0, 1)[0] == ["a"]
     assert choose_float_layers(sens, 35.0, 0)[0] == []
     assert choose_float_layers({**sens, "psnr_all_int8_db": 36.2}, 35.0, 3)[0] == []
@@ -466,10 +478,11 @@ def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path
     m = _resnet()
     photos = _dark_and_bright(tmp_path)
 
-    def export(out: str, auto: int, floor: float) -> dict:
+    def export(out: str, auto: int, floor: float, kinds: tuple[str, ...] = ("float", "hybrid")
+               ) -> dict:
         export_model(ExportConfig(out=tmp_path / out, module=m, size=48, quant=("int8",),
                                   calib=photos, num_calib=8, num_eval=8,
-                                  int8_auto_float=auto, psnr_bar=floor))
+                                  int8_auto_float=auto, psnr_bar=floor, int8_kinds=kinds))
         return json.loads((tmp_path / out / "parity.json").read_text())
 
     plain = export("plain", 0, 35.0)
@@ -484,6 +497,14 @@ def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path
     predicted = next(p["psnr_db"] for p in chosen["int8_sensitivity"]["plan"]
                      if p["float_layers"] == layers)
     assert abs(predicted - got) < 3.0
+    # hybrid layers only: the stem's output stays float (its input is rounded per image, on
+    # the dark photograph's own range), and the file clears the floor too
+    hybrid = export("hybrid", 3, floor, ("hybrid",))
+    auto = hybrid["int8_auto_float"]
+    assert auto["float_layers"] == [] and "stem.conv" in auto["hybrid_layers"]
+    assert hybrid["artifacts"]["int8"]["parity"]["psnr_worst_db"] >= floor
+    assert hybrid["artifacts"]["int8"]["precision"][
+        "int8_weight_float_activation_mac_fraction"] > 0
 
 
 def test_make_android_assets_puts_256_models_in_the_app(tmp_path: Path,
