@@ -359,6 +359,8 @@ def set_quant_aware(model: nn.Module, enabled: bool) -> None:
     for m in model.modules():
         if isinstance(m, _Switch):
             m.switch(enabled)
+        if isinstance(m, _ActFQ):
+            m.dynamic = False  # training rounds as the static int8 file does
 
 
 def strip_quant_aware_(model: nn.Module) -> nn.Module:

@@ -526,6 +526,13 @@ def _check_options(cfg: ExportConfig) -> tuple[list[str], bool, Path | None]:
         raise DmadError(f"--int8-screen: {cfg.int8_screen} must be >= 0")
     if not 0.0 <= cfg.int8_contrast < 1.0:
         raise DmadError(f"--int8-contrast: {cfg.int8_contrast} must be in [0, 1)")
+    both = set(cfg.recipe.float_layers) & set(cfg.recipe.hybrid_layers)
+    if both:
+        raise DmadError(f"--int8-float-layers and --int8-hybrid-layers both name "
+                        f"{', '.join(sorted(both))}")
+    if isinstance(cfg.int8_kinds, str):
+        raise DmadError(f"--int8-kinds: {cfg.int8_kinds!r}: give a tuple of names, e.g. "
+                        "('float', 'hybrid')")
     if not cfg.int8_kinds or set(cfg.int8_kinds) - set(FLOAT_KINDS):
         raise DmadError(f"--int8-kinds: {','.join(cfg.int8_kinds) or 'empty'}: a comma list "
                         f"of {', '.join(FLOAT_KINDS)}")
@@ -690,7 +697,7 @@ def _int8_sensitivity(job: _Job, variants: list[str]) -> dict[str, Any] | None:
                              screen=job.cfg.int8_screen, contrast=job.cfg.int8_contrast,
                              want_db=job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB if auto > 0
                              else None, max_plan=max(auto, 0),
-                             kinds=job.cfg.int8_kinds)
+                             kinds=job.cfg.int8_kinds, subpixel=_uses_subpixel(job.cfg))
     # the `auto` ranges are judged on the first calibration images: the judged ones go first
     first = list(sens["judged"])
     job.calib = job.calib[first + [i for i in range(len(job.calib)) if i not in first]]
@@ -736,7 +743,7 @@ def _sensitivity_note(job: _Job, sens: dict[str, Any] | None) -> None:
             f"{', '.join(low)}: the layers that cost int8 most on the calibration images (fake "
             "int8; keeping one float buys): " + ", ".join(f"{r['layer']} +{r['gain_db']:.1f} dB"
                                                          for r in top)
-            + "; --int8-float-layers keeps chosen layers float")
+            + "; --int8-float-layers keeps chosen layers float, --int8-hybrid-layers hybrid")
 
 
 def _convert(job: _Job, deploy: nn.Module, variants: list[str]
@@ -854,6 +861,12 @@ def _to_android(cfg: ExportConfig, job: _Job, files: dict[str, Path], floors: di
 SUBPIXEL_AUTO = True
 
 
+def _uses_subpixel(cfg: ExportConfig) -> bool:
+    """Whether strided ConvTransposes become convolutions + depth-to-space in the files."""
+    return cfg.converter == "graph" and (cfg.subpixel == "on" or (cfg.subpixel == "auto"
+                                                                  and SUBPIXEL_AUTO))
+
+
 def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig,
            calib: np.ndarray | None, evals: np.ndarray, ref: np.ndarray
            ) -> tuple[Any, dict[str, Any]]:
@@ -865,7 +878,7 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
     from dmad.export.subpixel import to_subpixel
 
     info: dict[str, Any] = {"converter": "graph"}
-    use_sub = cfg.subpixel == "on" or (cfg.subpixel == "auto" and SUBPIXEL_AUTO)
+    use_sub = _uses_subpixel(cfg)
     src = model
     if use_sub:
         src, n = to_subpixel(model)

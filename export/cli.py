@@ -16,6 +16,11 @@ from dmad.export.ranges import METHODS as RANGES
 from dmad.export.sensitivity import LOW_CONTRAST
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """A comma list, each name once, in order."""
+    return tuple(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
+
+
 def _quant_list(text: str) -> tuple[str, ...]:
     return tuple(q.strip() for q in text.split(",") if q.strip())
 
@@ -36,10 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise DmadError(f"--int8-percentile: {args.int8_percentile} is not in (50, 100]")
     recipe = dataclasses.replace(
         DEFAULT_RECIPE, ranges=args.int8_ranges, percentile=args.int8_percentile,
-        float_layers=tuple(x.strip() for x in (args.int8_float_layers or "").split(",")
-                           if x.strip()),
-        hybrid_layers=tuple(x.strip() for x in (args.int8_hybrid_layers or "").split(",")
-                            if x.strip()))
+        float_layers=_names(args.int8_float_layers), hybrid_layers=_names(args.int8_hybrid_layers))
     cfg = ExportConfig(
         out=args.out,
         split=args.split,
@@ -50,7 +52,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         equalize=not args.no_equalize,
         recipe=recipe,
         int8_auto_float=args.int8_auto_float,
-        int8_kinds=tuple(x.strip() for x in args.int8_kinds.split(",") if x.strip()),
+        int8_kinds=_names(args.int8_kinds),
         int8_screen=args.int8_screen,
         int8_contrast=args.int8_contrast,
         psnr_bar=args.floor_int8,

@@ -53,6 +53,7 @@ def hybridize(model: bytes, conv_outputs: Iterable[str]) -> tuple[bytes, list[st
     m = fb.read_model_from_bytearray(bytearray(model))
     sub = m.subgraphs[0]
     readers = Counter(t.buffer for g in m.subgraphs for t in g.tensors)
+    op_reads = Counter(i for op in sub.operators for i in op.inputs)
     done: list[str] = []
     for op in sub.operators:
         code = m.operatorCodes[op.opcodeIndex]
@@ -62,7 +63,8 @@ def hybridize(model: bytes, conv_outputs: Iterable[str]) -> tuple[bytes, list[st
         name = name.decode() if isinstance(name, bytes) else name
         filt = sub.tensors[op.inputs[1]]
         data = m.buffers[filt.buffer].data if filt.buffer else None
-        if name not in want or filt.type != _FLOAT32 or data is None or not len(data):
+        if (name not in want or filt.type != _FLOAT32 or data is None or not len(data)
+                or op_reads[op.inputs[1]] > 1):  # a filter another op reads stays as it is
             continue
         w = np.frombuffer(bytes(bytearray(data)), np.float32).reshape(filt.shape)
         q, scale = int8_per_channel(w, axis=0)  # CONV_2D filters are O×H×W×I

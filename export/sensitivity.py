@@ -43,7 +43,8 @@ def low_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
 def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
                       max_side: int = 128, multiple: int = 4, want_db: float | None = None,
                       max_plan: int = 3, screen: int = 32, contrast: float = LOW_CONTRAST,
-                      kinds: tuple[str, ...] = ("float",)) -> dict[str, Any]:
+                      kinds: tuple[str, ...] = ("float",), subpixel: bool = True
+                      ) -> dict[str, Any]:
     """Per-convolution int8 sensitivity of ``model`` on the ``max_images`` calibration images
     where all-int8 does worst (NCHW float in [-1, 1]; centre crops of at most ``max_side``, a
     multiple of ``multiple``, so a large model is judged in seconds). The first ``screen``
@@ -64,8 +65,9 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     helps most with the others, re-measured), with their PSNR, until one reaches
     ``want_db``. ``kinds``: how a layer kept out of int8 may run in the file, ``float`` and
     ``hybrid`` (int8 weights, its input rounded with each image's range, float output;
-    :mod:`export.hybrid`): with ``hybrid``, each row also has ``hybrid_gain_db`` and the plan
-    tries both kinds of every layer."""
+    :mod:`export.hybrid`): with ``hybrid``, each plain convolution's row also has
+    ``hybrid_gain_db`` and the plan tries both kinds of it (a transposed one only when the
+    export writes it in ``subpixel`` form)."""
     m = copy.deepcopy(model).float().eval()
     quant_aware_(m)
     h, w = calib.shape[2], calib.shape[3]
@@ -84,8 +86,12 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     worst_first = np.argsort(np.nan_to_num(screened, nan=-np.inf), kind="stable")  # a
     judged = sorted(worst_first[:max_images].tolist())  # non-finite image is the worst
     xs, refs = [cands[i] for i in judged], [cand_refs[i] for i in judged]
-    convs = [n for n, mod in m.named_modules()
+    mods = dict(m.named_modules())
+    convs = [n for n, mod in mods.items()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
+    # a hybrid form exists for a plain convolution (a ConvTranspose is one in sub-pixel form)
+    hybrid_ok = {n for n in convs if mods[n].groups == 1
+                 and (isinstance(mods[n], nn.Conv2d) or subpixel)}
 
     def score(names: set[str] | None, hybrid: set[str] | frozenset[str] = frozenset()
               ) -> float:
@@ -100,11 +106,11 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
         row = {"layer": name, "psnr_alone_db": round(score({name}), 2),
                "psnr_without_db": round(score(rest), 2)}
         row["gain_db"] = round(row["psnr_without_db"] - every, 2)
-        if "hybrid" in kinds:
+        if "hybrid" in kinds and name in hybrid_ok:
             row["hybrid_gain_db"] = round(score(rest, {name}) - every, 2)
         rows.append(row)
     rows.sort(key=lambda r: -max(r["gain_db"], r.get("hybrid_gain_db", 0.0)))
-    plan = _greedy_plan(score, convs, every, rows, want_db, max_plan, kinds) \
+    plan = _greedy_plan(score, convs, every, rows, want_db, max_plan, kinds, hybrid_ok) \
         if want_db is not None and every < want_db else []
     n = len(pool)
     return {"images": len(xs), "screened": n,
@@ -128,14 +134,18 @@ HYBRID_SHARE = 0.75
 
 
 def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
-                 want_db: float, most: int, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+                 want_db: float, most: int, kinds: tuple[str, ...],
+                 hybrid_ok: set[str]) -> list[dict[str, Any]]:
     """Sets of layers kept out of int8, grown one layer at a time, the best re-measured at each
     step (layers that alone buy nothing are not tried: they are the cheap half of the
     ranking); a layer goes hybrid where that buys ``HYBRID_SHARE`` of the best float gain. Past
     ``want_db`` only hybrid layers are added, while one buys ``STEP_DB``: they run at about the
     int8 rate, and a held-out photograph can be harder than every calibration image (the
     photo teacher's moon: 33.5 dB at the floor's plan, 41.9 dB with one more hybrid layer)."""
-    tried = [r["layer"] for r in rows if max(r["gain_db"], r.get("hybrid_gain_db", 0.0)) > 0]
+    def gain(r: dict[str, Any]) -> float:
+        return max(r["gain_db"] if "float" in kinds else 0.0, r.get("hybrid_gain_db", 0.0))
+
+    tried = [r["layer"] for r in rows if gain(r) > 0]
     plan: list[dict[str, Any]] = []
     fl: list[str] = []
     hy: list[str] = []
@@ -145,12 +155,13 @@ def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str
         out = set(convs) - set(fl) - set(hy)
         got = {("float", c): score(out - {c}, set(hy))
                for c in left if "float" in kinds and not reached}
-        got |= {("hybrid", c): score(out - {c}, {*hy, c}) for c in left if "hybrid" in kinds}
+        got |= {("hybrid", c): score(out - {c}, {*hy, c})
+                for c in left if "hybrid" in kinds and c in hybrid_ok}
         if not got:
             break
         (kind, c), db = max(got.items(), key=lambda kv: kv[1])
-        hyb = {k: v for k, v in got.items()
-               if k[0] == "hybrid" and v - best >= HYBRID_SHARE * (db - best)}
+        hyb = {k: v for k, v in got.items() if k[0] == "hybrid" and v >= best + STEP_DB
+               and v - best >= HYBRID_SHARE * (db - best)}
         if hyb:
             (kind, c), db = max(hyb.items(), key=lambda kv: kv[1])
         if db < best + STEP_DB:

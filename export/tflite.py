@@ -297,7 +297,6 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
     """The requested quantised variants; ``make()`` returns a fresh TFLiteConverter of the
     float model (the same graph for every variant: converted once, quantised from it)."""
     import tensorflow as tf
-    from tensorflow.lite.python.convert import mlir_quantize
 
     out: dict[str, bytes] = {}
     if "fp16" in variants:
@@ -334,46 +333,14 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
         _tick("int8_calibrate")
-        quantise = partial(
-            mlir_quantize,
-            disable_per_channel=not recipe.per_channel,
-            inference_type=7 if recipe.activations16 else 9,  # TFLite INT16 / INT8
-            denylisted_ops=list(recipe.float_ops) or None,
-            denylisted_nodes=_denylist(calibrated, (*recipe.float_layers,
-                                                    *recipe.hybrid_layers)) or None,
-        )
-        hybrid = _layer_convs(calibrated, recipe.hybrid_layers)
+        quantise = _quantiser(calibrated, recipe)
         if recipe.ranges != "minmax":
-            from dmad.export.ranges import AUTO_PERCENTILES, Samples
-
-            samples = Samples(calibrated, calib)
-            _tick("int8_range_samples")
-            if recipe.ranges == "auto":
-                scores = {}
-                for p in AUTO_PERCENTILES:
-                    blob, _ = samples.apply("percentile", p)
-                    scores[p] = samples.score(quantise(blob))
-                best = max(scores, key=lambda p: scores[p])
-                calibrated, summary = samples.apply("percentile", best)
-                summary.update(method="auto", chosen_percentile=best,
-                               calib_psnr_db={str(p): round(v, 2) for p, v in scores.items()})
-            else:
-                calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
-            Path("ranges.json").write_text(json.dumps(summary))
-            _tick("int8_range_choice")
+            calibrated = _ranges(calibrated, calib, recipe, quantise)
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
             if recipe.activations16 and v == "int8_io":
                 io = tf.int16
             out[v] = quantise(calibrated, input_data_type=io, output_data_type=io)
-            if hybrid:
-                from dmad.export.hybrid import hybridize
-
-                out[v], done = hybridize(out[v], hybrid)
-                if len(done) != len(hybrid):
-                    print(f"ERROR: hybrid_layers: {len(done)} of {len(hybrid)} float "
-                          "convolutions rewritten", flush=True)
-                    raise SystemExit(1)
             _tick(f"{v}_quantise")
     return out
 
@@ -430,6 +397,61 @@ def _layout_producers(ops: list[dict[str, Any]], tensors: dict[int, str],
     return out
 
 
+def _quantiser(calibrated: bytes, recipe: Int8Recipe) -> Callable[..., bytes]:
+    """The quantiser of ``recipe``: calibrated flatbuffer in, int8 flatbuffer out, with the
+    float layers and the hybrid layers kept out of int8 and the hybrid ones then given int8
+    filters (:mod:`export.hybrid`), so the ``auto`` ranges are judged on the file shipped."""
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    base = partial(
+        mlir_quantize,
+        disable_per_channel=not recipe.per_channel,
+        inference_type=7 if recipe.activations16 else 9,  # TFLite INT16 / INT8
+        denylisted_ops=list(recipe.float_ops) or None,
+        denylisted_nodes=_denylist(calibrated, (*recipe.float_layers,
+                                                *recipe.hybrid_layers)) or None,
+    )
+    hybrid = _layer_convs(calibrated, recipe.hybrid_layers)
+    if not hybrid:
+        return base
+
+    def quantise(model: bytes, **kw: Any) -> bytes:
+        from dmad.export.hybrid import hybridize
+
+        blob, done = hybridize(base(model, **kw), hybrid)
+        if len(done) != len(hybrid):
+            print(f"ERROR: hybrid_layers: {len(done)} of {len(hybrid)} convolutions could be "
+                  "made hybrid (a filter another op reads too)", flush=True)
+            raise SystemExit(1)
+        return blob
+    return quantise
+
+
+def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
+            quantise: Callable[..., bytes]) -> bytes:
+    """The calibrated flatbuffer with ``recipe.ranges`` written in (``auto``: the percentile
+    whose quantised file is closest to float on the worst of the first calibration images);
+    the choice goes to ranges.json."""
+    from dmad.export.ranges import AUTO_PERCENTILES, Samples
+
+    samples = Samples(calibrated, calib)
+    _tick("int8_range_samples")
+    if recipe.ranges == "auto":
+        scores = {}
+        for p in AUTO_PERCENTILES:
+            blob, _ = samples.apply("percentile", p)
+            scores[p] = samples.score(quantise(blob))
+        best = max(scores, key=lambda p: scores[p])
+        calibrated, summary = samples.apply("percentile", best)
+        summary.update(method="auto", chosen_percentile=best,
+                       calib_psnr_db={str(p): round(v, 2) for p, v in scores.items()})
+    else:
+        calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
+    Path("ranges.json").write_text(json.dumps(summary))
+    _tick("int8_range_choice")
+    return calibrated
+
+
 def _layer_convs(model: bytes, layers: Sequence[str]) -> list[str]:
     """Output tensor names of the CONV_2D ops of PyTorch ``layers`` alone (no layout ops, no
     depthwise or transposed convolutions: those have no hybrid form here and stay float)."""
@@ -462,11 +484,12 @@ def _denylist(model: bytes, layers: Sequence[str], convs_only: bool = False) -> 
         if not convs_only:
             out += _layout_followers(ops, tensors, found) \
                 + _layout_producers(ops, tensors, conv_ins)
-        if not found and not convs_only:
+        if not found:
             missing.append(layer)
     if missing:
-        print(f"ERROR: float_layers: no convolution named {', '.join(missing)} in the graph",
-              flush=True)
+        what = ("hybrid_layers: no plain convolution (a hybrid one needs a CONV_2D) named"
+                if convs_only else "float_layers: no convolution named")
+        print(f"ERROR: {what} {', '.join(missing)} in the graph", flush=True)
         raise SystemExit(1)
     return out
 

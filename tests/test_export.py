@@ -450,6 +450,38 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     assert choose_float_layers({"psnr_all_int8_db": 16.8, "plan": flat}, 35.0, 3)[0] == ["a"]
 
 
+def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_the_floor(
+) -> None:
+    """The greedy plan on a made-up score: a layer goes hybrid where that buys 3/4 of the best
+    float gain (a), float where hybrid buys little (b); past the floor only hybrid layers,
+    while one buys STEP_DB (c); a hybrid that buys less than STEP_DB never displaces a float
+    layer that does (d)."""
+    from dmad.export.sensitivity import _greedy_plan
+
+    gains = {"a": (10.0, 9.0), "b": (5.0, 1.0), "c": (3.0, 0.5), "d": (0.3, 0.23)}
+    convs = list(gains)
+
+    def score(int8: set[str], hybrid: set[str]) -> float:
+        return 20.0 + sum(g[c in hybrid] for c, g in gains.items() if c not in int8)
+
+    rows = [{"layer": c, "gain_db": f, "hybrid_gain_db": h} for c, (f, h) in gains.items()]
+    plan = _greedy_plan(score, convs, 20.0, rows, 33.0, 4, ("float", "hybrid"), set(convs))
+    assert [(p["float_layers"], p["hybrid_layers"]) for p in plan] == [
+        ([], ["a"]), (["b"], ["a"]), (["b"], ["a", "c"])]
+    assert plan[1]["psnr_db"] == 34.0 and plan[2]["psnr_db"] == 34.5
+    only_d = {"d": (0.3, 0.23)}
+    gains.clear()
+    gains.update(only_d)
+    plan = _greedy_plan(score, ["d"], 20.0, [{"layer": "d", "gain_db": 0.3,
+                                              "hybrid_gain_db": 0.23}], 33.0, 2,
+                        ("float", "hybrid"), {"d"})
+    assert plan == [{"float_layers": ["d"], "hybrid_layers": [], "psnr_db": 20.3}]
+    # a layer with no hybrid form is never tried as one
+    plan = _greedy_plan(score, ["d"], 20.0, [{"layer": "d", "gain_db": 0.3}], 33.0, 2,
+                        ("hybrid",), set())
+    assert plan == []
+
+
 def _dark_and_bright(tmp: Path) -> Path:
     """Photographs of two kinds: full-contrast ones, and dark flat ones (a night sky: grey
     level ~40 ± 6) that the first InstanceNorm stretches back to unit variance."""
@@ -495,7 +527,8 @@ def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path
     assert got >= floor
     # the fake int8 that chose it predicts the real file (float layers are float in the file)
     predicted = next(p["psnr_db"] for p in chosen["int8_sensitivity"]["plan"]
-                     if p["float_layers"] == layers)
+                     if p["float_layers"] == layers
+                     and p["hybrid_layers"] == chosen["int8_auto_float"]["hybrid_layers"])
     assert abs(predicted - got) < 3.0
     # hybrid layers only: the stem's output stays float (its input is rounded per image, on
     # the dark photograph's own range), and the file clears the floor too

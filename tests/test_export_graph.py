@@ -336,6 +336,11 @@ def test_hybrid_float_layers_keep_float_activations_with_int8_weights(tmp_path: 
     assert art["parity"]["psnr_db"] > fl - 2.0, (art["parity"]["psnr_db"], fl)
     assert (tmp_path / "hybrid" / "generator_int8.tflite").stat().st_size < \
         (tmp_path / "float" / "generator_int8.tflite").stat().st_size
+    from dmad.export.hybrid import int8_per_channel
+
+    q, scale = int8_per_channel(np.stack([np.full((3, 3, 2), 0.5), np.zeros((3, 3, 2))]))
+    assert scale.tolist() == [pytest.approx(0.5 / 127), 1.0] and q[0].max() == 127
+    assert not q[1].any()  # an all-zero channel: any scale, zeros
     with pytest.raises(DmadError, match="--int8-kinds: float,half"):
         export_model(ExportConfig(out=tmp_path / "h", module=m, size=32, quant=("int8",),
                                   calib=_photos(tmp_path), int8_kinds=("float", "half")))
@@ -426,6 +431,7 @@ def test_best_range() -> None:
     assert _quant_mse(lap, lo, hi) < 0.9 * _quant_mse(lap, lap.min(), lap.max())
     relu = np.abs(rng.normal(0, 1, 10_000))
     assert best_range(relu, "percentile")[0] == relu.min()
+    assert best_range(x, "percentile", 100.0) == best_range(x, "minmax")  # `auto`'s last
 
 
 _ONE_CONV = textwrap.dedent("""

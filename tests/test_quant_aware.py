@@ -106,7 +106,7 @@ def test_off_is_float_and_on_rounds_to_int8_grids() -> None:
 
 
 def test_hybrid_layers_round_each_images_input_and_keep_the_output_float() -> None:
-    """``rest="hybrid"``: what the export's hybrid layers do at run time (LiteRT quantises a
+    """``hybrid=``: what the export's hybrid layers do at run time (LiteRT quantises a
     hybrid convolution's input per image, asymmetric, with that image's extremes)."""
     from dmad.compress.quant_aware import switch_layers
 
