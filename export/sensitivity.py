@@ -86,12 +86,9 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     worst_first = np.argsort(np.nan_to_num(screened, nan=-np.inf), kind="stable")  # a
     judged = sorted(worst_first[:max_images].tolist())  # non-finite image is the worst
     xs, refs = [cands[i] for i in judged], [cand_refs[i] for i in judged]
-    mods = dict(m.named_modules())
-    convs = [n for n, mod in mods.items()
+    convs = [n for n, mod in m.named_modules()
              if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) and hasattr(mod, "dmad_qa_in")]
-    # a hybrid form exists for a plain convolution (a ConvTranspose is one in sub-pixel form)
-    hybrid_ok = {n for n in convs if mods[n].groups == 1
-                 and (isinstance(mods[n], nn.Conv2d) or subpixel)}
+    hybrid_ok = _hybrid_ok(m, convs, subpixel)
 
     def score(names: set[str] | None, hybrid: set[str] | frozenset[str] = frozenset()
               ) -> float:
@@ -122,6 +119,14 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
             "layers": rows, "plan": plan,
             "method": "fake int8 in PyTorch (the export's recipe, compress.quant_aware) on the "
                       "calibration images, worst image"}
+
+
+def _hybrid_ok(model: nn.Module, convs: list[str], subpixel: bool) -> set[str]:
+    """The convolutions a hybrid form exists for: plain ones (a ConvTranspose is one in the
+    file when the export writes it as a convolution + depth-to-space)."""
+    mods = dict(model.named_modules())
+    return {n for n in convs if mods[n].groups == 1
+            and (isinstance(mods[n], nn.Conv2d) or subpixel)}
 
 
 #: a float layer must buy this much (dB, fake int8 on the worst judged image) to be kept
