@@ -135,7 +135,9 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
                                       for m in _resnet().modules())
     auto = rep["int8_auto_float"]  # the choice is recorded and is what the recipe used
     assert auto is not None and rep["int8_recipe"]["float_layers"] == auto["float_layers"]
-    gains = [r["gain_db"] for r in sens["layers"]]
+    assert rep["int8_recipe"]["hybrid_layers"] == auto["hybrid_layers"]
+    # ranked by what keeping the layer out of int8 buys, float or hybrid
+    gains = [max(r["gain_db"], r.get("hybrid_gain_db", 0.0)) for r in sens["layers"]]
     assert gains == sorted(gains, reverse=True) and sens["images"] >= 1
     assert arts["fp32"]["xnnpack"]["partitions"] == 1
     io = arts["int8_io"]["io"]
