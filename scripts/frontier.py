@@ -225,9 +225,11 @@ def _arguments() -> argparse.Namespace:
     args = ap.parse_args()
     if args.target_ms and args.latency_table is None:
         ap.error("--target-ms needs --latency-table")
-    ok = {"default", "float", "hybrid", "float+hybrid", "hybrid+float"}
-    if not args.int8_kinds or set(args.int8_kinds) - ok:
-        ap.error(f"--int8-kinds: a comma list of {', '.join(sorted(ok))}")
+    from dmad.export.api import FLOAT_KINDS
+
+    if not args.int8_kinds or any(v != "default" and set(v.split("+")) - set(FLOAT_KINDS)
+                                  for v in args.int8_kinds):
+        ap.error(f"--int8-kinds: a comma list of default or +-joined {', '.join(FLOAT_KINDS)}")
     from dmad.compress.deploy_transforms import parse_deploy
     from dmad.compress.errors import DmadError
 
