@@ -61,10 +61,11 @@ def layer_sensitivity(model: nn.Module, calib: np.ndarray, max_images: int = 4,
     mean over the judged images as ``psnr_all_int8_mean_db``), and per layer
     ``psnr_alone_db``, ``psnr_without_db`` and ``gain_db`` (what keeping that layer float buys
     over all-int8), largest gain first. When all-int8 is under ``want_db``, ``plan``: float
-    sets of 1, 2, … ``max_plan`` layers grown greedily (each step the layer whose float copy
-    helps most with the others, re-measured), with their PSNR, until one reaches
-    ``want_db``. ``kinds``: how a layer kept out of int8 may run in the file, ``float`` and
-    ``hybrid`` (int8 weights, its input rounded with each image's range, float output;
+    sets grown greedily (each step the layer whose float copy helps most with the others,
+    re-measured; at most ``max_plan`` float and :data:`MAX_HYBRID` hybrid layers), with their
+    PSNR, past ``want_db`` with hybrid layers only (:func:`_greedy_plan`). ``kinds``: how a
+    layer kept out of int8 may run in the file, ``float`` and ``hybrid`` (int8 weights, its
+    input rounded with each image's range, float output;
     :mod:`export.hybrid`): with ``hybrid``, each plain convolution's row also has
     ``hybrid_gain_db`` and the plan tries both kinds of it (a transposed one only when the
     export writes it in ``subpixel`` form)."""
@@ -138,31 +139,50 @@ STEP_DB = 0.25
 HYBRID_SHARE = 0.75
 
 
-def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
-                 want_db: float, most: int, kinds: tuple[str, ...],
-                 hybrid_ok: set[str]) -> list[dict[str, Any]]:
-    """Sets of layers kept out of int8, grown one layer at a time, the best re-measured at each
-    step (layers that alone buy nothing are not tried: they are the cheap half of the
-    ranking); a layer goes hybrid where that buys ``HYBRID_SHARE`` of the best float gain. Past
-    ``want_db`` only hybrid layers are added, while one buys ``STEP_DB``: they run at about the
-    int8 rate, and a held-out photograph can be harder than every calibration image (the
-    photo teacher's moon was 33.5 dB with the plan that cleared the floor on the crops, and
-    41.9 dB with one more hybrid layer chosen by hand and min/max ranges)."""
+#: hybrid layers the plan may add besides its float ones (each is re-measured at every step)
+MAX_HYBRID = 4
+
+
+#: a layer is a plan candidate when keeping it out of int8 buys anything, or when it alone in
+#: int8 costs over a tenth of the noise the target allows (PSNR under the target + 10 dB):
+#: while one layer ruins every image (``up2`` on the photo teacher: 17 dB), the others' gains
+#: read as nothing, and ``up1`` (−0.33 dB gain, 42.5 dB alone) was never tried, though once
+#: ``up2`` was out it bought 1.8 dB
+CANDIDATE_DB = 10.0
+
+
+def _candidates(rows: list[dict[str, Any]], want_db: float, kinds: tuple[str, ...]
+                ) -> list[str]:
     def gain(r: dict[str, Any]) -> float:
         return max(r["gain_db"] if "float" in kinds else 0.0, r.get("hybrid_gain_db", 0.0))
 
-    tried = [r["layer"] for r in rows if gain(r) > 0]
+    return [r["layer"] for r in rows
+            if gain(r) > 0 or r.get("psnr_alone_db", np.inf) < want_db + CANDIDATE_DB]
+
+
+def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str, Any]],
+                 want_db: float, most: int, kinds: tuple[str, ...],
+                 hybrid_ok: set[str], most_hybrid: int = MAX_HYBRID) -> list[dict[str, Any]]:
+    """Sets of layers kept out of int8, grown one layer at a time, the best re-measured at each
+    step, over :func:`_candidates` (the layers that neither buy nothing nor cost anything alone
+    are the cheap half of the ranking); at most ``most`` float and ``most_hybrid`` hybrid
+    layers. A layer goes hybrid where that buys ``HYBRID_SHARE`` of the best float gain. Past
+    ``want_db`` only hybrid layers are added, while one buys ``STEP_DB``: they run at about the
+    int8 rate, and a held-out photograph can be harder than every calibration image (the
+    photo teacher's moon was 33.5 dB with the plan that cleared the floor on the crops, and
+    41.9 dB with ``up1`` hybrid too and min/max ranges)."""
+    tried = _candidates(rows, want_db, kinds)
     plan: list[dict[str, Any]] = []
     fl: list[str] = []
     hy: list[str] = []
     best, reached = every, False
-    for _ in range(min(most, len(tried))):
+    while True:
         left = [c for c in tried if c not in fl and c not in hy]
         out = set(convs) - set(fl) - set(hy)
-        got = {("float", c): score(out - {c}, set(hy))
-               for c in left if "float" in kinds and not reached}
-        got |= {("hybrid", c): score(out - {c}, {*hy, c})
-                for c in left if "hybrid" in kinds and c in hybrid_ok}
+        got = {("float", c): score(out - {c}, set(hy)) for c in left
+               if "float" in kinds and not reached and len(fl) < most}
+        got |= {("hybrid", c): score(out - {c}, {*hy, c}) for c in left
+                if "hybrid" in kinds and c in hybrid_ok and len(hy) < most_hybrid}
         if not got:
             break
         (kind, c), db = max(got.items(), key=lambda kv: kv[1])
@@ -183,7 +203,8 @@ def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str
 def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
                         margin_db: float = 1.0) -> tuple[list[str], list[str], str]:
     """The layers to keep out of int8 so fake int8 on the worst calibration image clears
-    ``floor_db`` by ``margin_db``, at most ``most``: the first plan that clears it, with the
+    ``floor_db`` by ``margin_db``, with at most ``most`` float layers (hybrid layers besides:
+    they run at about the int8 rate): the first plan that clears it, with the
     hybrid layers the plan added after it (such a layer is float in and out in the file too,
     so the prediction holds for images like the calibration ones; a held-out photograph
     unlike them can still fall below); when none clears it, the most-improving plan if it
@@ -193,8 +214,7 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
     want = floor_db + margin_db
     if every >= want or most < 1:
         return [], [], ""
-    plans = [p for p in sens.get("plan") or []
-             if len(p["float_layers"]) + len(p.get("hybrid_layers", [])) <= most]
+    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most]
     # over the floor: the first plan that clears it, and the hybrid layers the plan added
     # after it (each bought STEP_DB at about the int8 rate)
     clear = [p for p in plans if p["psnr_db"] >= want]

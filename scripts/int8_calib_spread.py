@@ -75,13 +75,15 @@ def main() -> None:
                     num_calib=args.num_calib, num_eval=100, int8_screen=screen,
                     int8_contrast=contrast))
                 par = res.report["artifacts"]["int8"]["parity"]
-                kept = (res.report.get("int8_auto_float") or {}).get("float_layers", [])
+                auto = res.report.get("int8_auto_float") or {}
+                kept = [*auto.get("float_layers", []),
+                        *(f"{h} (hybrid)" for h in auto.get("hybrid_layers", []))]
                 worst[(screen, contrast)].append(par["psnr_worst_db"])
                 per = ", ".join(f"{Path(r['image']).stem} {r['psnr_db']:.1f}"
                                 for r in par["per_image"])
                 print(f"draw {d} screen {screen} contrast {contrast:g}: pooled "
                       f"{par['psnr_db']:.2f} dB, worst {par['psnr_worst_db']:.2f} "
-                      f"({par['worst_image']}); float {', '.join(kept) or 'none'}; {per}",
+                      f"({par['worst_image']}); out of int8: {', '.join(kept) or 'none'}; {per}",
                       flush=True)
     for (screen, contrast), w in worst.items():
         print(f"screen {screen} contrast {contrast:g}: worst-image PSNR over {args.draws} "

@@ -430,13 +430,15 @@ def test_the_int8_choice_keeps_the_fewest_layers_that_clear_the_floor() -> None:
     layers, hybrid, why = choose_float_layers(sens, 35.0, 3)
     assert layers == ["a", "b"] and "30.0 dB all-int8" in why and "36.5 dB" in why
     assert hybrid == [] and "a, b float" in why
-    # hybrid layers count toward the allowance and are named as hybrid
+    # the allowance counts float layers only; hybrid ones are named as hybrid
     mixed = [{"float_layers": [], "hybrid_layers": ["h"], "psnr_db": 33.0},
              {"float_layers": ["a"], "hybrid_layers": ["h"], "psnr_db": 36.5}]
-    got = choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 2)
+    got = choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 1)
     assert got[:2] == (["a"], ["h"]) and "a float and h hybrid" in got[2]
-    assert choose_float_layers({"psnr_all_int8_db": 30.0, "plan": mixed}, 35.0, 1)[:2] == \
-        ([], ["h"])
+    two = [{"float_layers": ["a"], "hybrid_layers": [], "psnr_db": 33.0},
+           {"float_layers": ["a", "b"], "hybrid_layers": ["h"], "psnr_db": 36.5}]
+    assert choose_float_layers({"psnr_all_int8_db": 30.0, "plan": two}, 35.0, 1)[:2] == \
+        (["a"], [])
     # past the floor the plan adds hybrid layers only, and the choice keeps them
     more = [*mixed, {"float_layers": ["a"], "hybrid_layers": ["h", "i"], "psnr_db": 38.0}]
     got = choose_float_layers({"psnr_all_int8_db": 30.0, "plan": more}, 35.0, 3)
@@ -482,6 +484,40 @@ def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_
     plan = _greedy_plan(score, ["d"], 20.0, [{"layer": "d", "gain_db": 0.3}], 33.0, 2,
                         ("hybrid",), set())
     assert plan == []
+
+
+def test_the_plan_tries_a_layer_that_costs_alone_though_another_hides_its_gain() -> None:
+    """While one layer ruins every image, keeping any other out of int8 buys nothing, so its
+    gain reads zero or less (the photo teacher's ``up1``: −0.33 dB) even where it costs a lot
+    alone (42.5 dB); the plan must still try it once the ruinous layer is out. A layer that
+    neither buys nor costs anything is not tried (each try is a pass over the judged images).
+    Hybrid layers come on top of the float allowance, up to ``most_hybrid``."""
+    from dmad.export.sensitivity import _greedy_plan
+
+    tried: set[str] = set()
+
+    def score(int8: set[str], hybrid: set[str]) -> float:
+        tried.update(set("abc") - int8)
+        if "a" in int8:
+            return 17.0  # a ruins everything while it is int8
+        return 30.0 + 4.0 * ("b" not in int8) + 3.0 * ("c" not in int8)
+
+    rows = [{"layer": "a", "gain_db": 13.0, "hybrid_gain_db": 13.0, "psnr_alone_db": 17.0},
+            {"layer": "b", "gain_db": -0.3, "hybrid_gain_db": -0.3, "psnr_alone_db": 42.5},
+            {"layer": "c", "gain_db": 0.0, "hybrid_gain_db": 0.0, "psnr_alone_db": 58.0}]
+    plan = _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 1, ("float", "hybrid"),
+                        set("abc"))
+    assert [(p["float_layers"], p["hybrid_layers"]) for p in plan] == [
+        ([], ["a"]), ([], ["a", "b"])]
+    assert plan[-1]["psnr_db"] == 34.0 and "c" not in tried
+    # c buys 3 dB once it is tried (a gain over zero makes it a candidate): three hybrid
+    # layers beside a float allowance of one
+    rows[2]["gain_db"] = rows[2]["hybrid_gain_db"] = 0.1
+    plan = _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 1, ("float", "hybrid"),
+                        set("abc"))
+    assert plan[-1] == {"float_layers": [], "hybrid_layers": ["a", "b", "c"], "psnr_db": 37.0}
+    assert _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 1, ("float", "hybrid"),
+                        set("abc"), most_hybrid=1)[-1]["hybrid_layers"] == ["a"]
 
 
 def _dark_and_bright(tmp: Path) -> Path:
