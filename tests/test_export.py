@@ -458,11 +458,12 @@ def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_
 ) -> None:
     """The greedy plan on a made-up score: a layer goes hybrid where that buys 3/4 of the best
     float gain (a), float where hybrid buys little (b); past the floor only hybrid layers,
-    while one buys STEP_DB (c); a hybrid that buys less than STEP_DB never displaces a float
-    layer that does (d)."""
+    while one buys POST_FLOOR_DB (c, not e); a hybrid that buys less than STEP_DB never
+    displaces a float layer that does (d)."""
     from dmad.export.sensitivity import _greedy_plan
 
-    gains = {"a": (10.0, 9.0), "b": (5.0, 1.0), "c": (3.0, 0.5), "d": (0.3, 0.23)}
+    gains = {"a": (10.0, 9.0), "b": (5.0, 1.0), "c": (3.0, 1.5), "d": (0.3, 0.23),
+             "e": (0.9, 0.9)}
     convs = list(gains)
 
     def score(int8: set[str], hybrid: set[str]) -> float:
@@ -472,7 +473,7 @@ def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_
     plan = _greedy_plan(score, convs, 20.0, rows, 33.0, 4, ("float", "hybrid"), set(convs))
     assert [(p["float_layers"], p["hybrid_layers"]) for p in plan] == [
         ([], ["a"]), (["b"], ["a"]), (["b"], ["a", "c"])]
-    assert plan[1]["psnr_db"] == 34.0 and plan[2]["psnr_db"] == 34.5
+    assert plan[1]["psnr_db"] == 34.0 and plan[2]["psnr_db"] == 35.5
     only_d = {"d": (0.3, 0.23)}
     gains.clear()
     gains.update(only_d)
