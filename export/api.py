@@ -138,8 +138,8 @@ class ExportConfig:
     int8_auto_float: int = opt(
         3,
         "int8: when fake int8 on the calibration images predicts the file under its floor, keep "
-        "up to this many layers float, the fewest that clear it, chosen by measured "
-        "sensitivity (0 = off; ignored when the recipe names float layers)",
+        "up to this many layers float (and up to 4 hybrid), the fewest that clear it, chosen "
+        "by measured sensitivity (0 = off; ignored when the recipe names float layers)",
     )
     int8_kinds: tuple[str, ...] = opt(
         ("float", "hybrid"),
