@@ -40,7 +40,7 @@ from dmad.export.parity import (
     xnnpack_coverage,
 )
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
-from dmad.export.sensitivity import LOW_CONTRAST
+from dmad.export.sensitivity import LOW_CONTRAST, MAX_HYBRID
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes"]
@@ -138,8 +138,9 @@ class ExportConfig:
     int8_auto_float: int = opt(
         3,
         "int8: when fake int8 on the calibration images predicts the file under its floor, keep "
-        "up to this many layers float (and up to 4 hybrid), the fewest that clear it, chosen "
-        "by measured sensitivity (0 = off; ignored when the recipe names float layers)",
+        f"up to this many layers float (and up to {MAX_HYBRID} hybrid), the fewest that clear "
+        "it, chosen by measured sensitivity (0 = off; ignored when the recipe names float or "
+        "hybrid layers)",
     )
     int8_kinds: tuple[str, ...] = opt(
         ("float", "hybrid"),

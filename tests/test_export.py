@@ -493,7 +493,7 @@ def test_the_plan_tries_a_layer_that_costs_alone_though_another_hides_its_gain()
     alone (42.5 dB); the plan must still try it once the ruinous layer is out. A layer that
     neither buys nor costs anything is not tried (each try is a pass over the judged images).
     Hybrid layers come on top of the float allowance, up to ``most_hybrid``."""
-    from dmad.export.sensitivity import _greedy_plan
+    from dmad.export.sensitivity import _greedy_plan, choose_float_layers
 
     tried: set[str] = set()
 
@@ -517,8 +517,18 @@ def test_the_plan_tries_a_layer_that_costs_alone_though_another_hides_its_gain()
     plan = _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 1, ("float", "hybrid"),
                         set("abc"))
     assert plan[-1] == {"float_layers": [], "hybrid_layers": ["a", "b", "c"], "psnr_db": 37.0}
+    # one hybrid allowed: b goes float instead, and c cannot follow (the float allowance
+    # is spent, and past nothing more may be hybrid)
     assert _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 1, ("float", "hybrid"),
-                        set("abc"), most_hybrid=1)[-1]["hybrid_layers"] == ["a"]
+                        set("abc"), most_hybrid=1)[-1] == {
+        "float_layers": ["b"], "hybrid_layers": ["a"], "psnr_db": 34.0}
+    assert _greedy_plan(score, list("abc"), 17.0, rows, 36.0, 2, ("float", "hybrid"),
+                        set("abc"), most_hybrid=1)[-1] == {
+        "float_layers": ["b", "c"], "hybrid_layers": ["a"], "psnr_db": 37.0}
+    # the choice never takes a plan over the hybrid allowance
+    many = [{"float_layers": [], "hybrid_layers": list("abcde"), "psnr_db": 40.0}]
+    assert choose_float_layers({"psnr_all_int8_db": 17.0, "plan": many}, 35.0, 1)[:2] == (
+        [], [])
 
 
 def _dark_and_bright(tmp: Path) -> Path:
