@@ -2,7 +2,7 @@
 
     python scripts/frontier.py [--ratios 5,10,20,40] [--search-steps 300] \
         [--finetune-steps 600] [--target-ms 8,20 --latency-table T.json] \
-        [--deploy fold-norms,zero-pad] [--no-bench]
+        [--deploy fold-norms,zero-pad] [--int8-floors 38] [--no-bench]
 
 The teacher is ``scripts/photo_teacher.py``'s ResNet-9 ngf 64 colouriser (grey photograph →
 colour), the images its seven training photographs and eleven held-out ones of other subjects
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +67,26 @@ def _tflite_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
     return y.transpose(0, 3, 1, 2)
 
 
-def _export(model: Path, out: Path, split: Path, kinds: tuple[str, ...] | None = None
-            ) -> dict[str, Path]:
+def _export(model: Path, out: Path, split: Path, kinds: tuple[str, ...] | None = None,
+            floor: float | None = None) -> dict[str, Path]:
     """fp32 and int8 .tflite files of ``model`` with the export's defaults (``kinds``: what
-    the int8 file's layers kept out of int8 may be) (reused when the export finished)."""
+    the int8 file's layers kept out of int8 may be; ``floor``: the int8 floor in dB, which the
+    chooser aims over) (reused when the export finished)."""
     if not (out / "parity.json").is_file():
-        extra = {} if kinds is None else {"int8_kinds": kinds}
+        extra: dict[str, Any] = {} if kinds is None else {"int8_kinds": kinds}
+        if floor is not None:
+            extra["psnr_bar"] = floor
         dmad.export_generator(model, out, quant=("fp32", "int8"), split=split, size=SIZE,
                               num_eval=100, **extra)
     return {"fp32": out / "generator_fp32.tflite", "int8": out / "generator_int8.tflite"}
 
 
-def _exports(model: Path, work: Path, name: str, split: Path, variants: list[str]
-             ) -> list[tuple[str, Path, dict[str, Path]]]:
+def _exports(model: Path, work: Path, name: str, split: Path, variants: list[str],
+             floors: Sequence[float] = ()) -> list[tuple[str, Path, dict[str, Path]]]:
     """(precision label, export folder, files): the fp32 file once, an int8 file per variant
     (``default``: the export's defaults; else ``float`` or ``float+hybrid``, the kinds the
-    chooser may keep layers out of int8 as, labelled ``int8 <variant>``)."""
+    chooser may keep layers out of int8 as, labelled ``int8 <variant>``), then one per int8
+    floor of ``floors`` (the defaults otherwise, labelled ``int8 floor <dB>``)."""
     out = []
     for i, v in enumerate(variants):
         folder = work / "export" / (name if v == "default" else f"{name}-{v}")
@@ -89,6 +94,10 @@ def _exports(model: Path, work: Path, name: str, split: Path, variants: list[str
         if i == 0:
             out.append(("fp32", folder, {"fp32": files["fp32"]}))
         out.append(("int8" if v == "default" else f"int8 {v}", folder, {"int8": files["int8"]}))
+    for f in floors:
+        folder = work / "export" / f"{name}-floor{f:g}"
+        out.append((f"int8 floor {f:g}", folder,
+                    {"int8": _export(model, folder, split, floor=f)["int8"]}))
     return out
 
 
@@ -217,6 +226,10 @@ def _arguments() -> argparse.Namespace:
                     default=["default"], help="int8 files per model, comma list: default (the "
                     "export's defaults), or the kinds its chooser may keep layers out of int8 "
                     "as (dmad export --int8-kinds), + joined: float, hybrid, float+hybrid")
+    ap.add_argument("--int8-floors", type=lambda s: [float(x) for x in s.split(",") if x],
+                    default=[], help="also an int8 file per model at each of these int8 floors "
+                    "in dB (dmad export --floor-int8: the chooser keeps more out of int8), "
+                    "comma list")
     ap.add_argument("--runs", type=int, default=10, help="timed rounds")
     ap.add_argument("--seed", type=int, default=0, help="seed of every run")
     ap.add_argument("--no-bench", action="store_true", help="skip the timing stage")
@@ -262,7 +275,8 @@ def main() -> None:
                 y = torch.cat([load_generator(pt)[0].eval()(x[i:i + 1]) for i in range(len(x))])
             rows.append({"label": f"{name} PyTorch", "model": name, "precision": "torch",
                          "gmacs": gmacs, **_judge(y, ref)})
-        for prec, folder, exported in _exports(pt, args.work, name, split, args.int8_kinds):
+        for prec, folder, exported in _exports(pt, args.work, name, split, args.int8_kinds,
+                                               args.int8_floors):
             parity = json.loads((folder / "parity.json").read_text())
             auto = parity.get("int8_auto_float") or {}
             kept = (auto.get("float_layers") or []) + [
