@@ -142,8 +142,8 @@ HYBRID_SHARE = 0.75
 
 
 #: past the floor a hybrid layer must buy this much: it is insurance for photographs harder
-#: than the calibration ones, and not free (the ÷20 photo student's head as hybrid bought
-#: 0.6 dB on the calibration images, nothing on the held-out ones, and cost 9 % of its latency)
+#: than the calibration ones, and not free (a ÷20 photo student's head as hybrid bought 0.6 dB
+#: on the calibration images, nothing on the held-out ones, and made its file 9 % slower)
 POST_FLOOR_DB = 1.0
 
 
