@@ -24,8 +24,8 @@ from torch import nn
 from dmad.compress.metrics import psnr
 from dmad.compress.quant_aware import observe_ranges, quant_aware_, switch_layers
 
-__all__ = ["LOW_CONTRAST", "MAX_HYBRID", "choose_float_layers", "layer_sensitivity",
-           "low_contrast"]
+__all__ = ["LOW_CONTRAST", "MAX_HYBRID", "choose_float_layers", "kept_out_of_int8",
+           "layer_sensitivity", "low_contrast"]
 
 
 #: the contrast of the flat copies the screen adds (a quarter: a photograph's pixel spread is
@@ -194,12 +194,13 @@ def _greedy_plan(score: Any, convs: list[str], every: float, rows: list[dict[str
                 if "hybrid" in kinds and c in hybrid_ok and len(hy) < most_hybrid}
         if not got:
             break
+        step = POST_FLOOR_DB if reached else STEP_DB
         (kind, c), db = max(got.items(), key=lambda kv: kv[1])
-        hyb = {k: v for k, v in got.items() if k[0] == "hybrid" and v >= best + STEP_DB
+        hyb = {k: v for k, v in got.items() if k[0] == "hybrid" and v >= best + step
                and v - best >= HYBRID_SHARE * (db - best)}
         if hyb:
             (kind, c), db = max(hyb.items(), key=lambda kv: kv[1])
-        if db < best + (POST_FLOOR_DB if reached else STEP_DB):
+        if db < best + step:
             break  # no layer helps enough any more
         (fl if kind == "float" else hy).append(c)
         best = db
@@ -241,3 +242,12 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
            f"{pick['psnr_db']:.1f} dB with {' and '.join(kept)} "
            f"(floor {floor_db:g} dB + {margin_db:g} dB margin)")
     return fl, hy, why
+
+
+def kept_out_of_int8(choice: dict[str, Any] | None) -> list[str]:
+    """The layers a choice (``parity.json``'s ``int8_auto_float``) kept out of int8, for a
+    report: the float ones by name, then the hybrid ones marked ``(hybrid)``."""
+    choice = choice or {}
+    return [*(choice.get("float_layers") or []),
+            *(f"{h} (hybrid)" for h in choice.get("hybrid_layers") or [])]
+

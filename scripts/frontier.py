@@ -43,6 +43,7 @@ from dmad.compress.data.split import ImageSplit, make_split, whole_images
 from dmad.compress.evaluate import fidelity_summary, image_fidelity
 from dmad.compress.io import atomic_write_json
 from dmad.export.parity import run_tflite
+from dmad.export.sensitivity import kept_out_of_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 256
@@ -278,9 +279,7 @@ def main() -> None:
         for prec, folder, exported in _exports(pt, args.work, name, split, args.int8_kinds,
                                                args.int8_floors):
             parity = json.loads((folder / "parity.json").read_text())
-            auto = parity.get("int8_auto_float") or {}
-            kept = (auto.get("float_layers") or []) + [
-                f"{n} (hybrid)" for n in auto.get("hybrid_layers") or []]
+            kept = kept_out_of_int8(parity.get("int8_auto_float"))
             for variant, f in exported.items():
                 label = f"{name} {prec}"
                 files[label] = f

@@ -61,6 +61,7 @@ def main() -> None:
              for c in args.int8_contrast.split(",")]
     sys.path.insert(0, str(ROOT))
     from dmad.export.api import ExportConfig, export_model
+    from dmad.export.sensitivity import kept_out_of_int8
 
     split = json.loads(args.split.read_text())
     worst: dict[tuple[int, float], list[float]] = {sc: [] for sc in pairs}
@@ -75,9 +76,7 @@ def main() -> None:
                     num_calib=args.num_calib, num_eval=100, int8_screen=screen,
                     int8_contrast=contrast))
                 par = res.report["artifacts"]["int8"]["parity"]
-                auto = res.report.get("int8_auto_float") or {}
-                kept = [*auto.get("float_layers", []),
-                        *(f"{h} (hybrid)" for h in auto.get("hybrid_layers", []))]
+                kept = kept_out_of_int8(res.report.get("int8_auto_float"))
                 worst[(screen, contrast)].append(par["psnr_worst_db"])
                 per = ", ".join(f"{Path(r['image']).stem} {r['psnr_db']:.1f}"
                                 for r in par["per_image"])

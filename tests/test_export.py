@@ -487,6 +487,16 @@ def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_
     assert plan == []
 
 
+def test_the_layers_kept_out_of_int8_are_reported_by_kind() -> None:
+    """The scripts' reports name float layers plainly and hybrid ones marked, in that order."""
+    from dmad.export.sensitivity import kept_out_of_int8
+
+    assert kept_out_of_int8({"float_layers": ["head.conv"],
+                             "hybrid_layers": ["up2.conv", "up1.conv"]}) == [
+        "head.conv", "up2.conv (hybrid)", "up1.conv (hybrid)"]
+    assert kept_out_of_int8(None) == [] == kept_out_of_int8({"float_layers": []})
+
+
 def test_the_plan_tries_a_layer_that_costs_alone_though_another_hides_its_gain() -> None:
     """While one layer ruins every image, keeping any other out of int8 buys nothing, so its
     gain reads zero or less (the photo teacher's ``up1``: −0.33 dB) even where it costs a lot
