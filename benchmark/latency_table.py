@@ -183,10 +183,13 @@ def overhead_model() -> tuple[nn.Module, tuple[int, int, int, int]]:
 def stem_axis(points: list[int], limit: int, multiple: int) -> list[int]:
     """A stem axis with grid points on both sides of the phase-front boundary (interpolating
     between a fused phase front and a plain stem would mix two different files), and below it
-    one every quarter tile, 4 channels at least: the front writes four channels per stem
-    channel, so its cost steps four times as often."""
+    a point on each side of every quarter tile, 4 channels at least: the front writes four
+    channels per stem channel, so its cost jumps where 4 × stem crosses a tile (a stem of 5
+    costs far more than one of 4, then rises slowly to 8), and interpolating across a jump
+    would put a stem of 6 a tenth too low."""
     q = max(4, multiple // 4)
-    below = [*range(q, PHASE_FRONT_BELOW - 1, q), PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
+    below = [p for k in range(q, PHASE_FRONT_BELOW - 1, q) for p in (k, k + 1)]
+    below += [PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]
     return sorted(set(points) | {p for p in below if p <= limit})
 
 

@@ -283,8 +283,10 @@ def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
     """Grid widths of one axis: the multiples of ``multiple`` up to ``limit`` (and ``limit``
     itself), thinned to at most ``max_points`` (the first and last always kept) evenly in the
     square root of the width, so denser where the widths are narrow: there a tile is a large
-    share of a layer's cost, and there a tight ``--target-ms`` search ends; and a quarter tile
-    below them."""
+    share of a layer's cost, and there a tight ``--target-ms`` search ends; and below them a
+    quarter tile and one channel: a layer's cost keeps falling under a tile (a head reading one
+    channel costs a third of one reading four), and a lookup under the first point would
+    clamp to it."""
     m = max(1, multiple)
     pts = list(range(m, limit + 1, m)) or [limit]
     if pts[-1] != limit:
@@ -294,10 +296,8 @@ def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
         want = [(lo + (hi - lo) * i / (max_points - 1)) ** 2 for i in range(max_points)]
         idx = sorted({min(range(len(pts)), key=lambda j, v=v: abs(pts[j] - v)) for v in want})
         pts = [pts[i] for i in idx]
-    small = max(1, m // 4)  # below one tile the cost still falls: one point there
-    if m > 1 and small < pts[0]:
-        pts.insert(0, small)
-    return pts
+    small = {max(1, m // 4), 1} if m > 1 else set()
+    return sorted(small | set(pts)) if small and min(small) < pts[0] else pts
 
 
 def max_widths_of(spec: ResnetSpec) -> dict[str, int]:

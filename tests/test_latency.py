@@ -91,10 +91,13 @@ def test_grid_interpolates_and_rounds_outputs_up_to_the_tile() -> None:
 
 def test_axis_points_are_denser_where_widths_are_narrow() -> None:
     axis = axis_points(256, 16, 10)  # 16 multiples, 10 kept: 32 and 80 stay, wide ones thin
-    assert axis[:6] == [4, 16, 32, 48, 64, 80] and axis[-1] == 256 and len(axis) == 11
-    gaps = np.diff(axis[1:])
+    assert axis[:7] == [1, 4, 16, 32, 48, 64, 80] and axis[-1] == 256 and len(axis) == 12
+    gaps = np.diff(axis[2:])
     assert all(a <= b for a, b in itertools.pairwise(gaps)) and gaps[0] < gaps[-1]
-    assert axis_points(64, 16, 10) == [4, 16, 32, 48, 64]  # nothing thinned when it fits
+    assert axis_points(64, 16, 10) == [1, 4, 16, 32, 48, 64]  # nothing thinned when it fits
+    # one channel is a point of its own: a width under the quarter tile is not clamped up to it
+    g = Grid([axis_points(64, 16, 10)], [0.6, 1.6, 6.1, 12.8, 19.5, 27.0], [1])
+    assert g.at([1]) == pytest.approx(0.6) and g.at([2]) == pytest.approx(0.6 + 1.0 / 3)
 
 
 def test_prediction_equals_the_sum_of_units_on_and_off_the_grid() -> None:
@@ -339,7 +342,7 @@ def test_latency_table_other_backends(tmp_path: Path, backend: str) -> None:
     cfg = LatencyTableConfig(out=tmp_path / "t.json", backend=backend, ngf=4, size=32,
                              multiple=16, runs=2, warmup=1, rounds=1, validate=1, calibrate=1)
     t = build_table(cfg)
-    assert t.key["backend"] == backend and t.units["block"].axes == [[4, 16], [4, 16]]
+    assert t.key["backend"] == backend and t.units["block"].axes == [[1, 4, 16], [1, 4, 16]]
     assert all(v > 0 for row in t.units["block"].ms for v in row)
     assert t.validation[0]["measured_ms"] > 0 and t.scale > 0
     back = LatencyTable.load(cfg.out)
@@ -371,12 +374,13 @@ def test_narrow_stems_are_timed_as_the_fused_phase_front() -> None:
     from dmad.export.s2d import PHASE_FRONT_BELOW
 
     b = PHASE_FRONT_BELOW
-    assert stem_axis([4, 16, 32, 48, 64], 64, 16) == [4, 8, 12, b - 1, b, 32, 48, 64]
+    # a point on each side of every quarter tile: 4 x stem crosses a tile between 4 and 5
+    assert stem_axis([4, 16, 32, 48, 64], 64, 16) == [4, 5, 8, 9, 12, 13, b - 1, b, 32, 48, 64]
     assert stem_axis([1, 4], 4, 4) == [1, 4] and stem_axis([16, 32], 32, 64) == [b - 1, b, 32]
     # a stem under the boundary never rounds up into the plain form, whatever the tile
     ax = stem_axis([2, 8, 16, 24], 24, 8)
-    assert ax == [2, 4, 8, 12, b - 1, b, 24]
-    g = Grid([ax], [0.1, 0.1, 0.1, 0.1, 0.1, 9.0, 9.5], [8])
+    assert ax == [2, 4, 5, 8, 9, 12, 13, b - 1, b, 24]
+    g = Grid([ax], [0.1] * 8 + [9.0, 9.5], [8])
     assert g.at([13]) == pytest.approx(0.1) and g.at([b]) == 9.0 and g.at([17]) == 9.5
     spec = ResnetSpec(ngf=16, n_blocks=2)
     front, shape = unit_model(spec, "down1", (6, 8), 32, seed=3)
