@@ -760,8 +760,14 @@ def _convert(job: _Job, deploy: nn.Module, variants: list[str]
     if job.cfg.converter == "graph":
         graph, graph_info = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref)
     conv_info: dict[str, Any] = {}
+    recipe = job.cfg.recipe
+    if recipe.ranges == "auto" and not recipe.range_target_db:
+        # the ranges clip no more than the floor (with the plan's margin) needs
+        recipe = dataclasses.replace(recipe, range_target_db=job.cfg.psnr_bar
+                                     + AUTO_FLOAT_MARGIN_DB)
+        job.cfg = dataclasses.replace(job.cfg, recipe=recipe)
     files = tflite.convert(onnx_path, job.tmp, ["fp32", *[v for v in variants if v != "fp32"]],
-                           None if job.calib is None else _nhwc(job.calib), job.cfg.recipe,
+                           None if job.calib is None else _nhwc(job.calib), recipe,
                            graph=graph, timeout=job.cfg.timeout, info=conv_info)
     job.phase["tflite"] = time.time() - t
     _tflite_artifacts(job, files, conv_info.get("gpu", {}), variants)

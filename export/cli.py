@@ -139,8 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="skip it; without this flag: " + h("equalize"))
     s.add_argument("--int8-ranges", default=DEFAULT_RECIPE.ranges,
                    help="int8 activation ranges: minmax (TensorFlow's calibrator), percentile "
-                        "or mse (clipped), auto (the best of a few percentiles on the "
-                        f"calibration images) (default: {DEFAULT_RECIPE.ranges})")
+                        "or mse (clipped), auto (of a few percentiles scored on the "
+                        "calibration images, the widest that clears --floor-int8 + 1 dB, else "
+                        f"the best) (default: {DEFAULT_RECIPE.ranges})")
     s.add_argument("--int8-percentile", type=float, default=DEFAULT_RECIPE.percentile,
                    help=f"percentile kept by --int8-ranges percentile (default: "
                         f"{DEFAULT_RECIPE.percentile})")

@@ -79,19 +79,24 @@ class Int8Recipe:
     #: (CONCATENATION type check).
     activations16: bool = False
     #: activation ranges: ``minmax`` (TensorFlow's calibrator), ``percentile``, ``mse`` or
-    #: ``auto`` (the best of a few percentiles on the calibration images; :mod:`export.ranges`)
+    #: ``auto`` (one of a few percentiles scored on the calibration images: ``range_target_db``)
     ranges: str = "minmax"
     percentile: float = 99.99
     #: PyTorch layer names whose convolution is hybrid: int8 weights, float input and output
     #: (XNNPACK's dynamically quantised convolution, at the int8 rate; :mod:`export.hybrid`),
     #: with the same float padding and layout ops around it as a float layer
     hybrid_layers: tuple[str, ...] = field(default=())
+    #: with ``ranges="auto"``: keep the widest percentile whose worst calibration image is at
+    #: least this many dB from float (the export passes its floor plus a margin), the best
+    #: one when none is; 0: always the best (:func:`export.ranges.pick_percentile`)
+    range_target_db: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return {"per_channel": self.per_channel, "float_ops": list(self.float_ops),
                 "float_layers": list(self.float_layers), "activations16": self.activations16,
                 "ranges": self.ranges, "percentile": self.percentile,
-                "hybrid_layers": list(self.hybrid_layers)}
+                "hybrid_layers": list(self.hybrid_layers),
+                "range_target_db": self.range_target_db}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -429,10 +434,10 @@ def _quantiser(calibrated: bytes, recipe: Int8Recipe) -> Callable[..., bytes]:
 
 def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
             quantise: Callable[..., bytes]) -> bytes:
-    """The calibrated flatbuffer with ``recipe.ranges`` written in (``auto``: the percentile
-    whose quantised file is closest to float on the worst of the first calibration images);
-    the choice goes to ranges.json."""
-    from dmad.export.ranges import AUTO_PERCENTILES, Samples
+    """The calibrated flatbuffer with ``recipe.ranges`` written in (``auto``: a percentile by
+    the worst of the first calibration images, :func:`export.ranges.pick_percentile`); the
+    choice goes to ranges.json."""
+    from dmad.export.ranges import AUTO_PERCENTILES, Samples, pick_percentile
 
     samples = Samples(calibrated, calib)
     _tick("int8_range_samples")
@@ -441,9 +446,10 @@ def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
         for p in AUTO_PERCENTILES:
             blob, _ = samples.apply("percentile", p)
             scores[p] = samples.score(quantise(blob))
-        best = max(scores, key=lambda p: scores[p])
+        best = pick_percentile(scores, recipe.range_target_db)
         calibrated, summary = samples.apply("percentile", best)
         summary.update(method="auto", chosen_percentile=best,
+                       target_db=recipe.range_target_db or None,
                        calib_psnr_db={str(p): round(v, 2) for p, v in scores.items()})
     else:
         calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
@@ -505,7 +511,7 @@ def _worker(job_path: str) -> int:
     recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
                         tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
                         str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)),
-                        tuple(r.get("hybrid_layers", ())))
+                        tuple(r.get("hybrid_layers", ())), float(r.get("range_target_db", 0.0)))
     if "batch" in job:
         return _batch_worker(job, recipe)
     calib = np.load(job["calib"]) if job["calib"] else None

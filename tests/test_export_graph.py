@@ -562,3 +562,18 @@ def test_space_to_depth_read_by_more_than_convolutions_is_gathered(tmp_path: Pat
     rep = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32, quant=("fp32",),
                                     calib=_photos(tmp_path), num_calib=2, num_eval=2)).report
     assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
+
+
+def test_auto_ranges_keep_the_widest_percentile_that_clears_the_target() -> None:
+    """The student's scores on its calibration images: the best (99.995) clipped a held-out
+    photograph under the floor that the widest one clearing floor + margin kept above it."""
+    from dmad.export.ranges import pick_percentile
+
+    scores = {99.95: 29.1, 99.98: 34.2, 99.99: 37.8, 99.995: 39.3, 99.999: 36.9, 100.0: 36.4}
+    assert pick_percentile(scores) == 99.995  # no target: the best
+    assert pick_percentile(scores, 36.0) == 100.0  # min/max clears 36 dB: the least clipping
+    assert pick_percentile(scores, 36.5) == 99.999
+    assert pick_percentile(scores, 39.0) == 99.995
+    assert pick_percentile(scores, 45.0) == 99.995  # none clears it: the best
+    with pytest.raises(ValueError):
+        pick_percentile({})
