@@ -136,6 +136,14 @@ def test_resnet_int8_round_trip_and_android(tmp_path: Path, default_data: Path) 
     auto = rep["int8_auto_float"]  # the choice is recorded and is what the recipe used
     assert auto is not None and rep["int8_recipe"]["float_layers"] == auto["float_layers"]
     assert rep["int8_recipe"]["hybrid_layers"] == auto["hybrid_layers"]
+    # `auto` ranges: the widest percentile that clears the floor + margin, else the best
+    from dmad.export.api import AUTO_FLOAT_MARGIN_DB, PSNR_BAR
+    from dmad.export.ranges import pick_percentile
+
+    ranges, target = rep["int8_ranges"], PSNR_BAR + AUTO_FLOAT_MARGIN_DB
+    assert rep["int8_recipe"]["range_target_db"] == ranges["target_db"] == target
+    scores = {float(k): v for k, v in ranges["calib_psnr_db"].items()}
+    assert len(scores) == 6 and ranges["chosen_percentile"] == pick_percentile(scores, target)
     # ranked by what keeping the layer out of int8 buys, float or hybrid
     gains = [max(r["gain_db"], r.get("hybrid_gain_db", 0.0)) for r in sens["layers"]]
     assert gains == sorted(gains, reverse=True) and sens["images"] >= 1
