@@ -65,7 +65,8 @@ class LatencyTableConfig:
     ngf: int = opt(64, "without --generator: ngf of the ResNet-9 the table covers")
     size: int = opt(256, "input side in pixels the units are timed at (phones: 256)")
     max_points: int = opt(10, "grid widths per axis at most (multiples of the measured multiple, "
-                          "denser at narrow widths)")
+                          "denser at narrow widths), besides one channel and a quarter multiple "
+                          "below them and the fused stem's points")
     multiple: int = opt(0, "channel multiple of the grid; 0 = measure it (a sweep of one block's "
                         "inner width)")
     runs: int = opt(10, "timed runs per model and round (the fastest or the median is kept: "
@@ -186,7 +187,8 @@ def stem_axis(points: list[int], limit: int, multiple: int) -> list[int]:
     a point on each side of every quarter tile, 4 channels at least: the front writes four
     channels per stem channel, so its cost jumps where 4 × stem crosses a tile (a stem of 5
     costs far more than one of 4, then rises slowly to 8), and interpolating across a jump
-    would put a stem of 6 a tenth too low."""
+    would put a stem of 6 a tenth too low. Measured at XNNPACK's tile of 16; on narrower tiles
+    the jumps between these points are interpolated."""
     q = max(4, multiple // 4)
     below = [p for k in range(q, PHASE_FRONT_BELOW - 1, q) for p in (k, k + 1)]
     below += [PHASE_FRONT_BELOW - 1, PHASE_FRONT_BELOW]

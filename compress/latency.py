@@ -296,8 +296,8 @@ def axis_points(limit: int, multiple: int, max_points: int) -> list[int]:
         want = [(lo + (hi - lo) * i / (max_points - 1)) ** 2 for i in range(max_points)]
         idx = sorted({min(range(len(pts)), key=lambda j, v=v: abs(pts[j] - v)) for v in want})
         pts = [pts[i] for i in idx]
-    small = {max(1, m // 4), 1} if m > 1 else set()
-    return sorted(small | set(pts)) if small and min(small) < pts[0] else pts
+    small = {p for p in (1, m // 4) if m > 1 and 1 <= p < pts[0]}
+    return sorted(small | set(pts))
 
 
 def max_widths_of(spec: ResnetSpec) -> dict[str, int]:

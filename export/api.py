@@ -43,7 +43,8 @@ from dmad.export.rewrite import deploy_rewrite, unsupported_layers
 from dmad.export.sensitivity import LOW_CONTRAST, MAX_HYBRID
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
-__all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes"]
+__all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes",
+           "range_target"]
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8", "onnx-int8")
 CONVERTERS = ("graph", "onnx2tf")
@@ -177,7 +178,8 @@ class ExportConfig:
         "full | compressed: model.json label for --android; the other label's model is kept",
     )
     force: bool = opt(False, "replace a non-empty --out folder")
-    psnr_bar: float = opt(PSNR_BAR, "PSNR floor in dB vs PyTorch of the int8 files (and onnx-int8)")
+    psnr_bar: float = opt(PSNR_BAR, "PSNR floor in dB vs PyTorch of the int8 files (and "
+                          "onnx-int8); the layer plan and auto ranges aim 1 dB over it")
     floor_fp16: float = opt(FLOORS["fp16"], "PSNR floor in dB vs PyTorch of the fp16 file")
     floor_dynamic: float = opt(FLOORS["dynamic"],
                                "PSNR floor in dB vs PyTorch of the dynamic-range file")
@@ -731,6 +733,15 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
     return {"float_layers": fl, "hybrid_layers": hy, "why": why}
 
 
+def range_target(cfg: ExportConfig) -> Int8Recipe:
+    """The recipe with the target of its ``auto`` ranges set where the user left it open: the
+    int8 floor plus the plan's margin, so the ranges clip no more than the floor needs."""
+    r = cfg.recipe
+    if r.ranges != "auto" or r.range_target_db is not None:
+        return r
+    return dataclasses.replace(r, range_target_db=cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB)
+
+
 def _names_layers(recipe: Int8Recipe) -> bool:
     """Whether the user named the layers kept out of int8 (then nothing is chosen for them)."""
     return bool(recipe.float_layers or recipe.hybrid_layers)
@@ -760,14 +771,9 @@ def _convert(job: _Job, deploy: nn.Module, variants: list[str]
     if job.cfg.converter == "graph":
         graph, graph_info = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref)
     conv_info: dict[str, Any] = {}
-    recipe = job.cfg.recipe
-    if recipe.ranges == "auto" and not recipe.range_target_db:
-        # the ranges clip no more than the floor (with the plan's margin) needs
-        recipe = dataclasses.replace(recipe, range_target_db=job.cfg.psnr_bar
-                                     + AUTO_FLOAT_MARGIN_DB)
-        job.cfg = dataclasses.replace(job.cfg, recipe=recipe)
+    job.cfg = dataclasses.replace(job.cfg, recipe=range_target(job.cfg))
     files = tflite.convert(onnx_path, job.tmp, ["fp32", *[v for v in variants if v != "fp32"]],
-                           None if job.calib is None else _nhwc(job.calib), recipe,
+                           None if job.calib is None else _nhwc(job.calib), job.cfg.recipe,
                            graph=graph, timeout=job.cfg.timeout, info=conv_info)
     job.phase["tflite"] = time.time() - t
     _tflite_artifacts(job, files, conv_info.get("gpu", {}), variants)

@@ -87,9 +87,9 @@ class Int8Recipe:
     #: with the same float padding and layout ops around it as a float layer
     hybrid_layers: tuple[str, ...] = field(default=())
     #: with ``ranges="auto"``: keep the widest percentile whose worst calibration image is at
-    #: least this many dB from float (the export passes its floor plus a margin), the best
-    #: one when none is; 0: always the best (:func:`export.ranges.pick_percentile`)
-    range_target_db: float = 0.0
+    #: least this many dB from float, the best one when none is; 0: always the best; None:
+    #: the export sets its int8 floor plus the plan's margin (:func:`export.ranges.pick_percentile`)
+    range_target_db: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"per_channel": self.per_channel, "float_ops": list(self.float_ops),
@@ -446,7 +446,7 @@ def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
         for p in AUTO_PERCENTILES:
             blob, _ = samples.apply("percentile", p)
             scores[p] = samples.score(quantise(blob))
-        best = pick_percentile(scores, recipe.range_target_db)
+        best = pick_percentile(scores, recipe.range_target_db or 0.0)
         calibrated, summary = samples.apply("percentile", best)
         summary.update(method="auto", chosen_percentile=best,
                        target_db=recipe.range_target_db or None,
@@ -511,7 +511,7 @@ def _worker(job_path: str) -> int:
     recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
                         tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
                         str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)),
-                        tuple(r.get("hybrid_layers", ())), float(r.get("range_target_db", 0.0)))
+                        tuple(r.get("hybrid_layers", ())), r.get("range_target_db"))
     if "batch" in job:
         return _batch_worker(job, recipe)
     calib = np.load(job["calib"]) if job["calib"] else None

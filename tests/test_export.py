@@ -639,3 +639,21 @@ def test_make_android_assets_puts_256_models_in_the_app(tmp_path: Path,
     for e in doc["models"]:
         assert e["input"]["shape"] == [1, 256, 256, 3] and e["output"]["shape"] == [1, 256, 256, 3]
         assert set(e["for_delegate"]) == {"cpu", "nnapi", "gpu"}
+
+
+def test_auto_ranges_aim_over_the_users_floor(tmp_path: Path) -> None:
+    """The `auto` ranges' target follows --floor-int8 (plus the plan's margin); a target the
+    user set (0: always the best percentile) and the other range methods are left alone."""
+    import dataclasses
+
+    from dmad.export.api import AUTO_FLOAT_MARGIN_DB, DEFAULT_RECIPE, range_target
+
+    cfg = ExportConfig(out=tmp_path / "o", model=tmp_path / "m.pt", psnr_bar=38.0)
+    assert range_target(cfg).range_target_db == 38.0 + AUTO_FLOAT_MARGIN_DB
+    assert DEFAULT_RECIPE.range_target_db is None  # open until the export knows its floor
+    for preset in (0.0, 41.5):
+        mine = dataclasses.replace(cfg, recipe=dataclasses.replace(DEFAULT_RECIPE,
+                                                                   range_target_db=preset))
+        assert range_target(mine).range_target_db == preset
+    fixed = dataclasses.replace(cfg, recipe=dataclasses.replace(DEFAULT_RECIPE, ranges="mse"))
+    assert range_target(fixed).range_target_db is None

@@ -95,6 +95,7 @@ def test_axis_points_are_denser_where_widths_are_narrow() -> None:
     gaps = np.diff(axis[2:])
     assert all(a <= b for a, b in itertools.pairwise(gaps)) and gaps[0] < gaps[-1]
     assert axis_points(64, 16, 10) == [1, 4, 16, 32, 48, 64]  # nothing thinned when it fits
+    assert axis_points(3, 16, 10) == [1, 3]  # no point past the axis' own maximum
     # one channel is a point of its own: a width under the quarter tile is not clamped up to it
     g = Grid([axis_points(64, 16, 10)], [0.6, 1.6, 6.1, 12.8, 19.5, 27.0], [1])
     assert g.at([1]) == pytest.approx(0.6) and g.at([2]) == pytest.approx(0.6 + 1.0 / 3)
