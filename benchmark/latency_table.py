@@ -19,6 +19,7 @@ import datetime as _dt
 import math
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ from dmad.compress.models import ResnetSpec, ResnetWidths
 from dmad.export.s2d import PHASE_FRONT_BELOW, PhaseHead, PhaseStem, phase_down, to_phases
 
 BACKENDS = ("tflite-xnnpack", "tflite-int8", "ort")
+#: how the export's int8 chooser may keep a layer out of int8 (``Int8Recipe``)
+INT8_PLAN_KINDS = ("hybrid", "float")
+#: the units' names in a generator, where they differ (the residual blocks)
+UNIT_MODULES = {"block": "blocks"}
 TIMINGS = ("fastest", "median")
 #: candidate channel multiples of the sweep
 MULTIPLES = (1, 2, 4, 8, 16, 32)
@@ -56,6 +61,11 @@ class LatencyTableConfig:
     backend: str = opt("tflite-xnnpack", "tflite-xnnpack (the fp32 .tflite on XNNPACK) | "
                        "tflite-int8 (the export's full-int8 .tflite on XNNPACK) | ort (ONNX "
                        "Runtime, the fp32 .onnx)")
+    int8_plan: str = opt("up1:hybrid,up2:hybrid", "with --backend tflite-int8: units whose "
+                         "convolutions are timed out of int8, as unit:hybrid (int8 weights, "
+                         "float activations) or unit:float, comma list; 'none': every layer "
+                         "int8. The default is what the export's chooser kept in every "
+                         "student it was measured on, so the table predicts the file shipped")
     threads: int = opt(1, "threads the target runs with")
     generator: Path | None = opt(None, "a dmad model file (e.g. the teacher): the table covers "
                                  "its family and widths up to its own (default: ResNet-9 ngf "
@@ -106,12 +116,56 @@ class LatencyTableConfig:
             raise DmadError(f"--max-points: {self.max_points} must be >= 2")
         if self.multiple < 0:
             raise DmadError(f"--multiple: {self.multiple} must be >= 0")
+        parse_int8_plan(self.int8_plan)
         if self.android is not None:
             if self.backend == "ort":
                 raise DmadError("--android: times .tflite files; --backend ort runs on this CPU")
             if self.benchmark_binary is None or not Path(self.benchmark_binary).is_file():
                 raise DmadError(f"--benchmark-binary: {self.benchmark_binary}: no such file "
                                 "(needed with --android)")
+
+
+def parse_int8_plan(text: str) -> dict[str, str]:
+    """``--int8-plan`` as {unit: kind}: ``unit:kind`` pairs, or ``none`` / empty for none."""
+    plan: dict[str, str] = {}
+    if text.strip().lower() in ("", "none"):
+        return plan
+    for part in text.split(","):
+        unit, _, kind = part.strip().partition(":")
+        if unit not in RESNET_UNITS or kind not in INT8_PLAN_KINDS:
+            raise DmadError(f"--int8-plan: {part.strip()!r} is not unit:kind (units "
+                            f"{', '.join(RESNET_UNITS)}; kinds {', '.join(INT8_PLAN_KINDS)})")
+        plan[unit] = kind
+    return plan
+
+
+def planned_layers(model: nn.Module, plan: dict[str, str]
+                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(float, hybrid) layer names of ``model``'s convolutions in the plan's units, as the
+    export's ``Int8Recipe`` names them: a unit's layers sit under the generator's name for it
+    in whole generators and in unit models alike (:func:`unit_model`)."""
+    units = {UNIT_MODULES.get(u, u): kind for u, kind in plan.items()}
+    out: dict[str, list[str]] = {"float": [], "hybrid": []}
+    for name, mod in model.named_modules():
+        kind = units.get(name.split(".")[0])
+        if kind and isinstance(mod, nn.Conv2d | nn.ConvTranspose2d):
+            out[kind].append(name)
+    return tuple(out["float"]), tuple(out["hybrid"])
+
+
+def plan_of_layers(float_layers: list[str], hybrid_layers: list[str]) -> dict[str, str]:
+    """The units an exported int8 file kept out of int8 (its ``int8_recipe`` layers), in
+    ``--int8-plan``'s terms: what to compare with the plan a table timed."""
+    names = {m: u for u, m in UNIT_MODULES.items()}
+    return {names.get(n.split(".")[0], n.split(".")[0]): kind
+            for kind, layers in (("hybrid", hybrid_layers), ("float", float_layers))
+            for n in layers}
+
+
+def _named(unit: str, mod: nn.Module) -> nn.Module:
+    """``mod`` under the generator's name for ``unit``, so its layers carry the names the
+    export's int8 plan uses."""
+    return nn.Sequential(OrderedDict([(UNIT_MODULES.get(unit, unit), mod)]))
 
 
 # -- the unit models ------------------------------------------------------------------------
@@ -150,7 +204,7 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
     under ``PHASE_FRONT_BELOW`` channels fused with its down1 into one "front" (there the
     stem's point is an empty model, which the prediction does not count as a unit): the file
     runs that front as one stretch of phase-form layers, and its two halves timed apart do not
-    add up to it."""
+    add up to it. Each unit sits under the generator's name for it (``up1.conv``)."""
     vals = dict(zip(RESNET_UNITS[unit], point, strict=True))
     w = ResnetWidths(vals.get("stem", 1), vals.get("down1", 1), vals.get("stream", 1),
                      (vals["inner"],) if unit == "block" else (), vals.get("up1", 1),
@@ -161,9 +215,10 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
         if unit == "stem":
             return overhead_model()
         phase_down(g.down1)
-        return nn.Sequential(PhaseStem(g.stem), g.down1), (1, spec.input_nc, s, s)
+        front = OrderedDict([("stem", PhaseStem(g.stem)), ("down1", g.down1)])
+        return nn.Sequential(front), (1, spec.input_nc, s, s)
     if unit == "head":
-        return PhaseHead(g.head), (1, w.up2, s, s)
+        return _named(unit, PhaseHead(g.head)), (1, w.up2, s, s)
     mod, shape = {
         "stem": (g.stem, (1, spec.input_nc, s, s)),
         "down1": (g.down1, (1, w.stem, s, s)),
@@ -173,7 +228,7 @@ def unit_model(spec: ResnetSpec, unit: str, point: tuple[int, ...], size: int, s
         "up2": (g.up2, (1, w.up1, s // 2, s // 2)),
         "head": (g.head, (1, w.up2, s, s)),
     }[unit]
-    return mod, shape  # type: ignore[return-value]
+    return _named(unit, mod), shape  # type: ignore[arg-type]
 
 
 def overhead_model() -> tuple[nn.Module, tuple[int, int, int, int]]:
@@ -217,11 +272,13 @@ class Timer:
     def __init__(self, cfg: LatencyTableConfig, work: Path) -> None:
         self.cfg, self.work = cfg, work
         self.n = 0
+        self.int8_plan: dict[str, str] | None = None
 
-    def convert(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int = 0
-                ) -> list[Path]:
+    def convert(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int = 0,
+                plan: dict[str, str] | None = None) -> list[Path]:
         """Each model as the file the export writes, in ``work`` (the last ``n_whole`` are whole
-        generators: float in and out where the backend is int8)."""
+        generators: float in and out where the backend is int8; ``plan``: units kept out of
+        int8, :func:`parse_int8_plan`)."""
         from dmad.export.onnx import export_onnx
 
         paths: list[Path] = []
@@ -247,6 +304,11 @@ class Timer:
         # and output stay int8, and only the whole model converts from and to float once
         variants = [("int8_io" if i < len(items) - n_whole else "int8") if int8 else "fp32"
                     for i in range(len(items))]
+        if int8:
+            self.int8_plan = dict(plan or {})  # what the table's key says the files kept
+        # one conversion per variant and plan (TensorFlow starts once for each)
+        keys = [(v, *planned_layers(m, plan or {})) if int8 else (v, (), ())
+                for v, (m, _) in zip(variants, items, strict=True)]
         batch, stems = [], []
         rng = np.random.default_rng(self.cfg.seed)
         for m, shape in items:
@@ -258,20 +320,23 @@ class Timer:
             batch.append((stem, trace(sub, shape), calib))
             stems.append(stem)
         out: dict[str, Path] = {}
-        for v in sorted(set(variants)):  # one conversion per variant, each model converted once
-            group = [b for b, bv in zip(batch, variants, strict=True) if bv == v]
-            out.update({s: f[v] for s, f in convert_many(group, self.work, [v], recipe).items()})
+        for key in sorted(set(keys)):
+            v, floats, hybrid = key
+            group = [b for b, k in zip(batch, keys, strict=True) if k == key]
+            r = dataclasses.replace(recipe, float_layers=floats, hybrid_layers=hybrid)
+            out.update({s: f[v] for s, f in convert_many(group, self.work, [v], r).items()})
         return [out[s] for s in stems]
 
     def time(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]],
-             timing: str | None = None, n_whole: int = 0) -> list[float]:
+             timing: str | None = None, n_whole: int = 0, plan: dict[str, str] | None = None
+             ) -> list[float]:
         """Milliseconds of each model, taken as ``timing`` says (default ``cfg.timing``;
         :func:`reduce_rounds`). The last ``n_whole`` items are whole generators (float in and
-        out), the others units."""
+        out), the others units; ``plan``: units kept out of int8 (:meth:`convert`)."""
         if not items:
             return []
         timing = timing or self.cfg.timing
-        files = self.convert(items, n_whole)
+        files = self.convert(items, n_whole, plan)
         if self.cfg.android is not None:
             per = self._android(files, timing)
         else:
@@ -390,7 +455,8 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
         say(f"units: {', '.join(f'{u} {len(p)}' for u, _, p in plan)} models; "
             f"{len(archs)} whole models of random widths ({n_cal} to calibrate, "
             f"{cfg.validate} to validate); {cfg.rounds} rounds")
-        ms_all = iter(timer.time(items, n_whole=len(archs)))
+        int8_plan = parse_int8_plan(cfg.int8_plan) if cfg.backend == "tflite-int8" else {}
+        ms_all = iter(timer.time(items, n_whole=len(archs), plan=int8_plan))
         overhead = next(ms_all)
         units: dict[str, Grid] = {}
         for unit, axes, points in plan:
@@ -481,6 +547,8 @@ def table_key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
 
     key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads,
                            "timing": cfg.timing}
+    if getattr(timer, "int8_plan", None) is not None:  # the units the files kept out of int8
+        key["int8_plan"] = timer.int8_plan
     if cfg.android is not None:
         dev = getattr(timer, "key_device", {})
         props = dev.get("props", {})
@@ -547,5 +615,6 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
 
 
 __all__ = ["BACKENDS", "TIMINGS", "LatencyTableConfig", "Timer", "build_table",
-           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "phone_round_ms",
+           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "parse_int8_plan",
+           "phone_round_ms", "plan_of_layers", "planned_layers",
            "random_widths", "reduce_rounds", "stem_axis", "unit_model", "validation_table"]

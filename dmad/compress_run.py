@@ -324,7 +324,28 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
                    measured_error=round(lat["predicted_ms"] / ms - 1.0, 4))
         print(f"[compress] latency   {lat['predicted_ms']:.2f} ms predicted, {ms:.2f} ms measured "
               f"({backend}, {table.key.get('threads')} thread(s), {export_size}²)")
+        if backend == "tflite-int8":
+            _compare_int8_plan(lat, table.key.get("int8_plan"), f.parent / "parity.json")
     atomic_write_json(arch_path, arch)
+
+
+def _compare_int8_plan(lat: dict[str, Any], timed: dict[str, str] | None, parity: Path
+                       ) -> None:
+    """Record which units the shipped int8 file kept out of int8 beside those the table timed
+    that way, and say so when they differ: the prediction holds for the table's plan."""
+    from dmad.benchmark.latency_table import plan_of_layers
+
+    if not parity.is_file():
+        return
+    recipe = json.loads(parity.read_text()).get("int8_recipe") or {}
+    kept = plan_of_layers(recipe.get("float_layers", []), recipe.get("hybrid_layers", []))
+    lat.update(file_int8_plan=kept, table_int8_plan=timed or {})
+    if kept != (timed or {}):
+        def show(p: dict[str, str]) -> str:
+            return ", ".join(f"{u}:{k}" for u, k in sorted(p.items())) or "none"
+
+        print(f"[compress] latency   note: the int8 file kept {show(kept)} out of int8, the "
+              f"table timed {show(timed or {})} (dmad latency-table --int8-plan)")
 
 
 def _saved_args(out: Path) -> dict[str, Any] | None:

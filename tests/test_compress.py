@@ -325,7 +325,7 @@ def test_compress_teacher_run_folder_uses_the_full_objective(
 
 def test_compress_with_a_latency_budget_records_predicted_and_measured(
         tmp_path: Path, teacher_file: Path, default_data: Path,
-        cli_env: dict[str, str]) -> None:
+        cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """`--target-ms` with a table: the search budgets in predicted ms, and after the export
     the compressed fp32 file is timed on this CPU beside the prediction; bad latency inputs
     are one line and write nothing."""
@@ -365,6 +365,21 @@ def test_compress_with_a_latency_budget_records_predicted_and_measured(
     lat = json.loads((out / "search" / "architecture.json").read_text())["directions"]["AtoB"][
         "latency"]
     assert lat["measured_ms"] is None and "another machine" in lat["measured_note"]
+    # an int8 table's record says which units the shipped file kept out of int8 beside the
+    # units the table timed that way, and a mismatch is said on screen
+    from dmad.compress_run import _compare_int8_plan
+
+    parity = tmp_path / "parity.json"
+    parity.write_text(json.dumps({"int8_recipe": {
+        "float_layers": ["head.conv"], "hybrid_layers": ["up2.conv", "blocks.2.conv1.conv"]}}))
+    rec: dict = {}
+    _compare_int8_plan(rec, {"up2": "hybrid"}, parity)
+    assert rec["file_int8_plan"] == {"up2": "hybrid", "block": "hybrid", "head": "float"}
+    assert rec["table_int8_plan"] == {"up2": "hybrid"}
+    assert "kept block:hybrid, head:float, up2:hybrid out of int8, the table timed " \
+        "up2:hybrid" in capsys.readouterr().out
+    _compare_int8_plan(rec, {"up2": "hybrid", "block": "hybrid", "head": "float"}, parity)
+    assert "note" not in capsys.readouterr().out
     other = tmp_path / "lat_batch.json"
     other.write_text(json.dumps(dc.replace(
         table, family={**table.family, "norm": "batch"}).to_json()))

@@ -344,11 +344,61 @@ def test_latency_table_other_backends(tmp_path: Path, backend: str) -> None:
                              multiple=16, runs=2, warmup=1, rounds=1, validate=1, calibrate=1)
     t = build_table(cfg)
     assert t.key["backend"] == backend and t.units["block"].axes == [[1, 4, 16], [1, 4, 16]]
+    # the int8 files keep the upsampling hybrid, as the export's chooser kept it in students
+    assert t.key.get("int8_plan") == ({"up1": "hybrid", "up2": "hybrid"}
+                                      if backend == "tflite-int8" else None)
     assert all(v > 0 for row in t.units["block"].ms for v in row)
     assert t.validation[0]["measured_ms"] > 0 and t.scale > 0
     back = LatencyTable.load(cfg.out)
     assert back.predict(ResnetSpec(ngf=4, n_blocks=9)).ms == t.predict(
         ResnetSpec(ngf=4, n_blocks=9)).ms
+
+
+def _float_convs(path: Path) -> int:
+    """CONV_2D ops of a .tflite file that write float32 (kept out of int8)."""
+    from dmad.export.parity import make_interpreter
+
+    it = make_interpreter(path.read_bytes(), None, allocate=False)
+    dtype = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
+    return sum(o["op_name"] == "CONV_2D" and dtype[o["outputs"][0]] == np.float32
+               for o in it._get_ops_details())
+
+
+def test_the_int8_table_keeps_the_plans_units_out_of_int8_in_units_and_whole_models(
+        tmp_path: Path) -> None:
+    """--int8-plan: a unit model and a whole generator name a unit's layers alike, and the
+    int8 files of both keep exactly those convolutions out of int8 (the chooser's hybrid
+    upsampling costs more than its int8 form, and a table that ignores it predicts too low)."""
+    from dmad.benchmark.latency_table import (
+        LatencyTableConfig,
+        Timer,
+        parse_int8_plan,
+        planned_layers,
+        unit_model,
+    )
+    from dmad.compress.models import build
+
+    assert parse_int8_plan("up1:hybrid, up2:float") == {"up1": "hybrid", "up2": "float"}
+    assert parse_int8_plan("none") == {} == parse_int8_plan("")
+    for bad in ("up3:hybrid", "up1:int4", "up1"):
+        with pytest.raises(DmadError, match=r"--int8-plan: .* is not unit:kind"):
+            LatencyTableConfig(out=tmp_path / "t.json", int8_plan=bad).check()
+    spec = ResnetSpec(ngf=8, n_blocks=2)
+    g = build(spec).eval()
+    unit, shape = unit_model(spec, "up1", (8, 4), 32)
+    plan = {"up1": "hybrid", "block": "float"}
+    assert planned_layers(unit, plan)[1] == planned_layers(g, plan)[1] == ("up1.conv",)
+    block, _ = unit_model(spec, "block", (8, 4), 32)
+    floats = planned_layers(block, plan)[0]
+    assert floats and all(n.startswith("blocks.") for n in floats)
+    assert set(planned_layers(g, plan)[0]) >= {n.replace("blocks.", "blocks.0.", 1)
+                                               for n in floats}
+    cfg = LatencyTableConfig(out=tmp_path / "t.json", backend="tflite-int8", size=32)
+    items = [(unit, shape), (g, (1, 3, 32, 32))]
+    for p, want in (({"up1": "hybrid"}, 1), ({}, 0)):
+        timer = Timer(cfg, tmp_path)
+        files = timer.convert(items, n_whole=1, plan=p)
+        assert [_float_convs(f) for f in files] == [want, want] and timer.int8_plan == p
 
 
 def test_rounding_never_breaks_a_budget_one_tile_per_layer_exceeds() -> None:
@@ -394,7 +444,9 @@ def test_narrow_stems_are_timed_as_the_fused_phase_front() -> None:
     with torch.no_grad():
         assert torch.allclose(front.eval()(x), ref.down1(ref.stem(x)), atol=1e-5)
     plain, pshape = unit_model(spec, "down1", (16, 8), 32, seed=3)
-    assert pshape == (1, 16, 32, 32) and not isinstance(plain, torch.nn.Sequential)  # its own
+    assert pshape == (1, 16, 32, 32)  # the unit alone, under the generator's name for it
+    assert [n for n, _ in plain.named_children()] == ["down1"]
+    assert [n for n, _ in front.named_children()] == ["stem", "down1"]
     rng = np.random.default_rng(0)
     for _ in range(20):
         w = random_widths(spec, rng, narrow=4)
