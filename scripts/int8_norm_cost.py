@@ -14,9 +14,8 @@ tensor (the floor of one pass). A script that prints numbers, not a test.
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
+import tempfile
+from pathlib import Path
 
 
 def _model(h: int, c: int, norm: bool) -> bytes:
@@ -36,21 +35,14 @@ def _model(h: int, c: int, norm: bool) -> bytes:
 
 
 def _fastest_ms(blob: bytes, shape: tuple[int, ...], runs: int) -> float:
-    from ai_edge_litert.interpreter import Interpreter
+    """The file's fastest of ``runs`` with the harness's runner (XNNPACK, 1 thread)."""
+    from dmad.benchmark.runners import time_blocked
 
-    it = Interpreter(model_content=blob, num_threads=1)
-    it.allocate_tensors()
-    idx = it.get_input_details()[0]["index"]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    it.set_tensor(idx, x)
-    it.invoke()  # the first run sets XNNPACK up
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        it.set_tensor(idx, x)
-        it.invoke()
-        best = min(best, time.perf_counter() - t)
-    return 1000.0 * best
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tflite"
+        path.write_bytes(blob)
+        return time_blocked([(path, shape)], "tflite-xnnpack", 1, runs, warmup=1,
+                            timing="fastest")[0][0]
 
 
 def main() -> None:
