@@ -163,7 +163,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _register_latency_table(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from dmad.benchmark.latency_table import BACKENDS, TIMINGS, LatencyTableConfig
+    from dmad.benchmark.latency_table import (
+        BACKENDS,
+        DEFAULT_INT8_PLAN,
+        TIMINGS,
+        LatencyTableConfig,
+    )
 
     L = LatencyTableConfig
     t = sub.add_parser(
@@ -176,8 +181,8 @@ def _register_latency_table(sub: argparse._SubParsersAction) -> None:  # type: i
     t.add_argument("--out", type=Path, required=True, help=_h(L, "out"))
     t.add_argument("--backend", choices=BACKENDS, default="tflite-xnnpack",
                    help=_h(L, "backend", "tflite-xnnpack"))
-    t.add_argument("--int8-plan", default="up1:hybrid,up2:hybrid",
-                   help=_h(L, "int8_plan", "up1:hybrid,up2:hybrid"))
+    t.add_argument("--int8-plan", default=DEFAULT_INT8_PLAN,
+                   help=_h(L, "int8_plan", DEFAULT_INT8_PLAN))
     t.add_argument("--threads", type=int, default=1, help=_h(L, "threads", 1))
     t.add_argument("--generator", type=Path, help=_h(L, "generator"))
     t.add_argument("--ngf", type=int, default=64, help=_h(L, "ngf", 64))

@@ -28,6 +28,7 @@ from dmad.benchmark.latency_table import (
     LatencyTableConfig,
     Timer,
     choose_multiple,
+    parse_int8_plan,
     table_key,
     write_table,
 )
@@ -93,6 +94,9 @@ def build_graph_table(cfg: LatencyTableConfig, teacher: nn.Module,
     if cfg.size % gspec.divisor:
         raise DmadError(f"--size: {cfg.size} is not a multiple of {gspec.divisor} for this "
                         "generator")
+    if cfg.backend == "tflite-int8" and parse_int8_plan(cfg.int8_plan):
+        say("--int8-plan: ResNet tables only; this generator's int8 files are timed with "
+            "every layer in int8")
     spec = budget.cost_spec(teacher, cfg.size)
     if not isinstance(spec, GraphSpec):  # a UNet: its traced graph, sites by DMAD's names
         spec = family_graph(spec)

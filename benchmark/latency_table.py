@@ -45,6 +45,8 @@ from dmad.export.s2d import PHASE_FRONT_BELOW, PhaseHead, PhaseStem, phase_down,
 BACKENDS = ("tflite-xnnpack", "tflite-int8", "ort")
 #: how the export's int8 chooser may keep a layer out of int8 (``Int8Recipe``)
 INT8_PLAN_KINDS = ("hybrid", "float")
+#: the units the export's int8 chooser kept out of int8 in every student it was measured on
+DEFAULT_INT8_PLAN = "up1:hybrid,up2:hybrid"
 #: the units' names in a generator, where they differ (the residual blocks)
 UNIT_MODULES = {"block": "blocks"}
 TIMINGS = ("fastest", "median")
@@ -61,11 +63,12 @@ class LatencyTableConfig:
     backend: str = opt("tflite-xnnpack", "tflite-xnnpack (the fp32 .tflite on XNNPACK) | "
                        "tflite-int8 (the export's full-int8 .tflite on XNNPACK) | ort (ONNX "
                        "Runtime, the fp32 .onnx)")
-    int8_plan: str = opt("up1:hybrid,up2:hybrid", "with --backend tflite-int8: units whose "
-                         "convolutions are timed out of int8, as unit:hybrid (int8 weights, "
-                         "float activations) or unit:float, comma list; 'none': every layer "
-                         "int8. The default is what the export's chooser kept in every "
-                         "student it was measured on, so the table predicts the file shipped")
+    int8_plan: str = opt(DEFAULT_INT8_PLAN, "with --backend tflite-int8, ResNet tables: "
+                         "units whose convolutions are timed out of int8, as unit:hybrid (int8 "
+                         "weights, float activations; a depthwise one stays float) or "
+                         "unit:float, comma list; 'none': every layer int8. The default is "
+                         "what the export's chooser kept in every student it was measured on, "
+                         "so the table predicts the file shipped")
     threads: int = opt(1, "threads the target runs with")
     generator: Path | None = opt(None, "a dmad model file (e.g. the teacher): the table covers "
                                  "its family and widths up to its own (default: ResNet-9 ngf "
@@ -142,20 +145,24 @@ def parse_int8_plan(text: str) -> dict[str, str]:
 def planned_layers(model: nn.Module, plan: dict[str, str]
                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(float, hybrid) layer names of ``model``'s convolutions in the plan's units, as the
-    export's ``Int8Recipe`` names them: a unit's layers sit under the generator's name for it
-    in whole generators and in unit models alike (:func:`unit_model`)."""
+    export's ``Int8Recipe`` names layers: a unit's layers sit under the generator's name for
+    it in whole generators and in unit models alike (:func:`unit_model`; a block unit's are
+    ``blocks.conv1…`` where a generator's are ``blocks.0.conv1…``), each matched in its own
+    model's graph."""
     units = {UNIT_MODULES.get(u, u): kind for u, kind in plan.items()}
     out: dict[str, list[str]] = {"float": [], "hybrid": []}
     for name, mod in model.named_modules():
         kind = units.get(name.split(".")[0])
         if kind and isinstance(mod, nn.Conv2d | nn.ConvTranspose2d):
-            out[kind].append(name)
+            # a grouped (depthwise) convolution has no hybrid form: the export keeps it float
+            out["float" if mod.groups > 1 else kind].append(name)
     return tuple(out["float"]), tuple(out["hybrid"])
 
 
 def plan_of_layers(float_layers: list[str], hybrid_layers: list[str]) -> dict[str, str]:
     """The units an exported int8 file kept out of int8 (its ``int8_recipe`` layers), in
-    ``--int8-plan``'s terms: what to compare with the plan a table timed."""
+    ``--int8-plan``'s terms: what to compare with the plan a table timed. Coarse on purpose:
+    one block kept hybrid reads as ``block:hybrid``, and a unit with a float layer as float."""
     names = {m: u for u, m in UNIT_MODULES.items()}
     return {names.get(n.split(".")[0], n.split(".")[0]): kind
             for kind, layers in (("hybrid", hybrid_layers), ("float", float_layers))
@@ -614,7 +621,7 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
     return reduce_rounds(per, timing)
 
 
-__all__ = ["BACKENDS", "TIMINGS", "LatencyTableConfig", "Timer", "build_table",
-           "choose_multiple", "fit_scale", "measure_file", "overhead_model", "parse_int8_plan",
-           "phone_round_ms", "plan_of_layers", "planned_layers",
+__all__ = ["BACKENDS", "DEFAULT_INT8_PLAN", "TIMINGS", "LatencyTableConfig", "Timer",
+           "build_table", "choose_multiple", "fit_scale", "measure_file", "overhead_model",
+           "parse_int8_plan", "phone_round_ms", "plan_of_layers", "planned_layers",
            "random_widths", "reduce_rounds", "stem_axis", "unit_model", "validation_table"]

@@ -250,8 +250,10 @@ class LatencyTable:
 def describe_key(key: dict[str, Any], size: int, multiple: int) -> str:
     """What a table was measured on, in one phrase (backend, threads, machine or phone)."""
     where = key.get("device") or key.get("machine", "?")
-    return (f"{key.get('backend')} {key.get('threads')} thread(s) on {where} at {size}², "
-            f"multiple {multiple}")
+    plan = key.get("int8_plan")
+    kept = (f", {', '.join(f'{u} {k}' for u, k in sorted(plan.items()))}" if plan else "")
+    return (f"{key.get('backend')}{kept} {key.get('threads')} thread(s) on {where} at "
+            f"{size}², multiple {multiple}")
 
 
 def load_table(path: str | Path) -> Any:

@@ -324,8 +324,8 @@ def _record_measured(out: Path, table_path: str, export_size: int) -> None:
                    measured_error=round(lat["predicted_ms"] / ms - 1.0, 4))
         print(f"[compress] latency   {lat['predicted_ms']:.2f} ms predicted, {ms:.2f} ms measured "
               f"({backend}, {table.key.get('threads')} thread(s), {export_size}²)")
-        if backend == "tflite-int8":
-            _compare_int8_plan(lat, table.key.get("int8_plan"), f.parent / "parity.json")
+    if backend == "tflite-int8":  # a phone's table holds for the same plan as this CPU's
+        _compare_int8_plan(lat, table.key.get("int8_plan"), f.parent / "parity.json")
     atomic_write_json(arch_path, arch)
 
 
@@ -338,8 +338,9 @@ def _compare_int8_plan(lat: dict[str, Any], timed: dict[str, str] | None, parity
     if not parity.is_file():
         return
     recipe = json.loads(parity.read_text()).get("int8_recipe") or {}
-    kept = plan_of_layers(recipe.get("float_layers", []), recipe.get("hybrid_layers", []))
-    lat.update(file_int8_plan=kept, table_int8_plan=timed or {})
+    layers = {k: list(recipe.get(f"{k}_layers", [])) for k in ("float", "hybrid")}
+    kept = plan_of_layers(layers["float"], layers["hybrid"])
+    lat.update(file_int8_plan=kept, file_int8_layers=layers, table_int8_plan=timed or {})
     if kept != (timed or {}):
         def show(p: dict[str, str]) -> str:
             return ", ".join(f"{u}:{k}" for u, k in sorted(p.items())) or "none"

@@ -28,6 +28,7 @@ from dmad.compress.models import ResnetWidths
 
 
 def _file_plan(tflite: Path) -> dict[str, str]:
+    """The units the file kept out of int8, from the ``parity.json`` beside it."""
     parity = tflite.parent / "parity.json"
     if not parity.is_file():
         return {}
@@ -50,6 +51,8 @@ def main() -> None:
     spec = None
     for pair in args.pairs:
         pt, _, f = pair.rpartition(":")
+        if not Path(pt).is_file() or not Path(f).is_file():
+            ap.error(f"{pair}: expected MODEL.pt:FILE.tflite, two files that exist")
         model = load_generator(Path(pt))[0]
         spec = model.spec
         pred = table.predict(spec).ms

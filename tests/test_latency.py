@@ -347,6 +347,7 @@ def test_latency_table_other_backends(tmp_path: Path, backend: str) -> None:
     # the int8 files keep the upsampling hybrid, as the export's chooser kept it in students
     assert t.key.get("int8_plan") == ({"up1": "hybrid", "up2": "hybrid"}
                                       if backend == "tflite-int8" else None)
+    assert ("up1 hybrid, up2 hybrid" in t.describe()) == (backend == "tflite-int8")
     assert all(v > 0 for row in t.units["block"].ms for v in row)
     assert t.validation[0]["measured_ms"] > 0 and t.scale > 0
     back = LatencyTable.load(cfg.out)
@@ -393,6 +394,12 @@ def test_the_int8_table_keeps_the_plans_units_out_of_int8_in_units_and_whole_mod
     assert floats and all(n.startswith("blocks.") for n in floats)
     assert set(planned_layers(g, plan)[0]) >= {n.replace("blocks.", "blocks.0.", 1)
                                                for n in floats}
+    # a depthwise convolution has no hybrid form: the plan keeps it float, as the export does
+    sep, _ = unit_model(dataclasses.replace(spec, separable=True), "block", (8, 4), 32)
+    fl, hy = planned_layers(sep, {"block": "hybrid"})
+    grouped = {n for n, m in sep.named_modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    assert grouped and set(fl) == grouped and hy and not grouped & set(hy)
     cfg = LatencyTableConfig(out=tmp_path / "t.json", backend="tflite-int8", size=32)
     items = [(unit, shape), (g, (1, 3, 32, 32))]
     for p, want in (({"up1": "hybrid"}, 1), ({}, 0)):
