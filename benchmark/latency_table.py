@@ -95,8 +95,8 @@ class LatencyTableConfig:
                         "the fit (0 = none); half of them narrow (every width at most two "
                         "tiles), where a tight --target-ms search ends")
     calibrate: int = opt(6, "random architectures measured whole (half of them narrow) to fit "
-                         "the table's scale and per-unit overhead (under 4: the scale alone; "
-                         "0 = scale 1)")
+                         "the table's scale and what a whole model pays once over its units "
+                         "(under 4: the scale alone; 0 = scale 1)")
     seed: int = opt(0, "seed of the random architectures and weights")
     android: str | None = opt(None, "adb serial of a phone: time the units there with "
                               "benchmark_model (XNNPACK) instead of on this CPU")
@@ -421,9 +421,9 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
     """Measure, fit and validate the table; writes ``cfg.out`` atomically and returns it.
 
     The units, ``calibrate`` whole models of random widths and ``validate`` more of them are
-    converted together and timed in the same passes. The calibration models fit a scale and a
-    per-unit overhead (:func:`fit_scale`: what a whole model saves or pays over its units run
-    alone); the validation models, never seen by the fit, say how good the table is."""
+    converted together and timed in the same passes. The calibration models fit a scale and
+    what a whole model pays once over its units (:func:`fit_scale`); the validation models,
+    never seen by the fit, say how good the table is."""
     from dmad.compress.runfolder import check_writable, refuse_overwrite
 
     say = say or (lambda s: None)
@@ -478,8 +478,8 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
             fused_stem_below=PHASE_FRONT_BELOW, units=units, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         if n_cal:
-            table.scale, table.overhead_ms = fit_scale(table, spec, archs[:n_cal],
-                                                       measured[:n_cal])
+            table.scale, table.overhead_ms, table.whole_ms = fit_scale(
+                table, spec, archs[:n_cal], measured[:n_cal])
             table.calibration = _rows(table, spec, archs[:n_cal], measured[:n_cal])
         table.validation = _rows(table, spec, archs[n_cal:], measured[n_cal:])
         write_table(out, table)
@@ -501,22 +501,24 @@ def _architectures(spec: ResnetSpec, n_cal: int, n_val: int, multiple: int, seed
 
 
 def fit_scale(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],
-              measured: list[float]) -> tuple[float, float]:
-    """(scale, per-unit overhead ms) with measured ≈ scale × (Σ units − (n − 1) × overhead),
-    in relative least squares, both >= 0, on the calibration models (``n``: the units timed as
-    models of their own).
+              measured: list[float]) -> tuple[float, float, float]:
+    """(scale, per-unit overhead ms, whole-model ms) with measured ≈ scale × Σ units + whole,
+    in relative least squares, both >= 0, on the calibration models; the per-unit overhead is
+    then 0.
 
-    A unit model timed alone pays more than one invoke's fixed cost (its whole input and output
-    cross the interpreter's boundary, and no layer before or after it shares its caches), and
-    the empty model does not show it. That cost is the same for a narrow unit as for a wide one,
-    so it weighs on narrow students and hardly on wide ones, and a scale fitted on wide models
-    cannot see it: the calibration holds both, and the two are fitted together. Under four
-    calibration models: the scale alone (the median ratio) with the measured invoke."""
+    A whole model pays once what none of its units pays: an int8 file converts its float
+    input and output, and its first and last tensors cross the interpreter. That constant
+    weighs on narrow students and hardly on wide ones, so the calibration holds both and the
+    two numbers are fitted together. It replaces a per-unit overhead (what each unit model
+    pays alone), which cannot be negative and so could not follow int8 students that cost more
+    than their units; ``scripts/latency_refit.py`` compares the two fits on a table's own
+    models. Under four calibration models: the scale alone (the median ratio) with the
+    measured invoke as the per-unit overhead."""
     if not archs:
-        return 1.0, table.invoke_ms
+        return 1.0, table.invoke_ms, 0.0
     sums, parts = [], []
     for w in archs:
-        pred = table.predict(spec, w)  # at scale 1
+        pred = table.predict(spec, w)  # the units as timed
         sums.append(sum(pred.units.values()))
         parts.append(max(pred.alone, 1) - 1)
     m = np.asarray(measured, dtype=float)
@@ -524,11 +526,11 @@ def fit_scale(table: LatencyTable, spec: ResnetSpec, archs: list[ResnetWidths],
     if len(m) >= 4:
         from dmad.compress.graph_latency import fit_nonnegative
 
-        s, q = fit_nonnegative(np.stack([ssum / m, -npart / m], axis=1), np.ones(len(m)))
+        s, c = fit_nonnegative(np.stack([ssum / m, 1.0 / m], axis=1), np.ones(len(m)))
         if s > 0:
-            return round(float(s), 4), round(float(q / s), 4)
+            return round(float(s), 4), 0.0, round(float(c), 4)
     raw = ssum - npart * table.invoke_ms
-    return round(float(np.median(m / raw)), 4), table.invoke_ms
+    return round(float(np.median(m / raw)), 4), table.invoke_ms, 0.0
 
 
 def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], timer: Any,

@@ -137,6 +137,9 @@ class LatencyTable:
     #: stems narrower than this run fused with down1 (the export's phase front): their grid
     #: points are empty models, and they pay no overhead of their own (0: none, older tables)
     fused_stem_below: int = 0
+    #: what a whole model pays once over its scaled units (an int8 file's float input and
+    #: output, the first and last tensors crossing the interpreter): fitted with ``scale``
+    whole_ms: float = 0.0
 
     # -- files -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -170,7 +173,8 @@ class LatencyTable:
                        validation=list(d.get("validation") or []),
                        created=str(d.get("created", "")),
                        invoke_ms=float(d.get("invoke_ms", 0.0)),
-                       fused_stem_below=int(d.get("fused_stem_below", 0)))
+                       fused_stem_below=int(d.get("fused_stem_below", 0)),
+                       whole_ms=float(d.get("whole_ms", 0.0)))
             missing = [u for u in RESNET_UNITS if u not in units] + [
                 w for w in ("stem", "down1", "stream", "inner", "up1", "up2")
                 if w not in d["max_widths"]]
@@ -189,12 +193,12 @@ class LatencyTable:
                         v < 1 for a in g.axes for v in a):
                     raise ValueError(f"unit {name}: times must be finite and >= 0 ms, widths "
                                      ">= 1")
-            numbers = (table.overhead_ms, table.scale, table.invoke_ms)
+            numbers = (table.overhead_ms, table.scale, table.invoke_ms, table.whole_ms)
             if not all(np.isfinite(numbers)) or table.scale <= 0 or table.overhead_ms < 0 \
                     or table.invoke_ms < 0 or table.size < 1 or table.multiple < 0 \
-                    or table.fused_stem_below < 0:
-                raise ValueError("size, multiple, overhead_ms, invoke_ms, fused_stem_below and "
-                                 "scale must be finite and in range")
+                    or table.fused_stem_below < 0 or table.whole_ms < 0:
+                raise ValueError("size, multiple, overhead_ms, invoke_ms, whole_ms, "
+                                 "fused_stem_below and scale must be finite and in range")
             return table
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise DmadError(f"latency_table: {p}: malformed table ({exc})") from None
@@ -244,7 +248,7 @@ class LatencyTable:
         alone = [v for k, v in parts.items() if not (k == "stem" and fused is not None)]
         o = self.overhead_ms
         total = (fused or 0.0) + o + sum(max(v - o, 0.0) for v in alone)
-        return Prediction(max(self.scale * total, 0.0), parts, len(alone))
+        return Prediction(max(self.scale * total + self.whole_ms, 0.0), parts, len(alone))
 
 
 def describe_key(key: dict[str, Any], size: int, multiple: int) -> str:

@@ -111,29 +111,40 @@ def test_prediction_equals_the_sum_of_units_on_and_off_the_grid() -> None:
     assert "block1" not in p.units and len(p.units) == 6 + 3  # a removed block costs nothing
 
 
-def test_scale_and_per_unit_overhead_are_fitted_on_wide_and_narrow_models() -> None:
-    """Whole models that pay 1.1 × (their units' sum − 0.3 ms per extra unit): the fit finds
-    both, where one scale (the old fit) cannot serve narrow and wide models at once."""
+def test_scale_and_whole_model_cost_are_fitted_on_wide_and_narrow_models(tmp_path: Path
+                                                                         ) -> None:
+    """Whole models that pay 1.1 × their units' sum + 0.4 ms once: the fit finds both, where
+    one scale cannot serve narrow and wide models at once; the table predicts with them and
+    keeps them in its file."""
     from dmad.benchmark.latency_table import fit_scale, random_widths
 
     spec = ResnetSpec(ngf=16, n_blocks=4)
     table = synthetic_table(spec)
+    table.overhead_ms = table.invoke_ms = 0.0
     rng = np.random.default_rng(0)
     archs = [random_widths(spec, rng) for _ in range(3)] + [
         random_widths(spec, rng, narrow=4) for _ in range(3)]
     units = [table.predict(spec, w).units for w in archs]
-    measured = [1.1 * (sum(u.values()) - 0.3 * (len(u) - 1)) for u in units]
-    scale, overhead = fit_scale(table, spec, archs, measured)
-    assert scale == pytest.approx(1.1, abs=1e-3) and overhead == pytest.approx(0.3, abs=1e-3)
-    table.scale, table.overhead_ms = scale, overhead
+    measured = [1.1 * sum(u.values()) + 0.4 for u in units]
+    scale, overhead, whole = fit_scale(table, spec, archs, measured)
+    assert scale == pytest.approx(1.1, abs=1e-3) and whole == pytest.approx(0.4, abs=1e-3)
+    assert overhead == 0.0
+    table.scale, table.overhead_ms, table.whole_ms = scale, overhead, whole
     for w in (ResnetWidths(8, 16, 16, (16, 0, 16, 0), 16, 8),
               ResnetWidths(16, 32, 64, (64,) * 4, 32, 16)):
-        assert table.predict(spec, w).ms == pytest.approx(1.1 * _direct(spec, w, 0.3), rel=2e-3)
+        assert table.predict(spec, w).ms == pytest.approx(1.1 * _direct(spec, w, 0.0) + 0.4,
+                                                          rel=2e-3)
+    (tmp_path / "t.json").write_text(json.dumps(table.to_json()))
+    back = LatencyTable.load(tmp_path / "t.json")
+    assert back.whole_ms == whole and back.predict(spec).ms == table.predict(spec).ms
+    (tmp_path / "bad.json").write_text(json.dumps({**table.to_json(), "whole_ms": -1.0}))
+    with pytest.raises(DmadError, match="malformed table"):
+        LatencyTable.load(tmp_path / "bad.json")
     table.invoke_ms = 0.02  # under four models: the scale alone, with the measured invoke
-    one, kept = fit_scale(table, spec, archs[:3], measured[:3])
+    one, kept, none = fit_scale(table, spec, archs[:3], measured[:3])
     raw = [sum(u.values()) - 0.02 * (len(u) - 1) for u in units[:3]]
-    assert kept == 0.02 and one == pytest.approx(np.median(np.divide(measured[:3], raw)),
-                                                 abs=1e-4)
+    assert kept == 0.02 and none == 0.0 and one == pytest.approx(
+        np.median(np.divide(measured[:3], raw)), abs=1e-4)
 
 
 def test_a_fused_stem_pays_no_overhead_and_a_kept_channel_never_lowers_the_prediction() -> None:
