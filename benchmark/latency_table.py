@@ -169,6 +169,19 @@ def plan_of_layers(float_layers: list[str], hybrid_layers: list[str]) -> dict[st
             for n in layers}
 
 
+def file_int8_plan(parity: Path) -> tuple[dict[str, str], dict[str, list[str]]] | None:
+    """(units, layers) an exported int8 file kept out of int8, read from the ``parity.json``
+    beside it (its ``int8_recipe``): units as :func:`plan_of_layers` gives them, layers as
+    {"float": […], "hybrid": […]}; None without that file."""
+    import json
+
+    if not parity.is_file():
+        return None
+    recipe = json.loads(parity.read_text()).get("int8_recipe") or {}
+    layers = {k: list(recipe.get(f"{k}_layers", [])) for k in ("float", "hybrid")}
+    return plan_of_layers(layers["float"], layers["hybrid"]), layers
+
+
 def _named(unit: str, mod: nn.Module) -> nn.Module:
     """``mod`` under the generator's name for ``unit``, so its layers carry the names the
     export's int8 plan uses."""
@@ -279,7 +292,6 @@ class Timer:
     def __init__(self, cfg: LatencyTableConfig, work: Path) -> None:
         self.cfg, self.work = cfg, work
         self.n = 0
-        self.int8_plan: dict[str, str] | None = None
 
     def convert(self, items: list[tuple[nn.Module, tuple[int, int, int, int]]], n_whole: int = 0,
                 plan: dict[str, str] | None = None) -> list[Path]:
@@ -311,8 +323,6 @@ class Timer:
         # and output stay int8, and only the whole model converts from and to float once
         variants = [("int8_io" if i < len(items) - n_whole else "int8") if int8 else "fp32"
                     for i in range(len(items))]
-        if int8:
-            self.int8_plan = dict(plan or {})  # what the table's key says the files kept
         # one conversion per variant and plan (TensorFlow starts once for each)
         keys = [(v, *planned_layers(m, plan or {})) if int8 else (v, (), ())
                 for v, (m, _) in zip(variants, items, strict=True)]
@@ -473,7 +483,8 @@ def build_table(cfg: LatencyTableConfig, say: Callable[[str], None] | None = Non
             units[unit] = Grid(axes, arr.tolist(), unit_steps(unit, multiple))
         measured = list(ms_all)
         table = LatencyTable(
-            key=table_key(cfg, timer), family=family_of(spec), size=cfg.size, max_widths=mx,
+            key=table_key(cfg, timer, int8_plan), family=family_of(spec), size=cfg.size,
+            max_widths=mx,
             multiple=multiple, overhead_ms=round(overhead, 4), invoke_ms=round(overhead, 4),
             fused_stem_below=PHASE_FRONT_BELOW, units=units, sweep=sweep,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -550,14 +561,16 @@ def _channel_multiple(cfg: LatencyTableConfig, spec: Any, mx: dict[str, Any], ti
                       "ms": [round(v, 4) for v in ms], "multiple": multiple}
 
 
-def table_key(cfg: LatencyTableConfig, timer: Any) -> dict[str, Any]:
-    """What the table is valid for: backend, threads, and the phone or this machine."""
+def table_key(cfg: LatencyTableConfig, timer: Any, int8_plan: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    """What the table is valid for: backend, threads, the units its int8 files kept out of
+    int8 (``int8_plan``, int8 tables), and the phone or this machine."""
     from dmad.benchmark.machine import machine_info
 
     key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads,
                            "timing": cfg.timing}
-    if getattr(timer, "int8_plan", None) is not None:  # the units the files kept out of int8
-        key["int8_plan"] = timer.int8_plan
+    if cfg.backend == "tflite-int8":
+        key["int8_plan"] = dict(int8_plan or {})
     if cfg.android is not None:
         dev = getattr(timer, "key_device", {})
         props = dev.get("props", {})
@@ -624,6 +637,7 @@ def measure_file(path: Path, backend: str, shape: tuple[int, int, int, int], thr
 
 
 __all__ = ["BACKENDS", "DEFAULT_INT8_PLAN", "TIMINGS", "LatencyTableConfig", "Timer",
-           "build_table", "choose_multiple", "fit_scale", "measure_file", "overhead_model",
+           "build_table", "choose_multiple", "file_int8_plan", "fit_scale", "measure_file",
+           "overhead_model",
            "parse_int8_plan", "phone_round_ms", "plan_of_layers", "planned_layers",
            "random_widths", "reduce_rounds", "stem_axis", "unit_model", "validation_table"]

@@ -333,13 +333,12 @@ def _compare_int8_plan(lat: dict[str, Any], timed: dict[str, str] | None, parity
                        ) -> None:
     """Record which units the shipped int8 file kept out of int8 beside those the table timed
     that way, and say so when they differ: the prediction holds for the table's plan."""
-    from dmad.benchmark.latency_table import plan_of_layers
+    from dmad.benchmark.latency_table import file_int8_plan
 
-    if not parity.is_file():
+    got = file_int8_plan(parity)
+    if got is None:
         return
-    recipe = json.loads(parity.read_text()).get("int8_recipe") or {}
-    layers = {k: list(recipe.get(f"{k}_layers", [])) for k in ("float", "hybrid")}
-    kept = plan_of_layers(layers["float"], layers["hybrid"])
+    kept, layers = got
     lat.update(file_int8_plan=kept, file_int8_layers=layers, table_int8_plan=timed or {})
     if kept != (timed or {}):
         def show(p: dict[str, str]) -> str:

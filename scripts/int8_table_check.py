@@ -18,22 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
-from dmad.benchmark.latency_table import measure_file, plan_of_layers
+from dmad.benchmark.latency_table import file_int8_plan, measure_file
 from dmad.compress.checkpoint import load_generator
 from dmad.compress.latency import LatencyTable
 from dmad.compress.models import ResnetWidths
-
-
-def _file_plan(tflite: Path) -> dict[str, str]:
-    """The units the file kept out of int8, from the ``parity.json`` beside it."""
-    parity = tflite.parent / "parity.json"
-    if not parity.is_file():
-        return {}
-    recipe = json.loads(parity.read_text()).get("int8_recipe") or {}
-    return plan_of_layers(recipe.get("float_layers", []), recipe.get("hybrid_layers", []))
 
 
 def main() -> None:
@@ -58,9 +48,9 @@ def main() -> None:
         pred = table.predict(spec).ms
         shape = (1, spec.input_nc, table.size, table.size)
         got = measure_file(Path(f), str(key.get("backend")), shape, threads, timing=timing)
+        kept = (file_int8_plan(Path(f).parent / "parity.json") or ({},))[0]
         print(f"{f}: predicted {pred:.2f} ms, measured {got:.2f} ms, error "
-              f"{100 * (pred / got - 1):+.1f} %; file kept {_file_plan(Path(f)) or 'none'}",
-              flush=True)
+              f"{100 * (pred / got - 1):+.1f} %; file kept {kept or 'none'}", flush=True)
     if spec is None:
         return
     narrow = ResnetWidths(1, 1, 1, (0,) * spec.n_blocks, 1, 1)
