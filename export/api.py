@@ -40,7 +40,7 @@ from dmad.export.parity import (
     xnnpack_coverage,
 )
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
-from dmad.export.sensitivity import LOW_CONTRAST, MAX_HYBRID
+from dmad.export.sensitivity import LOW_CONTRAST, MAX_HYBRID, candidate_plans, kept_phrase
 from dmad.export.tflite import VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes",
@@ -140,8 +140,8 @@ class ExportConfig:
         3,
         "int8: when fake int8 on the calibration images predicts the file under its floor, keep "
         f"up to this many layers float (and up to {MAX_HYBRID} hybrid), the fewest that clear "
-        "it, chosen by measured sensitivity (0 = off; ignored when the recipe names float or "
-        "hybrid layers)",
+        "it, chosen by measured sensitivity and, with auto ranges, verified on real int8 files "
+        "(0 = off; ignored when the recipe names float or hybrid layers)",
     )
     int8_kinds: tuple[str, ...] = opt(
         ("float", "hybrid"),
@@ -727,10 +727,37 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
     if not fl and not hy:
         return {"float_layers": [], "hybrid_layers": [],
                 "why": "fake int8 predicts the floor met (or no layer helps by 1 dB)"}
+    # with `auto` ranges the converter tries all-int8 and each plan in turn on real files
+    plans = candidate_plans(sens, cfg.int8_auto_float) if cfg.recipe.ranges == "auto" else []
     job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(
-        cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy)))
-    job.notes.append(f"int8: kept out of int8 ({why}); --int8-auto-float 0 turns this off")
+        cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy),
+        plans=tuple((tuple(f), tuple(h)) for f, h in plans)))
+    if not plans:
+        job.notes.append(f"int8: kept out of int8 ({why}); --int8-auto-float 0 turns this off")
     return {"float_layers": fl, "hybrid_layers": hy, "why": why}
+
+
+def _verified_layers(job: _Job, auto: dict[str, Any] | None, conv_info: dict[str, Any]
+                     ) -> None:
+    """The plan the converter verified on real int8 files (``ranges.json``'s ``plan``) becomes
+    the recipe's layers and ``auto``'s choice, with why; ``auto`` keeps fake int8's pick as
+    ``fake_pick``."""
+    plan = (conv_info.get("ranges") or {}).get("plan")
+    if auto is None or not plan:
+        return
+    fl, hy = list(plan["float_layers"]), list(plan["hybrid_layers"])
+    job.cfg = dataclasses.replace(job.cfg, recipe=dataclasses.replace(
+        job.cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy), plans=()))
+    want = job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB
+    tried = "; ".join(f"{kept_phrase(t['float_layers'], t['hybrid_layers'])} "
+                      f"{t['calib_psnr_db']:.1f} dB" for t in plan["tried"])
+    why = (f"real int8 files on the worst calibration image: {tried} (floor "
+           f"{job.cfg.psnr_bar:g} dB + {AUTO_FLOAT_MARGIN_DB:g} dB margin: {want:g} dB)")
+    auto.update(fake_pick={"float_layers": auto["float_layers"],
+                           "hybrid_layers": auto["hybrid_layers"], "why": auto["why"]},
+                float_layers=fl, hybrid_layers=hy, why=why, tried=plan["tried"])
+    job.notes.append(f"int8: kept {kept_phrase(fl, hy)} ({why}); --int8-auto-float 0 turns "
+                     "this off")
 
 
 def range_target(cfg: ExportConfig) -> Int8Recipe:
@@ -800,6 +827,7 @@ def _export_model(cfg: ExportConfig) -> ExportResult:
         sensitivity = _int8_sensitivity(job, variants)
         auto = _auto_float_layers(job, sensitivity, floors)
         onnx_path, files, graph_info, conv_info = _convert(job, deploy, variants)
+        _verified_layers(job, auto, conv_info)
         if onnx_int8:
             _onnx_int8_artifact(job, onnx_path)
         _judge_quality(job, floors, variants)

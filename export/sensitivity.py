@@ -23,9 +23,10 @@ from torch import nn
 
 from dmad.compress.metrics import psnr
 from dmad.compress.quant_aware import observe_ranges, quant_aware_, switch_layers
+from dmad.export.tflite import POST_FLOOR_DB
 
-__all__ = ["LOW_CONTRAST", "MAX_HYBRID", "choose_float_layers", "kept_out_of_int8",
-           "layer_sensitivity", "low_contrast"]
+__all__ = ["LOW_CONTRAST", "MAX_HYBRID", "candidate_plans", "choose_float_layers",
+           "kept_out_of_int8", "kept_phrase", "layer_sensitivity", "low_contrast"]
 
 
 #: the contrast of the flat copies the screen adds (a quarter: a photograph's pixel spread is
@@ -141,10 +142,6 @@ STEP_DB = 0.25
 HYBRID_SHARE = 0.75
 
 
-#: past the floor a hybrid layer must buy this much: it is insurance for photographs harder
-#: than the calibration ones, and not free (a ÷20 photo student's head as hybrid bought 0.6 dB
-#: on the calibration images, nothing on the held-out ones, and made its file 9 % slower)
-POST_FLOOR_DB = 1.0
 
 
 #: hybrid layers the plan may add besides its float ones (each is re-measured at every step)
@@ -242,6 +239,23 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
            f"{pick['psnr_db']:.1f} dB with {' and '.join(kept)} "
            f"(floor {floor_db:g} dB + {margin_db:g} dB margin)")
     return fl, hy, why
+
+
+def candidate_plans(sens: dict[str, Any], most: int) -> list[tuple[list[str], list[str]]]:
+    """(float layers, hybrid layers) to try on real int8 files, fewest first: all-int8, then
+    every plan of the sensitivity within ``most`` float and :data:`MAX_HYBRID` hybrid layers
+    (fake int8's order: each adds the layer it found to buy most)."""
+    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most
+             and len(p.get("hybrid_layers", [])) <= MAX_HYBRID]
+    return [([], []), *((list(p["float_layers"]), list(p.get("hybrid_layers", [])))
+                        for p in plans)]
+
+
+def kept_phrase(float_layers: list[str], hybrid_layers: list[str]) -> str:
+    """``a float; b, c hybrid``, or ``all-int8``: a plan in a sentence."""
+    kept = [f"{', '.join(float_layers)} float"] * bool(float_layers) + \
+        [f"{', '.join(hybrid_layers)} hybrid"] * bool(hybrid_layers)
+    return "; ".join(kept) or "all-int8"
 
 
 def kept_out_of_int8(choice: dict[str, Any] | None) -> list[str]:

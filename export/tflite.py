@@ -35,7 +35,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,8 @@ CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 #: subprocess imports the same ``dmad`` as its parent.
 _ROOT = Path(dmad.__file__).resolve().parent.parent
 
-__all__ = ["CALIB_SAMPLE", "VARIANTS", "Int8Recipe", "convert", "convert_many",
-           "failure_reason"]
+__all__ = ["CALIB_SAMPLE", "POST_FLOOR_DB", "VARIANTS", "Int8Recipe", "convert",
+           "convert_many", "failure_reason", "walk_plans"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,11 @@ class Int8Recipe:
     #: least this many dB from float, the best one when none is; 0: always the best; None:
     #: the export sets its int8 floor plus the plan's margin (:func:`export.ranges.pick_percentile`)
     range_target_db: float | None = None
+    #: candidate (float layers, hybrid layers) pairs, fewest first: the converter scores each
+    #: one's real int8 file on the calibration images (with its own ``auto`` ranges) and keeps
+    #: the first that reaches ``range_target_db`` (:func:`_verified_plan`); empty: the layers
+    #: above as they are
+    plans: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
         return {"per_channel": self.per_channel, "float_ops": list(self.float_ops),
@@ -338,9 +343,13 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
         _tick("int8_calibrate")
-        quantise = _quantiser(calibrated, recipe)
-        if recipe.ranges != "minmax":
-            calibrated = _ranges(calibrated, calib, recipe, quantise)
+        if recipe.plans and recipe.ranges == "auto":
+            recipe, calibrated = _verified_plan(calibrated, calib, recipe)
+            quantise = _quantiser(calibrated, recipe)
+        else:
+            quantise = _quantiser(calibrated, recipe)
+            if recipe.ranges != "minmax":
+                calibrated = _ranges(calibrated, calib, recipe, quantise)
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
             if recipe.activations16 and v == "int8_io":
@@ -437,15 +446,12 @@ def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
     """The calibrated flatbuffer with ``recipe.ranges`` written in (``auto``: a percentile by
     the worst of the first calibration images, :func:`export.ranges.pick_percentile`); the
     choice goes to ranges.json."""
-    from dmad.export.ranges import AUTO_PERCENTILES, Samples, pick_percentile
+    from dmad.export.ranges import Samples, pick_percentile
 
     samples = Samples(calibrated, calib)
     _tick("int8_range_samples")
     if recipe.ranges == "auto":
-        scores = {}
-        for p in AUTO_PERCENTILES:
-            blob, _ = samples.apply("percentile", p)
-            scores[p] = samples.score(quantise(blob))
+        scores = _auto_scores(samples, quantise)
         best = pick_percentile(scores, recipe.range_target_db or 0.0)
         calibrated, summary = samples.apply("percentile", best)
         summary.update(method="auto", chosen_percentile=best,
@@ -456,6 +462,81 @@ def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
     Path("ranges.json").write_text(json.dumps(summary))
     _tick("int8_range_choice")
     return calibrated
+
+
+#: past the floor, a plan's next layer must buy this much on the calibration images to be
+#: kept out of int8 too: insurance for a photograph harder than all of them (the photo
+#: teacher's moon: 29.9 dB with the first plan that cleared 36 dB on the calibration images,
+#: 39.6 dB with the layers that each bought this much more), and not free (a ÷20 student's
+#: head as hybrid bought 0.6 dB there, nothing held out, and cost 9 % of its time)
+POST_FLOOR_DB = 1.0
+
+
+def _auto_scores(samples: Any, quantise: Callable[..., bytes]) -> dict[float, float]:
+    """Each ``auto`` percentile's worst-calibration-image PSNR of the file ``quantise`` makes."""
+    from dmad.export.ranges import AUTO_PERCENTILES
+
+    return {p: samples.score(quantise(samples.apply("percentile", p)[0]))
+            for p in AUTO_PERCENTILES}
+
+
+def walk_plans(plans: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
+               score: Callable[[tuple[str, ...], tuple[str, ...]], dict[str, Any]],
+               target: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the plan kept, every plan tried): ``plans`` in order, each scored by ``score(float,
+    hybrid)`` (a dict with ``calib_psnr_db``), until the first that reaches ``target``, then on
+    while each next one buys :data:`POST_FLOOR_DB` more; when none reaches it, the best (the
+    first of equals: fewer layers)."""
+    tried: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for fl, hy in plans:
+        t = {"float_layers": list(fl), "hybrid_layers": list(hy), **score(fl, hy)}
+        tried.append(t)
+        if best is not None:  # past the floor: another layer must buy POST_FLOOR_DB
+            if t["calib_psnr_db"] < best["calib_psnr_db"] + POST_FLOOR_DB:
+                break
+            best = t
+        elif target and t["calib_psnr_db"] >= target:
+            best = t
+    if best is None:
+        best = max(tried, key=lambda t: t["calib_psnr_db"])
+    return best, tried
+
+
+def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
+                   ) -> tuple[Int8Recipe, bytes]:
+    """:func:`walk_plans` over ``recipe.plans`` with real int8 files, each with its own
+    ``auto`` ranges, scored on the calibration images against ``range_target_db``. Returns
+    the recipe with the kept plan's layers and the calibrated flatbuffer with its ranges. Why
+    real files: fake int8 (:mod:`export.sensitivity`) orders the layers well but misjudged what
+    a plan scores by several dB, both ways, and every layer kept out of int8 costs time in a
+    narrow model. The plans tried and their scores go to ranges.json."""
+    from dmad.export.ranges import Samples, pick_percentile
+
+    samples = Samples(calibrated, calib)
+    _tick("int8_range_samples")
+    target = recipe.range_target_db or 0.0
+
+    def score(fl: tuple[str, ...], hy: tuple[str, ...]) -> dict[str, Any]:
+        cand = replace(recipe, float_layers=fl, hybrid_layers=hy, plans=())
+        scores = _auto_scores(samples, _quantiser(calibrated, cand))
+        pct = pick_percentile(scores, target)
+        return {"percentile": pct, "calib_psnr_db": round(scores[pct], 2),
+                "scores": {str(p): round(v, 2) for p, v in scores.items()}}
+
+    best, tried = walk_plans(recipe.plans, score, target)
+    chosen = replace(recipe, float_layers=tuple(best["float_layers"]),
+                     hybrid_layers=tuple(best["hybrid_layers"]), plans=())
+    calibrated, summary = samples.apply("percentile", best["percentile"])
+    summary.update(method="auto", chosen_percentile=best["percentile"], target_db=target or None,
+                   calib_psnr_db=best["scores"],
+                   plan={"float_layers": best["float_layers"],
+                         "hybrid_layers": best["hybrid_layers"],
+                         "tried": [{k: t[k] for k in ("float_layers", "hybrid_layers",
+                                                      "calib_psnr_db")} for t in tried]})
+    Path("ranges.json").write_text(json.dumps(summary))
+    _tick("int8_range_choice")
+    return chosen, calibrated
 
 
 def _layer_convs(model: bytes, layers: Sequence[str]) -> list[str]:
@@ -511,7 +592,8 @@ def _worker(job_path: str) -> int:
     recipe = Int8Recipe(bool(r["per_channel"]), tuple(r["float_ops"]),
                         tuple(r.get("float_layers", ())), bool(r.get("activations16", False)),
                         str(r.get("ranges", "minmax")), float(r.get("percentile", 99.99)),
-                        tuple(r.get("hybrid_layers", ())), r.get("range_target_db"))
+                        tuple(r.get("hybrid_layers", ())), r.get("range_target_db"),
+                        tuple((tuple(f), tuple(h)) for f, h in r.get("plans", ())))
     if "batch" in job:
         return _batch_worker(job, recipe)
     calib = np.load(job["calib"]) if job["calib"] else None

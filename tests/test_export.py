@@ -495,6 +495,45 @@ def test_the_plan_takes_hybrid_layers_where_they_buy_most_of_the_gain_and_after_
     assert plan == []
 
 
+def test_real_files_walk_the_plans_fewest_first_then_buy_insurance_past_the_floor() -> None:
+    """The converter keeps the first plan whose real file reaches the target on the
+    calibration images (all-int8 first), then each next one while it buys POST_FLOOR_DB more;
+    when none reaches it, the best, the fewer layers on a tie. The plans come from the
+    sensitivity in its order, within the float and hybrid limits."""
+    from dmad.export.sensitivity import MAX_HYBRID, candidate_plans
+    from dmad.export.tflite import POST_FLOOR_DB, walk_plans
+
+    sens = {"plan": [{"float_layers": [], "hybrid_layers": ["a"]},
+                     {"float_layers": ["b"], "hybrid_layers": ["a"]},
+                     {"float_layers": ["b"], "hybrid_layers": ["a", "c"]},
+                     {"float_layers": ["b"], "hybrid_layers": ["a", "c", "d"]},
+                     {"float_layers": ["b", "e"], "hybrid_layers": ["a", "c", "d"]}]}
+    plans = candidate_plans(sens, most=1)
+    assert plans[0] == ([], []) and len(plans) == 5 and MAX_HYBRID >= 3
+    assert plans[-1] == (["b"], ["a", "c", "d"])  # two float layers: over the limit
+    real = {(): 20.0, ("a",): 30.0, ("a", "b"): 36.5, ("a", "b", "c"): 36.5 + POST_FLOOR_DB,
+            ("a", "b", "c", "d"): 36.6 + POST_FLOOR_DB}
+    calls: list[tuple[str, ...]] = []
+
+    def score(fl: tuple[str, ...], hy: tuple[str, ...]) -> dict:
+        key = tuple(sorted((*fl, *hy)))
+        calls.append(key)
+        return {"calib_psnr_db": real[key]}
+
+    best, tried = walk_plans(plans, score, 36.0)
+    assert (best["float_layers"], best["hybrid_layers"]) == (["b"], ["a", "c"])
+    assert len(tried) == 5 == len(calls)  # d bought 0.1 dB past c: tried, not kept
+    best, tried = walk_plans(plans, score, 36.6)  # (a, b) misses: (a, b, c) clears it
+    assert best["hybrid_layers"] == ["a", "c"] and len(tried) == 5
+    real[("a", "b", "c")] = 36.5  # past the floor, c buys nothing: the walk stops after it
+    best, tried = walk_plans(plans, score, 36.0)
+    assert (best["float_layers"], best["hybrid_layers"]) == (["b"], ["a"]) and len(tried) == 4
+    best, _ = walk_plans(plans, score, 50.0)  # none clears: the best, the fewer on a tie
+    assert best["hybrid_layers"] == ["a", "c", "d"]
+    real[("a", "b", "c", "d")] = 36.5
+    assert walk_plans(plans, score, 50.0)[0]["hybrid_layers"] == ["a"]
+
+
 def test_the_layers_kept_out_of_int8_are_reported_by_kind() -> None:
     """The scripts' reports name float layers plainly and hybrid ones marked, in that order."""
     from dmad.export.sensitivity import kept_out_of_int8
@@ -592,7 +631,20 @@ def test_the_chooser_fixes_a_file_that_dark_flat_photographs_ruin(tmp_path: Path
     assert "stem.conv" in layers
     got = chosen["artifacts"]["int8"]["parity"]["psnr_worst_db"]
     assert got >= floor
-    # the fake int8 that chose it predicts the real file (float layers are float in the file)
+    # the converter tried real int8 files, all-int8 first, fake int8's plans after it, and
+    # kept the first that reached the floor + margin on the calibration images
+    from dmad.export.api import AUTO_FLOAT_MARGIN_DB
+
+    auto = chosen["int8_auto_float"]
+    tried, target = auto["tried"], floor + AUTO_FLOAT_MARGIN_DB
+    assert tried[0]["float_layers"] == tried[0]["hybrid_layers"] == []
+    assert all(t["calib_psnr_db"] < target for t in tried[:-1])
+    if tried[-1]["calib_psnr_db"] >= target:
+        assert (tried[-1]["float_layers"], tried[-1]["hybrid_layers"]) == (
+            auto["float_layers"], auto["hybrid_layers"])
+    assert auto["why"].startswith("real int8 files") and "fake_pick" in auto
+    assert chosen["int8_recipe"]["float_layers"] == layers
+    # the fake int8 that ordered them predicts the real file (float layers are float in it)
     predicted = next(p["psnr_db"] for p in chosen["int8_sensitivity"]["plan"]
                      if p["float_layers"] == layers
                      and p["hybrid_layers"] == chosen["int8_auto_float"]["hybrid_layers"])
