@@ -750,7 +750,7 @@ def _verified_layers(job: _Job, auto: dict[str, Any] | None, conv_info: dict[str
         job.cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy), plans=()))
     want = job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB
     tried = "; ".join(f"{kept_phrase(t['float_layers'], t['hybrid_layers'])} "
-                      f"{t['calib_psnr_db']:.1f} dB" for t in plan["tried"])
+                      f"{t['best_db']:.1f} dB" for t in plan["tried"])
     why = (f"real int8 files on the worst calibration image: {tried} (floor "
            f"{job.cfg.psnr_bar:g} dB + {AUTO_FLOAT_MARGIN_DB:g} dB margin: {want:g} dB)")
     auto.update(fake_pick={"float_layers": auto["float_layers"],

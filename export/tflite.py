@@ -484,22 +484,24 @@ def walk_plans(plans: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
                score: Callable[[tuple[str, ...], tuple[str, ...]], dict[str, Any]],
                target: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the plan kept, every plan tried): ``plans`` in order, each scored by ``score(float,
-    hybrid)`` (a dict with ``calib_psnr_db``), until the first that reaches ``target``, then on
-    while each next one buys :data:`POST_FLOOR_DB` more; when none reaches it, the best (the
-    first of equals: fewer layers)."""
+    hybrid)`` (a dict with ``best_db``: its best score over the range choices), until the
+    first that reaches ``target``, then on while each next one buys :data:`POST_FLOOR_DB`
+    more; when none reaches it, the best (the first of equals: fewer layers). Plans are
+    compared by their best scores, not by the ranges each would ship with (the widest that
+    clears the target scores just over it, whatever the plan)."""
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for fl, hy in plans:
         t = {"float_layers": list(fl), "hybrid_layers": list(hy), **score(fl, hy)}
         tried.append(t)
         if best is not None:  # past the floor: another layer must buy POST_FLOOR_DB
-            if t["calib_psnr_db"] < best["calib_psnr_db"] + POST_FLOOR_DB:
+            if t["best_db"] < best["best_db"] + POST_FLOOR_DB:
                 break
             best = t
-        elif target and t["calib_psnr_db"] >= target:
+        elif target and t["best_db"] >= target:
             best = t
     if best is None:
-        best = max(tried, key=lambda t: t["calib_psnr_db"])
+        best = max(tried, key=lambda t: t["best_db"])
     return best, tried
 
 
@@ -522,6 +524,7 @@ def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
         scores = _auto_scores(samples, _quantiser(calibrated, cand))
         pct = pick_percentile(scores, target)
         return {"percentile": pct, "calib_psnr_db": round(scores[pct], 2),
+                "best_db": round(max(scores.values()), 2),
                 "scores": {str(p): round(v, 2) for p, v in scores.items()}}
 
     best, tried = walk_plans(recipe.plans, score, target)
@@ -533,7 +536,8 @@ def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
                    plan={"float_layers": best["float_layers"],
                          "hybrid_layers": best["hybrid_layers"],
                          "tried": [{k: t[k] for k in ("float_layers", "hybrid_layers",
-                                                      "calib_psnr_db")} for t in tried]})
+                                                      "calib_psnr_db", "best_db")}
+                                   for t in tried]})
     Path("ranges.json").write_text(json.dumps(summary))
     _tick("int8_range_choice")
     return chosen, calibrated
