@@ -41,7 +41,7 @@ from dmad.export.parity import (
 )
 from dmad.export.rewrite import deploy_rewrite, unsupported_layers
 from dmad.export.sensitivity import LOW_CONTRAST, MAX_HYBRID, candidate_plans, kept_phrase
-from dmad.export.tflite import VARIANTS, Int8Recipe
+from dmad.export.tflite import POST_FLOOR_DB, VARIANTS, Int8Recipe
 
 __all__ = ["DEFAULT_RECIPE", "ExportConfig", "ExportResult", "export_model", "quality_notes",
            "range_target"]
@@ -740,19 +740,26 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
 def _verified_layers(job: _Job, auto: dict[str, Any] | None, conv_info: dict[str, Any]
                      ) -> None:
     """The plan the converter verified on real int8 files (``ranges.json``'s ``plan``) becomes
-    the recipe's layers and ``auto``'s choice, with why; ``auto`` keeps fake int8's pick as
-    ``fake_pick``."""
-    plan = (conv_info.get("ranges") or {}).get("plan")
-    if auto is None or not plan:
+    the recipe's layers and ``auto``'s choice, with why, so that ``parity.json`` names what
+    the file holds; ``auto`` keeps fake int8's pick as ``fake_pick``."""
+    ranges = conv_info.get("ranges") or {}
+    plan = ranges.get("plan")
+    if auto is None or not job.cfg.recipe.plans:
+        return
+    if not plan:  # no verification ran: fake int8's pick is what the file holds
+        job.cfg = dataclasses.replace(job.cfg, recipe=dataclasses.replace(job.cfg.recipe,
+                                                                          plans=()))
+        job.notes.append(f"int8: kept out of int8 ({auto['why']}); --int8-auto-float 0 "
+                         "turns this off")
         return
     fl, hy = list(plan["float_layers"]), list(plan["hybrid_layers"])
     job.cfg = dataclasses.replace(job.cfg, recipe=dataclasses.replace(
         job.cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy), plans=()))
-    want = job.cfg.psnr_bar + AUTO_FLOAT_MARGIN_DB
+    want = ranges.get("target_db") or 0.0
     tried = "; ".join(f"{kept_phrase(t['float_layers'], t['hybrid_layers'])} "
                       f"{t['best_db']:.1f} dB" for t in plan["tried"])
-    why = (f"real int8 files on the worst calibration image: {tried} (floor "
-           f"{job.cfg.psnr_bar:g} dB + {AUTO_FLOAT_MARGIN_DB:g} dB margin: {want:g} dB)")
+    why = (f"real int8 files on the worst calibration image: {tried} (target {want:g} dB; "
+           f"past it a layer must buy {POST_FLOOR_DB:g} dB more)")
     auto.update(fake_pick={"float_layers": auto["float_layers"],
                            "hybrid_layers": auto["hybrid_layers"], "why": auto["why"]},
                 float_layers=fl, hybrid_layers=hy, why=why, tried=plan["tried"])

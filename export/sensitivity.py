@@ -142,8 +142,6 @@ STEP_DB = 0.25
 HYBRID_SHARE = 0.75
 
 
-
-
 #: hybrid layers the plan may add besides its float ones (each is re-measured at every step)
 MAX_HYBRID = 4
 
@@ -221,8 +219,7 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
     want = floor_db + margin_db
     if every >= want or most < 1:
         return [], [], ""
-    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most
-             and len(p.get("hybrid_layers", [])) <= MAX_HYBRID]
+    plans = _within(sens, most)
     # over the floor: the first plan that clears it, and the hybrid layers the plan added
     # after it (each bought POST_FLOOR_DB at about the int8 rate)
     clear = [p for p in plans if p["psnr_db"] >= want]
@@ -234,19 +231,24 @@ def choose_float_layers(sens: dict[str, Any], floor_db: float, most: int,
     if pick is None or pick["psnr_db"] < every + 1.0:
         return [], [], ""
     fl, hy = list(pick["float_layers"]), list(pick.get("hybrid_layers", []))
-    kept = [f"{', '.join(fl)} float"] * bool(fl) + [f"{', '.join(hy)} hybrid"] * bool(hy)
     why = (f"fake int8 on the worst calibration image: {every:.1f} dB all-int8, "
-           f"{pick['psnr_db']:.1f} dB with {' and '.join(kept)} "
+           f"{pick['psnr_db']:.1f} dB with {kept_phrase(fl, hy)} "
            f"(floor {floor_db:g} dB + {margin_db:g} dB margin)")
     return fl, hy, why
 
 
+def _within(sens: dict[str, Any], most: int) -> list[dict[str, Any]]:
+    """The sensitivity's plans with at most ``most`` float and MAX_HYBRID hybrid layers."""
+    return [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most
+            and len(p.get("hybrid_layers", [])) <= MAX_HYBRID]
+
+
 def candidate_plans(sens: dict[str, Any], most: int) -> list[tuple[list[str], list[str]]]:
-    """(float layers, hybrid layers) to try on real int8 files, fewest first: all-int8, then
-    every plan of the sensitivity within ``most`` float and :data:`MAX_HYBRID` hybrid layers
-    (fake int8's order: each adds the layer it found to buy most)."""
-    plans = [p for p in sens.get("plan") or [] if len(p["float_layers"]) <= most
-             and len(p.get("hybrid_layers", [])) <= MAX_HYBRID]
+    """(float layers, hybrid layers) to try on real int8 files, fewest first: all-int8 (fake
+    int8 can be several dB too pessimistic), then every plan of the sensitivity within the
+    limits, in fake int8's order (each adds the layer it found to buy most: the order is what
+    fake int8 gets right)."""
+    plans = _within(sens, most)
     return [([], []), *((list(p["float_layers"]), list(p.get("hybrid_layers", [])))
                         for p in plans)]
 
@@ -255,7 +257,7 @@ def kept_phrase(float_layers: list[str], hybrid_layers: list[str]) -> str:
     """``a float; b, c hybrid``, or ``all-int8``: a plan in a sentence."""
     kept = [f"{', '.join(float_layers)} float"] * bool(float_layers) + \
         [f"{', '.join(hybrid_layers)} hybrid"] * bool(hybrid_layers)
-    return "; ".join(kept) or "all-int8"
+    return " and ".join(kept) or "all-int8"
 
 
 def kept_out_of_int8(choice: dict[str, Any] | None) -> list[str]:

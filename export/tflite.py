@@ -92,8 +92,8 @@ class Int8Recipe:
     range_target_db: float | None = None
     #: candidate (float layers, hybrid layers) pairs, fewest first: the converter scores each
     #: one's real int8 file on the calibration images (with its own ``auto`` ranges) and keeps
-    #: the first that reaches ``range_target_db`` (:func:`_verified_plan`); empty: the layers
-    #: above as they are
+    #: the first that reaches ``range_target_db``, then each next one while it buys
+    #: POST_FLOOR_DB more (:func:`walk_plans`); empty: the layers above as they are
     plans: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
@@ -521,7 +521,10 @@ def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
 
     def score(fl: tuple[str, ...], hy: tuple[str, ...]) -> dict[str, Any]:
         cand = replace(recipe, float_layers=fl, hybrid_layers=hy, plans=())
-        scores = _auto_scores(samples, _quantiser(calibrated, cand))
+        try:
+            scores = _auto_scores(samples, _quantiser(calibrated, cand))
+        except SystemExit:  # a layer with no hybrid form here: this plan cannot be built
+            return {"percentile": 100.0, "calib_psnr_db": -1.0, "best_db": -1.0, "scores": {}}
         pct = pick_percentile(scores, target)
         return {"percentile": pct, "calib_psnr_db": round(scores[pct], 2),
                 "best_db": round(max(scores.values()), 2),
