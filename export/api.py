@@ -727,11 +727,12 @@ def _auto_float_layers(job: _Job, sens: dict[str, Any] | None,
     if not fl and not hy:
         return {"float_layers": [], "hybrid_layers": [],
                 "why": "fake int8 predicts the floor met (or no layer helps by 1 dB)"}
-    # with `auto` ranges the converter tries all-int8 and each plan in turn on real files
+    # with `auto` ranges the converter tries all-int8 and each plan in turn on real files and
+    # names the layers it kept (`_verified_layers`); otherwise fake int8's pick is the recipe's
     plans = candidate_plans(sens, cfg.int8_auto_float) if cfg.recipe.ranges == "auto" else []
-    job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(
-        cfg.recipe, float_layers=tuple(fl), hybrid_layers=tuple(hy),
-        plans=tuple((tuple(f), tuple(h)) for f, h in plans)))
+    kept: dict[str, Any] = ({"plans": tuple((tuple(f), tuple(h)) for f, h in plans)} if plans
+                            else {"float_layers": tuple(fl), "hybrid_layers": tuple(hy)})
+    job.cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, **kept))
     if not plans:
         job.notes.append(f"int8: kept out of int8 ({why}); --int8-auto-float 0 turns this off")
     return {"float_layers": fl, "hybrid_layers": hy, "why": why}
@@ -743,14 +744,8 @@ def _verified_layers(job: _Job, auto: dict[str, Any] | None, conv_info: dict[str
     the recipe's layers and ``auto``'s choice, with why, so that ``parity.json`` names what
     the file holds; ``auto`` keeps fake int8's pick as ``fake_pick``."""
     ranges = conv_info.get("ranges") or {}
-    plan = ranges.get("plan")
-    if auto is None or not job.cfg.recipe.plans:
-        return
-    if not plan:  # no verification ran: fake int8's pick is what the file holds
-        job.cfg = dataclasses.replace(job.cfg, recipe=dataclasses.replace(job.cfg.recipe,
-                                                                          plans=()))
-        job.notes.append(f"int8: kept out of int8 ({auto['why']}); --int8-auto-float 0 "
-                         "turns this off")
+    plan = ranges.get("plan")  # written whenever the recipe carried plans (`auto` ranges)
+    if auto is None or not plan:
         return
     fl, hy = list(plan["float_layers"]), list(plan["hybrid_layers"])
     job.cfg = dataclasses.replace(job.cfg, recipe=dataclasses.replace(

@@ -254,7 +254,7 @@ def candidate_plans(sens: dict[str, Any], most: int) -> list[tuple[list[str], li
 
 
 def kept_phrase(float_layers: list[str], hybrid_layers: list[str]) -> str:
-    """``a float; b, c hybrid``, or ``all-int8``: a plan in a sentence."""
+    """``a float and b, c hybrid``, or ``all-int8``: a plan in a sentence."""
     kept = [f"{', '.join(float_layers)} float"] * bool(float_layers) + \
         [f"{', '.join(hybrid_layers)} hybrid"] * bool(hybrid_layers)
     return " and ".join(kept) or "all-int8"

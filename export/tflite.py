@@ -343,13 +343,9 @@ def _quantise(make: Callable[[], Any], calib: np.ndarray | None, variants: list[
         conv._experimental_calibrate_only = True
         calibrated = conv.convert()
         _tick("int8_calibrate")
-        if recipe.plans and recipe.ranges == "auto":
-            recipe, calibrated = _verified_plan(calibrated, calib, recipe)
-            quantise = _quantiser(calibrated, recipe)
-        else:
-            quantise = _quantiser(calibrated, recipe)
-            if recipe.ranges != "minmax":
-                calibrated = _ranges(calibrated, calib, recipe, quantise)
+        if recipe.ranges != "minmax":
+            recipe, calibrated = _ranges(calibrated, calib, recipe)
+        quantise = _quantiser(calibrated, recipe)
         for v in int8:
             io = tf.int8 if v == "int8_io" else tf.float32
             if recipe.activations16 and v == "int8_io":
@@ -441,43 +437,12 @@ def _quantiser(calibrated: bytes, recipe: Int8Recipe) -> Callable[..., bytes]:
     return quantise
 
 
-def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe,
-            quantise: Callable[..., bytes]) -> bytes:
-    """The calibrated flatbuffer with ``recipe.ranges`` written in (``auto``: a percentile by
-    the worst of the first calibration images, :func:`export.ranges.pick_percentile`); the
-    choice goes to ranges.json."""
-    from dmad.export.ranges import Samples, pick_percentile
-
-    samples = Samples(calibrated, calib)
-    _tick("int8_range_samples")
-    if recipe.ranges == "auto":
-        scores = _auto_scores(samples, quantise)
-        best = pick_percentile(scores, recipe.range_target_db or 0.0)
-        calibrated, summary = samples.apply("percentile", best)
-        summary.update(method="auto", chosen_percentile=best,
-                       target_db=recipe.range_target_db or None,
-                       calib_psnr_db={str(p): round(v, 2) for p, v in scores.items()})
-    else:
-        calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
-    Path("ranges.json").write_text(json.dumps(summary))
-    _tick("int8_range_choice")
-    return calibrated
-
-
 #: past the floor, a plan's next layer must buy this much on the calibration images to be
 #: kept out of int8 too: insurance for a photograph harder than all of them (the photo
 #: teacher's moon: 29.9 dB with the first plan that cleared 36 dB on the calibration images,
 #: 39.6 dB with the layers that each bought this much more), and not free (a ÷20 student's
 #: head as hybrid bought 0.6 dB there, nothing held out, and cost 9 % of its time)
 POST_FLOOR_DB = 1.0
-
-
-def _auto_scores(samples: Any, quantise: Callable[..., bytes]) -> dict[float, float]:
-    """Each ``auto`` percentile's worst-calibration-image PSNR of the file ``quantise`` makes."""
-    from dmad.export.ranges import AUTO_PERCENTILES
-
-    return {p: samples.score(quantise(samples.apply("percentile", p)[0]))
-            for p in AUTO_PERCENTILES}
 
 
 def walk_plans(plans: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
@@ -505,24 +470,31 @@ def walk_plans(plans: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
     return best, tried
 
 
-def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
-                   ) -> tuple[Int8Recipe, bytes]:
-    """:func:`walk_plans` over ``recipe.plans`` with real int8 files, each with its own
-    ``auto`` ranges, scored on the calibration images against ``range_target_db``. Returns
-    the recipe with the kept plan's layers and the calibrated flatbuffer with its ranges. Why
-    real files: fake int8 (:mod:`export.sensitivity`) orders the layers well but misjudged what
-    a plan scores by several dB, both ways, and every layer kept out of int8 costs time in a
-    narrow model. The plans tried and their scores go to ranges.json."""
-    from dmad.export.ranges import Samples, pick_percentile
+def _ranges(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
+            ) -> tuple[Int8Recipe, bytes]:
+    """The recipe and the calibrated flatbuffer with ``recipe.ranges`` written in; the choice
+    goes to ranges.json. ``auto``: :func:`walk_plans` over ``recipe.plans`` (or the recipe's
+    own layers alone), each plan's real int8 file scored at every ``AUTO_PERCENTILES`` range
+    on the calibration images, and the kept plan's percentile picked against
+    ``range_target_db`` (:func:`export.ranges.pick_percentile`). Why real files: fake int8
+    (:mod:`export.sensitivity`) orders the layers well but misjudged what a plan scores by
+    several dB, both ways, and every layer kept out of int8 costs time in a narrow model."""
+    from dmad.export.ranges import AUTO_PERCENTILES, Samples, pick_percentile
 
     samples = Samples(calibrated, calib)
     _tick("int8_range_samples")
+    if recipe.ranges != "auto":
+        calibrated, summary = samples.apply(recipe.ranges, recipe.percentile)
+        Path("ranges.json").write_text(json.dumps(summary))
+        _tick("int8_range_choice")
+        return recipe, calibrated
     target = recipe.range_target_db or 0.0
 
     def score(fl: tuple[str, ...], hy: tuple[str, ...]) -> dict[str, Any]:
-        cand = replace(recipe, float_layers=fl, hybrid_layers=hy, plans=())
+        quantise = _quantiser(calibrated, replace(recipe, float_layers=fl, hybrid_layers=hy))
         try:
-            scores = _auto_scores(samples, _quantiser(calibrated, cand))
+            scores = {p: samples.score(quantise(samples.apply("percentile", p)[0]))
+                      for p in AUTO_PERCENTILES}
         except SystemExit:  # a layer with no hybrid form here: this plan cannot be built
             return {"percentile": 100.0, "calib_psnr_db": -1.0, "best_db": -1.0, "scores": {}}
         pct = pick_percentile(scores, target)
@@ -530,20 +502,21 @@ def _verified_plan(calibrated: bytes, calib: np.ndarray, recipe: Int8Recipe
                 "best_db": round(max(scores.values()), 2),
                 "scores": {str(p): round(v, 2) for p, v in scores.items()}}
 
-    best, tried = walk_plans(recipe.plans, score, target)
-    chosen = replace(recipe, float_layers=tuple(best["float_layers"]),
-                     hybrid_layers=tuple(best["hybrid_layers"]), plans=())
+    best, tried = walk_plans(recipe.plans or ((recipe.float_layers, recipe.hybrid_layers),),
+                             score, target)
     calibrated, summary = samples.apply("percentile", best["percentile"])
     summary.update(method="auto", chosen_percentile=best["percentile"], target_db=target or None,
-                   calib_psnr_db=best["scores"],
-                   plan={"float_layers": best["float_layers"],
-                         "hybrid_layers": best["hybrid_layers"],
-                         "tried": [{k: t[k] for k in ("float_layers", "hybrid_layers",
-                                                      "calib_psnr_db", "best_db")}
-                                   for t in tried]})
+                   calib_psnr_db=best["scores"])
+    if recipe.plans:
+        summary["plan"] = {"float_layers": best["float_layers"],
+                           "hybrid_layers": best["hybrid_layers"],
+                           "tried": [{k: t[k] for k in ("float_layers", "hybrid_layers",
+                                                        "calib_psnr_db", "best_db")}
+                                     for t in tried]}
     Path("ranges.json").write_text(json.dumps(summary))
     _tick("int8_range_choice")
-    return chosen, calibrated
+    return replace(recipe, float_layers=tuple(best["float_layers"]),
+                   hybrid_layers=tuple(best["hybrid_layers"]), plans=()), calibrated
 
 
 def _layer_convs(model: bytes, layers: Sequence[str]) -> list[str]:
