@@ -330,7 +330,8 @@ class Timer:
         batch, stems = [], []
         rng = np.random.default_rng(self.cfg.seed)
         for m, shape in items:
-            sub, _ = to_phases(to_subpixel(m)[0])  # a whole model: as the export writes it
+            # as the export writes it: an int8 file's stem convolution on the phases too
+            sub, _ = to_phases(to_subpixel(m)[0], int8=int8)
             stem = f"m{self.n}"
             self.n += 1
             _, c, h, w = shape
@@ -571,7 +572,8 @@ def table_key(cfg: LatencyTableConfig, timer: Any, int8_plan: dict[str, str] | N
     key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads,
                            "timing": cfg.timing}
     if cfg.backend == "tflite-int8":
-        key["int8_plan"] = dict(int8_plan or {})
+        # the form its stems were timed in (an int8 file's stem convolution on the phases)
+        key.update(int8_plan=dict(int8_plan or {}), int8_stem="phases")
     if cfg.android is not None:
         dev = getattr(timer, "key_device", {})
         props = dev.get("props", {})

@@ -790,23 +790,62 @@ def _sensitivity_note(job: _Job, sens: dict[str, Any] | None) -> None:
 def _convert(job: _Job, deploy: nn.Module, variants: list[str]
              ) -> tuple[Path, dict[str, Path], dict[str, Any], dict[str, Any]]:
     """ONNX, then every TFLite variant (fp32 always: it proves the graph right, the other
-    variants are quantised from the same graph), each checked."""
+    variants are quantised from the same graph, or the int8 ones from the int8 form of it:
+    :func:`_int8_graph`), each checked."""
     from dmad.export import tflite
 
     onnx_path = _onnx_artifact(job, deploy)
     t = time.time()
     graph_info: dict[str, Any] = {"converter": job.cfg.converter}
-    graph = None
+    graph = graph8 = None
     if job.cfg.converter == "graph":
         graph, graph_info = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref)
+        graph8 = _int8_graph(job, variants, graph_info)
     conv_info: dict[str, Any] = {}
     job.cfg = dataclasses.replace(job.cfg, recipe=range_target(job.cfg))
-    files = tflite.convert(onnx_path, job.tmp, ["fp32", *[v for v in variants if v != "fp32"]],
-                           None if job.calib is None else _nhwc(job.calib), job.cfg.recipe,
-                           graph=graph, timeout=job.cfg.timeout, info=conv_info)
+    calib = None if job.calib is None else _nhwc(job.calib)
+    apart = [v for v in variants if v in INT8_VARIANTS] if graph8 is not None else []
+    files = tflite.convert(onnx_path, job.tmp, ["fp32", *[v for v in variants
+                                                         if v != "fp32" and v not in apart]],
+                           calib, job.cfg.recipe, graph=graph, timeout=job.cfg.timeout,
+                           info=conv_info)
+    if apart:
+        info8: dict[str, Any] = {}
+        files |= tflite.convert(onnx_path, job.tmp, apart, calib, job.cfg.recipe, graph=graph8,
+                                timeout=job.cfg.timeout, info=info8)
+        _merge_info(conv_info, info8)
     job.phase["tflite"] = time.time() - t
     _tflite_artifacts(job, files, conv_info.get("gpu", {}), variants)
     return onnx_path, files, graph_info, conv_info
+
+
+#: variants quantised with full-int8 activations: converted from the int8 form of the graph
+INT8_VARIANTS = ("int8", "int8_io")
+
+
+def _int8_graph(job: _Job, variants: list[str], graph_info: dict[str, Any]) -> Any:
+    """The graph the full-int8 variants are converted from when their form differs from the
+    float files' (the stem's convolution on the image's phases: :func:`export.s2d.to_phases`),
+    else None; what differs goes into ``graph_info["int8"]``."""
+    if not any(v in INT8_VARIANTS for v in variants):
+        return None
+    graph8, info8 = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref,
+                           int8=True)
+    if info8["phases"] == graph_info["phases"]:
+        return None
+    graph_info["int8"] = {k: info8[k] for k in ("phases", "ops", "equalize") if k in info8}
+    return graph8
+
+
+def _merge_info(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """A second conversion's ``info`` added to the first's: its files' GPU analyses, its
+    ranges, its worker's seconds added per step."""
+    into.setdefault("gpu", {}).update(more.get("gpu", {}))
+    if "ranges" in more:
+        into["ranges"] = more["ranges"]
+    secs = into.setdefault("worker_seconds", {})
+    for k, v in (more.get("worker_seconds") or {}).items():
+        secs[k] = round(secs.get(k, 0.0) + v, 3)
 
 
 def _export_model(cfg: ExportConfig) -> ExportResult:
@@ -911,11 +950,12 @@ def _uses_subpixel(cfg: ExportConfig) -> bool:
 
 
 def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig,
-           calib: np.ndarray | None, evals: np.ndarray, ref: np.ndarray
+           calib: np.ndarray | None, evals: np.ndarray, ref: np.ndarray, int8: bool = False
            ) -> tuple[Any, dict[str, Any]]:
-    """The NHWC graph the TFLite files are converted from, with the exact rewrites applied:
-    sub-pixel upsampling (checked against the original here) and, before int8, range
-    equalisation (checked by the fp32 file's parity, converted from the same graph)."""
+    """The NHWC graph the TFLite files are converted from (``int8``: the full-int8 files'
+    form), with the exact rewrites applied: sub-pixel upsampling and the phase forms (each
+    checked against the original here) and, before int8, range equalisation (checked by the
+    fp32 file's parity, converted from the same graph and the same equalisation code)."""
     from dmad.export.equalize import equalize
     from dmad.export.graph import trace
     from dmad.export.subpixel import to_subpixel
@@ -931,7 +971,7 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
         info["subpixel"] = {"layers": n, "max_abs_vs_original": err}
     else:
         info["subpixel"] = {"layers": 0}
-    src, info["phases"] = _phases(src, cfg.phases, evals, ref)
+    src, info["phases"] = _phases(src, cfg.phases, evals, ref, int8)
     graph = trace(src, shape)
     info["ops"] = graph.ops()
     if cfg.equalize and calib is not None:
@@ -939,14 +979,15 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
     return graph, info
 
 
-def _phases(model: nn.Module, mode: str, evals: np.ndarray, ref: np.ndarray
+def _phases(model: nn.Module, mode: str, evals: np.ndarray, ref: np.ndarray, int8: bool = False
             ) -> tuple[nn.Module, dict[str, Any]]:
     """``model`` with its full-resolution layers on the image's phases
-    (:func:`export.s2d.to_phases`), checked against PyTorch's outputs, and what was done."""
+    (:func:`export.s2d.to_phases`; ``int8``: the full-int8 files' form), checked against
+    PyTorch's outputs, and what was done."""
     from dmad.export.s2d import to_phases
 
-    out, info = to_phases(model, mode)
-    if not (info["head"] or info["front"]):
+    out, info = to_phases(model, mode, int8)
+    if not (info["head"] or info["front"] or info["stem"]):
         return model, info
     err = float(np.abs(_torch_out(out, evals) - ref).max())
     if err > REWRITE_TOL:

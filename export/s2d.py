@@ -16,8 +16,16 @@ at half resolution with four times the channels, exactly:
 * the stride-2 3×3 convolution (padding 1) reads phases (1), (0, 1) at offsets (−1), (0): a
   2×2 convolution after one zero row and column on the top and left.
 
-:func:`to_s2d_front` and :func:`to_phase_head` rewrite a copy; a model they do not fit is
-returned unchanged with the reason. :func:`to_phases` is the ``--phases`` rule.
+In an int8 file the stem's convolution alone goes on the phases too (then depth-to-space back,
+its norm at full resolution): XNNPACK's int8 convolution over the image's three channels fills
+a few lanes of each dot product, over the twelve of its phases four times as many, and the
+stem ran 1.4–2.1× faster that way at every width from 8 to 64 channels; fp32's direct
+kernels were faster at some widths, so fp32 files keep the stem as it is
+(``docs/results.md``, the int8 stem on phases).
+
+:func:`to_s2d_front`, :func:`to_phase_head` and :func:`to_phase_stem` rewrite a copy; a model
+they do not fit is returned unchanged with the reason. :func:`to_phases` is the ``--phases``
+rule.
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["PHASE_FRONT_BELOW", "PhaseHead", "PhaseStem", "phase_down", "to_phase_head",
-           "to_phases", "to_s2d_front"]
+__all__ = ["PHASE_FRONT_BELOW", "PhaseHead", "PhaseStem", "PhaseStemConv", "phase_down",
+           "to_phase_head", "to_phase_stem", "to_phases", "to_s2d_front"]
 
 #: ``--phases auto``: the front too when the stem keeps fewer channels than this (one AVX-512
 #: vector of fp32): a narrow stem fills a fraction of each vector at full resolution, four
@@ -125,6 +133,38 @@ class PhaseHead(nn.Module):
         return self.act(self.shuffle(self.conv(self.unshuffle(self.pad(x)))))
 
 
+class PhaseStemConv(nn.Module):
+    """A ResNet generator's stem with only its convolution on the image's phases: padding,
+    space-to-depth, the (k + 1) / 2 convolution writing each output channel's four phases,
+    depth-to-space back to full resolution, then the stem's own norm and activation (the int8
+    file's stem; layer names stay the stem's)."""
+
+    def __init__(self, stem: nn.Module) -> None:
+        super().__init__()
+        self.pad = copy.deepcopy(stem.pad)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.conv = _phase_conv(stem.conv)
+        self.shuffle = nn.PixelShuffle(2)
+        self.norm = copy.deepcopy(stem.norm)
+        self.act = copy.deepcopy(stem.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.shuffle(self.conv(self.unshuffle(self.pad(x))))))
+
+
+def to_phase_stem(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """(a copy of ``model`` whose stem convolution runs on the phases, None), or (``model``
+    itself, why not). Inputs need even sides."""
+    stem = getattr(model, "stem", None)
+    if not _odd_stride1(getattr(stem, "conv", None)) or not hasattr(stem, "pad") \
+            or not hasattr(stem, "norm") or not hasattr(stem, "act"):
+        return model, "the stem is not an odd square stride-1 convolution after its own padding"
+    out = copy.deepcopy(model)
+    ref = next(model.parameters())
+    out.stem = PhaseStemConv(out.stem).to(device=ref.device, dtype=ref.dtype)  # type: ignore[arg-type]
+    return out, None
+
+
 def to_phase_head(model: nn.Module) -> tuple[nn.Module, str | None]:
     """(a copy of ``model`` whose head convolution runs on the phases, None), or (``model``
     itself, why not)."""
@@ -179,20 +219,26 @@ def to_s2d_front(model: nn.Module) -> tuple[nn.Module, str | None]:
     return out, None
 
 
-def to_phases(model: nn.Module, mode: str = "auto") -> tuple[nn.Module, dict[str, object]]:
+def to_phases(model: nn.Module, mode: str = "auto", int8: bool = False
+              ) -> tuple[nn.Module, dict[str, object]]:
     """``model`` with its full-resolution layers on the image's 2×2 phases as ``mode`` asks
     ("on": the head and the front; "auto": the head, whose convolution writes only the image's
     few channels, and the front when the stem keeps under :data:`PHASE_FRONT_BELOW`
-    channels), where they fit, and what was done: the rule the export and the latency table's
-    timings share."""
+    channels; ``int8``: for an int8 file, where the front is not on phases, the stem's
+    convolution alone), where they fit, and what was done: the rule the export and the latency
+    table's timings share."""
     if mode == "off":
-        return model, {"head": False, "front": False, "why": "--phases off"}
+        return model, {"head": False, "front": False, "stem": False, "why": "--phases off"}
     out, head_why = to_phase_head(model)
     width = getattr(getattr(getattr(out, "stem", None), "conv", None), "out_channels", None)
     front_why: str | None = f"stem of {width} channels (auto: front below {PHASE_FRONT_BELOW})"
     if mode == "on" or not width or width < PHASE_FRONT_BELOW:
         out, front_why = to_s2d_front(out)
+    stem = False
+    if int8 and front_why is not None and width:
+        out, stem_why = to_phase_stem(out)
+        stem = stem_why is None
     info: dict[str, object] = {"head": head_why is None, "front": front_why is None,
-                               "stem_channels": width}
+                               "stem": stem, "stem_channels": width}
     why = "; ".join(dict.fromkeys(w for w in (head_why, front_why) if w))
     return out, {**info, "why": why} if why else info

@@ -419,6 +419,28 @@ def test_the_int8_table_keeps_the_plans_units_out_of_int8_in_units_and_whole_mod
         assert [_float_convs(f) for f in files] == [want, want]
 
 
+def test_the_int8_table_times_the_stem_in_the_int8_files_form(tmp_path: Path) -> None:
+    """An int8 file runs its stem's convolution on the image's phases (``export/s2d.py``); the
+    int8 table times the stem unit and whole models that way, the fp32 table as fp32 files
+    run it (directly)."""
+    from dmad.benchmark.latency_table import LatencyTableConfig, Timer, unit_model
+    from dmad.compress.models import build
+    from dmad.export.parity import make_interpreter
+
+    def s2d_ops(path: Path) -> int:
+        it = make_interpreter(path.read_bytes(), None, allocate=False)
+        return sum(o["op_name"] == "SPACE_TO_DEPTH" for o in it._get_ops_details())
+
+    spec = ResnetSpec(ngf=16, n_blocks=1)
+    items = [unit_model(spec, "stem", (16,), 32), (build(spec).eval(), (1, 3, 32, 32))]
+    got = {}
+    for backend in ("tflite-int8", "tflite-xnnpack"):
+        cfg = LatencyTableConfig(out=tmp_path / f"{backend}.json", backend=backend, size=32)
+        (tmp_path / backend).mkdir()
+        got[backend] = [s2d_ops(f) for f in Timer(cfg, tmp_path / backend).convert(items, 1)]
+    assert got == {"tflite-int8": [1, 2], "tflite-xnnpack": [0, 1]}
+
+
 def test_rounding_never_breaks_a_budget_one_tile_per_layer_exceeds() -> None:
     """Below one tile in every layer, rounding cannot fit: the fit keeps its own widths, under
     the target (it once returned the rounded architecture above the target)."""

@@ -1,5 +1,5 @@
 """``export/s2d.py``: a ResNet generator's full-resolution layers on the image's 2×2 phases
-(the stem and first downsampling, the head's convolution).
+(the stem and first downsampling, the head's convolution, an int8 file's stem convolution).
 
 The rewrites must be exact (float64, any widths, affine or plain InstanceNorm), refuse what they
 do not fit with a reason, follow the ``--phases`` rule, and survive the converter (fp32 file
@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from dmad.compress.models import ResnetSpec, ResnetWidths, UnetSpec, build
-from dmad.export.s2d import PhaseHead, PhaseStem, to_phase_head, to_phases, to_s2d_front
+from dmad.export.s2d import (
+    PhaseHead,
+    PhaseStem,
+    PhaseStemConv,
+    to_phase_head,
+    to_phase_stem,
+    to_phases,
+    to_s2d_front,
+)
 
 F64 = torch.float64
 
@@ -45,6 +53,34 @@ def test_front_on_phases_is_exact(spec: ResnetSpec, side: int) -> None:
     assert isinstance(m.stem.conv, nn.Conv2d) and m.stem.conv.kernel_size == (7, 7)  # untouched
 
 
+@pytest.mark.parametrize("spec", [
+    ResnetSpec(ngf=8, n_blocks=1, norm="instance_affine"),
+    ResnetSpec(ngf=4, n_blocks=2, widths=ResnetWidths(19, 5, 16, (2, 0), 8, 4)),
+])
+def test_the_stem_convolution_alone_on_phases_is_exact(spec: ResnetSpec) -> None:
+    """An int8 file's stem: its convolution on the phases, depth-to-space back, the stem's own
+    norm and activation at full resolution; the rest of the model untouched."""
+    torch.manual_seed(1)
+    m = build(spec).eval().to(F64)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.InstanceNorm2d) and mod.affine:
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+    p, why = to_phase_stem(m)
+    assert why is None and isinstance(p.stem, PhaseStemConv)
+    assert p.stem.conv.kernel_size == (4, 4)
+    assert p.stem.conv.out_channels == 4 * spec.resolved_widths().stem
+    assert p.down1 is not m.down1 and p.down1.conv.kernel_size == (3, 3)
+    x = torch.rand(2, 3, 20, 20, dtype=F64) * 2 - 1
+    with torch.no_grad():
+        assert (p(x) - m(x)).abs().max().item() < 1e-12
+    assert {n for n, _ in p.named_parameters()} == {n for n, _ in m.named_parameters()}
+    unet = build(UnetSpec(ngf=4, num_downs=5))
+    same, why = to_phase_stem(unet)
+    assert same is unet and why is not None
+
+
 def test_what_it_does_not_fit_is_returned_with_the_reason() -> None:
     unet = build(UnetSpec(ngf=4, num_downs=5))
     same, why = to_s2d_front(unet)
@@ -67,6 +103,12 @@ def test_the_rule_and_the_export(tmp_path: Path) -> None:
     assert info["head"] and not info["front"] and isinstance(wide.head, PhaseHead)
     assert isinstance(wide.stem.conv, nn.Conv2d) and wide.stem.conv.kernel_size == (7, 7)
     assert to_phases(build(ResnetSpec(ngf=16, n_blocks=1)), "on")[1]["front"]
+    # an int8 file: the stem's convolution on the phases where the front is not
+    wide8, info = to_phases(build(ResnetSpec(ngf=16, n_blocks=1)), int8=True)
+    assert info["stem"] and not info["front"] and isinstance(wide8.stem, PhaseStemConv)
+    narrow8, info = to_phases(build(ResnetSpec(ngf=8, n_blocks=1)), int8=True)
+    assert info["front"] and not info["stem"] and isinstance(narrow8.stem, PhaseStem)
+    assert not to_phases(build(ResnetSpec(ngf=16, n_blocks=1)), "off", int8=True)[1]["stem"]
     _, info = to_phases(build(UnetSpec(ngf=4, num_downs=5)))
     assert not (info["head"] or info["front"]) and "ResNet" in str(info["why"])
     recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("head.conv",))
@@ -79,3 +121,38 @@ def test_the_rule_and_the_export(tmp_path: Path) -> None:
     assert rep["artifacts"]["fp32"]["parity"]["psnr_worst_db"] >= 100
     # the head on phases keeps its PyTorch name: a float layer chosen by name is found
     assert rep["artifacts"]["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
+
+
+def _ops(path: Path) -> list[str]:
+    from dmad.export.parity import make_interpreter
+
+    it = make_interpreter(path.read_bytes(), None, allocate=False)
+    return [o["op_name"] for o in it._get_ops_details()]
+
+
+def test_the_int8_file_alone_runs_its_stem_convolution_on_phases(tmp_path: Path) -> None:
+    """From a stem of 16 channels up (no phase front) the int8 file is converted from its own
+    graph, the stem's convolution on the phases (two SPACE_TO_DEPTH: stem and head), and the
+    fp32 file from the float graph (one, the head's); both are judged against PyTorch, and a
+    layer kept float by name is still found in the int8 form."""
+    import dataclasses
+
+    from dmad.export.api import DEFAULT_RECIPE, ExportConfig, export_model
+    from tests.test_export_graph import _photos
+
+    torch.manual_seed(0)
+    recipe = dataclasses.replace(DEFAULT_RECIPE, float_layers=("stem.conv",))
+    cfg = ExportConfig(out=tmp_path / "o", module=build(ResnetSpec(ngf=16, n_blocks=1)),
+                       size=32, quant=("fp32", "int8"), calib=_photos(tmp_path), num_calib=4,
+                       num_eval=2, recipe=recipe)
+    res = export_model(cfg)
+    g = res.report["graph"]
+    assert not g["phases"]["stem"] and g["int8"]["phases"]["stem"]
+    assert g["ops"]["s2d"] == 1 and g["int8"]["ops"]["s2d"] == 2
+    assert g["int8"]["phases"]["max_abs_vs_original"] < 1e-4
+    assert _ops(res.files["fp32"]).count("SPACE_TO_DEPTH") == 1
+    assert _ops(res.files["int8"]).count("SPACE_TO_DEPTH") == 2
+    art = res.report["artifacts"]
+    assert art["fp32"]["parity"]["psnr_worst_db"] >= 100
+    assert art["int8"]["parity"]["psnr_worst_db"] >= 30
+    assert art["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
