@@ -5,7 +5,9 @@ Usage::
     python scripts/int8_trace.py EXPORT_DIR PHOTO [--size 256] [--all]
 
 ``EXPORT_DIR`` is a ``dmad export`` folder holding ``generator_fp32.tflite`` and
-``generator_int8.tflite`` (converted from the same graph, so their tensors share names). Both run
+``generator_int8.tflite`` (converted from the same graph, so their tensors share names; an
+int8 file's stem convolution runs on the image's phases, so that one tensor has no fp32 twin
+and is not listed). Both run
 on LiteRT's reference kernels with every intermediate tensor kept; for each int8 tensor (the
 quantised activations) the script prints its SNR against the fp32 tensor (dB, against the fp32
 tensor's variance), the SNR of the per-channel mean error alone (a colour or brightness shift),
