@@ -27,6 +27,18 @@ from dmad.export.s2d import (
 F64 = torch.float64
 
 
+def _f64_model(spec: ResnetSpec, seed: int) -> nn.Module:
+    """``spec`` built in float64, its affine norms away from 1/0 (a misplaced γ or β shows)."""
+    torch.manual_seed(seed)
+    m = build(spec).eval().to(F64)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.InstanceNorm2d) and mod.affine:
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+    return m
+
+
 @pytest.mark.parametrize("spec", [
     ResnetSpec(ngf=4, n_blocks=2),
     ResnetSpec(ngf=8, n_blocks=1, norm="instance_affine"),
@@ -34,13 +46,7 @@ F64 = torch.float64
 ])
 @pytest.mark.parametrize("side", [16, 22])
 def test_front_on_phases_is_exact(spec: ResnetSpec, side: int) -> None:
-    torch.manual_seed(0)
-    m = build(spec).eval().to(F64)
-    with torch.no_grad():  # affine norms away from 1/0, so a misplaced γ or β shows
-        for mod in m.modules():
-            if isinstance(mod, nn.InstanceNorm2d) and mod.affine:
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.5, 0.5)
+    m = _f64_model(spec, 0)
     s2d, why = to_s2d_front(m)
     assert why is None and isinstance(s2d.stem, PhaseStem)
     assert s2d.stem.conv.kernel_size == (4, 4) and s2d.down1.conv.kernel_size == (2, 2)
@@ -60,13 +66,7 @@ def test_front_on_phases_is_exact(spec: ResnetSpec, side: int) -> None:
 def test_the_stem_convolution_alone_on_phases_is_exact(spec: ResnetSpec) -> None:
     """An int8 file's stem: its convolution on the phases, depth-to-space back, the stem's own
     norm and activation at full resolution; the rest of the model untouched."""
-    torch.manual_seed(1)
-    m = build(spec).eval().to(F64)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.InstanceNorm2d) and mod.affine:
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.5, 0.5)
+    m = _f64_model(spec, 1)
     p, why = to_phase_stem(m)
     assert why is None and isinstance(p.stem, PhaseStemConv)
     assert p.stem.conv.kernel_size == (4, 4)
