@@ -572,8 +572,9 @@ def table_key(cfg: LatencyTableConfig, timer: Any, int8_plan: dict[str, str] | N
     key: dict[str, Any] = {"backend": cfg.backend, "threads": cfg.threads,
                            "timing": cfg.timing}
     if cfg.backend == "tflite-int8":
-        # the form its stems were timed in (an int8 file's stem convolution on the phases)
-        key.update(int8_plan=dict(int8_plan or {}), int8_stem="phases")
+        key["int8_plan"] = dict(int8_plan or {})
+        if int8_plan is not None:  # a ResNet table: its stems timed as int8 files run them
+            key["int8_stem"] = "phases"
     if cfg.android is not None:
         dev = getattr(timer, "key_device", {})
         props = dev.get("props", {})

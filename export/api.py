@@ -109,7 +109,7 @@ class ExportConfig:
         "auto | on | off: a ResNet's full-resolution layers computed on the image's 2×2 phases "
         "in the TFLite files (exact; four times the channels at half the resolution): the "
         "head's convolution, and the stem and first downsampling; auto = the head always, the "
-        "stem below 16 channels",
+        "stem below 16 channels, and in the full-int8 files the stem's convolution from 16 up",
     )
     equalize: bool = opt(
         True,
@@ -629,7 +629,8 @@ def _onnx_artifact(job: _Job, deploy: nn.Module) -> Path:
 def _tflite_artifacts(job: _Job, files: dict[str, Path], gpu: dict[str, Any],
                       variants: list[str]) -> None:
     """Parity, I/O, XNNPACK coverage and precision of every converted file; the fp32 file
-    proves the graph (and is dropped unless asked for)."""
+    proves the graph (and is dropped unless asked for); the int8 files' own form, where it
+    differs, is proven exact in PyTorch (:func:`_phases`) and judged by their parity."""
     t = time.time()
     ref_nhwc, ev_nhwc = _nhwc(job.ref), _nhwc(job.evals)
     for v, f in files.items():
@@ -811,8 +812,9 @@ def _convert(job: _Job, deploy: nn.Module, variants: list[str]
                            info=conv_info)
     if apart:
         info8: dict[str, Any] = {}
+        left = None if job.cfg.timeout is None else max(1.0, job.cfg.timeout - (time.time() - t))
         files |= tflite.convert(onnx_path, job.tmp, apart, calib, job.cfg.recipe, graph=graph8,
-                                timeout=job.cfg.timeout, info=info8)
+                                timeout=left, info=info8)
         _merge_info(conv_info, info8)
     job.phase["tflite"] = time.time() - t
     _tflite_artifacts(job, files, conv_info.get("gpu", {}), variants)
@@ -827,12 +829,13 @@ def _int8_graph(job: _Job, variants: list[str], graph_info: dict[str, Any]) -> A
     """The graph the full-int8 variants are converted from when their form differs from the
     float files' (the stem's convolution on the image's phases: :func:`export.s2d.to_phases`),
     else None; what differs goes into ``graph_info["int8"]``."""
-    if not any(v in INT8_VARIANTS for v in variants):
+    from dmad.export.s2d import to_phases
+
+    if not any(v in INT8_VARIANTS for v in variants) \
+            or not to_phases(job.model, job.cfg.phases, int8=True)[1]["stem"]:
         return None
     graph8, info8 = _graph(job.model, job.shape, job.cfg, job.calib, job.evals, job.ref,
                            int8=True)
-    if info8["phases"] == graph_info["phases"]:
-        return None
     graph_info["int8"] = {k: info8[k] for k in ("phases", "ops", "equalize") if k in info8}
     return graph8
 
@@ -955,7 +958,7 @@ def _graph(model: nn.Module, shape: tuple[int, int, int, int], cfg: ExportConfig
     """The NHWC graph the TFLite files are converted from (``int8``: the full-int8 files'
     form), with the exact rewrites applied: sub-pixel upsampling and the phase forms (each
     checked against the original here) and, before int8, range equalisation (checked by the
-    fp32 file's parity, converted from the same graph and the same equalisation code)."""
+    fp32 file's parity where the int8 files share its graph; the same exact code otherwise)."""
     from dmad.export.equalize import equalize
     from dmad.export.graph import trace
     from dmad.export.subpixel import to_subpixel

@@ -5,9 +5,10 @@ Usage::
     python scripts/int8_trace.py EXPORT_DIR PHOTO [--size 256] [--all]
 
 ``EXPORT_DIR`` is a ``dmad export`` folder holding ``generator_fp32.tflite`` and
-``generator_int8.tflite`` (converted from the same graph, so their tensors share names; an
-int8 file's stem convolution runs on the image's phases, so that one tensor has no fp32 twin
-and is not listed). Both run
+``generator_int8.tflite`` (converted from the same graph, so their tensors share names; only
+tensors with an fp32 twin are listed: where the int8 file runs its stem convolution on the
+image's phases, its graph has two more nodes and the unnamed ones, the residual additions,
+are numbered differently; export with ``--phases off`` to trace every tensor). Both run
 on LiteRT's reference kernels with every intermediate tensor kept; for each int8 tensor (the
 quantised activations) the script prints its SNR against the fp32 tensor (dB, against the fp32
 tensor's variance), the SNR of the per-channel mean error alone (a colour or brightness shift),

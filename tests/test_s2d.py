@@ -156,3 +156,30 @@ def test_the_int8_file_alone_runs_its_stem_convolution_on_phases(tmp_path: Path)
     assert art["fp32"]["parity"]["psnr_worst_db"] >= 100
     assert art["int8"]["parity"]["psnr_worst_db"] >= 30
     assert art["int8"]["precision"]["float_ops"].get("CONV_2D") == 1
+
+
+def test_int8_io_and_fp16_beside_the_int8_graph(tmp_path: Path) -> None:
+    """The split conversion with the defaults (auto ranges, layers kept out of int8 by the
+    chooser): fp16 from the float graph, int8 and int8_io from the int8 one, the int8 conversion's
+    ranges and both conversions' seconds in parity.json; with --phases off one graph."""
+    from dmad.export.api import ExportConfig, export_model
+    from tests.test_export_graph import _photos
+
+    torch.manual_seed(0)
+    photos = _photos(tmp_path)
+    m = build(ResnetSpec(ngf=16, n_blocks=1))
+    res = export_model(ExportConfig(out=tmp_path / "o", module=m, size=32,
+                                    quant=("fp16", "int8"), int8_io=True, calib=photos,
+                                    num_calib=4, num_eval=2))
+    rep = res.report
+    assert rep["graph"]["int8"]["phases"]["stem"] and not rep["graph"]["phases"]["stem"]
+    assert _ops(res.files["fp16"]).count("SPACE_TO_DEPTH") == 1
+    assert _ops(res.files["int8"]).count("SPACE_TO_DEPTH") == 2
+    assert _ops(res.files["int8_io"]).count("SPACE_TO_DEPTH") == 2
+    assert rep["int8_ranges"]["method"] and rep["int8_ranges"].get("chosen_percentile")
+    secs = rep["converter_seconds"]
+    assert "fp32" in secs and "int8_calibrate" in secs
+    assert rep["artifacts"]["int8_io"]["parity"]["psnr_worst_db"] >= 25
+    off = export_model(ExportConfig(out=tmp_path / "off", module=m, size=32, quant=("int8",),
+                                    calib=photos, num_calib=4, num_eval=2, phases="off")).report
+    assert "int8" not in off["graph"] and not off["graph"]["phases"]["stem"]
