@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -693,6 +694,23 @@ def _internal_error(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``dmad`` command; a torchrun rank that left its process group ends here at once."""
+    code = _main(argv)
+    if _LEFT_GROUP:
+        # gloo's worker threads can abort the interpreter's own exit in C++ ("terminate called
+        # without an active exception", SIGABRT) after every file is written, failing a run
+        # that succeeded; the group is left, every file closed: end without that teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+#: set once this process has left a torchrun process group (:func:`_leave_torchrun`)
+_LEFT_GROUP: list[bool] = []
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     finished = False
@@ -736,10 +754,13 @@ def _leave_torchrun(finished: bool) -> None:
         return
     from dmad.compress.train import distributed
 
+    if not distributed.active():
+        return
     try:
         distributed.teardown(finished)
     except Exception:  # a peer that already died: nothing left to leave cleanly
         pass
+    _LEFT_GROUP.append(True)
 
 
 if __name__ == "__main__":
