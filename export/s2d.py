@@ -19,7 +19,7 @@ at half resolution with four times the channels, exactly:
 In an int8 file the stem's convolution alone goes on the phases too (then depth-to-space back,
 its norm at full resolution): XNNPACK's int8 convolution over the image's three channels fills
 a few lanes of each dot product, over the twelve of its phases four times as many, and the
-stem ran 1.4–2.1× faster that way at every width from 8 to 64 channels; fp32's direct
+stem ran 1.4–2.5× faster that way at every width from 8 to 64 channels; fp32's direct
 kernels were faster at some widths, so fp32 files keep the stem as it is
 (``docs/results.md``, the int8 stem on phases).
 
@@ -35,8 +35,8 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["PHASE_FRONT_BELOW", "PhaseHead", "PhaseStem", "PhaseStemConv", "phase_down",
-           "to_phase_head", "to_phase_stem", "to_phases", "to_s2d_front"]
+__all__ = ["PHASE_FRONT_BELOW", "PhaseConvUnit", "PhaseHead", "PhaseStem", "PhaseStemConv",
+           "phase_down", "to_phase_head", "to_phase_stem", "to_phases", "to_s2d_front"]
 
 #: ``--phases auto``: the front too when the stem keeps fewer channels than this (one AVX-512
 #: vector of fp32): a narrow stem fills a fraction of each vector at full resolution, four
@@ -115,41 +115,29 @@ class PhaseStem(nn.Module):
         return self.act(self.norm(self.conv(self.unshuffle(self.pad(x)))))
 
 
-class PhaseHead(nn.Module):
-    """A ResNet generator's head (its padding, a k×k convolution to the image, the activation)
-    with the convolution on the padded map's 2×2 phases: space-to-depth, a (k + 1) / 2
-    convolution writing four times the image's few channels at half resolution, then
-    depth-to-space back to the image."""
+class PhaseConvUnit(nn.Module):
+    """A padded k×k stride-1 convolution unit (its padding, convolution, norm, activation) with
+    the convolution on the padded map's 2×2 phases: space-to-depth, a (k + 1) / 2 convolution
+    writing each output channel's four phases at half resolution, depth-to-space back, then the
+    unit's own norm (none for a head) and activation at full resolution. The head's form (its
+    few image channels fill four times the lanes) and an int8 file's stem (its three input
+    channels read as twelve); layer names stay the unit's."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, unit: nn.Module) -> None:
         super().__init__()
-        self.pad = copy.deepcopy(head.pad)
+        self.pad = copy.deepcopy(unit.pad)
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.conv = _phase_conv(head.conv)
+        self.conv = _phase_conv(unit.conv)
         self.shuffle = nn.PixelShuffle(2)
-        self.act = copy.deepcopy(head.act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.shuffle(self.conv(self.unshuffle(self.pad(x)))))
-
-
-class PhaseStemConv(nn.Module):
-    """A ResNet generator's stem with only its convolution on the image's phases: padding,
-    space-to-depth, the (k + 1) / 2 convolution writing each output channel's four phases,
-    depth-to-space back to full resolution, then the stem's own norm and activation (the int8
-    file's stem; layer names stay the stem's)."""
-
-    def __init__(self, stem: nn.Module) -> None:
-        super().__init__()
-        self.pad = copy.deepcopy(stem.pad)
-        self.unshuffle = nn.PixelUnshuffle(2)
-        self.conv = _phase_conv(stem.conv)
-        self.shuffle = nn.PixelShuffle(2)
-        self.norm = copy.deepcopy(stem.norm)
-        self.act = copy.deepcopy(stem.act)
+        self.norm = copy.deepcopy(getattr(unit, "norm", nn.Identity()))
+        self.act = copy.deepcopy(unit.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.shuffle(self.conv(self.unshuffle(self.pad(x))))))
+
+
+#: the head on phases, and an int8 file's stem with its convolution alone on them
+PhaseHead = PhaseStemConv = PhaseConvUnit
 
 
 def to_phase_stem(model: nn.Module) -> tuple[nn.Module, str | None]:
